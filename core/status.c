@@ -1,0 +1,65 @@
+#include "mxep/status.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static _Thread_local char detail[MX_ERROR_DETAIL_MAX];
+static _Thread_local mx_status_t last_status = MX_OK;
+
+const char *mx_status_str(mx_status_t status)
+{
+    switch (status) {
+    case MX_OK: return "MX_OK";
+    case MX_ERR_INVALID: return "MX_ERR_INVALID";
+    case MX_ERR_NOMEM: return "MX_ERR_NOMEM";
+    case MX_ERR_IO: return "MX_ERR_IO";
+    case MX_ERR_FORMAT: return "MX_ERR_FORMAT";
+    case MX_ERR_UNSUPPORTED: return "MX_ERR_UNSUPPORTED";
+    case MX_ERR_NO_DEVICE: return "MX_ERR_NO_DEVICE";
+    case MX_ERR_TRANSPORT: return "MX_ERR_TRANSPORT";
+    case MX_ERR_TIMEOUT: return "MX_ERR_TIMEOUT";
+    case MX_ERR_INTERNAL: return "MX_ERR_INTERNAL";
+    }
+    return "MX_ERR_UNKNOWN";
+}
+
+mx_status_t mx_error_set(mx_status_t status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    last_status = status;
+    return status;
+}
+
+mx_status_t mx_error_prefix(mx_status_t status, const char *fmt, ...)
+{
+    char head[MX_ERROR_DETAIL_MAX];
+    char old[MX_ERROR_DETAIL_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(head, sizeof head, fmt, ap);
+    va_end(ap);
+    size_t hl = strnlen(head, sizeof head - 1);
+    memcpy(old, detail, sizeof old);
+    memcpy(detail, head, hl);
+    size_t ol = strnlen(old, sizeof old - 1);
+    if (ol > sizeof detail - 1 - hl)
+        ol = sizeof detail - 1 - hl;
+    memcpy(detail + hl, old, ol);
+    detail[hl + ol] = '\0';
+    last_status = status;
+    return status;
+}
+
+const char *mx_error_detail(void) { return detail; }
+
+mx_status_t mx_error_last(void) { return last_status; }
+
+void mx_error_clear(void)
+{
+    detail[0] = '\0';
+    last_status = MX_OK;
+}
