@@ -1,0 +1,128 @@
+/* mxep quant/: exact number formats (FORMATS.md Part 1).
+ *
+ * Scalar codecs are exact and total: every byte decodes, every float encodes
+ * (round to nearest, ties to even, saturating where FORMATS.md says so).
+ * Buffers are caller-owned; outputs (_p) are written only on success. */
+#ifndef MXEP_QUANT_H
+#define MXEP_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mxep/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- scalars */
+/* FP4 E2M1: code in the low 4 bits. No Inf/NaN. Encoding: RNE, saturates at
+ * +-6 (Inf too), keeps the sign of zero. NaN has no code: quant/ documents the
+ * choice in quant/scalar.c (blocks with NaN get scale byte 0xFF). */
+float mx_quant_e2m1_to_f32(uint8_t code);
+uint8_t mx_quant_e2m1_from_f32(float x);
+
+/* E8M0 scale byte: 2^(b-127) exactly (b = 0 -> 2^-127), 0xFF -> NaN. */
+float mx_quant_e8m0_to_f32(uint8_t b);
+
+/* FP8 E4M3FN (OCP): max 448, NaN 0x7F/0xFF, no Inf. from_f32: RNE, saturates
+ * to +-448 (also +-Inf), NaN -> 0x7F (sign kept: 0xFF for negative NaN). */
+float mx_quant_e4m3fn_to_f32(uint8_t b);
+uint8_t mx_quant_e4m3fn_from_f32(float x);
+
+/* FP8 E4M3FNUZ (AMD gfx94x): bias 8, max 240, 0x80 is the only NaN, no -0. */
+float mx_quant_e4m3fnuz_to_f32(uint8_t b);
+uint8_t mx_quant_e4m3fnuz_from_f32(float x);
+
+/* FP8 E5M2: bias 15, max 57344, Inf/NaN as IEEE. `saturate` = 1 clamps
+ * overflow to +-57344 (quantizers); 0 gives +-Inf (IEEE cast, as ml_dtypes). */
+float mx_quant_e5m2_to_f32(uint8_t b);
+uint8_t mx_quant_e5m2_from_f32(float x, int saturate);
+
+/* BF16 and FP16: RNE, overflow to Inf, NaN stays NaN (quiet). */
+float mx_quant_bf16_to_f32(uint16_t h);
+uint16_t mx_quant_bf16_from_f32(float x);
+float mx_quant_f16_to_f32(uint16_t h);
+uint16_t mx_quant_f16_from_f32(float x);
+
+/* ---------------------------------------------------------------- MXFP4 */
+#define MX_MXFP4_BLOCK 32
+
+/* Scale rules (FORMATS.md Part 2 section 2). */
+typedef enum {
+    MX_SCALE_FLOOR = 0,    /* OCP: 2^(floor(log2 amax) - 2); default */
+    MX_SCALE_ROUND_UP = 1, /* triton_kernels / transformers: 2^ceil(log2(amax/6)) */
+    MX_SCALE_EVEN = 2,     /* Quark / vLLM: amax rounded to 1 mantissa bit, then floor */
+    MX_SCALE_RCEIL = 3,    /* cuBLAS/NVIDIA: round-up(amax/6) as E8M0 */
+    MX_SCALE_RULE_COUNT
+} mx_scale_rule_t;
+
+const char *mx_quant_scale_rule_name(mx_scale_rule_t rule);                    /* "floor", ... */
+mx_status_t mx_quant_scale_rule_parse(const char *text, mx_scale_rule_t *rule_p);
+
+/* The E8M0 byte a rule gives for a block whose max |x| is amax (amax >= 0).
+ * amax = 0 gives the rule's zero-block byte; non-finite amax gives 0xFF. */
+uint8_t mx_quant_mxfp4_scale(float amax, mx_scale_rule_t rule);
+
+/* One row of k floats (k % 32 == 0) -> k/2 packed bytes (element 2j in the low
+ * nibble of byte j) + k/32 E8M0 scales: the canonical (gpt-oss) layout. */
+mx_status_t mx_quant_mxfp4_encode_row(const float *x, size_t k, mx_scale_rule_t rule, uint8_t *packed_p,
+                                      uint8_t *scales_p);
+/* Inverse; exact. Scalar reference. */
+mx_status_t mx_quant_mxfp4_decode_row(const uint8_t *packed, const uint8_t *scales, size_t k, float *out_p);
+/* Same result, vectorized where the CPU allows (AVX2), scalar twin otherwise. */
+mx_status_t mx_quant_mxfp4_decode_row_fast(const uint8_t *packed, const uint8_t *scales, size_t k, float *out_p);
+mx_status_t mx_quant_mxfp4_decode_row_bf16(const uint8_t *packed, const uint8_t *scales, size_t k,
+                                           uint16_t *out_p);
+
+/* ---------------------------------------------------------------- FP8 (E4M3FN) quantizers
+ * All round to nearest even and saturate at +-448. Scales multiply: x ~= q * s.
+ * Dynamic scales are amax/448 with a floor of 1/(448*512). */
+#define MX_FP8_E4M3_MAX 448.0f
+#define MX_FP8_MIN_SCALE (1.0f / (448.0f * 512.0f))
+
+/* Per-tensor static: q = e4m3(x / scale). */
+mx_status_t mx_quant_fp8_tensor_static(const float *x, size_t n, float scale, uint8_t *q_p);
+/* Per-token (row) dynamic: scales_p[rows]. */
+mx_status_t mx_quant_fp8_token_dynamic(const float *x, size_t rows, size_t cols, uint8_t *q_p, float *scales_p);
+/* Per-group dynamic along each row (group = 128 usually; cols % group may be
+ * non-zero, the last group is short): scales_p[rows x ceil(cols/group)]. */
+mx_status_t mx_quant_fp8_group_dynamic(const float *x, size_t rows, size_t cols, size_t group, uint8_t *q_p,
+                                       float *scales_p);
+/* Weights, block x block (128) scales as DeepSeek stores them (`weight_scale_inv`,
+ * multiplied): scales_p[ceil(n/block) x ceil(k/block)]. */
+mx_status_t mx_quant_fp8_weight_block(const float *w, size_t n, size_t k, size_t block, uint8_t *q_p,
+                                      float *scales_p);
+/* Weights, one scale per output row: scales_p[n]. */
+mx_status_t mx_quant_fp8_weight_channel(const float *w, size_t n, size_t k, uint8_t *q_p, float *scales_p);
+
+/* FP8 decode of n bytes to float (times one scale), scalar and fast twins. */
+mx_status_t mx_quant_fp8_decode(const uint8_t *q, size_t n, float scale, float *out_p);
+mx_status_t mx_quant_fp8_decode_fast(const uint8_t *q, size_t n, float scale, float *out_p);
+
+/* BF16 <-> float arrays. */
+void mx_quant_bf16_to_f32_n(const uint16_t *in, size_t n, float *out);
+void mx_quant_bf16_from_f32_n(const float *in, size_t n, uint16_t *out);
+
+/* ---------------------------------------------------------------- per-token-group MXFP4 (activations)
+ * Input: ndim >= 1 tensor of BF16 or F32 values, shape[ndim-1] % 32 == 0,
+ * rows contiguous (strides in elements; NULL = fully contiguous; only the last
+ * dimension must have stride 1 and every row must be dense). Output: packed
+ * bytes [..., N/2] and E8M0 scales [..., N/32], both dense. The shape query
+ * validates exactly like the op. */
+typedef enum { MX_ACT_IN_F32 = 0, MX_ACT_IN_BF16 = 1 } mx_act_in_dtype_t;
+#define MX_QUANT_MAX_DIMS 8
+
+mx_status_t mx_quant_mxfp4_act_shape(int ndim, const size_t *shape, const size_t *strides, size_t *packed_bytes_p,
+                                     size_t *n_scales_p);
+mx_status_t mx_quant_mxfp4_act_quantize(const void *x, mx_act_in_dtype_t dtype, int ndim, const size_t *shape,
+                                        const size_t *strides, mx_scale_rule_t rule, uint8_t *packed_p,
+                                        uint8_t *scales_p);
+
+/* Does this CPU run the AVX2 fast paths? (cpuid + OS support) */
+int mx_quant_have_avx2(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
