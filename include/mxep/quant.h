@@ -17,8 +17,9 @@ extern "C" {
 
 /* ---------------------------------------------------------------- scalars */
 /* FP4 E2M1: code in the low 4 bits. No Inf/NaN. Encoding: RNE, saturates at
- * +-6 (Inf too), keeps the sign of zero. NaN has no code: quant/ documents the
- * choice in quant/scalar.c (blocks with NaN get scale byte 0xFF). */
+ * +-6 (Inf too), keeps the sign of zero. NaN has no code: it encodes as a zero
+ * with the NaN's sign (quant/scalar.c says why; MXFP4 blocks with a NaN or Inf
+ * get scale byte 0xFF and decode to NaN). */
 float mx_quant_e2m1_to_f32(uint8_t code);
 uint8_t mx_quant_e2m1_from_f32(float x);
 
@@ -35,11 +36,13 @@ float mx_quant_e4m3fnuz_to_f32(uint8_t b);
 uint8_t mx_quant_e4m3fnuz_from_f32(float x);
 
 /* FP8 E5M2: bias 15, max 57344, Inf/NaN as IEEE. `saturate` = 1 clamps
- * overflow to +-57344 (quantizers); 0 gives +-Inf (IEEE cast, as ml_dtypes). */
+ * overflow to +-57344 (quantizers; +-Inf too); 0 gives +-Inf (IEEE cast, as
+ * ml_dtypes). NaN -> 0x7E / 0xFE. */
 float mx_quant_e5m2_to_f32(uint8_t b);
 uint8_t mx_quant_e5m2_from_f32(float x, int saturate);
 
-/* BF16 and FP16: RNE, overflow to Inf, NaN stays NaN (quiet). */
+/* BF16 and FP16: RNE, overflow to Inf, NaN -> the canonical quiet NaN with the
+ * input's sign (0x7FC0 / 0x7E00, sign bit 0x8000). Decoding is exact. */
 float mx_quant_bf16_to_f32(uint16_t h);
 uint16_t mx_quant_bf16_from_f32(float x);
 float mx_quant_f16_to_f32(uint16_t h);
@@ -48,32 +51,43 @@ uint16_t mx_quant_f16_from_f32(float x);
 /* ---------------------------------------------------------------- MXFP4 */
 #define MX_MXFP4_BLOCK 32
 
-/* Scale rules (FORMATS.md Part 2 section 2). */
+/* Scale rules (FORMATS.md Part 2 section 2). amax = m * 2^e, 1 <= m < 2.
+ * Bytes are clamped to [0, 254]; tests/quant/test_mxfp4.c has worked examples. */
 typedef enum {
-    MX_SCALE_FLOOR = 0,    /* OCP: 2^(floor(log2 amax) - 2); default */
-    MX_SCALE_ROUND_UP = 1, /* triton_kernels / transformers: 2^ceil(log2(amax/6)) */
-    MX_SCALE_EVEN = 2,     /* Quark / vLLM: amax rounded to 1 mantissa bit, then floor */
-    MX_SCALE_RCEIL = 3,    /* cuBLAS/NVIDIA: round-up(amax/6) as E8M0 */
+    MX_SCALE_FLOOR = 0,    /* OCP / torchao FLOOR / llama.cpp: 2^(e - 2); clips to 6 when m > 1.5; default */
+    MX_SCALE_ROUND_UP = 1, /* triton_kernels / transformers, bit for bit: the exponent of the FP32
+                            * quotient amax / 6 rounded up (= FLOOR + 1 when m > 1.5); when that
+                            * quotient is an FP32 subnormal the byte is 1, as in triton */
+    MX_SCALE_EVEN = 2,     /* torchao EVEN (Quark / vLLM): amax rounded at 1 mantissa bit
+                            * (+2^21 ulp, truncate: m >= 1.75 goes up), then FLOOR */
+    MX_SCALE_RCEIL = 3,    /* cuBLAS cvt.rp.satfinite.ue8m0: 2^ceil(log2(amax / 6)) exactly */
     MX_SCALE_RULE_COUNT
 } mx_scale_rule_t;
 
-const char *mx_quant_scale_rule_name(mx_scale_rule_t rule);                    /* "floor", ... */
+const char *mx_quant_scale_rule_name(mx_scale_rule_t rule); /* "floor", ... */
 mx_status_t mx_quant_scale_rule_parse(const char *text, mx_scale_rule_t *rule_p);
 
 /* The E8M0 byte a rule gives for a block whose max |x| is amax (amax >= 0).
- * amax = 0 gives the rule's zero-block byte; non-finite amax gives 0xFF. */
+ * amax = 0 gives byte 0 under every rule; non-finite amax gives 0xFF. */
 uint8_t mx_quant_mxfp4_scale(float amax, mx_scale_rule_t rule);
 
 /* One row of k floats (k % 32 == 0) -> k/2 packed bytes (element 2j in the low
- * nibble of byte j) + k/32 E8M0 scales: the canonical (gpt-oss) layout. */
+ * nibble of byte j) + k/32 E8M0 scales: the canonical (gpt-oss) layout.
+ * Elements are x / 2^(byte-127) rounded to E2M1 on the exact value. A block
+ * holding a NaN or +-Inf gets scale 0xFF and element codes that are zeros
+ * with each input's sign (it decodes to NaN). Rule out of range or k not a
+ * multiple of 32: MX_ERR_INVALID, nothing written. */
 mx_status_t mx_quant_mxfp4_encode_row(const float *x, size_t k, mx_scale_rule_t rule, uint8_t *packed_p,
                                       uint8_t *scales_p);
-/* Inverse; exact. Scalar reference. */
+/* Inverse; exact (a product of two powers-of-two-scaled values; 6 * 2^127
+ * overflows to Inf); scale 0xFF gives 0x7FC00000. Scalar reference. */
 mx_status_t mx_quant_mxfp4_decode_row(const uint8_t *packed, const uint8_t *scales, size_t k, float *out_p);
 /* Same result, vectorized where the CPU allows (AVX2), scalar twin otherwise. */
 mx_status_t mx_quant_mxfp4_decode_row_fast(const uint8_t *packed, const uint8_t *scales, size_t k, float *out_p);
-mx_status_t mx_quant_mxfp4_decode_row_bf16(const uint8_t *packed, const uint8_t *scales, size_t k,
-                                           uint16_t *out_p);
+mx_status_t mx_quant_mxfp4_decode_row_bf16(const uint8_t *packed, const uint8_t *scales, size_t k, uint16_t *out_p);
+/* BF16 output, vectorized where the CPU allows; equal to decode_row_bf16. */
+mx_status_t mx_quant_mxfp4_decode_row_bf16_fast(const uint8_t *packed, const uint8_t *scales, size_t k,
+                                                uint16_t *out_p);
 
 /* ---------------------------------------------------------------- FP8 (E4M3FN) quantizers
  * All round to nearest even and saturate at +-448. Scales multiply: x ~= q * s.
@@ -91,14 +105,17 @@ mx_status_t mx_quant_fp8_group_dynamic(const float *x, size_t rows, size_t cols,
                                        float *scales_p);
 /* Weights, block x block (128) scales as DeepSeek stores them (`weight_scale_inv`,
  * multiplied): scales_p[ceil(n/block) x ceil(k/block)]. */
-mx_status_t mx_quant_fp8_weight_block(const float *w, size_t n, size_t k, size_t block, uint8_t *q_p,
-                                      float *scales_p);
+mx_status_t mx_quant_fp8_weight_block(const float *w, size_t n, size_t k, size_t block, uint8_t *q_p, float *scales_p);
 /* Weights, one scale per output row: scales_p[n]. */
 mx_status_t mx_quant_fp8_weight_channel(const float *w, size_t n, size_t k, uint8_t *q_p, float *scales_p);
 
-/* FP8 decode of n bytes to float (times one scale), scalar and fast twins. */
+/* FP8 E4M3FN decode of n bytes to float times one scale (a NaN code gives its
+ * own NaN whatever the scale), scalar and fast twins, bit-identical. */
 mx_status_t mx_quant_fp8_decode(const uint8_t *q, size_t n, float scale, float *out_p);
 mx_status_t mx_quant_fp8_decode_fast(const uint8_t *q, size_t n, float scale, float *out_p);
+/* The same, rounded to BF16 (round to nearest even on the FP32 product). */
+mx_status_t mx_quant_fp8_decode_bf16(const uint8_t *q, size_t n, float scale, uint16_t *out_p);
+mx_status_t mx_quant_fp8_decode_bf16_fast(const uint8_t *q, size_t n, float scale, uint16_t *out_p);
 
 /* BF16 <-> float arrays. */
 void mx_quant_bf16_to_f32_n(const uint16_t *in, size_t n, float *out);
@@ -108,8 +125,14 @@ void mx_quant_bf16_from_f32_n(const float *in, size_t n, uint16_t *out);
  * Input: ndim >= 1 tensor of BF16 or F32 values, shape[ndim-1] % 32 == 0,
  * rows contiguous (strides in elements; NULL = fully contiguous; only the last
  * dimension must have stride 1 and every row must be dense). Output: packed
- * bytes [..., N/2] and E8M0 scales [..., N/32], both dense. The shape query
- * validates exactly like the op. */
+ * bytes [..., N/2] and E8M0 scales [..., N/32], both dense, rows in row-major
+ * order of the leading dimensions. Blocks are encoded as in
+ * mx_quant_mxfp4_encode_row (BF16 widened exactly first). Zero-sized
+ * dimensions are valid (nothing to do); pointers must still be non-NULL.
+ * The shape query validates exactly like the op (one shared function):
+ * ndim outside 1..MX_QUANT_MAX_DIMS, last dim not a multiple of 32, last
+ * stride != 1, or sizes overflowing size_t give MX_ERR_INVALID with the shape
+ * in the detail message, and nothing is written. */
 typedef enum { MX_ACT_IN_F32 = 0, MX_ACT_IN_BF16 = 1 } mx_act_in_dtype_t;
 #define MX_QUANT_MAX_DIMS 8
 
