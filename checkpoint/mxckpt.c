@@ -1,0 +1,402 @@
+/* mxckpt: write synthetic checkpoints and inspect real ones. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ckpt_internal.h"
+#include "mxep/checkpoint.h"
+
+static void usage(FILE *f)
+{
+    int n;
+    const char *const *names = mx_synth_presets(&n);
+    fprintf(f, "usage:\n"
+               "  mxckpt make --preset NAME --layers N --seed S --out DIR [--shard-bytes B] [--experts E]\n"
+               "      Writes a checkpoint directory DIR (config.json + safetensors, sharded with a\n"
+               "      model.safetensors.index.json once a shard would pass B bytes; default 4 GiB) whose\n"
+               "      expert weights are deterministic random values of (preset, seed, layer, expert),\n"
+               "      quantized as the preset's real checkpoints are. DIR must not exist; the files are\n"
+               "      written under DIR.tmp-PID and renamed at the end, so a failed run leaves nothing.\n"
+               "      --experts E keeps only experts 0..E-1 (same bytes as the full model; for tests).\n"
+               "      Progress goes to stderr. Presets:");
+    for (int i = 0; i < n; i++)
+        fprintf(f, " %s", names[i]);
+    fprintf(f, "\n"
+               "  mxckpt inspect DIR [--json]\n"
+               "      Opens DIR strictly (safetensors headers, index, config.json) and prints the model type,\n"
+               "      normalized quantization and scheme, router, activation, expert layout, sizes and\n"
+               "      anything suspicious. --json prints one JSON object on stdout. Exit status 1 if the\n"
+               "      checkpoint cannot be opened, 0 otherwise (warnings included).\n"
+               "  mxckpt fuzz-seeds DIR\n"
+               "      Writes the fuzz seed corpus (safetensors headers, index and config of every preset)\n"
+               "      into the existing directory DIR (scripts/fuzz.sh uses it).\n"
+               "  mxckpt --help\n");
+}
+
+static void progress(double fraction, void *arg)
+{
+    (void)arg;
+    static int tty = -1, last = -1;
+    if (tty < 0)
+        tty = isatty(2);
+    int pct = (int)(100.0 * fraction);
+    if (tty) {
+        fprintf(stderr, "\rmxckpt: writing %3d%%%s", pct, fraction >= 1.0 ? "\n" : "");
+    } else if (pct / 10 != last / 10 || fraction >= 1.0) { /* a log file: one line per 10% */
+        if (pct != last)
+            fprintf(stderr, "mxckpt: writing %3d%%\n", pct);
+    }
+    last = pct;
+    fflush(stderr);
+}
+
+static int parse_u64(const char *flag, const char *text, uint64_t *v_p)
+{
+    char *end;
+    errno = 0;
+    if (!text || !*text || *text == '-') {
+        fprintf(stderr, "mxckpt: %s needs a non-negative integer\n", flag);
+        return -1;
+    }
+    unsigned long long v = strtoull(text, &end, 0);
+    if (errno || *end) {
+        fprintf(stderr, "mxckpt: %s '%s': expected a non-negative integer\n", flag, text);
+        return -1;
+    }
+    *v_p = v;
+    return 0;
+}
+
+static int cmd_make(int argc, char **argv)
+{
+    const char *preset = NULL, *out = NULL;
+    uint64_t layers = 0, seed = 0, shard = 0, experts = 0;
+    int have_layers = 0, have_seed = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, "mxckpt make: %s needs a value\n", a);
+            return 2;
+        }
+        i++;
+        if (strcmp(a, "--preset") == 0)
+            preset = v;
+        else if (strcmp(a, "--out") == 0)
+            out = v;
+        else if (strcmp(a, "--layers") == 0) {
+            if (parse_u64(a, v, &layers))
+                return 2;
+            have_layers = 1;
+        } else if (strcmp(a, "--seed") == 0) {
+            if (parse_u64(a, v, &seed))
+                return 2;
+            have_seed = 1;
+        } else if (strcmp(a, "--shard-bytes") == 0) {
+            if (parse_u64(a, v, &shard))
+                return 2;
+            if (!shard) {
+                fprintf(stderr, "mxckpt make: --shard-bytes must be positive\n");
+                return 2;
+            }
+        } else if (strcmp(a, "--experts") == 0) {
+            if (parse_u64(a, v, &experts))
+                return 2;
+            if (!experts || experts > 1 << 20) {
+                fprintf(stderr, "mxckpt make: --experts must be positive\n");
+                return 2;
+            }
+        } else {
+            fprintf(stderr, "mxckpt make: unknown option '%s' (see mxckpt --help)\n", a);
+            return 2;
+        }
+    }
+    if (!preset || !out || !have_layers || !have_seed) {
+        fprintf(stderr, "mxckpt make: --preset, --layers, --seed and --out are required (see mxckpt --help)\n");
+        return 2;
+    }
+    if (layers < 1 || layers > 4096) {
+        fprintf(stderr, "mxckpt make: --layers %" PRIu64 ": expected 1 .. 4096\n", layers);
+        return 2;
+    }
+    mx_status_t st = mx_synth_write_ex(preset, (int)layers, (int)experts, seed, out, (size_t)shard, progress, NULL);
+    if (st) {
+        fprintf(stderr, "\nmxckpt make: %s: %s\n", mx_status_str(st), mx_error_detail());
+        return 1;
+    }
+    fprintf(stderr, "mxckpt: wrote %s (preset %s, %" PRIu64 " layers, seed %" PRIu64 ")\n", out, preset, layers, seed);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- inspect */
+typedef struct {
+    cJSON *warnings;
+} report_t;
+
+static void warn(report_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void warn(report_t *r, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    cJSON_AddItemToArray(r->warnings, cJSON_CreateString(buf));
+}
+
+static const char *order_name(mx_gateup_order_t o)
+{
+    return o == MX_GATEUP_INTERLEAVED ? "interleaved" : "halves";
+}
+
+static const char *wfmt_name(mx_wfmt_t f)
+{
+    return f == MX_WFMT_MXFP4 ? "mxfp4" : f == MX_WFMT_FP8 ? "fp8_e4m3" : "bf16";
+}
+
+static const char *wscale_name(mx_wscale_t s)
+{
+    static const char *const n[] = {"none", "e8m0_per_32", "block_128x128", "per_channel", "per_tensor"};
+    return (unsigned)s < 5 ? n[s] : "?";
+}
+
+static int cmd_inspect(int argc, char **argv)
+{
+    const char *dir = NULL;
+    int json = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            json = 1;
+        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "mxckpt inspect: unknown option '%s'\n", argv[i]);
+            return 2;
+        } else if (!dir)
+            dir = argv[i];
+        else {
+            fprintf(stderr, "mxckpt inspect: one directory expected, got '%s' too\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!dir) {
+        fprintf(stderr, "mxckpt inspect: DIR is required (see mxckpt --help)\n");
+        return 2;
+    }
+    mx_ckpt_h ck;
+    mx_status_t st = mx_ckpt_open(dir, &ck);
+    if (st) {
+        if (json) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "dir", dir);
+            cJSON_AddBoolToObject(o, "ok", 0);
+            cJSON_AddStringToObject(o, "status", mx_status_str(st));
+            cJSON_AddStringToObject(o, "error", mx_error_detail());
+            char *s = cJSON_Print(o);
+            printf("%s\n", s);
+            free(s);
+            cJSON_Delete(o);
+        }
+        fprintf(stderr, "mxckpt inspect: %s: %s\n", mx_status_str(st), mx_error_detail());
+        return 1;
+    }
+    const mx_model_config_t *c = mx_ckpt_config(ck);
+    report_t r = {cJSON_CreateArray()};
+    size_t total = 0;
+    int nt = mx_ckpt_tensor_count(ck);
+    for (int i = 0; i < nt; i++) {
+        mx_st_tensor_t t;
+        if (mx_ckpt_tensor_at(ck, i, &t) == MX_OK)
+            total += t.nbytes;
+    }
+    const char *layout = mx_ckpt_layout_name(ck);
+    if (strcmp(layout, "none") == 0)
+        warn(&r, "no expert tensors found in any known layout");
+    /* every layer: router and the first and last expert load */
+    int moe_layers = 0, first_bad = -1;
+    char first_err[600] = "";
+    size_t expert_bytes = 0;
+    const char *gu_fmt = "", *gu_scale = "";
+    float in_scale = 0.0f;
+    int has_bias = 0;
+    for (int L = 0; L < c->n_layers && strcmp(layout, "none") != 0; L++) {
+        int ids[2] = {0, c->n_experts - 1};
+        mx_expert_set_h set;
+        st = mx_ckpt_load_experts(ck, L, ids, c->n_experts > 1 ? 2 : 1, &set);
+        if (st) {
+            if (first_bad < 0) {
+                first_bad = L;
+                snprintf(first_err, sizeof first_err, "%s", mx_error_detail());
+            }
+            continue;
+        }
+        moe_layers++;
+        int first_missing = -1, missing = mxi_ckpt_missing_experts(ck, L, &first_missing);
+        if (missing)
+            warn(&r, "layer %d: %d of %d experts have no weights (first: expert %d)", L, missing, c->n_experts,
+                 first_missing);
+        const mx_expert_weights_t *w = mx_expert_set_weights(set);
+        if (!expert_bytes) {
+            size_t a, b, d, e;
+            mxi_matrix_bytes(w->gate_up.fmt, w->gate_up.scale_kind, w->gate_up.rows, w->gate_up.cols, &a, &b);
+            mxi_matrix_bytes(w->down.fmt, w->down.scale_kind, w->down.rows, w->down.cols, &d, &e);
+            expert_bytes = a + b + d + e;
+            gu_fmt = wfmt_name(w->gate_up.fmt);
+            gu_scale = wscale_name(w->gate_up.scale_kind);
+            in_scale = w->input_scale;
+            has_bias = w->gate_up_bias != NULL;
+        }
+        if (c->moe.scheme == MX_SCHEME_W4A8 && (w->input_scale <= 0.0f || w->down_input_scale <= 0.0f))
+            warn(&r, "layer %d: W4A8 scheme but expert 0 has no static input scale", L);
+        if ((c->moe.scheme == MX_SCHEME_W4A16 || c->moe.scheme == MX_SCHEME_W4A8) && w->gate_up.fmt != MX_WFMT_MXFP4)
+            warn(&r, "layer %d: config says %s but the experts are %s", L, c->quant_method, wfmt_name(w->gate_up.fmt));
+        if ((c->moe.scheme == MX_SCHEME_W8A8 || c->moe.scheme == MX_SCHEME_W8A16) && w->gate_up.fmt != MX_WFMT_FP8)
+            warn(&r, "layer %d: config says %s but the experts are %s", L, c->quant_method, wfmt_name(w->gate_up.fmt));
+        for (int i = 0; i < mx_expert_set_count(set); i++) {
+            const mx_matrix_t *ms[2] = {&w[i].gate_up, &w[i].down};
+            for (int k = 0; k < 2; k++) {
+                size_t db, sb, bad = 0;
+                mxi_matrix_bytes(ms[k]->fmt, ms[k]->scale_kind, ms[k]->rows, ms[k]->cols, &db, &sb);
+                if (ms[k]->fmt == MX_WFMT_MXFP4) {
+                    for (size_t b = 0; b < sb; b++)
+                        bad += ((const uint8_t *)ms[k]->scales)[b] == 0xFF;
+                } else if (ms[k]->fmt == MX_WFMT_FP8) {
+                    for (size_t b = 0; b < sb / sizeof(float); b++) {
+                        float v = ((const float *)ms[k]->scales)[b];
+                        bad += !(v > 0.0f) || isinf(v);
+                    }
+                }
+                if (bad)
+                    warn(&r, "layer %d expert %d %s: %zu scales are NaN, zero, negative or infinite", L,
+                         mx_expert_set_ids(set)[i], k ? "down" : "gate_up", bad);
+            }
+        }
+        mx_expert_set_destroy(set);
+        mx_router_weights_t rw;
+        if (mx_ckpt_load_router(ck, L, &rw) == MX_OK) {
+            if (c->router.kind == MX_ROUTER_SIGMOID_GROUPED && !rw.correction_bias)
+                warn(&r, "layer %d: sigmoid grouped router without e_score_correction_bias", L);
+            mx_router_weights_fini(&rw);
+        } else
+            warn(&r, "layer %d: %s", L, mx_error_detail());
+    }
+    if (first_bad >= 0)
+        warn(&r, "%d of %d layers have no loadable experts; first: layer %d: %s", c->n_layers - moe_layers, c->n_layers,
+             first_bad, first_err);
+    if (c->moe.scheme == MX_SCHEME_W4A8 && in_scale <= 0.0f && moe_layers)
+        warn(&r, "W4A8 checkpoint without static input scales");
+
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "dir", dir);
+        cJSON_AddBoolToObject(o, "ok", 1);
+        cJSON_AddStringToObject(o, "model_type", c->model_type);
+        cJSON_AddStringToObject(o, "quant_method", c->quant_method);
+        cJSON_AddStringToObject(o, "scheme", mx_scheme_name(c->moe.scheme));
+        cJSON_AddStringToObject(o, "activation", mx_act_name(c->moe.act));
+        cJSON_AddStringToObject(o, "gate_up_order", order_name(c->moe.order));
+        if (c->moe.act == MX_ACT_SWIGLU_OAI) {
+            cJSON_AddNumberToObject(o, "swiglu_limit", c->moe.swiglu_limit);
+            cJSON_AddNumberToObject(o, "swiglu_alpha", c->moe.swiglu_alpha);
+        }
+        cJSON_AddNumberToObject(o, "act_group", c->moe.act_group);
+        cJSON *ro = cJSON_AddObjectToObject(o, "router");
+        cJSON_AddStringToObject(ro, "kind", mx_router_name(c->router.kind));
+        cJSON_AddNumberToObject(ro, "top_k", c->router.top_k);
+        cJSON_AddBoolToObject(ro, "renormalize", c->router.renormalize);
+        if (c->router.kind == MX_ROUTER_SIGMOID_GROUPED) {
+            cJSON_AddNumberToObject(ro, "n_group", c->router.n_group);
+            cJSON_AddNumberToObject(ro, "topk_group", c->router.topk_group);
+            cJSON_AddNumberToObject(ro, "scaling_factor", c->router.scaling_factor);
+        }
+        cJSON_AddNumberToObject(o, "layers", c->n_layers);
+        cJSON_AddNumberToObject(o, "moe_layers", moe_layers);
+        cJSON_AddNumberToObject(o, "experts", c->n_experts);
+        cJSON_AddNumberToObject(o, "hidden", (double)c->hidden);
+        cJSON_AddNumberToObject(o, "intermediate", (double)c->inter);
+        cJSON_AddStringToObject(o, "layout", layout);
+        cJSON_AddStringToObject(o, "weight_format", gu_fmt);
+        cJSON_AddStringToObject(o, "weight_scales", gu_scale);
+        cJSON_AddBoolToObject(o, "expert_biases", has_bias);
+        cJSON_AddNumberToObject(o, "bytes_per_expert", (double)expert_bytes);
+        cJSON_AddNumberToObject(o, "files", mx_ckpt_file_count(ck));
+        cJSON_AddNumberToObject(o, "tensors", nt);
+        cJSON_AddNumberToObject(o, "total_bytes", (double)total);
+        cJSON_AddItemToObject(o, "warnings", r.warnings);
+        r.warnings = NULL;
+        char *s = cJSON_Print(o);
+        printf("%s\n", s);
+        free(s);
+        cJSON_Delete(o);
+    } else {
+        printf("checkpoint     %s\n", dir);
+        printf("model type     %s\n", c->model_type[0] ? c->model_type : "(none)");
+        printf("quantization   %s -> scheme %s", c->quant_method, mx_scheme_name(c->moe.scheme));
+        if (c->moe.scheme == MX_SCHEME_W8A8)
+            printf(" (activation scales %s)", c->moe.act_group ? "per 128 group" : "per token");
+        printf("\n");
+        printf("activation     %s, gate/up %s", mx_act_name(c->moe.act), order_name(c->moe.order));
+        if (c->moe.act == MX_ACT_SWIGLU_OAI)
+            printf(" (limit %g, alpha %g)", c->moe.swiglu_limit, c->moe.swiglu_alpha);
+        printf("\n");
+        printf("router         %s, top-%d%s", mx_router_name(c->router.kind), c->router.top_k,
+               c->router.renormalize ? ", renormalized" : "");
+        if (c->router.kind == MX_ROUTER_SIGMOID_GROUPED)
+            printf(", %d groups keep %d, scaling %g", c->router.n_group, c->router.topk_group,
+                   c->router.scaling_factor);
+        printf("\n");
+        printf("layers         %d (%d with loadable experts)\n", c->n_layers, moe_layers);
+        printf("experts        %d, hidden %zu, intermediate %zu\n", c->n_experts, c->hidden, c->inter);
+        printf("layout         %s: %s weights, %s scales%s\n", layout, gu_fmt, gu_scale,
+               has_bias ? ", with biases" : "");
+        printf("per expert     %.2f MiB\n", (double)expert_bytes / (1024.0 * 1024.0));
+        printf("files          %d, %d tensors, %.2f GiB\n", mx_ckpt_file_count(ck), nt,
+               (double)total / (1024.0 * 1024.0 * 1024.0));
+        int nw = cJSON_GetArraySize(r.warnings);
+        if (!nw)
+            printf("warnings       none\n");
+        for (int i = 0; i < nw; i++)
+            printf("warning        %s\n", cJSON_GetArrayItem(r.warnings, i)->valuestring);
+    }
+    cJSON_Delete(r.warnings);
+    mx_ckpt_close(ck);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "make") == 0)
+        return cmd_make(argc - 2, argv + 2);
+    if (strcmp(argv[1], "inspect") == 0)
+        return cmd_inspect(argc - 2, argv + 2);
+    if (strcmp(argv[1], "fuzz-seeds") == 0) {
+        if (argc != 3) {
+            fprintf(stderr, "mxckpt fuzz-seeds: one directory expected\n");
+            return 2;
+        }
+        mx_status_t st = mxi_synth_fuzz_seeds(argv[2]);
+        if (st) {
+            fprintf(stderr, "mxckpt fuzz-seeds: %s: %s\n", mx_status_str(st), mx_error_detail());
+            return 1;
+        }
+        return 0;
+    }
+    fprintf(stderr, "mxckpt: unknown command '%s' (expected make, inspect or fuzz-seeds; see mxckpt --help)\n",
+            argv[1]);
+    return 2;
+}

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# mxckpt command line: --help, make, inspect (text and --json), and its errors.
+# usage: test_mxckpt_cli.sh MXCKPT
+set -u
+mx="$1"
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/mxep-cli-XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+check() { # check NAME EXPECTED_RC COMMAND... ; output in $tmp/out
+  local name="$1" want="$2"
+  shift 2
+  "$@" >"$tmp/out" 2>&1
+  local rc=$?
+  if [ "$rc" -ne "$want" ]; then
+    echo "FAIL $name: exit $rc, expected $want"; cat "$tmp/out"; fails=$((fails + 1))
+  else
+    echo "ok   $name"
+  fi
+}
+has() { # has NAME TEXT: the last output contains TEXT
+  if ! grep -qF -- "$2" "$tmp/out"; then echo "FAIL $1: output lacks '$2'"; cat "$tmp/out"; fails=$((fails + 1)); fi
+}
+
+check help 0 "$mx" --help
+has help "mxckpt make --preset NAME --layers N --seed S --out DIR"
+has help "gpt-oss-20b"
+has help "deepseek-fp8"
+check no-args 2 "$mx"
+check unknown-command 2 "$mx" frobnicate
+has unknown-command "unknown command 'frobnicate'"
+check make-missing-flags 2 "$mx" make --preset tiny
+has make-missing-flags "required"
+check make-bad-layers 2 "$mx" make --preset tiny --layers x --seed 1 --out "$tmp/a"
+has make-bad-layers "--layers 'x'"
+check make-bad-preset 1 "$mx" make --preset gpt-oss-7b --layers 1 --seed 1 --out "$tmp/a"
+has make-bad-preset "gpt-oss-7b"
+[ ! -e "$tmp/a" ] || { echo "FAIL make-bad-preset left $tmp/a"; fails=$((fails + 1)); }
+check make-tiny 0 "$mx" make --preset tiny --layers 2 --seed 5 --out "$tmp/tiny" --shard-bytes 60000
+has make-tiny "wrote"
+[ -f "$tmp/tiny/model.safetensors.index.json" ] || { echo "FAIL make-tiny: not sharded"; fails=$((fails + 1)); }
+check make-exists 1 "$mx" make --preset tiny --layers 1 --seed 5 --out "$tmp/tiny"
+has make-exists "already exists"
+ls "$tmp" | grep -q tmp- && { echo "FAIL make-exists left a temporary directory"; fails=$((fails + 1)); }
+check inspect-text 0 "$mx" inspect "$tmp/tiny"
+has inspect-text "gpt_oss_fused"
+has inspect-text "gpt_oss_mxfp4 -> scheme W4A16"
+has inspect-text "warnings       none"
+check inspect-json 0 "$mx" inspect "$tmp/tiny" --json
+has inspect-json '"layout":	"gpt_oss_fused"'
+has inspect-json '"experts":	8'
+has inspect-json '"ok":	true'
+check make-deepseek-small 0 "$mx" make --preset deepseek-fp8 --layers 1 --seed 2 --experts 2 --out "$tmp/ds"
+check inspect-deepseek 0 "$mx" inspect "$tmp/ds" --json
+has inspect-deepseek '"kind":	"sigmoid_grouped"'
+has inspect-deepseek '"weight_scales":	"block_128x128"'
+# a broken checkpoint: truncated shard
+head -c 100 "$tmp/tiny/model-00001-of-00004.safetensors" >"$tmp/cut" 2>/dev/null || head -c 100 "$(ls "$tmp"/tiny/*.safetensors | head -1)" >"$tmp/cut"
+cp "$tmp/cut" "$(ls "$tmp"/tiny/*.safetensors | head -1)"
+check inspect-broken 1 "$mx" inspect "$tmp/tiny"
+has inspect-broken "MX_ERR_FORMAT"
+check inspect-broken-json 1 "$mx" inspect "$tmp/tiny" --json
+has inspect-broken-json '"ok":	false'
+check inspect-missing 1 "$mx" inspect "$tmp/none"
+has inspect-missing "not a checkpoint directory"
+
+if [ "$fails" -ne 0 ]; then echo "$fails failures"; exit 1; fi
+echo "all passed"
