@@ -1,0 +1,166 @@
+/* mxep serve over an MPI job (serve_mpi.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "mxep/log.h"
+#include "serve_mpi.h"
+
+enum { CMD_RUN = 1, CMD_STOP = 2, CMD_FAIL = 3 };
+
+typedef struct {
+    MPI_Comm comm;
+    int rank, size;
+    size_t hidden;
+    mx_serve_layer_fn layer;
+    void *arg;
+    int *counts, *displs; /* [size], in elements (uint16) */
+    uint16_t *x_local, *out_local;
+    size_t local_cap; /* rows */
+} job_t;
+
+/* One request on every rank. On rank 0, x/out are the whole batch. */
+static mx_status_t run_one(job_t *j, int layer, size_t t, const uint16_t *x, uint16_t *out)
+{
+    size_t q = t / (size_t)j->size, r = t % (size_t)j->size;
+    for (int p = 0; p < j->size; p++) {
+        size_t rows = q + ((size_t)p < r ? 1 : 0);
+        size_t start = (size_t)p * q + ((size_t)p < r ? (size_t)p : r);
+        j->counts[p] = (int)(rows * j->hidden);
+        j->displs[p] = (int)(start * j->hidden);
+    }
+    size_t mine = q + ((size_t)j->rank < r ? 1 : 0);
+    mx_status_t st = MX_OK;
+    if (mine > j->local_cap) {
+        uint16_t *nx = realloc(j->x_local, mine * j->hidden * 2);
+        if (nx)
+            j->x_local = nx;
+        uint16_t *no = nx ? realloc(j->out_local, mine * j->hidden * 2) : NULL;
+        if (no)
+            j->out_local = no;
+        if (nx && no)
+            j->local_cap = mine;
+        else
+            st = mx_error_set(MX_ERR_NOMEM, "serve: rank %d cannot hold %zu rows of hidden %zu", j->rank, mine,
+                              j->hidden);
+    }
+    /* Everybody must take part in the collectives even after a local failure. */
+    int ok_alloc = st == MX_OK, all_ok = 0;
+    MPI_Allreduce(&ok_alloc, &all_ok, 1, MPI_INT, MPI_MIN, j->comm);
+    if (all_ok) {
+        MPI_Scatterv(x, j->counts, j->displs, MPI_UINT16_T, j->x_local, j->counts[j->rank], MPI_UINT16_T, 0, j->comm);
+        for (size_t i = 0; i < mine * j->hidden; i++)
+            j->out_local[i] = 0x7fc1; /* poison */
+        mx_error_clear();
+        size_t first = (size_t)j->rank * q + ((size_t)j->rank < r ? (size_t)j->rank : r);
+        st = j->layer(layer, j->x_local, mine, first, t, j->hidden, j->out_local, j->arg);
+        MPI_Gatherv(j->out_local, j->counts[j->rank], MPI_UINT16_T, out, j->counts, j->displs, MPI_UINT16_T, 0,
+                    j->comm);
+    } else if (st == MX_OK) {
+        st = mx_error_set(MX_ERR_NOMEM, "serve: another rank is out of memory");
+    }
+    /* The most negative status wins; its (lowest) rank tells the detail. */
+    struct {
+        int status;
+        int rank;
+    } me = {(int)st, j->rank}, worst;
+    MPI_Allreduce(&me, &worst, 1, MPI_2INT, MPI_MINLOC, j->comm);
+    if (worst.status == MX_OK)
+        return MX_OK;
+    char detail[MX_ERROR_DETAIL_MAX];
+    snprintf(detail, sizeof detail, "%s", mx_error_detail());
+    MPI_Bcast(detail, sizeof detail, MPI_CHAR, worst.rank, j->comm);
+    detail[sizeof detail - 1] = '\0';
+    return mx_error_set((mx_status_t)worst.status, "rank %d: %s", worst.rank, detail);
+}
+
+/* rank 0's compute callback: tell the followers, then run. */
+static mx_status_t leader_compute(int layer, size_t t, size_t h, const uint16_t *x, uint16_t *out, void *arg)
+{
+    job_t *j = arg;
+    (void)h;
+    long long cmd[3] = {CMD_RUN, layer, (long long)t};
+    MPI_Bcast(cmd, 3, MPI_LONG_LONG, 0, j->comm);
+    return run_one(j, layer, t, x, out);
+}
+
+mx_status_t mx_serve_mpi_run(MPI_Comm comm, const mx_serve_config_t *config, mx_serve_layer_fn layer, void *arg,
+                             mx_serve_stats_t *stats_p)
+{
+    job_t j;
+    memset(&j, 0, sizeof j);
+    j.comm = comm;
+    j.layer = layer;
+    j.arg = arg;
+    MPI_Comm_rank(comm, &j.rank);
+    MPI_Comm_size(comm, &j.size);
+    mx_status_t st = MX_OK;
+    if (!layer)
+        st = mx_error_set(MX_ERR_INVALID, "serve: no layer callback");
+    else if (j.rank == 0 && !config)
+        st = mx_error_set(MX_ERR_INVALID, "serve: rank 0 needs a config");
+    mx_serve_h server = NULL;
+    mx_serve_config_t cfg;
+    if (st == MX_OK && j.rank == 0) {
+        cfg = *config;
+        cfg.compute = leader_compute;
+        cfg.compute_arg = &j;
+        st = mx_serve_create(&cfg, &server);
+    }
+    /* The followers learn H, or the leader's failure. */
+    long long setup[2] = {st == MX_OK ? 0 : (long long)st, j.rank == 0 && config ? (long long)config->hidden : 0};
+    char detail[MX_ERROR_DETAIL_MAX];
+    snprintf(detail, sizeof detail, "%s", st == MX_OK ? "" : mx_error_detail());
+    MPI_Bcast(setup, 2, MPI_LONG_LONG, 0, comm);
+    int local_bad = st != MX_OK, any_bad = 0;
+    MPI_Allreduce(&local_bad, &any_bad, 1, MPI_INT, MPI_MAX, comm);
+    if (setup[0] != 0) {
+        MPI_Bcast(detail, sizeof detail, MPI_CHAR, 0, comm);
+        detail[sizeof detail - 1] = '\0';
+        if (j.rank != 0)
+            st = mx_error_set((mx_status_t)setup[0], "rank 0: %s", detail);
+        return st;
+    }
+    if (any_bad) { /* some follower had a bad argument */
+        if (server)
+            mx_serve_destroy(server);
+        if (st == MX_OK)
+            st = mx_error_set(MX_ERR_INVALID, "serve: a rank was called without a layer callback");
+        return st;
+    }
+    j.hidden = (size_t)setup[1];
+    j.counts = calloc((size_t)j.size, sizeof(int));
+    j.displs = calloc((size_t)j.size, sizeof(int));
+    int ok = j.counts && j.displs, all = 0;
+    MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, comm);
+    if (!all) {
+        st = mx_error_set(MX_ERR_NOMEM, "serve: out of memory on some rank");
+        goto done;
+    }
+    if (j.rank == 0) {
+        st = mx_serve_run(server);
+        long long cmd[3] = {st == MX_OK ? CMD_STOP : CMD_FAIL, (long long)st, 0};
+        MPI_Bcast(cmd, 3, MPI_LONG_LONG, 0, comm);
+        if (stats_p)
+            mx_serve_stats(server, stats_p);
+    } else {
+        for (;;) {
+            long long cmd[3];
+            MPI_Bcast(cmd, 3, MPI_LONG_LONG, 0, comm);
+            if (cmd[0] == CMD_STOP)
+                break;
+            if (cmd[0] == CMD_FAIL) {
+                st = mx_error_set((mx_status_t)cmd[1], "serve: rank 0's front door failed");
+                break;
+            }
+            (void)run_one(&j, (int)cmd[1], (size_t)cmd[2], NULL, NULL);
+        }
+    }
+done:
+    if (server)
+        mx_serve_destroy(server);
+    free(j.counts);
+    free(j.displs);
+    free(j.x_local);
+    free(j.out_local);
+    return st;
+}
