@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# bench/gpu/device_run.sh: everything mxep does on the lent GPU machine, in one go:
+#   1. unpack the Debian packages carried in .deps (cJSON, cmocka, nanomsg, hwloc
+#      headers, pkgconf) into .deps/prefix with dpkg -x (never into /), and make
+#      their pkg-config files point there;
+#   2. configure and build the cuda backend, its tests and the GPU bench
+#      (sm_90a; CMake, or by hand with nvcc/gcc if the project's CMake fails);
+#   3. run the gpu-labelled tests and mxgpu_bench (gpt-oss-20b shapes, W4A16);
+#   4. leave logs and JSON in $OUT (or ./out when OUT is unset).
+# Usage (from the repository root, on the device machine):
+#   bash bench/gpu/device_run.sh [--quick] [--no-tests] [--no-bench] [-- <mxgpu_bench options>]
+# MXEP_HAND_BUILD=1 skips CMake and builds the GPU parts with nvcc/gcc directly.
+# Exit status: 0 when the build, the tests and the bench's reference check all passed.
+set -u -o pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-$ROOT/out}
+QUICK=0 TESTS=1 BENCH=1
+BENCH_ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --no-tests) TESTS=0 ;;
+    --no-bench) BENCH=0 ;;
+    --) shift; BENCH_ARGS=("$@"); break ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "device_run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+mkdir -p "$OUT"
+LOG=$OUT/device_run.log
+exec > >(tee "$LOG") 2>&1
+echo "== mxep device run $(date -u +%FT%TZ) on $(hostname)"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
+nvcc --version | tail -1 || true
+NPROC=$(nproc)
+
+# ---------------------------------------------------------------- 1. dependencies
+DEPS=$ROOT/.deps
+PREFIX=$DEPS/prefix
+rm -rf "$PREFIX"
+mkdir -p "$PREFIX"
+for f in "$DEPS"/*.deb; do
+  [ -e "$f" ] || { echo "device_run.sh: no .deb files in $DEPS (fetch them: see bench/gpu/README.md)" >&2; exit 2; }
+  dpkg -x "$f" "$PREFIX"
+done
+LIBDIR=$PREFIX/usr/lib/x86_64-linux-gnu
+PCDIR=$PREFIX/pc
+mkdir -p "$PCDIR"
+# rewrite prefix=/usr in copies of the .pc files so that they point into the unpacked tree
+for pc in "$LIBDIR"/pkgconfig/*.pc "$PREFIX"/usr/share/pkgconfig/*.pc; do
+  [ -e "$pc" ] || continue
+  # (some, like cmocka.pc, spell /usr/... out in Libs and Cflags)
+  sed -e "s|=/usr\$|=$PREFIX/usr|" -e "s|/usr/|$PREFIX/usr/|g" "$pc" > "$PCDIR/$(basename "$pc")"
+done
+# the system's hwloc wins when it has its headers
+if pkg-config --exists hwloc 2>/dev/null; then rm -f "$PCDIR/hwloc.pc"; fi
+if ! command -v pkg-config >/dev/null 2>&1; then
+  mkdir -p "$PREFIX/bin"
+  ln -sf "$PREFIX/usr/bin/pkgconf" "$PREFIX/bin/pkg-config"
+  export PATH=$PREFIX/bin:$PATH
+fi
+export PKG_CONFIG_PATH=$PCDIR${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+export LD_LIBRARY_PATH=$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export CMAKE_PREFIX_PATH=$PREFIX/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}
+echo "pkg-config: $(command -v pkg-config); cjson $(pkg-config --modversion libcjson 2>&1)," \
+     "cmocka $(pkg-config --modversion cmocka 2>&1), hwloc $(pkg-config --modversion hwloc 2>&1)"
+
+# ---------------------------------------------------------------- 2. build
+BUILD=$ROOT/build-device
+STATUS=0
+BIN_TEST= BIN_BENCH=
+if [ "${MXEP_HAND_BUILD:-0}" != 1 ] && cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DMXEP_WITH_CUDA=ON -DMXEP_WITH_HIP=OFF \
+      -DCMAKE_CUDA_ARCHITECTURES="90a-real;80-virtual" > "$OUT/cmake_configure.log" 2>&1 &&
+   cmake --build "$BUILD" -j "$NPROC" --target test_cuda_parity mxgpu_bench > "$OUT/cmake_build.log" 2>&1; then
+  BIN_TEST=$BUILD/tests/gpu/test_cuda_parity
+  BIN_BENCH=$BUILD/kernels/gpu/mxgpu_bench
+  echo "built with CMake"
+else
+  echo "CMake configure/build failed or MXEP_HAND_BUILD=1 (tail below); building the GPU parts by hand"
+  tail -25 "$OUT/cmake_configure.log" "$OUT/cmake_build.log" 2>/dev/null
+  HB=$ROOT/build-device-hand
+  mkdir -p "$HB"
+  CF="-O2 -std=c11 -D_GNU_SOURCE -I$ROOT/include -I$ROOT/kernels/gpu -I$ROOT/tests/gpu -I/usr/local/cuda/include -I$PREFIX/usr/include"
+  NV="-O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=compute_80 -I$ROOT/include -I$ROOT/kernels/gpu"
+  LK="-L/usr/local/cuda/lib64 -lcudart -lstdc++ -lm"
+  (set -e
+   nvcc $NV -c "$ROOT/kernels/gpu/moe_kernels.cu" -o "$HB/moe_kernels.o"
+   for f in core/status.c core/log.c core/moe.c kernels/gpu/cuda_backend.c tests/gpu/gpu_ref.c; do
+     gcc $CF -c "$ROOT/$f" -o "$HB/$(basename "$f" .c).o"
+   done
+   OBJ="$HB/status.o $HB/log.o $HB/moe.o $HB/cuda_backend.o $HB/moe_kernels.o"
+   gcc $CF "$ROOT/tests/gpu/test_cuda_parity.c" "$HB/gpu_ref.o" $OBJ -o "$HB/test_cuda_parity" \
+       -L"$LIBDIR" -l:libcmocka.so.0 $LK
+   gcc $CF "$ROOT/bench/gpu/gpu_bench.c" "$HB/gpu_ref.o" $OBJ -o "$HB/mxgpu_bench" -lcublas $LK
+  ) > "$OUT/hand_build.log" 2>&1 || { echo "hand build failed:"; tail -30 "$OUT/hand_build.log"; exit 1; }
+  BIN_TEST=$HB/test_cuda_parity
+  BIN_BENCH=$HB/mxgpu_bench
+fi
+
+# ---------------------------------------------------------------- 3. tests and bench
+if [ "$TESTS" = 1 ]; then
+  echo "== gpu tests"
+  if [ -f "$BUILD/CTestTestfile.cmake" ] && [ "$BIN_TEST" = "$BUILD/tests/gpu/test_cuda_parity" ]; then
+    (cd "$BUILD" && ctest -R test_cuda_parity -V --timeout 300) > "$OUT/gpu_tests.log" 2>&1
+  else
+    timeout 300 "$BIN_TEST" > "$OUT/gpu_tests.log" 2>&1
+  fi
+  rc=$?
+  cat "$OUT/gpu_tests.log"
+  echo "gpu tests: exit $rc"
+  [ $rc = 0 ] || STATUS=1
+fi
+if [ "$BENCH" = 1 ]; then
+  echo "== mxgpu_bench"
+  if [ "$QUICK" = 1 ]; then set -- --tokens 1,8,64,8192 --iters 20; else set -- --tokens 1,8,32,64,128,512,2048,8192 --iters 50; fi
+  timeout 400 "$BIN_BENCH" "$@" "${BENCH_ARGS[@]}" --json "$OUT/gpu_bench.json"
+  rc=$?
+  echo "mxgpu_bench: exit $rc"
+  [ $rc = 0 ] || STATUS=1
+  if [ "$QUICK" = 0 ] && [ ${#BENCH_ARGS[@]} = 0 ]; then
+    for s in W8A16 W4A8; do
+      echo "== mxgpu_bench --scheme $s"
+      timeout 200 "$BIN_BENCH" --scheme $s --tokens 1,8,64,8192 --iters 20 --json "$OUT/gpu_bench_$s.json"
+      rc=$?
+      echo "mxgpu_bench $s: exit $rc"
+      [ $rc = 0 ] || STATUS=1
+    done
+  fi
+fi
+echo "== done: status $STATUS"
+exit $STATUS

@@ -1,0 +1,422 @@
+/* mxgpu_bench: the `cuda` backend on one MoE layer (gpt-oss-20b shapes by
+ * default), with the limits measured in the same run: HBM bandwidth by a large
+ * device-to-device copy and the dense BF16 tensor-core rate by cublasGemmEx.
+ * Checks the output against the CPU reference before timing. */
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cuda_internal.h"
+#include "gpu_ref.h"
+#include "mxep/kernels.h"
+
+static const char *USAGE =
+    "usage: mxgpu_bench [options]\n"
+    "  Times the cuda backend on one MoE layer and measures, in the same run, the HBM\n"
+    "  bandwidth (device-to-device copy) and the BF16 dense tensor-core rate (cuBLAS).\n"
+    "  --tokens LIST   comma-separated token counts (default 1,8,64,512,2048,8192)\n"
+    "  --experts N     local experts (default 32)     --top-k K   (default 4)\n"
+    "  --hidden H      (default 2880)                 --inter I   (default 2880)\n"
+    "  --scheme S      W4A16|W4A8|W8A16|W8A8|W16A16 (default W4A16)\n"
+    "  --iters N       timed runs per point (default 50; median reported)\n"
+    "  --seed S        (default 1)\n"
+    "  --json PATH     also write the results as JSON to PATH\n"
+    "  --help          this text\n"
+    "Exit status: 0 ok, 1 a check against the reference failed or a CUDA error, 2 bad usage or no device.\n";
+
+typedef struct {
+    size_t T;
+    double layer_ms, run_ms, err, bytes, flops;
+    int n_active, cfg;
+} point_t;
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+#define CU(call)                                                                                                       \
+    do {                                                                                                               \
+        cudaError_t e_ = (call);                                                                                       \
+        if (e_ != cudaSuccess) {                                                                                       \
+            fprintf(stderr, "mxgpu_bench: %s: %s\n", #call, cudaGetErrorString(e_));                                   \
+            exit(1);                                                                                                   \
+        }                                                                                                              \
+    } while (0)
+
+static double hbm_gbps(int iters)
+{
+    size_t bytes = (size_t)2 << 30;
+    void *a, *b;
+    CU(cudaMalloc(&a, bytes));
+    CU(cudaMalloc(&b, bytes));
+    CU(cudaMemset(a, 1, bytes));
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    double *t = malloc(sizeof(double) * (size_t)iters);
+    for (int i = 0; i < 3; i++)
+        CU(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
+    for (int i = 0; i < iters; i++) {
+        cudaEventRecord(e0, 0);
+        cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, 0);
+        cudaEventRecord(e1, 0);
+        cudaEventSynchronize(e1);
+        float ms;
+        cudaEventElapsedTime(&ms, e0, e1);
+        t[i] = ms;
+    }
+    double ms = median(t, iters);
+    free(t);
+    cudaFree(a);
+    cudaFree(b);
+    return 2.0 * (double)bytes / (ms * 1e-3) / 1e9; /* read + write */
+}
+
+static double cublas_tflops(int iters)
+{
+    const int n = 8192;
+    void *A, *B, *C;
+    size_t bytes = (size_t)n * n * 2;
+    CU(cudaMalloc(&A, bytes));
+    CU(cudaMalloc(&B, bytes));
+    CU(cudaMalloc(&C, bytes));
+    CU(cudaMemset(A, 0x3c, bytes));
+    CU(cudaMemset(B, 0x3c, bytes));
+    cublasHandle_t h;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "mxgpu_bench: cublasCreate failed\n");
+        exit(1);
+    }
+    float alpha = 1.0f, beta = 0.0f;
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    double *t = malloc(sizeof(double) * (size_t)iters);
+    for (int i = 0; i < iters + 3; i++) {
+        cudaEventRecord(e0, 0);
+        cublasStatus_t s = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, A, CUDA_R_16BF, n, B, CUDA_R_16BF,
+                                        n, &beta, C, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        cudaEventRecord(e1, 0);
+        cudaEventSynchronize(e1);
+        if (s != CUBLAS_STATUS_SUCCESS) {
+            fprintf(stderr, "mxgpu_bench: cublasGemmEx failed (%d)\n", (int)s);
+            exit(1);
+        }
+        float ms;
+        cudaEventElapsedTime(&ms, e0, e1);
+        if (i >= 3)
+            t[i - 3] = ms;
+    }
+    double ms = median(t, iters);
+    free(t);
+    cublasDestroy(h);
+    cudaFree(A);
+    cudaFree(B);
+    cudaFree(C);
+    return 2.0 * n * (double)n * n / (ms * 1e-3) / 1e12;
+}
+
+static size_t matrix_bytes(const mx_matrix_t *m)
+{
+    if (m->fmt == MX_WFMT_MXFP4)
+        return m->rows * m->cols / 2 + m->rows * m->cols / 32;
+    if (m->fmt == MX_WFMT_FP8)
+        return m->rows * m->cols;
+    return m->rows * m->cols * 2;
+}
+
+int main(int argc, char **argv)
+{
+    size_t tokens[32] = {1, 8, 64, 512, 2048, 8192};
+    int n_tok = 6, E = 32, K = 4, iters = 50;
+    size_t H = 2880, I = 2880;
+    uint64_t seed = 1;
+    const char *json = NULL;
+    mx_scheme_t scheme = MX_SCHEME_W4A16;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(USAGE, stdout);
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, "mxgpu_bench: %s: unknown option or missing value\n%s", a, USAGE);
+            return 2;
+        }
+        i++;
+        if (!strcmp(a, "--tokens")) {
+            n_tok = 0;
+            for (char *s = (char *)v; *s && n_tok < 32;) {
+                char *end;
+                long t = strtol(s, &end, 10);
+                if (end == s || t <= 0) {
+                    fprintf(stderr, "mxgpu_bench: --tokens %s: expected positive integers separated by commas\n", v);
+                    return 2;
+                }
+                tokens[n_tok++] = (size_t)t;
+                s = *end == ',' ? end + 1 : end;
+                if (*end && *end != ',') {
+                    fprintf(stderr, "mxgpu_bench: --tokens %s: expected positive integers separated by commas\n", v);
+                    return 2;
+                }
+            }
+        } else if (!strcmp(a, "--experts"))
+            E = atoi(v);
+        else if (!strcmp(a, "--top-k"))
+            K = atoi(v);
+        else if (!strcmp(a, "--hidden"))
+            H = (size_t)atol(v);
+        else if (!strcmp(a, "--inter"))
+            I = (size_t)atol(v);
+        else if (!strcmp(a, "--iters"))
+            iters = atoi(v);
+        else if (!strcmp(a, "--seed"))
+            seed = (uint64_t)strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--json"))
+            json = v;
+        else if (!strcmp(a, "--scheme")) {
+            if (mx_scheme_parse(v, &scheme) != MX_OK) {
+                fprintf(stderr, "mxgpu_bench: --scheme %s: %s\n", v, mx_error_detail());
+                return 2;
+            }
+        } else {
+            fprintf(stderr, "mxgpu_bench: %s: unknown option\n%s", a, USAGE);
+            return 2;
+        }
+    }
+    if (E < 1 || K < 1 || K > E || iters < 1 || H < 32 || I < 32) {
+        fprintf(stderr, "mxgpu_bench: need experts >= top-k >= 1, iters >= 1, H and I >= 32\n");
+        return 2;
+    }
+    mx_device_info_t dev;
+    if (mx_backend_cuda.probe(&dev) != MX_OK) {
+        fprintf(stderr, "mxgpu_bench: %s\n", mx_error_detail());
+        return 2;
+    }
+    printf("device: %s (%s, %d SMs, %.1f GiB)\n", dev.name, dev.isa, dev.cores, dev.memory / 1073741824.0);
+    double bw = hbm_gbps(20);
+    double tf = cublas_tflops(20);
+    printf("limits: HBM copy %.0f GB/s (read+write), cuBLAS BF16 %dx%dx%d %.0f TFLOP/s\n", bw, 8192, 8192, 8192, tf);
+
+    mx_moe_desc_t d;
+    memset(&d, 0, sizeof d);
+    d.scheme = scheme;
+    d.act = MX_ACT_SWIGLU_OAI;
+    d.order = MX_GATEUP_INTERLEAVED;
+    d.hidden = H;
+    d.inter = I;
+    d.swiglu_limit = 7.0f;
+    d.swiglu_alpha = 1.702f;
+    char why[MX_REASON_MAX];
+    if (!mx_backend_cuda.supports(&dev, &d, why, sizeof why)) {
+        fprintf(stderr, "mxgpu_bench: cuda declines the layer: %s\n", why);
+        return 2;
+    }
+    double t0 = now_ms();
+    gref_experts_t g;
+    if (gref_experts_make(&d, E, MX_WSCALE_BLOCK, 1, seed, &g)) {
+        fprintf(stderr, "mxgpu_bench: out of host memory building %d experts\n", E);
+        return 1;
+    }
+    size_t expert_bytes = matrix_bytes(&g.ex[0].gate_up) + matrix_bytes(&g.ex[0].down);
+    mx_backend_packed_t *pk = NULL;
+    if (mx_backend_cuda.prepack(&dev, &d, g.ex, E, &pk) != MX_OK) {
+        fprintf(stderr, "mxgpu_bench: prepack: %s\n", mx_error_detail());
+        return 1;
+    }
+    printf("layer: %s swiglu_oai E=%d H=%zu I=%zu top-%d, %.1f MB of weights per expert; build+prepack %.1f s\n",
+           mx_scheme_name(scheme), E, H, I, K, expert_bytes / 1e6, (now_ms() - t0) / 1e3);
+
+    point_t pts[32];
+    int bad = 0;
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    cudaStream_t st = (cudaStream_t)mxi_cuda_stream(pk);
+    double tol = (scheme == MX_SCHEME_W4A8 || scheme == MX_SCHEME_W8A8) ? 5e-3 : 2e-3;
+    for (int ti = 0; ti < n_tok; ti++) {
+        size_t T = tokens[ti], NA = T * (size_t)K;
+        gref_rng_t r = {seed * 7919 + T};
+        uint16_t *x = malloc(T * H * 2), *out = malloc(NA * H * 2);
+        int32_t *tok = malloc(NA * 4), *ex = malloc(NA * 4);
+        float *w = malloc(NA * 4);
+        int *used = calloc((size_t)E, sizeof(int));
+        if (!x || !out || !tok || !ex || !w || !used) {
+            fprintf(stderr, "mxgpu_bench: out of host memory for T=%zu\n", T);
+            return 1;
+        }
+        for (size_t i = 0; i < T * H; i++)
+            x[i] = gref_f2bf(gref_uniform(&r));
+        for (size_t t = 0; t < T; t++)
+            for (int k = 0; k < K; k++) {
+                int e, dup;
+                do {
+                    e = (int)(gref_next(&r) % (uint64_t)E);
+                    dup = 0;
+                    for (int j = 0; j < k; j++)
+                        dup |= ex[t * K + j] == e;
+                } while (dup);
+                tok[t * K + k] = (int32_t)t;
+                ex[t * K + k] = e;
+                w[t * K + k] = 1.0f / K;
+                used[e] = 1;
+            }
+        int n_active = 0;
+        for (int e = 0; e < E; e++)
+            n_active += used[e];
+        mx_run_args_t a;
+        memset(&a, 0, sizeof a);
+        a.n_tokens = T;
+        a.x = x;
+        a.n_assign = NA;
+        a.tok = tok;
+        a.expert = ex;
+        a.weight = w;
+        a.mode = MX_OUT_PER_ASSIGNMENT;
+        a.out_bf16 = out;
+        memset(out, 0xff, NA * H * 2);
+        if (mx_backend_cuda.run(pk, &a, NULL) != MX_OK) {
+            fprintf(stderr, "mxgpu_bench: run T=%zu: %s\n", T, mx_error_detail());
+            return 1;
+        }
+        /* check the first assignments (and the last) against the CPU reference */
+        size_t nchk = NA < 4 ? NA : 4;
+        int32_t ctok[5], cex[5];
+        uint16_t *ref = malloc(5 * H * 2), *got = malloc(5 * H * 2);
+        for (size_t i = 0; i < nchk; i++) {
+            ctok[i] = tok[i];
+            cex[i] = ex[i];
+            memcpy(got + i * H, out + i * H, H * 2);
+        }
+        if (NA > nchk) {
+            ctok[nchk] = tok[NA - 1];
+            cex[nchk] = ex[NA - 1];
+            memcpy(got + nchk * H, out + (NA - 1) * H, H * 2);
+            nchk++;
+        }
+        mx_run_args_t ra = a;
+        ra.n_assign = nchk;
+        ra.tok = ctok;
+        ra.expert = cex;
+        ra.out_bf16 = ref;
+        gref_run(&d, g.ex, &ra);
+        double err = gref_rel_l2_bf16(got, ref, nchk * H);
+        free(ref);
+        free(got);
+        if (!(err <= tol))
+            bad = 1;
+
+        /* timing: the layer's kernels alone (CUDA events), and the whole run() with its copies */
+        if (mxi_cuda_stage(pk, &a) != MX_OK)
+            return 1;
+        for (int i = 0; i < 5; i++)
+            mxi_cuda_layer(pk);
+        double *tl = malloc(sizeof(double) * (size_t)iters);
+        for (int i = 0; i < iters; i++) {
+            cudaEventRecord(e0, st);
+            if (mxi_cuda_layer(pk) != MX_OK) {
+                fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
+                return 1;
+            }
+            cudaEventRecord(e1, st);
+            cudaEventSynchronize(e1);
+            float ms;
+            cudaEventElapsedTime(&ms, e0, e1);
+            tl[i] = ms;
+        }
+        int nrun = iters < 20 ? iters : 20;
+        double *tr = malloc(sizeof(double) * (size_t)nrun);
+        for (int i = 0; i < nrun; i++) {
+            double s0 = now_ms();
+            mx_backend_cuda.run(pk, &a, NULL);
+            tr[i] = now_ms() - s0;
+        }
+        point_t *p = &pts[ti];
+        p->T = T;
+        p->layer_ms = median(tl, iters);
+        p->run_ms = median(tr, nrun);
+        p->err = err;
+        p->n_active = n_active;
+        p->bytes = (double)n_active * (double)expert_bytes;
+        p->flops = 2.0 * (double)NA * (3.0 * (double)H * (double)I);
+        p->cfg = mxi_cuda_staged_cfg(pk);
+        free(tl);
+        free(tr);
+        free(x);
+        free(out);
+        free(tok);
+        free(ex);
+        free(w);
+        free(used);
+    }
+    /* peers measured on this H100 at gpt-oss-20b shapes (issue 7), BF16 weights, ms */
+    const size_t peer_T[] = {1, 8, 64, 8192};
+    const double peer_grouped[] = {1.0, 1.29, 1.31, 6.2}, peer_loop[] = {1.15, 4.0, -1.0, 6.3};
+    printf("\n%6s %6s %4s %10s %10s %9s %8s %9s %8s %9s %9s %s\n", "T", "active", "cfg", "layer_ms", "run_ms", "GB/s",
+           "%HBM", "TFLOP/s", "%cuBLAS", "x_grouped", "x_loop", "rel_l2");
+    for (int i = 0; i < n_tok; i++) {
+        point_t *p = &pts[i];
+        double gbs = p->bytes / (p->layer_ms * 1e-3) / 1e9, tfs = p->flops / (p->layer_ms * 1e-3) / 1e12;
+        double xg = -1, xl = -1;
+        for (int j = 0; j < 4; j++)
+            if (peer_T[j] == p->T) {
+                xg = peer_grouped[j] / p->layer_ms;
+                xl = peer_loop[j] > 0 ? peer_loop[j] / p->layer_ms : -1;
+            }
+        printf("%6zu %6d %4s %10.4f %10.4f %9.0f %7.1f%% %9.1f %7.1f%% %9.2f %9.2f %.2e%s\n", p->T, p->n_active,
+               p->cfg == 0   ? "S"
+               : p->cfg == 1 ? "M"
+                             : "L",
+               p->layer_ms, p->run_ms, gbs, 100.0 * gbs / bw, tfs, 100.0 * tfs / tf, xg, xl, p->err,
+               p->err <= tol ? "" : "  CHECK FAILED");
+    }
+    printf("(x_grouped / x_loop: speed-up over torch._grouped_mm / a per-expert loop with BF16 weights, issue 7;"
+           " -1 = no peer figure)\n");
+    if (json) {
+        FILE *f = fopen(json, "w");
+        if (!f) {
+            fprintf(stderr, "mxgpu_bench: cannot write %s\n", json);
+            return 1;
+        }
+        fprintf(f, "{\"device\":\"%s\",\"isa\":\"%s\",\"hbm_copy_gbps\":%.1f,\"cublas_bf16_tflops\":%.1f,", dev.name,
+                dev.isa, bw, tf);
+        fprintf(f,
+                "\"scheme\":\"%s\",\"experts\":%d,\"hidden\":%zu,\"inter\":%zu,\"top_k\":%d,\"iters\":%d,\"points\":[",
+                mx_scheme_name(scheme), E, H, I, K, iters);
+        for (int i = 0; i < n_tok; i++) {
+            point_t *p = &pts[i];
+            double gbs = p->bytes / (p->layer_ms * 1e-3) / 1e9, tfs = p->flops / (p->layer_ms * 1e-3) / 1e12;
+            fprintf(f,
+                    "%s{\"tokens\":%zu,\"active_experts\":%d,\"cfg\":%d,\"layer_ms\":%.5f,\"run_ms\":%.5f,"
+                    "\"weight_gbps\":%.1f,\"hbm_ratio\":%.4f,\"tflops\":%.2f,\"cublas_ratio\":%.4f,\"rel_l2\":%.3e}",
+                    i ? "," : "", p->T, p->n_active, p->cfg, p->layer_ms, p->run_ms, gbs, gbs / bw, tfs, tfs / tf,
+                    p->err);
+        }
+        fprintf(f, "],\"check_ok\":%s}\n", bad ? "false" : "true");
+        fclose(f);
+    }
+    mx_backend_cuda.release(pk);
+    gref_experts_free(&g);
+    if (bad)
+        fprintf(stderr, "mxgpu_bench: a check against the CPU reference failed\n");
+    return bad ? 1 : 0;
+}

@@ -1,0 +1,775 @@
+/* mxep `cuda` backend: the host side (probe, predicates, prepack, device
+ * memory, streams and copies). The kernels are in moe_kernels.cu.
+ *
+ * run() = stage (validate, group the assignments by expert on the host, one
+ * upload of tokens and metadata) + layer (activation quantization where the
+ * scheme needs it, GEMM1 + activation for all local experts in one launch,
+ * GEMM2 + bias in one launch, the weighted combine) + fetch (copy the outputs
+ * out, the only wait). Device scratch grows to the largest batch seen and is
+ * kept; a packed object serves one thread at a time. */
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_internal.h"
+#include "gpu_layout.h"
+#include "mxep/kernels.h"
+#include "mxep/log.h"
+#include "mxep/status.h"
+
+typedef struct {
+    uint8_t *w, *sc;
+    float *wsf, *bias;
+    size_t w_es, sc_es, wsf_es, bias_es;
+    int wsf_kb, flush_w;
+    int N, N_pad, K, K_pad;
+} gmat_t;
+
+typedef struct {
+    void *ptr;
+    size_t cap;
+} dbuf_t;
+
+struct mx_backend_packed {
+    mx_moe_desc_t desc;
+    int n_experts, device, wfmt;
+    gmat_t m1, m2;
+    float *in_scale, *down_in_scale; /* host [E], W4A8 */
+    cudaStream_t stream;
+    int force_cfg;
+    /* staged batch */
+    int cfg, n_mtiles, staged;
+    size_t n_tokens, n_assign;
+    mx_out_mode_t mode;
+    /* device scratch */
+    dbuf_t x, meta, xq, grp1, grp2, rs1, rs2, hid, y, out;
+    /* host scratch */
+    void *hmeta;
+    size_t hmeta_cap;
+    /* device views into meta */
+    int32_t *d_a_tok, *d_out_rows, *d_tile_e, *d_tile_m0, *d_off, *d_cnt, *d_tok_off, *d_tok_list;
+    float *d_w, *d_rs1, *d_rs2;
+};
+
+static mx_status_t cuda_fail(cudaError_t err, const char *what)
+{
+    return mx_error_set(err == cudaErrorMemoryAllocation ? MX_ERR_NOMEM : MX_ERR_INTERNAL, "cuda: %s failed: %s (%s)",
+                        what, cudaGetErrorString(err), cudaGetErrorName(err));
+}
+
+#define CK(call, what)                                                                                                 \
+    do {                                                                                                               \
+        cudaError_t err_ = (call);                                                                                     \
+        if (err_ != cudaSuccess)                                                                                       \
+            return cuda_fail(err_, what);                                                                              \
+    } while (0)
+
+/* ------------------------------------------------------------ probe / supports */
+
+static mx_status_t cuda_probe(mx_device_info_t *info_p)
+{
+    int n = 0;
+    cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess || n <= 0) {
+        (void)cudaGetLastError();
+        return mx_error_set(MX_ERR_NO_DEVICE, "cuda: no usable CUDA device (%s)",
+                            err != cudaSuccess ? cudaGetErrorString(err) : "cudaGetDeviceCount found 0 devices");
+    }
+    int dev = 0;
+    const char *env = getenv("MXEP_CUDA_DEVICE");
+    if (env && *env) {
+        char *end = NULL;
+        long v = strtol(env, &end, 10);
+        if (*end || v < 0 || v >= n)
+            return mx_error_set(MX_ERR_INVALID, "cuda: MXEP_CUDA_DEVICE=%s: expected an ordinal in [0, %d)", env, n);
+        dev = (int)v;
+    }
+    struct cudaDeviceProp prop;
+    err = cudaGetDeviceProperties(&prop, dev);
+    if (err != cudaSuccess)
+        return mx_error_set(MX_ERR_NO_DEVICE, "cuda: device %d: %s", dev, cudaGetErrorString(err));
+    mx_device_info_t info;
+    memset(&info, 0, sizeof info);
+    snprintf(info.name, sizeof info.name, "%.100s (sm_%d%d)", prop.name, prop.major, prop.minor);
+    snprintf(info.isa, sizeof info.isa, "sm_%d%d%s", prop.major, prop.minor, prop.major == 9 ? "a" : "");
+    info.device_index = dev;
+    info.cores = prop.multiProcessorCount;
+    info.memory = prop.totalGlobalMem;
+    info.flags = (unsigned)(prop.major * 10 + prop.minor);
+    *info_p = info;
+    return MX_OK;
+}
+
+static int cuda_supports(const mx_device_info_t *dev, const mx_moe_desc_t *desc, char *reason, size_t reason_len)
+{
+#define NO(...)                                                                                                        \
+    do {                                                                                                               \
+        if (reason && reason_len)                                                                                      \
+            snprintf(reason, reason_len, __VA_ARGS__);                                                                 \
+        return 0;                                                                                                      \
+    } while (0)
+    if (!dev || !desc)
+        NO("no device or no layer description");
+    if (dev->flags < 80)
+        NO("compute capability %u.%u < 8.0 (needs BF16 mma.sync)", dev->flags / 10, dev->flags % 10);
+    if ((int)desc->scheme < 0 || desc->scheme >= MX_SCHEME_COUNT)
+        NO("unknown scheme %d", (int)desc->scheme);
+    if ((int)desc->act < 0 || desc->act >= MX_ACT_COUNT)
+        NO("unknown activation %d", (int)desc->act);
+    if (desc->order != MX_GATEUP_HALVES && desc->order != MX_GATEUP_INTERLEAVED)
+        NO("unknown gate/up order");
+    if (desc->hidden == 0 || desc->inter == 0)
+        NO("empty layer (H=%zu, I=%zu)", desc->hidden, desc->inter);
+    if (desc->hidden > (1u << 20) || desc->inter > (1u << 20))
+        NO("H or I above 2^20");
+    if ((desc->scheme == MX_SCHEME_W4A16 || desc->scheme == MX_SCHEME_W4A8) && (desc->hidden % 32 || desc->inter % 32))
+        NO("MXFP4 needs H and I multiples of 32 (H=%zu, I=%zu)", desc->hidden, desc->inter);
+    if (desc->scheme == MX_SCHEME_W8A8 && desc->act_group != 0 && desc->act_group != 128)
+        NO("W8A8 activation groups of %d (supported: per token, 128)", desc->act_group);
+    if (reason && reason_len)
+        snprintf(reason, reason_len, "%s %s on %s", mx_scheme_name(desc->scheme), mx_act_name(desc->act), dev->isa);
+    return 1;
+#undef NO
+}
+
+/* ------------------------------------------------------------ prepack */
+
+static int scheme_wfmt(mx_scheme_t s)
+{
+    return s == MX_SCHEME_W16A16 ? MXG_W_BF16 : (s == MX_SCHEME_W4A16 || s == MX_SCHEME_W4A8) ? MXG_W_FP4 : MXG_W_FP8;
+}
+
+static mx_status_t check_matrix(const mx_matrix_t *m, int wfmt, size_t rows, size_t cols, int j, const char *name)
+{
+    static const mx_wfmt_t want[3] = {MX_WFMT_BF16, MX_WFMT_MXFP4, MX_WFMT_FP8};
+    if (m->fmt != want[wfmt] || !m->data)
+        return mx_error_set(MX_ERR_INVALID, "cuda prepack: expert %d %s: format %d (data %s), expected %d", j, name,
+                            (int)m->fmt, m->data ? "set" : "NULL", (int)want[wfmt]);
+    if (m->rows != rows || m->cols != cols)
+        return mx_error_set(MX_ERR_INVALID, "cuda prepack: expert %d %s: shape %zux%zu, expected %zux%zu", j, name,
+                            m->rows, m->cols, rows, cols);
+    if (wfmt == MXG_W_FP4 && (!m->scales || cols % 32))
+        return mx_error_set(MX_ERR_INVALID, "cuda prepack: expert %d %s: MXFP4 needs E8M0 scales and cols %% 32 == 0",
+                            j, name);
+    if (wfmt == MXG_W_FP8 && (!m->scales || (m->scale_kind != MX_WSCALE_BLOCK && m->scale_kind != MX_WSCALE_CHANNEL &&
+                                             m->scale_kind != MX_WSCALE_TENSOR)))
+        return mx_error_set(MX_ERR_INVALID,
+                            "cuda prepack: expert %d %s: FP8 needs float scales (block 128x128, channel or tensor)", j,
+                            name);
+    return MX_OK;
+}
+
+/* Packs one matrix of one expert into host buffers laid out as gpu_layout.h says.
+ * rowmap(n) gives the canonical row of packed row n or -1 for padding. */
+static void pack_matrix(const mx_matrix_t *m, int wfmt, const gmat_t *g, const int *rowmap, uint8_t *w, uint8_t *sc,
+                        float *wsf, const float *bias_src, float *bias)
+{
+    const size_t pb = mxg_pair_bytes(wfmt), rb = 32 * pb;
+    const size_t cols = m->cols;
+    for (int n = 0; n < g->N_pad; n++) {
+        int src = rowmap[n];
+        for (int kc = 0; kc < g->K_pad / MXG_BK; kc++) {
+            uint8_t *dst = w + ((size_t)kc * g->N_pad + n) * rb;
+            if (wfmt == MXG_W_FP4) {
+                /* byte q*8 + j*4 + i/2, nibble i: pair p = i & 3 (s = 2j + p/2, h = p & 1), element i >> 2 of it */
+                memset(dst, 0, rb);
+                for (int q = 0; q < 4 && src >= 0; q++)
+                    for (int j = 0; j < 2; j++)
+                        for (int i = 0; i < 8; i++) {
+                            int pp = i & 3, s = 2 * j + pp / 2, h = pp & 1;
+                            size_t kk = (size_t)kc * 64 + s * 16 + h * 8 + 2 * q + (i >> 2);
+                            if (kk >= cols)
+                                continue;
+                            uint8_t byte = ((const uint8_t *)m->data)[(size_t)src * (cols / 2) + kk / 2];
+                            uint8_t nib = (kk & 1) ? (byte >> 4) : (byte & 15);
+                            dst[q * 8 + j * 4 + i / 2] |= (uint8_t)(nib << (4 * (i & 1)));
+                        }
+            } else {
+                for (int slot = 0; slot < 32; slot++) {
+                    int q = slot / 8, s = (slot % 8) / 2, h = slot % 2;
+                    size_t k = (size_t)kc * 64 + s * 16 + h * 8 + 2 * q;
+                    uint8_t *d = dst + slot * pb;
+                    memset(d, 0, pb);
+                    if (src < 0)
+                        continue;
+                    for (int u = 0; u < 2; u++) {
+                        size_t kk = k + u;
+                        if (kk >= cols)
+                            continue;
+                        if (wfmt == MXG_W_FP8)
+                            d[u] = ((const uint8_t *)m->data)[(size_t)src * cols + kk];
+                        else
+                            memcpy(d + 2 * u, (const uint16_t *)m->data + (size_t)src * cols + kk, 2);
+                    }
+                }
+            }
+            if (wfmt == MXG_W_FP4) {
+                for (int b = 0; b < 2; b++) {
+                    size_t blk = (size_t)kc * 2 + b;
+                    uint8_t v = 127;
+                    if (src >= 0 && blk < cols / 32)
+                        v = ((const uint8_t *)m->scales)[(size_t)src * (cols / 32) + blk];
+                    sc[((size_t)kc * g->N_pad + n) * 2 + b] = v;
+                }
+            }
+        }
+        if (wfmt == MXG_W_FP8) {
+            const float *s = (const float *)m->scales;
+            for (int kb = 0; kb < g->wsf_kb; kb++) {
+                float v = 0.0f;
+                if (src >= 0) {
+                    if (m->scale_kind == MX_WSCALE_BLOCK)
+                        v = s[(size_t)(src / 128) * ((cols + 127) / 128) + kb];
+                    else if (m->scale_kind == MX_WSCALE_CHANNEL)
+                        v = s[src];
+                    else
+                        v = s[0];
+                }
+                wsf[(size_t)kb * g->N_pad + n] = v;
+            }
+        }
+        bias[n] = (src >= 0 && bias_src) ? bias_src[src] : 0.0f;
+    }
+}
+
+static void gmat_free(gmat_t *g)
+{
+    cudaFree(g->w);
+    cudaFree(g->sc);
+    cudaFree(g->wsf);
+    cudaFree(g->bias);
+    memset(g, 0, sizeof *g);
+}
+
+static void dbuf_free(dbuf_t *b)
+{
+    cudaFree(b->ptr);
+    b->ptr = NULL;
+    b->cap = 0;
+}
+
+static void cuda_release(mx_backend_packed_t *p)
+{
+    if (!p)
+        return;
+    if (p->device >= 0)
+        cudaSetDevice(p->device);
+    if (p->stream)
+        cudaStreamSynchronize(p->stream);
+    gmat_free(&p->m1);
+    gmat_free(&p->m2);
+    dbuf_t *bufs[] = {&p->x, &p->meta, &p->xq, &p->grp1, &p->grp2, &p->rs1, &p->rs2, &p->hid, &p->y, &p->out};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        dbuf_free(bufs[i]);
+    if (p->stream)
+        cudaStreamDestroy(p->stream);
+    free(p->hmeta);
+    free(p->in_scale);
+    free(p->down_in_scale);
+    free(p);
+}
+
+static mx_status_t gmat_alloc(gmat_t *g, int wfmt, int E, size_t N, size_t K, int block_scales)
+{
+    g->N = (int)N;
+    g->K = (int)K;
+    g->N_pad = (int)mxg_round_up(N, MXG_NPAD);
+    g->K_pad = (int)mxg_round_up(K, MXG_BK);
+    g->w_es = (size_t)g->K_pad / MXG_BK * g->N_pad * 32 * mxg_pair_bytes(wfmt);
+    g->sc_es = wfmt == MXG_W_FP4 ? (size_t)g->K_pad / MXG_BK * g->N_pad * 2 : 0;
+    g->wsf_kb = block_scales ? (g->K_pad + 127) / 128 : 1;
+    g->flush_w = block_scales;
+    g->wsf_es = wfmt == MXG_W_FP8 ? (size_t)g->wsf_kb * g->N_pad : 0;
+    g->bias_es = (size_t)g->N_pad;
+    CK(cudaMalloc((void **)&g->w, g->w_es * E), "cudaMalloc (packed weights)");
+    if (g->sc_es)
+        CK(cudaMalloc((void **)&g->sc, g->sc_es * E), "cudaMalloc (MXFP4 scales)");
+    if (g->wsf_es)
+        CK(cudaMalloc((void **)&g->wsf, g->wsf_es * E * sizeof(float)), "cudaMalloc (FP8 scales)");
+    CK(cudaMalloc((void **)&g->bias, g->bias_es * E * sizeof(float)), "cudaMalloc (biases)");
+    return MX_OK;
+}
+
+static mx_status_t upload_expert(gmat_t *g, int j, const uint8_t *w, const uint8_t *sc, const float *wsf,
+                                 const float *bias)
+{
+    CK(cudaMemcpy(g->w + g->w_es * j, w, g->w_es, cudaMemcpyHostToDevice), "cudaMemcpy (weights)");
+    if (g->sc_es)
+        CK(cudaMemcpy(g->sc + g->sc_es * j, sc, g->sc_es, cudaMemcpyHostToDevice), "cudaMemcpy (scales)");
+    if (g->wsf_es)
+        CK(cudaMemcpy(g->wsf + g->wsf_es * j, wsf, g->wsf_es * sizeof(float), cudaMemcpyHostToDevice),
+           "cudaMemcpy (scales)");
+    CK(cudaMemcpy(g->bias + g->bias_es * j, bias, g->bias_es * sizeof(float), cudaMemcpyHostToDevice),
+       "cudaMemcpy (biases)");
+    return MX_OK;
+}
+
+static mx_status_t prepack_body(mx_backend_packed_t *p, const mx_expert_weights_t *experts)
+{
+    const mx_moe_desc_t *d = &p->desc;
+    const int E = p->n_experts, wf = p->wfmt;
+    const size_t H = d->hidden, I = d->inter;
+    int blk1 = 0, blk2 = 0;
+    for (int j = 0; j < E; j++) {
+        mx_status_t st = check_matrix(&experts[j].gate_up, wf, 2 * I, H, j, "gate_up");
+        if (st == MX_OK)
+            st = check_matrix(&experts[j].down, wf, H, I, j, "down");
+        if (st != MX_OK)
+            return st;
+        if (wf == MXG_W_FP8) {
+            int b1 = experts[j].gate_up.scale_kind == MX_WSCALE_BLOCK,
+                b2 = experts[j].down.scale_kind == MX_WSCALE_BLOCK;
+            if (j > 0 && (b1 != blk1 || b2 != blk2))
+                return mx_error_set(MX_ERR_INVALID, "cuda prepack: expert %d: FP8 scale kind differs from expert 0", j);
+            blk1 = b1;
+            blk2 = b2;
+        }
+        if (d->scheme == MX_SCHEME_W4A8 && !(experts[j].input_scale > 0.0f && experts[j].down_input_scale > 0.0f))
+            return mx_error_set(
+                MX_ERR_INVALID,
+                "cuda prepack: expert %d: W4A8 needs input_scale > 0 and down_input_scale > 0 (got %g, %g)", j,
+                (double)experts[j].input_scale, (double)experts[j].down_input_scale);
+    }
+    mx_status_t st = gmat_alloc(&p->m1, wf, E, 2 * I, H, blk1);
+    if (st == MX_OK)
+        st = gmat_alloc(&p->m2, wf, E, H, I, blk2);
+    if (st != MX_OK)
+        return st;
+    /* GEMM1 rows: interleaved gate/up pairs; the padded I columns give act(0, 0) = 0. */
+    int *map1 = malloc(sizeof(int) * (size_t)p->m1.N_pad), *map2 = malloc(sizeof(int) * (size_t)p->m2.N_pad);
+    size_t hw = p->m1.w_es > p->m2.w_es ? p->m1.w_es : p->m2.w_es;
+    size_t hs = p->m1.sc_es > p->m2.sc_es ? p->m1.sc_es : p->m2.sc_es;
+    size_t hf = p->m1.wsf_es > p->m2.wsf_es ? p->m1.wsf_es : p->m2.wsf_es;
+    uint8_t *hbw = malloc(hw), *hbs = malloc(hs ? hs : 1);
+    size_t hb = (size_t)(p->m1.N_pad > p->m2.N_pad ? p->m1.N_pad : p->m2.N_pad);
+    float *hbf = malloc(sizeof(float) * (hf ? hf : 1)), *hbb = malloc(sizeof(float) * hb);
+    p->in_scale = calloc((size_t)E, sizeof(float));
+    p->down_in_scale = calloc((size_t)E, sizeof(float));
+    if (!map1 || !map2 || !hbw || !hbs || !hbf || !hbb || !p->in_scale || !p->down_in_scale) {
+        st = mx_error_set(MX_ERR_NOMEM, "cuda prepack: host staging of %zu bytes", hw);
+        goto out;
+    }
+    for (int n = 0; n < p->m1.N_pad; n++) {
+        size_t i = (size_t)n / 2, u = (size_t)n % 2;
+        map1[n] = i >= I ? -1 : d->order == MX_GATEUP_INTERLEAVED ? (int)(2 * i + u) : (int)(u ? I + i : i);
+    }
+    for (int n = 0; n < p->m2.N_pad; n++)
+        map2[n] = (size_t)n < H ? n : -1;
+    for (int j = 0; j < E && st == MX_OK; j++) {
+        pack_matrix(&experts[j].gate_up, wf, &p->m1, map1, hbw, hbs, hbf, experts[j].gate_up_bias, hbb);
+        st = upload_expert(&p->m1, j, hbw, hbs, hbf, hbb);
+        if (st != MX_OK)
+            break;
+        pack_matrix(&experts[j].down, wf, &p->m2, map2, hbw, hbs, hbf, experts[j].down_bias, hbb);
+        st = upload_expert(&p->m2, j, hbw, hbs, hbf, hbb);
+        p->in_scale[j] = experts[j].input_scale;
+        p->down_in_scale[j] = experts[j].down_input_scale;
+    }
+out:
+    free(map1);
+    free(map2);
+    free(hbw);
+    free(hbs);
+    free(hbf);
+    free(hbb);
+    return st;
+}
+
+static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t *desc,
+                                const mx_expert_weights_t *experts, int n_experts, mx_backend_packed_t **packed_p)
+{
+    if (!dev || !desc || !packed_p || n_experts < 0 || (n_experts > 0 && !experts))
+        return mx_error_set(MX_ERR_INVALID, "cuda prepack: NULL argument or negative expert count");
+    char why[MX_REASON_MAX];
+    if (!cuda_supports(dev, desc, why, sizeof why))
+        return mx_error_set(MX_ERR_UNSUPPORTED, "cuda prepack: layer not supported: %s", why);
+    mx_backend_packed_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return mx_error_set(MX_ERR_NOMEM, "cuda prepack: %zu bytes", sizeof *p);
+    p->desc = *desc;
+    p->n_experts = n_experts;
+    p->device = dev->device_index;
+    p->wfmt = scheme_wfmt(desc->scheme);
+    p->force_cfg = -1;
+    mx_status_t st = MX_OK;
+    cudaError_t err = cudaSetDevice(dev->device_index);
+    if (err != cudaSuccess)
+        st = cuda_fail(err, "cudaSetDevice");
+    if (st == MX_OK) {
+        err = cudaStreamCreateWithFlags(&p->stream, cudaStreamNonBlocking);
+        if (err != cudaSuccess)
+            st = cuda_fail(err, "cudaStreamCreate");
+    }
+    if (st == MX_OK && n_experts > 0)
+        st = prepack_body(p, experts);
+    if (st != MX_OK) {
+        cuda_release(p);
+        return st;
+    }
+    *packed_p = p;
+    return MX_OK;
+}
+
+static size_t cuda_workspace_size(const mx_backend_packed_t *packed, size_t max_tokens, size_t max_assign)
+{
+    /* Device scratch lives in the packed object (grown on first use); run() needs no host workspace. */
+    (void)packed;
+    (void)max_tokens;
+    (void)max_assign;
+    return 0;
+}
+
+/* ------------------------------------------------------------ run */
+
+static mx_status_t dbuf_need(dbuf_t *b, size_t bytes, const char *what)
+{
+    if (bytes <= b->cap)
+        return MX_OK;
+    dbuf_free(b);
+    size_t cap = bytes + bytes / 4 + 256;
+    cudaError_t err = cudaMalloc(&b->ptr, cap);
+    if (err != cudaSuccess) {
+        b->ptr = NULL;
+        (void)cudaGetLastError();
+        return mx_error_set(MX_ERR_NOMEM, "cuda run: cudaMalloc of %zu bytes for %s: %s", cap, what,
+                            cudaGetErrorString(err));
+    }
+    b->cap = cap;
+    /* padded columns of the activation buffers must read as zeros */
+    err = cudaMemset(b->ptr, 0, cap);
+    if (err != cudaSuccess)
+        return cuda_fail(err, "cudaMemset");
+    return MX_OK;
+}
+
+static int pick_cfg(const mx_backend_packed_t *p, int max_cnt)
+{
+    if (p->force_cfg >= 0)
+        return p->force_cfg;
+    if (max_cnt <= 16)
+        return MXG_CFG_S;
+    if (max_cnt <= 64)
+        return MXG_CFG_M;
+    return MXG_CFG_L;
+}
+
+mx_status_t mxi_cuda_stage(const mx_backend_packed_t *cpacked, const mx_run_args_t *a)
+{
+    mx_backend_packed_t *p = (mx_backend_packed_t *)cpacked; /* scratch is the backend's own */
+    if (!p || !a)
+        return mx_error_set(MX_ERR_INVALID, "cuda run: NULL packed weights or arguments");
+    const int E = p->n_experts;
+    const size_t H = p->desc.hidden, T = a->n_tokens, NA = a->n_assign;
+    if (a->mode != MX_OUT_PER_ASSIGNMENT && a->mode != MX_OUT_WEIGHTED_SUM)
+        return mx_error_set(MX_ERR_INVALID, "cuda run: unknown output mode %d", (int)a->mode);
+    if (NA > 0 && (!a->tok || !a->expert || !a->x))
+        return mx_error_set(MX_ERR_INVALID, "cuda run: x, tok and expert must be set when n_assign > 0");
+    if (a->mode == MX_OUT_PER_ASSIGNMENT && NA > 0 && !a->out_bf16)
+        return mx_error_set(MX_ERR_INVALID, "cuda run: PER_ASSIGNMENT needs out_bf16");
+    if (a->mode == MX_OUT_WEIGHTED_SUM && NA > 0 && (!a->out_f32 || !a->weight))
+        return mx_error_set(MX_ERR_INVALID, "cuda run: WEIGHTED_SUM needs out_f32 and weight");
+    if (NA > (size_t)INT32_MAX / 2 || T > (size_t)INT32_MAX / 2)
+        return mx_error_set(MX_ERR_INVALID, "cuda run: %zu assignments / %zu tokens: too many", NA, T);
+    for (size_t i = 0; i < NA; i++) {
+        if (a->tok[i] < 0 || (size_t)a->tok[i] >= T)
+            return mx_error_set(MX_ERR_INVALID, "cuda run: assignment %zu: token %d outside [0, %zu)", i, a->tok[i], T);
+        if (a->expert[i] < 0 || a->expert[i] >= E)
+            return mx_error_set(MX_ERR_INVALID, "cuda run: assignment %zu: expert %d outside [0, %d)", i, a->expert[i],
+                                E);
+    }
+    p->staged = 0;
+    p->n_tokens = T;
+    p->n_assign = NA;
+    p->mode = a->mode;
+    if (NA == 0) {
+        p->staged = 1;
+        return MX_OK;
+    }
+    CK(cudaSetDevice(p->device), "cudaSetDevice");
+
+    /* host metadata: ints then floats, one upload */
+    size_t max_tiles = NA / 16 + (size_t)E + 1;
+    size_t n_int = 2 * NA + 2 * max_tiles + 2 * (size_t)E + (T + 1) + NA;
+    size_t n_flt = 3 * NA;
+    size_t bytes = (n_int + n_flt) * 4, host_bytes = bytes + (size_t)E * 4; /* + a host-only cursor */
+    if (host_bytes > p->hmeta_cap) {
+        void *nb = realloc(p->hmeta, host_bytes);
+        if (!nb)
+            return mx_error_set(MX_ERR_NOMEM, "cuda run: %zu bytes of host metadata", host_bytes);
+        p->hmeta = nb;
+        p->hmeta_cap = host_bytes;
+    }
+    int32_t *a_tok = p->hmeta, *out_rows = a_tok + NA, *tile_e = out_rows + NA, *tile_m0 = tile_e + max_tiles;
+    int32_t *off = tile_m0 + max_tiles, *cnt = off + E, *tok_off = cnt + E, *tok_list = tok_off + T + 1;
+    float *w = (float *)(tok_list + NA), *rs1 = w + NA, *rs2 = rs1 + NA;
+    memset(cnt, 0, sizeof(int32_t) * (size_t)E);
+    for (size_t i = 0; i < NA; i++)
+        cnt[a->expert[i]]++;
+    int max_cnt = 0;
+    for (int e = 0, o = 0; e < E; e++) {
+        off[e] = o;
+        o += cnt[e];
+        if (cnt[e] > max_cnt)
+            max_cnt = cnt[e];
+    }
+    /* stable counting sort by expert: sorted row s -> assignment out_rows[s] */
+    int32_t *fill = (int32_t *)(rs2 + NA);
+    memcpy(fill, off, sizeof(int32_t) * (size_t)E);
+    for (size_t i = 0; i < NA; i++) {
+        int e = a->expert[i];
+        int s = fill[e]++;
+        out_rows[s] = (int32_t)i;
+        a_tok[s] = a->tok[i];
+    }
+    p->cfg = pick_cfg(p, max_cnt);
+    int bm = mxi_gpu_cfg_bm(p->cfg);
+    int nt = 0;
+    for (int e = 0; e < E; e++)
+        for (int m0 = 0; m0 < cnt[e]; m0 += bm) {
+            tile_e[nt] = e;
+            tile_m0[nt] = m0;
+            nt++;
+        }
+    p->n_mtiles = nt;
+    /* per token, its assignments in ascending (expert, assignment) order */
+    memset(tok_off, 0, sizeof(int32_t) * (T + 1));
+    for (size_t i = 0; i < NA; i++)
+        tok_off[a->tok[i] + 1]++;
+    for (size_t t = 0; t < T; t++)
+        tok_off[t + 1] += tok_off[t];
+    for (size_t t = T; t > 0; t--)
+        tok_off[t] = tok_off[t - 1]; /* tok_off[t + 1] = start of t: a cursor */
+    tok_off[0] = 0;
+    for (size_t s = 0; s < NA; s++)
+        tok_list[tok_off[a_tok[s] + 1]++] = out_rows[s];
+    for (size_t i = 0; i < NA; i++)
+        w[i] = a->weight ? a->weight[i] : 0.0f;
+    for (int e = 0; e < E; e++)
+        for (int s = off[e]; s < off[e] + cnt[e]; s++) {
+            rs1[s] = p->in_scale[e];
+            rs2[s] = p->down_in_scale[e];
+        }
+
+    /* device buffers */
+    const size_t K1 = (size_t)p->m1.K_pad, K2 = (size_t)p->m2.K_pad;
+    mx_status_t st = dbuf_need(&p->x, T * K1 * 2, "tokens");
+    if (st == MX_OK)
+        st = dbuf_need(&p->meta, bytes, "metadata");
+    if (st == MX_OK)
+        st = dbuf_need(&p->hid, NA * K2 * 2, "hidden activations");
+    if (st == MX_OK)
+        st = dbuf_need(&p->y, NA * H * 2, "expert outputs");
+    if (st == MX_OK && a->mode == MX_OUT_WEIGHTED_SUM)
+        st = dbuf_need(&p->out, T * H * 4, "weighted sum");
+    int quant = p->desc.scheme == MX_SCHEME_W4A8 || p->desc.scheme == MX_SCHEME_W8A8;
+    if (st == MX_OK && quant)
+        st = dbuf_need(&p->xq, NA * K1 * 2, "quantized tokens");
+    if (st == MX_OK && quant)
+        st = dbuf_need(&p->rs1, NA * 4, "activation scales");
+    if (st == MX_OK && quant)
+        st = dbuf_need(&p->rs2, NA * 4, "activation scales");
+    if (st == MX_OK && p->desc.scheme == MX_SCHEME_W8A8 && p->desc.act_group == 128) {
+        st = dbuf_need(&p->grp1, NA * ((K1 + 127) / 128) * 4, "group scales");
+        if (st == MX_OK)
+            st = dbuf_need(&p->grp2, NA * ((K2 + 127) / 128) * 4, "group scales");
+    }
+    if (st != MX_OK)
+        return st;
+    int32_t *dm = p->meta.ptr;
+    p->d_a_tok = dm;
+    p->d_out_rows = dm + NA;
+    p->d_tile_e = dm + 2 * NA;
+    p->d_tile_m0 = p->d_tile_e + max_tiles;
+    p->d_off = p->d_tile_m0 + max_tiles;
+    p->d_cnt = p->d_off + E;
+    p->d_tok_off = p->d_cnt + E;
+    p->d_tok_list = p->d_tok_off + T + 1;
+    p->d_w = (float *)(p->d_tok_list + NA);
+    p->d_rs1 = p->d_w + NA;
+    p->d_rs2 = p->d_rs1 + NA;
+    CK(cudaMemcpyAsync(p->meta.ptr, p->hmeta, bytes, cudaMemcpyHostToDevice, p->stream), "cudaMemcpyAsync (metadata)");
+    CK(cudaMemcpy2DAsync(p->x.ptr, K1 * 2, a->x, H * 2, H * 2, T, cudaMemcpyHostToDevice, p->stream),
+       "cudaMemcpy2DAsync (tokens)");
+    if (a->mode == MX_OUT_WEIGHTED_SUM)
+        CK(cudaMemcpyAsync(p->out.ptr, a->out_f32, T * H * 4, cudaMemcpyHostToDevice, p->stream),
+           "cudaMemcpyAsync (weighted sum in)");
+    p->staged = 1;
+    return MX_OK;
+}
+
+static void gemm_common(const mx_backend_packed_t *p, const gmat_t *g, mxg_gemm_params_t *q)
+{
+    memset(q, 0, sizeof *q);
+    q->wfmt = p->wfmt;
+    q->w = g->w;
+    q->w_estride = g->w_es;
+    q->sc = g->sc;
+    q->sc_estride = g->sc_es;
+    q->wsf = g->wsf;
+    q->wsf_estride = g->wsf_es;
+    q->wsf_kb = g->wsf_kb;
+    q->bias = g->bias;
+    q->bias_estride = g->bias_es;
+    q->N = g->N;
+    q->N_pad = g->N_pad;
+    q->K_pad = g->K_pad;
+    q->tile_e = p->d_tile_e;
+    q->tile_m0 = p->d_tile_m0;
+    q->off = p->d_off;
+    q->cnt = p->d_cnt;
+    q->n_mtiles = p->n_mtiles;
+    q->flush = g->flush_w;
+}
+
+#define KL(call, what)                                                                                                 \
+    do {                                                                                                               \
+        int rc_ = (call);                                                                                              \
+        if (rc_ != 0)                                                                                                  \
+            return cuda_fail((cudaError_t)rc_, what);                                                                  \
+    } while (0)
+
+mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
+{
+    if (!p || !p->staged)
+        return mx_error_set(MX_ERR_INVALID, "cuda run: no staged batch");
+    if (p->n_assign == 0)
+        return MX_OK;
+    const size_t NA = p->n_assign;
+    const int K1 = p->m1.K_pad, K2 = p->m2.K_pad;
+    const mx_scheme_t sch = p->desc.scheme;
+    const int grp = sch == MX_SCHEME_W8A8 && p->desc.act_group == 128;
+    mxg_gemm_params_t g1, g2;
+    gemm_common(p, &p->m1, &g1);
+    gemm_common(p, &p->m2, &g2);
+
+    /* GEMM1 input */
+    if (sch == MX_SCHEME_W4A8 || sch == MX_SCHEME_W8A8) {
+        mxg_quant_params_t q = {0};
+        q.mode = sch == MX_SCHEME_W4A8 ? MXG_Q_STATIC : grp ? MXG_Q_GROUP128 : MXG_Q_TOKEN;
+        q.in = p->x.ptr;
+        q.ld_in = K1;
+        q.src_rows = p->d_a_tok;
+        q.out = p->xq.ptr;
+        q.ld_out = K1;
+        q.K = (int)p->desc.hidden;
+        q.row_scale = sch == MX_SCHEME_W4A8 ? p->d_rs1 : p->rs1.ptr;
+        q.grp = p->grp1.ptr;
+        q.n_grp = (K1 + 127) / 128;
+        q.n_rows = (int)NA;
+        KL(mxi_gpu_quant_launch(&q, p->stream), "activation quantization (GEMM1)");
+        g1.a = p->xq.ptr;
+        g1.a_rows = NULL;
+        g1.a_row_scale = grp ? NULL : q.row_scale;
+        g1.a_grp_scale = grp ? p->grp1.ptr : NULL;
+        g1.a_grp_n = q.n_grp;
+        if (grp)
+            g1.flush = 1;
+    } else {
+        g1.a = p->x.ptr;
+        g1.a_rows = p->d_a_tok;
+    }
+    g1.lda = K1;
+    g1.epi = MXG_EPI_ACT;
+    g1.act = (int)p->desc.act;
+    g1.limit = p->desc.swiglu_limit;
+    g1.alpha = p->desc.swiglu_alpha;
+    g1.out = p->hid.ptr;
+    g1.ldo = K2;
+    KL(mxi_gpu_gemm_launch(&g1, p->cfg, p->stream), "GEMM1 (gate_up + activation)");
+
+    /* GEMM2 input: the BF16 hidden activation, quantized in place where the scheme says */
+    g2.a = p->hid.ptr;
+    g2.lda = K2;
+    if (sch == MX_SCHEME_W4A8 || sch == MX_SCHEME_W8A8) {
+        mxg_quant_params_t q = {0};
+        q.mode = sch == MX_SCHEME_W4A8 ? MXG_Q_STATIC : grp ? MXG_Q_GROUP128 : MXG_Q_TOKEN;
+        q.in = p->hid.ptr;
+        q.ld_in = K2;
+        q.out = p->hid.ptr;
+        q.ld_out = K2;
+        q.K = (int)p->desc.inter;
+        q.row_scale = sch == MX_SCHEME_W4A8 ? p->d_rs2 : p->rs2.ptr;
+        q.grp = p->grp2.ptr;
+        q.n_grp = (K2 + 127) / 128;
+        q.n_rows = (int)NA;
+        KL(mxi_gpu_quant_launch(&q, p->stream), "activation quantization (GEMM2)");
+        g2.a_row_scale = grp ? NULL : q.row_scale;
+        g2.a_grp_scale = grp ? p->grp2.ptr : NULL;
+        g2.a_grp_n = q.n_grp;
+        if (grp)
+            g2.flush = 1;
+    }
+    g2.epi = MXG_EPI_OUT;
+    g2.out = p->y.ptr;
+    g2.ldo = (int)p->desc.hidden;
+    g2.out_rows = p->d_out_rows;
+    KL(mxi_gpu_gemm_launch(&g2, p->cfg, p->stream), "GEMM2 (down + bias)");
+
+    if (p->mode == MX_OUT_WEIGHTED_SUM) {
+        mxg_combine_params_t c = {0};
+        c.y = p->y.ptr;
+        c.H = (int)p->desc.hidden;
+        c.tok_off = p->d_tok_off;
+        c.tok_list = p->d_tok_list;
+        c.w = p->d_w;
+        c.out = p->out.ptr;
+        c.n_tokens = (int)p->n_tokens;
+        KL(mxi_gpu_combine_launch(&c, p->stream), "weighted combine");
+    }
+    return MX_OK;
+}
+
+mx_status_t mxi_cuda_fetch(const mx_backend_packed_t *p, const mx_run_args_t *a)
+{
+    if (!p || !p->staged)
+        return mx_error_set(MX_ERR_INVALID, "cuda run: no staged batch");
+    if (p->n_assign == 0)
+        return MX_OK;
+    const size_t H = p->desc.hidden;
+    if (p->mode == MX_OUT_PER_ASSIGNMENT)
+        CK(cudaMemcpyAsync(a->out_bf16, p->y.ptr, p->n_assign * H * 2, cudaMemcpyDeviceToHost, p->stream),
+           "cudaMemcpyAsync (outputs)");
+    else
+        CK(cudaMemcpyAsync(a->out_f32, p->out.ptr, p->n_tokens * H * 4, cudaMemcpyDeviceToHost, p->stream),
+           "cudaMemcpyAsync (weighted sum out)");
+    CK(cudaStreamSynchronize(p->stream), "cudaStreamSynchronize (layer)");
+    return MX_OK;
+}
+
+void *mxi_cuda_stream(const mx_backend_packed_t *p)
+{
+    return p ? (void *)p->stream : NULL;
+}
+int mxi_cuda_staged_cfg(const mx_backend_packed_t *p)
+{
+    return p ? p->cfg : -1;
+}
+void mxi_cuda_force_cfg(mx_backend_packed_t *p, int cfg)
+{
+    if (p)
+        p->force_cfg = cfg < 0 || cfg > MXG_CFG_L ? -1 : cfg;
+}
+
+static mx_status_t cuda_run(const mx_backend_packed_t *packed, const mx_run_args_t *args, void *workspace)
+{
+    (void)workspace;
+    mx_status_t st = mxi_cuda_stage(packed, args);
+    if (st == MX_OK)
+        st = mxi_cuda_layer(packed);
+    if (st == MX_OK)
+        st = mxi_cuda_fetch(packed, args);
+    return st;
+}
+
+const mx_backend_ops_t mx_backend_cuda = {
+    .name = "cuda",
+    .priority = 100,
+    .probe = cuda_probe,
+    .supports = cuda_supports,
+    .prepack = cuda_prepack,
+    .release = cuda_release,
+    .workspace_size = cuda_workspace_size,
+    .run = cuda_run,
+};

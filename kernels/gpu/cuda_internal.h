@@ -1,0 +1,31 @@
+/* mxep cuda backend: internals shared with the GPU bench and tests (not a
+ * public interface). run() = stage + layer + fetch; the bench times `layer`
+ * alone with CUDA events on the backend's stream. */
+#ifndef MXEP_CUDA_INTERNAL_H
+#define MXEP_CUDA_INTERNAL_H
+
+#include "mxep/kernels.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+extern const mx_backend_ops_t mx_backend_cuda;
+
+/* Validates args, groups assignments by expert on the host and uploads the batch. */
+mx_status_t mxi_cuda_stage(const mx_backend_packed_t *packed, const mx_run_args_t *args);
+/* Launches the layer's kernels for the staged batch on the backend's stream (no sync). */
+mx_status_t mxi_cuda_layer(const mx_backend_packed_t *packed);
+/* Copies the outputs of the staged batch into args and waits for the stream. */
+mx_status_t mxi_cuda_fetch(const mx_backend_packed_t *packed, const mx_run_args_t *args);
+/* The backend's stream (a cudaStream_t). */
+void *mxi_cuda_stream(const mx_backend_packed_t *packed);
+/* Tile configuration of the staged batch: 0 = S (16 rows), 1 = M (64), 2 = L (128). */
+int mxi_cuda_staged_cfg(const mx_backend_packed_t *packed);
+/* Forces a tile configuration for later stages (-1 = by batch); for tests of batch invariance. */
+void mxi_cuda_force_cfg(mx_backend_packed_t *packed, int cfg);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
