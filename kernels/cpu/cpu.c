@@ -1,0 +1,898 @@
+/* mxep cpu backend: OpenMP driver, prepack, and the scalar kernel.
+ *
+ * run() groups the assignments by local expert, converts the tokens to FP32
+ * (quantizing them first for the A8 schemes), runs the gate/up GEMM in work
+ * items of MXI_CPU_ROW_BLOCK rows (rows are prepacked gate_i, up_i pairs so an
+ * item also applies the activation and the BF16 rounding of the hidden), then
+ * the down GEMM, adds the down bias, rounds to BF16 and either writes each
+ * (token, expert) row or sums them per token in ascending expert order.
+ * The GEMM kernel is picked once per prepack from the CPU's ISA level; see
+ * cpu_internal.h for the numerics contract that makes it batch invariant. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <omp.h>
+
+#include "cpu_internal.h"
+#include "mxep/quant.h"
+
+#define ALIGN 64
+
+const uint8_t mxi_cpu_mxfp4_pos[32] = {0, 1, 2,  3,  16, 17, 18, 19, 4,  5,  6,  7,  20, 21, 22, 23,
+                                       8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
+
+/* ------------------------------------------------------------------ scalar codecs (private twins of quant/) */
+
+static float bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float bf16_f32(uint16_t h)
+{
+    return bits_f32((uint32_t)h << 16);
+}
+
+static uint16_t f32_bf16(float f)
+{
+    uint32_t u = f32_bits(f);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u)
+        return (uint16_t)((u >> 16) | 0x40u); /* quiet NaN */
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static float round_bf16(float f)
+{
+    return bf16_f32(f32_bf16(f));
+}
+
+static float e8m0_f32(uint8_t b)
+{
+    if (b == 0)
+        return bits_f32(0x00400000u);
+    if (b == 0xFF)
+        return bits_f32(0x7FC00000u);
+    return bits_f32((uint32_t)b << 23);
+}
+
+/* E4M3FN -> float; the vector decoders use the same bit trick (0x7F/0xFF read as
+ * +-480: NaN codes are not expected in weights or in quantized activations). */
+static float e4m3_f32(uint8_t b)
+{
+    int32_t v = (int8_t)b;
+    uint32_t u = ((uint32_t)v << 20) & 0x87F00000u;
+    return bits_f32(u) * 0x1p120f;
+}
+
+/* E4M3 quantize-dequantize with scale s (quant/ encodes: RNE, saturating). */
+static float qdq_e4m3(float x, float s)
+{
+    return e4m3_f32(mx_quant_e4m3fn_from_f32(x / s)) * s;
+}
+
+/* Dynamic FP8 scale of a group (FORMATS.md: amax/448, floor 1/(448*512)). */
+static float dyn_scale(const float *x, size_t n)
+{
+    float amax = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        float v = fabsf(x[i]);
+        if (isfinite(v) && v > amax)
+            amax = v; /* as quant/: finite values only */
+    }
+    float s = amax / MX_FP8_E4M3_MAX;
+    return s < MX_FP8_MIN_SCALE ? MX_FP8_MIN_SCALE : s;
+}
+
+/* In-place FP8 quantize-dequantize of one row of n values, per-token (group 0)
+ * or per group of `group` values. */
+static void qdq_dynamic(float *x, size_t n, int group)
+{
+    size_t g = group > 0 ? (size_t)group : n;
+    for (size_t k0 = 0; k0 < n; k0 += g) {
+        size_t len = n - k0 < g ? n - k0 : g;
+        float s = dyn_scale(x + k0, len);
+        for (size_t i = 0; i < len; i++)
+            x[k0 + i] = qdq_e4m3(x[k0 + i], s);
+    }
+}
+
+/* ------------------------------------------------------------------ block decode and the scalar GEMM */
+
+void mxi_cpu_decode_block(const mxi_cpu_mat_t *m, size_t r, size_t b, float w_p[32])
+{
+    const uint8_t *row = m->data + r * m->row_stride;
+    switch (m->fmt) {
+    case MXI_CPU_BF16: {
+        const uint16_t *v = (const uint16_t *)row + b * 32;
+        for (int k = 0; k < 32; k++)
+            w_p[k] = bf16_f32(v[k]);
+        break;
+    }
+    case MXI_CPU_MXFP4: {
+        static const float e2m1[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
+                                       -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+        const uint8_t *q = row + b * 16;
+        float s = e8m0_f32(row[m->scale_off + b]);
+        for (int k = 0; k < 32; k++) {
+            int p = mxi_cpu_mxfp4_pos[k];
+            uint8_t code = p < 16 ? (uint8_t)(q[p] & 0xF) : (uint8_t)(q[p - 16] >> 4);
+            w_p[k] = e2m1[code] * s;
+        }
+        break;
+    }
+    default: { /* FP8 */
+        const uint8_t *q = row + b * 32;
+        const float *sc = (const float *)(row + m->scale_off);
+        float s = sc[(b * 32) / 128];
+        for (int k = 0; k < 32; k++)
+            w_p[k] = e4m3_f32(q[k]) * s;
+        break;
+    }
+    }
+}
+
+static float hsum8(const float v[8])
+{
+    float s0 = v[0] + v[4], s1 = v[1] + v[5], s2 = v[2] + v[6], s3 = v[3] + v[7];
+    return (s0 + s2) + (s1 + s3);
+}
+
+void mxi_cpu_gemm_scalar(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const float *const *a, size_t nt, float *c,
+                         size_t ldc, float *tile)
+{
+    size_t kp = m->kp, nb = kp / 32;
+    for (size_t r = r0; r < r1; r++) {
+        float *w = tile + (r - r0) * kp;
+        for (size_t b = 0; b < nb; b++)
+            mxi_cpu_decode_block(m, r, b, w + b * 32);
+    }
+    for (size_t t = 0; t < nt; t++) {
+        for (size_t r = r0; r < r1; r++) {
+            const float *w = tile + (r - r0) * kp;
+            float acc[8] = {0};
+            for (size_t k = 0; k < kp; k += 8)
+                for (int l = 0; l < 8; l++)
+                    acc[l] = fmaf(a[t][k + l], w[k + l], acc[l]);
+            c[t * ldc + (r - r0)] = hsum8(acc);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ ISA detection */
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+
+static uint64_t xgetbv0(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+unsigned mxi_cpu_detect(void)
+{
+    unsigned a, b, c, d, flags = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return 0;
+    int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
+    if (!osxsave || !avx)
+        return 0;
+    uint64_t xcr0 = xgetbv0();
+    int ymm_ok = (xcr0 & 0x6) == 0x6, zmm_ok = (xcr0 & 0xE6) == 0xE6;
+    int amx_ok = (xcr0 & 0x60000) == 0x60000;
+    if (__get_cpuid_max(0, NULL) < 7)
+        return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    int avx2 = (b >> 5) & 1;
+    int f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
+    int vnni = (c >> 11) & 1;
+    int amx_bf16 = (d >> 22) & 1, amx_tile = (d >> 24) & 1, amx_int8 = (d >> 25) & 1;
+    unsigned a1, b1, c1, d1;
+    __cpuid_count(7, 1, a1, b1, c1, d1);
+    int bf16 = (a1 >> 5) & 1;
+    if (ymm_ok && avx2 && fma && f16c)
+        flags |= MXI_CPU_HAS_AVX2;
+    if ((flags & MXI_CPU_HAS_AVX2) && zmm_ok && f && dq && bw && vl) {
+        flags |= MXI_CPU_HAS_AVX512;
+        if (bf16)
+            flags |= MXI_CPU_HAS_AVX512BF16;
+        if (vnni)
+            flags |= MXI_CPU_HAS_AVX512VNNI;
+    }
+    if (amx_ok && amx_bf16 && amx_tile && amx_int8)
+        flags |= MXI_CPU_HAS_AMX;
+    return flags;
+}
+#else
+unsigned mxi_cpu_detect(void)
+{
+    return 0;
+}
+#endif
+
+const char *mxi_cpu_level_name(int level)
+{
+    switch (level) {
+    case MXI_CPU_LEVEL_AVX512:
+        return "avx512";
+    case MXI_CPU_LEVEL_AVX2:
+        return "avx2";
+    default:
+        return "scalar";
+    }
+}
+
+static mxi_cpu_gemm_fn level_gemm(int level)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    if (level == MXI_CPU_LEVEL_AVX512)
+        return mxi_cpu_gemm_avx512;
+    if (level == MXI_CPU_LEVEL_AVX2)
+        return mxi_cpu_gemm_avx2;
+#endif
+    (void)level;
+    return mxi_cpu_gemm_scalar;
+}
+
+/* Highest level the CPU has, capped by $MXEP_CPU_ISA (scalar|avx2|avx512). */
+static mx_status_t choose_level(unsigned flags, int *level_p)
+{
+    int have = (flags & MXI_CPU_HAS_AVX512) ? MXI_CPU_LEVEL_AVX512
+               : (flags & MXI_CPU_HAS_AVX2) ? MXI_CPU_LEVEL_AVX2
+                                            : MXI_CPU_LEVEL_SCALAR;
+    const char *env = getenv("MXEP_CPU_ISA");
+    if (env && *env) {
+        int want;
+        if (!strcmp(env, "scalar"))
+            want = MXI_CPU_LEVEL_SCALAR;
+        else if (!strcmp(env, "avx2"))
+            want = MXI_CPU_LEVEL_AVX2;
+        else if (!strcmp(env, "avx512"))
+            want = MXI_CPU_LEVEL_AVX512;
+        else
+            return mx_error_set(MX_ERR_INVALID, "MXEP_CPU_ISA='%s': expected scalar, avx2 or avx512", env);
+        if (want > have)
+            return mx_error_set(MX_ERR_UNSUPPORTED, "MXEP_CPU_ISA=%s: this CPU only runs up to %s", env,
+                                mxi_cpu_level_name(have));
+        have = want;
+    }
+    *level_p = have;
+    return MX_OK;
+}
+
+/* ------------------------------------------------------------------ probe / supports */
+
+static void cpu_brand(char *out, size_t len)
+{
+    snprintf(out, len, "cpu");
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned r[12];
+    if (__get_cpuid_max(0x80000000u, NULL) >= 0x80000004u) {
+        for (unsigned i = 0; i < 3; i++)
+            __cpuid(0x80000002u + i, r[4 * i], r[4 * i + 1], r[4 * i + 2], r[4 * i + 3]);
+        char brand[49];
+        memcpy(brand, r, 48);
+        brand[48] = 0;
+        char *s = brand;
+        while (*s == ' ')
+            s++;
+        size_t n = strlen(s);
+        while (n > 0 && s[n - 1] == ' ')
+            s[--n] = 0;
+        snprintf(out, len, "%s", s);
+    }
+#endif
+}
+
+static mx_status_t cpu_probe(mx_device_info_t *info_p)
+{
+    if (!info_p)
+        return mx_error_set(MX_ERR_INVALID, "cpu probe: info_p is NULL");
+    unsigned flags = mxi_cpu_detect();
+    int level;
+    mx_status_t st = choose_level(flags, &level);
+    if (st != MX_OK)
+        return st;
+    mx_device_info_t info;
+    memset(&info, 0, sizeof info);
+    char brand[96];
+    cpu_brand(brand, sizeof brand);
+    char feats[96];
+    snprintf(feats, sizeof feats, "%s%s%s%s%s", (flags & MXI_CPU_HAS_AVX2) ? "avx2,fma" : "no-avx2",
+             (flags & MXI_CPU_HAS_AVX512) ? ",avx512" : "", (flags & MXI_CPU_HAS_AVX512BF16) ? ",avx512_bf16" : "",
+             (flags & MXI_CPU_HAS_AVX512VNNI) ? ",avx512_vnni" : "", (flags & MXI_CPU_HAS_AMX) ? ",amx" : "");
+    snprintf(info.name, sizeof info.name, "%.80s (%.40s)", brand, feats);
+    snprintf(info.isa, sizeof info.isa, "%s", mxi_cpu_level_name(level));
+    info.device_index = -1;
+    info.cores = omp_get_max_threads();
+    info.memory = 0;
+    info.flags = flags | ((unsigned)(level + 1) << MXI_CPU_LEVEL_SHIFT);
+    *info_p = info;
+    return MX_OK;
+}
+
+static int decline(char *reason, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int decline(char *reason, size_t len, const char *fmt, ...)
+{
+    if (reason && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(reason, len, fmt, ap);
+        va_end(ap);
+    }
+    return 0;
+}
+
+static int cpu_supports(const mx_device_info_t *dev, const mx_moe_desc_t *desc, char *reason, size_t reason_len)
+{
+    (void)dev;
+    if (!desc)
+        return decline(reason, reason_len, "no layer description");
+    if ((int)desc->scheme < 0 || desc->scheme >= MX_SCHEME_COUNT)
+        return decline(reason, reason_len, "unknown scheme %d", (int)desc->scheme);
+    if ((int)desc->act < 0 || desc->act >= MX_ACT_COUNT)
+        return decline(reason, reason_len, "unknown activation %d", (int)desc->act);
+    if (desc->order != MX_GATEUP_HALVES && desc->order != MX_GATEUP_INTERLEAVED)
+        return decline(reason, reason_len, "unknown gate/up order %d", (int)desc->order);
+    if (desc->hidden == 0 || desc->inter == 0)
+        return decline(reason, reason_len, "empty layer: H=%zu I=%zu", desc->hidden, desc->inter);
+    if ((desc->scheme == MX_SCHEME_W4A16 || desc->scheme == MX_SCHEME_W4A8) && (desc->hidden % 32 || desc->inter % 32))
+        return decline(reason, reason_len, "%s: MXFP4 weights need H and I multiples of 32 (H=%zu I=%zu)",
+                       mx_scheme_name(desc->scheme), desc->hidden, desc->inter);
+    if (desc->scheme == MX_SCHEME_W8A8 && desc->act_group != 0 && desc->act_group != 128)
+        return decline(reason, reason_len, "W8A8: activation group %d not supported (0 = per token, or 128)",
+                       desc->act_group);
+    if (desc->act == MX_ACT_SWIGLU_OAI && !(desc->swiglu_limit > 0.0f && desc->swiglu_alpha > 0.0f))
+        return decline(reason, reason_len, "swiglu_oai needs swiglu_limit > 0 and swiglu_alpha > 0 (got %g, %g)",
+                       (double)desc->swiglu_limit, (double)desc->swiglu_alpha);
+    if (desc->hidden > ((size_t)1 << 24) || desc->inter > ((size_t)1 << 24))
+        return decline(reason, reason_len, "layer too large: H=%zu I=%zu (max 2^24)", desc->hidden, desc->inter);
+    return 1;
+}
+
+/* ------------------------------------------------------------------ prepack */
+
+typedef struct {
+    mxi_cpu_mat_t w1; /* [2I x H], rows gate_0, up_0, gate_1, up_1, ... */
+    mxi_cpu_mat_t w2; /* [H x I] */
+    float *b1;        /* [2I] in w1's row order, or NULL */
+    float *b2;        /* [H] or NULL */
+    float in_scale, down_in_scale;
+} cpu_expert_t;
+
+struct mx_backend_packed {
+    mx_moe_desc_t desc;
+    int n_experts;
+    int level;
+    int max_threads;
+    mxi_cpu_gemm_fn gemm;
+    cpu_expert_t *ex;
+};
+
+static size_t round_up(size_t x, size_t m)
+{
+    return (x + m - 1) / m * m;
+}
+
+static void *alloc_aligned(size_t n)
+{
+    return aligned_alloc(ALIGN, round_up(n ? n : ALIGN, ALIGN));
+}
+
+static mx_status_t check_matrix(const mx_matrix_t *m, mx_scheme_t scheme, size_t rows, size_t cols, int e,
+                                const char *name)
+{
+    if (m->rows != rows || m->cols != cols)
+        return mx_error_set(MX_ERR_INVALID, "cpu prepack: expert %d %s is [%zu x %zu], expected [%zu x %zu]", e, name,
+                            m->rows, m->cols, rows, cols);
+    if (!m->data)
+        return mx_error_set(MX_ERR_INVALID, "cpu prepack: expert %d %s has no data", e, name);
+    mx_wfmt_t want = scheme == MX_SCHEME_W16A16                                ? MX_WFMT_BF16
+                     : (scheme == MX_SCHEME_W4A16 || scheme == MX_SCHEME_W4A8) ? MX_WFMT_MXFP4
+                                                                               : MX_WFMT_FP8;
+    if (m->fmt != want)
+        return mx_error_set(MX_ERR_INVALID, "cpu prepack: expert %d %s has weight format %d, scheme %s expects %d", e,
+                            name, (int)m->fmt, mx_scheme_name(scheme), (int)want);
+    if (want == MX_WFMT_MXFP4 && (m->scale_kind != MX_WSCALE_E8M0_32 || !m->scales))
+        return mx_error_set(MX_ERR_INVALID, "cpu prepack: expert %d %s: MXFP4 needs E8M0 scales per 32", e, name);
+    if (want == MX_WFMT_FP8 && (!m->scales || (m->scale_kind != MX_WSCALE_BLOCK && m->scale_kind != MX_WSCALE_CHANNEL &&
+                                               m->scale_kind != MX_WSCALE_TENSOR)))
+        return mx_error_set(MX_ERR_INVALID,
+                            "cpu prepack: expert %d %s: FP8 needs block (128x128), channel or tensor scales", e, name);
+    return MX_OK;
+}
+
+/* Packs src; with halves != 0 (= I), destination row r takes source row
+ * r/2 (even r, gate) or halves + r/2 (odd r, up). */
+static mx_status_t pack_matrix(const mx_matrix_t *src, size_t halves, mxi_cpu_mat_t *dst)
+{
+    memset(dst, 0, sizeof *dst);
+    size_t rows = src->rows, cols = src->cols, kp = round_up(cols, 32);
+    dst->rows = rows;
+    dst->cols = cols;
+    dst->kp = kp;
+    switch (src->fmt) {
+    case MX_WFMT_BF16:
+        dst->fmt = MXI_CPU_BF16;
+        dst->row_stride = round_up(kp * 2, ALIGN);
+        break;
+    case MX_WFMT_MXFP4:
+        dst->fmt = MXI_CPU_MXFP4;
+        dst->scale_off = kp / 2;
+        dst->row_stride = round_up(kp / 2 + kp / 32, ALIGN);
+        break;
+    default:
+        dst->fmt = MXI_CPU_FP8;
+        dst->scale_off = kp;
+        dst->row_stride = round_up(kp + 4 * ((kp + 127) / 128), ALIGN);
+        break;
+    }
+    if (rows && dst->row_stride > SIZE_MAX / rows)
+        return mx_error_set(MX_ERR_NOMEM, "cpu prepack: matrix [%zu x %zu] too large", rows, cols);
+    dst->data = alloc_aligned(rows * dst->row_stride);
+    if (!dst->data)
+        return mx_error_set(MX_ERR_NOMEM, "cpu prepack: %zu bytes for a [%zu x %zu] matrix", rows * dst->row_stride,
+                            rows, cols);
+    memset(dst->data, 0, rows * dst->row_stride);
+    for (size_t r = 0; r < rows; r++) {
+        uint8_t *row = dst->data + r * dst->row_stride;
+        size_t sr = halves ? ((r & 1) ? halves + r / 2 : r / 2) : r;
+        switch (dst->fmt) {
+        case MXI_CPU_BF16:
+            memcpy(row, (const uint16_t *)src->data + sr * cols, cols * 2);
+            break;
+        case MXI_CPU_MXFP4: {
+            const uint8_t *q = (const uint8_t *)src->data + sr * (cols / 2);
+            const uint8_t *s = (const uint8_t *)src->scales + sr * (cols / 32);
+            for (size_t b = 0; b < cols / 32; b++) {
+                uint8_t *blk = row + b * 16;
+                for (int k = 0; k < 32; k++) {
+                    uint8_t byte = q[b * 16 + (size_t)k / 2];
+                    uint8_t code = (k & 1) ? (uint8_t)(byte >> 4) : (uint8_t)(byte & 0xF);
+                    int p = mxi_cpu_mxfp4_pos[k];
+                    if (p < 16)
+                        blk[p] = (uint8_t)(blk[p] | code);
+                    else
+                        blk[p - 16] = (uint8_t)(blk[p - 16] | (code << 4));
+                }
+                row[dst->scale_off + b] = s[b];
+            }
+            /* padded blocks (none: MXFP4 needs cols % 32 == 0) */
+            break;
+        }
+        default: {
+            memcpy(row, (const uint8_t *)src->data + sr * cols, cols);
+            float *sc = (float *)(row + dst->scale_off);
+            const float *ss = (const float *)src->scales;
+            size_t nkb = (kp + 127) / 128, kb_src = (cols + 127) / 128;
+            for (size_t kb = 0; kb < nkb; kb++) {
+                float s;
+                if (src->scale_kind == MX_WSCALE_TENSOR)
+                    s = ss[0];
+                else if (src->scale_kind == MX_WSCALE_CHANNEL)
+                    s = ss[sr];
+                else
+                    s = ss[(sr / 128) * kb_src + (kb < kb_src ? kb : kb_src - 1)];
+                sc[kb] = s;
+            }
+            break;
+        }
+        }
+    }
+    return MX_OK;
+}
+
+static void free_expert(cpu_expert_t *x)
+{
+    free(x->w1.data);
+    free(x->w2.data);
+    free(x->b1);
+    free(x->b2);
+}
+
+static void cpu_release(mx_backend_packed_t *pk)
+{
+    if (!pk)
+        return;
+    if (pk->ex)
+        for (int e = 0; e < pk->n_experts; e++)
+            free_expert(&pk->ex[e]);
+    free(pk->ex);
+    free(pk);
+}
+
+static mx_status_t cpu_prepack(const mx_device_info_t *dev, const mx_moe_desc_t *desc,
+                               const mx_expert_weights_t *experts, int n_experts, mx_backend_packed_t **packed_p)
+{
+    char why[MX_REASON_MAX];
+    if (!desc || !packed_p || (n_experts > 0 && !experts) || n_experts < 0)
+        return mx_error_set(MX_ERR_INVALID, "cpu prepack: NULL argument or negative expert count (%d)", n_experts);
+    if (!cpu_supports(dev, desc, why, sizeof why))
+        return mx_error_set(MX_ERR_UNSUPPORTED, "cpu prepack: %s", why);
+    unsigned flags = dev ? dev->flags : mxi_cpu_detect();
+    int level;
+    unsigned want = dev ? (dev->flags >> MXI_CPU_LEVEL_SHIFT) & 7u : 0u;
+    if (want > 3u)
+        return mx_error_set(MX_ERR_INVALID, "cpu prepack: device info names ISA level %u, expected 1..3", want);
+    if (want)
+        level = (int)want - 1;
+    else {
+        mx_status_t st = choose_level(flags & 0xFFu, &level);
+        if (st != MX_OK)
+            return st;
+    }
+    unsigned have = mxi_cpu_detect();
+    if ((level == MXI_CPU_LEVEL_AVX512 && !(have & MXI_CPU_HAS_AVX512)) ||
+        (level == MXI_CPU_LEVEL_AVX2 && !(have & MXI_CPU_HAS_AVX2)))
+        return mx_error_set(MX_ERR_UNSUPPORTED, "cpu prepack: device info asks for %s, this CPU lacks it",
+                            mxi_cpu_level_name(level));
+    size_t H = desc->hidden, I = desc->inter;
+    for (int e = 0; e < n_experts; e++) {
+        const mx_expert_weights_t *x = &experts[e];
+        mx_status_t st = check_matrix(&x->gate_up, desc->scheme, 2 * I, H, e, "gate_up");
+        if (st == MX_OK)
+            st = check_matrix(&x->down, desc->scheme, H, I, e, "down");
+        if (st != MX_OK)
+            return st;
+        if (desc->scheme == MX_SCHEME_W4A8 && !(x->input_scale > 0.0f && isfinite(x->input_scale)))
+            return mx_error_set(MX_ERR_INVALID, "cpu prepack: expert %d: W4A8 needs a static input_scale > 0, got %g",
+                                e, (double)x->input_scale);
+        if (desc->scheme == MX_SCHEME_W4A8 && !(x->down_input_scale >= 0.0f && isfinite(x->down_input_scale)))
+            return mx_error_set(MX_ERR_INVALID,
+                                "cpu prepack: expert %d: W4A8 down_input_scale %g: expected >= 0 (0 = dynamic)", e,
+                                (double)x->down_input_scale);
+    }
+    mx_backend_packed_t *pk = calloc(1, sizeof *pk);
+    if (!pk)
+        return mx_error_set(MX_ERR_NOMEM, "cpu prepack: packed header");
+    pk->desc = *desc;
+    pk->n_experts = n_experts;
+    pk->level = level;
+    pk->gemm = level_gemm(level);
+    pk->max_threads = omp_get_max_threads();
+    pk->ex = calloc(n_experts > 0 ? (size_t)n_experts : 1, sizeof *pk->ex);
+    if (!pk->ex) {
+        free(pk);
+        return mx_error_set(MX_ERR_NOMEM, "cpu prepack: %d experts", n_experts);
+    }
+    mx_status_t st = MX_OK;
+    for (int e = 0; e < n_experts && st == MX_OK; e++) {
+        const mx_expert_weights_t *x = &experts[e];
+        cpu_expert_t *o = &pk->ex[e];
+        o->in_scale = x->input_scale;
+        o->down_in_scale = x->down_input_scale;
+        /* gate/up rows to pairs (gate_i, up_i) */
+        st = pack_matrix(&x->gate_up, desc->order == MX_GATEUP_HALVES ? I : 0, &o->w1);
+        if (st == MX_OK)
+            st = pack_matrix(&x->down, 0, &o->w2);
+        if (st == MX_OK && x->gate_up_bias) {
+            o->b1 = malloc(2 * I * sizeof(float));
+            if (!o->b1)
+                st = mx_error_set(MX_ERR_NOMEM, "cpu prepack: expert %d bias", e);
+            else
+                for (size_t i = 0; i < 2 * I; i++)
+                    o->b1[i] = x->gate_up_bias[desc->order == MX_GATEUP_HALVES ? ((i & 1) ? I + i / 2 : i / 2) : i];
+        }
+        if (st == MX_OK && x->down_bias) {
+            o->b2 = malloc(H * sizeof(float));
+            if (!o->b2)
+                st = mx_error_set(MX_ERR_NOMEM, "cpu prepack: expert %d bias", e);
+            else
+                memcpy(o->b2, x->down_bias, H * sizeof(float));
+        }
+    }
+    if (st != MX_OK) {
+        cpu_release(pk);
+        return st;
+    }
+    *packed_p = pk;
+    return MX_OK;
+}
+
+int mxi_cpu_packed_level(const mx_backend_packed_t *packed)
+{
+    return packed ? packed->level : -1;
+}
+
+size_t mxi_cpu_packed_expert_bytes(const mx_backend_packed_t *packed, int expert)
+{
+    if (!packed || expert < 0 || expert >= packed->n_experts)
+        return 0;
+    const cpu_expert_t *x = &packed->ex[expert];
+    return x->w1.rows * x->w1.row_stride + x->w2.rows * x->w2.row_stride;
+}
+
+const mxi_cpu_mat_t *mxi_cpu_packed_matrix(const mx_backend_packed_t *packed, int expert, int which)
+{
+    if (!packed || expert < 0 || expert >= packed->n_experts)
+        return NULL;
+    return which ? &packed->ex[expert].w2 : &packed->ex[expert].w1;
+}
+
+/* ------------------------------------------------------------------ workspace */
+
+typedef struct {
+    size_t off_cnt, off_order, off_tcnt, off_tlist, off_aptr1, off_aptr2, off_a1, off_hd, off_y, off_thr;
+    size_t n_a1_rows, thr_bytes, total;
+} layout_t;
+
+static size_t kpad(size_t n)
+{
+    return round_up(n, 32);
+}
+
+static layout_t make_layout(const mx_backend_packed_t *pk, size_t n_tokens, size_t n_assign)
+{
+    layout_t L;
+    size_t H = pk->desc.hidden, I = pk->desc.inter, E = (size_t)pk->n_experts;
+    size_t kmax = kpad(H) > kpad(I) ? kpad(H) : kpad(I);
+    size_t o = 0;
+    L.off_cnt = o;
+    o = round_up(o + (E + 1) * sizeof(size_t), ALIGN);
+    L.off_order = o;
+    o = round_up(o + n_assign * sizeof(int32_t), ALIGN);
+    L.off_tcnt = o;
+    o = round_up(o + (n_tokens + 1) * sizeof(size_t), ALIGN);
+    L.off_tlist = o;
+    o = round_up(o + n_assign * sizeof(int32_t), ALIGN);
+    L.off_aptr1 = o;
+    o = round_up(o + n_assign * sizeof(float *), ALIGN);
+    L.off_aptr2 = o;
+    o = round_up(o + n_assign * sizeof(float *), ALIGN);
+    L.n_a1_rows = pk->desc.scheme == MX_SCHEME_W4A8 ? n_assign : n_tokens;
+    L.off_a1 = o;
+    o = round_up(o + L.n_a1_rows * kpad(H) * sizeof(float), ALIGN);
+    L.off_hd = o;
+    o = round_up(o + n_assign * kpad(I) * sizeof(float), ALIGN);
+    L.off_y = o;
+    o = round_up(o + n_assign * H * sizeof(uint16_t), ALIGN);
+    /* per thread: the gemm scratch (a float tile of ROW_BLOCK rows, then 8-lane
+     * partial sums [n_assign x ROW_BLOCK x 8]) and a C block [n_assign x ROW_BLOCK] */
+    L.thr_bytes = round_up(MXI_CPU_ROW_BLOCK * kmax * sizeof(float), ALIGN) +               /* decoded tile */
+                  round_up((n_assign + 8) * MXI_CPU_ROW_BLOCK * 8 * sizeof(float), ALIGN) + /* vector partials */
+                  round_up(n_assign * MXI_CPU_ROW_BLOCK * sizeof(float), ALIGN);            /* C block */
+    L.off_thr = o;
+    o += (size_t)pk->max_threads * L.thr_bytes;
+    L.total = o + ALIGN; /* run() aligns the caller's workspace to 64 bytes */
+    return L;
+}
+
+static size_t cpu_workspace_size(const mx_backend_packed_t *packed, size_t max_tokens, size_t max_assign)
+{
+    if (!packed)
+        return 0;
+    return make_layout(packed, max_tokens, max_assign).total;
+}
+
+/* ------------------------------------------------------------------ run */
+
+/* The same expressions as the ref backend, so only summation order differs. */
+static float act_fn(const mx_moe_desc_t *d, float g, float u)
+{
+    switch (d->act) {
+    case MX_ACT_SWIGLU_OAI: {
+        const float lim = d->swiglu_limit;
+        g = g > lim ? lim : g; /* no lower clamp on gate */
+        u = u > lim ? lim : (u < -lim ? -lim : u);
+        float glu = g * (1.0f / (1.0f + expf(-(g * d->swiglu_alpha))));
+        return (u + 1.0f) * glu;
+    }
+    case MX_ACT_GELU_TANH: {
+        const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+        float inner = c * (g + 0.044715f * g * g * g);
+        return 0.5f * g * (1.0f + tanhf(inner)) * u;
+    }
+    default:
+        return g * (1.0f / (1.0f + expf(-g))) * u;
+    }
+}
+
+static mx_status_t check_args(const mx_backend_packed_t *pk, const mx_run_args_t *a, const void *ws)
+{
+    if (!pk || !a)
+        return mx_error_set(MX_ERR_INVALID, "cpu run: packed weights or args is NULL");
+    if (a->mode != MX_OUT_PER_ASSIGNMENT && a->mode != MX_OUT_WEIGHTED_SUM)
+        return mx_error_set(MX_ERR_INVALID, "cpu run: output mode %d is neither PER_ASSIGNMENT nor WEIGHTED_SUM",
+                            (int)a->mode);
+    if (a->n_assign == 0)
+        return MX_OK;
+    if (!ws)
+        return mx_error_set(MX_ERR_INVALID, "cpu run: workspace is NULL (see workspace_size)");
+    if (!a->x || !a->tok || !a->expert)
+        return mx_error_set(MX_ERR_INVALID, "cpu run: x, tok or expert is NULL with %zu assignments", a->n_assign);
+    if (a->mode == MX_OUT_PER_ASSIGNMENT && !a->out_bf16)
+        return mx_error_set(MX_ERR_INVALID, "cpu run: PER_ASSIGNMENT needs out_bf16");
+    if (a->mode == MX_OUT_WEIGHTED_SUM && (!a->out_f32 || !a->weight))
+        return mx_error_set(MX_ERR_INVALID, "cpu run: WEIGHTED_SUM needs out_f32 and weight");
+    if (a->n_assign > (size_t)INT32_MAX || a->n_tokens > (size_t)INT32_MAX)
+        return mx_error_set(MX_ERR_INVALID, "cpu run: %zu tokens / %zu assignments exceed 2^31", a->n_tokens,
+                            a->n_assign);
+    for (size_t i = 0; i < a->n_assign; i++) {
+        if (a->tok[i] < 0 || (size_t)a->tok[i] >= a->n_tokens)
+            return mx_error_set(MX_ERR_INVALID, "cpu run: assignment %zu has token %d, expected 0..%zu", i,
+                                (int)a->tok[i], a->n_tokens ? a->n_tokens - 1 : 0);
+        if (a->expert[i] < 0 || a->expert[i] >= pk->n_experts)
+            return mx_error_set(MX_ERR_INVALID, "cpu run: assignment %zu has expert %d, expected 0..%d", i,
+                                (int)a->expert[i], pk->n_experts - 1);
+    }
+    return MX_OK;
+}
+
+static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *args, void *workspace)
+{
+    mx_status_t st = check_args(pk, args, workspace);
+    if (st != MX_OK || args->n_assign == 0)
+        return st;
+    const mx_moe_desc_t *d = &pk->desc;
+    const size_t H = d->hidden, I = d->inter, E = (size_t)pk->n_experts, NA = args->n_assign, NT = args->n_tokens;
+    const size_t kh = kpad(H), ki = kpad(I);
+    layout_t L = make_layout(pk, NT, NA);
+    uint8_t *ws = (uint8_t *)workspace + ((ALIGN - ((uintptr_t)workspace & (ALIGN - 1))) & (ALIGN - 1));
+    size_t *cnt = (size_t *)(ws + L.off_cnt); /* expert offsets [E+1] */
+    int32_t *order = (int32_t *)(ws + L.off_order);
+    size_t *tcnt = (size_t *)(ws + L.off_tcnt); /* token offsets [NT+1] */
+    int32_t *tlist = (int32_t *)(ws + L.off_tlist);
+    const float **aptr1 = (const float **)(ws + L.off_aptr1);
+    const float **aptr2 = (const float **)(ws + L.off_aptr2);
+    float *a1 = (float *)(ws + L.off_a1), *hd = (float *)(ws + L.off_hd);
+    uint16_t *ybuf = (uint16_t *)(ws + L.off_y);
+
+    /* group by expert (stable), then by token in ascending expert order */
+    memset(cnt, 0, (E + 1) * sizeof *cnt);
+    for (size_t i = 0; i < NA; i++)
+        cnt[args->expert[i] + 1]++;
+    for (size_t e = 0; e < E; e++)
+        cnt[e + 1] += cnt[e];
+    for (size_t i = 0; i < NA; i++)
+        order[cnt[args->expert[i]]++] = (int32_t)i;
+    for (size_t e = E; e > 0; e--)
+        cnt[e] = cnt[e - 1];
+    cnt[0] = 0;
+    memset(tcnt, 0, (NT + 1) * sizeof *tcnt);
+    for (size_t i = 0; i < NA; i++)
+        tcnt[args->tok[i] + 1]++;
+    for (size_t t = 0; t < NT; t++)
+        tcnt[t + 1] += tcnt[t];
+    for (size_t p = 0; p < NA; p++)
+        tlist[tcnt[args->tok[order[p]]]++] = order[p];
+    for (size_t t = NT; t > 0; t--)
+        tcnt[t] = tcnt[t - 1];
+    tcnt[0] = 0;
+
+    int nth = args->n_threads > 0 ? args->n_threads : pk->max_threads;
+    if (nth > pk->max_threads)
+        nth = pk->max_threads;
+    const int w4a8 = d->scheme == MX_SCHEME_W4A8, w8a8 = d->scheme == MX_SCHEME_W8A8;
+    const size_t rb = MXI_CPU_ROW_BLOCK;
+    const size_t nrb1 = (2 * I + rb - 1) / rb, nrb2 = (H + rb - 1) / rb;
+    mxi_cpu_gemm_fn gemm = pk->gemm;
+
+#pragma omp parallel num_threads(nth)
+    {
+        int tid = omp_get_thread_num();
+        uint8_t *thr = ws + L.off_thr + (size_t)tid * L.thr_bytes;
+        float *tile = (float *)thr;
+        float *cb = (float *)(thr + round_up(rb * (kh > ki ? kh : ki) * sizeof(float), ALIGN) +
+                              round_up((NA + 8) * rb * 8 * sizeof(float), ALIGN));
+
+        /* 1. activations into GEMM 1 (FP32, quantized for the A8 schemes), zero padded */
+        size_t nrows = L.n_a1_rows;
+#pragma omp for schedule(static)
+        for (size_t i = 0; i < nrows; i++) {
+            size_t tok = w4a8 ? (size_t)args->tok[order[i]] : i;
+            const uint16_t *xs = args->x + tok * H;
+            float *row = a1 + i * kh;
+            for (size_t k = 0; k < H; k++)
+                row[k] = bf16_f32(xs[k]);
+            for (size_t k = H; k < kh; k++)
+                row[k] = 0.0f;
+            if (w4a8) {
+                float s = pk->ex[args->expert[order[i]]].in_scale;
+                for (size_t k = 0; k < H; k++)
+                    row[k] = qdq_e4m3(row[k], s);
+            } else if (w8a8) {
+                qdq_dynamic(row, H, d->act_group);
+            }
+        }
+#pragma omp for schedule(static)
+        for (size_t p = 0; p < NA; p++) {
+            aptr1[p] = a1 + (w4a8 ? p : (size_t)args->tok[order[p]]) * kh;
+            aptr2[p] = hd + p * ki;
+            for (size_t k = I; k < ki; k++)
+                hd[p * ki + k] = 0.0f;
+        }
+        /* 2. gate/up GEMM + activation -> hidden (BF16-rounded, FP32 storage) */
+#pragma omp for schedule(dynamic, 1)
+        for (size_t it = 0; it < E * nrb1; it++) {
+            size_t e = it / nrb1, r0 = (it % nrb1) * rb, r1 = r0 + rb < 2 * I ? r0 + rb : 2 * I;
+            size_t c = cnt[e + 1] - cnt[e];
+            if (c == 0)
+                continue;
+            const cpu_expert_t *x = &pk->ex[e];
+            gemm(&x->w1, r0, r1, aptr1 + cnt[e], c, cb, rb, tile);
+            for (size_t t = 0; t < c; t++) {
+                float *h = hd + (cnt[e] + t) * ki;
+                const float *cr = cb + t * rb;
+                for (size_t r = r0; r < r1; r += 2) {
+                    float g = cr[r - r0], u = cr[r - r0 + 1];
+                    if (x->b1) {
+                        g += x->b1[r];
+                        u += x->b1[r + 1];
+                    }
+                    float v = round_bf16(act_fn(d, g, u));
+                    if (w4a8 && x->down_in_scale > 0.0f)
+                        v = qdq_e4m3(v, x->down_in_scale);
+                    h[r / 2] = v;
+                }
+            }
+        }
+        /* 3. dynamic quantization of the hidden rows: W8A8 (per token or group),
+         * W4A8 experts without a static down_input_scale (per token) */
+        if (w8a8 || w4a8) {
+#pragma omp for schedule(static)
+            for (size_t p = 0; p < NA; p++) {
+                if (w8a8)
+                    qdq_dynamic(hd + p * ki, I, d->act_group);
+                else if (pk->ex[args->expert[order[p]]].down_in_scale == 0.0f)
+                    qdq_dynamic(hd + p * ki, I, 0);
+            }
+        }
+        /* 4. down GEMM + bias -> BF16 */
+#pragma omp for schedule(dynamic, 1)
+        for (size_t it = 0; it < E * nrb2; it++) {
+            size_t e = it / nrb2, r0 = (it % nrb2) * rb, r1 = r0 + rb < H ? r0 + rb : H;
+            size_t c = cnt[e + 1] - cnt[e];
+            if (c == 0)
+                continue;
+            const cpu_expert_t *x = &pk->ex[e];
+            gemm(&x->w2, r0, r1, aptr2 + cnt[e], c, cb, rb, tile);
+            for (size_t t = 0; t < c; t++) {
+                size_t a = (size_t)order[cnt[e] + t];
+                uint16_t *dst = args->mode == MX_OUT_PER_ASSIGNMENT ? args->out_bf16 + a * H : ybuf + a * H;
+                const float *cr = cb + t * rb;
+                for (size_t r = r0; r < r1; r++)
+                    dst[r] = f32_bf16(cr[r - r0] + (x->b2 ? x->b2[r] : 0.0f));
+            }
+        }
+        /* 5. weighted sum per token, ascending local expert */
+        if (args->mode == MX_OUT_WEIGHTED_SUM) {
+#pragma omp for schedule(static)
+            for (size_t t = 0; t < NT; t++) {
+                float *o = args->out_f32 + t * H;
+                for (size_t j = tcnt[t]; j < tcnt[t + 1]; j++) {
+                    size_t a = (size_t)tlist[j];
+                    float w = args->weight[a];
+                    const uint16_t *y = ybuf + a * H;
+                    for (size_t h = 0; h < H; h++)
+                        o[h] += w * bf16_f32(y[h]);
+                }
+            }
+        }
+    }
+    return MX_OK;
+}
+
+const mx_backend_ops_t mx_backend_cpu = {
+    .name = "cpu",
+    .priority = 10,
+    .probe = cpu_probe,
+    .supports = cpu_supports,
+    .prepack = cpu_prepack,
+    .release = cpu_release,
+    .workspace_size = cpu_workspace_size,
+    .run = cpu_run,
+};
