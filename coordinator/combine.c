@@ -12,7 +12,8 @@
 
 #define CHUNK 256
 
-void mx_coord_combine_rows(const uint16_t *const *rows, const float *weights, int n, size_t hidden, uint16_t *out)
+void mxi_coord_combine_rows_scalar(const uint16_t *const *rows, const float *weights, int n, size_t hidden,
+                                   uint16_t *out)
 {
     float acc[CHUNK];
     for (size_t h0 = 0; h0 < hidden; h0 += CHUNK) {
@@ -28,6 +29,17 @@ void mx_coord_combine_rows(const uint16_t *const *rows, const float *weights, in
         for (size_t h = 0; h < len; h++)
             out[h0 + h] = mxi_bf16_from_f32(acc[h]);
     }
+}
+
+void mx_coord_combine_rows(const uint16_t *const *rows, const float *weights, int n, size_t hidden, uint16_t *out)
+{
+#if MXI_COORD_X86
+    if (mxi_coord_use_avx2()) {
+        mxi_coord_combine_rows_avx2(rows, weights, n, hidden, out);
+        return;
+    }
+#endif
+    mxi_coord_combine_rows_scalar(rows, weights, n, hidden, out);
 }
 
 void mx_coord_combine_sizes(const mx_dispatch_plan_t *plan, mx_combine_mode_t mode, size_t hidden, size_t *bytes_p)
@@ -111,6 +123,36 @@ mx_status_t mx_coord_combine(const mx_dispatch_plan_t *plan, mx_combine_mode_t m
         return MX_OK;
     }
     const size_t row_bytes = hidden * sizeof(float);
+#if MXI_COORD_X86
+    /* fast: find each token's rows once, then one vector pass over h */
+    const float **rrows = mxi_coord_use_avx2() ? malloc((size_t)plan->n_ranks * sizeof *rrows * 64) : NULL;
+    if (rrows) {
+        int nth = 1;
+#ifdef _OPENMP
+        nth = omp_get_max_threads();
+        if (nth > 64)
+            nth = 64;
+#endif
+#pragma omp parallel for schedule(static) num_threads(nth)
+        for (long long t = 0; t < T; t++) {
+            int tid = 0;
+#ifdef _OPENMP
+            tid = omp_get_thread_num();
+#endif
+            const float **rr = rrows + (size_t)tid * (size_t)plan->n_ranks;
+            int n = 0;
+            for (int r = 0; r < plan->n_ranks; r++) {
+                long c = find_copy(plan, r, (int32_t)t);
+                if (c >= 0)
+                    rr[n++] =
+                        (const float *)(base + displs[r] + (size_t)(c - (long)plan->rank_copy_off[r]) * row_bytes);
+            }
+            mxi_coord_sum_rows_avx2(rr, n, hidden, out_p + (size_t)t * hidden);
+        }
+        free(rrows);
+        return MX_OK;
+    }
+#endif
 #pragma omp parallel for schedule(static)
     for (long long t = 0; t < T; t++) {
         float acc[CHUNK];

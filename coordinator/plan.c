@@ -1,12 +1,17 @@
 /* coordinator/plan.c: dispatch plan (one copy of a token per destination
  * rank), the wire packing of coordinator.h, and the receiving side's unpacking
  * into the backend's run() arguments. */
+#include <malloc.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "coord_internal.h"
 #include "mxep/coordinator.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #ifdef MXEP_COORD_HAVE_QUANT
 #include "mxep/quant.h"
 #endif
@@ -253,6 +258,109 @@ void mx_coord_dispatch_sizes(const mx_dispatch_plan_t *plan, mx_dispatch_dtype_t
     }
 }
 
+/* Header, per-copy entry counts and entries of the message to rank r (which
+ * has at least one copy), zero padding up to the rows. */
+static void write_meta(const mx_dispatch_plan_t *plan, int r, mx_dispatch_dtype_t dtype, size_t hidden, size_t row,
+                       uint8_t *m)
+{
+    size_t c0 = plan->rank_copy_off[r], nt = plan->rank_copy_off[r + 1] - c0;
+    size_t e0 = plan->rank_entry_off[r], ne = plan->rank_entry_off[r + 1] - e0;
+    mx_wire_header_t h = {MX_WIRE_MAGIC, (uint32_t)dtype, (uint32_t)hidden,        (uint32_t)nt,
+                          (uint32_t)ne,  (uint32_t)row,   (uint32_t)plan->my_rank, 0};
+    memcpy(m, &h, sizeof h);
+    uint8_t *cnt = m + sizeof h;
+    for (size_t c = 0; c < nt; c++) {
+        uint32_t n = (uint32_t)(plan->copy_entry_off[c0 + c + 1] - plan->copy_entry_off[c0 + c]);
+        memcpy(cnt + c * sizeof n, &n, sizeof n);
+    }
+    uint8_t *ent = cnt + nt * sizeof(uint32_t);
+    for (size_t i = 0; i < ne; i++) {
+        mx_wire_entry_t we = {plan->entry_local_expert[e0 + i], plan->entry_weight[e0 + i]};
+        memcpy(ent + i * sizeof we, &we, sizeof we);
+    }
+    size_t used = sizeof h + nt * sizeof(uint32_t) + ne * sizeof(mx_wire_entry_t);
+    memset(m + used, 0, meta_bytes(nt, ne) - used);
+}
+
+/* The fast packing: every token quantized once (FP8), straight into the row of
+ * its first copy, then copied to its other copies; OpenMP over tokens and
+ * copies. The bytes are those of the scalar code below. Returns 0 (nothing
+ * written) when its scratch cannot be allocated: the caller runs the scalar
+ * code, which needs less. */
+static int pack_fast(const mx_dispatch_plan_t *plan, const uint16_t *x, size_t hidden, mx_dispatch_dtype_t dtype,
+                     void *send, const size_t *displs, size_t row)
+{
+    const size_t NC = plan->n_copies, T = plan->n_tokens;
+    const size_t ng = (hidden + FP8_GROUP - 1) / FP8_GROUP;
+    int nth = 1;
+#ifdef _OPENMP
+    nth = omp_get_max_threads();
+#endif
+    /* scratch: copy_dst[NC], first[T], scales[nth x ng] */
+    size_t bytes = NC * sizeof(uint8_t *) + T * sizeof(size_t) + (size_t)nth * ng * sizeof(float);
+    void *scratch = malloc(bytes ? bytes : 1);
+    if (!scratch)
+        return 0;
+    uint8_t **copy_dst = scratch;
+    size_t *first = (size_t *)(copy_dst + NC);
+    float *scales = (float *)(first + T);
+    for (size_t t = 0; t < T; t++)
+        first[t] = SIZE_MAX;
+    for (int r = 0; r < plan->n_ranks; r++) {
+        size_t c0 = plan->rank_copy_off[r], nt = plan->rank_copy_off[r + 1] - c0;
+        if (nt == 0)
+            continue;
+        uint8_t *m = (uint8_t *)send + displs[r];
+        write_meta(plan, r, dtype, hidden, row, m);
+        uint8_t *rows = m + meta_bytes(nt, plan->rank_entry_off[r + 1] - plan->rank_entry_off[r]);
+        for (size_t c = 0; c < nt; c++) {
+            copy_dst[c0 + c] = rows + c * row;
+            size_t t = (size_t)plan->copy_token[c0 + c];
+            if (first[t] == SIZE_MAX)
+                first[t] = c0 + c;
+        }
+    }
+    const long long LT = (long long)T, LNC = (long long)NC;
+#pragma omp parallel num_threads(nth)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        if (dtype == MX_DISPATCH_FP8) {
+#ifdef MXEP_COORD_HAVE_QUANT
+            float *sc = scales + (size_t)tid * ng;
+#pragma omp for schedule(static)
+            for (long long t = 0; t < LT; t++) {
+                if (first[t] == SIZE_MAX)
+                    continue;
+                uint8_t *dst = copy_dst[first[t]];
+                /* cannot fail: non-NULL pointers, one row of hidden <= 2^30 */
+                (void)mx_quant_fp8_group_dynamic_bf16_fast(x + (size_t)t * hidden, 1, hidden, FP8_GROUP,
+                                                           dst + ng * sizeof(float), sc);
+                memcpy(dst, sc, ng * sizeof(float));
+                memset(dst + ng * sizeof(float) + hidden, 0, row - ng * sizeof(float) - hidden);
+            }
+#endif
+#pragma omp for schedule(static)
+            for (long long c = 0; c < LNC; c++) {
+                size_t t = (size_t)plan->copy_token[c];
+                if (first[t] != (size_t)c)
+                    memcpy(copy_dst[c], copy_dst[first[t]], row);
+            }
+        } else {
+#pragma omp for schedule(static)
+            for (long long c = 0; c < LNC; c++) {
+                const size_t t = (size_t)plan->copy_token[c];
+                memcpy(copy_dst[c], x + t * hidden, hidden * sizeof(uint16_t));
+                memset(copy_dst[c] + hidden * sizeof(uint16_t), 0, row - hidden * sizeof(uint16_t));
+            }
+        }
+    }
+    free(scratch);
+    return 1;
+}
+
 mx_status_t mx_coord_dispatch_pack(const mx_dispatch_plan_t *plan, const uint16_t *x, size_t hidden,
                                    mx_dispatch_dtype_t dtype, void *send, const size_t *displs)
 {
@@ -267,6 +375,8 @@ mx_status_t mx_coord_dispatch_pack(const mx_dispatch_plan_t *plan, const uint16_
         return mx_error_set(MX_ERR_UNSUPPORTED, "dispatch pack: FP8 needs quant/, which this build lacks");
 #endif
     const size_t row = mx_coord_wire_row_bytes(dtype, hidden);
+    if (mxi_coord_fast() && pack_fast(plan, x, hidden, dtype, send, displs, row))
+        return MX_OK;
     /* FP8: quantize every token that travels once (a token goes to several
      * ranks), into wire-format rows, then copy rows into the messages. */
     uint8_t *qrows = NULL;
@@ -315,23 +425,8 @@ mx_status_t mx_coord_dispatch_pack(const mx_dispatch_plan_t *plan, const uint16_
         if (nt == 0)
             continue;
         uint8_t *m = (uint8_t *)send + displs[r];
-        mx_wire_header_t h = {MX_WIRE_MAGIC, (uint32_t)dtype, (uint32_t)hidden,        (uint32_t)nt,
-                              (uint32_t)ne,  (uint32_t)row,   (uint32_t)plan->my_rank, 0};
-        memcpy(m, &h, sizeof h);
-        uint8_t *cnt = m + sizeof h;
-        for (size_t c = 0; c < nt; c++) {
-            uint32_t n = (uint32_t)(plan->copy_entry_off[c0 + c + 1] - plan->copy_entry_off[c0 + c]);
-            memcpy(cnt + c * sizeof n, &n, sizeof n);
-        }
-        uint8_t *ent = cnt + nt * sizeof(uint32_t);
-        for (size_t i = 0; i < ne; i++) {
-            mx_wire_entry_t we = {plan->entry_local_expert[e0 + i], plan->entry_weight[e0 + i]};
-            memcpy(ent + i * sizeof we, &we, sizeof we);
-        }
-        size_t used = sizeof h + nt * sizeof(uint32_t) + ne * sizeof(mx_wire_entry_t);
-        size_t meta = meta_bytes(nt, ne);
-        memset(m + used, 0, meta - used);
-        uint8_t *rows = m + meta;
+        write_meta(plan, r, dtype, hidden, row, m);
+        uint8_t *rows = m + meta_bytes(nt, ne);
         for (size_t c = 0; c < nt; c++) {
             const size_t t = (size_t)plan->copy_token[c0 + c];
             uint8_t *dst = rows + c * row;
@@ -432,6 +527,157 @@ static mx_status_t check_message(const uint8_t *m, size_t bytes, int src, size_t
     return MX_OK;
 }
 
+/* One received row decoded into dst: the scalar code's bytes (BF16 copied;
+ * FP8: value * scale rounded to BF16). A group with a finite scale goes
+ * through quant's fused decoder, which then equals decode + mxi_bf16_from_f32
+ * bit for bit (the products are never NaN except for a NaN code, whose
+ * canonical NaN both roundings map alike); a non-finite scale from the wire
+ * keeps the two-step scalar rounding (payload NaNs). */
+static void unpack_row_fast(const uint8_t *src, mx_dispatch_dtype_t dtype, size_t hidden, uint16_t *dst)
+{
+    if (dtype == MX_DISPATCH_BF16) {
+        memcpy(dst, src, hidden * sizeof(uint16_t));
+        return;
+    }
+#ifdef MXEP_COORD_HAVE_QUANT
+    const size_t ng = (hidden + FP8_GROUP - 1) / FP8_GROUP;
+    const uint8_t *q = src + ng * sizeof(float);
+    for (size_t g = 0; g < ng; g++) {
+        float sc;
+        memcpy(&sc, src + g * sizeof(float), sizeof sc);
+        size_t c0 = g * FP8_GROUP, len = hidden - c0 < FP8_GROUP ? hidden - c0 : FP8_GROUP;
+        if (isfinite(sc)) {
+            (void)mx_quant_fp8_decode_bf16_fast(q + c0, len, sc, dst + c0);
+        } else {
+            float f[FP8_GROUP];
+            (void)mx_quant_fp8_decode_fast(q + c0, len, sc, f);
+            for (size_t i = 0; i < len; i++)
+                dst[c0 + i] = mxi_bf16_from_f32(f[i]);
+        }
+    }
+#endif
+}
+
+/* Grows *p to hold n bytes (n >= 1) without keeping its contents; *fresh
+ * gets the new block (to install on success) or stays NULL when *p is big
+ * enough. Returns 0 when out of memory. */
+static int grow(void *p, size_t n, void **fresh)
+{
+    *fresh = NULL;
+    if (p && malloc_usable_size(p) >= n)
+        return 1;
+    *fresh = malloc(n + n / 4); /* some headroom: layers differ a little */
+    return *fresh != NULL;
+}
+
+/* The fast unpacking into a batch that may already hold arrays (reused when
+ * big enough). On failure *b is untouched. */
+static mx_status_t unpack_into(const void *recv, const size_t *bytes, const size_t *displs, int n_ranks, size_t hidden,
+                               int n_local_experts, mx_recv_batch_t *b)
+{
+    size_t nt = 0, na = 0;
+    mx_wire_header_t h;
+    for (int s = 0; s < n_ranks; s++) {
+        if (bytes[s] && !recv)
+            return mx_error_set(MX_ERR_INVALID, "dispatch unpack: NULL receive buffer");
+        mx_status_t st = check_message(bytes[s] ? (const uint8_t *)recv + displs[s] : NULL, bytes[s], s, hidden,
+                                       n_local_experts, &h);
+        if (st != MX_OK)
+            return st;
+        nt += h.n_tokens;
+        na += h.n_entries;
+    }
+    /* x, tok, expert, weight, src_token_off, src_assign_off */
+    void *cur[6] = {b->x, b->tok, b->expert, b->weight, b->src_token_off, b->src_assign_off};
+    const size_t need[6] = {(nt ? nt : 1) * hidden * sizeof(uint16_t), (na ? na : 1) * sizeof(int32_t),
+                            (na ? na : 1) * sizeof(int32_t),           (na ? na : 1) * sizeof(float),
+                            ((size_t)n_ranks + 1) * sizeof(size_t),    ((size_t)n_ranks + 1) * sizeof(size_t)};
+    void *fresh[6];
+    int ok = 1;
+    for (int i = 0; i < 6; i++)
+        ok &= grow(cur[i], need[i], &fresh[i]);
+    const uint8_t **row_src = malloc((nt ? nt : 1) * sizeof *row_src);
+    if (!ok || !row_src) {
+        for (int i = 0; i < 6; i++)
+            free(fresh[i]);
+        free(row_src);
+        return mx_error_set(MX_ERR_NOMEM, "dispatch unpack: cannot allocate %zu tokens x %zu", nt, hidden);
+    }
+    for (int i = 0; i < 6; i++)
+        if (fresh[i]) {
+            free(cur[i]);
+            cur[i] = fresh[i];
+        }
+    b->x = cur[0];
+    b->tok = cur[1];
+    b->expert = cur[2];
+    b->weight = cur[3];
+    b->src_token_off = cur[4];
+    b->src_assign_off = cur[5];
+    b->n_ranks = n_ranks;
+    b->hidden = hidden;
+    b->n_tokens = nt;
+    b->n_assign = na;
+    size_t t = 0, a = 0;
+    for (int s = 0; s < n_ranks; s++) {
+        b->src_token_off[s] = t;
+        b->src_assign_off[s] = a;
+        if (bytes[s] == 0)
+            continue;
+        const uint8_t *m = (const uint8_t *)recv + displs[s];
+        memcpy(&h, m, sizeof h);
+        const uint8_t *cnt = m + sizeof h;
+        const uint8_t *ent = cnt + (size_t)h.n_tokens * sizeof(uint32_t);
+        const uint8_t *rows = m + meta_bytes(h.n_tokens, h.n_entries);
+        size_t i = 0;
+        for (uint32_t c = 0; c < h.n_tokens; c++, t++) {
+            uint32_t n;
+            memcpy(&n, cnt + (size_t)c * sizeof n, sizeof n);
+            for (uint32_t j = 0; j < n; j++, i++, a++) {
+                mx_wire_entry_t we;
+                memcpy(&we, ent + i * sizeof we, sizeof we);
+                b->tok[a] = (int32_t)t;
+                b->expert[a] = we.local_expert;
+                b->weight[a] = we.weight;
+            }
+            row_src[t] = rows + (size_t)c * h.row_bytes;
+        }
+    }
+    b->src_token_off[n_ranks] = t;
+    b->src_assign_off[n_ranks] = a;
+    const long long LT = (long long)nt;
+#pragma omp parallel for schedule(static)
+    for (long long tt = 0; tt < LT; tt++) {
+        int s = 0; /* the source of row tt: src_token_off is ascending */
+        while (b->src_token_off[s + 1] <= (size_t)tt)
+            s++;
+        uint32_t dtype;
+        memcpy(&dtype, (const uint8_t *)recv + displs[s] + offsetof(mx_wire_header_t, dtype), sizeof dtype);
+        unpack_row_fast(row_src[tt], (mx_dispatch_dtype_t)dtype, hidden, b->x + (size_t)tt * hidden);
+    }
+    free(row_src);
+    return MX_OK;
+}
+
+mx_status_t mx_coord_recv_unpack_into(const void *recv, const size_t *bytes, const size_t *displs, int n_ranks,
+                                      size_t hidden, int n_local_experts, mx_recv_batch_t *batch_io)
+{
+    if (!bytes || !displs || !batch_io || n_ranks < 1)
+        return mx_error_set(MX_ERR_INVALID, "dispatch unpack: NULL argument or %d ranks", n_ranks);
+    if (hidden == 0)
+        return mx_error_set(MX_ERR_INVALID, "dispatch unpack: hidden size 0");
+    if (!mxi_coord_fast()) { /* the scalar code, then swap the result in */
+        mx_recv_batch_t b;
+        mx_status_t st = mx_coord_recv_unpack(recv, bytes, displs, n_ranks, hidden, n_local_experts, &b);
+        if (st == MX_OK) {
+            mx_recv_batch_fini(batch_io);
+            *batch_io = b;
+        }
+        return st;
+    }
+    return unpack_into(recv, bytes, displs, n_ranks, hidden, n_local_experts, batch_io);
+}
+
 mx_status_t mx_coord_recv_unpack(const void *recv, const size_t *bytes, const size_t *displs, int n_ranks,
                                  size_t hidden, int n_local_experts, mx_recv_batch_t *batch_p)
 {
@@ -439,6 +685,14 @@ mx_status_t mx_coord_recv_unpack(const void *recv, const size_t *bytes, const si
         return mx_error_set(MX_ERR_INVALID, "dispatch unpack: NULL argument or %d ranks", n_ranks);
     if (hidden == 0)
         return mx_error_set(MX_ERR_INVALID, "dispatch unpack: hidden size 0");
+    if (mxi_coord_fast()) {
+        mx_recv_batch_t fb;
+        memset(&fb, 0, sizeof fb);
+        mx_status_t st = unpack_into(recv, bytes, displs, n_ranks, hidden, n_local_experts, &fb);
+        if (st == MX_OK)
+            *batch_p = fb;
+        return st;
+    }
     size_t nt = 0, na = 0;
     mx_wire_header_t h;
     for (int s = 0; s < n_ranks; s++) {

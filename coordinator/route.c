@@ -7,6 +7,9 @@
 
 #include "coord_internal.h"
 #include "mxep/coordinator.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define LOGIT_CHUNK 64
 #define LOGIT_TOK 8
@@ -28,6 +31,49 @@ mx_status_t mx_coord_router_logits(const mx_router_weights_t *router, const uint
     const float *W = router->weight;
     const float *b = router->bias;
     const long long T = (long long)n_tokens;
+#if MXI_COORD_X86
+    /* AVX2 tiles of 16 tokens x 6 experts over blocks of h, OpenMP over
+     * (token block, expert chunk) tasks: bitwise the scalar result
+     * (coordinator/x86_avx2.c). Fewer than 8 tokens: the per-token path. */
+    if (n_tokens >= 8 && hidden > 0 && mxi_coord_use_avx2()) {
+        int nth = 1;
+#ifdef _OPENMP
+        nth = omp_get_max_threads();
+#endif
+        /* tasks: token blocks x expert chunks, as few chunks as keep every
+         * thread busy (each task packs its token block again) */
+        const size_t n_tb = (n_tokens + MXI_LOGIT_TB - 1) / MXI_LOGIT_TB;
+        size_t per_tb = ((size_t)nth + n_tb - 1) / n_tb;
+        size_t ec = (E + per_tb - 1) / per_tb;
+        ec = (ec + 5) / 6 * 6; /* whole tiles of 6 experts */
+        const size_t n_ec = (E + ec - 1) / ec;
+        const long long n_tasks = (long long)(n_tb * n_ec);
+        if (nth > n_tasks)
+            nth = (int)n_tasks;
+        const size_t per = (size_t)MXI_LOGIT_TB * MXI_LOGIT_KC + (size_t)MXI_LOGIT_TB * ec;
+        float *scratch = malloc((size_t)nth * per * sizeof(float));
+        if (scratch) { /* else: the scalar code below, same result */
+#pragma omp parallel num_threads(nth)
+            {
+                int tid = 0;
+#ifdef _OPENMP
+                tid = omp_get_thread_num();
+#endif
+                float *xp = scratch + (size_t)tid * per, *acc = xp + (size_t)MXI_LOGIT_TB * MXI_LOGIT_KC;
+#pragma omp for schedule(static)
+                for (long long task = 0; task < n_tasks; task++) {
+                    const size_t tb = (size_t)task / n_ec, ecx = (size_t)task % n_ec;
+                    const size_t t0 = tb * MXI_LOGIT_TB, e0 = ecx * ec;
+                    const size_t nt = n_tokens - t0 < MXI_LOGIT_TB ? n_tokens - t0 : MXI_LOGIT_TB;
+                    const size_t e1 = E - e0 < ec ? E : e0 + ec;
+                    mxi_coord_logits_task_avx2(W, b, E, hidden, x, t0, nt, e0, e1, logits_p, xp, acc);
+                }
+            }
+            free(scratch);
+            return MX_OK;
+        }
+    }
+#endif
     /* Batches: transpose W to [H x E] once so the inner loop runs over
      * contiguous experts (vectorizes). Each logit still gets one accumulator
      * summing in ascending h order, so the result is bitwise the same as the

@@ -43,8 +43,15 @@ mx_status_t mx_quant_fp8_tensor_static(const float *x, size_t n, float scale, ui
     return MX_OK;
 }
 
-/* rows x cols, per row groups of `group` columns (the last may be short). */
-static void group_quant(const float *x, size_t rows, size_t cols, size_t group, uint8_t *q, float *scales)
+static float load1(const float *xf, const uint16_t *xb, size_t i)
+{
+    return xb ? mxi_bits_f32((uint32_t)xb[i] << 16) : xf[i];
+}
+
+/* rows x cols, per row groups of `group` columns (the last may be short).
+ * Input: xf (FP32) or, when xf is NULL, xb (BF16 widened exactly). */
+static void group_quant2(const float *xf, const uint16_t *xb, size_t rows, size_t cols, size_t group, uint8_t *q,
+                         float *scales)
 {
     size_t ng = (cols + group - 1) / group;
     for (size_t r = 0; r < rows; r++) {
@@ -52,16 +59,39 @@ static void group_quant(const float *x, size_t rows, size_t cols, size_t group, 
             size_t c0 = g * group, c1 = c0 + group < cols ? c0 + group : cols;
             float amax = 0.0f;
             for (size_t c = c0; c < c1; c++) {
-                float a = finite_abs_or_zero(x[r * cols + c]);
+                float a = finite_abs_or_zero(load1(xf, xb, r * cols + c));
                 if (a > amax)
                     amax = a;
             }
             float s = dynamic_scale(amax);
             for (size_t c = c0; c < c1; c++)
-                q[r * cols + c] = mx_quant_e4m3fn_from_f32(x[r * cols + c] / s);
+                q[r * cols + c] = mx_quant_e4m3fn_from_f32(load1(xf, xb, r * cols + c) / s);
             scales[r * ng + g] = s;
         }
     }
+}
+
+static void group_quant(const float *x, size_t rows, size_t cols, size_t group, uint8_t *q, float *scales)
+{
+    group_quant2(x, NULL, rows, cols, group, q, scales);
+}
+
+#if MXI_X86
+/* quant/x86_avx2.c: the same bytes and scales as group_quant2(). */
+void mxi_quant_fp8_group_avx2(const float *xf, const uint16_t *xb, size_t rows, size_t cols, size_t group, uint8_t *q,
+                              float *scales);
+#endif
+
+static void group_quant_fast(const float *xf, const uint16_t *xb, size_t rows, size_t cols, size_t group, uint8_t *q,
+                             float *scales)
+{
+#if MXI_X86
+    if (mx_quant_have_avx2()) {
+        mxi_quant_fp8_group_avx2(xf, xb, rows, cols, group, q, scales);
+        return;
+    }
+#endif
+    group_quant2(xf, xb, rows, cols, group, q, scales);
 }
 
 static mx_status_t check_2d(const char *fn, const float *x, size_t rows, size_t cols, const uint8_t *q_p,
@@ -94,6 +124,62 @@ mx_status_t mx_quant_fp8_group_dynamic(const float *x, size_t rows, size_t cols,
     if (group == 0)
         return mx_error_set(MX_ERR_INVALID, "mx_quant_fp8_group_dynamic: group size 0: expected > 0 (usually 128)");
     group_quant(x, rows, cols, group, q_p, scales_p);
+    return MX_OK;
+}
+
+mx_status_t mx_quant_fp8_token_dynamic_fast(const float *x, size_t rows, size_t cols, uint8_t *q_p, float *scales_p)
+{
+    mx_status_t st = check_2d("mx_quant_fp8_token_dynamic_fast", x, rows, cols, q_p, scales_p);
+    if (st != MX_OK)
+        return st;
+    if (cols == 0)
+        return mx_error_set(MX_ERR_INVALID, "mx_quant_fp8_token_dynamic_fast: shape [%zu, 0]: expected cols > 0", rows);
+    group_quant_fast(x, NULL, rows, cols, cols, q_p, scales_p);
+    return MX_OK;
+}
+
+mx_status_t mx_quant_fp8_group_dynamic_fast(const float *x, size_t rows, size_t cols, size_t group, uint8_t *q_p,
+                                            float *scales_p)
+{
+    mx_status_t st = check_2d("mx_quant_fp8_group_dynamic_fast", x, rows, cols, q_p, scales_p);
+    if (st != MX_OK)
+        return st;
+    if (group == 0)
+        return mx_error_set(MX_ERR_INVALID,
+                            "mx_quant_fp8_group_dynamic_fast: group size 0: expected > 0 (usually 128)");
+    group_quant_fast(x, NULL, rows, cols, group, q_p, scales_p);
+    return MX_OK;
+}
+
+static mx_status_t check_bf16(const char *fn, const uint16_t *x, size_t rows, size_t cols, size_t group,
+                              const uint8_t *q_p, const float *scales_p)
+{
+    if (x == NULL || q_p == NULL || scales_p == NULL)
+        return mx_error_set(MX_ERR_INVALID, "%s: NULL %s", fn, x == NULL ? "x" : q_p == NULL ? "q_p" : "scales_p");
+    if (mul_overflows(rows, cols))
+        return mx_error_set(MX_ERR_INVALID, "%s: shape [%zu, %zu]: element count overflows size_t", fn, rows, cols);
+    if (group == 0)
+        return mx_error_set(MX_ERR_INVALID, "%s: group size 0: expected > 0 (usually 128)", fn);
+    return MX_OK;
+}
+
+mx_status_t mx_quant_fp8_group_dynamic_bf16(const uint16_t *x, size_t rows, size_t cols, size_t group, uint8_t *q_p,
+                                            float *scales_p)
+{
+    mx_status_t st = check_bf16("mx_quant_fp8_group_dynamic_bf16", x, rows, cols, group, q_p, scales_p);
+    if (st != MX_OK)
+        return st;
+    group_quant2(NULL, x, rows, cols, group, q_p, scales_p);
+    return MX_OK;
+}
+
+mx_status_t mx_quant_fp8_group_dynamic_bf16_fast(const uint16_t *x, size_t rows, size_t cols, size_t group,
+                                                 uint8_t *q_p, float *scales_p)
+{
+    mx_status_t st = check_bf16("mx_quant_fp8_group_dynamic_bf16_fast", x, rows, cols, group, q_p, scales_p);
+    if (st != MX_OK)
+        return st;
+    group_quant_fast(NULL, x, rows, cols, group, q_p, scales_p);
     return MX_OK;
 }
 

@@ -281,6 +281,13 @@ typedef struct {
 mx_status_t mx_coord_recv_unpack(const void *recv, const size_t *bytes, const size_t *displs, int n_ranks,
                                  size_t hidden, int n_local_experts, mx_recv_batch_t *batch_p);
 void mx_recv_batch_fini(mx_recv_batch_t *batch);
+/* Same result as mx_coord_recv_unpack, into a batch the caller keeps from
+ * layer to layer: its arrays are reused while they are big enough (grown
+ * otherwise), so a steady run allocates nothing here. batch_io: a zeroed
+ * batch, or one filled by either function; release it with
+ * mx_recv_batch_fini. On failure it is left as it was. */
+mx_status_t mx_coord_recv_unpack_into(const void *recv, const size_t *bytes, const size_t *displs, int n_ranks,
+                                      size_t hidden, int n_local_experts, mx_recv_batch_t *batch_io);
 
 /* Fills the backend's arguments for the received batch. EXACT -> mode
  * PER_ASSIGNMENT with out_bf16 [n_assign x hidden]; REDUCE -> WEIGHTED_SUM with
@@ -338,6 +345,18 @@ mx_status_t mx_pipeline_ref_run_routed(const mx_backend_ops_t *ops, const mx_bac
 /* The exact per-token sum both paths use: out[h] = bf16(sum_i w[i] * bf16 rows[i][h]),
  * i in the given order (callers pass ascending global expert). */
 void mx_coord_combine_rows(const uint16_t *const *rows, const float *weights, int n, size_t hidden, uint16_t *out);
+
+/* ================================================================ fast paths */
+
+/* The router logits, dispatch packing (BF16 and FP8), unpacking and both
+ * combines run vectorized (AVX2 where the CPU has it) and spread over OpenMP
+ * threads; the results are bitwise those of the scalar code (a NaN that meets
+ * another NaN in a sum may come out with either one's payload, as in any C
+ * build of the scalar code). mx_coord_fast_paths_set(0)
+ * makes every coordinator function run its scalar code instead (tests and
+ * bench/coord_bench compare the two). Process-wide, not synchronized: set it
+ * while no coordinator call is running. Returns the previous setting. */
+int mx_coord_fast_paths_set(int on);
 
 #ifdef __cplusplus
 }

@@ -103,6 +103,17 @@ mx_status_t mx_quant_fp8_token_dynamic(const float *x, size_t rows, size_t cols,
  * non-zero, the last group is short): scales_p[rows x ceil(cols/group)]. */
 mx_status_t mx_quant_fp8_group_dynamic(const float *x, size_t rows, size_t cols, size_t group, uint8_t *q_p,
                                        float *scales_p);
+/* The same bytes and scales as the two above, vectorized where the CPU allows
+ * (AVX2), the scalar code otherwise (tests/quant/test_fp8_fast_quant.c). */
+mx_status_t mx_quant_fp8_token_dynamic_fast(const float *x, size_t rows, size_t cols, uint8_t *q_p, float *scales_p);
+mx_status_t mx_quant_fp8_group_dynamic_fast(const float *x, size_t rows, size_t cols, size_t group, uint8_t *q_p,
+                                            float *scales_p);
+/* Per-group dynamic from BF16 input: exactly mx_quant_fp8_group_dynamic of the
+ * values widened to FP32 (scalar, and the fast twin). */
+mx_status_t mx_quant_fp8_group_dynamic_bf16(const uint16_t *x, size_t rows, size_t cols, size_t group, uint8_t *q_p,
+                                            float *scales_p);
+mx_status_t mx_quant_fp8_group_dynamic_bf16_fast(const uint16_t *x, size_t rows, size_t cols, size_t group,
+                                                 uint8_t *q_p, float *scales_p);
 /* Weights, block x block (128) scales as DeepSeek stores them (`weight_scale_inv`,
  * multiplied): scales_p[ceil(n/block) x ceil(k/block)]. */
 mx_status_t mx_quant_fp8_weight_block(const float *w, size_t n, size_t k, size_t block, uint8_t *q_p, float *scales_p);
