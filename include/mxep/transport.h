@@ -1,0 +1,102 @@
+/* mxep transport/: moving bytes between the ranks of one job.
+ *
+ * A transport is a vtable (mx_transport_ops_t) plus its context, behind an
+ * opaque handle. Two collectives are all the coordinator needs:
+ *
+ *  - exchange_counts: every rank tells every rank how many bytes it will send
+ *    (MPI_Alltoall of one uint64 per peer);
+ *  - exchange: the payload itself, alltoallv-like, with per-rank byte counts
+ *    and displacements on the send side. The receive side is owned by the
+ *    transport: data from rank r lands at recv + recv_displs[r], where
+ *    recv_displs are the prefix sums of recv_counts in rank order (so the
+ *    result is contiguous, source ranks ascending). The received bytes stay
+ *    valid until the next exchange or destroy on the same handle.
+ *
+ * The MPI implementation ("mpi") chooses a path per pair of ranks:
+ *  - ranks on the same host (MPI_Comm_split_type SHARED) exchange through an
+ *    MPI-3 shared-memory window (MPI_Win_allocate_shared): each rank's region is
+ *    its receive buffer, every sender copies its bytes once, straight into the
+ *    receiver's region, between two node barriers;
+ *  - ranks on other hosts go through MPI_Ialltoallv (receiving into the same
+ *    region), overlapped with the shared-memory copies.
+ * MX_EXCHANGE_ALLTOALLV forces plain MPI_Alltoallv for every pair (a private
+ * receive buffer, no window); MX_EXCHANGE_SHM demands the shared-memory path and
+ * is refused (MX_ERR_UNSUPPORTED) when some peer is on another host; AUTO uses
+ * the window whenever a host holds more than one rank of the job.
+ *
+ * All functions on a handle are collective over its communicator, except the
+ * getters. A failing collective returns MX_ERR_TRANSPORT naming the MPI call;
+ * argument errors are detected locally before any communication where possible.
+ * The transport never looks at what the bytes mean. */
+#ifndef MXEP_TRANSPORT_H
+#define MXEP_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <mpi.h>
+
+#include "mxep/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    MX_EXCHANGE_AUTO = 0,      /* shm within a host when it helps, alltoallv across hosts */
+    MX_EXCHANGE_ALLTOALLV = 1, /* plain MPI_Alltoallv for every pair */
+    MX_EXCHANGE_SHM = 2        /* shared memory; every peer must share this host */
+} mx_exchange_mode_t;
+
+const char *mx_exchange_mode_name(mx_exchange_mode_t mode); /* "auto", "alltoallv", "shm" */
+/* "auto" | "alltoallv" | "shm" (case-insensitive); MX_ERR_INVALID naming the text otherwise. */
+mx_status_t mx_exchange_mode_parse(const char *text, mx_exchange_mode_t *mode_p);
+
+typedef struct {
+    mx_exchange_mode_t mode;
+    size_t initial_bytes; /* receive capacity reserved at create (per rank); 0 = 1 MiB. Grows on demand. */
+} mx_transport_opts_t;
+
+typedef struct mx_transport *mx_transport_h;
+
+/* The vtable an implementation provides. ctx is the implementation's own state. */
+typedef struct mx_transport_ops {
+    const char *name; /* "mpi", "ucx" */
+    mx_status_t (*create)(MPI_Comm comm, const mx_transport_opts_t *opts, void **ctx_p);
+    void (*destroy)(void *ctx);
+    /* send_counts[size] bytes to each rank -> recv_counts_p[size] bytes from each rank. */
+    mx_status_t (*exchange_counts)(void *ctx, const size_t *send_counts, size_t *recv_counts_p);
+    /* See the header comment. recv_counts must be what exchange_counts returned
+     * for the same send_counts. *recv_p and recv_displs_p[size] are outputs. */
+    mx_status_t (*exchange)(void *ctx, const void *send, const size_t *send_counts, const size_t *send_displs,
+                            const size_t *recv_counts, const uint8_t **recv_p, size_t *recv_displs_p);
+    /* Which path this handle uses: "shm", "alltoallv", "shm+alltoallv". */
+    const char *(*path)(const void *ctx);
+} mx_transport_ops_t;
+
+/* The MPI implementation. */
+const mx_transport_ops_t *mx_transport_mpi_ops(void);
+/* An implementation by name ("mpi"); NULL when absent from this build. */
+const mx_transport_ops_t *mx_transport_find(const char *name);
+
+/* Collective over comm (which is duplicated; the caller keeps its own).
+ * opts may be NULL (AUTO, 1 MiB). *t_p written only on success. */
+mx_status_t mx_transport_create(const mx_transport_ops_t *ops, MPI_Comm comm, const mx_transport_opts_t *opts,
+                                mx_transport_h *t_p);
+/* Collective. NULL is ignored. */
+void mx_transport_destroy(mx_transport_h t);
+
+mx_status_t mx_transport_exchange_counts(mx_transport_h t, const size_t *send_counts, size_t *recv_counts_p);
+mx_status_t mx_transport_exchange(mx_transport_h t, const void *send, const size_t *send_counts,
+                                  const size_t *send_displs, const size_t *recv_counts, const uint8_t **recv_p,
+                                  size_t *recv_displs_p);
+
+int mx_transport_rank(const mx_transport_h t);
+int mx_transport_size(const mx_transport_h t);
+const char *mx_transport_name(const mx_transport_h t); /* the ops' name */
+const char *mx_transport_path(const mx_transport_h t); /* "shm", "alltoallv", "shm+alltoallv" */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,255 @@
+/* transport/: exchange correctness over MPI (run with mpiexec -n 1..8).
+ * Every rank runs every test; collectives are never skipped by one rank (a
+ * local check result is agreed with MPI_Allreduce before cmocka asserts), so a
+ * failure shows as a failure, never as a hang. Seed printed on failure. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <mpi.h>
+
+#include "mxep/transport.h"
+
+#define SEED 20261123u
+
+static int g_rank, g_size;
+
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* bytes src sends to dst in round `round` (identical on both sides) */
+static size_t pair_bytes(int src, int dst, int round, size_t max)
+{
+    uint64_t h = mix(SEED ^ ((uint64_t)src << 40) ^ ((uint64_t)dst << 20) ^ (uint64_t)round);
+    if (h % 5 == 0)
+        return 0; /* zero-size pairs are part of the job */
+    return (size_t)(h >> 8) % (max + 1);
+}
+
+static uint8_t byte_of(int src, int dst, int round, size_t i)
+{
+    return (uint8_t)(mix(((uint64_t)src * 131 + (uint64_t)dst) * 1000003u + (uint64_t)round * 7919u + i) & 0xff);
+}
+
+static int all_ok(int ok)
+{
+    int all = 0;
+    MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    return all;
+}
+
+/* One round: counts, payload, check every received byte. Returns 1 if all correct here. */
+static int run_round(mx_transport_h t, int round, size_t max)
+{
+    int n = g_size;
+    size_t *sc = calloc((size_t)n, sizeof *sc), *sd = calloc((size_t)n, sizeof *sd);
+    size_t *rc = calloc((size_t)n, sizeof *rc), *rd = calloc((size_t)n, sizeof *rd);
+    size_t total = 0;
+    /* send displacements deliberately not in rank order (reverse), with gaps */
+    for (int d = n - 1; d >= 0; d--) {
+        sc[d] = pair_bytes(g_rank, d, round, max);
+        sd[d] = total;
+        total += sc[d] + 3;
+    }
+    uint8_t *send = malloc(total + 1);
+    memset(send, 0xA5, total + 1);
+    for (int d = 0; d < n; d++)
+        for (size_t i = 0; i < sc[d]; i++)
+            send[sd[d] + i] = byte_of(g_rank, d, round, i);
+    for (int s = 0; s < n; s++)
+        rc[s] = (size_t)-1; /* poisoned: must be overwritten */
+    int ok = 1;
+    if (mx_transport_exchange_counts(t, sc, rc) != MX_OK)
+        ok = 0;
+    for (int s = 0; s < n && ok; s++)
+        if (rc[s] != pair_bytes(s, g_rank, round, max)) {
+            fprintf(stderr, "rank %d round %d: count from %d is %zu, expected %zu (seed %u)\n", g_rank, round, s, rc[s],
+                    pair_bytes(s, g_rank, round, max), SEED);
+            ok = 0;
+        }
+    if (!ok) { /* keep the collective sequence identical: exchange with the true counts anyway */
+        for (int s = 0; s < n; s++)
+            rc[s] = pair_bytes(s, g_rank, round, max);
+    }
+    const uint8_t *recv = NULL;
+    if (mx_transport_exchange(t, send, sc, sd, rc, &recv, rd) != MX_OK) {
+        fprintf(stderr, "rank %d: exchange failed: %s\n", g_rank, mx_error_detail());
+        ok = 0;
+    }
+    size_t expect_displ = 0;
+    for (int s = 0; s < n && recv; s++) {
+        if (rd[s] != expect_displ) {
+            fprintf(stderr, "rank %d: displ of %d is %zu, expected %zu\n", g_rank, s, rd[s], expect_displ);
+            ok = 0;
+            break;
+        }
+        expect_displ += rc[s];
+        for (size_t i = 0; i < rc[s]; i++)
+            if (recv[rd[s] + i] != byte_of(s, g_rank, round, i)) {
+                fprintf(stderr, "rank %d round %d: byte %zu from rank %d wrong (seed %u)\n", g_rank, round, i, s, SEED);
+                ok = 0;
+                break;
+            }
+    }
+    free(send);
+    free(sc);
+    free(sd);
+    free(rc);
+    free(rd);
+    return ok;
+}
+
+/* MXEP_TRANSPORT_HOSTS=K: the ranks pretend to sit on K hosts (cross-host path on one machine) */
+static int fake_hosts(void)
+{
+    const char *e = getenv("MXEP_TRANSPORT_HOSTS");
+    return e && atoi(e) > 1 && g_size > 1;
+}
+
+static void exchange_rounds(mx_exchange_mode_t mode, size_t initial, size_t max, int rounds)
+{
+    mx_transport_opts_t o = {mode, initial};
+    mx_transport_h t = NULL;
+    mx_status_t st = mx_transport_create(mx_transport_mpi_ops(), MPI_COMM_WORLD, &o, &t);
+    if (mode == MX_EXCHANGE_SHM && fake_hosts()) {
+        /* shared memory only is refused when some peer is on another host */
+        assert_int_equal(all_ok(st == MX_ERR_UNSUPPORTED), 1);
+        assert_non_null(strstr(mx_error_detail(), "one host"));
+        assert_null(t);
+        return;
+    }
+    assert_int_equal(all_ok(st == MX_OK), 1);
+    assert_int_equal(mx_transport_size(t), g_size);
+    assert_int_equal(mx_transport_rank(t), g_rank);
+    assert_string_equal(mx_transport_name(t), "mpi");
+    int ok = 1;
+    for (int r = 0; r < rounds; r++)
+        ok &= run_round(t, r, max);
+    mx_transport_destroy(t);
+    assert_int_equal(all_ok(ok), 1);
+}
+
+static void test_exchange_auto_delivers_random_sizes_with_zeros(void **state)
+{
+    (void)state;
+    exchange_rounds(MX_EXCHANGE_AUTO, 0, 5000, 6);
+}
+
+static void test_exchange_alltoallv_delivers_random_sizes_with_zeros(void **state)
+{
+    (void)state;
+    exchange_rounds(MX_EXCHANGE_ALLTOALLV, 0, 5000, 6);
+}
+
+static void test_exchange_shm_grows_window_past_initial_capacity(void **state)
+{
+    (void)state;
+    /* 256-byte initial regions, pairs up to 200 KB: the window must grow, several times */
+    exchange_rounds(MX_EXCHANGE_SHM, 256, 200000, 5);
+}
+
+static void test_exchange_alltoallv_grows_private_buffer(void **state)
+{
+    (void)state;
+    exchange_rounds(MX_EXCHANGE_ALLTOALLV, 64, 200000, 3);
+}
+
+static void test_exchange_all_zero_counts(void **state)
+{
+    (void)state;
+    mx_transport_h t = NULL;
+    assert_int_equal(all_ok(mx_transport_create(mx_transport_mpi_ops(), MPI_COMM_WORLD, NULL, &t) == MX_OK), 1);
+    size_t *z = calloc((size_t)g_size, sizeof *z), *rc = malloc((size_t)g_size * sizeof *rc);
+    size_t *rd = malloc((size_t)g_size * sizeof *rd);
+    for (int i = 0; i < g_size; i++)
+        rc[i] = 77;
+    int ok = mx_transport_exchange_counts(t, z, rc) == MX_OK;
+    for (int i = 0; i < g_size; i++)
+        ok &= rc[i] == 0;
+    const uint8_t *recv = NULL;
+    ok &= mx_transport_exchange(t, NULL, z, z, z, &recv, rd) == MX_OK;
+    for (int i = 0; i < g_size; i++)
+        ok &= rd[i] == 0;
+    mx_transport_destroy(t);
+    free(z);
+    free(rc);
+    free(rd);
+    assert_int_equal(all_ok(ok), 1);
+}
+
+static void test_exchange_path_matches_mode(void **state)
+{
+    (void)state;
+    mx_transport_opts_t o = {MX_EXCHANGE_ALLTOALLV, 0};
+    mx_transport_h t = NULL;
+    assert_int_equal(all_ok(mx_transport_create(mx_transport_mpi_ops(), MPI_COMM_WORLD, &o, &t) == MX_OK), 1);
+    assert_string_equal(mx_transport_path(t), "alltoallv");
+    mx_transport_destroy(t);
+    o.mode = MX_EXCHANGE_AUTO;
+    assert_int_equal(all_ok(mx_transport_create(mx_transport_mpi_ops(), MPI_COMM_WORLD, &o, &t) == MX_OK), 1);
+    /* mpiexec on one machine: every rank shares the host, unless pretending otherwise */
+    assert_string_equal(mx_transport_path(t), fake_hosts() ? "shm+alltoallv" : "shm");
+    mx_transport_destroy(t);
+}
+
+static void test_exchange_mode_parse_names_bad_text(void **state)
+{
+    (void)state;
+    mx_exchange_mode_t m = MX_EXCHANGE_AUTO;
+    assert_int_equal(mx_exchange_mode_parse("SHM", &m), MX_OK);
+    assert_int_equal(m, MX_EXCHANGE_SHM);
+    assert_int_equal(mx_exchange_mode_parse("alltoallv", &m), MX_OK);
+    assert_int_equal(m, MX_EXCHANGE_ALLTOALLV);
+    m = MX_EXCHANGE_SHM;
+    assert_int_equal(mx_exchange_mode_parse("nccl", &m), MX_ERR_INVALID);
+    assert_int_equal(m, MX_EXCHANGE_SHM); /* untouched */
+    assert_non_null(strstr(mx_error_detail(), "nccl"));
+    assert_string_equal(mx_exchange_mode_name(MX_EXCHANGE_AUTO), "auto");
+}
+
+static void test_transport_rejects_null_arguments(void **state)
+{
+    (void)state;
+    mx_transport_h t = (mx_transport_h)0x1;
+    assert_int_equal(mx_transport_create(NULL, MPI_COMM_WORLD, NULL, &t), MX_ERR_INVALID);
+    assert_ptr_equal(t, (mx_transport_h)0x1);
+    assert_int_equal(mx_transport_exchange_counts(NULL, NULL, NULL), MX_ERR_INVALID);
+    assert_int_equal(mx_transport_exchange(NULL, NULL, NULL, NULL, NULL, NULL, NULL), MX_ERR_INVALID);
+    assert_null(mx_transport_find("carrier-pigeon"));
+    assert_ptr_equal(mx_transport_find("mpi"), mx_transport_mpi_ops());
+    mx_transport_destroy(NULL);
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+    if (g_rank == 0)
+        printf("test_transport_exchange: %d ranks, seed %u\n", g_size, SEED);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_exchange_auto_delivers_random_sizes_with_zeros),
+        cmocka_unit_test(test_exchange_alltoallv_delivers_random_sizes_with_zeros),
+        cmocka_unit_test(test_exchange_shm_grows_window_past_initial_capacity),
+        cmocka_unit_test(test_exchange_alltoallv_grows_private_buffer),
+        cmocka_unit_test(test_exchange_all_zero_counts),
+        cmocka_unit_test(test_exchange_path_matches_mode),
+        cmocka_unit_test(test_exchange_mode_parse_names_bad_text),
+        cmocka_unit_test(test_transport_rejects_null_arguments),
+    };
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    int any = 0;
+    MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    MPI_Finalize();
+    return any ? 1 : 0;
+}

@@ -1,0 +1,181 @@
+/* mxworker command line: defaults, presets, validation messages (no MPI). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "worker_internal.h"
+
+static int parse(wk_opts_t *o, char *msg, size_t len, int argc, const char **argv)
+{
+    return wk_opts_parse(argc, (char **)argv, o, msg, len, 0);
+}
+
+static void test_opts_default_is_bench_on_gpt_oss_20b(void **state)
+{
+    (void)state;
+    wk_opts_t o;
+    char msg[256] = "";
+    const char *argv[] = {"mxworker"};
+    assert_int_equal(parse(&o, msg, sizeof msg, 1, argv), 0);
+    assert_int_equal(o.cmd, WK_CMD_BENCH);
+    assert_string_equal(o.preset, "gpt-oss-20b");
+    assert_null(o.model_dir);
+    assert_int_equal(o.tokens, 64);
+    assert_int_equal(o.combine, MX_COMBINE_EXACT);
+    assert_int_equal(o.dtype, MX_DISPATCH_BF16);
+    assert_int_equal(o.router, WK_ROUTER_MODEL);
+    assert_string_equal(o.placement, "contiguous");
+}
+
+static void test_opts_deepep_preset_sets_fp8_uniform_128_tokens(void **state)
+{
+    (void)state;
+    wk_opts_t o;
+    char msg[256] = "";
+    const char *argv[] = {"mxworker", "bench", "--preset", "deepep-ll"};
+    assert_int_equal(parse(&o, msg, sizeof msg, 4, argv), 0);
+    assert_int_equal(o.dtype, MX_DISPATCH_FP8);
+    assert_int_equal(o.router, WK_ROUTER_UNIFORM);
+    assert_int_equal(o.tokens, 128);
+    /* explicit flags win over the preset's defaults */
+    const char *argv2[] = {"mxworker", "--preset=deepep-ll", "--dispatch-dtype", "bf16", "--tokens", "7"};
+    assert_int_equal(parse(&o, msg, sizeof msg, 6, argv2), 0);
+    assert_int_equal(o.dtype, MX_DISPATCH_BF16);
+    assert_int_equal(o.tokens, 7);
+}
+
+static void test_opts_run_parses_input_output_and_layer(void **state)
+{
+    (void)state;
+    wk_opts_t o;
+    char msg[256] = "";
+    const char *argv[] = {"mxworker", "run",           "--model",       "/m",      "--layer",   "3",
+                          "--input",  "x.st",          "--output=y.st", "--check", "--combine", "reduce",
+                          "--router", "expert_choice", "--seed",        "0x10"};
+    assert_int_equal(parse(&o, msg, sizeof msg, 16, argv), 0);
+    assert_int_equal(o.cmd, WK_CMD_RUN);
+    assert_string_equal(o.model_dir, "/m");
+    assert_int_equal(o.layer, 3);
+    assert_string_equal(o.input, "x.st");
+    assert_string_equal(o.output, "y.st");
+    assert_int_equal(o.check, 1);
+    assert_int_equal(o.combine, MX_COMBINE_REDUCE);
+    assert_int_equal(o.router, MX_ROUTER_EXPERT_CHOICE);
+    assert_int_equal(o.seed, 16);
+}
+
+static void expect_error(int argc, const char **argv, const char *needle)
+{
+    wk_opts_t o;
+    char msg[256] = "";
+    assert_int_equal(parse(&o, msg, sizeof msg, argc, argv), 2);
+    if (!strstr(msg, needle))
+        fail_msg("message '%s' lacks '%s'", msg, needle);
+}
+
+static void test_opts_errors_name_the_flag_and_what_was_expected(void **state)
+{
+    (void)state;
+    const char *a1[] = {"mxworker", "--tokens", "-3"};
+    expect_error(3, a1, "--tokens '-3': expected an integer");
+    const char *a2[] = {"mxworker", "--tokens", "12abc"};
+    expect_error(3, a2, "--tokens '12abc'");
+    const char *a3[] = {"mxworker", "--frobnicate"};
+    expect_error(2, a3, "unknown option '--frobnicate'");
+    const char *a4[] = {"mxworker", "serve"};
+    expect_error(2, a4, "unknown subcommand 'serve'");
+    const char *a5[] = {"mxworker", "--iters"};
+    expect_error(2, a5, "--iters needs a value");
+    const char *a6[] = {"mxworker", "--combine", "sum"};
+    expect_error(3, a6, "expected exact or reduce");
+    const char *a7[] = {"mxworker", "--dispatch-dtype", "fp4"};
+    expect_error(3, a7, "expected bf16 or fp8");
+    const char *a8[] = {"mxworker", "--router", "hash"};
+    expect_error(3, a8, "--router 'hash'");
+    const char *a9[] = {"mxworker", "--exchange", "nccl"};
+    expect_error(3, a9, "--exchange 'nccl'");
+    const char *a10[] = {"mxworker", "--tokens", "4", "--tokens-total", "9"};
+    expect_error(5, a10, "exclude each other");
+    const char *a11[] = {"mxworker", "run", "--input", "x"};
+    expect_error(4, a11, "needs --input FILE and --output FILE");
+    const char *a12[] = {"mxworker", "run", "--input", "x", "--output", "y", "--iters", "3"};
+    expect_error(8, a12, "--iters is an option of mxworker bench");
+    const char *a13[] = {"mxworker", "bench", "--input", "x"};
+    expect_error(4, a13, "--input is an option of mxworker run");
+    const char *a14[] = {"mxworker", "info", "--check"};
+    expect_error(3, a14, "--check is not an option of mxworker info");
+    const char *a15[] = {"mxworker", "--model", "/m", "--experts", "4"};
+    expect_error(5, a15, "--experts applies to the built-in model");
+    const char *a16[] = {"mxworker", "--check=yes"};
+    expect_error(2, a16, "--check takes no value");
+    const char *a17[] = {"mxworker", "run", "--router", "uniform", "--input", "x", "--output", "y"};
+    expect_error(8, a17, "uniform is an option of mxworker bench");
+    const char *a18[] = {"mxworker", "--seed", "-1"};
+    expect_error(3, a18, "--seed '-1'");
+}
+
+static void test_opts_help_returns_1_for_every_subcommand(void **state)
+{
+    (void)state;
+    wk_opts_t o;
+    char msg[256] = "";
+    const char *a[] = {"mxworker", "--help"};
+    assert_int_equal(parse(&o, msg, sizeof msg, 2, a), 1);
+    const char *b[] = {"mxworker", "run", "-h"};
+    assert_int_equal(parse(&o, msg, sizeof msg, 3, b), 1);
+    const char *c[] = {"mxworker", "info", "--json", "x", "--help"};
+    assert_int_equal(parse(&o, msg, sizeof msg, 5, c), 1);
+    const char *d[] = {"mxworker", "help"};
+    assert_int_equal(parse(&o, msg, sizeof msg, 2, d), 1);
+}
+
+static void test_split_covers_every_token_once(void **state)
+{
+    (void)state;
+    size_t totals[] = {0, 1, 7, 37, 128};
+    for (size_t i = 0; i < sizeof totals / sizeof totals[0]; i++)
+        for (int R = 1; R <= 9; R++) {
+            size_t next = 0;
+            for (int r = 0; r < R; r++) {
+                size_t f, c;
+                wk_split(totals[i], R, r, &f, &c);
+                assert_int_equal(f, next);
+                next = f + c;
+                assert_true(c == totals[i] / (size_t)R || c == totals[i] / (size_t)R + 1);
+            }
+            assert_int_equal(next, totals[i]);
+        }
+}
+
+static void test_fill_tokens_depends_only_on_global_index(void **state)
+{
+    (void)state;
+    uint16_t a[10 * 8], b[4 * 8];
+    wk_fill_tokens(5, 0, 10, 8, a);
+    wk_fill_tokens(5, 3, 4, 8, b);
+    assert_memory_equal(a + 3 * 8, b, sizeof b);
+    int nonzero = 0;
+    for (size_t i = 0; i < 80; i++)
+        nonzero += a[i] != 0;
+    assert_true(nonzero > 70);
+    wk_fill_tokens(6, 3, 4, 8, b);
+    assert_memory_not_equal(a + 3 * 8, b, sizeof b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_opts_default_is_bench_on_gpt_oss_20b),
+        cmocka_unit_test(test_opts_deepep_preset_sets_fp8_uniform_128_tokens),
+        cmocka_unit_test(test_opts_run_parses_input_output_and_layer),
+        cmocka_unit_test(test_opts_errors_name_the_flag_and_what_was_expected),
+        cmocka_unit_test(test_opts_help_returns_1_for_every_subcommand),
+        cmocka_unit_test(test_split_covers_every_token_once),
+        cmocka_unit_test(test_fill_tokens_depends_only_on_global_index),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

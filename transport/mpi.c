@@ -1,0 +1,378 @@
+/* mxep transport/: the MPI implementation.
+ *
+ * Same host: one MPI-3 shared window over the node communicator. Rank j's
+ * region = [header | data]. The header holds what j needs this round (total
+ * bytes) and, per local peer i, where i's bytes go in j's data area (the
+ * prefix-sum displacement of i's world rank). One round:
+ *   1. write own header; win_sync + node barrier + win_sync
+ *   2. if any local rank needs more room than the regions have, every local
+ *      rank sees it in the headers, and all reallocate the window (collective
+ *      on the node communicator), then write the headers again (back to 1)
+ *   3. post MPI_Ialltoallv for the pairs on other hosts (if any), receiving into
+ *      the own data area; copy own bytes once into each local peer's data area
+ *   4. wait for the Ialltoallv; win_sync + node barrier + win_sync
+ * Nobody writes into a region before its owner has entered the round (barrier
+ * of step 1), so the previous round's bytes stay valid until the next call.
+ *
+ * alltoallv mode: MPI_Alltoallv into a private buffer. */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mxep/log.h"
+#include "mxep/transport.h"
+
+#define ALIGN 64u
+
+_Static_assert(sizeof(size_t) == sizeof(uint64_t), "counts travel as MPI_UINT64_T");
+
+typedef struct {
+    MPI_Comm comm; /* dup of the user's */
+    int rank, size;
+    mx_exchange_mode_t mode; /* effective: ALLTOALLV or SHM (AUTO resolved) */
+    int any_remote;          /* some peer is on another host */
+    /* alltoallv bookkeeping */
+    int *scounts, *sdispls, *rcounts, *rdispls; /* [size] */
+    uint8_t *priv;                              /* alltoallv mode receive buffer */
+    size_t priv_cap;
+    /* shared memory */
+    MPI_Comm node;
+    int local_rank, local_size;
+    int *local_of_world; /* [size] local index, -1 when on another host */
+    int *world_of_local; /* [local_size] */
+    MPI_Win win;
+    int win_open;
+    size_t hdr_bytes; /* header size, multiple of ALIGN */
+    size_t cap;       /* data bytes per region */
+    uint8_t **base;   /* [local_size] region start of each local rank */
+    char path[32];
+} mpi_ctx_t;
+
+static mx_status_t mpi_fail(int rc, const char *call)
+{
+    char msg[MPI_MAX_ERROR_STRING] = "";
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    return mx_error_set(MX_ERR_TRANSPORT, "transport mpi: %s failed: %s", call, msg);
+}
+
+static size_t round_up(size_t x, size_t a)
+{
+    return (x + a - 1) / a * a;
+}
+
+static void win_close(mpi_ctx_t *c)
+{
+    if (c->win_open) {
+        MPI_Win_unlock_all(c->win);
+        MPI_Win_free(&c->win);
+        c->win_open = 0;
+    }
+}
+
+static mx_status_t win_open(mpi_ctx_t *c, size_t cap)
+{
+    MPI_Info info;
+    MPI_Info_create(&info);
+    MPI_Info_set(info, "alloc_shared_noncontig", "true");
+    uint8_t *mine = NULL;
+    size_t bytes = c->hdr_bytes + cap;
+    if (bytes > (size_t)LLONG_MAX / 2) {
+        MPI_Info_free(&info);
+        return mx_error_set(MX_ERR_NOMEM, "transport mpi: shared window of %zu bytes is too large", bytes);
+    }
+    int rc = MPI_Win_allocate_shared((MPI_Aint)bytes, 1, info, c->node, &mine, &c->win);
+    MPI_Info_free(&info);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(rc, "MPI_Win_allocate_shared");
+    for (int j = 0; j < c->local_size; j++) {
+        MPI_Aint sz = 0;
+        int du = 0;
+        void *p = NULL;
+        rc = MPI_Win_shared_query(c->win, j, &sz, &du, &p);
+        if (rc != MPI_SUCCESS) {
+            MPI_Win_free(&c->win);
+            return mpi_fail(rc, "MPI_Win_shared_query");
+        }
+        c->base[j] = p;
+    }
+    MPI_Win_lock_all(MPI_MODE_NOCHECK, c->win);
+    c->win_open = 1;
+    c->cap = cap;
+    /* the owner touches its whole region first, so its pages sit on its NUMA node */
+    memset(mine, 0, c->hdr_bytes + cap);
+    return MX_OK;
+}
+
+static void mpi_destroy(void *ctx)
+{
+    mpi_ctx_t *c = ctx;
+    if (!c)
+        return;
+    win_close(c);
+    if (c->node != MPI_COMM_NULL)
+        MPI_Comm_free(&c->node);
+    if (c->comm != MPI_COMM_NULL)
+        MPI_Comm_free(&c->comm);
+    free(c->scounts);
+    free(c->sdispls);
+    free(c->rcounts);
+    free(c->rdispls);
+    free(c->priv);
+    free(c->local_of_world);
+    free(c->world_of_local);
+    free(c->base);
+    free(c);
+}
+
+static mx_status_t mpi_create(MPI_Comm comm, const mx_transport_opts_t *opts, void **ctx_p)
+{
+    mpi_ctx_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory");
+    c->comm = MPI_COMM_NULL;
+    c->node = MPI_COMM_NULL;
+    mx_status_t st = MX_OK;
+    int rc = MPI_Comm_dup(comm, &c->comm);
+    if (rc != MPI_SUCCESS) {
+        st = mpi_fail(rc, "MPI_Comm_dup");
+        goto fail;
+    }
+    MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(c->comm, &c->rank);
+    MPI_Comm_size(c->comm, &c->size);
+    size_t n = (size_t)c->size;
+    c->scounts = calloc(n, sizeof(int));
+    c->sdispls = calloc(n, sizeof(int));
+    c->rcounts = calloc(n, sizeof(int));
+    c->rdispls = calloc(n, sizeof(int));
+    c->local_of_world = calloc(n, sizeof(int));
+    if (!c->scounts || !c->sdispls || !c->rcounts || !c->rdispls || !c->local_of_world) {
+        st = mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory");
+        goto fail;
+    }
+    /* MXEP_TRANSPORT_HOSTS=K (tests): pretend the ranks sit on K hosts (contiguous
+     * blocks), so the cross-host path runs on one machine. */
+    const char *fake = getenv("MXEP_TRANSPORT_HOSTS");
+    int k = fake ? atoi(fake) : 0;
+    if (k > 1) {
+        if (k > c->size)
+            k = c->size;
+        rc = MPI_Comm_split(c->comm, (int)((long)c->rank * k / c->size), c->rank, &c->node);
+    } else {
+        rc = MPI_Comm_split_type(c->comm, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &c->node);
+    }
+    if (rc != MPI_SUCCESS) {
+        st = mpi_fail(rc, "MPI_Comm_split_type(SHARED)");
+        goto fail;
+    }
+    MPI_Comm_set_errhandler(c->node, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(c->node, &c->local_rank);
+    MPI_Comm_size(c->node, &c->local_size);
+    c->world_of_local = calloc((size_t)c->local_size, sizeof(int));
+    c->base = calloc((size_t)c->local_size, sizeof(uint8_t *));
+    int *lr = calloc((size_t)c->local_size, sizeof(int));
+    if (!c->world_of_local || !c->base || !lr) {
+        free(lr);
+        st = mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory");
+        goto fail;
+    }
+    MPI_Group wg, ng;
+    MPI_Comm_group(c->comm, &wg);
+    MPI_Comm_group(c->node, &ng);
+    for (int j = 0; j < c->local_size; j++)
+        lr[j] = j;
+    MPI_Group_translate_ranks(ng, c->local_size, lr, wg, c->world_of_local);
+    MPI_Group_free(&wg);
+    MPI_Group_free(&ng);
+    free(lr);
+    for (size_t i = 0; i < n; i++)
+        c->local_of_world[i] = -1;
+    for (int j = 0; j < c->local_size; j++)
+        c->local_of_world[c->world_of_local[j]] = j;
+    /* hosts partition the ranks: if one rank has a peer elsewhere, every rank does */
+    c->any_remote = c->local_size < c->size;
+
+    c->mode = opts->mode;
+    if (c->mode == MX_EXCHANGE_SHM && c->any_remote) {
+        st = mx_error_set(MX_ERR_UNSUPPORTED,
+                          "transport mpi: --exchange shm needs every rank on one host, but rank %d shares its "
+                          "host with only %d of %d ranks (use auto or alltoallv)",
+                          c->rank, c->local_size, c->size);
+        goto fail;
+    }
+    if (c->mode == MX_EXCHANGE_AUTO)
+        c->mode = MX_EXCHANGE_SHM; /* the window also serves as receive buffer for remote pairs */
+    size_t cap0 = opts->initial_bytes ? opts->initial_bytes : (size_t)1 << 20;
+    if (c->mode == MX_EXCHANGE_SHM) {
+        c->hdr_bytes = round_up(sizeof(uint64_t) * (2 + (size_t)c->local_size), ALIGN);
+        st = win_open(c, round_up(cap0, ALIGN));
+        if (st != MX_OK)
+            goto fail;
+        snprintf(c->path, sizeof c->path, "%s", c->any_remote ? "shm+alltoallv" : "shm");
+    } else {
+        c->priv = malloc(cap0);
+        if (!c->priv) {
+            st = mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory for %zu bytes", cap0);
+            goto fail;
+        }
+        c->priv_cap = cap0;
+        snprintf(c->path, sizeof c->path, "alltoallv");
+    }
+    MX_LOG_D("transport", "mpi transport: %d ranks, %d on this host, path %s", c->size, c->local_size, c->path);
+    *ctx_p = c;
+    return MX_OK;
+fail:
+    mpi_destroy(c);
+    return st;
+}
+
+static mx_status_t mpi_exchange_counts(void *ctx, const size_t *send_counts, size_t *recv_counts_p)
+{
+    mpi_ctx_t *c = ctx;
+    int rc = MPI_Alltoall(send_counts, 1, MPI_UINT64_T, recv_counts_p, 1, MPI_UINT64_T, c->comm);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(rc, "MPI_Alltoall (counts)");
+    return MX_OK;
+}
+
+static const char *mpi_path(const void *ctx)
+{
+    return ((const mpi_ctx_t *)ctx)->path;
+}
+
+/* int counts for the alltoallv pairs; local pairs get 0 when `skip_local`. */
+static int fill_int_counts(mpi_ctx_t *c, const size_t *sc, const size_t *sd, const size_t *rc, const size_t *rd,
+                           int skip_local)
+{
+    int ok = 1;
+    for (int r = 0; r < c->size; r++) {
+        int local = skip_local && c->local_of_world[r] >= 0;
+        uint64_t s = local ? 0 : sc[r], x = local ? 0 : rc[r];
+        uint64_t s_end = sd[r] + s, r_end = rd[r] + x;
+        if (s > INT_MAX || x > INT_MAX || (s && s_end > INT_MAX) || (x && r_end > INT_MAX))
+            ok = 0;
+        c->scounts[r] = (int)s;
+        c->sdispls[r] = s ? (int)sd[r] : 0;
+        c->rcounts[r] = (int)x;
+        c->rdispls[r] = x ? (int)rd[r] : 0;
+    }
+    return ok;
+}
+
+static void win_fence(mpi_ctx_t *c)
+{
+    MPI_Win_sync(c->win);
+    MPI_Barrier(c->node);
+    MPI_Win_sync(c->win);
+}
+
+static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_counts, const size_t *send_displs,
+                                const size_t *recv_counts, const uint8_t **recv_p, size_t *recv_displs_p)
+{
+    mpi_ctx_t *c = ctx;
+    const uint8_t *sbuf = send;
+    size_t total = 0;
+    for (int r = 0; r < c->size; r++) {
+        recv_displs_p[r] = total;
+        total += recv_counts[r];
+    }
+    int rc;
+    if (c->mode == MX_EXCHANGE_ALLTOALLV) {
+        if (total > c->priv_cap) {
+            size_t cap = round_up((size_t)total + total / 4, ALIGN);
+            uint8_t *p = realloc(c->priv, cap);
+            if (!p)
+                return mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory for %zu receive bytes", cap);
+            c->priv = p;
+            c->priv_cap = cap;
+        }
+        if (!fill_int_counts(c, send_counts, send_displs, recv_counts, recv_displs_p, 0))
+            return mx_error_set(MX_ERR_UNSUPPORTED,
+                                "transport mpi: rank %d: a count or displacement exceeds INT_MAX bytes, which "
+                                "MPI_Alltoallv cannot carry",
+                                c->rank);
+        rc = MPI_Alltoallv(sbuf, c->scounts, c->sdispls, MPI_BYTE, c->priv, c->rcounts, c->rdispls, MPI_BYTE, c->comm);
+        if (rc != MPI_SUCCESS)
+            return mpi_fail(rc, "MPI_Alltoallv");
+        *recv_p = c->priv;
+        return MX_OK;
+    }
+
+    /* shared memory: step 1, publish where each local peer's bytes go */
+    for (;;) {
+        volatile uint64_t *hdr = (volatile uint64_t *)c->base[c->local_rank];
+        hdr[0] = total;
+        for (int j = 0; j < c->local_size; j++)
+            hdr[2 + j] = recv_displs_p[c->world_of_local[j]];
+        win_fence(c);
+        uint64_t need = 0;
+        for (int j = 0; j < c->local_size; j++) {
+            uint64_t t = ((volatile uint64_t *)c->base[j])[0];
+            if (t > need)
+                need = t;
+        }
+        if (need <= c->cap)
+            break;
+        /* step 2: every local rank saw the same headers and grows together */
+        size_t cap = round_up((size_t)need + (size_t)need / 4, ALIGN);
+        MX_LOG_D("transport", "growing the shared window from %zu to %zu bytes per rank", c->cap, cap);
+        win_close(c);
+        mx_status_t st = win_open(c, cap);
+        if (st != MX_OK)
+            return st;
+    }
+    uint8_t *mine = c->base[c->local_rank] + c->hdr_bytes;
+    MPI_Request req = MPI_REQUEST_NULL;
+    mx_status_t st = MX_OK;
+    if (c->any_remote) {
+        /* every rank of the job posts it (hosts partition the ranks), so it always matches */
+        int fits = fill_int_counts(c, send_counts, send_displs, recv_counts, recv_displs_p, 1);
+        if (!fits) {
+            st = mx_error_set(MX_ERR_UNSUPPORTED,
+                              "transport mpi: rank %d: a cross-host count or displacement exceeds INT_MAX bytes",
+                              c->rank);
+            for (int r = 0; r < c->size; r++)
+                c->scounts[r] = c->rcounts[r] = c->sdispls[r] = c->rdispls[r] = 0;
+        }
+        rc = MPI_Ialltoallv(sbuf, c->scounts, c->sdispls, MPI_BYTE, mine, c->rcounts, c->rdispls, MPI_BYTE, c->comm,
+                            &req);
+        if (rc != MPI_SUCCESS && st == MX_OK)
+            st = mpi_fail(rc, "MPI_Ialltoallv");
+    }
+    /* step 3: one copy per local pair, straight into the receiver's region */
+    for (int k = 0; k < c->local_size; k++) {
+        int j = (c->local_rank + 1 + k) % c->local_size;
+        int d = c->world_of_local[j];
+        uint64_t n = send_counts[d];
+        if (!n)
+            continue;
+        uint64_t off = ((volatile uint64_t *)c->base[j])[2 + c->local_rank];
+        memcpy(c->base[j] + c->hdr_bytes + off, sbuf + send_displs[d], (size_t)n);
+    }
+    if (req != MPI_REQUEST_NULL) {
+        rc = MPI_Wait(&req, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS && st == MX_OK)
+            st = mpi_fail(rc, "MPI_Wait (Ialltoallv)");
+    }
+    /* step 4 */
+    win_fence(c);
+    if (st != MX_OK)
+        return st;
+    *recv_p = mine;
+    return MX_OK;
+}
+
+static const mx_transport_ops_t mpi_ops = {
+    .name = "mpi",
+    .create = mpi_create,
+    .destroy = mpi_destroy,
+    .exchange_counts = mpi_exchange_counts,
+    .exchange = mpi_exchange,
+    .path = mpi_path,
+};
+
+const mx_transport_ops_t *mx_transport_mpi_ops(void)
+{
+    return &mpi_ops;
+}

@@ -1,0 +1,624 @@
+/* mxworker subcommands: bench, run, info (all collective). */
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "worker_internal.h"
+
+/* ---------------------------------------------------------------- helpers */
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double pct(const double *sorted, size_t n, double p)
+{
+    if (!n)
+        return 0;
+    size_t i = (size_t)ceil(p / 100.0 * (double)n);
+    if (i < 1)
+        i = 1;
+    if (i > n)
+        i = n;
+    return sorted[i - 1];
+}
+
+static void model_name(const wk_job_t *job, char *buf, size_t len)
+{
+    const mx_model_config_t *c = &job->cfg;
+    snprintf(buf, len, "%s (%s, %s, H %zu, I %zu, %d experts, %s%s%d)",
+             job->o->model_dir ? job->o->model_dir : job->o->preset, job->o->model_dir ? c->model_type : "built-in",
+             mx_scheme_name(c->moe.scheme), c->hidden, c->inter, c->n_experts,
+             job->uniform ? "uniform" : mx_router_name(job->router.kind),
+             job->router.kind == MX_ROUTER_EXPERT_CHOICE && !job->uniform ? " k " : " top-", job->router.top_k);
+}
+
+static mx_status_t write_json_file(const char *path, cJSON *root)
+{
+    char *text = cJSON_Print(root);
+    if (!text)
+        return mx_error_set(MX_ERR_NOMEM, "--json %s: out of memory", path);
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    mx_status_t st = MX_OK;
+    if (!f)
+        st = mx_error_set(MX_ERR_IO, "--json %s: cannot create it", path);
+    else {
+        int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+        ok = (fclose(f) == 0) && ok;
+        if (!ok || rename(tmp, path) != 0) {
+            unlink(tmp);
+            st = mx_error_set(MX_ERR_IO, "--json %s: writing failed", path);
+        }
+    }
+    free(text);
+    return st;
+}
+
+/* ---------------------------------------------------------------- bench */
+typedef struct {
+    char host[MX_TOPO_HOST_MAX];
+    char device[128];
+    char backend[MX_TOPO_BACKEND_MAX];
+    int experts;
+    int pad;
+    double tokens_in, assign_in;                                             /* per layer, mean */
+    double route_ms, compute_ms, wait_ms, dispatch_ms, combine_ms, layer_ms; /* per layer, mean */
+    double disp_bytes, comb_bytes;                                           /* per layer, sent */
+    double a2a_disp_ms, a2a_comb_ms, memcpy_ms;                              /* baselines, median */
+    double iso_disp_ms, iso_comb_ms; /* our exchange, isolated like the baselines */
+} bench_row_t;
+
+static double median_of(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return v[n / 2];
+}
+
+/* Plain MPI_Alltoallv of the byte counts `counts` (sent to each rank), median ms of reps. */
+static double time_alltoallv(wk_job_t *job, const size_t *counts, int reps, uint8_t *sbuf, uint8_t *rbuf)
+{
+    int R = job->size;
+    int *sc = calloc((size_t)R, sizeof(int)), *sd = calloc((size_t)R, sizeof(int));
+    int *rc = calloc((size_t)R, sizeof(int)), *rd = calloc((size_t)R, sizeof(int));
+    double *t = calloc((size_t)reps, sizeof(double));
+    int s = 0;
+    for (int r = 0; r < R; r++) {
+        sc[r] = (int)counts[r];
+        sd[r] = s;
+        s += sc[r];
+    }
+    MPI_Alltoall(sc, 1, MPI_INT, rc, 1, MPI_INT, job->comm);
+    int q = 0;
+    for (int r = 0; r < R; r++) {
+        rd[r] = q;
+        q += rc[r];
+    }
+    for (int i = 0; i < reps; i++) {
+        MPI_Barrier(job->comm);
+        double t0 = wk_now_ms();
+        MPI_Alltoallv(sbuf, sc, sd, MPI_BYTE, rbuf, rc, rd, MPI_BYTE, job->comm);
+        t[i] = wk_now_ms() - t0;
+    }
+    double m = median_of(t, reps);
+    free(sc);
+    free(sd);
+    free(rc);
+    free(rd);
+    free(t);
+    return m;
+}
+
+/* Our exchange (counts + payload) of the same byte counts, isolated like the baseline. */
+static double time_ours(wk_job_t *job, const size_t *counts, int reps, const uint8_t *sbuf)
+{
+    size_t R = (size_t)job->size;
+    size_t *sd = calloc(R, sizeof(size_t)), *rc = calloc(R, sizeof(size_t)), *rd = calloc(R, sizeof(size_t));
+    double *t = calloc((size_t)reps, sizeof(double));
+    int ok = sd && rc && rd && t, all = 0;
+    MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, job->comm);
+    double m = 0;
+    if (all) {
+        size_t off = 0;
+        for (size_t r = 0; r < R; r++) {
+            sd[r] = off;
+            off += counts[r];
+        }
+        const uint8_t *recv = NULL;
+        mx_status_t st = MX_OK;
+        for (int i = 0; i < reps; i++) {
+            MPI_Barrier(job->comm);
+            double t0 = wk_now_ms();
+            mx_status_t s1 = mx_transport_exchange_counts(job->tr, counts, rc);
+            mx_status_t s2 = mx_transport_exchange(job->tr, sbuf, counts, sd, rc, &recv, rd);
+            t[i] = wk_now_ms() - t0;
+            if (st == MX_OK)
+                st = s1 != MX_OK ? s1 : s2;
+        }
+        m = st == MX_OK ? median_of(t, reps) : 0;
+    }
+    free(sd);
+    free(rc);
+    free(rd);
+    free(t);
+    return m;
+}
+
+int wk_cmd_bench(wk_job_t *job)
+{
+    const wk_opts_t *o = job->o;
+    size_t H = job->cfg.hidden;
+    size_t T = o->tokens_total >= 0 ? (size_t)o->tokens_total : (size_t)o->tokens * (size_t)job->size;
+    size_t first, n;
+    wk_split(T, job->size, job->rank, &first, &n);
+    size_t rowb = (n ? n : 1) * H * sizeof(uint16_t);
+    uint16_t *x0 = malloc(rowb), *xa = malloc(rowb), *xb = malloc(rowb);
+    int L = job->n_layers, iters = o->iters, total_iters = o->warmup + o->iters;
+    double *lat = calloc((size_t)iters * (size_t)L, sizeof(double));
+    mx_status_t st = (x0 && xa && xb && lat) ? MX_OK : mx_error_set(MX_ERR_NOMEM, "bench: out of memory");
+    if ((st = wk_agree(job->comm, st, "allocating the bench tokens")) != MX_OK)
+        goto fail;
+    wk_fill_tokens(o->seed, first, n, H, x0);
+    bench_row_t row;
+    memset(&row, 0, sizeof row);
+    snprintf(row.host, sizeof row.host, "%s", job->me.host);
+    snprintf(row.device, sizeof row.device, "%s", job->choice.device.name);
+    snprintf(row.backend, sizeof row.backend, "%s", job->choice.backend->name);
+    row.experts = job->n_my;
+    double start = wk_now_ms(), last_progress = start;
+    int progress_shown = 0;
+    for (int it = 0; it < total_iters; it++) {
+        MPI_Barrier(job->comm);
+        const uint16_t *cur = x0;
+        for (int li = 0; li < L; li++) {
+            uint16_t *out = (li % 2 == 0) ? xa : xb;
+            wk_step_stats_t s;
+            mx_routing_t routing;
+            memset(&routing, 0, sizeof routing);
+            st = wk_layer_step(job, li, cur, n, first, T, out, o->check && it == 0 ? &routing : NULL, &s);
+            if (st != MX_OK)
+                goto fail;
+            if (o->check && it == 0) {
+                char summary[512] = "";
+                st = wk_check_layer(job, li, cur, n, first, T, out, &routing, summary, sizeof summary);
+                mx_routing_fini(&routing);
+                if (job->rank == 0 && summary[0])
+                    fprintf(stderr, "mxworker: %s\n", summary);
+                if (st != MX_OK)
+                    goto fail;
+            }
+            if (it >= o->warmup) {
+                lat[(size_t)(it - o->warmup) * (size_t)L + (size_t)li] = s.total_ms;
+                row.tokens_in += (double)s.tokens_in;
+                row.assign_in += (double)s.assign_in;
+                row.route_ms += s.route_ms + s.pack_ms + s.reduce_ms;
+                row.compute_ms += s.compute_ms;
+                row.dispatch_ms += s.dispatch_ms;
+                row.combine_ms += s.combine_ms;
+                row.wait_ms += s.dispatch_ms + s.sync_ms + s.combine_ms;
+                row.layer_ms += s.total_ms;
+                row.disp_bytes += (double)s.dispatch_bytes;
+                row.comb_bytes += (double)s.combine_bytes;
+            }
+            cur = out;
+        }
+        double now = wk_now_ms();
+        if (job->rank == 0 && !o->quiet && now - start > 2000 && now - last_progress > 1000) {
+            fprintf(stderr, "%smxworker bench: iteration %d/%d (%d warmup), %.1f s%s", isatty(2) ? "\r" : "", it + 1,
+                    total_iters, o->warmup, (now - start) / 1e3, isatty(2) ? "" : "\n");
+            fflush(stderr);
+            last_progress = now;
+            progress_shown = 1;
+        }
+    }
+    if (progress_shown && isatty(2))
+        fputc('\n', stderr);
+    double k = (double)iters * (double)L;
+    row.tokens_in /= k;
+    row.assign_in /= k;
+    row.route_ms /= k;
+    row.compute_ms /= k;
+    row.dispatch_ms /= k;
+    row.combine_ms /= k;
+    row.wait_ms /= k;
+    row.layer_ms /= k;
+    row.disp_bytes /= k;
+    row.comb_bytes /= k;
+
+    /* baselines on the same byte counts (the last step's), same run */
+    {
+        size_t sb = 0, rb = 0, sbc = 0;
+        for (int r = 0; r < job->size; r++) {
+            sb += job->last_disp[r];
+            sbc += job->last_comb[r];
+        }
+        size_t big = sb > sbc ? sb : sbc;
+        unsigned long long mine = big, mx = 0;
+        MPI_Allreduce(&mine, &mx, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, job->comm);
+        rb = (size_t)mx * (size_t)job->size; /* upper bound of what one rank can receive */
+        uint8_t *s1 = malloc(big ? big : 1), *r1 = malloc(rb ? rb : 1);
+        int ok = s1 && r1 && mx * (unsigned long long)job->size < INT_MAX;
+        int all_ok = 0;
+        MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, job->comm);
+        if (all_ok) {
+            memset(s1, 0x5a, big ? big : 1);
+            int reps = iters < 3 ? 3 : iters > 20 ? 20 : iters;
+            row.a2a_disp_ms = time_alltoallv(job, job->last_disp, reps, s1, r1);
+            row.a2a_comb_ms = time_alltoallv(job, job->last_comb, reps, s1, r1);
+            row.iso_disp_ms = time_ours(job, job->last_disp, reps, s1);
+            row.iso_comb_ms = time_ours(job, job->last_comb, reps, s1);
+            double *t = calloc((size_t)reps, sizeof(double));
+            uint8_t *d2 = malloc(sb + sbc + 1), *s2 = malloc(sb + sbc + 1);
+            if (t && d2 && s2) {
+                memset(s2, 0x3c, sb + sbc + 1);
+                memset(d2, 0, sb + sbc + 1);
+                for (int i = 0; i < reps; i++) {
+                    MPI_Barrier(job->comm);
+                    double t0 = wk_now_ms();
+                    memcpy(d2, s2, sb + sbc);
+                    t[i] = wk_now_ms() - t0;
+                }
+                row.memcpy_ms = median_of(t, reps);
+            }
+            free(t);
+            free(d2);
+            free(s2);
+        } else if (job->rank == 0) {
+            fprintf(stderr, "mxworker bench: the plain MPI_Alltoallv baseline is skipped (more than INT_MAX bytes "
+                            "or out of memory)\n");
+        }
+        free(s1);
+        free(r1);
+    }
+
+    /* gather rows and latencies to rank 0 */
+    bench_row_t *rows = job->rank == 0 ? calloc((size_t)job->size, sizeof *rows) : NULL;
+    double *lat_max = job->rank == 0 ? calloc((size_t)iters * (size_t)L, sizeof(double)) : NULL;
+    MPI_Gather(&row, (int)sizeof row, MPI_BYTE, rows, (int)sizeof row, MPI_BYTE, 0, job->comm);
+    MPI_Reduce(lat, lat_max, iters * L, MPI_DOUBLE, MPI_MAX, 0, job->comm);
+    if (job->rank == 0 && rows && lat_max) {
+        size_t nl = (size_t)iters * (size_t)L;
+        qsort(lat_max, nl, sizeof(double), cmp_double);
+        double mean_lat = 0;
+        for (size_t i = 0; i < nl; i++)
+            mean_lat += lat_max[i];
+        mean_lat /= (double)nl;
+        double p50 = pct(lat_max, nl, 50), p99 = pct(lat_max, nl, 99);
+        double max_assign = 0, sum_assign = 0, disp_b = 0, comb_b = 0, max_disp_ms = 0, max_comb_ms = 0;
+        double max_iso_d = 0, max_iso_c = 0;
+        double max_a2a_d = 0, max_a2a_c = 0, max_memcpy = 0, max_compute = 0, max_disp_rank_b = 0, max_comb_rank_b = 0;
+        for (int r = 0; r < job->size; r++) {
+            bench_row_t *w = &rows[r];
+            max_assign = fmax(max_assign, w->assign_in);
+            sum_assign += w->assign_in;
+            disp_b += w->disp_bytes;
+            comb_b += w->comb_bytes;
+            max_disp_ms = fmax(max_disp_ms, w->dispatch_ms);
+            max_comb_ms = fmax(max_comb_ms, w->combine_ms);
+            max_iso_d = fmax(max_iso_d, w->iso_disp_ms);
+            max_iso_c = fmax(max_iso_c, w->iso_comb_ms);
+            max_a2a_d = fmax(max_a2a_d, w->a2a_disp_ms);
+            max_a2a_c = fmax(max_a2a_c, w->a2a_comb_ms);
+            max_memcpy = fmax(max_memcpy, w->memcpy_ms);
+            max_compute = fmax(max_compute, w->compute_ms);
+            max_disp_rank_b = fmax(max_disp_rank_b, w->disp_bytes);
+            max_comb_rank_b = fmax(max_comb_rank_b, w->comb_bytes);
+        }
+        double imb = sum_assign > 0 ? max_assign / (sum_assign / job->size) : 1.0;
+        double tps = mean_lat > 0 ? (double)T / (mean_lat / 1e3) : 0;
+        char mname[256];
+        model_name(job, mname, sizeof mname);
+        int n_hosts = 1;
+        for (int r = 1; r < job->size; r++) {
+            int seen = 0;
+            for (int q = 0; q < r; q++)
+                seen |= strcmp(rows[q].host, rows[r].host) == 0;
+            n_hosts += !seen;
+        }
+        printf("mxworker bench: %s\n", mname);
+        printf("  layers %d..%d, %zu tokens (%s), %d ranks on %d host%s, dispatch %s, combine %s, exchange %s, "
+               "%d+%d iterations\n",
+               o->layer, o->layer + L - 1, T, o->tokens_total >= 0 ? "total" : "per rank x ranks", job->size, n_hosts,
+               n_hosts > 1 ? "s" : "", mx_dispatch_dtype_name(o->dtype), mx_combine_mode_name(o->combine),
+               mx_transport_path(job->tr), o->warmup, iters);
+        printf("\n%4s  %-16s %-28s %-8s %7s %9s %9s %10s %10s\n", "rank", "host", "device", "backend", "experts",
+               "tokens_in", "assign_in", "compute_ms", "waiting_ms");
+        for (int r = 0; r < job->size; r++) {
+            bench_row_t *w = &rows[r];
+            printf("%4d  %-16.16s %-28.28s %-8.8s %7d %9.1f %9.1f %10.3f %10.3f\n", r, w->host, w->device, w->backend,
+                   w->experts, w->tokens_in, w->assign_in, w->compute_ms, w->wait_ms);
+        }
+        double ours = max_disp_ms + max_comb_ms, plain = max_a2a_d + max_a2a_c;
+        printf("\ntotals (per layer; ms are the slowest rank's)\n");
+        printf("  tokens/s            %.0f  (%zu tokens / mean layer latency %.3f ms)\n", tps, T, mean_lat);
+        printf("  layer latency       p50 %.3f ms, p99 %.3f ms (slowest compute %.3f ms)\n", p50, p99, max_compute);
+        printf("  dispatch            %.3f MB in all (max %.3f MB per rank), %.3f ms, %.2f GB/s per rank\n",
+               disp_b / 1e6, max_disp_rank_b / 1e6, max_disp_ms,
+               max_disp_ms > 0 ? max_disp_rank_b / 1e6 / max_disp_ms : 0);
+        printf("  combine             %.3f MB in all (max %.3f MB per rank), %.3f ms, %.2f GB/s per rank\n",
+               comb_b / 1e6, max_comb_rank_b / 1e6, max_comb_ms,
+               max_comb_ms > 0 ? max_comb_rank_b / 1e6 / max_comb_ms : 0);
+        printf("  load imbalance      %.3f (max / mean assignments per rank)\n", imb);
+        double iso = max_iso_d + max_iso_c;
+        printf("  same bytes, same run (in the layer: mean per layer; alone: the last layer's byte counts, after a "
+               "barrier, median):\n");
+        printf("    mxep exchange in the layer  dispatch %.3f ms + combine %.3f ms = %.3f ms (%s)\n", max_disp_ms,
+               max_comb_ms, ours, mx_transport_path(job->tr));
+        printf("    mxep exchange alone         dispatch %.3f ms + combine %.3f ms = %.3f ms\n", max_iso_d, max_iso_c,
+               iso);
+        printf("    plain MPI_Alltoallv alone   dispatch %.3f ms + combine %.3f ms = %.3f ms (%.2fx ours alone)\n",
+               max_a2a_d, max_a2a_c, plain, iso > 0 ? plain / iso : 0);
+        printf("    memcpy of the bytes         %.3f ms (every rank at once; ours alone is %.2fx)\n", max_memcpy,
+               max_memcpy > 0 ? iso / max_memcpy : 0);
+        fflush(stdout);
+        if (o->json) {
+            cJSON *root = cJSON_CreateObject();
+            cJSON_AddStringToObject(root, "command", "bench");
+            cJSON_AddStringToObject(root, "model", o->model_dir ? o->model_dir : o->preset);
+            cJSON_AddBoolToObject(root, "synthetic", !o->model_dir);
+            cJSON_AddStringToObject(root, "scheme", mx_scheme_name(job->cfg.moe.scheme));
+            cJSON_AddNumberToObject(root, "hidden", (double)H);
+            cJSON_AddNumberToObject(root, "inter", (double)job->cfg.inter);
+            cJSON_AddNumberToObject(root, "n_experts", job->cfg.n_experts);
+            cJSON_AddStringToObject(root, "router", job->uniform ? "uniform" : mx_router_name(job->router.kind));
+            cJSON_AddNumberToObject(root, "top_k", job->router.top_k);
+            cJSON_AddNumberToObject(root, "first_layer", o->layer);
+            cJSON_AddNumberToObject(root, "layers", L);
+            cJSON_AddNumberToObject(root, "tokens_total", (double)T);
+            cJSON_AddNumberToObject(root, "ranks", job->size);
+            cJSON_AddNumberToObject(root, "hosts", n_hosts);
+            cJSON_AddStringToObject(root, "dispatch_dtype", mx_dispatch_dtype_name(o->dtype));
+            cJSON_AddStringToObject(root, "combine", mx_combine_mode_name(o->combine));
+            cJSON_AddStringToObject(root, "exchange", mx_transport_path(job->tr));
+            cJSON_AddNumberToObject(root, "warmup", o->warmup);
+            cJSON_AddNumberToObject(root, "iters", iters);
+            cJSON_AddNumberToObject(root, "seed", (double)o->seed);
+            cJSON *ra = cJSON_AddArrayToObject(root, "per_rank");
+            for (int r = 0; r < job->size; r++) {
+                bench_row_t *w = &rows[r];
+                cJSON *e = cJSON_CreateObject();
+                cJSON_AddNumberToObject(e, "rank", r);
+                cJSON_AddStringToObject(e, "host", w->host);
+                cJSON_AddStringToObject(e, "device", w->device);
+                cJSON_AddStringToObject(e, "backend", w->backend);
+                cJSON_AddNumberToObject(e, "experts", w->experts);
+                cJSON_AddNumberToObject(e, "tokens_in", w->tokens_in);
+                cJSON_AddNumberToObject(e, "assign_in", w->assign_in);
+                cJSON_AddNumberToObject(e, "route_ms", w->route_ms);
+                cJSON_AddNumberToObject(e, "compute_ms", w->compute_ms);
+                cJSON_AddNumberToObject(e, "waiting_ms", w->wait_ms);
+                cJSON_AddNumberToObject(e, "dispatch_ms", w->dispatch_ms);
+                cJSON_AddNumberToObject(e, "combine_ms", w->combine_ms);
+                cJSON_AddNumberToObject(e, "layer_ms", w->layer_ms);
+                cJSON_AddNumberToObject(e, "dispatch_bytes", w->disp_bytes);
+                cJSON_AddNumberToObject(e, "combine_bytes", w->comb_bytes);
+                cJSON_AddNumberToObject(e, "alltoallv_dispatch_ms", w->a2a_disp_ms);
+                cJSON_AddNumberToObject(e, "alltoallv_combine_ms", w->a2a_comb_ms);
+                cJSON_AddNumberToObject(e, "memcpy_ms", w->memcpy_ms);
+                cJSON_AddNumberToObject(e, "exchange_alone_dispatch_ms", w->iso_disp_ms);
+                cJSON_AddNumberToObject(e, "exchange_alone_combine_ms", w->iso_comb_ms);
+                cJSON_AddItemToArray(ra, e);
+            }
+            cJSON *tot = cJSON_AddObjectToObject(root, "totals");
+            cJSON_AddNumberToObject(tot, "tokens_per_s", tps);
+            cJSON_AddNumberToObject(tot, "layer_ms_mean", mean_lat);
+            cJSON_AddNumberToObject(tot, "layer_ms_p50", p50);
+            cJSON_AddNumberToObject(tot, "layer_ms_p99", p99);
+            cJSON_AddNumberToObject(tot, "compute_ms_max", max_compute);
+            cJSON_AddNumberToObject(tot, "dispatch_bytes", disp_b);
+            cJSON_AddNumberToObject(tot, "combine_bytes", comb_b);
+            cJSON_AddNumberToObject(tot, "dispatch_ms", max_disp_ms);
+            cJSON_AddNumberToObject(tot, "combine_ms", max_comb_ms);
+            cJSON_AddNumberToObject(tot, "dispatch_gbps_per_rank",
+                                    max_disp_ms > 0 ? max_disp_rank_b / 1e6 / max_disp_ms : 0);
+            cJSON_AddNumberToObject(tot, "combine_gbps_per_rank",
+                                    max_comb_ms > 0 ? max_comb_rank_b / 1e6 / max_comb_ms : 0);
+            cJSON_AddNumberToObject(tot, "load_imbalance", imb);
+            cJSON_AddNumberToObject(tot, "alltoallv_dispatch_ms", max_a2a_d);
+            cJSON_AddNumberToObject(tot, "alltoallv_combine_ms", max_a2a_c);
+            cJSON_AddNumberToObject(tot, "memcpy_ms", max_memcpy);
+            cJSON_AddNumberToObject(tot, "exchange_alone_dispatch_ms", max_iso_d);
+            cJSON_AddNumberToObject(tot, "exchange_alone_combine_ms", max_iso_c);
+            cJSON_AddNumberToObject(tot, "speedup_vs_alltoallv", iso > 0 ? plain / iso : 0);
+            cJSON_AddNumberToObject(tot, "ratio_vs_memcpy", max_memcpy > 0 ? iso / max_memcpy : 0);
+            cJSON_AddNumberToObject(tot, "in_layer_speedup_vs_alltoallv", ours > 0 ? plain / ours : 0);
+            st = write_json_file(o->json, root);
+            cJSON_Delete(root);
+            if (st != MX_OK)
+                fprintf(stderr, "mxworker: %s\n", mx_error_detail());
+        }
+    }
+    free(rows);
+    free(lat_max);
+    st = wk_agree(job->comm, job->rank == 0 ? st : MX_OK, "writing the bench results");
+fail:
+    free(x0);
+    free(xa);
+    free(xb);
+    free(lat);
+    return st == MX_OK ? 0 : 1;
+}
+
+/* ---------------------------------------------------------------- run */
+int wk_cmd_run(wk_job_t *job)
+{
+    const wk_opts_t *o = job->o;
+    size_t H = job->cfg.hidden;
+    wk_hidden_t in;
+    memset(&in, 0, sizeof in);
+    mx_status_t st = MX_OK;
+    if (job->rank == 0) {
+        st = wk_st_read_hidden(o->input, &in);
+        if (st == MX_OK && in.cols != H)
+            st = mx_error_set(MX_ERR_FORMAT,
+                              "--input %s: hidden_states has %zu columns but the model's hidden size "
+                              "is %zu",
+                              o->input, in.cols, H);
+    }
+    if ((st = wk_agree(job->comm, st, "reading the input")) != MX_OK)
+        return 1;
+    unsigned long long T64 = in.rows;
+    MPI_Bcast(&T64, 1, MPI_UNSIGNED_LONG_LONG, 0, job->comm);
+    size_t T = (size_t)T64, first, n;
+    wk_split(T, job->size, job->rank, &first, &n);
+    uint16_t *x = malloc((n ? n : 1) * H * 2), *out = malloc((n ? n : 1) * H * 2);
+    int *cnt = malloc((size_t)job->size * sizeof(int)), *dsp = malloc((size_t)job->size * sizeof(int));
+    st = (x && out && cnt && dsp) ? MX_OK : mx_error_set(MX_ERR_NOMEM, "run: out of memory");
+    if (st == MX_OK && T * H * 2 > INT_MAX)
+        st = mx_error_set(MX_ERR_UNSUPPORTED,
+                          "--input %s: %zu tokens of %zu BF16 values are more than one "
+                          "MPI_Scatterv carries (2 GiB)",
+                          o->input, T, H);
+    mx_routing_t routing;
+    memset(&routing, 0, sizeof routing);
+    uint16_t *all_out = NULL;
+    int32_t *all_ids = NULL;
+    float *all_w = NULL;
+    int32_t *my_ids = NULL;
+    float *my_w = NULL;
+    if ((st = wk_agree(job->comm, st, "allocating")) != MX_OK)
+        goto done;
+    for (int r = 0; r < job->size; r++) {
+        size_t f, c;
+        wk_split(T, job->size, r, &f, &c);
+        cnt[r] = (int)(c * H * 2);
+        dsp[r] = (int)(f * H * 2);
+    }
+    MPI_Scatterv(in.bf16, cnt, dsp, MPI_BYTE, x, (int)(n * H * 2), MPI_BYTE, 0, job->comm);
+    st = wk_layer_step(job, 0, x, n, first, T, out, &routing, NULL);
+    if (st != MX_OK)
+        goto done;
+    /* k columns: top-k, or (expert choice) the most experts any token got */
+    int k = routing.top_k;
+    if (k == 0) {
+        int mine = 0;
+        for (size_t a = 0, c = 0; a < routing.n_assign; a++) {
+            c = (a > 0 && routing.tok[a] == routing.tok[a - 1]) ? c + 1 : 1;
+            if ((int)c > mine)
+                mine = (int)c;
+        }
+        MPI_Allreduce(&mine, &k, 1, MPI_INT, MPI_MAX, job->comm);
+    }
+    size_t kk = (size_t)k;
+    my_ids = malloc((n ? n : 1) * (kk ? kk : 1) * sizeof(int32_t));
+    my_w = malloc((n ? n : 1) * (kk ? kk : 1) * sizeof(float));
+    st = (my_ids && my_w) ? MX_OK : mx_error_set(MX_ERR_NOMEM, "run: out of memory");
+    if (st == MX_OK) {
+        if (routing.topk_ids) {
+            memcpy(my_ids, routing.topk_ids, n * kk * sizeof(int32_t));
+            memcpy(my_w, routing.topk_weights, n * kk * sizeof(float));
+        } else {
+            for (size_t i = 0; i < n * kk; i++) {
+                my_ids[i] = -1;
+                my_w[i] = 0;
+            }
+            for (size_t a = 0, c = 0; a < routing.n_assign; a++) {
+                c = (a > 0 && routing.tok[a] == routing.tok[a - 1]) ? c + 1 : 0;
+                my_ids[(size_t)routing.tok[a] * kk + c] = routing.expert[a];
+                my_w[(size_t)routing.tok[a] * kk + c] = routing.weight[a];
+            }
+        }
+    }
+    if (job->rank == 0) {
+        all_out = malloc((T ? T : 1) * H * 2);
+        all_ids = malloc((T ? T : 1) * (kk ? kk : 1) * 4);
+        all_w = malloc((T ? T : 1) * (kk ? kk : 1) * 4);
+        if (!all_out || !all_ids || !all_w)
+            st = mx_error_set(MX_ERR_NOMEM, "run: out of memory for the output");
+    }
+    if ((st = wk_agree(job->comm, st, "collecting the output")) != MX_OK)
+        goto done;
+    MPI_Gatherv(out, (int)(n * H * 2), MPI_BYTE, all_out, cnt, dsp, MPI_BYTE, 0, job->comm);
+    for (int r = 0; r < job->size; r++) {
+        size_t f, c;
+        wk_split(T, job->size, r, &f, &c);
+        cnt[r] = (int)(c * kk * 4);
+        dsp[r] = (int)(f * kk * 4);
+    }
+    MPI_Gatherv(my_ids, (int)(n * kk * 4), MPI_BYTE, all_ids, cnt, dsp, MPI_BYTE, 0, job->comm);
+    MPI_Gatherv(my_w, (int)(n * kk * 4), MPI_BYTE, all_w, cnt, dsp, MPI_BYTE, 0, job->comm);
+    if (o->check) {
+        char summary[512] = "";
+        st = wk_check_layer(job, 0, x, n, first, T, out, &routing, summary, sizeof summary);
+        if (job->rank == 0 && summary[0])
+            fprintf(stderr, "mxworker: %s\n", summary);
+        if (st != MX_OK)
+            goto done;
+    }
+    if (job->rank == 0)
+        st = wk_st_write_output(o->output, all_out, T, H, all_ids, all_w, kk);
+    if ((st = wk_agree(job->comm, st, "writing the output")) != MX_OK)
+        goto done;
+    if (job->rank == 0)
+        printf("mxworker run: layer %d, %zu tokens over %d ranks -> %s\n", o->layer, T, job->size, o->output);
+done:
+    mx_routing_fini(&routing);
+    free(in.bf16);
+    free(x);
+    free(out);
+    free(cnt);
+    free(dsp);
+    free(all_out);
+    free(all_ids);
+    free(all_w);
+    free(my_ids);
+    free(my_w);
+    return st == MX_OK ? 0 : 1;
+}
+
+/* ---------------------------------------------------------------- info */
+int wk_cmd_info(MPI_Comm comm, const wk_opts_t *o)
+{
+    wk_job_t job;
+    mx_status_t st = wk_job_open(comm, o, 0, &job);
+    if (st != MX_OK)
+        return 1;
+    mx_topo_cluster_t table;
+    memset(&table, 0, sizeof table);
+    st = mx_topo_gather(comm, &job.me, &table);
+    if ((st = wk_agree(comm, st, "gathering the cluster table")) != MX_OK) {
+        wk_job_close(&job);
+        return 1;
+    }
+    if (job.rank == 0) {
+        char mname[256];
+        model_name(&job, mname, sizeof mname);
+        printf("mxworker info: %d ranks on %d host%s; layer %d of %s\n", table.n_procs, table.n_hosts,
+               table.n_hosts > 1 ? "s" : "", o->layer, mname);
+        printf("placement %s:", o->placement);
+        for (int r = 0; r < job.size; r++) {
+            int c = 0;
+            const int *e = mx_coord_placement_rank_experts(&job.place, r, &c);
+            printf(" r%d:%d experts%s", r, c, c ? "" : "");
+            if (c)
+                printf(" [%d..%d]", e[0], e[c - 1]);
+        }
+        printf("\n\n");
+        st = mx_topo_cluster_print(&table, stdout);
+        fflush(stdout);
+        if (st == MX_OK && o->json) {
+            char *text = NULL;
+            st = mx_topo_cluster_json(&table, &text);
+            if (st == MX_OK) {
+                cJSON *root = cJSON_Parse(text);
+                if (root) {
+                    st = write_json_file(o->json, root);
+                    cJSON_Delete(root);
+                } else
+                    st = mx_error_set(MX_ERR_INTERNAL, "cluster JSON does not parse");
+            }
+            free(text);
+        }
+    }
+    st = wk_agree(comm, st, "printing the cluster table");
+    mx_topo_cluster_fini(&table);
+    wk_job_close(&job);
+    return st == MX_OK ? 0 : 1;
+}

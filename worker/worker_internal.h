@@ -1,0 +1,165 @@
+/* mxep worker/: internals of mxworker shared between its files (wk_ prefix,
+ * file-local beyond this header). The executable is a thin main() over these. */
+#ifndef MXEP_WORKER_INTERNAL_H
+#define MXEP_WORKER_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <mpi.h>
+
+#include "mxep/checkpoint.h"
+#include "mxep/coordinator.h"
+#include "mxep/kernels.h"
+#include "mxep/moe.h"
+#include "mxep/status.h"
+#include "mxep/topology.h"
+#include "mxep/transport.h"
+
+typedef enum { WK_CMD_BENCH = 0, WK_CMD_RUN = 1, WK_CMD_INFO = 2 } wk_cmd_t;
+
+/* Router selection: a model router kind, or the bench-only uniform routing. */
+#define WK_ROUTER_MODEL (-1)   /* the model's own router */
+#define WK_ROUTER_UNIFORM (-2) /* bench only: top-k experts drawn uniformly per token, weights 1/k */
+
+typedef struct {
+    wk_cmd_t cmd;
+    const char *model_dir; /* NULL = built-in synthetic model */
+    const char *preset;    /* synthetic preset (default gpt-oss-20b) */
+    int layers;            /* layers to run (bench), from layer `layer` */
+    int layer;             /* first layer */
+    long tokens;           /* per rank (-1 = unset) */
+    long tokens_total;     /* whole job (-1 = unset) */
+    int iters, warmup;
+    const char *backend;   /* NULL = oracle */
+    const char *placement; /* file, "contiguous", "replicated" */
+    int router;            /* WK_ROUTER_* or mx_router_kind_t */
+    mx_dispatch_dtype_t dtype;
+    mx_combine_mode_t combine;
+    mx_exchange_mode_t exchange;
+    const char *json;
+    int check;
+    uint64_t seed;
+    int threads;                /* 0 = cores / ranks on the host */
+    int experts;                /* synthetic models: fewer experts than the preset (0 = preset's) */
+    const char *input, *output; /* run */
+    int quiet;
+    int timeout; /* seconds; 0 = none. Past it the job is aborted (last resort against a hang) */
+} wk_opts_t;
+
+/* Parses argv into *o (defaults first). Returns 0 ok, 1 help printed (exit 0),
+ * 2 error (message in msg). Local; no MPI. */
+int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len, int print_help);
+
+/* ---------------------------------------------------------------- the job */
+typedef struct {
+    int layer;
+    mx_router_weights_t rw;
+    mx_backend_packed_t *packed; /* this rank's experts (NULL when it holds none) */
+} wk_layer_t;
+
+typedef struct {
+    double route_ms, pack_ms, dispatch_ms, compute_ms, sync_ms, combine_ms, reduce_ms, total_ms;
+    size_t dispatch_bytes, combine_bytes; /* sent by this rank */
+    size_t tokens_in, assign_in;          /* received by this rank (worker side) */
+} wk_step_stats_t;
+
+typedef struct {
+    MPI_Comm comm;
+    int rank, size;
+    const wk_opts_t *o;
+    mx_model_config_t cfg;
+    mx_ckpt_h ckpt;
+    mx_router_desc_t router;
+    int uniform;
+    mx_placement_t place;
+    const int *my_experts;
+    int n_my;
+    mx_topo_proc_t me;
+    mx_oracle_choice_t choice;
+    char report[MX_TOPO_REPORT_MAX];
+    mx_transport_h tr;
+    int n_threads;
+    int n_layers;
+    wk_layer_t *layers;
+    /* scratch, grown on demand */
+    float *logits, *logits_all;
+    size_t logits_cap, logits_all_cap;
+    uint8_t *send;
+    size_t send_cap;
+    uint8_t *out;
+    size_t out_cap;
+    void *ws;
+    size_t ws_cap;
+    size_t *b1, *b2, *b3, *b4;     /* [size] byte counts / displacements */
+    size_t *last_disp, *last_comb; /* [size] bytes sent to each rank by the last step (bench baselines) */
+} wk_job_t;
+
+/* Collective. Agrees on a local status: returns MX_OK on every rank when all
+ * succeeded; otherwise every rank returns the first failing rank's status and
+ * rank 0 prints "mxworker: rank R failed while PHASE: detail". */
+mx_status_t wk_agree(MPI_Comm comm, mx_status_t st, const char *phase);
+
+/* Collective: options + model, consistency check, placement, oracle, experts,
+ * transport. On failure everything is released and the error already agreed. */
+mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_job_t *job);
+void wk_job_close(wk_job_t *job);
+
+/* Token split: rank r owns [first, first + count) of n_total. */
+void wk_split(size_t n_total, int size, int rank, size_t *first_p, size_t *count_p);
+
+/* Deterministic bench input: BF16 [count x H] for global tokens first.. */
+void wk_fill_tokens(uint64_t seed, size_t first, size_t count, size_t hidden, uint16_t *x);
+
+/* Collective: one MoE layer for this rank's tokens x [n x H] -> out [n x H].
+ * routing_p (may be NULL) receives the routing (caller finis). */
+mx_status_t wk_layer_step(wk_job_t *job, int li, const uint16_t *x, size_t n, size_t first, size_t t_global,
+                          uint16_t *out, mx_routing_t *routing_p, wk_step_stats_t *stats);
+
+/* Collective: gathers the global batch and outputs to rank 0, which runs the
+ * single-process reference pipeline with the same backend and compares
+ * (bitwise for exact + bf16 dispatch, tolerance otherwise). Agreed result;
+ * *summary (rank 0) gets one line. */
+mx_status_t wk_check_layer(wk_job_t *job, int li, const uint16_t *x, size_t n, size_t first, size_t t_global,
+                           const uint16_t *out, const mx_routing_t *routing, char *summary, size_t summary_len);
+
+/* ---------------------------------------------------------------- safetensors I/O (run) */
+typedef struct {
+    size_t rows, cols;
+    uint16_t *bf16; /* [rows x cols], malloc'd */
+} wk_hidden_t;
+mx_status_t wk_st_read_hidden(const char *path, wk_hidden_t *h_p);
+/* Writes hidden_states (BF16), topk_ids (I32) and topk_weights (F32) to path
+ * through a temporary file + rename. */
+mx_status_t wk_st_write_output(const char *path, const uint16_t *hidden, size_t rows, size_t cols,
+                               const int32_t *topk_ids, const float *topk_weights, size_t k);
+
+/* ---------------------------------------------------------------- subcommands (collective) */
+int wk_cmd_bench(wk_job_t *job);
+int wk_cmd_run(wk_job_t *job);
+int wk_cmd_info(MPI_Comm comm, const wk_opts_t *o);
+
+/* bf16 helpers */
+static inline float wk_bf16_f32(uint16_t h)
+{
+    union {
+        uint32_t u;
+        float f;
+    } v = {(uint32_t)h << 16};
+    return v.f;
+}
+static inline uint16_t wk_f32_bf16(float f)
+{
+    union {
+        float f;
+        uint32_t u;
+    } v = {f};
+    uint32_t u = v.u;
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+double wk_now_ms(void);
+
+#endif
