@@ -83,13 +83,13 @@ else
   mkdir -p "$HB"
   CF="-O2 -std=c11 -D_GNU_SOURCE -I$ROOT/include -I$ROOT/kernels/gpu -I$ROOT/tests/gpu -I/usr/local/cuda/include -I$PREFIX/usr/include"
   NV="-O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=compute_80 -I$ROOT/include -I$ROOT/kernels/gpu"
-  LK="-L/usr/local/cuda/lib64 -lcudart -lstdc++ -lm"
+  LK="-L/usr/local/cuda/lib64 -lcudart -lstdc++ -lm -lpthread"
   (set -e
    nvcc $NV -c "$ROOT/kernels/gpu/moe_kernels.cu" -o "$HB/moe_kernels.o"
-   for f in core/status.c core/log.c core/moe.c kernels/gpu/cuda_backend.c tests/gpu/gpu_ref.c; do
+   for f in core/status.c core/log.c core/moe.c kernels/gpu/gpu_plan.c kernels/gpu/cuda_backend.c tests/gpu/gpu_ref.c; do
      gcc $CF -c "$ROOT/$f" -o "$HB/$(basename "$f" .c).o"
    done
-   OBJ="$HB/status.o $HB/log.o $HB/moe.o $HB/cuda_backend.o $HB/moe_kernels.o"
+   OBJ="$HB/status.o $HB/log.o $HB/moe.o $HB/gpu_plan.o $HB/cuda_backend.o $HB/moe_kernels.o"
    gcc $CF "$ROOT/tests/gpu/test_cuda_parity.c" "$HB/gpu_ref.o" $OBJ -o "$HB/test_cuda_parity" \
        -L"$LIBDIR" -l:libcmocka.so.0 $LK
    gcc $CF "$ROOT/bench/gpu/gpu_bench.c" "$HB/gpu_ref.o" $OBJ -o "$HB/mxgpu_bench" -lcublas $LK

@@ -70,18 +70,18 @@ static double hbm_gbps(int iters)
     CU(cudaMalloc(&b, bytes));
     CU(cudaMemset(a, 1, bytes));
     cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
     double *t = malloc(sizeof(double) * (size_t)iters);
     for (int i = 0; i < 3; i++)
         CU(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
     for (int i = 0; i < iters; i++) {
-        cudaEventRecord(e0, 0);
-        cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, 0);
-        cudaEventRecord(e1, 0);
-        cudaEventSynchronize(e1);
+        CU(cudaEventRecord(e0, 0));
+        CU(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, 0));
+        CU(cudaEventRecord(e1, 0));
+        CU(cudaEventSynchronize(e1));
         float ms;
-        cudaEventElapsedTime(&ms, e0, e1);
+        CU(cudaEventElapsedTime(&ms, e0, e1));
         t[i] = ms;
     }
     double ms = median(t, iters);
@@ -108,21 +108,21 @@ static double cublas_tflops(int iters)
     }
     float alpha = 1.0f, beta = 0.0f;
     cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
     double *t = malloc(sizeof(double) * (size_t)iters);
     for (int i = 0; i < iters + 3; i++) {
-        cudaEventRecord(e0, 0);
+        CU(cudaEventRecord(e0, 0));
         cublasStatus_t s = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, A, CUDA_R_16BF, n, B, CUDA_R_16BF,
                                         n, &beta, C, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-        cudaEventRecord(e1, 0);
-        cudaEventSynchronize(e1);
+        CU(cudaEventRecord(e1, 0));
+        CU(cudaEventSynchronize(e1));
         if (s != CUBLAS_STATUS_SUCCESS) {
             fprintf(stderr, "mxgpu_bench: cublasGemmEx failed (%d)\n", (int)s);
             exit(1);
         }
         float ms;
-        cudaEventElapsedTime(&ms, e0, e1);
+        CU(cudaEventElapsedTime(&ms, e0, e1));
         if (i >= 3)
             t[i - 3] = ms;
     }
@@ -249,8 +249,8 @@ int main(int argc, char **argv)
     point_t pts[32];
     int bad = 0;
     cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
     cudaStream_t st = (cudaStream_t)mxi_cuda_stream(pk);
     double tol = (scheme == MX_SCHEME_W4A8 || scheme == MX_SCHEME_W8A8) ? 5e-3 : 2e-3;
     for (int ti = 0; ti < n_tok; ti++) {
@@ -326,28 +326,36 @@ int main(int argc, char **argv)
             bad = 1;
 
         /* timing: the layer's kernels alone (CUDA events), and the whole run() with its copies */
-        if (mxi_cuda_stage(pk, &a) != MX_OK)
+        if (mxi_cuda_stage(pk, &a) != MX_OK) {
+            fprintf(stderr, "mxgpu_bench: stage T=%zu: %s\n", T, mx_error_detail());
             return 1;
+        }
         for (int i = 0; i < 5; i++)
-            mxi_cuda_layer(pk);
-        double *tl = malloc(sizeof(double) * (size_t)iters);
-        for (int i = 0; i < iters; i++) {
-            cudaEventRecord(e0, st);
             if (mxi_cuda_layer(pk) != MX_OK) {
                 fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
                 return 1;
             }
-            cudaEventRecord(e1, st);
-            cudaEventSynchronize(e1);
+        double *tl = malloc(sizeof(double) * (size_t)iters);
+        for (int i = 0; i < iters; i++) {
+            CU(cudaEventRecord(e0, st));
+            if (mxi_cuda_layer(pk) != MX_OK) {
+                fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
+                return 1;
+            }
+            CU(cudaEventRecord(e1, st));
+            CU(cudaEventSynchronize(e1));
             float ms;
-            cudaEventElapsedTime(&ms, e0, e1);
+            CU(cudaEventElapsedTime(&ms, e0, e1));
             tl[i] = ms;
         }
         int nrun = iters < 20 ? iters : 20;
         double *tr = malloc(sizeof(double) * (size_t)nrun);
         for (int i = 0; i < nrun; i++) {
             double s0 = now_ms();
-            mx_backend_cuda.run(pk, &a, NULL);
+            if (mx_backend_cuda.run(pk, &a, NULL) != MX_OK) {
+                fprintf(stderr, "mxgpu_bench: run T=%zu: %s\n", T, mx_error_detail());
+                return 1;
+            }
             tr[i] = now_ms() - s0;
         }
         point_t *p = &pts[ti];

@@ -1,13 +1,32 @@
 /* mxep `cuda` backend: the host side (probe, predicates, prepack, device
  * memory, streams and copies). The kernels are in moe_kernels.cu.
  *
- * run() = stage (validate, group the assignments by expert on the host, one
- * upload of tokens and metadata) + layer (activation quantization where the
- * scheme needs it, GEMM1 + activation for all local experts in one launch,
- * GEMM2 + bias in one launch, the weighted combine) + fetch (copy the outputs
- * out, the only wait). Device scratch grows to the largest batch seen and is
- * kept; a packed object serves one thread at a time. */
+ * run() = stage (validate, group the assignments by expert on the host with
+ * gpu_plan.c, one upload of tokens and metadata) + layer (activation
+ * quantization where the scheme needs it, GEMM1 + activation for all local
+ * experts in one launch, GEMM2 + bias in one launch, the weighted combine) +
+ * fetch (copy the outputs out, then wait).
+ *
+ * Ordering rules (issue 7: wrong numbers with 8 ranks on one GPU came from
+ * breaking them):
+ * - Every device operation of a packed object goes to its own stream, created
+ *   non-blocking: nothing uses the legacy default stream, which does NOT order
+ *   against a non-blocking stream (a cudaMemset or cudaMemcpy there may run
+ *   after, or during, later work on the stream).
+ * - run() is fully synchronous: when it returns, on success or on any error,
+ *   every copy into the caller's buffers is complete, no copy still reads the
+ *   caller's buffers, and no kernel still uses the scratch. prepack() likewise
+ *   returns after its uploads have landed.
+ * - Device scratch grows to the largest batch seen and is kept. Growing waits
+ *   for the stream before freeing the old buffer and zeroes the new one on the
+ *   stream (the padded columns of the activation buffers must read as zeros).
+ * - run() on one packed object from several threads is serialized by a mutex;
+ *   separate packed objects (own stream, own scratch) run concurrently.
+ * - Every runtime call is checked; an allocation failure is MX_ERR_NOMEM naming
+ *   the GPU, the bytes, what they were for and the memory free on the GPU
+ *   (several ranks sharing one GPU each hold a context and scratch). */
 #include <cuda_runtime_api.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +34,7 @@
 
 #include "cuda_internal.h"
 #include "gpu_layout.h"
+#include "gpu_plan.h"
 #include "mxep/kernels.h"
 #include "mxep/log.h"
 #include "mxep/status.h"
@@ -38,6 +58,7 @@ struct mx_backend_packed {
     gmat_t m1, m2;
     float *in_scale, *down_in_scale; /* host [E], W4A8 */
     cudaStream_t stream;
+    pthread_mutex_t lock; /* run() of one packed object, one thread at a time */
     int force_cfg;
     /* staged batch */
     int cfg, n_mtiles, staged;
@@ -53,18 +74,50 @@ struct mx_backend_packed {
     float *d_w, *d_rs1, *d_rs2;
 };
 
-static mx_status_t cuda_fail(cudaError_t err, const char *what)
+static mx_status_t status_of(cudaError_t err)
 {
-    return mx_error_set(err == cudaErrorMemoryAllocation ? MX_ERR_NOMEM : MX_ERR_INTERNAL, "cuda: %s failed: %s (%s)",
-                        what, cudaGetErrorString(err), cudaGetErrorName(err));
+    if (err == cudaErrorMemoryAllocation)
+        return MX_ERR_NOMEM;
+    if (err == cudaErrorNoDevice || err == cudaErrorDevicesUnavailable || err == cudaErrorInsufficientDriver)
+        return MX_ERR_NO_DEVICE;
+    return MX_ERR_INTERNAL;
 }
 
-#define CK(call, what)                                                                                                 \
+static mx_status_t cuda_fail(int dev, cudaError_t err, const char *what)
+{
+    (void)cudaGetLastError(); /* clear it unless it is sticky */
+    return mx_error_set(status_of(err), "cuda: GPU %d: %s failed: %s (%s)", dev, what, cudaGetErrorString(err),
+                        cudaGetErrorName(err));
+}
+
+#define CK(dev, call, what)                                                                                            \
     do {                                                                                                               \
         cudaError_t err_ = (call);                                                                                     \
         if (err_ != cudaSuccess)                                                                                       \
-            return cuda_fail(err_, what);                                                                              \
+            return cuda_fail((dev), err_, what);                                                                       \
     } while (0)
+
+/* cudaMalloc, and on failure MX_ERR_NOMEM naming the GPU, the size, what for, and what is free. */
+static mx_status_t dev_alloc(int dev, void **ptr_p, size_t bytes, const char *what)
+{
+    void *ptr = NULL;
+    cudaError_t err = cudaMalloc(&ptr, bytes ? bytes : 1);
+    if (err == cudaSuccess) {
+        *ptr_p = ptr;
+        return MX_OK;
+    }
+    (void)cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return mx_error_set(status_of(err), "cuda: GPU %d: cudaMalloc of %zu bytes for %s failed: %s", dev, bytes, what,
+                            cudaGetErrorString(err));
+    }
+    return mx_error_set(status_of(err),
+                        "cuda: GPU %d: cudaMalloc of %zu bytes for %s failed: %s (%zu MiB free of %zu MiB; "
+                        "other processes or ranks on this GPU hold the rest)",
+                        dev, bytes, what, cudaGetErrorString(err), free_b >> 20, total_b >> 20);
+}
 
 /* ------------------------------------------------------------ probe / supports */
 
@@ -245,7 +298,8 @@ static void gmat_free(gmat_t *g)
 
 static void dbuf_free(dbuf_t *b)
 {
-    cudaFree(b->ptr);
+    if (b->ptr)
+        cudaFree(b->ptr);
     b->ptr = NULL;
     b->cap = 0;
 }
@@ -255,23 +309,27 @@ static void cuda_release(mx_backend_packed_t *p)
     if (!p)
         return;
     if (p->device >= 0)
-        cudaSetDevice(p->device);
+        (void)cudaSetDevice(p->device);
+    /* nothing may still run on the memory freed below */
     if (p->stream)
-        cudaStreamSynchronize(p->stream);
+        (void)cudaStreamSynchronize(p->stream);
     gmat_free(&p->m1);
     gmat_free(&p->m2);
     dbuf_t *bufs[] = {&p->x, &p->meta, &p->xq, &p->grp1, &p->grp2, &p->rs1, &p->rs2, &p->hid, &p->y, &p->out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         dbuf_free(bufs[i]);
     if (p->stream)
-        cudaStreamDestroy(p->stream);
+        (void)cudaStreamDestroy(p->stream);
+    (void)cudaGetLastError(); /* release reports nothing; leave no error behind for the next call */
+    pthread_mutex_destroy(&p->lock);
     free(p->hmeta);
     free(p->in_scale);
     free(p->down_in_scale);
     free(p);
 }
 
-static mx_status_t gmat_alloc(gmat_t *g, int wfmt, int E, size_t N, size_t K, int block_scales)
+static mx_status_t gmat_alloc(gmat_t *g, int dev, int wfmt, int E, size_t N, size_t K, int block_scales,
+                              const char *name)
 {
     g->N = (int)N;
     g->K = (int)K;
@@ -283,26 +341,41 @@ static mx_status_t gmat_alloc(gmat_t *g, int wfmt, int E, size_t N, size_t K, in
     g->flush_w = block_scales;
     g->wsf_es = wfmt == MXG_W_FP8 ? (size_t)g->wsf_kb * g->N_pad : 0;
     g->bias_es = (size_t)g->N_pad;
-    CK(cudaMalloc((void **)&g->w, g->w_es * E), "cudaMalloc (packed weights)");
-    if (g->sc_es)
-        CK(cudaMalloc((void **)&g->sc, g->sc_es * E), "cudaMalloc (MXFP4 scales)");
-    if (g->wsf_es)
-        CK(cudaMalloc((void **)&g->wsf, g->wsf_es * E * sizeof(float)), "cudaMalloc (FP8 scales)");
-    CK(cudaMalloc((void **)&g->bias, g->bias_es * E * sizeof(float)), "cudaMalloc (biases)");
-    return MX_OK;
+    char what[96];
+    snprintf(what, sizeof what, "%s packed weights of %d experts", name, E);
+    mx_status_t st = dev_alloc(dev, (void **)&g->w, g->w_es * E, what);
+    if (st == MX_OK && g->sc_es) {
+        snprintf(what, sizeof what, "%s MXFP4 scales of %d experts", name, E);
+        st = dev_alloc(dev, (void **)&g->sc, g->sc_es * E, what);
+    }
+    if (st == MX_OK && g->wsf_es) {
+        snprintf(what, sizeof what, "%s FP8 scales of %d experts", name, E);
+        st = dev_alloc(dev, (void **)&g->wsf, g->wsf_es * E * sizeof(float), what);
+    }
+    if (st == MX_OK) {
+        snprintf(what, sizeof what, "%s biases of %d experts", name, E);
+        st = dev_alloc(dev, (void **)&g->bias, g->bias_es * E * sizeof(float), what);
+    }
+    return st;
 }
 
-static mx_status_t upload_expert(gmat_t *g, int j, const uint8_t *w, const uint8_t *sc, const float *wsf,
-                                 const float *bias)
+/* Uploads one expert's packed matrix on the packed object's stream and waits:
+ * the host staging buffers are reused for the next expert. */
+static mx_status_t upload_expert(const mx_backend_packed_t *p, gmat_t *g, int j, const uint8_t *w, const uint8_t *sc,
+                                 const float *wsf, const float *bias)
 {
-    CK(cudaMemcpy(g->w + g->w_es * j, w, g->w_es, cudaMemcpyHostToDevice), "cudaMemcpy (weights)");
+    const int dev = p->device;
+    cudaStream_t s = p->stream;
+    CK(dev, cudaMemcpyAsync(g->w + g->w_es * j, w, g->w_es, cudaMemcpyHostToDevice, s), "cudaMemcpyAsync (weights)");
     if (g->sc_es)
-        CK(cudaMemcpy(g->sc + g->sc_es * j, sc, g->sc_es, cudaMemcpyHostToDevice), "cudaMemcpy (scales)");
+        CK(dev, cudaMemcpyAsync(g->sc + g->sc_es * j, sc, g->sc_es, cudaMemcpyHostToDevice, s),
+           "cudaMemcpyAsync (scales)");
     if (g->wsf_es)
-        CK(cudaMemcpy(g->wsf + g->wsf_es * j, wsf, g->wsf_es * sizeof(float), cudaMemcpyHostToDevice),
-           "cudaMemcpy (scales)");
-    CK(cudaMemcpy(g->bias + g->bias_es * j, bias, g->bias_es * sizeof(float), cudaMemcpyHostToDevice),
-       "cudaMemcpy (biases)");
+        CK(dev, cudaMemcpyAsync(g->wsf + g->wsf_es * j, wsf, g->wsf_es * sizeof(float), cudaMemcpyHostToDevice, s),
+           "cudaMemcpyAsync (scales)");
+    CK(dev, cudaMemcpyAsync(g->bias + g->bias_es * j, bias, g->bias_es * sizeof(float), cudaMemcpyHostToDevice, s),
+       "cudaMemcpyAsync (biases)");
+    CK(dev, cudaStreamSynchronize(s), "cudaStreamSynchronize (weight upload)");
     return MX_OK;
 }
 
@@ -332,9 +405,9 @@ static mx_status_t prepack_body(mx_backend_packed_t *p, const mx_expert_weights_
                 "cuda prepack: expert %d: W4A8 needs input_scale > 0 and down_input_scale > 0 (got %g, %g)", j,
                 (double)experts[j].input_scale, (double)experts[j].down_input_scale);
     }
-    mx_status_t st = gmat_alloc(&p->m1, wf, E, 2 * I, H, blk1);
+    mx_status_t st = gmat_alloc(&p->m1, p->device, wf, E, 2 * I, H, blk1, "gate_up");
     if (st == MX_OK)
-        st = gmat_alloc(&p->m2, wf, E, H, I, blk2);
+        st = gmat_alloc(&p->m2, p->device, wf, E, H, I, blk2, "down");
     if (st != MX_OK)
         return st;
     /* GEMM1 rows: interleaved gate/up pairs; the padded I columns give act(0, 0) = 0. */
@@ -359,11 +432,11 @@ static mx_status_t prepack_body(mx_backend_packed_t *p, const mx_expert_weights_
         map2[n] = (size_t)n < H ? n : -1;
     for (int j = 0; j < E && st == MX_OK; j++) {
         pack_matrix(&experts[j].gate_up, wf, &p->m1, map1, hbw, hbs, hbf, experts[j].gate_up_bias, hbb);
-        st = upload_expert(&p->m1, j, hbw, hbs, hbf, hbb);
+        st = upload_expert(p, &p->m1, j, hbw, hbs, hbf, hbb);
         if (st != MX_OK)
             break;
         pack_matrix(&experts[j].down, wf, &p->m2, map2, hbw, hbs, hbf, experts[j].down_bias, hbb);
-        st = upload_expert(&p->m2, j, hbw, hbs, hbf, hbb);
+        st = upload_expert(p, &p->m2, j, hbw, hbs, hbf, hbb);
         p->in_scale[j] = experts[j].input_scale;
         p->down_in_scale[j] = experts[j].down_input_scale;
     }
@@ -388,6 +461,10 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
     mx_backend_packed_t *p = calloc(1, sizeof *p);
     if (!p)
         return mx_error_set(MX_ERR_NOMEM, "cuda prepack: %zu bytes", sizeof *p);
+    if (pthread_mutex_init(&p->lock, NULL) != 0) {
+        free(p);
+        return mx_error_set(MX_ERR_INTERNAL, "cuda prepack: pthread_mutex_init failed");
+    }
     p->desc = *desc;
     p->n_experts = n_experts;
     p->device = dev->device_index;
@@ -396,11 +473,13 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
     mx_status_t st = MX_OK;
     cudaError_t err = cudaSetDevice(dev->device_index);
     if (err != cudaSuccess)
-        st = cuda_fail(err, "cudaSetDevice");
+        st = cuda_fail(p->device, err, "cudaSetDevice (creating the context; out of device memory?)");
     if (st == MX_OK) {
         err = cudaStreamCreateWithFlags(&p->stream, cudaStreamNonBlocking);
-        if (err != cudaSuccess)
-            st = cuda_fail(err, "cudaStreamCreate");
+        if (err != cudaSuccess) {
+            p->stream = NULL;
+            st = cuda_fail(p->device, err, "cudaStreamCreateWithFlags");
+        }
     }
     if (st == MX_OK && n_experts > 0)
         st = prepack_body(p, experts);
@@ -414,7 +493,10 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
 
 static size_t cuda_workspace_size(const mx_backend_packed_t *packed, size_t max_tokens, size_t max_assign)
 {
-    /* Device scratch lives in the packed object (grown on first use); run() needs no host workspace. */
+    /* Device scratch lives in the packed object: grown on the first batch that
+     * needs more (stream-ordered, see the top of this file) and kept; run()
+     * needs no host workspace. (A `reserve` entry in the backend vtable would
+     * let the worker grow it once at load time: proposed in issue 7.) */
     (void)packed;
     (void)max_tokens;
     (void)max_assign;
@@ -423,36 +505,128 @@ static size_t cuda_workspace_size(const mx_backend_packed_t *packed, size_t max_
 
 /* ------------------------------------------------------------ run */
 
-static mx_status_t dbuf_need(dbuf_t *b, size_t bytes, const char *what)
+/* Grows one scratch buffer to at least `bytes`. The old buffer may still be in
+ * use by work on the stream (the bench launches layers without a fetch; a run
+ * that failed half-way): wait for the stream before freeing it. The new buffer
+ * is zeroed ON THE STREAM, so the zeros land before any later copy or kernel
+ * of this packed object writes it. */
+static mx_status_t dbuf_need(mx_backend_packed_t *p, dbuf_t *b, size_t bytes, const char *what)
 {
     if (bytes <= b->cap)
         return MX_OK;
-    dbuf_free(b);
-    size_t cap = bytes + bytes / 4 + 256;
-    cudaError_t err = cudaMalloc(&b->ptr, cap);
-    if (err != cudaSuccess) {
+    CK(p->device, cudaStreamSynchronize(p->stream), "cudaStreamSynchronize (before growing scratch)");
+    if (b->ptr) {
+        cudaError_t err = cudaFree(b->ptr);
         b->ptr = NULL;
-        (void)cudaGetLastError();
-        return mx_error_set(MX_ERR_NOMEM, "cuda run: cudaMalloc of %zu bytes for %s: %s", cap, what,
-                            cudaGetErrorString(err));
+        b->cap = 0;
+        if (err != cudaSuccess)
+            return cuda_fail(p->device, err, "cudaFree (scratch)");
     }
-    b->cap = cap;
+    size_t cap = bytes + bytes / 4 + 256;
+    char why[96];
+    snprintf(why, sizeof why, "run scratch (%s)", what);
+    void *ptr = NULL;
+    mx_status_t st = dev_alloc(p->device, &ptr, cap, why);
+    if (st != MX_OK)
+        return st;
     /* padded columns of the activation buffers must read as zeros */
-    err = cudaMemset(b->ptr, 0, cap);
-    if (err != cudaSuccess)
-        return cuda_fail(err, "cudaMemset");
+    cudaError_t err = cudaMemsetAsync(ptr, 0, cap, p->stream);
+    if (err != cudaSuccess) {
+        mx_status_t fs = cuda_fail(p->device, err, "cudaMemsetAsync (zeroing scratch)");
+        (void)cudaStreamSynchronize(p->stream);
+        cudaFree(ptr);
+        (void)cudaGetLastError();
+        return fs;
+    }
+    b->ptr = ptr;
+    b->cap = cap;
     return MX_OK;
 }
 
-static int pick_cfg(const mx_backend_packed_t *p, int max_cnt)
+/* Waits for everything enqueued on the stream after an error, keeping the
+ * error's detail (run() must not return while a copy may still touch the
+ * caller's buffers or a kernel the scratch). */
+static mx_status_t settle(const mx_backend_packed_t *p, mx_status_t st)
 {
-    if (p->force_cfg >= 0)
-        return p->force_cfg;
-    if (max_cnt <= 16)
-        return MXG_CFG_S;
-    if (max_cnt <= 64)
-        return MXG_CFG_M;
-    return MXG_CFG_L;
+    if (p && p->stream) {
+        (void)cudaStreamSynchronize(p->stream);
+        (void)cudaGetLastError();
+    }
+    return st;
+}
+
+static mx_status_t stage_body(mx_backend_packed_t *p, const mx_run_args_t *a)
+{
+    const int E = p->n_experts, dev = p->device;
+    const size_t H = p->desc.hidden, T = a->n_tokens, NA = a->n_assign;
+    mxg_plan_dims_t dims;
+    mx_status_t st = mxi_gpu_plan_dims(T, NA, E, &dims);
+    if (st != MX_OK)
+        return st;
+    CK(dev, cudaSetDevice(dev), "cudaSetDevice");
+
+    /* host metadata: ints then floats, one upload (gpu_plan.c) */
+    if (dims.host_bytes > p->hmeta_cap) {
+        void *nb = realloc(p->hmeta, dims.host_bytes);
+        if (!nb)
+            return mx_error_set(MX_ERR_NOMEM, "cuda run: %zu bytes of host metadata", dims.host_bytes);
+        p->hmeta = nb;
+        p->hmeta_cap = dims.host_bytes;
+    }
+    mxg_plan_info_t info;
+    mxi_gpu_plan_build(a, &dims, p->in_scale, p->down_in_scale, p->force_cfg, p->hmeta, &info);
+    p->cfg = info.cfg;
+    p->n_mtiles = info.n_mtiles;
+
+    /* device buffers (grown in stream order) */
+    const size_t K1 = (size_t)p->m1.K_pad, K2 = (size_t)p->m2.K_pad;
+    st = dbuf_need(p, &p->x, T * K1 * 2, "tokens");
+    if (st == MX_OK)
+        st = dbuf_need(p, &p->meta, dims.dev_bytes, "metadata");
+    if (st == MX_OK)
+        st = dbuf_need(p, &p->hid, NA * K2 * 2, "hidden activations");
+    if (st == MX_OK)
+        st = dbuf_need(p, &p->y, NA * H * 2, "expert outputs");
+    if (st == MX_OK && a->mode == MX_OUT_WEIGHTED_SUM)
+        st = dbuf_need(p, &p->out, T * H * 4, "weighted sum");
+    int quant = p->desc.scheme == MX_SCHEME_W4A8 || p->desc.scheme == MX_SCHEME_W8A8;
+    if (st == MX_OK && quant)
+        st = dbuf_need(p, &p->xq, NA * K1 * 2, "quantized tokens");
+    if (st == MX_OK && quant)
+        st = dbuf_need(p, &p->rs1, NA * 4, "activation scales");
+    if (st == MX_OK && quant)
+        st = dbuf_need(p, &p->rs2, NA * 4, "activation scales");
+    if (st == MX_OK && p->desc.scheme == MX_SCHEME_W8A8 && p->desc.act_group == 128) {
+        st = dbuf_need(p, &p->grp1, NA * ((K1 + 127) / 128) * 4, "group scales");
+        if (st == MX_OK)
+            st = dbuf_need(p, &p->grp2, NA * ((K2 + 127) / 128) * 4, "group scales");
+    }
+    if (st != MX_OK)
+        return st;
+    mxg_plan_views_t dv;
+    mxi_gpu_plan_views(p->meta.ptr, &dims, &dv);
+    p->d_a_tok = dv.a_tok;
+    p->d_out_rows = dv.out_rows;
+    p->d_tile_e = dv.tile_e;
+    p->d_tile_m0 = dv.tile_m0;
+    p->d_off = dv.off;
+    p->d_cnt = dv.cnt;
+    p->d_tok_off = dv.tok_off;
+    p->d_tok_list = dv.tok_list;
+    p->d_w = dv.w;
+    p->d_rs1 = dv.rs1;
+    p->d_rs2 = dv.rs2;
+    /* Uploads on the stream. From pageable memory cudaMemcpyAsync returns once
+     * the bytes are staged; from pinned memory the DMA may still read the
+     * source after it returns: run() waits for the stream before returning. */
+    CK(dev, cudaMemcpyAsync(p->meta.ptr, p->hmeta, dims.dev_bytes, cudaMemcpyHostToDevice, p->stream),
+       "cudaMemcpyAsync (metadata)");
+    CK(dev, cudaMemcpy2DAsync(p->x.ptr, K1 * 2, a->x, H * 2, H * 2, T, cudaMemcpyHostToDevice, p->stream),
+       "cudaMemcpy2DAsync (tokens)");
+    if (a->mode == MX_OUT_WEIGHTED_SUM)
+        CK(dev, cudaMemcpyAsync(p->out.ptr, a->out_f32, T * H * 4, cudaMemcpyHostToDevice, p->stream),
+           "cudaMemcpyAsync (weighted sum in)");
+    return MX_OK;
 }
 
 mx_status_t mxi_cuda_stage(const mx_backend_packed_t *cpacked, const mx_run_args_t *a)
@@ -460,141 +634,20 @@ mx_status_t mxi_cuda_stage(const mx_backend_packed_t *cpacked, const mx_run_args
     mx_backend_packed_t *p = (mx_backend_packed_t *)cpacked; /* scratch is the backend's own */
     if (!p || !a)
         return mx_error_set(MX_ERR_INVALID, "cuda run: NULL packed weights or arguments");
-    const int E = p->n_experts;
-    const size_t H = p->desc.hidden, T = a->n_tokens, NA = a->n_assign;
-    if (a->mode != MX_OUT_PER_ASSIGNMENT && a->mode != MX_OUT_WEIGHTED_SUM)
-        return mx_error_set(MX_ERR_INVALID, "cuda run: unknown output mode %d", (int)a->mode);
-    if (NA > 0 && (!a->tok || !a->expert || !a->x))
-        return mx_error_set(MX_ERR_INVALID, "cuda run: x, tok and expert must be set when n_assign > 0");
-    if (a->mode == MX_OUT_PER_ASSIGNMENT && NA > 0 && !a->out_bf16)
-        return mx_error_set(MX_ERR_INVALID, "cuda run: PER_ASSIGNMENT needs out_bf16");
-    if (a->mode == MX_OUT_WEIGHTED_SUM && NA > 0 && (!a->out_f32 || !a->weight))
-        return mx_error_set(MX_ERR_INVALID, "cuda run: WEIGHTED_SUM needs out_f32 and weight");
-    if (NA > (size_t)INT32_MAX / 2 || T > (size_t)INT32_MAX / 2)
-        return mx_error_set(MX_ERR_INVALID, "cuda run: %zu assignments / %zu tokens: too many", NA, T);
-    for (size_t i = 0; i < NA; i++) {
-        if (a->tok[i] < 0 || (size_t)a->tok[i] >= T)
-            return mx_error_set(MX_ERR_INVALID, "cuda run: assignment %zu: token %d outside [0, %zu)", i, a->tok[i], T);
-        if (a->expert[i] < 0 || a->expert[i] >= E)
-            return mx_error_set(MX_ERR_INVALID, "cuda run: assignment %zu: expert %d outside [0, %d)", i, a->expert[i],
-                                E);
-    }
-    p->staged = 0;
-    p->n_tokens = T;
-    p->n_assign = NA;
+    p->staged = 0; /* a failed stage leaves nothing for layer() or fetch() to run on */
+    mx_status_t st = mxi_gpu_plan_check(a, p->n_experts, "cuda run");
+    if (st != MX_OK)
+        return st;
+    p->n_tokens = a->n_tokens;
+    p->n_assign = a->n_assign;
     p->mode = a->mode;
-    if (NA == 0) {
+    if (a->n_assign == 0) {
         p->staged = 1;
         return MX_OK;
     }
-    CK(cudaSetDevice(p->device), "cudaSetDevice");
-
-    /* host metadata: ints then floats, one upload */
-    size_t max_tiles = NA / 16 + (size_t)E + 1;
-    size_t n_int = 2 * NA + 2 * max_tiles + 2 * (size_t)E + (T + 1) + NA;
-    size_t n_flt = 3 * NA;
-    size_t bytes = (n_int + n_flt) * 4, host_bytes = bytes + (size_t)E * 4; /* + a host-only cursor */
-    if (host_bytes > p->hmeta_cap) {
-        void *nb = realloc(p->hmeta, host_bytes);
-        if (!nb)
-            return mx_error_set(MX_ERR_NOMEM, "cuda run: %zu bytes of host metadata", host_bytes);
-        p->hmeta = nb;
-        p->hmeta_cap = host_bytes;
-    }
-    int32_t *a_tok = p->hmeta, *out_rows = a_tok + NA, *tile_e = out_rows + NA, *tile_m0 = tile_e + max_tiles;
-    int32_t *off = tile_m0 + max_tiles, *cnt = off + E, *tok_off = cnt + E, *tok_list = tok_off + T + 1;
-    float *w = (float *)(tok_list + NA), *rs1 = w + NA, *rs2 = rs1 + NA;
-    memset(cnt, 0, sizeof(int32_t) * (size_t)E);
-    for (size_t i = 0; i < NA; i++)
-        cnt[a->expert[i]]++;
-    int max_cnt = 0;
-    for (int e = 0, o = 0; e < E; e++) {
-        off[e] = o;
-        o += cnt[e];
-        if (cnt[e] > max_cnt)
-            max_cnt = cnt[e];
-    }
-    /* stable counting sort by expert: sorted row s -> assignment out_rows[s] */
-    int32_t *fill = (int32_t *)(rs2 + NA);
-    memcpy(fill, off, sizeof(int32_t) * (size_t)E);
-    for (size_t i = 0; i < NA; i++) {
-        int e = a->expert[i];
-        int s = fill[e]++;
-        out_rows[s] = (int32_t)i;
-        a_tok[s] = a->tok[i];
-    }
-    p->cfg = pick_cfg(p, max_cnt);
-    int bm = mxi_gpu_cfg_bm(p->cfg);
-    int nt = 0;
-    for (int e = 0; e < E; e++)
-        for (int m0 = 0; m0 < cnt[e]; m0 += bm) {
-            tile_e[nt] = e;
-            tile_m0[nt] = m0;
-            nt++;
-        }
-    p->n_mtiles = nt;
-    /* per token, its assignments in ascending (expert, assignment) order */
-    memset(tok_off, 0, sizeof(int32_t) * (T + 1));
-    for (size_t i = 0; i < NA; i++)
-        tok_off[a->tok[i] + 1]++;
-    for (size_t t = 0; t < T; t++)
-        tok_off[t + 1] += tok_off[t];
-    for (size_t t = T; t > 0; t--)
-        tok_off[t] = tok_off[t - 1]; /* tok_off[t + 1] = start of t: a cursor */
-    tok_off[0] = 0;
-    for (size_t s = 0; s < NA; s++)
-        tok_list[tok_off[a_tok[s] + 1]++] = out_rows[s];
-    for (size_t i = 0; i < NA; i++)
-        w[i] = a->weight ? a->weight[i] : 0.0f;
-    for (int e = 0; e < E; e++)
-        for (int s = off[e]; s < off[e] + cnt[e]; s++) {
-            rs1[s] = p->in_scale[e];
-            rs2[s] = p->down_in_scale[e];
-        }
-
-    /* device buffers */
-    const size_t K1 = (size_t)p->m1.K_pad, K2 = (size_t)p->m2.K_pad;
-    mx_status_t st = dbuf_need(&p->x, T * K1 * 2, "tokens");
-    if (st == MX_OK)
-        st = dbuf_need(&p->meta, bytes, "metadata");
-    if (st == MX_OK)
-        st = dbuf_need(&p->hid, NA * K2 * 2, "hidden activations");
-    if (st == MX_OK)
-        st = dbuf_need(&p->y, NA * H * 2, "expert outputs");
-    if (st == MX_OK && a->mode == MX_OUT_WEIGHTED_SUM)
-        st = dbuf_need(&p->out, T * H * 4, "weighted sum");
-    int quant = p->desc.scheme == MX_SCHEME_W4A8 || p->desc.scheme == MX_SCHEME_W8A8;
-    if (st == MX_OK && quant)
-        st = dbuf_need(&p->xq, NA * K1 * 2, "quantized tokens");
-    if (st == MX_OK && quant)
-        st = dbuf_need(&p->rs1, NA * 4, "activation scales");
-    if (st == MX_OK && quant)
-        st = dbuf_need(&p->rs2, NA * 4, "activation scales");
-    if (st == MX_OK && p->desc.scheme == MX_SCHEME_W8A8 && p->desc.act_group == 128) {
-        st = dbuf_need(&p->grp1, NA * ((K1 + 127) / 128) * 4, "group scales");
-        if (st == MX_OK)
-            st = dbuf_need(&p->grp2, NA * ((K2 + 127) / 128) * 4, "group scales");
-    }
+    st = stage_body(p, a);
     if (st != MX_OK)
-        return st;
-    int32_t *dm = p->meta.ptr;
-    p->d_a_tok = dm;
-    p->d_out_rows = dm + NA;
-    p->d_tile_e = dm + 2 * NA;
-    p->d_tile_m0 = p->d_tile_e + max_tiles;
-    p->d_off = p->d_tile_m0 + max_tiles;
-    p->d_cnt = p->d_off + E;
-    p->d_tok_off = p->d_cnt + E;
-    p->d_tok_list = p->d_tok_off + T + 1;
-    p->d_w = (float *)(p->d_tok_list + NA);
-    p->d_rs1 = p->d_w + NA;
-    p->d_rs2 = p->d_rs1 + NA;
-    CK(cudaMemcpyAsync(p->meta.ptr, p->hmeta, bytes, cudaMemcpyHostToDevice, p->stream), "cudaMemcpyAsync (metadata)");
-    CK(cudaMemcpy2DAsync(p->x.ptr, K1 * 2, a->x, H * 2, H * 2, T, cudaMemcpyHostToDevice, p->stream),
-       "cudaMemcpy2DAsync (tokens)");
-    if (a->mode == MX_OUT_WEIGHTED_SUM)
-        CK(cudaMemcpyAsync(p->out.ptr, a->out_f32, T * H * 4, cudaMemcpyHostToDevice, p->stream),
-           "cudaMemcpyAsync (weighted sum in)");
+        return settle(p, st);
     p->staged = 1;
     return MX_OK;
 }
@@ -627,7 +680,7 @@ static void gemm_common(const mx_backend_packed_t *p, const gmat_t *g, mxg_gemm_
     do {                                                                                                               \
         int rc_ = (call);                                                                                              \
         if (rc_ != 0)                                                                                                  \
-            return cuda_fail((cudaError_t)rc_, what);                                                                  \
+            return cuda_fail(p->device, (cudaError_t)rc_, what);                                                       \
     } while (0)
 
 mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
@@ -677,7 +730,7 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
     g1.alpha = p->desc.swiglu_alpha;
     g1.out = p->hid.ptr;
     g1.ldo = K2;
-    KL(mxi_gpu_gemm_launch(&g1, p->cfg, p->stream), "GEMM1 (gate_up + activation)");
+    KL(mxi_gpu_gemm_launch(&g1, p->cfg, p->stream), "GEMM1 (gate_up + activation) launch");
 
     /* GEMM2 input: the BF16 hidden activation, quantized in place where the scheme says */
     g2.a = p->hid.ptr;
@@ -705,7 +758,7 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
     g2.out = p->y.ptr;
     g2.ldo = (int)p->desc.hidden;
     g2.out_rows = p->d_out_rows;
-    KL(mxi_gpu_gemm_launch(&g2, p->cfg, p->stream), "GEMM2 (down + bias)");
+    KL(mxi_gpu_gemm_launch(&g2, p->cfg, p->stream), "GEMM2 (down + bias) launch");
 
     if (p->mode == MX_OUT_WEIGHTED_SUM) {
         mxg_combine_params_t c = {0};
@@ -716,25 +769,33 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
         c.w = p->d_w;
         c.out = p->out.ptr;
         c.n_tokens = (int)p->n_tokens;
-        KL(mxi_gpu_combine_launch(&c, p->stream), "weighted combine");
+        KL(mxi_gpu_combine_launch(&c, p->stream), "weighted combine launch");
     }
     return MX_OK;
 }
 
 mx_status_t mxi_cuda_fetch(const mx_backend_packed_t *p, const mx_run_args_t *a)
 {
-    if (!p || !p->staged)
+    if (!p || !a || !p->staged)
         return mx_error_set(MX_ERR_INVALID, "cuda run: no staged batch");
     if (p->n_assign == 0)
         return MX_OK;
     const size_t H = p->desc.hidden;
-    if (p->mode == MX_OUT_PER_ASSIGNMENT)
-        CK(cudaMemcpyAsync(a->out_bf16, p->y.ptr, p->n_assign * H * 2, cudaMemcpyDeviceToHost, p->stream),
-           "cudaMemcpyAsync (outputs)");
-    else
-        CK(cudaMemcpyAsync(a->out_f32, p->out.ptr, p->n_tokens * H * 4, cudaMemcpyDeviceToHost, p->stream),
-           "cudaMemcpyAsync (weighted sum out)");
-    CK(cudaStreamSynchronize(p->stream), "cudaStreamSynchronize (layer)");
+    cudaError_t err;
+    const char *what;
+    if (p->mode == MX_OUT_PER_ASSIGNMENT) {
+        what = "cudaMemcpyAsync (outputs)";
+        err = cudaMemcpyAsync(a->out_bf16, p->y.ptr, p->n_assign * H * 2, cudaMemcpyDeviceToHost, p->stream);
+    } else {
+        what = "cudaMemcpyAsync (weighted sum out)";
+        err = cudaMemcpyAsync(a->out_f32, p->out.ptr, p->n_tokens * H * 4, cudaMemcpyDeviceToHost, p->stream);
+    }
+    /* the only wait of a run; also where errors of the kernels show */
+    cudaError_t serr = cudaStreamSynchronize(p->stream);
+    if (err != cudaSuccess)
+        return cuda_fail(p->device, err, what);
+    if (serr != cudaSuccess)
+        return cuda_fail(p->device, serr, "cudaStreamSynchronize (the layer's kernels and copies)");
     return MX_OK;
 }
 
@@ -755,11 +816,29 @@ void mxi_cuda_force_cfg(mx_backend_packed_t *p, int cfg)
 static mx_status_t cuda_run(const mx_backend_packed_t *packed, const mx_run_args_t *args, void *workspace)
 {
     (void)workspace;
+    if (!packed || !args)
+        return mx_error_set(MX_ERR_INVALID, "cuda run: NULL packed weights or arguments");
+    mx_backend_packed_t *p = (mx_backend_packed_t *)packed;
+    pthread_mutex_lock(&p->lock);
+    /* run on this packed object's GPU; give the caller's thread its device back */
+    int prev = -1;
+    if (args->n_assign > 0 && cudaGetDevice(&prev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        prev = -1;
+    }
     mx_status_t st = mxi_cuda_stage(packed, args);
     if (st == MX_OK)
         st = mxi_cuda_layer(packed);
     if (st == MX_OK)
         st = mxi_cuda_fetch(packed, args);
+    if (st != MX_OK && p->staged)
+        st = settle(p, st); /* an error after the uploads: wait before returning (stage settles its own) */
+    p->staged = 0;
+    if (prev >= 0 && prev != p->device) {
+        (void)cudaSetDevice(prev);
+        (void)cudaGetLastError();
+    }
+    pthread_mutex_unlock(&p->lock);
     return st;
 }
 

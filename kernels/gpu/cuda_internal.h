@@ -1,6 +1,9 @@
 /* mxep cuda backend: internals shared with the GPU bench and tests (not a
- * public interface). run() = stage + layer + fetch; the bench times `layer`
- * alone with CUDA events on the backend's stream. */
+ * public interface). run() = stage + layer + fetch under the packed object's
+ * lock, and waits for its stream before returning, on errors too. The bench
+ * times `layer` alone with CUDA events on the backend's stream; these three
+ * take no lock and stage/layer leave work in flight on the stream (a later
+ * stage or run waits for it before it grows or reuses the scratch). */
 #ifndef MXEP_CUDA_INTERNAL_H
 #define MXEP_CUDA_INTERNAL_H
 
@@ -12,7 +15,9 @@ extern "C" {
 
 extern const mx_backend_ops_t mx_backend_cuda;
 
-/* Validates args, groups assignments by expert on the host and uploads the batch. */
+/* Validates args, groups assignments by expert on the host (gpu_plan.c) and
+ * enqueues the uploads of the batch (no wait unless the scratch grows; on an
+ * error it waits for the stream before returning). */
 mx_status_t mxi_cuda_stage(const mx_backend_packed_t *packed, const mx_run_args_t *args);
 /* Launches the layer's kernels for the staged batch on the backend's stream (no sync). */
 mx_status_t mxi_cuda_layer(const mx_backend_packed_t *packed);

@@ -37,6 +37,11 @@ static inline size_t mxg_round_up(size_t v, size_t m)
 {
     return (v + m - 1) / m * m;
 }
+/* Rows per m tile (BM) of a tile configuration: 16, 64 or 128. */
+static inline int mxg_cfg_bm(int cfg)
+{
+    return cfg == MXG_CFG_S ? 16 : cfg == MXG_CFG_M ? 64 : 128;
+}
 static inline size_t mxg_pair_bytes(int wfmt)
 {
     return wfmt == MXG_W_FP4 ? 1 : wfmt == MXG_W_FP8 ? 2 : 4;
@@ -107,7 +112,9 @@ typedef struct {
 #ifdef __cplusplus
 extern "C" {
 #endif
-/* Launchers (kernels/gpu/moe_kernels.cu). Return 0 or the runtime's error code. */
+/* Launchers (kernels/gpu/moe_kernels.cu): they only enqueue work on `stream`
+ * (never the legacy default stream) and return 0 or the runtime's error code
+ * of the launch; errors of the kernels themselves show at the next sync. */
 int mxi_gpu_gemm_launch(const mxg_gemm_params_t *p, int cfg, void *stream);
 int mxi_gpu_quant_launch(const mxg_quant_params_t *p, void *stream);
 int mxi_gpu_combine_launch(const mxg_combine_params_t *p, void *stream);

@@ -17,6 +17,8 @@
 #endif
 #include <stdint.h>
 
+#include <atomic>
+
 #include "gpu_layout.h"
 
 /* ------------------------------------------------------------ scalar helpers */
@@ -449,13 +451,21 @@ template <int BM, int BN, int WM, int WN, int STAGES, int WFMT, bool FLUSH>
 static int launch_mma(const mxg_gemm_params_t *p, cudaStream_t st)
 {
     typedef GemmCfg<BM, BN, WM, WN, STAGES, WFMT, FLUSH> C;
-    static bool attr_set = false;
-    if (!attr_set) {
-        cudaError_t err = cudaFuncSetAttribute(gemm_mma<BM, BN, WM, WN, STAGES, WFMT, FLUSH>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
+    /* The dynamic shared memory limit is an attribute of the function in the
+     * current device's context: remember it per device (bit d of a mask that
+     * any thread may update), not once per process. */
+    static std::atomic<unsigned long long> attr_set{0};
+    int dev = 0;
+    cudaError_t err = cudaGetDevice(&dev);
+    if (err != cudaSuccess)
+        return (int)err;
+    const unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0ull;
+    if (!bit || !(attr_set.load(std::memory_order_acquire) & bit)) {
+        err = cudaFuncSetAttribute(gemm_mma<BM, BN, WM, WN, STAGES, WFMT, FLUSH>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
         if (err != cudaSuccess)
             return (int)err;
-        attr_set = true;
+        attr_set.fetch_or(bit, std::memory_order_acq_rel);
     }
     dim3 grid(p->N_pad / BN, p->n_mtiles);
     gemm_mma<BM, BN, WM, WN, STAGES, WFMT, FLUSH><<<grid, C::NT, C::SMEM, st>>>(*p);
@@ -615,14 +625,11 @@ __global__ void combine_rows(const mxg_combine_params_t p)
 
 extern "C" int mxi_gpu_cfg_bm(int cfg)
 {
-    return cfg == MXG_CFG_S ? 16 : cfg == MXG_CFG_M ? 64 : 128;
+    return mxg_cfg_bm(cfg);
 }
 
-extern "C" int mxi_gpu_gemm_launch(const mxg_gemm_params_t *p, int cfg, void *stream)
+static int gemm_launch_part(const mxg_gemm_params_t *p, int cfg, cudaStream_t st)
 {
-    cudaStream_t st = (cudaStream_t)stream;
-    if (p->n_mtiles == 0)
-        return 0;
 #if !defined(MXG_HIP)
     if (p->wfmt == MXG_W_FP4)
         return launch_cfg<MXG_W_FP4, false>(p, cfg, st);
@@ -639,12 +646,50 @@ extern "C" int mxi_gpu_gemm_launch(const mxg_gemm_params_t *p, int cfg, void *st
 #endif
 }
 
+extern "C" int mxi_gpu_gemm_launch(const mxg_gemm_params_t *p, int cfg, void *stream)
+{
+    cudaStream_t st = (cudaStream_t)stream;
+    if (p->n_mtiles <= 0)
+        return 0;
+    /* gridDim.y is at most 65535: launch the m tiles in slices of that many
+     * (the kernel reads its tile from tile_e / tile_m0, so a slice is a view) */
+    const int max_y = 65535;
+    for (int base = 0; base < p->n_mtiles; base += max_y) {
+        mxg_gemm_params_t q = *p;
+        q.tile_e = p->tile_e + base;
+        q.tile_m0 = p->tile_m0 + base;
+        q.n_mtiles = p->n_mtiles - base < max_y ? p->n_mtiles - base : max_y;
+        int rc = gemm_launch_part(&q, cfg, st);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
 extern "C" int mxi_gpu_quant_launch(const mxg_quant_params_t *p, void *stream)
 {
-    if (p->n_rows == 0)
+    if (p->n_rows <= 0)
         return 0;
-    quant_rows<<<p->n_rows, 256, 0, (cudaStream_t)stream>>>(*p);
-    return (int)cudaGetLastError();
+    /* one block per row, in slices of 2^22 rows (keeps grid x threads below 2^32 for HIP) */
+    const int max_rows = 1 << 22;
+    for (int base = 0; base < p->n_rows; base += max_rows) {
+        mxg_quant_params_t q = *p;
+        q.n_rows = p->n_rows - base < max_rows ? p->n_rows - base : max_rows;
+        if (p->src_rows)
+            q.src_rows = p->src_rows + base;
+        else
+            q.in = p->in + (size_t)base * p->ld_in;
+        q.out = p->out + (size_t)base * p->ld_out;
+        if (p->row_scale)
+            q.row_scale = p->row_scale + base;
+        if (p->grp)
+            q.grp = p->grp + (size_t)base * p->n_grp;
+        quant_rows<<<q.n_rows, 256, 0, (cudaStream_t)stream>>>(q);
+        int rc = (int)cudaGetLastError();
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
 }
 
 extern "C" int mxi_gpu_combine_launch(const mxg_combine_params_t *p, void *stream)

@@ -1,8 +1,13 @@
 /* tests/gpu: the `cuda` backend against the CPU reference (gpu_ref.c, the
  * numerics of FORMATS.md Part 1): every scheme and activation, both output
  * modes, token counts 1..8192, sizes that are no multiple of the tiles, experts
- * without tokens, batch invariance, and the failure paths. Exits 77 (skipped)
- * when no CUDA device is here. Seeds are fixed and printed. */
+ * without tokens, batch invariance, and the failure paths; then the ordering
+ * bugs of issue 7 (8 ranks on one GPU gave wrong, varying numbers): repeated
+ * runs whose batches grow and shrink the scratch (against a fresh instance,
+ * bitwise, and against the reference), pinned caller buffers, threads sharing
+ * one instance or owning one each, and 8 processes (8 contexts) on one GPU at
+ * once. Exits 77 (skipped) when no CUDA device is here. Seeds are fixed and
+ * printed. `test_cuda_parity --child SEED` is one of those 8 processes. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +17,11 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <cuda_runtime_api.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cuda_internal.h"
 #include "gpu_ref.h"
@@ -360,8 +370,317 @@ static void test_cuda_supports_declines_with_reasons(void **state)
     assert_non_null(strstr(why, "7.5"));
 }
 
-int main(void)
+/* ------------------------------------------------------------ issue 7: ordering, scratch growth, concurrency */
+
+static size_t out_bytes_of(const batch_t *b, size_t H, mx_out_mode_t mode)
 {
+    return mode == MX_OUT_PER_ASSIGNMENT ? b->NA * H * 2 : b->T * H * 4;
+}
+
+/* PER_ASSIGNMENT outputs are poisoned (NaN); WEIGHTED_SUM ones get a pattern run() adds to. */
+static void out_init(void *o, const batch_t *b, size_t H, mx_out_mode_t mode)
+{
+    if (mode == MX_OUT_PER_ASSIGNMENT) {
+        memset(o, 0xff, b->NA * H * 2);
+    } else {
+        float *f = o;
+        for (size_t i = 0; i < b->T * H; i++)
+            f[i] = 0.01f * (float)(i % 7);
+    }
+}
+
+static mx_status_t run_into(const mx_backend_packed_t *pk, const batch_t *b, mx_out_mode_t mode, void *o)
+{
+    mx_run_args_t a =
+        args_of(b, mode, mode == MX_OUT_PER_ASSIGNMENT ? o : NULL, mode == MX_OUT_WEIGHTED_SUM ? o : NULL);
+    return mx_backend_cuda.run(pk, &a, NULL);
+}
+
+/* Relative L2 error of o (a run of b) against the CPU reference; -1 when out of host memory. */
+static double ref_err(const mx_moe_desc_t *d, const gref_experts_t *g, const batch_t *b, mx_out_mode_t mode,
+                      const void *o)
+{
+    size_t H = d->hidden, n = out_bytes_of(b, H, mode);
+    void *r = malloc(n ? n : 1);
+    if (!r)
+        return -1.0;
+    out_init(r, b, H, mode);
+    mx_run_args_t ar =
+        args_of(b, mode, mode == MX_OUT_PER_ASSIGNMENT ? r : NULL, mode == MX_OUT_WEIGHTED_SUM ? r : NULL);
+    gref_run(d, g->ex, &ar);
+    double err = mode == MX_OUT_PER_ASSIGNMENT ? gref_rel_l2_bf16(o, r, b->NA * H) : gref_rel_l2_f32(o, r, b->T * H);
+    free(r);
+    return err;
+}
+
+/* One instance runs batches that grow and shrink its scratch (W8A8 with 128
+ * groups uses every scratch buffer), both output modes, some from pinned host
+ * memory (copies truly asynchronous there). Each output must equal, bit for
+ * bit, the output of a fresh instance (fresh scratch) and match the reference. */
+static void test_cuda_repeated_runs_with_changing_batch_sizes_match_ref_and_a_fresh_instance(void **state)
+{
+    (void)state;
+    const size_t Ts[] = {3, 200, 1, 600, 17, 64, 1000, 5, 300};
+    const uint64_t seed = 8000;
+    for (int c = 0; c < 2; c++) {
+        mx_moe_desc_t d = c == 0 ? make_desc(MX_SCHEME_W8A8, MX_ACT_SWIGLU_OAI, 320, 192) /* partial 128 groups */
+                                 : make_desc(MX_SCHEME_W4A16, MX_ACT_SILU, 256, 192);
+        if (c == 0)
+            d.act_group = 128;
+        const int E = 8;
+        const size_t H = d.hidden;
+        gref_experts_t g;
+        assert_int_equal(gref_experts_make(&d, E, MX_WSCALE_BLOCK, 1, seed + (uint64_t)c, &g), 0);
+        mx_backend_packed_t *pk = NULL;
+        assert_int_equal(mx_backend_cuda.prepack(&g_dev, &d, g.ex, E, &pk), MX_OK);
+        for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++) {
+            uint64_t bs = seed + 100 * (uint64_t)c + i;
+            mx_out_mode_t mode = i % 2 ? MX_OUT_WEIGHTED_SUM : MX_OUT_PER_ASSIGNMENT;
+            batch_t b;
+            batch_make(&b, Ts[i], H, 2, i % 4 == 3 ? 3 : E, bs); /* some batches leave experts idle */
+            size_t n = out_bytes_of(&b, H, mode);
+            int pinned = i % 3 == 2;
+            void *o = NULL, *of = malloc(n);
+            assert_non_null(of);
+            uint16_t *xp = NULL;
+            if (pinned) {
+                assert_int_equal(cudaMallocHost(&o, n), cudaSuccess);
+                assert_int_equal(cudaMallocHost((void **)&xp, b.T * H * 2), cudaSuccess);
+                memcpy(xp, b.x, b.T * H * 2);
+            } else {
+                o = malloc(n);
+                assert_non_null(o);
+            }
+            /* the fresh instance */
+            mx_backend_packed_t *pf = NULL;
+            assert_int_equal(mx_backend_cuda.prepack(&g_dev, &d, g.ex, E, &pf), MX_OK);
+            out_init(of, &b, H, mode);
+            if (run_into(pf, &b, mode, of) != MX_OK)
+                fail_msg("fresh run T=%zu seed %llu: %s", Ts[i], (unsigned long long)bs, mx_error_detail());
+            mx_backend_cuda.release(pf);
+            /* the long-lived one, from pinned buffers every third batch */
+            batch_t bp = b;
+            if (pinned)
+                bp.x = xp;
+            out_init(o, &b, H, mode);
+            if (run_into(pk, &bp, mode, o) != MX_OK)
+                fail_msg("run T=%zu seed %llu: %s", Ts[i], (unsigned long long)bs, mx_error_detail());
+            double err = ref_err(&d, &g, &b, mode, o);
+            printf("  %-6s T=%-5zu mode=%d pinned=%d seed=%llu: rel L2 %.3g, %s the fresh instance\n",
+                   mx_scheme_name(d.scheme), Ts[i], (int)mode, pinned, (unsigned long long)bs, err,
+                   memcmp(o, of, n) ? "DIFFERS from" : "bitwise equal to");
+            assert_memory_equal(o, of, n);
+            assert_true(err >= 0.0 && err <= tol_of(d.scheme));
+            if (pinned) {
+                cudaFreeHost(o);
+                cudaFreeHost(xp);
+            } else {
+                free(o);
+            }
+            free(of);
+            batch_free(&b);
+        }
+        mx_backend_cuda.release(pk);
+        gref_experts_free(&g);
+    }
+}
+
+#define THR_BATCHES 5
+typedef struct {
+    const mx_backend_packed_t *pk;
+    const batch_t *b;
+    mx_out_mode_t modes[THR_BATCHES];
+    void *want[THR_BATCHES];
+    size_t bytes[THR_BATCHES];
+    size_t H;
+    int first, rounds;
+    int bad;
+    char msg[256];
+} thr_t;
+
+static void *thr_main(void *arg)
+{
+    thr_t *t = arg;
+    for (int r = 0; r < t->rounds && !t->bad; r++)
+        for (int k = 0; k < THR_BATCHES && !t->bad; k++) {
+            int j = (t->first + k + r) % THR_BATCHES;
+            void *o = malloc(t->bytes[j]);
+            if (!o) {
+                t->bad = 1;
+                snprintf(t->msg, sizeof t->msg, "out of host memory");
+                break;
+            }
+            out_init(o, &t->b[j], t->H, t->modes[j]);
+            mx_status_t st = run_into(t->pk, &t->b[j], t->modes[j], o);
+            if (st != MX_OK) {
+                t->bad = 1;
+                snprintf(t->msg, sizeof t->msg, "round %d batch %d: %s", r, j, mx_error_detail());
+            } else if (memcmp(o, t->want[j], t->bytes[j])) {
+                t->bad = 1;
+                snprintf(t->msg, sizeof t->msg, "round %d batch %d (T=%zu): output differs from the serial run", r, j,
+                         t->b[j].T);
+            }
+            free(o);
+        }
+    return NULL;
+}
+
+/* Threads 0 and 1 share one instance (run() serializes them), threads 2 and 3
+ * own one each (own streams, concurrent on the GPU); every thread runs batches
+ * of changing sizes in its own order and must get, bit for bit, what one
+ * thread got running them one after another. */
+static void test_cuda_threads_sharing_or_owning_instances_match_serial_runs(void **state)
+{
+    (void)state;
+    const uint64_t seed = 9000;
+    mx_moe_desc_t d = make_desc(MX_SCHEME_W4A8, MX_ACT_GELU_TANH, 256, 128);
+    const int E = 6;
+    const size_t H = d.hidden;
+    const size_t Ts[THR_BATCHES] = {1, 40, 700, 9, 256};
+    gref_experts_t g;
+    assert_int_equal(gref_experts_make(&d, E, MX_WSCALE_NONE, 1, seed, &g), 0);
+    mx_backend_packed_t *pk[4] = {NULL, NULL, NULL, NULL}; /* 0: serial; 1: shared; 2, 3: own */
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(mx_backend_cuda.prepack(&g_dev, &d, g.ex, E, &pk[i]), MX_OK);
+    batch_t b[THR_BATCHES];
+    thr_t t[4];
+    memset(t, 0, sizeof t);
+    for (int j = 0; j < THR_BATCHES; j++) {
+        batch_make(&b[j], Ts[j], H, 3, E, seed + 1 + (uint64_t)j);
+        mx_out_mode_t mode = j % 2 ? MX_OUT_WEIGHTED_SUM : MX_OUT_PER_ASSIGNMENT;
+        size_t n = out_bytes_of(&b[j], H, mode);
+        void *w = malloc(n);
+        assert_non_null(w);
+        out_init(w, &b[j], H, mode);
+        assert_int_equal(run_into(pk[0], &b[j], mode, w), MX_OK);
+        double err = ref_err(&d, &g, &b[j], mode, w);
+        assert_true(err >= 0.0 && err <= tol_of(d.scheme));
+        for (int i = 0; i < 4; i++) {
+            t[i].modes[j] = mode;
+            t[i].want[j] = w;
+            t[i].bytes[j] = n;
+        }
+    }
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        t[i].pk = pk[i < 2 ? 1 : i];
+        t[i].b = b;
+        t[i].H = H;
+        t[i].first = i;
+        t[i].rounds = 3;
+        assert_int_equal(pthread_create(&th[i], NULL, thr_main, &t[i]), 0);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < 4; i++)
+        if (t[i].bad)
+            fail_msg("thread %d (seed %llu): %s", i, (unsigned long long)seed, t[i].msg);
+    printf(
+        "  4 threads x 3 rounds x %d batches (2 sharing an instance): bitwise equal to the serial runs (seed %llu)\n",
+        THR_BATCHES, (unsigned long long)seed);
+    for (int j = 0; j < THR_BATCHES; j++) {
+        free(t[0].want[j]);
+        batch_free(&b[j]);
+    }
+    for (int i = 0; i < 4; i++)
+        mx_backend_cuda.release(pk[i]);
+    gref_experts_free(&g);
+}
+
+/* One of the processes of the next test (no cmocka here): growing and
+ * shrinking batches, both modes, two schemes, each against the reference.
+ * Exit status 0 = all matched. */
+static int child_main(uint64_t seed)
+{
+    if (mx_backend_cuda.probe(&g_dev) != MX_OK) {
+        fprintf(stderr, "child %llu: probe: %s\n", (unsigned long long)seed, mx_error_detail());
+        return 2;
+    }
+    const size_t Ts[] = {5, 300, 2, 400, 64, 130};
+    for (int c = 0; c < 2; c++) {
+        mx_moe_desc_t d = c == 0 ? make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 256, 256)
+                                 : make_desc(MX_SCHEME_W8A8, MX_ACT_SILU, 256, 192);
+        const int E = 8;
+        const size_t H = d.hidden;
+        gref_experts_t g;
+        if (gref_experts_make(&d, E, MX_WSCALE_CHANNEL, 1, seed * 10 + (uint64_t)c, &g) != 0)
+            return 2;
+        mx_backend_packed_t *pk = NULL;
+        if (mx_backend_cuda.prepack(&g_dev, &d, g.ex, E, &pk) != MX_OK) {
+            fprintf(stderr, "child %llu: prepack: %s\n", (unsigned long long)seed, mx_error_detail());
+            return 1;
+        }
+        for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++) {
+            mx_out_mode_t mode = (i + (size_t)c) % 2 ? MX_OUT_WEIGHTED_SUM : MX_OUT_PER_ASSIGNMENT;
+            batch_t b;
+            batch_make(&b, Ts[i], H, 2, E, seed * 100 + i);
+            size_t n = out_bytes_of(&b, H, mode);
+            void *o = malloc(n);
+            if (!o)
+                return 2;
+            out_init(o, &b, H, mode);
+            if (run_into(pk, &b, mode, o) != MX_OK) {
+                fprintf(stderr, "child %llu: %s T=%zu: run: %s\n", (unsigned long long)seed, mx_scheme_name(d.scheme),
+                        Ts[i], mx_error_detail());
+                return 1;
+            }
+            double err = ref_err(&d, &g, &b, mode, o);
+            if (!(err >= 0.0 && err <= tol_of(d.scheme))) {
+                fprintf(stderr, "child %llu: %s T=%zu mode=%d: rel L2 %.3g above %.3g\n", (unsigned long long)seed,
+                        mx_scheme_name(d.scheme), Ts[i], (int)mode, err, tol_of(d.scheme));
+                return 1;
+            }
+            free(o);
+            batch_free(&b);
+        }
+        mx_backend_cuda.release(pk);
+        gref_experts_free(&g);
+    }
+    return 0;
+}
+
+static char g_self[4096];
+extern char **environ;
+
+/* 8 processes at once on one GPU, each with its own context (the mpirun -n 8
+ * case of issue 7, without MPI): every one must match the reference. */
+static void test_cuda_eight_processes_on_one_gpu_match_ref(void **state)
+{
+    (void)state;
+    enum { NP = 8 };
+    pid_t pid[NP];
+    char seeds[NP][32];
+    for (int i = 0; i < NP; i++) {
+        snprintf(seeds[i], sizeof seeds[i], "%d", 10000 + i);
+        char *argv[] = {g_self, (char *)"--child", seeds[i], NULL};
+        int rc = posix_spawn(&pid[i], g_self, NULL, NULL, argv, environ);
+        if (rc != 0)
+            fail_msg("posix_spawn %s: error %d", g_self, rc);
+    }
+    int bad = 0;
+    for (int i = 0; i < NP; i++) {
+        int ws = 0;
+        if (waitpid(pid[i], &ws, 0) != pid[i] || !WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
+            printf("  process %d (seed %s): %s %d\n", i, seeds[i], WIFEXITED(ws) ? "exit status" : "signal",
+                   WIFEXITED(ws)     ? WEXITSTATUS(ws)
+                   : WIFSIGNALED(ws) ? WTERMSIG(ws)
+                                     : -1);
+            bad++;
+        }
+    }
+    printf("  %d processes on one GPU (seeds 10000..%d): %d failed\n", NP, 10000 + NP - 1, bad);
+    assert_int_equal(bad, 0);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && !strcmp(argv[1], "--child"))
+        return child_main(strtoull(argv[2], NULL, 10));
+    ssize_t nself = readlink("/proc/self/exe", g_self, sizeof g_self - 1);
+    if (nself <= 0)
+        snprintf(g_self, sizeof g_self, "%s", argv[0]);
+    else
+        g_self[nself] = 0;
     mx_status_t st = mx_backend_cuda.probe(&g_dev);
     if (st != MX_OK) {
         printf("cuda: %s: %s -- skipping the GPU parity tests\n", mx_status_str(st), mx_error_detail());
@@ -377,6 +696,9 @@ int main(void)
         cmocka_unit_test(test_cuda_weighted_sum_matches_ref),
         cmocka_unit_test(test_cuda_output_is_batch_invariant),
         cmocka_unit_test(test_cuda_token_counts_1_to_8192_match_ref),
+        cmocka_unit_test(test_cuda_repeated_runs_with_changing_batch_sizes_match_ref_and_a_fresh_instance),
+        cmocka_unit_test(test_cuda_threads_sharing_or_owning_instances_match_serial_runs),
+        cmocka_unit_test(test_cuda_eight_processes_on_one_gpu_match_ref),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

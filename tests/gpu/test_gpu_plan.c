@@ -1,0 +1,342 @@
+/* tests/gpu: the GPU backends' host-side batch plan (kernels/gpu/gpu_plan.c),
+ * without a GPU: grouping by expert, offsets, m tiles for every tile
+ * configuration, the per-token combine lists, the static scales, and that every
+ * word of the block the device reads is written (the block is poisoned first).
+ * Layouts: random sizes, skewed routings, experts without tokens, tokens
+ * without assignments, empty batches. Seeds are fixed and printed. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "gpu_layout.h"
+#include "gpu_plan.h"
+#include "mxep/kernels.h"
+
+#define POISON 0xA5u
+#define POISON_WORD 0xA5A5A5A5u
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+typedef struct {
+    size_t T, NA;
+    int E;
+    int32_t *tok, *expert;
+    float *w;
+    uint16_t x[1]; /* never read by the plan; must be non-NULL */
+} layout_t;
+
+/* kinds: 0 uniform, 1 all on one expert, 2 half the experts idle, 3 one token per expert, 4 many tokens unused */
+static void layout_make(layout_t *l, size_t T, int E, int top_k, int kind, uint64_t seed)
+{
+    memset(l, 0, sizeof *l);
+    uint64_t s = seed;
+    l->T = T;
+    l->E = E;
+    size_t cap = T * (size_t)top_k + 1;
+    l->tok = malloc(cap * sizeof(int32_t));
+    l->expert = malloc(cap * sizeof(int32_t));
+    l->w = malloc(cap * sizeof(float));
+    assert_non_null(l->tok);
+    assert_non_null(l->expert);
+    assert_non_null(l->w);
+    size_t a = 0;
+    for (size_t t = 0; t < T; t++) {
+        if (kind == 4 && rng_next(&s) % 3 != 0)
+            continue; /* a token row no assignment uses */
+        int k = kind == 3 ? 1 : top_k;
+        for (int j = 0; j < k; j++) {
+            int e;
+            switch (kind) {
+            case 1:
+                e = E - 1;
+                break;
+            case 2:
+                e = (int)(rng_next(&s) % (uint64_t)((E + 1) / 2)) * 2 % E;
+                break;
+            case 3:
+                e = (int)(t % (size_t)E);
+                break;
+            default:
+                e = (int)(rng_next(&s) % (uint64_t)E);
+            }
+            l->tok[a] = (int32_t)t;
+            l->expert[a] = e;
+            l->w[a] = (float)(rng_next(&s) % 1000) / 1000.0f + 0.001f;
+            a++;
+        }
+    }
+    l->NA = a;
+    /* shuffle: the plan must not rely on any order */
+    for (size_t i = a; i > 1; i--) {
+        size_t j = rng_next(&s) % i;
+        int32_t t0 = l->tok[i - 1], e0 = l->expert[i - 1];
+        float w0 = l->w[i - 1];
+        l->tok[i - 1] = l->tok[j];
+        l->expert[i - 1] = l->expert[j];
+        l->w[i - 1] = l->w[j];
+        l->tok[j] = t0;
+        l->expert[j] = e0;
+        l->w[j] = w0;
+    }
+}
+
+static void layout_free(layout_t *l)
+{
+    free(l->tok);
+    free(l->expert);
+    free(l->w);
+}
+
+static mx_run_args_t args_of(layout_t *l, uint16_t *out)
+{
+    mx_run_args_t a;
+    memset(&a, 0, sizeof a);
+    a.n_tokens = l->T;
+    a.x = l->x;
+    a.n_assign = l->NA;
+    a.tok = l->tok;
+    a.expert = l->expert;
+    a.weight = l->w;
+    a.mode = MX_OUT_PER_ASSIGNMENT;
+    a.out_bf16 = out;
+    return a;
+}
+
+/* Builds the plan of l for force_cfg and checks every array against a direct computation. */
+static void check_plan(layout_t *l, int force_cfg, uint64_t seed)
+{
+    uint16_t out[1];
+    mx_run_args_t a = args_of(l, out);
+    assert_int_equal(mxi_gpu_plan_check(&a, l->E, "plan test"), MX_OK);
+    mxg_plan_dims_t d;
+    assert_int_equal(mxi_gpu_plan_dims(l->T, l->NA, l->E, &d), MX_OK);
+    assert_true(d.dev_bytes % 4 == 0);
+    assert_true(d.host_bytes >= d.dev_bytes + (size_t)l->E * 4);
+    uint8_t *blk = malloc(d.host_bytes);
+    assert_non_null(blk);
+    memset(blk, (int)POISON, d.host_bytes);
+    float in_scale[64], down_scale[64];
+    for (int e = 0; e < l->E; e++) {
+        in_scale[e] = 0.5f + (float)e;
+        down_scale[e] = 0.25f + (float)e;
+    }
+    mxg_plan_info_t info;
+    mxi_gpu_plan_build(&a, &d, in_scale, down_scale, force_cfg, blk, &info);
+    mxg_plan_views_t v;
+    mxi_gpu_plan_views(blk, &d, &v);
+    const size_t NA = l->NA, T = l->T;
+    const int E = l->E;
+
+    /* every word the device reads was written */
+    for (size_t i = 0; i < d.dev_bytes / 4; i++) {
+        uint32_t wd;
+        memcpy(&wd, blk + 4 * i, 4);
+        if (wd == POISON_WORD)
+            fail_msg("seed %llu cfg %d: word %zu of %zu of the uploaded plan was never written",
+                     (unsigned long long)seed, force_cfg, i, d.dev_bytes / 4);
+    }
+    /* the views tile the block without overlap, in the documented order */
+    assert_ptr_equal((uint8_t *)v.rs2 + 4 * NA, blk + d.dev_bytes);
+
+    /* counts and offsets */
+    int max_cnt = 0;
+    for (int e = 0, o = 0; e < E; e++) {
+        int c = 0;
+        for (size_t i = 0; i < NA; i++)
+            c += l->expert[i] == e;
+        assert_int_equal(v.cnt[e], c);
+        assert_int_equal(v.off[e], o);
+        o += c;
+        if (c > max_cnt)
+            max_cnt = c;
+    }
+    assert_int_equal(info.max_cnt, max_cnt);
+    assert_int_equal(info.cfg, mxi_gpu_plan_pick_cfg(max_cnt, force_cfg));
+    if (force_cfg >= 0)
+        assert_int_equal(info.cfg, force_cfg);
+
+    /* sorted rows: a stable permutation grouped by expert */
+    char *seen = calloc(NA + 1, 1);
+    assert_non_null(seen);
+    for (size_t s = 0; s < NA; s++) {
+        int32_t i = v.out_rows[s];
+        assert_true(i >= 0 && (size_t)i < NA);
+        assert_false(seen[i]);
+        seen[i] = 1;
+        assert_int_equal(v.a_tok[s], l->tok[i]);
+        int e = l->expert[i];
+        assert_true((int)s >= v.off[e] && (int)s < v.off[e] + v.cnt[e]);
+        if (s > 0 && l->expert[v.out_rows[s - 1]] == e)
+            assert_true(v.out_rows[s - 1] < i); /* stable */
+        assert_true(v.rs1[s] == in_scale[e]);
+        assert_true(v.rs2[s] == down_scale[e]);
+    }
+
+    /* m tiles: in expert order, BM apart, covering each sorted row once */
+    const int bm = mxg_cfg_bm(info.cfg);
+    assert_true(info.n_mtiles >= 0 && (size_t)info.n_mtiles <= d.max_tiles);
+    memset(seen, 0, NA + 1);
+    for (int t = 0; t < info.n_mtiles; t++) {
+        int e = v.tile_e[t], m0 = v.tile_m0[t];
+        assert_true(e >= 0 && e < E);
+        assert_true(m0 >= 0 && m0 < v.cnt[e] && m0 % bm == 0);
+        if (t > 0)
+            assert_true(v.tile_e[t - 1] < e || (v.tile_e[t - 1] == e && v.tile_m0[t - 1] + bm == m0));
+        for (int m = m0; m < m0 + bm && m < v.cnt[e]; m++) {
+            assert_false(seen[v.off[e] + m]);
+            seen[v.off[e] + m] = 1;
+        }
+    }
+    for (size_t s = 0; s < NA; s++)
+        assert_true(seen[s]);
+    for (size_t t = (size_t)info.n_mtiles; t < d.max_tiles; t++) {
+        assert_int_equal(v.tile_e[t], 0);
+        assert_int_equal(v.tile_m0[t], 0);
+    }
+
+    /* per token: its assignments in ascending (expert, assignment) order */
+    assert_int_equal(v.tok_off[0], 0);
+    assert_int_equal(v.tok_off[T], (int)NA);
+    for (size_t t = 0; t < T; t++) {
+        int n = 0;
+        for (size_t i = 0; i < NA; i++)
+            n += (size_t)l->tok[i] == t;
+        assert_int_equal(v.tok_off[t + 1] - v.tok_off[t], n);
+        for (int j = v.tok_off[t]; j < v.tok_off[t + 1]; j++) {
+            int32_t i = v.tok_list[j];
+            assert_true(i >= 0 && (size_t)i < NA);
+            assert_int_equal(l->tok[i], (int32_t)t);
+            if (j > v.tok_off[t]) {
+                int32_t p = v.tok_list[j - 1];
+                assert_true(l->expert[p] < l->expert[i] || (l->expert[p] == l->expert[i] && p < i));
+            }
+        }
+    }
+    for (size_t i = 0; i < NA; i++)
+        assert_true(v.w[i] == l->w[i]);
+    free(seen);
+    free(blk);
+}
+
+static void test_gpu_plan_groups_offsets_tiles_and_combine_lists_for_many_layouts(void **state)
+{
+    (void)state;
+    const size_t Ts[] = {1, 2, 7, 16, 17, 63, 64, 65, 129, 300, 1000};
+    const int Es[] = {1, 2, 3, 5, 8, 32, 64};
+    uint64_t seed = 11000;
+    int cases = 0;
+    for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++)
+        for (size_t ei = 0; ei < sizeof Es / sizeof Es[0]; ei++)
+            for (int kind = 0; kind < 5; kind++) {
+                int top_k = Es[ei] < 4 ? Es[ei] : 4;
+                layout_t l;
+                layout_make(&l, Ts[ti], Es[ei], top_k, kind, seed);
+                for (int cfg = -1; cfg <= MXG_CFG_L; cfg++) {
+                    check_plan(&l, cfg, seed);
+                    cases++;
+                }
+                layout_free(&l);
+                seed++;
+            }
+    printf("  %d plans checked (seeds 11000..%llu)\n", cases, (unsigned long long)seed - 1);
+}
+
+static void test_gpu_plan_empty_batch_and_experts_without_tokens(void **state)
+{
+    (void)state;
+    layout_t l;
+    layout_make(&l, 5, 8, 1, 1, 12000); /* everything on expert 7 */
+    check_plan(&l, -1, 12000);
+    l.NA = 0; /* tokens, no assignments */
+    check_plan(&l, -1, 12000);
+    l.T = 0;
+    check_plan(&l, MXG_CFG_L, 12000);
+    layout_free(&l);
+}
+
+static void test_gpu_plan_picks_tiles_by_the_busiest_expert(void **state)
+{
+    (void)state;
+    assert_int_equal(mxi_gpu_plan_pick_cfg(0, -1), MXG_CFG_S);
+    assert_int_equal(mxi_gpu_plan_pick_cfg(16, -1), MXG_CFG_S);
+    assert_int_equal(mxi_gpu_plan_pick_cfg(17, -1), MXG_CFG_M);
+    assert_int_equal(mxi_gpu_plan_pick_cfg(64, -1), MXG_CFG_M);
+    assert_int_equal(mxi_gpu_plan_pick_cfg(65, -1), MXG_CFG_L);
+    assert_int_equal(mxi_gpu_plan_pick_cfg(100000, MXG_CFG_S), MXG_CFG_S);
+    assert_int_equal(mxi_gpu_plan_pick_cfg(1, MXG_CFG_L), MXG_CFG_L);
+    assert_int_equal(mxi_gpu_plan_pick_cfg(1, 7), MXG_CFG_S); /* out of range: by batch */
+    assert_int_equal(mxg_cfg_bm(MXG_CFG_S), 16);
+    assert_int_equal(mxg_cfg_bm(MXG_CFG_M), 64);
+    assert_int_equal(mxg_cfg_bm(MXG_CFG_L), 128);
+}
+
+static void test_gpu_plan_check_rejects_bad_arguments_naming_them(void **state)
+{
+    (void)state;
+    layout_t l;
+    layout_make(&l, 4, 3, 2, 0, 13000);
+    uint16_t out[1];
+    mx_run_args_t a = args_of(&l, out);
+    assert_int_equal(mxi_gpu_plan_check(&a, 3, "cuda run"), MX_OK);
+    l.expert[3] = 3;
+    assert_int_equal(mxi_gpu_plan_check(&a, 3, "cuda run"), MX_ERR_INVALID);
+    assert_non_null(strstr(mx_error_detail(), "cuda run: assignment 3: expert 3 outside [0, 3)"));
+    l.expert[3] = -1;
+    assert_int_equal(mxi_gpu_plan_check(&a, 3, "cuda run"), MX_ERR_INVALID);
+    l.expert[3] = 0;
+    l.tok[1] = 4;
+    assert_int_equal(mxi_gpu_plan_check(&a, 3, "cuda run"), MX_ERR_INVALID);
+    assert_non_null(strstr(mx_error_detail(), "assignment 1: token 4 outside [0, 4)"));
+    l.tok[1] = 0;
+    a.mode = (mx_out_mode_t)5;
+    assert_int_equal(mxi_gpu_plan_check(&a, 3, "cuda run"), MX_ERR_INVALID);
+    assert_non_null(strstr(mx_error_detail(), "output mode 5"));
+    a.mode = MX_OUT_PER_ASSIGNMENT;
+    a.out_bf16 = NULL;
+    assert_int_equal(mxi_gpu_plan_check(&a, 3, "cuda run"), MX_ERR_INVALID);
+    assert_non_null(strstr(mx_error_detail(), "out_bf16"));
+    a.mode = MX_OUT_WEIGHTED_SUM;
+    assert_int_equal(mxi_gpu_plan_check(&a, 3, "cuda run"), MX_ERR_INVALID);
+    assert_non_null(strstr(mx_error_detail(), "out_f32"));
+    a = args_of(&l, out);
+    a.x = NULL;
+    assert_int_equal(mxi_gpu_plan_check(&a, 3, "cuda run"), MX_ERR_INVALID);
+    a = args_of(&l, out);
+    a.n_assign = (size_t)INT32_MAX;
+    assert_int_equal(mxi_gpu_plan_check(&a, 3, "cuda run"), MX_ERR_INVALID);
+    assert_non_null(strstr(mx_error_detail(), "assignments"));
+    assert_int_equal(mxi_gpu_plan_check(NULL, 3, "cuda run"), MX_ERR_INVALID);
+    /* nothing to check without assignments: NULL pointers are fine */
+    memset(&a, 0, sizeof a);
+    a.n_tokens = 3;
+    assert_int_equal(mxi_gpu_plan_check(&a, 0, "cuda run"), MX_OK);
+    mxg_plan_dims_t d;
+    memset(&d, 0x5a, sizeof d);
+    assert_int_equal(mxi_gpu_plan_dims((size_t)INT32_MAX, 1, 1, &d), MX_ERR_INVALID);
+    assert_int_equal(mxi_gpu_plan_dims(1, 1, -1, &d), MX_ERR_INVALID);
+    assert_int_equal(d.n_experts, 0x5a5a5a5a); /* untouched on failure */
+    layout_free(&l);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gpu_plan_picks_tiles_by_the_busiest_expert),
+        cmocka_unit_test(test_gpu_plan_check_rejects_bad_arguments_naming_them),
+        cmocka_unit_test(test_gpu_plan_empty_batch_and_experts_without_tokens),
+        cmocka_unit_test(test_gpu_plan_groups_offsets_tiles_and_combine_lists_for_many_layouts),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
