@@ -9,6 +9,9 @@
 #include <cjson/cJSON.h>
 
 #include "worker_internal.h"
+#ifdef MXEP_WORKER_SERVE
+#include "serve_mpi.h"
+#endif
 
 /* ---------------------------------------------------------------- helpers */
 static int cmp_double(const void *a, const void *b)
@@ -73,7 +76,8 @@ typedef struct {
     double route_ms, compute_ms, wait_ms, dispatch_ms, combine_ms, layer_ms; /* per layer, mean */
     double disp_bytes, comb_bytes;                                           /* per layer, sent */
     double a2a_disp_ms, a2a_comb_ms, memcpy_ms;                              /* baselines, median */
-    double iso_disp_ms, iso_comb_ms; /* our exchange, isolated like the baselines */
+    double iso_disp_ms, iso_comb_ms;   /* our exchange, isolated like the baselines */
+    double iso2_disp_ms, iso2_comb_ms; /* the same with the second transport (--transport both) */
 } bench_row_t;
 
 static double median_of(double *v, int n)
@@ -117,7 +121,7 @@ static double time_alltoallv(wk_job_t *job, const size_t *counts, int reps, uint
 }
 
 /* Our exchange (counts + payload) of the same byte counts, isolated like the baseline. */
-static double time_ours(wk_job_t *job, const size_t *counts, int reps, const uint8_t *sbuf)
+static double time_ours(wk_job_t *job, mx_transport_h tr, const size_t *counts, int reps, const uint8_t *sbuf)
 {
     size_t R = (size_t)job->size;
     size_t *sd = calloc(R, sizeof(size_t)), *rc = calloc(R, sizeof(size_t)), *rd = calloc(R, sizeof(size_t));
@@ -136,8 +140,8 @@ static double time_ours(wk_job_t *job, const size_t *counts, int reps, const uin
         for (int i = 0; i < reps; i++) {
             MPI_Barrier(job->comm);
             double t0 = wk_now_ms();
-            mx_status_t s1 = mx_transport_exchange_counts(job->tr, counts, rc);
-            mx_status_t s2 = mx_transport_exchange(job->tr, sbuf, counts, sd, rc, &recv, rd);
+            mx_status_t s1 = mx_transport_exchange_counts(tr, counts, rc);
+            mx_status_t s2 = mx_transport_exchange(tr, sbuf, counts, sd, rc, &recv, rd);
             t[i] = wk_now_ms() - t0;
             if (st == MX_OK)
                 st = s1 != MX_OK ? s1 : s2;
@@ -252,8 +256,12 @@ int wk_cmd_bench(wk_job_t *job)
             int reps = iters < 3 ? 3 : iters > 20 ? 20 : iters;
             row.a2a_disp_ms = time_alltoallv(job, job->last_disp, reps, s1, r1);
             row.a2a_comb_ms = time_alltoallv(job, job->last_comb, reps, s1, r1);
-            row.iso_disp_ms = time_ours(job, job->last_disp, reps, s1);
-            row.iso_comb_ms = time_ours(job, job->last_comb, reps, s1);
+            row.iso_disp_ms = time_ours(job, job->tr, job->last_disp, reps, s1);
+            row.iso_comb_ms = time_ours(job, job->tr, job->last_comb, reps, s1);
+            if (job->tr2) {
+                row.iso2_disp_ms = time_ours(job, job->tr2, job->last_disp, reps, s1);
+                row.iso2_comb_ms = time_ours(job, job->tr2, job->last_comb, reps, s1);
+            }
             double *t = calloc((size_t)reps, sizeof(double));
             uint8_t *d2 = malloc(sb + sbc + 1), *s2 = malloc(sb + sbc + 1);
             if (t && d2 && s2) {
@@ -292,7 +300,7 @@ int wk_cmd_bench(wk_job_t *job)
         mean_lat /= (double)nl;
         double p50 = pct(lat_max, nl, 50), p99 = pct(lat_max, nl, 99);
         double max_assign = 0, sum_assign = 0, disp_b = 0, comb_b = 0, max_disp_ms = 0, max_comb_ms = 0;
-        double max_iso_d = 0, max_iso_c = 0;
+        double max_iso_d = 0, max_iso_c = 0, max_iso2_d = 0, max_iso2_c = 0;
         double max_a2a_d = 0, max_a2a_c = 0, max_memcpy = 0, max_compute = 0, max_disp_rank_b = 0, max_comb_rank_b = 0;
         for (int r = 0; r < job->size; r++) {
             bench_row_t *w = &rows[r];
@@ -304,6 +312,8 @@ int wk_cmd_bench(wk_job_t *job)
             max_comb_ms = fmax(max_comb_ms, w->combine_ms);
             max_iso_d = fmax(max_iso_d, w->iso_disp_ms);
             max_iso_c = fmax(max_iso_c, w->iso_comb_ms);
+            max_iso2_d = fmax(max_iso2_d, w->iso2_disp_ms);
+            max_iso2_c = fmax(max_iso2_c, w->iso2_comb_ms);
             max_a2a_d = fmax(max_a2a_d, w->a2a_disp_ms);
             max_a2a_c = fmax(max_a2a_c, w->a2a_comb_ms);
             max_memcpy = fmax(max_memcpy, w->memcpy_ms);
@@ -323,11 +333,14 @@ int wk_cmd_bench(wk_job_t *job)
             n_hosts += !seen;
         }
         printf("mxworker bench: %s\n", mname);
-        printf("  layers %d..%d, %zu tokens (%s), %d ranks on %d host%s, dispatch %s, combine %s, exchange %s, "
-               "%d+%d iterations\n",
+        printf("  layers %d..%d, %zu tokens (%s), %d ranks on %d host%s, dispatch %s, combine %s, transport %s, "
+               "exchange %s, %d+%d iterations\n",
                o->layer, o->layer + L - 1, T, o->tokens_total >= 0 ? "total" : "per rank x ranks", job->size, n_hosts,
                n_hosts > 1 ? "s" : "", mx_dispatch_dtype_name(o->dtype), mx_combine_mode_name(o->combine),
-               mx_transport_path(job->tr), o->warmup, iters);
+               mx_transport_name(job->tr), mx_transport_path(job->tr), o->warmup, iters);
+        if (job->tr2)
+            printf("  also timed alone on the same bytes: transport %s, exchange %s\n", mx_transport_name(job->tr2),
+                   mx_transport_path(job->tr2));
         printf("\n%4s  %-16s %-28s %-8s %7s %9s %9s %10s %10s\n", "rank", "host", "device", "backend", "experts",
                "tokens_in", "assign_in", "compute_ms", "waiting_ms");
         for (int r = 0; r < job->size; r++) {
@@ -349,10 +362,16 @@ int wk_cmd_bench(wk_job_t *job)
         double iso = max_iso_d + max_iso_c;
         printf("  same bytes, same run (in the layer: mean per layer; alone: the last layer's byte counts, after a "
                "barrier, median):\n");
-        printf("    mxep exchange in the layer  dispatch %.3f ms + combine %.3f ms = %.3f ms (%s)\n", max_disp_ms,
-               max_comb_ms, ours, mx_transport_path(job->tr));
-        printf("    mxep exchange alone         dispatch %.3f ms + combine %.3f ms = %.3f ms\n", max_iso_d, max_iso_c,
-               iso);
+        printf("    mxep exchange in the layer  dispatch %.3f ms + combine %.3f ms = %.3f ms (%s %s)\n", max_disp_ms,
+               max_comb_ms, ours, mx_transport_name(job->tr), mx_transport_path(job->tr));
+        printf("    mxep exchange alone         dispatch %.3f ms + combine %.3f ms = %.3f ms (%s)\n", max_iso_d,
+               max_iso_c, iso, mx_transport_name(job->tr));
+        double iso2 = max_iso2_d + max_iso2_c;
+        if (job->tr2)
+            printf("    mxep exchange alone         dispatch %.3f ms + combine %.3f ms = %.3f ms (%s %s; %.2fx the "
+                   "%s one)\n",
+                   max_iso2_d, max_iso2_c, iso2, mx_transport_name(job->tr2), mx_transport_path(job->tr2),
+                   iso > 0 ? iso2 / iso : 0, mx_transport_name(job->tr));
         printf("    plain MPI_Alltoallv alone   dispatch %.3f ms + combine %.3f ms = %.3f ms (%.2fx ours alone)\n",
                max_a2a_d, max_a2a_c, plain, iso > 0 ? plain / iso : 0);
         printf("    memcpy of the bytes         %.3f ms (every rank at once; ours alone is %.2fx)\n", max_memcpy,
@@ -376,6 +395,7 @@ int wk_cmd_bench(wk_job_t *job)
             cJSON_AddNumberToObject(root, "hosts", n_hosts);
             cJSON_AddStringToObject(root, "dispatch_dtype", mx_dispatch_dtype_name(o->dtype));
             cJSON_AddStringToObject(root, "combine", mx_combine_mode_name(o->combine));
+            cJSON_AddStringToObject(root, "transport", mx_transport_name(job->tr));
             cJSON_AddStringToObject(root, "exchange", mx_transport_path(job->tr));
             cJSON_AddNumberToObject(root, "warmup", o->warmup);
             cJSON_AddNumberToObject(root, "iters", iters);
@@ -404,6 +424,10 @@ int wk_cmd_bench(wk_job_t *job)
                 cJSON_AddNumberToObject(e, "memcpy_ms", w->memcpy_ms);
                 cJSON_AddNumberToObject(e, "exchange_alone_dispatch_ms", w->iso_disp_ms);
                 cJSON_AddNumberToObject(e, "exchange_alone_combine_ms", w->iso_comb_ms);
+                if (job->tr2) {
+                    cJSON_AddNumberToObject(e, "transport2_alone_dispatch_ms", w->iso2_disp_ms);
+                    cJSON_AddNumberToObject(e, "transport2_alone_combine_ms", w->iso2_comb_ms);
+                }
                 cJSON_AddItemToArray(ra, e);
             }
             cJSON *tot = cJSON_AddObjectToObject(root, "totals");
@@ -429,6 +453,14 @@ int wk_cmd_bench(wk_job_t *job)
             cJSON_AddNumberToObject(tot, "speedup_vs_alltoallv", iso > 0 ? plain / iso : 0);
             cJSON_AddNumberToObject(tot, "ratio_vs_memcpy", max_memcpy > 0 ? iso / max_memcpy : 0);
             cJSON_AddNumberToObject(tot, "in_layer_speedup_vs_alltoallv", ours > 0 ? plain / ours : 0);
+            if (job->tr2) {
+                cJSON *t2 = cJSON_AddObjectToObject(root, "transport2");
+                cJSON_AddStringToObject(t2, "transport", mx_transport_name(job->tr2));
+                cJSON_AddStringToObject(t2, "exchange", mx_transport_path(job->tr2));
+                cJSON_AddNumberToObject(t2, "exchange_alone_dispatch_ms", max_iso2_d);
+                cJSON_AddNumberToObject(t2, "exchange_alone_combine_ms", max_iso2_c);
+                cJSON_AddNumberToObject(t2, "speedup_vs_alltoallv", iso2 > 0 ? plain / iso2 : 0);
+            }
             st = write_json_file(o->json, root);
             cJSON_Delete(root);
             if (st != MX_OK)
@@ -600,6 +632,9 @@ int wk_cmd_info(MPI_Comm comm, const wk_opts_t *o)
             if (c)
                 printf(" [%d..%d]", e[0], e[c - 1]);
         }
+        printf("\ntransport %s: exchange %s", mx_transport_name(job.tr), mx_transport_path(job.tr));
+        if (job.tr2)
+            printf("; transport %s: exchange %s", mx_transport_name(job.tr2), mx_transport_path(job.tr2));
         printf("\n\n");
         st = mx_topo_cluster_print(&table, stdout);
         fflush(stdout);
@@ -609,6 +644,12 @@ int wk_cmd_info(MPI_Comm comm, const wk_opts_t *o)
             if (st == MX_OK) {
                 cJSON *root = cJSON_Parse(text);
                 if (root) {
+                    cJSON_AddStringToObject(root, "transport", mx_transport_name(job.tr));
+                    cJSON_AddStringToObject(root, "exchange", mx_transport_path(job.tr));
+                    if (job.tr2) {
+                        cJSON_AddStringToObject(root, "transport2", mx_transport_name(job.tr2));
+                        cJSON_AddStringToObject(root, "exchange2", mx_transport_path(job.tr2));
+                    }
                     st = write_json_file(o->json, root);
                     cJSON_Delete(root);
                 } else
@@ -622,3 +663,71 @@ int wk_cmd_info(MPI_Comm comm, const wk_opts_t *o)
     wk_job_close(&job);
     return st == MX_OK ? 0 : 1;
 }
+
+/* ---------------------------------------------------------------- serve */
+#ifdef MXEP_WORKER_SERVE
+/* Collective (mx_serve_layer_fn): every rank gets its contiguous slice of the
+ * request, split as wk_split splits it, and runs the layer across the ranks. */
+static mx_status_t serve_layer(int layer, const uint16_t *x, size_t n, size_t first, size_t t_global, size_t H,
+                               uint16_t *out, void *arg)
+{
+    wk_job_t *job = arg;
+    int li = layer - job->o->layer;
+    /* the same on every rank (the layer and H come from rank 0): no collective is skipped on one rank only */
+    if (li < 0 || li >= job->n_layers)
+        return mx_error_set(MX_ERR_INVALID, "layer %d is not served (mxworker serve --layer %d --layers %d)", layer,
+                            job->o->layer, job->n_layers);
+    if (H != job->cfg.hidden)
+        return mx_error_set(MX_ERR_INVALID, "hidden %zu, the model's is %zu", H, job->cfg.hidden);
+    return wk_layer_step(job, li, x, n, first, t_global, out, NULL, NULL);
+}
+
+int wk_cmd_serve(wk_job_t *job)
+{
+    const wk_opts_t *o = job->o;
+    /* on every rank: mpirun forwards SIGTERM to all of them, and the followers
+     * must wait for rank 0's stop instead of dying */
+    mx_status_t st = mx_serve_signals_install();
+    if ((st = wk_agree(job->comm, st, "installing the SIGTERM handler")) != MX_OK)
+        return 1;
+    mx_serve_config_t cfg = {.url = o->listen,
+                             .hidden = job->cfg.hidden,
+                             .first_layer = o->layer,
+                             .n_layers = job->n_layers,
+                             .max_tokens = (size_t)o->max_tokens};
+    if (job->rank == 0) {
+        char mname[256];
+        model_name(job, mname, sizeof mname);
+        printf("mxworker serve: %s\n  layers %d..%d, %d ranks, dispatch %s, combine %s, transport %s, exchange %s, "
+               "at most %ld tokens per request\n  address %s (rank 0 binds it; SIGTERM or SIGINT drains and stops "
+               "every rank)\n",
+               mname, o->layer, o->layer + job->n_layers - 1, job->size, mx_dispatch_dtype_name(o->dtype),
+               mx_combine_mode_name(o->combine), mx_transport_name(job->tr), mx_transport_path(job->tr),
+               o->max_tokens ? o->max_tokens : 4096L, o->listen);
+        fflush(stdout);
+    }
+    mx_serve_stats_t stats;
+    memset(&stats, 0, sizeof stats);
+    st = mx_serve_mpi_run(job->comm, job->rank == 0 ? &cfg : NULL, serve_layer, job, &stats);
+    if (job->rank == 0) {
+        if (st == MX_OK)
+            printf("mxworker serve: stopped after %llu requests (%llu ok, %llu error replies, %llu replies not "
+                   "delivered)\n",
+                   (unsigned long long)stats.requests, (unsigned long long)stats.ok, (unsigned long long)stats.errors,
+                   (unsigned long long)stats.dropped);
+        else
+            fprintf(stderr, "mxworker: serve --listen %s failed: %s [%s]\n", o->listen, mx_error_detail(),
+                    mx_status_str(st));
+        fflush(stdout);
+        fflush(stderr);
+    }
+    return st == MX_OK ? 0 : 1;
+}
+#else
+int wk_cmd_serve(wk_job_t *job)
+{
+    if (job->rank == 0)
+        fprintf(stderr, "mxworker serve: this mxworker was built without nanomsg (the front door)\n");
+    return 2;
+}
+#endif

@@ -11,6 +11,9 @@
 
 #include "mxep/log.h"
 #include "worker_internal.h"
+#ifdef MXEP_WORKER_UCX
+#include "transport_ucx.h"
+#endif
 
 double wk_now_ms(void)
 {
@@ -248,13 +251,14 @@ static void job_text(const wk_job_t *job, char *buf, size_t len)
     snprintf(buf, len,
              "cmd=%d model=%s/%s type=%s quant=%s layers=%d E=%d H=%zu I=%zu scheme=%s act=%s router=%s k=%d "
              "layer=%d nlayers=%d tokens=%ld total=%ld iters=%d warmup=%d dtype=%s combine=%s exchange=%s "
-             "check=%d seed=%llu experts=%d placement=%016llx ranks=%d",
+             "check=%d seed=%llu experts=%d placement=%016llx ranks=%d transport=%s max_tokens=%ld",
              (int)o->cmd, o->model_dir ? "dir" : "synth", o->model_dir ? "" : o->preset, c->model_type, c->quant_method,
              c->n_layers, c->n_experts, c->hidden, c->inter, mx_scheme_name(c->moe.scheme), mx_act_name(c->moe.act),
              job->uniform ? "uniform" : mx_router_name(job->router.kind), job->router.top_k, o->layer, o->layers,
              o->tokens, o->tokens_total, o->iters, o->warmup, mx_dispatch_dtype_name(o->dtype),
              mx_combine_mode_name(o->combine), mx_exchange_mode_name(o->exchange), o->check,
-             (unsigned long long)o->seed, o->experts, (unsigned long long)ph, job->size);
+             (unsigned long long)o->seed, o->experts, (unsigned long long)ph, job->size,
+             wk_transport_name(o->transport), o->max_tokens);
 }
 
 static mx_status_t consistency_check(wk_job_t *job)
@@ -379,12 +383,32 @@ mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_
     }
     if ((st = wk_agree(comm, st, "choosing a backend")) != MX_OK)
         goto fail;
+    /* the transport(s) of --transport; info creates them too, to print the path they chose */
+    mx_transport_opts_t to = {o->exchange, 0};
+    const mx_transport_ops_t *ops = mx_transport_mpi_ops(), *ops2 = NULL;
+#ifdef MXEP_WORKER_UCX
+    if (o->transport == WK_TRANSPORT_UCX)
+        ops = mx_transport_ucx_ops();
+    else if (o->transport == WK_TRANSPORT_BOTH)
+        ops2 = mx_transport_ucx_ops();
+#else
+    if (o->transport != WK_TRANSPORT_MPI) /* opts.c refuses it already; never a silent fallback */
+        st = mx_error_set(MX_ERR_UNSUPPORTED, "--transport %s: this mxworker was built without UCX",
+                          wk_transport_name(o->transport));
+#endif
+    if (st == MX_OK)
+        st = mx_transport_create(ops, comm, &to, &job->tr);
+    if ((st = wk_agree(comm, st,
+                       ops == mx_transport_mpi_ops() ? "creating the MPI transport" : "creating the UCX transport")) !=
+        MX_OK)
+        goto fail;
+    if (ops2) {
+        st = mx_transport_create(ops2, comm, &to, &job->tr2);
+        if ((st = wk_agree(comm, st, "creating the UCX transport (--transport both)")) != MX_OK)
+            goto fail;
+    }
     if (!load_experts)
         return MX_OK;
-    mx_transport_opts_t to = {o->exchange, 0};
-    st = mx_transport_create(mx_transport_mpi_ops(), comm, &to, &job->tr);
-    if ((st = wk_agree(comm, st, "creating the transport")) != MX_OK)
-        goto fail;
     size_t n = (size_t)job->size;
     job->b1 = calloc(n, sizeof(size_t));
     job->b2 = calloc(n, sizeof(size_t));
@@ -425,6 +449,10 @@ void wk_job_close(wk_job_t *job)
     job->layers = NULL;
     mx_transport_destroy(job->tr);
     job->tr = NULL;
+    mx_transport_destroy(job->tr2);
+    job->tr2 = NULL;
+    mx_recv_batch_fini(&job->batch);
+    memset(&job->batch, 0, sizeof job->batch);
     mx_placement_fini(&job->place);
     if (job->ckpt)
         mx_ckpt_close(job->ckpt);
@@ -521,8 +549,7 @@ mx_status_t wk_layer_step(wk_job_t *job, int li, const uint16_t *x, size_t n, si
     memset(&routing, 0, sizeof routing);
     mx_dispatch_plan_t plan;
     memset(&plan, 0, sizeof plan);
-    mx_recv_batch_t batch;
-    memset(&batch, 0, sizeof batch);
+    mx_recv_batch_t *bt = &job->batch; /* kept across layers and iterations */
     double t0 = wk_now_ms();
 
     /* owner side: route, plan, pack */
@@ -557,32 +584,32 @@ mx_status_t wk_layer_step(wk_job_t *job, int li, const uint16_t *x, size_t n, si
     double t3 = wk_now_ms();
 
     /* worker side: decode, run the local experts */
-    st = mx_coord_recv_unpack(recv, job->b3, job->b4, R, H, job->n_my, &batch);
+    st = mx_coord_recv_unpack_into(recv, job->b3, job->b4, R, H, job->n_my, bt);
     size_t out_bytes = 0;
     if (st == MX_OK) {
-        s.tokens_in = batch.n_tokens;
-        s.assign_in = batch.n_assign;
-        out_bytes = cmode == MX_COMBINE_EXACT ? batch.n_assign * H * 2 : batch.n_tokens * H * 4;
+        s.tokens_in = bt->n_tokens;
+        s.assign_in = bt->n_assign;
+        out_bytes = cmode == MX_COMBINE_EXACT ? bt->n_assign * H * 2 : bt->n_tokens * H * 4;
         st = grow((void **)&job->out, &job->out_cap, out_bytes ? out_bytes : 1);
     }
-    if (st == MX_OK && batch.n_assign > 0) {
+    if (st == MX_OK && bt->n_assign > 0) {
         const mx_backend_ops_t *ops = job->choice.backend;
         if (!L->packed)
             st = mx_error_set(MX_ERR_INTERNAL, "rank %d received %zu assignments but holds no expert", job->rank,
-                              batch.n_assign);
-        size_t ws = st == MX_OK ? ops->workspace_size(L->packed, batch.n_tokens, batch.n_assign) : 0;
+                              bt->n_assign);
+        size_t ws = st == MX_OK ? ops->workspace_size(L->packed, bt->n_tokens, bt->n_assign) : 0;
         if (st == MX_OK && ws)
             st = grow(&job->ws, &job->ws_cap, ws);
         if (st == MX_OK) {
             mx_run_args_t args;
-            mx_coord_recv_run_args(&batch, cmode, (uint16_t *)job->out, (float *)job->out, job->n_threads, &args);
+            mx_coord_recv_run_args(bt, cmode, (uint16_t *)job->out, (float *)job->out, job->n_threads, &args);
             if (cmode == MX_COMBINE_REDUCE)
                 memset(job->out, 0, out_bytes);
             st = ops->run(L->packed, &args, job->ws);
         }
     }
     if (st == MX_OK)
-        mx_coord_reply_sizes(&batch, cmode, job->b1, job->b2);
+        mx_coord_reply_sizes(bt, cmode, job->b1, job->b2);
     double t4 = wk_now_ms();
     if ((st = wk_agree(job->comm, st, "running its experts")) != MX_OK)
         goto done;
@@ -616,7 +643,6 @@ mx_status_t wk_layer_step(wk_job_t *job, int li, const uint16_t *x, size_t n, si
         memset(&routing, 0, sizeof routing);
     }
 done:
-    mx_recv_batch_fini(&batch);
     mx_dispatch_plan_fini(&plan);
     mx_routing_fini(&routing);
     return st;

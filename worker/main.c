@@ -1,4 +1,4 @@
-/* mxworker: the main job. `mpirun -n N mxworker [bench|run|info] ...` */
+/* mxworker: the main job. `mpirun -n N mxworker [bench|run|info|serve] ...` */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,7 +65,9 @@ int main(int argc, char **argv)
         if (wk_job_open(comm, &o, 1, &job) != MX_OK) {
             rc = 1;
         } else {
-            rc = o.cmd == WK_CMD_BENCH ? wk_cmd_bench(&job) : wk_cmd_run(&job);
+            rc = o.cmd == WK_CMD_BENCH   ? wk_cmd_bench(&job)
+                 : o.cmd == WK_CMD_SERVE ? wk_cmd_serve(&job)
+                                         : wk_cmd_run(&job);
             wk_job_close(&job);
         }
     }

@@ -10,7 +10,7 @@
 #include "worker_internal.h"
 
 static const char usage_main[] =
-    "usage: mpirun -n N mxworker [bench|run|info] [options]\n"
+    "usage: mpirun -n N mxworker [bench|run|info|serve] [options]\n"
     "\n"
     "Runs Mixture-of-Experts layers across the MPI ranks of the job: every rank routes its\n"
     "own tokens, sends each token once to every rank holding one of its experts, runs the\n"
@@ -21,7 +21,12 @@ static const char usage_main[] =
     "          MPI_Alltoallv and a memcpy of the same bytes measured in the same run\n"
     "  run     compute one layer for hidden states read from a safetensors file\n"
     "  info    print the cluster table (hosts, CPUs, GPUs, each rank's backend choice and why\n"
-    "          the other backends declined); runs no batch\n"
+    "          the other backends declined) and the transport's path; runs no batch\n"
+    "  serve   rank 0 answers batches sent over nanomsg (mxclient, docs/PROTOCOL.md) with\n"
+    "          the layer output, every rank computing; SIGTERM drains and stops the job\n"
+    "\n"
+    "exit status: 0 success, 1 the job failed (rank 0 printed which rank and why, or\n"
+    "--check found a mismatch), 2 bad command line, 124 --timeout expired.\n"
     "\n"
     "`mxworker SUBCOMMAND --help` lists the options of each.\n";
 
@@ -46,7 +51,10 @@ static const char usage_model[] =
     "  --combine C          exact (default: bitwise the same for any rank count or placement)\n"
     "                       or reduce (pre-summed per rank; invariant only for a fixed placement)\n"
     "  --exchange X         auto (default: shared memory within a host, alltoallv across),\n"
-    "                       alltoallv, or shm\n"
+    "                       alltoallv, or shm (the MPI transport's paths)\n"
+    "  --transport T        mpi (default) or ucx: which transport moves the bytes (UCX picks\n"
+    "                       shared memory or tcp itself; info and bench print its path).\n"
+    "                       bench and info also take 'both': layers over MPI, UCX beside it\n"
     "  --backend NAME       force a kernel backend (ref, cpu, cuda, ...); default: the oracle\n"
     "                       (or $MXEP_BACKEND). An unusable forced backend is an error\n"
     "  --threads N          threads per rank (default: the rank's cores / ranks on its host)\n"
@@ -70,7 +78,9 @@ static const char usage_bench[] =
     "                       pipeline run with the same backend on rank 0 (bitwise for exact +\n"
     "                       bf16; tolerance for fp8 dispatch or reduce); exit 1 on mismatch\n"
     "  --json FILE          write the results as JSON (rank 0)\n"
-    "  --quiet              no progress line on stderr\n";
+    "  --quiet              no progress line on stderr\n"
+    "  --transport both     also time the UCX transport alone on the same bytes, beside MPI's\n"
+    "                       and the plain MPI_Alltoallv (the layers themselves run over MPI)\n";
 
 static const char usage_run[] =
     "usage: mpirun -n N mxworker run --input X.safetensors --output Y.safetensors [options]\n"
@@ -90,10 +100,27 @@ static const char usage_info[] =
     "\n"
     "Prints the cluster table: per rank its host, node, local rank, cores, NUMA nodes, ISA,\n"
     "GPUs per runtime, device binding and the backend its oracle chose for the model's layer,\n"
-    "then every rank's report of why the other backends declined. Loads no weights and runs no\n"
-    "batch.\n"
+    "then every rank's report of why the other backends declined, and the transport with the\n"
+    "path it chose (MPI: shm, alltoallv, shm+alltoallv; UCX: its transports, e.g.\n"
+    "ucx:posix/memory,tcp/eth0). Loads no weights and runs no batch.\n"
     "\n"
     "  --json FILE          write the table as JSON (rank 0)\n";
+
+static const char usage_serve[] =
+    "usage: mpirun -n N mxworker serve --listen URL [options]\n"
+    "\n"
+    "Rank 0 binds URL (any nanomsg address: tcp://127.0.0.1:5555, tcp://0.0.0.0:5555,\n"
+    "ipc:///tmp/mxep.sock) and answers requests (a layer id and hidden states [T x H], BF16\n"
+    "or F32; docs/PROTOCOL.md) with the layer output [T x H] BF16. Each request's tokens are\n"
+    "split over all ranks as `run` splits them, so a reply equals `mxworker run` of the same\n"
+    "tokens (bitwise with --combine exact). Clients: mxclient, or include/mxep/serve.h.\n"
+    "Requests from several clients are taken one at a time; bad requests get an error reply\n"
+    "and the server goes on. SIGTERM or SIGINT (to the ranks, or through mpirun) answers the\n"
+    "requests already received, then every rank exits 0.\n"
+    "\n"
+    "  --listen URL         address rank 0 binds (required)\n"
+    "  --layers N           layers served, from --layer (default 1); others are refused\n"
+    "  --max-tokens N       most tokens per request (default 4096, at most 65536)\n";
 
 static void help(wk_cmd_t cmd, int has_cmd)
 {
@@ -105,6 +132,8 @@ static void help(wk_cmd_t cmd, int has_cmd)
         fputs(has_cmd ? usage_bench : usage_bench + strlen("usage: mpirun -n N mxworker bench [options]\n"), stdout);
     else if (cmd == WK_CMD_RUN)
         fputs(usage_run, stdout);
+    else if (cmd == WK_CMD_SERVE)
+        fputs(usage_serve, stdout);
     else
         fputs(usage_info, stdout);
     fputs("\n", stdout);
@@ -156,17 +185,26 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
             o->cmd = WK_CMD_RUN;
         else if (strcmp(argv[1], "info") == 0)
             o->cmd = WK_CMD_INFO;
+        else if (strcmp(argv[1], "serve") == 0)
+            o->cmd = WK_CMD_SERVE;
         else if (strcmp(argv[1], "help") == 0) {
             if (print_help)
                 help(WK_CMD_BENCH, 0);
             return 1;
         } else
-            return fail(msg, msg_len, "unknown subcommand '%s': expected bench, run or info (mxworker --help)",
+            return fail(msg, msg_len, "unknown subcommand '%s': expected bench, run, info or serve (mxworker --help)",
                         argv[1]);
         has_cmd = 1;
         i = 2;
     }
-    const char *cmdname = o->cmd == WK_CMD_BENCH ? "bench" : o->cmd == WK_CMD_RUN ? "run" : "info";
+    const char *cmdname = o->cmd == WK_CMD_BENCH  ? "bench"
+                          : o->cmd == WK_CMD_RUN  ? "run"
+                          : o->cmd == WK_CMD_INFO ? "info"
+                                                  : "serve";
+    if (o->cmd == WK_CMD_SERVE && !WK_HAVE_SERVE)
+        return fail(msg, msg_len,
+                    "mxworker serve: this mxworker was built without nanomsg (the front door); rebuild with "
+                    "nanomsg installed (-DMXEP_WITH_NANOMSG=ON)");
     int dtype_set = 0, iters_set = 0, layers_set = 0;
     for (; i < argc; i++) {
         const char *a = argv[i];
@@ -196,17 +234,18 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
             if (val)
                 return fail(msg, msg_len, "%s takes no value", name);
             if (strcmp(name, "--check") == 0) {
-                if (o->cmd == WK_CMD_INFO)
-                    return fail(msg, msg_len, "--check is not an option of mxworker info");
+                if (o->cmd == WK_CMD_INFO || o->cmd == WK_CMD_SERVE)
+                    return fail(msg, msg_len, "--check is not an option of mxworker %s", cmdname);
                 o->check = 1;
             } else
                 o->quiet = 1;
             continue;
         }
         static const char *const valued[] = {
-            "--model",          "--preset",  "--experts",  "--seed",    "--layer",   "--layers",    "--tokens",
-            "--tokens-total",   "--iters",   "--warmup",   "--threads", "--backend", "--placement", "--router",
-            "--dispatch-dtype", "--combine", "--exchange", "--json",    "--input",   "--output",    "--timeout"};
+            "--model",     "--preset",       "--experts",        "--seed",      "--layer",    "--layers",
+            "--tokens",    "--tokens-total", "--iters",          "--warmup",    "--threads",  "--backend",
+            "--placement", "--router",       "--dispatch-dtype", "--combine",   "--exchange", "--json",
+            "--input",     "--output",       "--timeout",        "--transport", "--listen",   "--max-tokens"};
         int known = 0;
         for (size_t q = 0; q < sizeof valued / sizeof valued[0]; q++)
             known |= strcmp(name, valued[q]) == 0;
@@ -220,7 +259,7 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
         }
         long x = 0;
         int r = 0;
-        int bench_only = 0, run_only = 0;
+        int bench_only = 0, run_only = 0, serve_only = 0;
         if (strcmp(name, "--model") == 0)
             o->model_dir = val;
         else if (strcmp(name, "--preset") == 0)
@@ -239,7 +278,8 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
             r = parse_long(name, val, 0, 1 << 20, &x, msg, msg_len);
             o->layer = (int)x;
         } else if (strcmp(name, "--layers") == 0) {
-            bench_only = 1;
+            if (o->cmd != WK_CMD_SERVE)
+                bench_only = 1;
             r = parse_long(name, val, 1, 1 << 20, &x, msg, msg_len);
             o->layers = (int)x;
             layers_set = 1;
@@ -270,7 +310,35 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
             o->backend = val;
         else if (strcmp(name, "--placement") == 0)
             o->placement = val;
-        else if (strcmp(name, "--router") == 0) {
+        else if (strcmp(name, "--transport") == 0) {
+            if (strcasecmp(val, "mpi") == 0)
+                o->transport = WK_TRANSPORT_MPI;
+            else if (strcasecmp(val, "ucx") == 0)
+                o->transport = WK_TRANSPORT_UCX;
+            else if (strcasecmp(val, "both") == 0) {
+                if (o->cmd != WK_CMD_BENCH && o->cmd != WK_CMD_INFO)
+                    return fail(msg, msg_len,
+                                "--transport both is for mxworker bench and info (layers over MPI, UCX timed "
+                                "beside it); mxworker %s takes mpi or ucx",
+                                cmdname);
+                o->transport = WK_TRANSPORT_BOTH;
+            } else
+                return fail(msg, msg_len, "--transport '%s': expected mpi or ucx (bench and info also: both)", val);
+            if (o->transport != WK_TRANSPORT_MPI && !WK_HAVE_UCX)
+                return fail(msg, msg_len,
+                            "--transport %s: this mxworker was built without UCX; rebuild with UCX installed "
+                            "(-DMXEP_WITH_UCX=ON) or use --transport mpi",
+                            val);
+        } else if (strcmp(name, "--listen") == 0) {
+            serve_only = 1;
+            if (!val[0])
+                return fail(msg, msg_len, "--listen needs a nanomsg address (tcp://HOST:PORT, ipc:///path)");
+            o->listen = val;
+        } else if (strcmp(name, "--max-tokens") == 0) {
+            serve_only = 1;
+            r = parse_long(name, val, 1, 65536, &x, msg, msg_len);
+            o->max_tokens = x;
+        } else if (strcmp(name, "--router") == 0) {
             mx_router_kind_t k;
             if (strcasecmp(val, "uniform") == 0) {
                 bench_only = 1;
@@ -295,6 +363,8 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
         } else if (strcmp(name, "--json") == 0) {
             if (o->cmd == WK_CMD_RUN)
                 return fail(msg, msg_len, "--json is not an option of mxworker run (the output is --output)");
+            if (o->cmd == WK_CMD_SERVE)
+                return fail(msg, msg_len, "--json is not an option of mxworker serve (replies go to the clients)");
             o->json = val;
         } else if (strcmp(name, "--input") == 0) {
             run_only = 1;
@@ -312,17 +382,23 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
                         strcmp(name, "--router") == 0 ? " uniform" : "", cmdname);
         if (run_only && o->cmd != WK_CMD_RUN)
             return fail(msg, msg_len, "%s is an option of mxworker run, not of mxworker %s", name, cmdname);
+        if (serve_only && o->cmd != WK_CMD_SERVE)
+            return fail(msg, msg_len, "%s is an option of mxworker serve, not of mxworker %s", name, cmdname);
     }
     if (o->tokens >= 0 && o->tokens_total >= 0)
         return fail(msg, msg_len, "--tokens (per rank) and --tokens-total exclude each other: give one");
     if (o->model_dir && o->experts)
         return fail(msg, msg_len, "--experts applies to the built-in model only, not to --model %s", o->model_dir);
+    if (o->cmd == WK_CMD_SERVE && !o->listen)
+        return fail(msg, msg_len,
+                    "mxworker serve needs --listen URL (a nanomsg address such as tcp://127.0.0.1:5555; "
+                    "mxworker serve --help)");
     if (o->cmd == WK_CMD_RUN && (!o->input || !o->output))
         return fail(msg, msg_len, "mxworker run needs --input FILE and --output FILE (mxworker run --help)");
     if (strcmp(o->preset, "deepep-ll") == 0) {
         if (o->model_dir)
             return fail(msg, msg_len, "--preset deepep-ll is a built-in model; it does not combine with --model");
-        if (o->cmd == WK_CMD_RUN)
+        if (o->cmd == WK_CMD_RUN || o->cmd == WK_CMD_SERVE)
             return fail(msg, msg_len, "--preset deepep-ll is a bench shape (uniform routing); use it with bench");
         if (!dtype_set)
             o->dtype = MX_DISPATCH_FP8;
@@ -336,4 +412,9 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
     (void)iters_set;
     (void)layers_set;
     return 0;
+}
+
+const char *wk_transport_name(wk_transport_t t)
+{
+    return t == WK_TRANSPORT_UCX ? "ucx" : t == WK_TRANSPORT_BOTH ? "both" : "mpi";
 }

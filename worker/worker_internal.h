@@ -16,7 +16,25 @@
 #include "mxep/topology.h"
 #include "mxep/transport.h"
 
-typedef enum { WK_CMD_BENCH = 0, WK_CMD_RUN = 1, WK_CMD_INFO = 2 } wk_cmd_t;
+typedef enum { WK_CMD_BENCH = 0, WK_CMD_RUN = 1, WK_CMD_INFO = 2, WK_CMD_SERVE = 3 } wk_cmd_t;
+
+/* --transport: which mx_transport moves the layer's bytes. BOTH (bench and info
+ * only): the layers run over MPI, and the UCX transport is created beside it so
+ * the bench times both on the same bytes. */
+typedef enum { WK_TRANSPORT_MPI = 0, WK_TRANSPORT_UCX = 1, WK_TRANSPORT_BOTH = 2 } wk_transport_t;
+
+/* What this mxworker was built with (MXEP_WORKER_UCX / MXEP_WORKER_SERVE come
+ * from worker/CMakeLists.txt when MXEP_HAVE_UCX / MXEP_HAVE_NANOMSG). */
+#ifdef MXEP_WORKER_UCX
+#define WK_HAVE_UCX 1
+#else
+#define WK_HAVE_UCX 0
+#endif
+#ifdef MXEP_WORKER_SERVE
+#define WK_HAVE_SERVE 1
+#else
+#define WK_HAVE_SERVE 0
+#endif
 
 /* Router selection: a model router kind, or the bench-only uniform routing. */
 #define WK_ROUTER_MODEL (-1)   /* the model's own router */
@@ -45,6 +63,9 @@ typedef struct {
     const char *input, *output; /* run */
     int quiet;
     int timeout; /* seconds; 0 = none. Past it the job is aborted (last resort against a hang) */
+    wk_transport_t transport;
+    const char *listen; /* serve: nanomsg address rank 0 binds */
+    long max_tokens;    /* serve: tokens per request (0 = the front door's default, 4096) */
 } wk_opts_t;
 
 /* Parses argv into *o (defaults first). Returns 0 ok, 1 help printed (exit 0),
@@ -78,7 +99,8 @@ typedef struct {
     mx_topo_proc_t me;
     mx_oracle_choice_t choice;
     char report[MX_TOPO_REPORT_MAX];
-    mx_transport_h tr;
+    mx_transport_h tr;  /* the layers' transport */
+    mx_transport_h tr2; /* --transport both: UCX beside MPI (bench timings only), else NULL */
     int n_threads;
     int n_layers;
     wk_layer_t *layers;
@@ -93,6 +115,7 @@ typedef struct {
     size_t ws_cap;
     size_t *b1, *b2, *b3, *b4;     /* [size] byte counts / displacements */
     size_t *last_disp, *last_comb; /* [size] bytes sent to each rank by the last step (bench baselines) */
+    mx_recv_batch_t batch;         /* the worker side's received batch, reused by every layer step */
 } wk_job_t;
 
 /* Collective. Agrees on a local status: returns MX_OK on every rank when all
@@ -100,8 +123,9 @@ typedef struct {
  * rank 0 prints "mxworker: rank R failed while PHASE: detail". */
 mx_status_t wk_agree(MPI_Comm comm, mx_status_t st, const char *phase);
 
-/* Collective: options + model, consistency check, placement, oracle, experts,
- * transport. On failure everything is released and the error already agreed. */
+/* Collective: options + model, consistency check, placement, oracle, transport,
+ * experts (load_experts = 0: no experts, for info). On failure everything is
+ * released and the error already agreed. */
 mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_job_t *job);
 void wk_job_close(wk_job_t *job);
 
@@ -138,6 +162,12 @@ mx_status_t wk_st_write_output(const char *path, const uint16_t *hidden, size_t 
 int wk_cmd_bench(wk_job_t *job);
 int wk_cmd_run(wk_job_t *job);
 int wk_cmd_info(MPI_Comm comm, const wk_opts_t *o);
+/* Rank 0 serves --listen (mx_serve_mpi_run), every rank computes; returns after
+ * SIGTERM/SIGINT with 0 (drained) or 1. */
+int wk_cmd_serve(wk_job_t *job);
+
+/* The --transport value as written: "mpi", "ucx" or "both". */
+const char *wk_transport_name(wk_transport_t t);
 
 /* bf16 helpers */
 static inline float wk_bf16_f32(uint16_t h)

@@ -2,12 +2,17 @@
 """MPI integration tests of mxworker (stdlib only). One case per call:
 
   mxworker_cases.py CASE N --mpiexec M --mpiflags "F .." --mxworker PATH --writer PATH --workdir DIR
+                    [--transport mpi|ucx] [--mxclient PATH]
+
+--transport ucx adds `--transport ucx` to every mxworker command run on the N
+ranks under test (the -n 1 references keep the default MPI transport when N > 1),
+so the outputs are also compared across transports.
 
 Every mpiexec runs under a time limit, so a hang is a failure, never a stuck CI.
 Outputs of `run` are compared byte for byte with the -n 1 result (exact combine)
 and every run also passes --check (single-process ref pipeline, same backend).
 Fixed seeds; printed on failure."""
-import argparse, json, os, random, shlex, struct, subprocess, sys, tempfile, time
+import argparse, json, os, random, shlex, signal, socket, struct, subprocess, sys, tempfile, time
 
 SEED = 20261123
 LIMIT = 60  # seconds per mpiexec; a hang fails the test
@@ -17,8 +22,19 @@ class Fail(Exception):
     pass
 
 
+def with_transport(args, cmd, n):
+    """--transport T after the subcommand of an mxworker command on the tested rank count"""
+    if args.transport and n == args.n and len(cmd) >= 2 and cmd[0] == args.mxworker:
+        return cmd[:2] + ["--transport", args.transport] + cmd[2:]
+    return cmd
+
+
+def mpi_cmd(args, cmd, n):
+    return [args.mpiexec] + shlex.split(args.mpiflags) + ["-n", str(n)] + with_transport(args, cmd, n)
+
+
 def sh(args, cmd, n, timeout=LIMIT, env=None):
-    full = [args.mpiexec] + shlex.split(args.mpiflags) + ["-n", str(n)] + cmd
+    full = mpi_cmd(args, cmd, n)
     t0 = time.time()
     try:
         p = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=env)
@@ -189,6 +205,24 @@ def case_bench(args, n):
         j = json.load(f)
     if len(j["per_rank"]) != n or j["tokens_total"] != 9 * n or j["totals"]["layer_ms_p50"] <= 0:
         raise Fail(f"bench JSON wrong: {j}")
+    want_tr = args.transport or "mpi"
+    if j["transport"] != want_tr or f"transport {want_tr}" not in p.stdout:
+        raise Fail(f"bench does not report transport {want_tr}: JSON {j.get('transport')}\n{p.stdout}")
+    if want_tr == "ucx" and not j["exchange"].startswith("ucx:"):
+        raise Fail(f"the UCX transport's path should say which UCX transports it chose: {j['exchange']}")
+    if args.transport == "ucx":
+        # --transport both: the layers over MPI, and UCX timed alone on the same bytes beside MPI and MPI_Alltoallv
+        jb = os.path.join(args.workdir, f"bench_both_n{n}.json")
+        p = ok(args, [args.mxworker, "bench", "--preset", "tiny", "--tokens", "5", "--iters", "2", "--json", jb,
+                      "--transport", "both"], n)
+        with open(jb) as f:
+            j = json.load(f)
+        if j["transport"] != "mpi" or j.get("transport2", {}).get("transport") != "ucx" or \
+                j["transport2"]["exchange_alone_dispatch_ms"] <= 0:
+            raise Fail(f"--transport both JSON lacks the UCX timings: {j}")
+        lines = [l for l in p.stdout.splitlines() if "exchange alone" in l]
+        if len(lines) != 2 or "(ucx ucx:" not in lines[1] or "plain MPI_Alltoallv alone" not in p.stdout:
+            raise Fail(f"--transport both does not show both transports beside MPI_Alltoallv:\n{p.stdout}")
     # info: the cluster table with every rank's backend choice, as text and JSON; no batch
     ji = os.path.join(args.workdir, f"info_n{n}.json")
     p = ok(args, [args.mxworker, "info", "--preset", "tiny", "--json", ji], n)
@@ -198,6 +232,8 @@ def case_bench(args, n):
         j = json.load(f)
     if j["n_procs"] != n or any(not q["backend"] for q in j["procs"]):
         raise Fail(f"info JSON wrong: {j}")
+    if j.get("transport") != want_tr or f"transport {want_tr}: exchange {j['exchange']}" not in p.stdout:
+        raise Fail(f"info does not print transport {want_tr} and its path:\n{p.stdout}")
     # zero tokens on some ranks (1 token for the whole job) still works and checks
     ok(args, [args.mxworker, "bench", "--preset", "tiny", "--tokens-total", "1", "--iters", "1", "--check"], n)
 
@@ -260,6 +296,193 @@ def case_errors(args, n):
         refused(args, ["sh", "-c", script], n, must=(f"rank {last} failed", "/nonexistent/mxep"))
 
 
+def free_tcp_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def children(pid):
+    """the rank processes mpirun started (its direct children on this host)"""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+                if int(st.rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+class Server:
+    """mpiexec -n N mxworker serve, output to files; stopped by SIGTERM; never left running"""
+
+    def __init__(self, args, n, url, extra, tag):
+        self.out = os.path.join(args.workdir, f"serve_{tag}.out")
+        self.err = os.path.join(args.workdir, f"serve_{tag}.err")
+        self.cmd = mpi_cmd(args, [args.mxworker, "serve", "--preset", "tiny", "--listen", url] + extra, n)
+        print(f"[start] {' '.join(self.cmd)}")
+        with open(self.out, "w") as fo, open(self.err, "w") as fe:
+            self.p = subprocess.Popen(self.cmd, stdout=fo, stderr=fe)
+
+    def text(self):
+        with open(self.out) as fo, open(self.err) as fe:
+            return fo.read(), fe.read()
+
+    def wait_listening(self, limit=30):
+        t0 = time.time()
+        while time.time() - t0 < limit:
+            if self.p.poll() is not None:
+                o, e = self.text()
+                raise Fail(f"the server exited {self.p.returncode} before listening:\n{o}\n{e}")
+            if "listening on" in self.text()[1]:
+                return
+            time.sleep(0.1)
+        raise Fail(f"the server did not listen within {limit} s:\n{self.text()}")
+
+    def wait(self, limit):
+        try:
+            return self.p.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self):
+        if self.p.poll() is None:
+            for c in children(self.p.pid):
+                try:
+                    os.kill(c, signal.SIGKILL)
+                except OSError:
+                    pass
+            self.p.kill()
+            self.p.wait()
+
+
+def client(args, url, inp, out, extra=(), timeout_ms=20000):
+    cmd = [args.mxclient, "--url", url, "--input", inp, "--output", out, "--timeout-ms", str(timeout_ms)] + list(extra)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def case_serve(args, n):
+    """mxworker serve on n ranks: concurrent mxclient requests (BF16 and F32, several sizes and two layers)
+    each equal bitwise to `mxworker run` on one rank; bad requests get error replies and the server
+    goes on; another server on a busy address is refused; SIGTERM to the ranks (as mpirun forwards
+    it) drains and every rank exits 0, and SIGTERM to mpirun ends the job too, all in bounded time."""
+    if not args.mxclient:
+        raise Fail("the serve case needs --mxclient")
+    H, E = model_hidden(args, [])
+    rnd = random.Random(SEED + 5)
+    cases = []  # (input file, layer, T)
+    for i, (t, dt, layer) in enumerate([(1, "BF16", 0), (n, "F32", 1), (n + 1, "BF16", 1), (37, "BF16", 0),
+                                        (13, "F32", 0), (64, "BF16", 1)]):
+        inp = os.path.join(args.workdir, f"serve_in{i}.safetensors")
+        write_input(inp, t, H, dt, rnd.randrange(1 << 30))
+        ref = os.path.join(args.workdir, f"serve_ref{i}.safetensors")
+        # the reference: one rank, default transport
+        p = subprocess.run([args.mxworker, "run", "--preset", "tiny", "--layer", str(layer), "--input", inp,
+                            "--output", ref], capture_output=True, text=True, timeout=LIMIT)
+        if p.returncode != 0:
+            raise Fail(f"reference run failed: {p.stderr}")
+        cases.append((inp, layer, t, read_st(ref)["hidden_states"]))
+    if n % 2 == 0:
+        url = f"ipc://{args.workdir}/mxw.sock"
+        if len(url) > 100:
+            url = f"ipc:///tmp/mxw_serve_{os.getpid()}.sock"
+    else:
+        url = f"tcp://127.0.0.1:{free_tcp_port()}"
+    srv = Server(args, n, url, ["--layers", "2", "--max-tokens", "100"], "main")
+    try:
+        srv.wait_listening()
+        t0 = time.time()
+        # every case from its own client, all at once, each twice (--repeat)
+        procs = []
+        for i, (inp, layer, t, want) in enumerate(cases):
+            out = os.path.join(args.workdir, f"serve_out{i}.safetensors")
+            procs.append((i, out, client(args, url, inp, out, ["--layer", str(layer), "--repeat", "2"])))
+        for i, out, p in procs:
+            try:
+                o, e = p.communicate(timeout=LIMIT)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                raise Fail(f"mxclient of case {i} did not finish in {LIMIT} s")
+            if p.returncode != 0:
+                raise Fail(f"mxclient of case {i} exited {p.returncode}:\n{o}\n{e}")
+            got = read_st(out)["output"]
+            if got[0] != "BF16" or got[1] != [cases[i][2], H] or got[2] != cases[i][3][2]:
+                raise Fail(f"serve reply of case {i} (layer {cases[i][1]}, T {cases[i][2]}) on {n} ranks differs "
+                           f"from mxworker run on one rank (seed {SEED})")
+        print(f"[{time.time() - t0:5.1f}s] {len(procs)} concurrent clients x 2 requests: every reply bitwise "
+              f"equal to mxworker run")
+        # bad requests: an error reply naming the problem, and the server keeps serving
+        inp0, _, _, _ = cases[3]
+        bad = [(["--layer", "5"], "layer"),
+               (["--format", "raw", "--hidden", "32"], "hidden"),
+               ([], "tokens")]  # 101+ tokens > --max-tokens 100
+        big = os.path.join(args.workdir, "serve_big.safetensors")
+        write_input(big, 101, H, "BF16", SEED + 6)
+        for k, (extra, word) in enumerate(bad):
+            src = big if word == "tokens" else (cases[3][0] if word != "hidden" else None)
+            if word == "hidden":  # raw BF16 bytes of the 37 x H input read as rows of 32
+                src = os.path.join(args.workdir, "serve_raw.bin")
+                with open(src, "wb") as f:
+                    f.write(cases[3][3][2])
+            out = os.path.join(args.workdir, f"serve_bad{k}.safetensors")
+            p = client(args, url, src, out, extra)
+            o, e = p.communicate(timeout=LIMIT)
+            if p.returncode != 1 or word not in (o + e).lower() or os.path.exists(out):
+                raise Fail(f"bad request {extra} ({word}): exit {p.returncode}, expected 1 with an error naming "
+                           f"'{word}' and no output file:\n{o}\n{e}")
+        out = os.path.join(args.workdir, "serve_after.safetensors")
+        p = client(args, url, cases[0][0], out, ["--layer", str(cases[0][1])])
+        o, e = p.communicate(timeout=LIMIT)
+        if p.returncode != 0 or read_st(out)["output"][2] != cases[0][3][2]:
+            raise Fail(f"a good request after the bad ones failed (exit {p.returncode}):\n{o}\n{e}")
+        # a second server on the same busy tcp address: refused clearly, in bounded time
+        if url.startswith("tcp://"):
+            p = sh(args, [args.mxworker, "serve", "--preset", "tiny", "--listen", url], n, timeout=LIMIT)
+            if p.returncode != 1 or url not in p.stderr:
+                raise Fail(f"a second server on busy {url}: exit {p.returncode}, expected 1 naming the url:\n"
+                           f"{p.stderr}")
+        # SIGTERM to every rank (what mpirun forwards): drain, every rank exits 0
+        ranks = children(srv.p.pid)
+        if len(ranks) != n:
+            raise Fail(f"found {len(ranks)} rank processes under mpirun, expected {n}")
+        t0 = time.time()
+        for r in ranks:
+            os.kill(r, signal.SIGTERM)
+        rc = srv.wait(30)
+        if rc is None:
+            raise Fail(f"SIGTERM to the {n} ranks: the job did not end within 30 s")
+        o, e = srv.text()
+        if rc != 0 or "mxworker serve: stopped after" not in o:
+            raise Fail(f"SIGTERM to the ranks: mpiexec exited {rc} (expected 0: every rank exits 0):\n{o}\n{e}")
+        want = len(cases) * 2 + 1 + len(bad)
+        if f"stopped after {want} requests ({want - len(bad)} ok, {len(bad)} error replies" not in o:
+            raise Fail(f"serve's final counts are not {want} requests with {len(bad)} error replies:\n{o}")
+        print(f"[{time.time() - t0:5.1f}s] SIGTERM to the ranks: every rank exited 0")
+    finally:
+        srv.kill()
+    # SIGTERM to mpiexec itself (Ctrl-C / kill of the launcher): the ranks drain and the job ends in bounded time
+    # (Open MPI's mpirun reports a non-zero status when it was signalled itself; the ranks' own exit is clean)
+    srv = Server(args, n, url, [], "term")
+    try:
+        srv.wait_listening()
+        t0 = time.time()
+        srv.p.send_signal(signal.SIGTERM)
+        if srv.wait(30) is None:
+            raise Fail("SIGTERM to mpiexec: the job did not end within 30 s")
+        o, e = srv.text()
+        if "mxworker serve: stopped after 0 requests" not in o:
+            raise Fail(f"SIGTERM to mpiexec: rank 0 did not stop cleanly:\n{o}\n{e}")
+        print(f"[{time.time() - t0:5.1f}s] SIGTERM to mpiexec: the job ended, rank 0 drained")
+    finally:
+        srv.kill()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("case")
@@ -269,15 +492,18 @@ def main():
     ap.add_argument("--mxworker", required=True)
     ap.add_argument("--writer", required=True)
     ap.add_argument("--workdir", required=True)
+    ap.add_argument("--transport", choices=("mpi", "ucx"), default=None)
+    ap.add_argument("--mxclient", default=None)
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
-    args.workdir = tempfile.mkdtemp(prefix=f"{args.case}_n{args.n}_", dir=args.workdir)
+    tr = f"{args.transport}_" if args.transport else ""
+    args.workdir = tempfile.mkdtemp(prefix=f"{args.case}_{tr}n{args.n}_", dir=args.workdir)
     try:
         globals()["case_" + args.case](args, args.n)
     except Fail as e:
-        print(f"FAIL {args.case} n={args.n} (seed {SEED}): {e}")
+        print(f"FAIL {args.case} n={args.n} transport={args.transport or 'mpi'} (seed {SEED}): {e}")
         return 1
-    print(f"ok {args.case} n={args.n}")
+    print(f"ok {args.case} n={args.n} transport={args.transport or 'mpi'}")
     return 0
 
 

@@ -86,8 +86,8 @@ static void test_opts_errors_name_the_flag_and_what_was_expected(void **state)
     expect_error(3, a2, "--tokens '12abc'");
     const char *a3[] = {"mxworker", "--frobnicate"};
     expect_error(2, a3, "unknown option '--frobnicate'");
-    const char *a4[] = {"mxworker", "serve"};
-    expect_error(2, a4, "unknown subcommand 'serve'");
+    const char *a4[] = {"mxworker", "sreve"};
+    expect_error(2, a4, "unknown subcommand 'sreve': expected bench, run, info or serve");
     const char *a5[] = {"mxworker", "--iters"};
     expect_error(2, a5, "--iters needs a value");
     const char *a6[] = {"mxworker", "--combine", "sum"};
@@ -118,6 +118,76 @@ static void test_opts_errors_name_the_flag_and_what_was_expected(void **state)
     expect_error(3, a18, "--seed '-1'");
 }
 
+static void test_opts_serve_needs_listen_and_takes_layers_and_max_tokens(void **state)
+{
+    (void)state;
+    wk_opts_t o;
+    char msg[256] = "";
+    const char *a[] = {"mxworker",         "serve",     "--listen", "tcp://127.0.0.1:5555",
+                       "--layer",          "2",         "--layers", "3",
+                       "--max-tokens=512", "--combine", "reduce"};
+    int r = parse(&o, msg, sizeof msg, 11, a);
+    if (!WK_HAVE_SERVE) {
+        assert_int_equal(r, 2);
+        assert_non_null(strstr(msg, "built without nanomsg"));
+        return;
+    }
+    assert_int_equal(r, 0);
+    assert_int_equal(o.cmd, WK_CMD_SERVE);
+    assert_string_equal(o.listen, "tcp://127.0.0.1:5555");
+    assert_int_equal(o.layer, 2);
+    assert_int_equal(o.layers, 3);
+    assert_int_equal(o.max_tokens, 512);
+    assert_int_equal(o.combine, MX_COMBINE_REDUCE);
+    assert_int_equal(o.transport, WK_TRANSPORT_MPI);
+    const char *e1[] = {"mxworker", "serve", "--preset", "tiny"};
+    expect_error(4, e1, "mxworker serve needs --listen URL");
+    const char *e2[] = {"mxworker", "serve", "--listen", "ipc:///x", "--tokens", "4"};
+    expect_error(6, e2, "--tokens is an option of mxworker bench");
+    const char *e3[] = {"mxworker", "serve", "--listen", "ipc:///x", "--check"};
+    expect_error(5, e3, "--check is not an option of mxworker serve");
+    const char *e4[] = {"mxworker", "serve", "--listen", "ipc:///x", "--max-tokens", "70000"};
+    expect_error(6, e4, "--max-tokens '70000': expected an integer in [1, 65536]");
+    const char *e5[] = {"mxworker", "bench", "--listen", "ipc:///x"};
+    expect_error(4, e5, "--listen is an option of mxworker serve, not of mxworker bench");
+    const char *e6[] = {"mxworker", "serve", "--listen", ""};
+    expect_error(4, e6, "--listen needs a nanomsg address");
+    const char *e7[] = {"mxworker", "serve", "--listen", "ipc:///x", "--json", "j"};
+    expect_error(6, e7, "--json is not an option of mxworker serve");
+    const char *e8[] = {"mxworker", "serve", "--listen", "ipc:///x", "--preset", "deepep-ll"};
+    expect_error(6, e8, "deepep-ll is a bench shape");
+}
+
+static void test_opts_transport_mpi_ucx_and_both_where_they_apply(void **state)
+{
+    (void)state;
+    wk_opts_t o;
+    char msg[256] = "";
+    const char *a[] = {"mxworker", "run", "--input", "x", "--output", "y", "--transport", "mpi"};
+    assert_int_equal(parse(&o, msg, sizeof msg, 8, a), 0);
+    assert_int_equal(o.transport, WK_TRANSPORT_MPI);
+    const char *b[] = {"mxworker", "run", "--input", "x", "--output", "y", "--transport=UCX"};
+    const char *c[] = {"mxworker", "bench", "--transport", "both"};
+    const char *d[] = {"mxworker", "info", "--transport", "both"};
+    if (WK_HAVE_UCX) {
+        assert_int_equal(parse(&o, msg, sizeof msg, 7, b), 0);
+        assert_int_equal(o.transport, WK_TRANSPORT_UCX);
+        assert_int_equal(parse(&o, msg, sizeof msg, 4, c), 0);
+        assert_int_equal(o.transport, WK_TRANSPORT_BOTH);
+        assert_int_equal(parse(&o, msg, sizeof msg, 4, d), 0);
+        assert_int_equal(o.transport, WK_TRANSPORT_BOTH);
+    } else {
+        expect_error(7, b, "built without UCX");
+        expect_error(4, c, "built without UCX");
+    }
+    const char *e1[] = {"mxworker", "run", "--input", "x", "--output", "y", "--transport", "both"};
+    expect_error(8, e1, "--transport both is for mxworker bench and info");
+    const char *e2[] = {"mxworker", "--transport", "nccl"};
+    expect_error(3, e2, "--transport 'nccl': expected mpi or ucx");
+    assert_string_equal(wk_transport_name(WK_TRANSPORT_UCX), "ucx");
+    assert_string_equal(wk_transport_name(WK_TRANSPORT_MPI), "mpi");
+}
+
 static void test_opts_help_returns_1_for_every_subcommand(void **state)
 {
     (void)state;
@@ -131,6 +201,10 @@ static void test_opts_help_returns_1_for_every_subcommand(void **state)
     assert_int_equal(parse(&o, msg, sizeof msg, 5, c), 1);
     const char *d[] = {"mxworker", "help"};
     assert_int_equal(parse(&o, msg, sizeof msg, 2, d), 1);
+    if (WK_HAVE_SERVE) {
+        const char *e[] = {"mxworker", "serve", "--help"};
+        assert_int_equal(parse(&o, msg, sizeof msg, 3, e), 1);
+    }
 }
 
 static void test_split_covers_every_token_once(void **state)
@@ -173,6 +247,8 @@ int main(void)
         cmocka_unit_test(test_opts_deepep_preset_sets_fp8_uniform_128_tokens),
         cmocka_unit_test(test_opts_run_parses_input_output_and_layer),
         cmocka_unit_test(test_opts_errors_name_the_flag_and_what_was_expected),
+        cmocka_unit_test(test_opts_serve_needs_listen_and_takes_layers_and_max_tokens),
+        cmocka_unit_test(test_opts_transport_mpi_ucx_and_both_where_they_apply),
         cmocka_unit_test(test_opts_help_returns_1_for_every_subcommand),
         cmocka_unit_test(test_split_covers_every_token_once),
         cmocka_unit_test(test_fill_tokens_depends_only_on_global_index),
