@@ -1,6 +1,7 @@
 /* mxep serve over an MPI job (serve_mpi.h). */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "mxep/log.h"
 #include "serve_mpi.h"
@@ -73,13 +74,35 @@ static mx_status_t run_one(job_t *j, int layer, size_t t, const uint16_t *x, uin
     return mx_error_set((mx_status_t)worst.status, "rank %d: %s", worst.rank, detail);
 }
 
+/* The command broadcast from rank 0 to the followers. Non-blocking on every rank
+ * (a blocking and a non-blocking broadcast may not be matched), and the followers
+ * poll it with a 1 ms sleep, so an idle server does not keep a core per rank busy
+ * spinning inside MPI. */
+static void cmd_bcast(long long cmd[3], MPI_Comm comm, int is_root)
+{
+    MPI_Request req;
+    MPI_Ibcast(cmd, 3, MPI_LONG_LONG, 0, comm, &req);
+    if (is_root) {
+        MPI_Wait(&req, MPI_STATUS_IGNORE);
+        return;
+    }
+    for (;;) {
+        int done = 0;
+        MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+        if (done)
+            return;
+        struct timespec nap = {0, 1000000};
+        nanosleep(&nap, NULL);
+    }
+}
+
 /* rank 0's compute callback: tell the followers, then run. */
 static mx_status_t leader_compute(int layer, size_t t, size_t h, const uint16_t *x, uint16_t *out, void *arg)
 {
     job_t *j = arg;
     (void)h;
     long long cmd[3] = {CMD_RUN, layer, (long long)t};
-    MPI_Bcast(cmd, 3, MPI_LONG_LONG, 0, j->comm);
+    cmd_bcast(cmd, j->comm, 1);
     return run_one(j, layer, t, x, out);
 }
 
@@ -139,13 +162,13 @@ mx_status_t mx_serve_mpi_run(MPI_Comm comm, const mx_serve_config_t *config, mx_
     if (j.rank == 0) {
         st = mx_serve_run(server);
         long long cmd[3] = {st == MX_OK ? CMD_STOP : CMD_FAIL, (long long)st, 0};
-        MPI_Bcast(cmd, 3, MPI_LONG_LONG, 0, comm);
+        cmd_bcast(cmd, comm, 1);
         if (stats_p)
             mx_serve_stats(server, stats_p);
     } else {
         for (;;) {
             long long cmd[3];
-            MPI_Bcast(cmd, 3, MPI_LONG_LONG, 0, comm);
+            cmd_bcast(cmd, comm, 0);
             if (cmd[0] == CMD_STOP)
                 break;
             if (cmd[0] == CMD_FAIL) {
