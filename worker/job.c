@@ -300,6 +300,40 @@ static mx_status_t consistency_check(wk_job_t *job)
     return mx_error_set(MX_ERR_INVALID, "the ranks disagree on the job (model, flags or sizes)");
 }
 
+/* The most tokens one layer of this job can bring to a rank: bench knows its
+ * batch, serve its per-request limit; run learns T from its input (0: unknown). */
+static size_t job_max_tokens(const wk_job_t *job)
+{
+    const wk_opts_t *o = job->o;
+    if (o->cmd == WK_CMD_BENCH)
+        return o->tokens_total >= 0 ? (size_t)o->tokens_total : (size_t)(o->tokens > 0 ? o->tokens : 0) * (size_t)job->size;
+    if (o->cmd == WK_CMD_SERVE)
+        return o->max_tokens > 0 ? (size_t)o->max_tokens : 4096;
+    return 0;
+}
+
+/* Lets a backend with private scratch (a GPU's device memory) allocate it once,
+ * at load time, for the largest batch this job can send to a rank holding n_ids
+ * experts: every token, each with at most min(k, n_ids) of them (expert choice:
+ * each local expert takes its capacity C). Out of memory then shows at start-up. */
+static mx_status_t reserve_scratch(wk_job_t *job, mx_backend_packed_t *packed, int n_ids)
+{
+    const mx_backend_ops_t *ops = job->choice.backend;
+    size_t tg = job_max_tokens(job);
+    if (!ops->reserve || tg == 0 || n_ids <= 0)
+        return MX_OK;
+    const mx_router_desc_t *r = &job->router;
+    size_t k = r->top_k > 0 ? (size_t)r->top_k : 1, na;
+    if (!job->uniform && r->kind == MX_ROUTER_EXPERT_CHOICE) {
+        double c = ceil((double)r->capacity_factor * (double)tg * (double)k / (double)job->cfg.n_experts);
+        size_t cap = c < 1 ? 1 : (size_t)c;
+        na = (cap < tg ? cap : tg) * (size_t)n_ids;
+    } else {
+        na = tg * (k < (size_t)n_ids ? k : (size_t)n_ids);
+    }
+    return ops->reserve(packed, tg, na);
+}
+
 static mx_status_t load_layer(wk_job_t *job, int layer, wk_layer_t *L, const int *ids, int n_ids,
                               mx_backend_packed_t **packed_p)
 {
@@ -322,6 +356,12 @@ static mx_status_t load_layer(wk_job_t *job, int layer, wk_layer_t *L, const int
     mx_expert_set_destroy(set);
     if (st != MX_OK)
         return mx_error_prefix(st, "prepacking layer %d for backend %s: ", layer, ops->name);
+    st = reserve_scratch(job, *packed_p, n_ids);
+    if (st != MX_OK) {
+        ops->release(*packed_p);
+        *packed_p = NULL;
+        return mx_error_prefix(st, "reserving %s scratch for layer %d: ", ops->name, layer);
+    }
     return MX_OK;
 }
 

@@ -68,11 +68,20 @@ typedef struct mx_backend_ops {
                            const mx_expert_weights_t *experts, int n_experts, mx_backend_packed_t **packed_p);
     void (*release)(mx_backend_packed_t *packed);
 
-    /* Scratch bytes run() needs for up to max_tokens tokens and max_assign assignments. */
+    /* Scratch bytes run() needs for up to max_tokens tokens and max_assign assignments
+     * (caller-allocated, passed to run). May depend on the thread count at prepack time. */
     size_t (*workspace_size)(const mx_backend_packed_t *packed, size_t max_tokens, size_t max_assign);
 
-    /* Runs the experts. Writes only the outputs of `args` (see mx_out_mode_t). */
+    /* Runs the experts. Writes only the outputs of `args` (see mx_out_mode_t).
+     * Returns only when every output is written (synchronous on every path). */
     mx_status_t (*run)(const mx_backend_packed_t *packed, const mx_run_args_t *args, void *workspace);
+
+    /* Optional (NULL = nothing to reserve): allocate, once, whatever private
+     * scratch run() will need for batches of up to max_tokens tokens and
+     * max_assign assignments in either output mode (device memory for a GPU
+     * backend), so that run() allocates nothing and running out of memory shows
+     * at load time. A larger batch later still works (the scratch grows). */
+    mx_status_t (*reserve)(mx_backend_packed_t *packed, size_t max_tokens, size_t max_assign);
 } mx_backend_ops_t;
 
 /* The registry: every backend compiled into this build, ref first. */

@@ -543,6 +543,36 @@ static mx_status_t dbuf_need(mx_backend_packed_t *p, dbuf_t *b, size_t bytes, co
     return MX_OK;
 }
 
+/* Every device scratch buffer a batch of T tokens and NA assignments needs
+ * (dev_bytes of metadata; weighted_sum adds the FP32 output). */
+static mx_status_t scratch_need(mx_backend_packed_t *p, size_t T, size_t NA, size_t dev_bytes, int weighted_sum)
+{
+    const size_t H = p->desc.hidden;
+    const size_t K1 = (size_t)p->m1.K_pad, K2 = (size_t)p->m2.K_pad;
+    mx_status_t st = dbuf_need(p, &p->x, T * K1 * 2, "tokens");
+    if (st == MX_OK)
+        st = dbuf_need(p, &p->meta, dev_bytes, "metadata");
+    if (st == MX_OK)
+        st = dbuf_need(p, &p->hid, NA * K2 * 2, "hidden activations");
+    if (st == MX_OK)
+        st = dbuf_need(p, &p->y, NA * H * 2, "expert outputs");
+    if (st == MX_OK && weighted_sum)
+        st = dbuf_need(p, &p->out, T * H * 4, "weighted sum");
+    int quant = p->desc.scheme == MX_SCHEME_W4A8 || p->desc.scheme == MX_SCHEME_W8A8;
+    if (st == MX_OK && quant)
+        st = dbuf_need(p, &p->xq, NA * K1 * 2, "quantized tokens");
+    if (st == MX_OK && quant)
+        st = dbuf_need(p, &p->rs1, NA * 4, "activation scales");
+    if (st == MX_OK && quant)
+        st = dbuf_need(p, &p->rs2, NA * 4, "activation scales");
+    if (st == MX_OK && p->desc.scheme == MX_SCHEME_W8A8 && p->desc.act_group == 128) {
+        st = dbuf_need(p, &p->grp1, NA * ((K1 + 127) / 128) * 4, "group scales");
+        if (st == MX_OK)
+            st = dbuf_need(p, &p->grp2, NA * ((K2 + 127) / 128) * 4, "group scales");
+    }
+    return st;
+}
+
 /* Waits for everything enqueued on the stream after an error, keeping the
  * error's detail (run() must not return while a copy may still touch the
  * caller's buffers or a kernel the scratch). */
@@ -579,28 +609,8 @@ static mx_status_t stage_body(mx_backend_packed_t *p, const mx_run_args_t *a)
     p->n_mtiles = info.n_mtiles;
 
     /* device buffers (grown in stream order) */
-    const size_t K1 = (size_t)p->m1.K_pad, K2 = (size_t)p->m2.K_pad;
-    st = dbuf_need(p, &p->x, T * K1 * 2, "tokens");
-    if (st == MX_OK)
-        st = dbuf_need(p, &p->meta, dims.dev_bytes, "metadata");
-    if (st == MX_OK)
-        st = dbuf_need(p, &p->hid, NA * K2 * 2, "hidden activations");
-    if (st == MX_OK)
-        st = dbuf_need(p, &p->y, NA * H * 2, "expert outputs");
-    if (st == MX_OK && a->mode == MX_OUT_WEIGHTED_SUM)
-        st = dbuf_need(p, &p->out, T * H * 4, "weighted sum");
-    int quant = p->desc.scheme == MX_SCHEME_W4A8 || p->desc.scheme == MX_SCHEME_W8A8;
-    if (st == MX_OK && quant)
-        st = dbuf_need(p, &p->xq, NA * K1 * 2, "quantized tokens");
-    if (st == MX_OK && quant)
-        st = dbuf_need(p, &p->rs1, NA * 4, "activation scales");
-    if (st == MX_OK && quant)
-        st = dbuf_need(p, &p->rs2, NA * 4, "activation scales");
-    if (st == MX_OK && p->desc.scheme == MX_SCHEME_W8A8 && p->desc.act_group == 128) {
-        st = dbuf_need(p, &p->grp1, NA * ((K1 + 127) / 128) * 4, "group scales");
-        if (st == MX_OK)
-            st = dbuf_need(p, &p->grp2, NA * ((K2 + 127) / 128) * 4, "group scales");
-    }
+    const size_t K1 = (size_t)p->m1.K_pad;
+    st = scratch_need(p, T, NA, dims.dev_bytes, a->mode == MX_OUT_WEIGHTED_SUM);
     if (st != MX_OK)
         return st;
     mxg_plan_views_t dv;
@@ -842,6 +852,47 @@ static mx_status_t cuda_run(const mx_backend_packed_t *packed, const mx_run_args
     return st;
 }
 
+static mx_status_t cuda_reserve(mx_backend_packed_t *p, size_t max_tokens, size_t max_assign)
+{
+    if (!p)
+        return mx_error_set(MX_ERR_INVALID, "cuda reserve: NULL packed weights");
+    mxg_plan_dims_t dims;
+    mx_status_t st = mxi_gpu_plan_dims(max_tokens, max_assign, p->n_experts, &dims);
+    if (st != MX_OK)
+        return st;
+    pthread_mutex_lock(&p->lock);
+    int prev = -1;
+    if (cudaGetDevice(&prev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        prev = -1;
+    }
+    cudaError_t err = cudaSetDevice(p->device);
+    if (err != cudaSuccess)
+        st = cuda_fail(p->device, err, "cudaSetDevice");
+    if (st == MX_OK && dims.host_bytes > p->hmeta_cap) {
+        void *nb = realloc(p->hmeta, dims.host_bytes);
+        if (!nb)
+            st = mx_error_set(MX_ERR_NOMEM, "cuda reserve: %zu bytes of host metadata", dims.host_bytes);
+        else {
+            p->hmeta = nb;
+            p->hmeta_cap = dims.host_bytes;
+        }
+    }
+    if (st == MX_OK)
+        st = scratch_need(p, max_tokens, max_assign, dims.dev_bytes, 1);
+    if (st == MX_OK) {
+        err = cudaStreamSynchronize(p->stream);
+        if (err != cudaSuccess)
+            st = cuda_fail(p->device, err, "cudaStreamSynchronize (after reserving scratch)");
+    }
+    if (prev >= 0 && prev != p->device) {
+        (void)cudaSetDevice(prev);
+        (void)cudaGetLastError();
+    }
+    pthread_mutex_unlock(&p->lock);
+    return st;
+}
+
 const mx_backend_ops_t mx_backend_cuda = {
     .name = "cuda",
     .priority = 100,
@@ -851,4 +902,5 @@ const mx_backend_ops_t mx_backend_cuda = {
     .release = cuda_release,
     .workspace_size = cuda_workspace_size,
     .run = cuda_run,
+    .reserve = cuda_reserve,
 };
