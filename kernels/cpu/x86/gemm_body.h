@@ -96,14 +96,18 @@ static inline void dec4(int fmt, const uint8_t *row, size_t scale_off, size_t b,
     }
 }
 
-/* Software prefetch distance (bytes ahead in a row) for the streaming path. */
-#ifndef MXI_PF_DIST
-#define MXI_PF_DIST 768
+/* Software prefetch distance of the streaming path, in rows: each row prefetches
+ * the same offset MXI_PF_ROWS rows further on (the rows of the next row group), so
+ * the next group's lines are in flight while this one is decoded. Prefetching
+ * past the end of the matrix is harmless (prefetches never fault). */
+#ifndef MXI_PF_ROWS
+#define MXI_PF_ROWS 8
 #endif
 
 /* Streaming: R rows x NT tokens, weights decoded in registers and used at once. */
-#define MXI_DEF_STREAM(R, NT)                                                                                          \
-    static void stream_##R##_##NT(const mxi_cpu_mat_t *m, size_t r, const float *const *a, float *c, size_t ldc)       \
+#define MXI_DEF_STREAM(F, FMT, R, NT)                                                                                  \
+    static __attribute__((unused)) void stream_##F##_##R##_##NT(const mxi_cpu_mat_t *m, size_t r,                      \
+                                                                const float *const *a, float *c, size_t ldc)           \
     {                                                                                                                  \
         __m256 acc[R][NT];                                                                                             \
         _Pragma("GCC unroll 8") for (int i = 0; i < R; i++) _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)       \
@@ -111,14 +115,15 @@ static inline void dec4(int fmt, const uint8_t *row, size_t scale_off, size_t b,
         const uint8_t *rows[R];                                                                                        \
         for (int i = 0; i < R; i++)                                                                                    \
             rows[i] = m->data + (r + (size_t)i) * m->row_stride;                                                       \
-        size_t nb = m->kp / 32, bpb = m->fmt == MXI_CPU_MXFP4 ? 16 : m->fmt == MXI_CPU_FP8 ? 32 : 64;                  \
+        size_t nb = m->kp / 32, bpb = (FMT) == MXI_CPU_MXFP4 ? 16 : (FMT) == MXI_CPU_FP8 ? 32 : 64;                    \
+        const size_t pf = MXI_PF_ROWS * m->row_stride;                                                                 \
         for (size_t b = 0; b < nb; b++) {                                                                              \
             _Pragma("GCC unroll 8") for (int i = 0; i < R; i++)                                                        \
             {                                                                                                          \
                 __m256 w[4];                                                                                           \
                 if (((b * bpb) & 63) == 0)                                                                             \
-                    _mm_prefetch((const char *)rows[i] + b * bpb + MXI_PF_DIST, _MM_HINT_T0);                          \
-                dec4(m->fmt, rows[i], m->scale_off, b, w);                                                             \
+                    _mm_prefetch((const char *)rows[i] + b * bpb + pf, _MM_HINT_T0);                                   \
+                dec4((FMT), rows[i], m->scale_off, b, w);                                                              \
                 _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                                   \
                 {                                                                                                      \
                     const float *ap = a[t] + b * 32;                                                                   \
@@ -134,11 +139,18 @@ static inline void dec4(int fmt, const uint8_t *row, size_t scale_off, size_t b,
                 c[(size_t)t * ldc + (size_t)i] = hsum8(acc[i][t]);                                                     \
     }
 
-MXI_DEF_STREAM(4, 1)
-MXI_DEF_STREAM(4, 2)
-MXI_DEF_STREAM(2, 3)
-MXI_DEF_STREAM(2, 4)
-MXI_DEF_STREAM(1, 1)
+/* One set per packed format, so the decoder's format test folds away. One token
+ * of MXFP4 runs 8 rows at a time (8 independent FMA chains); the others 4. */
+#define MXI_DEF_STREAMS(F, FMT)                                                                                        \
+    MXI_DEF_STREAM(F, FMT, 4, 1)                                                                                       \
+    MXI_DEF_STREAM(F, FMT, 8, 1)                                                                                       \
+    MXI_DEF_STREAM(F, FMT, 4, 2)                                                                                       \
+    MXI_DEF_STREAM(F, FMT, 2, 3)                                                                                       \
+    MXI_DEF_STREAM(F, FMT, 2, 4)                                                                                       \
+    MXI_DEF_STREAM(F, FMT, 1, 1)
+MXI_DEF_STREAMS(q4, MXI_CPU_MXFP4)
+MXI_DEF_STREAMS(f8, MXI_CPU_FP8)
+MXI_DEF_STREAMS(bf, MXI_CPU_BF16)
 
 typedef void (*stream_fn)(const mxi_cpu_mat_t *, size_t, const float *const *, float *, size_t);
 
@@ -188,13 +200,19 @@ void MXI_GEMM_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const float *co
     if (nt < MXI_CPU_STREAM_MAX) {
         for (size_t t0 = 0; t0 < nt; t0 += 4) {
             size_t tn = nt - t0 < 4 ? nt - t0 : 4;
-            stream_fn f = tn == 1 ? stream_4_1 : tn == 2 ? stream_4_2 : tn == 3 ? stream_2_3 : stream_2_4;
-            size_t R = tn <= 2 ? 4 : 2, r = 0;
+            static const stream_fn fns[3][4] = {
+                {stream_bf_4_1, stream_bf_4_2, stream_bf_2_3, stream_bf_2_4},
+                {stream_q4_8_1, stream_q4_4_2, stream_q4_2_3, stream_q4_2_4},
+                {stream_f8_4_1, stream_f8_4_2, stream_f8_2_3, stream_f8_2_4},
+            };
+            static const stream_fn one[3] = {stream_bf_1_1, stream_q4_1_1, stream_f8_1_1};
+            stream_fn f = fns[m->fmt][tn - 1];
+            size_t R = tn == 1 ? (m->fmt == MXI_CPU_MXFP4 ? 8 : 4) : tn == 2 ? 4 : 2, r = 0;
             for (; r + R <= nr; r += R)
                 f(m, r0 + r, a + t0, c + t0 * ldc + r, ldc);
             for (; r < nr; r++)
                 for (size_t t = 0; t < tn; t++)
-                    stream_1_1(m, r0 + r, a + t0 + t, c + (t0 + t) * ldc + r, ldc);
+                    one[m->fmt](m, r0 + r, a + t0 + t, c + (t0 + t) * ldc + r, ldc);
         }
         return;
     }
