@@ -435,6 +435,8 @@ void mx_router_weights_fini(mx_router_weights_t *r)
     free(r->weight);
     free(r->bias);
     free(r->correction_bias);
+    free(r->scale);
+    free(r->per_expert_scale);
     memset(r, 0, sizeof *r);
 }
 
@@ -497,13 +499,35 @@ mx_status_t mx_ckpt_load_router(mx_ckpt_h ck, int layer, mx_router_weights_t *ro
     b = find(ck, name);
     snprintf(name, sizeof name, "%sgate.e_score_correction_bias", P);
     cb = find(ck, name);
+    /* Gemma 4: router.scale [H] and router.per_expert_scale [E] (older
+     * exports keep the latter as moe.per_expert_scale; vLLM gemma4.py maps
+     * both). A gemma4 router needs both: every Gemma4TextRouter has them. */
+    const mx_st_tensor_t *sc = NULL, *pes = NULL;
+    snprintf(name, sizeof name, "%srouter.scale", P);
+    sc = find(ck, name);
+    snprintf(name, sizeof name, "%srouter.per_expert_scale", P);
+    pes = find(ck, name);
+    if (!pes) {
+        snprintf(name, sizeof name, "%smoe.per_expert_scale", P);
+        pes = find(ck, name);
+    }
+    if (ck->cfg.router.kind == MX_ROUTER_GEMMA4 && (!sc || !pes))
+        return mx_error_set(MX_ERR_FORMAT,
+                            "%s: layer %d: the gemma4 router needs %s (looked for %srouter.scale [%zu] and "
+                            "%srouter.per_expert_scale or %smoe.per_expert_scale [%d])",
+                            ck->dir, layer, !sc ? "router.scale" : "router.per_expert_scale", P, ck->cfg.hidden, P, P,
+                            ck->cfg.n_experts);
     int64_t E = ck->cfg.n_experts, H = (int64_t)ck->cfg.hidden;
-    int64_t dw[2] = {E, H}, db[1] = {E};
-    if ((st = expect_shape(w, 2, dw)) || (b && (st = expect_shape(b, 1, db))) || (cb && (st = expect_shape(cb, 1, db))))
+    int64_t dw[2] = {E, H}, db[1] = {E}, dh[1] = {H};
+    if ((st = expect_shape(w, 2, dw)) || (b && (st = expect_shape(b, 1, db))) ||
+        (cb && (st = expect_shape(cb, 1, db))) || (sc && (st = expect_shape(sc, 1, dh))) ||
+        (pes && (st = expect_shape(pes, 1, db))))
         return st;
-    mx_router_weights_t r = {.n_experts = (int)E, .hidden = (size_t)H};
+    mx_router_weights_t r = {.n_experts = (int)E, .hidden = (size_t)H, .rms_eps = ck->cfg.rms_norm_eps};
     if ((st = to_floats(w, (size_t)(E * H), &r.weight)) || (b && (st = to_floats(b, (size_t)E, &r.bias))) ||
-        (cb && (st = to_floats(cb, (size_t)E, &r.correction_bias)))) {
+        (cb && (st = to_floats(cb, (size_t)E, &r.correction_bias))) ||
+        (sc && (st = to_floats(sc, (size_t)H, &r.scale))) ||
+        (pes && (st = to_floats(pes, (size_t)E, &r.per_expert_scale)))) {
         mx_router_weights_fini(&r);
         return st;
     }

@@ -364,8 +364,28 @@ mx_status_t mx_ckpt_config_parse(const char *json, size_t len, const char *sourc
     m.router.capacity_factor = 0.0f;
     const cJSON *sf = get(&c, "scoring_func");
     const char *scoring = cJSON_IsString(sf) ? sf->valuestring : NULL;
+    /* rms_norm_eps: read for every model (0 when absent); the Gemma 4 router
+     * normalizes its input with it (HF Gemma4TextConfig default 1e-6). */
+    m.rms_norm_eps = starts(m.model_type, "gemma4") ? 1e-6f : 0.0f;
+    if ((st = get_float(&c, src, "rms_norm_eps", &m.rms_norm_eps)))
+        goto out;
+    if (m.rms_norm_eps < 0.0f) {
+        st = mx_error_set(MX_ERR_FORMAT, "%s: \"rms_norm_eps\" is %g (expected >= 0)", src, (double)m.rms_norm_eps);
+        goto out;
+    }
     if (strcmp(m.model_type, "gpt_oss") == 0) {
         m.router.kind = MX_ROUTER_TOPK_SOFTMAX;
+        m.router.renormalize = 1;
+    } else if (starts(m.model_type, "gemma4")) {
+        /* Gemma 4 (FORMATS.md Part 2 section 6; HF Gemma4TextRouter, vLLM
+         * gemma4.py Gemma4Router/Gemma4MoE): normalized scaled input, softmax
+         * over all E, top-k, always renormalized, x per_expert_scale. */
+        if (scoring && strcmp(scoring, "softmax") != 0) {
+            st = mx_error_set(MX_ERR_UNSUPPORTED, "%s: gemma4 with scoring_func '%s' (expected softmax or none)", src,
+                              scoring);
+            goto out;
+        }
+        m.router.kind = MX_ROUTER_GEMMA4;
         m.router.renormalize = 1;
     } else if (scoring && strcmp(scoring, "sigmoid") == 0) {
         m.router.kind = MX_ROUTER_SIGMOID_GROUPED;

@@ -225,6 +225,8 @@ static int cmd_inspect(int argc, char **argv)
         warn(&r, "no expert tensors found in any known layout");
     /* every layer: router and the first and last expert load */
     int moe_layers = 0, first_bad = -1;
+    int g_seen[2] = {0, 0}, g_layers[2] = {0, 0}; /* gemma4 router.scale, router.per_expert_scale */
+    float g_min[2] = {0.0f, 0.0f}, g_max[2] = {0.0f, 0.0f};
     char first_err[600] = "";
     size_t expert_bytes = 0;
     const char *gu_fmt = "", *gu_scale = "";
@@ -287,6 +289,30 @@ static int cmd_inspect(int argc, char **argv)
         if (mx_ckpt_load_router(ck, L, &rw) == MX_OK) {
             if (c->router.kind == MX_ROUTER_SIGMOID_GROUPED && !rw.correction_bias)
                 warn(&r, "layer %d: sigmoid grouped router without e_score_correction_bias", L);
+            /* Gemma 4: router.scale [H] and router.per_expert_scale [E], their ranges over all layers */
+            const float *gv[2] = {rw.scale, rw.per_expert_scale};
+            const size_t gn[2] = {rw.hidden, (size_t)rw.n_experts};
+            static const char *const gname[2] = {"router.scale", "router.per_expert_scale"};
+            for (int k = 0; k < 2; k++) {
+                if (!gv[k])
+                    continue;
+                size_t nonfinite = 0;
+                for (size_t i = 0; i < gn[k]; i++) {
+                    float v = gv[k][i];
+                    if (!isfinite(v)) {
+                        nonfinite++;
+                        continue;
+                    }
+                    if (!g_seen[k] || v < g_min[k])
+                        g_min[k] = v;
+                    if (!g_seen[k] || v > g_max[k])
+                        g_max[k] = v;
+                    g_seen[k] = 1;
+                }
+                if (nonfinite)
+                    warn(&r, "layer %d: %zu values of %s are NaN or infinite", L, nonfinite, gname[k]);
+                g_layers[k]++;
+            }
             mx_router_weights_fini(&rw);
         } else
             warn(&r, "layer %d: %s", L, mx_error_detail());
@@ -315,6 +341,16 @@ static int cmd_inspect(int argc, char **argv)
         cJSON_AddStringToObject(ro, "kind", mx_router_name(c->router.kind));
         cJSON_AddNumberToObject(ro, "top_k", c->router.top_k);
         cJSON_AddBoolToObject(ro, "renormalize", c->router.renormalize);
+        if (c->router.kind == MX_ROUTER_GEMMA4)
+            cJSON_AddNumberToObject(ro, "rms_norm_eps", c->rms_norm_eps);
+        for (int k = 0; k < 2; k++) {
+            if (!g_layers[k])
+                continue;
+            cJSON *go = cJSON_AddObjectToObject(ro, k ? "per_expert_scale" : "scale");
+            cJSON_AddNumberToObject(go, "layers", g_layers[k]);
+            cJSON_AddNumberToObject(go, "min", g_seen[k] ? g_min[k] : 0.0);
+            cJSON_AddNumberToObject(go, "max", g_seen[k] ? g_max[k] : 0.0);
+        }
         if (c->router.kind == MX_ROUTER_SIGMOID_GROUPED) {
             cJSON_AddNumberToObject(ro, "n_group", c->router.n_group);
             cJSON_AddNumberToObject(ro, "topk_group", c->router.topk_group);
@@ -355,7 +391,14 @@ static int cmd_inspect(int argc, char **argv)
         if (c->router.kind == MX_ROUTER_SIGMOID_GROUPED)
             printf(", %d groups keep %d, scaling %g", c->router.n_group, c->router.topk_group,
                    c->router.scaling_factor);
+        if (c->router.kind == MX_ROUTER_GEMMA4)
+            printf(", input RMSNorm eps %g", c->rms_norm_eps);
         printf("\n");
+        for (int k = 0; k < 2; k++)
+            if (g_layers[k])
+                printf("%-15s%s in %d layers, values %g .. %g\n", k ? "  expert scale" : "  input scale",
+                       k ? "router.per_expert_scale" : "router.scale", g_layers[k], g_seen[k] ? g_min[k] : 0.0,
+                       g_seen[k] ? g_max[k] : 0.0);
         printf("layers         %d (%d with loadable experts)\n", c->n_layers, moe_layers);
         printf("experts        %d, hidden %zu, intermediate %zu\n", c->n_experts, c->hidden, c->inter);
         printf("layout         %s: %s weights, %s scales%s\n", layout, gu_fmt, gu_scale,

@@ -136,7 +136,7 @@ static const mxi_preset_t presets[] = {
      "model.language_model.layers.%d.",
      "router.proj.weight",
      NULL,
-     MX_ROUTER_SOFTMAX_TOPK,
+     MX_ROUTER_GEMMA4,
      0,
      0},
     {"w4a8",
@@ -253,6 +253,8 @@ enum {
     T_ROUTER_W = 8,
     T_ROUTER_B = 9,
     T_ROUTER_CB = 10,
+    T_ROUTER_SCALE = 11,
+    T_ROUTER_PES = 12,
     T_SCALES = 0x100
 };
 
@@ -390,6 +392,12 @@ static void gen_normal_bf16(uint64_t key, size_t n, double sigma, uint16_t *dst)
         dst[i] = mx_quant_bf16_from_f32((float)(sigma * normal(rnd(key, i))));
 }
 
+static void gen_lognormal_bf16(uint64_t key, size_t n, double sigma_log2, uint16_t *dst)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = mx_quant_bf16_from_f32((float)exp2(sigma_log2 * normal(rnd(key, i))));
+}
+
 static void gen_normal_f32(uint64_t key, size_t n, double sigma, float *dst)
 {
     for (size_t i = 0; i < n; i++)
@@ -418,7 +426,9 @@ typedef enum {
     P_DN_IN,
     P_ROUTER_W, /* whole layer */
     P_ROUTER_B,
-    P_ROUTER_CB
+    P_ROUTER_CB,
+    P_ROUTER_SCALE, /* gemma4 router.scale [H] BF16 */
+    P_ROUTER_PES    /* gemma4 router.per_expert_scale [E] BF16 */
 } part_t;
 
 /* Bytes of one expert's part (router parts: the whole tensor). */
@@ -453,6 +463,10 @@ static size_t part_bytes(const mxi_preset_t *p, int E, part_t part)
         return (size_t)E * 2;
     case P_ROUTER_CB:
         return (size_t)E * 4;
+    case P_ROUTER_SCALE:
+        return H * 2;
+    case P_ROUTER_PES:
+        return (size_t)E * 2;
     }
     return 0;
 }
@@ -518,6 +532,12 @@ static void gen_part(const mxi_preset_t *p, uint64_t seed, int layer, int j, int
     case P_ROUTER_CB:
         gen_normal_f32(key_of(p, seed, layer, -1, T_ROUTER_CB), (size_t)E, CB_SIGMA, (float *)dst);
         break;
+    case P_ROUTER_SCALE: /* positive, around 1 (HF initializes ones): 2^N(0, 0.5^2) */
+        gen_lognormal_bf16(key_of(p, seed, layer, -1, T_ROUTER_SCALE), H, 0.5, (uint16_t *)dst);
+        break;
+    case P_ROUTER_PES: /* positive, around 1: 2^N(0, 0.25^2) */
+        gen_lognormal_bf16(key_of(p, seed, layer, -1, T_ROUTER_PES), (size_t)E, 0.25, (uint16_t *)dst);
+        break;
     }
 }
 
@@ -556,6 +576,8 @@ static cJSON *config_json(const mxi_preset_t *p, int n_layers, int E)
         cJSON_AddNumberToObject(t, "top_k_experts", top_k);
         cJSON_AddNumberToObject(t, "moe_intermediate_size", (double)p->I);
         cJSON_AddStringToObject(t, "hidden_activation", "gelu_pytorch_tanh");
+        cJSON_AddNumberToObject(t, "rms_norm_eps", 1e-6);
+        cJSON_AddBoolToObject(t, "enable_moe_block", 1);
     } else if (p->layout == FAM_FUSED_MXFP4) {
         cJSON_AddItemToObject(root, "architectures", cJSON_CreateStringArray((const char *[]){"GptOssForCausalLM"}, 1));
         cJSON_AddStringToObject(root, "model_type", "gpt_oss");
@@ -719,14 +741,20 @@ mx_status_t mx_synth_router(const mx_model_config_t *c, uint64_t seed, int layer
         return mx_error_set(MX_ERR_INVALID, "mx_synth_router: NULL output");
     int E = c->n_experts;
     size_t H = p->H;
-    mx_router_weights_t r = {.n_experts = E, .hidden = H};
+    mx_router_weights_t r = {.n_experts = E, .hidden = H, .rms_eps = c->rms_norm_eps};
+    const int gemma = p->router == MX_ROUTER_GEMMA4;
     uint16_t *tmp = malloc((size_t)E * H * 2);
     r.weight = malloc((size_t)E * H * sizeof(float));
     if (p->router_b)
         r.bias = malloc((size_t)E * sizeof(float));
     if (p->correction_bias)
         r.correction_bias = malloc((size_t)E * sizeof(float));
-    if (!tmp || !r.weight || (p->router_b && !r.bias) || (p->correction_bias && !r.correction_bias)) {
+    if (gemma) {
+        r.scale = malloc(H * sizeof(float));
+        r.per_expert_scale = malloc((size_t)E * sizeof(float));
+    }
+    if (!tmp || !r.weight || (p->router_b && !r.bias) || (p->correction_bias && !r.correction_bias) ||
+        (gemma && (!r.scale || !r.per_expert_scale))) {
         free(tmp);
         mx_router_weights_fini(&r);
         return mx_error_set(MX_ERR_NOMEM, "router of %d x %zu", E, H);
@@ -739,6 +767,12 @@ mx_status_t mx_synth_router(const mx_model_config_t *c, uint64_t seed, int layer
     }
     if (r.correction_bias)
         gen_part(p, seed, layer, -1, E, P_ROUTER_CB, (uint8_t *)r.correction_bias);
+    if (gemma) {
+        gen_part(p, seed, layer, -1, E, P_ROUTER_SCALE, (uint8_t *)tmp);
+        mx_quant_bf16_to_f32_n(tmp, H, r.scale);
+        gen_part(p, seed, layer, -1, E, P_ROUTER_PES, (uint8_t *)tmp);
+        mx_quant_bf16_to_f32_n(tmp, (size_t)E, r.per_expert_scale);
+    }
     free(tmp);
     *router_p = r;
     return MX_OK;
@@ -869,6 +903,14 @@ static mx_status_t make_plan(const mxi_preset_t *p, int n_layers, int E, plan_t 
         if (!st && p->correction_bias)
             st = plan_add(pl, P, "gate.e_score_correction_bias", MX_ST_F32, 1, rb, L, -1, P_ROUTER_CB,
                           part_bytes(p, E, P_ROUTER_CB));
+        if (!st && p->router == MX_ROUTER_GEMMA4) {
+            int64_t rh[1] = {H};
+            st = plan_add(pl, P, "router.scale", MX_ST_BF16, 1, rh, L, -1, P_ROUTER_SCALE,
+                          part_bytes(p, E, P_ROUTER_SCALE));
+            if (!st)
+                st = plan_add(pl, P, "router.per_expert_scale", MX_ST_BF16, 1, rb, L, -1, P_ROUTER_PES,
+                              part_bytes(p, E, P_ROUTER_PES));
+        }
         if (st)
             break;
         if (p->layout == FAM_FUSED_MXFP4) {

@@ -83,7 +83,7 @@ mx_status_t mx_pipeline_ref_run(const mx_pipeline_ref_t *pipe, const uint16_t *x
         if (pipe->router->kind == MX_ROUTER_EXPERT_CHOICE)
             st = mx_coord_route_expert_choice(pipe->router, logits, n_tokens, E, 0, n_tokens, &r);
         else
-            st = mx_coord_route(pipe->router, logits, rw->correction_bias, n_tokens, E, &r);
+            st = mx_coord_route_router(pipe->router, rw, logits, n_tokens, &r);
     }
     free(logits);
     if (st == MX_OK)

@@ -1,4 +1,4 @@
-/* coordinator/route.c: router logits and the four routers (FORMATS.md Part 1,
+/* coordinator/route.c: router logits and the five routers (FORMATS.md Part 1,
  * Part 2 section 7). Everything here is per-token and batch-invariant except
  * expert choice, which is global by definition. */
 #include <math.h>
@@ -16,6 +16,46 @@
 
 /* ---------------------------------------------------------------- logits */
 
+/* Gemma 4 router input (FORMATS.md Part 2 section 6). Sources: vLLM
+ * vllm/model_executor/models/gemma4.py (commit 001cabc1) Gemma4Router.forward:
+ * RMSNorm(H, eps=config.rms_norm_eps, has_weight=False), x * root_size
+ * (H^-0.5), x * scale, then GateLinear (BF16 weights and activations, FP32
+ * output); HF transformers models/gemma4 Gemma4TextRouter.forward: the same
+ * with `hidden_states * self.scale * self.scalar_root_size` (scale first) and
+ * the norm in FP32 as x * pow(mean(x^2) + eps, -0.5). `scale` in the
+ * checkpoint does NOT include H^-0.5 (both multiply by it separately and
+ * initialize scale to ones). The references round to BF16 after each step;
+ * here the chain is FP32 and rounds once, so the projection sees BF16 inputs
+ * as in vLLM and reuses the plain logits code (and its AVX2 twin) unchanged:
+ *   ss = sum_h x_h^2 (double, ascending h); r = (float)(1 / sqrt(ss / H + eps))
+ *   (0 when ss / H + eps is 0: an all-zero token with eps 0 stays zero, not NaN);
+ *   y_h = bf16_rne(((x_h * r) * scale_h) * (float)H^-0.5), FP32 products in that order.
+ * Per token, so batch-invariant. */
+static void gemma4_router_input(const uint16_t *x, size_t n_tokens, size_t hidden, const float *scale, float eps,
+                                uint16_t *y)
+{
+    const float rs = (float)(1.0 / sqrt((double)hidden));
+    const long long T = (long long)n_tokens;
+#pragma omp parallel for schedule(static) if (n_tokens * hidden > 65536)
+    for (long long t = 0; t < T; t++) {
+        const uint16_t *xt = x + (size_t)t * hidden;
+        uint16_t *yt = y + (size_t)t * hidden;
+        double ss = 0.0;
+        for (size_t h = 0; h < hidden; h++) {
+            const double v = (double)mxi_bf16_to_f32(xt[h]);
+            ss += v * v;
+        }
+        const double d = ss / (double)hidden + (double)eps;
+        const float r = d > 0.0 ? (float)(1.0 / sqrt(d)) : 0.0f;
+        for (size_t h = 0; h < hidden; h++) {
+            float v = mxi_bf16_to_f32(xt[h]) * r;
+            v = v * scale[h];
+            v = v * rs;
+            yt[h] = mxi_bf16_from_f32(v);
+        }
+    }
+}
+
 mx_status_t mx_coord_router_logits(const mx_router_weights_t *router, const uint16_t *x, size_t n_tokens, size_t hidden,
                                    float *logits_p)
 {
@@ -27,6 +67,25 @@ mx_status_t mx_coord_router_logits(const mx_router_weights_t *router, const uint
     if (router->hidden != hidden)
         return mx_error_set(MX_ERR_INVALID, "router logits: router hidden size %zu but tokens have %zu columns",
                             router->hidden, hidden);
+    if (router->scale) { /* Gemma 4: normalized, scaled input, then the plain projection */
+        if (!isfinite(router->rms_eps) || router->rms_eps < 0.0f)
+            return mx_error_set(MX_ERR_INVALID, "router logits: gemma4 rms_eps %g (expected a finite number >= 0)",
+                                (double)router->rms_eps);
+        if (n_tokens == 0 || hidden == 0) {
+            mx_router_weights_t plain = *router;
+            plain.scale = NULL;
+            return mx_coord_router_logits(&plain, x, n_tokens, hidden, logits_p);
+        }
+        uint16_t *y = malloc(n_tokens * hidden * sizeof *y);
+        if (!y)
+            return mx_error_set(MX_ERR_NOMEM, "router logits: gemma4 input of %zu x %zu", n_tokens, hidden);
+        gemma4_router_input(x, n_tokens, hidden, router->scale, router->rms_eps, y);
+        mx_router_weights_t plain = *router;
+        plain.scale = NULL;
+        mx_status_t st = mx_coord_router_logits(&plain, y, n_tokens, hidden, logits_p);
+        free(y);
+        return st;
+    }
     const size_t E = (size_t)router->n_experts;
     const float *W = router->weight;
     const float *b = router->bias;
@@ -295,10 +354,12 @@ mx_status_t mx_coord_route(const mx_router_desc_t *desc, const float *logits, co
         return st;
     if ((st = check_logits(logits, n_tokens, n_experts, 0)) != MX_OK)
         return st;
+    /* the per-expert vector: SIGMOID_GROUPED correction bias, GEMMA4 per_expert_scale (NULL: 0 / ones) */
     if (correction_bias)
         for (int e = 0; e < n_experts; e++)
             if (!isfinite(correction_bias[e]))
-                return mx_error_set(MX_ERR_INVALID, "route: correction bias of expert %d is not finite", e);
+                return mx_error_set(MX_ERR_INVALID, "route: %s of expert %d is not finite",
+                                    desc->kind == MX_ROUTER_GEMMA4 ? "per_expert_scale" : "correction bias", e);
 
     const int E = n_experts, k = desc->top_k;
     mx_routing_t r;
@@ -403,6 +464,28 @@ mx_status_t mx_coord_route(const mx_router_desc_t *desc, const float *logits, co
                 tw[j] = tw[j] / s * desc->scaling_factor;
             break;
         }
+        case MX_ROUTER_GEMMA4: {
+            /* Gemma 4 (vLLM gemma4.py gemma4_routing_function_torch; HF
+             * Gemma4TextRouter): p = softmax over all E, top-k, w = p_k / sum p_k
+             * (always renormalized), then x per_expert_scale[e] (here in the
+             * `correction_bias` argument; NULL = ones). Top-k of the logits as
+             * vLLM's torch.topk(gating_output) (the order of p, without ties
+             * that expf rounding could add); ties to the lower expert. */
+            softmax(lg, E, p);
+            topk_select(lg, E, k, used, idp);
+            float s = 0.0f;
+            for (int j = 0; j < k; j++) {
+                tid[j] = idp[j];
+                tw[j] = p[idp[j]];
+                s += tw[j];
+            }
+            for (int j = 0; j < k; j++) {
+                tw[j] = tw[j] / s;
+                if (correction_bias)
+                    tw[j] = tw[j] * correction_bias[idp[j]];
+            }
+            break;
+        }
         default:
             break;
         }
@@ -420,6 +503,17 @@ mx_status_t mx_coord_route(const mx_router_desc_t *desc, const float *logits, co
     free(idheap);
     *routing_p = r;
     return MX_OK;
+}
+
+mx_status_t mx_coord_route_router(const mx_router_desc_t *desc, const mx_router_weights_t *router, const float *logits,
+                                  size_t n_tokens, mx_routing_t *routing_p)
+{
+    if (!desc || !router)
+        return mx_error_set(MX_ERR_INVALID, "route: NULL argument (desc or router)");
+    const float *vec = desc->kind == MX_ROUTER_SIGMOID_GROUPED ? router->correction_bias
+                       : desc->kind == MX_ROUTER_GEMMA4        ? router->per_expert_scale
+                                                               : NULL;
+    return mx_coord_route(desc, logits, vec, n_tokens, router->n_experts, routing_p);
 }
 
 /* ---------------------------------------------------------------- expert choice */

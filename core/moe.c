@@ -5,7 +5,7 @@
 static const char *const scheme_names[MX_SCHEME_COUNT] = {"W16A16", "W4A16", "W4A8", "W8A16", "W8A8"};
 static const char *const act_names[MX_ACT_COUNT] = {"silu", "swiglu_oai", "gelu_tanh"};
 static const char *const router_names[MX_ROUTER_COUNT] = {"topk_softmax", "softmax_topk", "sigmoid_grouped",
-                                                          "expert_choice"};
+                                                          "expert_choice", "gemma4"};
 
 const char *mx_scheme_name(mx_scheme_t s) { return (unsigned)s < MX_SCHEME_COUNT ? scheme_names[s] : "?"; }
 const char *mx_act_name(mx_act_t a) { return (unsigned)a < MX_ACT_COUNT ? act_names[a] : "?"; }

@@ -541,7 +541,7 @@ static mx_status_t route_local(wk_job_t *job, wk_layer_t *L, const uint16_t *x, 
         st = mx_coord_router_logits(&L->rw, x, n, H, job->logits);
     if (job->router.kind != MX_ROUTER_EXPERT_CHOICE) {
         if (st == MX_OK)
-            st = mx_coord_route(&job->router, job->logits, L->rw.correction_bias, n, E, routing);
+            st = mx_coord_route_router(&job->router, &L->rw, job->logits, n, routing);
         return st;
     }
     /* expert choice: everyone needs every token's scores (agree first: Allgatherv is collective) */

@@ -45,7 +45,7 @@ static const char usage_model[] =
     "  --placement P        JSON file {\"experts\": [[ranks of expert 0], ...]}, or\n"
     "                       'contiguous' (default) or 'replicated' (for more ranks than experts)\n"
     "  --router NAME        override the model's router: topk_softmax, softmax_topk,\n"
-    "                       sigmoid_grouped, expert_choice (bench also: uniform)\n"
+    "                       sigmoid_grouped, expert_choice, gemma4 (bench also: uniform)\n"
     "exchange and compute:\n"
     "  --dispatch-dtype D   bf16 (default, exact) or fp8 (E4M3 + one scale per 128)\n"
     "  --combine C          exact (default: bitwise the same for any rank count or placement)\n"
@@ -347,8 +347,8 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
                 o->router = (int)k;
             else
                 return fail(msg, msg_len,
-                            "--router '%s': expected topk_softmax, softmax_topk, sigmoid_grouped, expert_choice "
-                            "or (bench) uniform",
+                            "--router '%s': expected topk_softmax, softmax_topk, sigmoid_grouped, expert_choice, "
+                            "gemma4 or (bench) uniform",
                             val);
         } else if (strcmp(name, "--dispatch-dtype") == 0) {
             if (mx_dispatch_dtype_parse(val, &o->dtype) != MX_OK)

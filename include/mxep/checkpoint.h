@@ -78,13 +78,22 @@ mx_status_t mx_ckpt_tensor(mx_ckpt_h ckpt, const char *name, mx_st_tensor_t *ten
  * "per_expert_2d", "mixtral_w123", "vllm_w13"). */
 const char *mx_ckpt_layout_name(mx_ckpt_h ckpt);
 
-/* The router of one layer, in FP32 (owned by the caller via mx_router_weights_fini). */
+/* The router of one layer, in FP32 (owned by the caller via mx_router_weights_fini).
+ * Gemma 4 (MX_ROUTER_GEMMA4) adds `scale` and `per_expert_scale`: when `scale`
+ * is not NULL, mx_coord_router_logits first RMS-normalizes each token (no
+ * weight, epsilon rms_eps), multiplies by scale[h] and H^-0.5, rounds to BF16
+ * and then projects; per_expert_scale multiplies the renormalized top-k
+ * weights (mx_coord_route_router). Loaded from `router.scale` and
+ * `router.per_expert_scale` (older exports: `moe.per_expert_scale`). */
 typedef struct {
     int n_experts;
     size_t hidden;
     float *weight;          /* [E x H] */
     float *bias;            /* [E] or NULL */
     float *correction_bias; /* [E] or NULL (DeepSeek e_score_correction_bias) */
+    float *scale;            /* [H] or NULL (Gemma 4 router.scale) */
+    float *per_expert_scale; /* [E] or NULL (Gemma 4 router.per_expert_scale; NULL = ones) */
+    float rms_eps;           /* Gemma 4: epsilon of the input RMSNorm (config rms_norm_eps); used when scale != NULL */
 } mx_router_weights_t;
 
 /* A set of experts of one layer, in canonical layout (mx_expert_weights_t views

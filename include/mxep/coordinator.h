@@ -96,6 +96,20 @@ void mx_routing_fini(mx_routing_t *routing);
 mx_status_t mx_coord_route(const mx_router_desc_t *desc, const float *logits, const float *correction_bias,
                            size_t n_tokens, int n_experts, mx_routing_t *routing_p);
 
+/* Top-k routing with the per-expert vector taken from the router weights:
+ * SIGMOID_GROUPED gets router->correction_bias, GEMMA4 router->per_expert_scale,
+ * the others none; n_experts = router->n_experts. Otherwise as mx_coord_route.
+ *  - GEMMA4 (Gemma 4, FORMATS.md Part 2 section 6): p = softmax over all E,
+ *    top-k of the logits (ties: lower expert), w = p_k / sum(p_k) x
+ *    per_expert_scale[e] (NULL = ones). mx_coord_route takes per_expert_scale
+ *    in its `correction_bias` argument for this kind.
+ * The Gemma 4 input normalization happens in mx_coord_router_logits when
+ * router->scale is not NULL: per token, RMSNorm without weight (epsilon
+ * router->rms_eps), x scale[h] x H^-0.5, rounded to BF16, then the logits as
+ * above (coordinator/route.c gives the exact arithmetic and its sources). */
+mx_status_t mx_coord_route_router(const mx_router_desc_t *desc, const mx_router_weights_t *router, const float *logits,
+                                  size_t n_tokens, mx_routing_t *routing_p);
+
 /* Expert choice, global over the job's batch: scores = softmax over experts of
  * each token's logits; every expert takes its top-C tokens of the WHOLE batch
  * (ties: lower global token index), C = ceil(capacity_factor * T_global * k / E)

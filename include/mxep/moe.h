@@ -89,6 +89,8 @@ typedef enum {
     MX_ROUTER_SOFTMAX_TOPK = 1,     /* softmax over E, top-k, renormalize if `renormalize` */
     MX_ROUTER_SIGMOID_GROUPED = 2,  /* DeepSeek-V3: sigmoid + correction bias + grouped top-k */
     MX_ROUTER_EXPERT_CHOICE = 3,    /* each expert takes its top-C tokens of the whole batch */
+    MX_ROUTER_GEMMA4 = 4,           /* Gemma 4: RMSNorm'd, scaled input; softmax over E, top-k, renormalize,
+                                       x per_expert_scale (FORMATS.md Part 2 section 6) */
     MX_ROUTER_COUNT
 } mx_router_kind_t;
 
@@ -112,11 +114,13 @@ typedef struct {
     size_t inter;  /* I (moe_intermediate_size where present) */
     mx_moe_desc_t moe;
     mx_router_desc_t router;
+    float rms_norm_eps; /* config rms_norm_eps (0 when absent; gemma4: 1e-6 when absent): the
+                           epsilon of the Gemma 4 router's input RMSNorm */
 } mx_model_config_t;
 
 const char *mx_scheme_name(mx_scheme_t scheme);   /* "W4A16", ... */
 const char *mx_act_name(mx_act_t act);            /* "silu", "swiglu_oai", "gelu_tanh" */
-const char *mx_router_name(mx_router_kind_t kind); /* "topk_softmax", "softmax_topk", "sigmoid_grouped", "expert_choice" */
+const char *mx_router_name(mx_router_kind_t kind); /* "topk_softmax", "softmax_topk", "sigmoid_grouped", "expert_choice", "gemma4" */
 /* Parse the names above (case-insensitive); MX_ERR_INVALID naming the text otherwise. */
 mx_status_t mx_scheme_parse(const char *text, mx_scheme_t *scheme_p);
 mx_status_t mx_act_parse(const char *text, mx_act_t *act_p);

@@ -243,9 +243,51 @@ static void test_config_nested_text_config_of_gemma4_is_normalized(void **state)
     assert_int_equal(c.n_layers, 30);
     assert_int_equal(c.moe.act, MX_ACT_GELU_TANH);
     assert_int_equal(c.moe.order, MX_GATEUP_HALVES);
-    assert_int_equal(c.router.kind, MX_ROUTER_SOFTMAX_TOPK);
+    assert_int_equal(c.router.kind, MX_ROUTER_GEMMA4);
     assert_int_equal(c.router.renormalize, 1);
+    assert_true(c.rms_norm_eps == 1e-6f); /* absent: the Gemma4TextConfig default */
     assert_string_equal(c.quant_method, "fp8_channel");
+}
+
+#define GEMMA4_TEXT                                                                                                    \
+    "\"num_experts\":4,\"top_k_experts\":2,\"hidden_size\":64,\"moe_intermediate_size\":32,"                           \
+    "\"num_hidden_layers\":2,\"hidden_activation\":\"gelu_pytorch_tanh\""
+
+static void test_config_gemma4_router_takes_rms_norm_eps_from_text_config(void **state)
+{
+    (void)state;
+    mx_model_config_t c;
+    assert_int_equal(parse("{\"model_type\":\"gemma4\",\"text_config\":{\"model_type\":\"gemma4_text\"," GEMMA4_TEXT
+                           ",\"rms_norm_eps\":0.001}}",
+                           &c),
+                     MX_OK);
+    assert_int_equal(c.router.kind, MX_ROUTER_GEMMA4);
+    assert_true(c.rms_norm_eps == 0.001f);
+    assert_string_equal(mx_router_name(c.router.kind), "gemma4");
+    /* a text-only gemma4_text config maps the same way */
+    assert_int_equal(parse("{\"model_type\":\"gemma4_text\"," GEMMA4_TEXT "}", &c), MX_OK);
+    assert_int_equal(c.router.kind, MX_ROUTER_GEMMA4);
+    assert_true(c.rms_norm_eps == 1e-6f);
+    /* other models keep their routers; their rms_norm_eps is read but unused */
+    assert_int_equal(parse("{\"model_type\":\"gpt_oss\"," GPT_OSS_BASE ",\"rms_norm_eps\":1e-5}", &c), MX_OK);
+    assert_int_equal(c.router.kind, MX_ROUTER_TOPK_SOFTMAX);
+    assert_true(c.rms_norm_eps == 1e-5f);
+}
+
+static void test_config_gemma4_bad_epsilon_or_scoring_is_refused(void **state)
+{
+    (void)state;
+    mx_model_config_t c, before;
+    memset(&before, 0x5A, sizeof before);
+    assert_int_equal(parse("{\"model_type\":\"gemma4_text\"," GEMMA4_TEXT ",\"rms_norm_eps\":-1}", &c), MX_ERR_FORMAT);
+    assert_non_null(strstr(mx_error_detail(), "rms_norm_eps"));
+    assert_memory_equal(&c, &before, sizeof c);
+    assert_int_equal(parse("{\"model_type\":\"gemma4_text\"," GEMMA4_TEXT ",\"rms_norm_eps\":\"small\"}", &c),
+                     MX_ERR_FORMAT);
+    assert_non_null(strstr(mx_error_detail(), "rms_norm_eps"));
+    assert_int_equal(parse("{\"model_type\":\"gemma4_text\"," GEMMA4_TEXT ",\"scoring_func\":\"sigmoid\"}", &c),
+                     MX_ERR_UNSUPPORTED);
+    assert_non_null(strstr(mx_error_detail(), "scoring_func 'sigmoid'"));
 }
 
 static void test_config_unknown_quant_method_is_an_error_naming_it(void **state)
@@ -315,6 +357,8 @@ int main(void)
         cmocka_unit_test(test_config_compressed_tensors_fp8_block_and_weight_only),
         cmocka_unit_test(test_config_quark_w_mxfp4_a_fp8_is_w4a8),
         cmocka_unit_test(test_config_nested_text_config_of_gemma4_is_normalized),
+        cmocka_unit_test(test_config_gemma4_router_takes_rms_norm_eps_from_text_config),
+        cmocka_unit_test(test_config_gemma4_bad_epsilon_or_scoring_is_refused),
         cmocka_unit_test(test_config_unknown_quant_method_is_an_error_naming_it),
         cmocka_unit_test(test_config_missing_or_bad_fields_are_format_errors),
         cmocka_unit_test(test_config_unknown_activation_is_unsupported),

@@ -393,12 +393,19 @@ static void test_per_expert_2d_deepseek_block_fp8_fuses_gate_then_up(void **stat
     free(d);
 }
 
+#define GEMMA_CFG_2x32x48                                                                                              \
+    "{\"model_type\":\"gemma4\",\"text_config\":{\"num_experts\":2,\"top_k_experts\":1,\"hidden_size\":32,"            \
+    "\"moe_intermediate_size\":48,\"num_hidden_layers\":1}}"
+
 static void test_per_expert_2d_gemma_channel_bf16_scales_become_float(void **state)
 {
     (void)state;
     enum { E = 2, H = 32, I = 48 };
     static uint8_t g[E][I][H], u[E][I][H], dn[E][H][I];
-    static uint16_t gs[E][I], us[E][I], ds[E][H], rw[E][H];
+    static uint16_t gs[E][I], us[E][I], ds[E][H], rw[E][H], rsc[H];
+    static float pes[E] = {1.25f, 0.75f};
+    for (int h = 0; h < H; h++)
+        rsc[h] = (uint16_t)(0x3F80 + 3 * h); /* BF16 1.0, 1.0234375, ... */
     ck_fill(g, sizeof g, 5);
     ck_fill(u, sizeof u, 6);
     ck_fill(dn, sizeof dn, 7);
@@ -415,6 +422,8 @@ static void test_per_expert_2d_gemma_channel_bf16_scales_become_float(void **sta
     char names[16][96];
     int n = 0;
     ADD("model.language_model.layers.0.router.proj.weight", "BF16", 2, E, H, rw, sizeof rw);
+    ADD("model.language_model.layers.0.router.scale", "BF16", 1, H, 0, rsc, sizeof rsc);
+    ADD("model.language_model.layers.0.router.per_expert_scale", "F32", 1, E, 0, pes, sizeof pes);
     for (int e = 0; e < E; e++) {
         char b[96];
         snprintf(b, sizeof b, "model.language_model.layers.0.experts.%d.gate_proj.weight", e);
@@ -432,10 +441,12 @@ static void test_per_expert_2d_gemma_channel_bf16_scales_become_float(void **sta
     }
     char *d = make_ckpt("gemma",
                         "{\"model_type\":\"gemma4\",\"text_config\":{\"num_experts\":2,\"top_k_experts\":1,"
-                        "\"hidden_size\":32,\"moe_intermediate_size\":48,\"num_hidden_layers\":1}}",
+                        "\"hidden_size\":32,\"moe_intermediate_size\":48,\"num_hidden_layers\":1,"
+                        "\"rms_norm_eps\":1e-5}}",
                         t, n);
     mx_ckpt_h ck = open_ok(d);
     assert_string_equal(mx_ckpt_layout_name(ck), "per_expert_2d");
+    assert_int_equal(mx_ckpt_config(ck)->router.kind, MX_ROUTER_GEMMA4);
     assert_int_equal(mx_ckpt_config(ck)->moe.act, MX_ACT_GELU_TANH);
     int ids[2] = {1, 0};
     mx_expert_set_h s = load_ok(ck, 0, ids, 2);
@@ -459,7 +470,64 @@ static void test_per_expert_2d_gemma_channel_bf16_scales_become_float(void **sta
     mx_expert_set_destroy(s);
     mx_router_weights_t r;
     assert_int_equal(mx_ckpt_load_router(ck, 0, &r), MX_OK);
+    /* Gemma 4 router: scale [H] from BF16, per_expert_scale [E] from F32, the config's epsilon */
+    assert_non_null(r.scale);
+    assert_non_null(r.per_expert_scale);
+    for (int h = 0; h < H; h++) {
+        uint32_t a = (uint32_t)rsc[h] << 16;
+        float f;
+        memcpy(&f, &a, 4);
+        assert_true(r.scale[h] == f);
+    }
+    assert_true(r.per_expert_scale[0] == 1.25f && r.per_expert_scale[1] == 0.75f);
+    assert_true(r.rms_eps == 1e-5f);
+    assert_null(r.bias);
+    assert_null(r.correction_bias);
     mx_router_weights_fini(&r);
+    assert_null(r.scale); /* fini zeroes, and twice is safe */
+    mx_router_weights_fini(&r);
+    mx_ckpt_close(ck);
+    free(d);
+
+    /* older exports name it moe.per_expert_scale */
+    snprintf(names[2], sizeof names[2], "%s", "model.language_model.layers.0.moe.per_expert_scale");
+    d = make_ckpt("gemma-old-pes", GEMMA_CFG_2x32x48, t, n);
+    ck = open_ok(d);
+    assert_int_equal(mx_ckpt_load_router(ck, 0, &r), MX_OK);
+    assert_true(r.per_expert_scale[1] == 0.75f);
+    assert_true(r.rms_eps == 1e-6f); /* gemma4 default */
+    mx_router_weights_fini(&r);
+    mx_ckpt_close(ck);
+    free(d);
+
+    /* without router.scale (or without per_expert_scale) a gemma4 router is refused by name */
+    for (int miss = 1; miss <= 2; miss++) {
+        ck_tensor_t t2[16];
+        int n2 = 0;
+        for (int i = 0; i < n; i++)
+            if (i != miss)
+                t2[n2++] = t[i];
+        char tag[32];
+        snprintf(tag, sizeof tag, "gemma-miss-%d", miss);
+        d = make_ckpt(tag, GEMMA_CFG_2x32x48, t2, n2);
+        ck = open_ok(d);
+        memset(&r, 0x5A, sizeof r);
+        mx_router_weights_t before = r;
+        assert_int_equal(mx_ckpt_load_router(ck, 0, &r), MX_ERR_FORMAT);
+        assert_non_null(strstr(mx_error_detail(), miss == 1 ? "needs router.scale" : "needs router.per_expert_scale"));
+        assert_non_null(strstr(mx_error_detail(), "layer 0"));
+        assert_memory_equal(&r, &before, sizeof r);
+        mx_ckpt_close(ck);
+        free(d);
+    }
+
+    /* a router.scale of the wrong length is a shape error naming it */
+    t[1].shape[0] = H / 2;
+    t[1].nbytes = sizeof rsc / 2;
+    d = make_ckpt("gemma-short-scale", GEMMA_CFG_2x32x48, t, n);
+    ck = open_ok(d);
+    assert_int_equal(mx_ckpt_load_router(ck, 0, &r), MX_ERR_FORMAT);
+    assert_non_null(strstr(mx_error_detail(), "router.scale"));
     mx_ckpt_close(ck);
     free(d);
 }

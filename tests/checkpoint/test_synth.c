@@ -157,6 +157,26 @@ static void roundtrip(const rt_case_t *c)
         assert_int_equal(ra.correction_bias != NULL, rb.correction_bias != NULL);
         if (ra.correction_bias)
             assert_memory_equal(ra.correction_bias, rb.correction_bias, (size_t)E * 4);
+        /* Gemma 4: router.scale and router.per_expert_scale, written and generated alike */
+        assert_int_equal(ra.scale != NULL, cfg->router.kind == MX_ROUTER_GEMMA4);
+        assert_int_equal(rb.scale != NULL, cfg->router.kind == MX_ROUTER_GEMMA4);
+        assert_int_equal(ra.per_expert_scale != NULL, rb.per_expert_scale != NULL);
+        assert_int_equal(ra.per_expert_scale != NULL, ra.scale != NULL);
+        assert_true(ra.rms_eps == rb.rms_eps);
+        if (ra.scale) {
+            assert_memory_equal(ra.scale, rb.scale, cfg->hidden * 4);
+            assert_memory_equal(ra.per_expert_scale, rb.per_expert_scale, (size_t)E * 4);
+            assert_true(ra.rms_eps == 1e-6f);
+            /* sane values: positive, finite, around 1, not all equal */
+            int differ = 0;
+            for (size_t h = 0; h < cfg->hidden; h++) {
+                assert_true(ra.scale[h] > 0.0625f && ra.scale[h] < 16.0f);
+                differ += ra.scale[h] != ra.scale[0];
+            }
+            for (int e = 0; e < E; e++)
+                assert_true(ra.per_expert_scale[e] > 0.25f && ra.per_expert_scale[e] < 4.0f);
+            assert_true(differ > 0);
+        }
         mx_router_weights_fini(&ra);
         mx_router_weights_fini(&rb);
     }

@@ -84,14 +84,21 @@ static void test_fast_router_logits_equal_scalar_for_every_tiling(void **state)
             uint16_t *x = malloc(TMAX * H * sizeof(uint16_t));
             float *fast = malloc(TMAX * (size_t)E * sizeof(float)), *slow = malloc(TMAX * (size_t)E * sizeof(float));
             float *one = malloc((size_t)E * sizeof(float));
+            float *gscale = malloc(H * sizeof(float)); /* Gemma 4 router.scale */
             for (size_t i = 0; i < (size_t)E * H; i++)
                 W[i] = spread(-12, 2);
+            for (size_t h = 0; h < H; h++)
+                gscale[h] = spread(-2, 2);
             for (int e = 0; e < E; e++)
                 bias[e] = spread(-4, 1);
             for (size_t i = 0; i < TMAX * H; i++) /* wide magnitudes: many rounding differences if the order moved */
                 x[i] = sim_bf16(spread(-20, 8));
-            for (int wb = 0; wb < 2; wb++) {
-                mx_router_weights_t rw = {E, H, W, wb ? bias : NULL, NULL};
+            for (int wb = 0; wb < 3; wb++) { /* no bias, bias, Gemma 4 input normalization (scale, eps) */
+                mx_router_weights_t rw = {.n_experts = E, .hidden = H, .weight = W, .bias = wb == 1 ? bias : NULL};
+                if (wb == 2) {
+                    rw.scale = gscale;
+                    rw.rms_eps = 1e-6f;
+                }
                 for (size_t ti = 0; ti < sizeof Ts / sizeof *Ts; ti++) {
                     size_t T = Ts[ti];
                     logits_both(&rw, x, T, H, fast, slow);
@@ -115,6 +122,7 @@ static void test_fast_router_logits_equal_scalar_for_every_tiling(void **state)
             free(fast);
             free(slow);
             free(one);
+            free(gscale);
         }
 }
 

@@ -55,7 +55,7 @@ static void model_make(model_t *m)
         m->rw[i] = (float)(sim_unit() - 0.5);
     for (int e = 0; e < E; e++)
         m->rb[e] = (float)(sim_unit() - 0.5) * 0.1f;
-    m->router = (mx_router_weights_t){E, H, m->rw, m->rb, NULL};
+    m->router = (mx_router_weights_t){.n_experts = E, .hidden = H, .weight = m->rw, .bias = m->rb};
     m->x = malloc(sizeof(uint16_t) * T * H);
     for (size_t i = 0; i < (size_t)T * H; i++)
         m->x[i] = sim_bf16((float)(sim_unit() * 2 - 1));
@@ -225,7 +225,7 @@ static void test_pipeline_rejects_missing_backend(void **state)
     (void)state;
     mx_router_desc_t d = {MX_ROUTER_TOPK_SOFTMAX, 1, 0, 0, 0, 1.0f, 1.0f};
     float w[4] = {1, 2, 3, 4};
-    mx_router_weights_t rw = {2, 2, w, NULL, NULL};
+    mx_router_weights_t rw = {.n_experts = 2, .hidden = 2, .weight = w};
     mx_pipeline_ref_t pipe = {NULL, NULL, &d, &rw, 2, 1};
     uint16_t x[2] = {0x3f80, 0x3f80}, out[2] = {0xFFFF, 0xFFFF};
     assert_int_equal(mx_pipeline_ref_run(&pipe, x, 1, out, NULL), MX_ERR_INVALID);

@@ -360,7 +360,7 @@ static void test_router_logits_match_double_and_are_batch_invariant(void **state
         b[e] = (float)(rng_unit() - 0.5);
     for (int i = 0; i < T * H; i++)
         x[i] = bf16((float)(rng_unit() * 2 - 1));
-    mx_router_weights_t rw = {E, H, w, b, NULL};
+    mx_router_weights_t rw = {.n_experts = E, .hidden = H, .weight = w, .bias = b};
     float all[T * E], one[E];
     for (int i = 0; i < T * E; i++)
         all[i] = NAN; /* poison */
@@ -381,6 +381,190 @@ static void test_router_logits_match_double_and_are_batch_invariant(void **state
     free(x);
 }
 
+/* ---------------------------------------------------------------- Gemma 4 */
+
+/* Hand-computed (FORMATS.md Part 2 section 6): token x = (2, 2, 2, 2), eps
+ * 1e-6, scale = (1, 2, 4, 8), H^-0.5 = 0.5: RMS 2, so the router input is
+ * x / 2 * scale * 0.5 = (0.5, 1, 2, 4) (the eps moves it by 1.25e-7 relative,
+ * under half a BF16 ulp). Rows of W pick (0.5, 1, 4 * 0.5, (0.5 + 1 + 2) / 4):
+ * logits (0.5, 1, 2, 0.875). Top-2: experts 2 then 1. Softmax over all four
+ * then renormalized over the two = e^2 / (e^2 + e^1) and e^1 / (e^2 + e^1),
+ * times per_expert_scale (1.5, 0.5, 2, 1). */
+static void test_gemma4_router_hand_computed_case(void **state)
+{
+    (void)state;
+    enum { E = 4, H = 4 };
+    float w[E * H] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0.5f, 0.25f, 0.25f, 0.25f, 0};
+    float scale[H] = {1, 2, 4, 8}, pes[E] = {1.5f, 0.5f, 2.0f, 1.0f};
+    uint16_t x[H];
+    for (int h = 0; h < H; h++)
+        x[h] = bf16(2.0f);
+    mx_router_weights_t rw = {
+        .n_experts = E, .hidden = H, .weight = w, .scale = scale, .per_expert_scale = pes, .rms_eps = 1e-6f};
+    float lg[E] = {NAN, NAN, NAN, NAN};
+    assert_int_equal(mx_coord_router_logits(&rw, x, 1, H, lg), MX_OK);
+    const float want[E] = {0.5f, 1.0f, 2.0f, 0.875f};
+    for (int e = 0; e < E; e++)
+        assert_true(lg[e] == want[e]);
+
+    mx_router_desc_t d = desc_of(MX_ROUTER_GEMMA4, 2);
+    mx_routing_t r;
+    assert_int_equal(mx_coord_route_router(&d, &rw, lg, 1, &r), MX_OK);
+    const double e1 = exp(1.0), e2 = exp(2.0);
+    assert_int_equal(r.topk_ids[0], 2);
+    assert_int_equal(r.topk_ids[1], 1);
+    assert_float_equal(r.topk_weights[0], e2 / (e2 + e1) * 2.0, 1e-6);
+    assert_float_equal(r.topk_weights[1], e1 / (e2 + e1) * 0.5, 1e-6);
+    /* assignments in expert order */
+    assert_int_equal(r.expert[0], 1);
+    assert_int_equal(r.expert[1], 2);
+    assert_float_equal(r.weight[0], e1 / (e2 + e1) * 0.5, 1e-6);
+    mx_routing_fini(&r);
+
+    /* the same through mx_coord_route (per_expert_scale in the vector argument), and NULL = ones */
+    assert_int_equal(mx_coord_route(&d, lg, pes, 1, E, &r), MX_OK);
+    assert_float_equal(r.topk_weights[0], e2 / (e2 + e1) * 2.0, 1e-6);
+    mx_routing_fini(&r);
+    assert_int_equal(mx_coord_route(&d, lg, NULL, 1, E, &r), MX_OK);
+    assert_float_equal(r.topk_weights[0], e2 / (e2 + e1), 1e-6);
+    assert_float_equal(r.topk_weights[0] + r.topk_weights[1], 1.0, 1e-6);
+    mx_routing_fini(&r);
+
+    /* without router.scale the input is not normalized: the plain projection (2, 2, 1, 1.5) */
+    rw.scale = NULL;
+    assert_int_equal(mx_coord_router_logits(&rw, x, 1, H, lg), MX_OK);
+    assert_true(lg[0] == 2.0f && lg[1] == 2.0f && lg[2] == 1.0f && lg[3] == 1.5f);
+}
+
+/* eps counts: x = (1, 1, 1, 1), scale ones, eps 1: 1 / sqrt(1 + 1) * 0.5 =
+ * 0.35355339 -> BF16 0.353515625 (181 / 512); a row of ones gives 4 x that =
+ * 1.4140625. With eps 1e-6 the input rounds to 0.5 and the logit is 2. */
+static void test_gemma4_router_uses_the_config_epsilon(void **state)
+{
+    (void)state;
+    enum { E = 1, H = 4 };
+    float w[H] = {1, 1, 1, 1}, scale[H] = {1, 1, 1, 1};
+    uint16_t x[H];
+    for (int h = 0; h < H; h++)
+        x[h] = bf16(1.0f);
+    mx_router_weights_t rw = {.n_experts = E, .hidden = H, .weight = w, .scale = scale, .rms_eps = 1.0f};
+    float lg = NAN;
+    assert_int_equal(mx_coord_router_logits(&rw, x, 1, H, &lg), MX_OK);
+    assert_true(lg == 1.4140625f);
+    rw.rms_eps = 1e-6f;
+    assert_int_equal(mx_coord_router_logits(&rw, x, 1, H, &lg), MX_OK);
+    assert_true(lg == 2.0f);
+    /* an all-zero token with eps 0 stays zero (no 0 * inf NaN) */
+    for (int h = 0; h < H; h++)
+        x[h] = 0;
+    rw.rms_eps = 0.0f;
+    assert_int_equal(mx_coord_router_logits(&rw, x, 1, H, &lg), MX_OK);
+    assert_true(lg == 0.0f);
+    /* a bad epsilon is refused and the logits stay untouched */
+    rw.rms_eps = NAN;
+    lg = -7.0f;
+    assert_int_equal(mx_coord_router_logits(&rw, x, 1, H, &lg), MX_ERR_INVALID);
+    assert_non_null(strstr(mx_error_detail(), "rms_eps"));
+    assert_true(lg == -7.0f);
+    rw.rms_eps = -1.0f;
+    assert_int_equal(mx_coord_router_logits(&rw, x, 1, H, &lg), MX_ERR_INVALID);
+    assert_true(lg == -7.0f);
+}
+
+/* Random tokens: logits equal a double-precision model of the router input
+ * (RMSNorm, scale, H^-0.5, one BF16 rounding) and the projection, and a token
+ * alone gives the bits it gets in the batch. */
+static void test_gemma4_router_logits_match_double_and_are_batch_invariant(void **state)
+{
+    (void)state;
+    enum { T = 21, E = 9, H = 80 };
+    rng_seed(SEED + 41);
+    float *w = malloc(sizeof(float) * E * H), scale[H], pes[E];
+    uint16_t *x = malloc(sizeof(uint16_t) * T * H);
+    for (int i = 0; i < E * H; i++)
+        w[i] = (float)(rng_unit() - 0.5);
+    for (int h = 0; h < H; h++)
+        scale[h] = (float)(0.5 + rng_unit());
+    for (int e = 0; e < E; e++)
+        pes[e] = (float)(0.5 + rng_unit());
+    for (int i = 0; i < T * H; i++)
+        x[i] = bf16((float)((rng_unit() * 2 - 1) * 30.0));
+    mx_router_weights_t rw = {
+        .n_experts = E, .hidden = H, .weight = w, .scale = scale, .per_expert_scale = pes, .rms_eps = 1e-6f};
+    float all[T * E], one[E];
+    for (int i = 0; i < T * E; i++)
+        all[i] = NAN;
+    assert_int_equal(mx_coord_router_logits(&rw, x, T, H, all), MX_OK);
+    for (int t = 0; t < T; t++) {
+        double ss = 0.0;
+        for (int h = 0; h < H; h++)
+            ss += (double)from_bf16(x[t * H + h]) * from_bf16(x[t * H + h]);
+        const double rinv = 1.0 / sqrt(ss / H + 1e-6);
+        for (int e = 0; e < E; e++) {
+            double ref = 0.0;
+            for (int h = 0; h < H; h++) {
+                double y = from_bf16(x[t * H + h]) * rinv * scale[h] / sqrt((double)H);
+                ref += (double)w[e * H + h] * from_bf16(bf16((float)y));
+            }
+            assert_float_equal(all[t * E + e], ref, 2e-3); /* y differs from the FP32 chain by < 1 BF16 ulp at most */
+        }
+        assert_int_equal(mx_coord_router_logits(&rw, x + t * H, 1, H, one), MX_OK);
+        assert_memory_equal(one, all + t * E, sizeof one);
+    }
+    /* routing: weights sum to per_expert_scale-weighted one */
+    mx_router_desc_t d = desc_of(MX_ROUTER_GEMMA4, 3);
+    mx_routing_t r;
+    assert_int_equal(mx_coord_route_router(&d, &rw, all, T, &r), MX_OK);
+    for (int t = 0; t < T; t++) {
+        double s = 0.0;
+        for (int j = 0; j < 3; j++)
+            s += r.topk_weights[t * 3 + j] / pes[r.topk_ids[t * 3 + j]];
+        assert_float_equal(s, 1.0, 1e-5);
+        for (int j = 1; j < 3; j++)
+            assert_true(all[t * E + r.topk_ids[t * 3 + j - 1]] >= all[t * E + r.topk_ids[t * 3 + j]]);
+    }
+    mx_routing_fini(&r);
+    free(w);
+    free(x);
+}
+
+static void test_route_router_takes_the_vector_of_the_kind(void **state)
+{
+    (void)state;
+    enum { E = 4 };
+    float w[E] = {0, 0, 0, 0};
+    const float lg[E] = {0.1f, 0.4f, 0.3f, 0.2f};
+    float cb[E] = {0.0f, 0.0f, 0.0f, 5.0f}, pes[E] = {1.0f, 3.0f, 1.0f, 1.0f};
+    mx_router_weights_t rw = {.n_experts = E, .hidden = 1, .weight = w, .correction_bias = cb, .per_expert_scale = pes};
+    mx_routing_t r;
+    /* SIGMOID_GROUPED: the correction bias lifts expert 3 to the top */
+    mx_router_desc_t d = desc_of(MX_ROUTER_SIGMOID_GROUPED, 1);
+    assert_int_equal(mx_coord_route_router(&d, &rw, lg, 1, &r), MX_OK);
+    assert_int_equal(r.topk_ids[0], 3);
+    mx_routing_fini(&r);
+    /* GEMMA4: per_expert_scale scales the top-1 weight (1 after renormalization) */
+    d = desc_of(MX_ROUTER_GEMMA4, 1);
+    assert_int_equal(mx_coord_route_router(&d, &rw, lg, 1, &r), MX_OK);
+    assert_int_equal(r.topk_ids[0], 1);
+    assert_true(r.topk_weights[0] == 3.0f);
+    mx_routing_fini(&r);
+    /* SOFTMAX_TOPK ignores both */
+    d = desc_of(MX_ROUTER_SOFTMAX_TOPK, 1);
+    d.renormalize = 1;
+    assert_int_equal(mx_coord_route_router(&d, &rw, lg, 1, &r), MX_OK);
+    assert_true(r.topk_weights[0] == 1.0f);
+    mx_routing_fini(&r);
+    /* a non-finite per_expert_scale is refused by name, output untouched */
+    pes[2] = INFINITY;
+    d = desc_of(MX_ROUTER_GEMMA4, 1);
+    memset(&r, 0x5a, sizeof r);
+    mx_routing_t before = r;
+    assert_int_equal(mx_coord_route_router(&d, &rw, lg, 1, &r), MX_ERR_INVALID);
+    assert_non_null(strstr(mx_error_detail(), "per_expert_scale of expert 2"));
+    assert_memory_equal(&r, &before, sizeof r);
+    assert_int_equal(mx_coord_route_router(&d, NULL, lg, 1, &r), MX_ERR_INVALID);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -396,6 +580,10 @@ int main(void)
         cmocka_unit_test(test_expert_choice_split_over_ranks_equals_whole_batch),
         cmocka_unit_test(test_expert_choice_rejects_bad_range_and_capacity),
         cmocka_unit_test(test_router_logits_match_double_and_are_batch_invariant),
+        cmocka_unit_test(test_gemma4_router_hand_computed_case),
+        cmocka_unit_test(test_gemma4_router_uses_the_config_epsilon),
+        cmocka_unit_test(test_gemma4_router_logits_match_double_and_are_batch_invariant),
+        cmocka_unit_test(test_route_router_takes_the_vector_of_the_kind),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
