@@ -60,6 +60,9 @@ struct mx_backend_packed {
     cudaStream_t stream;
     pthread_mutex_t lock; /* run() of one packed object, one thread at a time */
     int force_cfg;
+    int cc;  /* compute capability, 10 * major + minor */
+    int mma; /* MXG_MMA_WGMMA on sm_90 (unless MXEP_CUDA_MMA=sync), else MXG_MMA_SYNC */
+    int pdl; /* programmatic dependent launches between the layer's kernels (sm_90; MXEP_CUDA_PDL=0 turns them off) */
     /* staged batch */
     int cfg, n_mtiles, staged;
     size_t n_tokens, n_assign;
@@ -219,54 +222,30 @@ static mx_status_t check_matrix(const mx_matrix_t *m, int wfmt, size_t rows, siz
 static void pack_matrix(const mx_matrix_t *m, int wfmt, const gmat_t *g, const int *rowmap, uint8_t *w, uint8_t *sc,
                         float *wsf, const float *bias_src, float *bias)
 {
-    const size_t pb = mxg_pair_bytes(wfmt), rb = 32 * pb;
     const size_t cols = m->cols;
+    memset(w, 0, g->w_es);
+    if (wfmt == MXG_W_FP4)
+        memset(sc, 127, g->sc_es); /* padding blocks: scale 1 (their codes are zero) */
     for (int n = 0; n < g->N_pad; n++) {
-        int src = rowmap[n];
-        for (int kc = 0; kc < g->K_pad / MXG_BK; kc++) {
-            uint8_t *dst = w + ((size_t)kc * g->N_pad + n) * rb;
-            if (wfmt == MXG_W_FP4) {
-                /* byte q*8 + j*4 + i/2, nibble i: pair p = i & 3 (s = 2j + p/2, h = p & 1), element i >> 2 of it */
-                memset(dst, 0, rb);
-                for (int q = 0; q < 4 && src >= 0; q++)
-                    for (int j = 0; j < 2; j++)
-                        for (int i = 0; i < 8; i++) {
-                            int pp = i & 3, s = 2 * j + pp / 2, h = pp & 1;
-                            size_t kk = (size_t)kc * 64 + s * 16 + h * 8 + 2 * q + (i >> 2);
-                            if (kk >= cols)
-                                continue;
-                            uint8_t byte = ((const uint8_t *)m->data)[(size_t)src * (cols / 2) + kk / 2];
-                            uint8_t nib = (kk & 1) ? (byte >> 4) : (byte & 15);
-                            dst[q * 8 + j * 4 + i / 2] |= (uint8_t)(nib << (4 * (i & 1)));
-                        }
-            } else {
-                for (int slot = 0; slot < 32; slot++) {
-                    int q = slot / 8, s = (slot % 8) / 2, h = slot % 2;
-                    size_t k = (size_t)kc * 64 + s * 16 + h * 8 + 2 * q;
-                    uint8_t *d = dst + slot * pb;
-                    memset(d, 0, pb);
-                    if (src < 0)
-                        continue;
-                    for (int u = 0; u < 2; u++) {
-                        size_t kk = k + u;
-                        if (kk >= cols)
-                            continue;
-                        if (wfmt == MXG_W_FP8)
-                            d[u] = ((const uint8_t *)m->data)[(size_t)src * cols + kk];
-                        else
-                            memcpy(d + 2 * u, (const uint16_t *)m->data + (size_t)src * cols + kk, 2);
-                    }
+        const int src = rowmap[n];
+        if (src >= 0) {
+            for (size_t k = 0; k < cols; k++) {
+                int sh = 0;
+                const size_t o = mxg_w_offset(wfmt, g->N_pad, n, (int)k, &sh);
+                if (wfmt == MXG_W_FP4) {
+                    uint8_t byte = ((const uint8_t *)m->data)[(size_t)src * (cols / 2) + k / 2];
+                    uint8_t nib = (k & 1) ? (byte >> 4) : (byte & 15);
+                    w[o] |= (uint8_t)(nib << sh);
+                } else if (wfmt == MXG_W_FP8) {
+                    w[o] = ((const uint8_t *)m->data)[(size_t)src * cols + k];
+                } else {
+                    memcpy(w + o, (const uint16_t *)m->data + (size_t)src * cols + k, 2);
                 }
             }
-            if (wfmt == MXG_W_FP4) {
-                for (int b = 0; b < 2; b++) {
-                    size_t blk = (size_t)kc * 2 + b;
-                    uint8_t v = 127;
-                    if (src >= 0 && blk < cols / 32)
-                        v = ((const uint8_t *)m->scales)[(size_t)src * (cols / 32) + blk];
-                    sc[((size_t)kc * g->N_pad + n) * 2 + b] = v;
-                }
-            }
+            if (wfmt == MXG_W_FP4)
+                for (size_t blk = 0; blk < cols / 32; blk++)
+                    sc[mxg_sc_offset(g->N_pad, n, (int)blk)] =
+                        ((const uint8_t *)m->scales)[(size_t)src * (cols / 32) + blk];
         }
         if (wfmt == MXG_W_FP8) {
             const float *s = (const float *)m->scales;
@@ -335,8 +314,8 @@ static mx_status_t gmat_alloc(gmat_t *g, int dev, int wfmt, int E, size_t N, siz
     g->K = (int)K;
     g->N_pad = (int)mxg_round_up(N, MXG_NPAD);
     g->K_pad = (int)mxg_round_up(K, MXG_BK);
-    g->w_es = (size_t)g->K_pad / MXG_BK * g->N_pad * 32 * mxg_pair_bytes(wfmt);
-    g->sc_es = wfmt == MXG_W_FP4 ? (size_t)g->K_pad / MXG_BK * g->N_pad * 2 : 0;
+    g->w_es = (size_t)g->K_pad / MXG_BK * (size_t)(g->N_pad / 16) * 32 * mxg_thread_bytes(wfmt);
+    g->sc_es = wfmt == MXG_W_FP4 ? (size_t)g->K_pad / MXG_BK * (size_t)(g->N_pad / 16) * 32 : 0;
     g->wsf_kb = block_scales ? (g->K_pad + 127) / 128 : 1;
     g->flush_w = block_scales;
     g->wsf_es = wfmt == MXG_W_FP8 ? (size_t)g->wsf_kb * g->N_pad : 0;
@@ -405,12 +384,13 @@ static mx_status_t prepack_body(mx_backend_packed_t *p, const mx_expert_weights_
                 "cuda prepack: expert %d: W4A8 needs input_scale > 0 and down_input_scale > 0 (got %g, %g)", j,
                 (double)experts[j].input_scale, (double)experts[j].down_input_scale);
     }
-    mx_status_t st = gmat_alloc(&p->m1, p->device, wf, E, 2 * I, H, blk1, "gate_up");
+    /* GEMM1 rows: 16-row groups of 8 gate and 8 up rows (gpu_layout.h), so 2 * I rounded to 16 */
+    mx_status_t st = gmat_alloc(&p->m1, p->device, wf, E, 2 * mxg_round_up(I, 8), H, blk1, "gate_up");
     if (st == MX_OK)
         st = gmat_alloc(&p->m2, p->device, wf, E, H, I, blk2, "down");
     if (st != MX_OK)
         return st;
-    /* GEMM1 rows: interleaved gate/up pairs; the padded I columns give act(0, 0) = 0. */
+    /* the padded I columns give act(0, 0) = 0 */
     int *map1 = malloc(sizeof(int) * (size_t)p->m1.N_pad), *map2 = malloc(sizeof(int) * (size_t)p->m2.N_pad);
     size_t hw = p->m1.w_es > p->m2.w_es ? p->m1.w_es : p->m2.w_es;
     size_t hs = p->m1.sc_es > p->m2.sc_es ? p->m1.sc_es : p->m2.sc_es;
@@ -425,8 +405,9 @@ static mx_status_t prepack_body(mx_backend_packed_t *p, const mx_expert_weights_
         goto out;
     }
     for (int n = 0; n < p->m1.N_pad; n++) {
-        size_t i = (size_t)n / 2, u = (size_t)n % 2;
-        map1[n] = i >= I ? -1 : d->order == MX_GATEUP_INTERLEAVED ? (int)(2 * i + u) : (int)(u ? I + i : i);
+        int u = 0;
+        size_t i = (size_t)mxg_gateup_index(n, &u);
+        map1[n] = i >= I ? -1 : d->order == MX_GATEUP_INTERLEAVED ? (int)(2 * i + (size_t)u) : (int)(u ? I + i : i);
     }
     for (int n = 0; n < p->m2.N_pad; n++)
         map2[n] = (size_t)n < H ? n : -1;
@@ -470,6 +451,15 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
     p->device = dev->device_index;
     p->wfmt = scheme_wfmt(desc->scheme);
     p->force_cfg = -1;
+    p->cc = (int)dev->flags;
+    p->mma = p->cc == 90 ? MXG_MMA_WGMMA : MXG_MMA_SYNC;
+    const char *mma_env = getenv("MXEP_CUDA_MMA");
+    if (mma_env && !strcmp(mma_env, "sync"))
+        p->mma = MXG_MMA_SYNC;
+    p->pdl = p->cc >= 90;
+    const char *pdl_env = getenv("MXEP_CUDA_PDL");
+    if (pdl_env && !strcmp(pdl_env, "0"))
+        p->pdl = 0;
     mx_status_t st = MX_OK;
     cudaError_t err = cudaSetDevice(dev->device_index);
     if (err != cudaSuccess)
@@ -666,6 +656,7 @@ static void gemm_common(const mx_backend_packed_t *p, const gmat_t *g, mxg_gemm_
 {
     memset(q, 0, sizeof *q);
     q->wfmt = p->wfmt;
+    q->mma = p->mma;
     q->w = g->w;
     q->w_estride = g->w_es;
     q->sc = g->sc;
@@ -722,6 +713,7 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
         q.n_grp = (K1 + 127) / 128;
         q.n_rows = (int)NA;
         KL(mxi_gpu_quant_launch(&q, p->stream), "activation quantization (GEMM1)");
+        g1.pdl = p->pdl; /* GEMM1 follows the quantizer */
         g1.a = p->xq.ptr;
         g1.a_rows = NULL;
         g1.a_row_scale = grp ? NULL : q.row_scale;
@@ -757,6 +749,7 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
         q.grp = p->grp2.ptr;
         q.n_grp = (K2 + 127) / 128;
         q.n_rows = (int)NA;
+        q.pdl = p->pdl;
         KL(mxi_gpu_quant_launch(&q, p->stream), "activation quantization (GEMM2)");
         g2.a_row_scale = grp ? NULL : q.row_scale;
         g2.a_grp_scale = grp ? p->grp2.ptr : NULL;
@@ -764,6 +757,7 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
         if (grp)
             g2.flush = 1;
     }
+    g2.pdl = p->pdl;
     g2.epi = MXG_EPI_OUT;
     g2.out = p->y.ptr;
     g2.ldo = (int)p->desc.hidden;
@@ -779,6 +773,7 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
         c.w = p->d_w;
         c.out = p->out.ptr;
         c.n_tokens = (int)p->n_tokens;
+        c.pdl = p->pdl;
         KL(mxi_gpu_combine_launch(&c, p->stream), "weighted combine launch");
     }
     return MX_OK;
@@ -821,6 +816,17 @@ void mxi_cuda_force_cfg(mx_backend_packed_t *p, int cfg)
 {
     if (p)
         p->force_cfg = cfg < 0 || cfg > MXG_CFG_L ? -1 : cfg;
+}
+int mxi_cuda_mma(const mx_backend_packed_t *p)
+{
+    return p ? p->mma : -1;
+}
+int mxi_cuda_force_mma(mx_backend_packed_t *p, int mma)
+{
+    if (!p || (mma != MXG_MMA_SYNC && mma != MXG_MMA_WGMMA) || (mma == MXG_MMA_WGMMA && p->cc != 90))
+        return 0;
+    p->mma = mma;
+    return 1;
 }
 
 static mx_status_t cuda_run(const mx_backend_packed_t *packed, const mx_run_args_t *args, void *workspace)

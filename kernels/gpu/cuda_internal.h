@@ -29,6 +29,10 @@ void *mxi_cuda_stream(const mx_backend_packed_t *packed);
 int mxi_cuda_staged_cfg(const mx_backend_packed_t *packed);
 /* Forces a tile configuration for later stages (-1 = by batch); for tests of batch invariance. */
 void mxi_cuda_force_cfg(mx_backend_packed_t *packed, int cfg);
+/* The tensor-core instruction of the GEMMs (0 = mma.sync, 1 = wgmma), and a way
+ * for tests to pick one (returns 0 when the device cannot run it). */
+int mxi_cuda_mma(const mx_backend_packed_t *packed);
+int mxi_cuda_force_mma(mx_backend_packed_t *packed, int mma);
 
 #ifdef __cplusplus
 }

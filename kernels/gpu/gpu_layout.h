@@ -1,24 +1,38 @@
 /* mxep GPU backends: the prepacked weight layout and the kernel parameter
  * block, defined once for C host code, CUDA and HIP.
  *
- * Weights of one matrix [N rows = out, K cols = in] are cut into K chunks of
- * MXG_BK = 64 columns (K padded with zeros to K_pad, a multiple of 64) and rows
- * padded with zeros to N_pad (a multiple of MXG_NPAD). Chunk kc of row n starts
- * at byte (kc * N_pad + n) * RB, RB = 64 * bits / 8 (32 for MXFP4, 64 for FP8,
- * 128 for BF16). Inside a chunk the 32 element pairs (2j, 2j+1) are permuted so
- * that the quarter q (= lane % 4 of an mma.sync m16n8k16 B fragment) owns 8
- * consecutive pairs: pair slot q*8 + s*2 + h holds elements s*16 + h*8 + 2q and
- * +1 (s = k16 step, h = fragment half). A pair is two bytes (E4M3FN) or four
- * bytes (BF16). MXFP4 keeps the same 8 bytes per quarter but as two 32-bit
- * words j = 0, 1 (k16 steps 2j, 2j+1): pair p = (s & 1) * 2 + h has its first
- * element in nibble p and its second in nibble p + 4, so that one shift and
- * two masks place a pair in a BF16x2 register.
- * MXFP4 scales: bytes [K_pad/64][N_pad][2], the E8M0 of the two 32-blocks.
+ * The kernels compute out^T = W . x^T: weight rows are the M side of the
+ * tensor-core MMA (operand A, decoded in registers), tokens the N side (operand
+ * B, BF16 in shared memory). The layout therefore gives each thread of a warp
+ * exactly its A-fragment registers of an m16n8k16 MMA (the same per-warp
+ * fragment that wgmma m64nNk16 takes from registers on Hopper).
+ *
+ * A matrix [N rows = out, K cols = in] is cut into K chunks of MXG_BK = 64
+ * columns (K padded with zeros to K_pad, a multiple of 64) and 16-row groups
+ * (rows padded with zeros to N_pad, a multiple of MXG_NPAD). For chunk kc and
+ * row group rg, the 32 lanes' pieces follow each other: lane L's piece starts
+ * at byte ((kc * N_pad / 16 + rg) * 32 + L) * TB, TB = 16 (MXFP4), 32 (FP8) or
+ * 64 (BF16) bytes (mxg_thread_bytes). Lane L = 4 g + t (g = L / 4, t = L % 4)
+ * holds, for each of the chunk's four k16 steps s, the fragment registers
+ * r = 0..3 of rows (g, g + 8, g, g + 8) and columns (2t, 2t, 2t + 8, 2t + 8)
+ * of the step, each register two elements of consecutive columns:
+ *   BF16: step s at byte 16 s, register r at + 4 r (two BF16, lower column first);
+ *   FP8:  step s at byte 8 s, register r at + 2 r (two E4M3FN bytes);
+ *   MXFP4: step s is the 32-bit word s; register r takes nibbles r (lower
+ *          column) and r + 4 (upper column), so that one shift and two masks
+ *          place a pair in a BF16x2 register.
+ * MXFP4 scales: for chunk kc and row group rg, 32 bytes at
+ * (kc * N_pad / 16 + rg) * 32; byte 4 g + h + 2 b is the E8M0 of row g + 8 h
+ * of the group for the chunk's 32-block b (one 32-bit word per lane quad).
  * FP8 scales: float [KB][N_pad] per packed row, KB = 1 (per channel or per
  * tensor, applied after the K loop) or ceil(K_pad/128) (128x128 blocks, applied
  * per 128-wide K slice).
- * gate_up rows are always packed INTERLEAVED (row 2i gate_i, row 2i+1 up_i) so
- * that one thread holds both halves of an activation in its accumulators. */
+ * gate_up rows are packed in 16-row groups of 8 gate rows then the 8 matching
+ * up rows (packed row 16 G + r is gate_{8G+r}, 16 G + 8 + r is up_{8G+r}), so
+ * that the thread holding row g of a group also holds row g + 8: both halves of
+ * one activation. mxg_w_offset / mxg_sc_offset give every element's place; the
+ * host prepack and the portable kernels use them, the MMA kernels rely on the
+ * same arithmetic. */
 #ifndef MXEP_GPU_LAYOUT_H
 #define MXEP_GPU_LAYOUT_H
 
@@ -26,12 +40,15 @@
 #include <stdint.h>
 
 #define MXG_BK 64
-#define MXG_NPAD 128
+#define MXG_NPAD 256
 
 enum { MXG_W_BF16 = 0, MXG_W_FP4 = 1, MXG_W_FP8 = 2 };
 enum { MXG_EPI_ACT = 0, MXG_EPI_OUT = 1 };
 enum { MXG_CFG_S = 0, MXG_CFG_M = 1, MXG_CFG_L = 2 };
 enum { MXG_Q_STATIC = 0, MXG_Q_TOKEN = 1, MXG_Q_GROUP128 = 2 };
+/* Tensor-core instruction of the GEMMs: mma.sync (sm_80+) or wgmma (sm_90a). One
+ * device runs every tile configuration with the same one (batch invariance). */
+enum { MXG_MMA_SYNC = 0, MXG_MMA_WGMMA = 1 };
 
 static inline size_t mxg_round_up(size_t v, size_t m)
 {
@@ -42,15 +59,53 @@ static inline int mxg_cfg_bm(int cfg)
 {
     return cfg == MXG_CFG_S ? 16 : cfg == MXG_CFG_M ? 64 : 128;
 }
-static inline size_t mxg_pair_bytes(int wfmt)
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define MXG_HD __host__ __device__
+#else
+#define MXG_HD
+#endif
+/* Bytes one lane holds per 64-wide chunk of a 16-row group. */
+static inline MXG_HD size_t mxg_thread_bytes(int wfmt)
 {
-    return wfmt == MXG_W_FP4 ? 1 : wfmt == MXG_W_FP8 ? 2 : 4;
+    return wfmt == MXG_W_FP4 ? 16 : wfmt == MXG_W_FP8 ? 32 : 64;
+}
+/* Byte offset of element (n, k) inside one expert's packed matrix of N_pad rows;
+ * for MXFP4 *shift_p is the nibble's bit position (0 or 4). */
+static inline MXG_HD size_t mxg_w_offset(int wfmt, int N_pad, int n, int k, int *shift_p)
+{
+    const int rg = n >> 4, g = n & 7, hh = (n >> 3) & 1;
+    const int kc = k >> 6, s = (k >> 4) & 3, kh = (k >> 3) & 1, t4 = (k >> 1) & 3, el = k & 1;
+    const int lane = g * 4 + t4, r = hh + 2 * kh;
+    const size_t base = (((size_t)kc * (size_t)(N_pad >> 4) + (size_t)rg) * 32 + (size_t)lane) * mxg_thread_bytes(wfmt);
+    *shift_p = 0;
+    if (wfmt == MXG_W_FP4) {
+        const int q = r + 4 * el;
+        *shift_p = 4 * (q & 1);
+        return base + (size_t)s * 4 + (size_t)(q >> 1);
+    }
+    if (wfmt == MXG_W_FP8)
+        return base + (size_t)s * 8 + (size_t)r * 2 + (size_t)el;
+    return base + (size_t)s * 16 + (size_t)r * 4 + (size_t)el * 2;
+}
+/* Byte offset of the E8M0 scale of row n, 32-block blk (= k / 32). */
+static inline MXG_HD size_t mxg_sc_offset(int N_pad, int n, int blk)
+{
+    const int rg = n >> 4, g = n & 7, hh = (n >> 3) & 1, kc = blk >> 1, b = blk & 1;
+    return ((size_t)kc * (size_t)(N_pad >> 4) + (size_t)rg) * 32 + (size_t)(g * 4 + hh + 2 * b);
+}
+/* Packed GEMM1 row n -> (activation index i, 0 gate / 1 up). */
+static inline MXG_HD int mxg_gateup_index(int n, int *up_p)
+{
+    *up_p = (n >> 3) & 1;
+    return (n >> 4) * 8 + (n & 7);
 }
 
 /* One grouped GEMM over all local experts: rows of A are the assignments
  * sorted by expert (expert e owns sorted rows [off[e], off[e] + cnt[e])). */
 typedef struct {
     int wfmt;  /* MXG_W_* */
+    int mma;   /* MXG_MMA_* */
+    int pdl;   /* 1: launched as a programmatic dependent of the previous kernel (sm_90) */
     int flush; /* 1: float scales per 128-wide K slice (block FP8 or per-group activations) */
     const uint8_t *w;
     size_t w_estride; /* bytes per expert */
@@ -97,6 +152,7 @@ typedef struct {
     float *grp;
     int n_grp;
     int n_rows;
+    int pdl;
 } mxg_quant_params_t;
 
 /* out_f32[t][h] += w[a] * float(y[a][h]) over tok_list[tok_off[t] .. tok_off[t+1]) in order. */
@@ -107,6 +163,7 @@ typedef struct {
     const float *w;
     float *out;
     int n_tokens;
+    int pdl;
 } mxg_combine_params_t;
 
 #ifdef __cplusplus

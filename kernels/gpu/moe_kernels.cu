@@ -3,12 +3,26 @@
  * one launch per GEMM, an activation quantizer (FP8 E4M3 values kept in BF16
  * registers) and the weighted combine. Layouts: gpu_layout.h.
  *
+ * The GEMMs compute out^T = W . x^T: weight rows are the M side of the
+ * tensor-core MMA, decoded from the packed format straight into A-fragment
+ * registers; tokens are the N side, BF16 rows in shared memory (128-byte rows,
+ * 16-byte pieces XOR-swizzled by row, the layout wgmma's 128B swizzle reads).
+ * On sm_90a the MMA is wgmma m64nNk16 (A from registers, B from shared
+ * memory); elsewhere (sm_80+) the same fragments go through mma.sync m16n8k16.
+ * A CTA streams its weight rows through a multi-stage cp.async pipeline; on
+ * sm_90 consecutive kernels of a layer are programmatic dependent launches:
+ * a GEMM prefetches its first weight chunks before waiting for the kernel
+ * that produces its input.
+ *
  * Numerics (FORMATS.md Part 1): weights decode exactly (MXFP4 and E4M3 values
  * times power-of-two E8M0 scales are exact in BF16), FP32 accumulation in a
- * fixed K order that depends on neither the batch nor the tile shape (every
- * configuration walks K in 64-wide chunks of four k16 MMA steps into one
- * accumulator), bias after the scales, activation in FP32, the hidden
- * activation and the output rounded to BF16. */
+ * fixed K order that depends on neither the batch nor the tile shape: every
+ * configuration walks K in k16 MMA steps in ascending order into one
+ * accumulator per (weight row, token), with the same MMA instruction family
+ * on one device (tests/gpu checks every tile configuration bitwise); per
+ * 128-wide K slice flushes (block FP8 scales, per-group activations) multiply
+ * the slice's partial sum by (weight factor * token factor); then the scales
+ * of the whole row, the bias, the activation in FP32, and BF16 rounding. */
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
 #include "vendors/hip.h"
 #define MXG_HIP 1
@@ -20,6 +34,13 @@
 #include <atomic>
 
 #include "gpu_layout.h"
+
+#if !defined(MXG_HIP) && defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
+#define MXG_HAVE_GRIDDEP 1 /* griddepcontrol (programmatic dependent launch) */
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MXG_HAVE_WGMMA 1
+#endif
+#endif
 
 /* ------------------------------------------------------------ scalar helpers */
 
@@ -89,16 +110,6 @@ __device__ __forceinline__ uint32_t dec_fp8_pair(uint32_t two)
     return e4m3_to_bf16(two & 0xffu) | (e4m3_to_bf16((two >> 8) & 0xffu) << 16);
 }
 
-/* MXFP4 packed for the MMA path (gpu_layout.h): a 32-bit word holds 4 element
- * pairs; pair p has its first element in nibble p and its second in nibble p+4. */
-__device__ __forceinline__ int fp4_nibble_index(int kk, int *byte)
-{
-    int s = kk >> 4, h = (kk >> 3) & 1, q = (kk >> 1) & 3, second = kk & 1;
-    int i = ((s & 1) * 2 + h) + 4 * second;
-    *byte = q * 8 + (s >> 1) * 4 + (i >> 1);
-    return i & 1;
-}
-
 /* Nibbles at bits 0-3 and 16-19 -> BF16x2 of value * 2^-126 (exact bit placement). */
 __device__ __forceinline__ uint32_t fp4x2_bits(uint32_t w)
 {
@@ -156,65 +167,65 @@ __device__ __forceinline__ float act_apply(int act, float g, float u, float limi
     return g / (1.0f + expf(-g)) * u; /* SiLU */
 }
 
-/* The epilogue of one accumulator pair (columns n, n+1 of sorted row s). */
-__device__ __forceinline__ void epilogue_pair(const mxg_gemm_params_t &p, int e, int s, int n, float v0, float v1)
+
+/* ------------------------------------------------------------ launch dependencies */
+
+/* Lets the next kernel of the stream start its CTAs (they wait in griddep_wait
+ * before reading what this one writes). */
+__device__ __forceinline__ void griddep_launch()
+{
+#if defined(MXG_HAVE_GRIDDEP)
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+/* Waits until the previous kernel of the stream has completed and its writes
+ * are visible (a no-op when this kernel was not launched as a dependent). */
+__device__ __forceinline__ void griddep_wait()
+{
+#if defined(MXG_HAVE_GRIDDEP)
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+/* Row factor (FP8 weight scale) of packed row n for K slice kb, and token
+ * factor (activation scale) of sorted row s; a flushed slice is scaled by
+ * their product (computed in this order everywhere). */
+__device__ __forceinline__ float row_factor(const mxg_gemm_params_t &p, int e, int n, int kb)
+{
+    return p.wsf ? p.wsf[(size_t)e * p.wsf_estride + (size_t)(p.wsf_kb > 1 ? kb : 0) * p.N_pad + n] : 1.0f;
+}
+__device__ __forceinline__ float tok_factor(const mxg_gemm_params_t &p, int s, int kb)
+{
+    if (p.a_grp_scale)
+        return p.a_grp_scale[(size_t)s * p.a_grp_n + kb];
+    return p.a_row_scale ? p.a_row_scale[s] : 1.0f;
+}
+/* Whole-row scaling (no flush), bias: the value of (packed row n, sorted row s). */
+__device__ __forceinline__ float finish_value(const mxg_gemm_params_t &p, int e, int s, int n, float v)
 {
     if (!p.flush) {
         float f = p.a_row_scale ? p.a_row_scale[s] : 1.0f;
-        if (p.wsf) {
-            const float *ws = p.wsf + (size_t)e * p.wsf_estride;
-            v0 *= f * ws[n];
-            v1 *= f * ws[n + 1];
-        } else {
-            v0 *= f;
-            v1 *= f;
-        }
+        if (p.wsf)
+            v *= f * p.wsf[(size_t)e * p.wsf_estride + n];
+        else
+            v *= f;
     }
-    const float *bias = p.bias + (size_t)e * p.bias_estride;
-    v0 += bias[n];
-    v1 += bias[n + 1];
-    if (p.epi == MXG_EPI_ACT) {
-        float h = act_apply(p.act, v0, v1, p.limit, p.alpha);
-        p.out[(size_t)s * p.ldo + (n >> 1)] = (uint16_t)f_to_bf16(h);
-    } else {
-        uint16_t *o = p.out + (size_t)p.out_rows[s] * p.ldo;
-        if (n + 1 < p.N && !(p.ldo & 1)) {
-            *(uint32_t *)(o + n) = f_to_bf16(v0) | (f_to_bf16(v1) << 16);
-        } else {
-            if (n < p.N)
-                o[n] = (uint16_t)f_to_bf16(v0);
-            if (n + 1 < p.N)
-                o[n + 1] = (uint16_t)f_to_bf16(v1);
-        }
-    }
-}
-
-/* The float factor of one 128-wide K slice kb for (sorted row s, packed row n). */
-__device__ __forceinline__ float slice_factor(const mxg_gemm_params_t &p, int e, int s, int n, int kb)
-{
-    float f = 1.0f;
-    if (p.wsf)
-        f = p.wsf[(size_t)e * p.wsf_estride + (size_t)(p.wsf_kb > 1 ? kb : 0) * p.N_pad + n];
-    if (p.a_grp_scale)
-        f *= p.a_grp_scale[(size_t)s * p.a_grp_n + kb];
-    else if (p.a_row_scale)
-        f *= p.a_row_scale[s];
-    return f;
+    return v + p.bias[(size_t)e * p.bias_estride + n];
 }
 
 #if !defined(MXG_HIP)
-/* ------------------------------------------------------------ tensor-core path (sm_80+) */
+/* ------------------------------------------------------------ tensor-core path (sm_80+, wgmma on sm_90a) */
 
 __device__ __forceinline__ uint32_t smem_u32(const void *ptr)
 {
     return (uint32_t)__cvta_generic_to_shared(ptr);
 }
 
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid)
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid)
 {
 #if defined(MXG_HAVE_MMA)
     int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(n));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
 #else
     (void)dst;
     (void)src;
@@ -234,19 +245,19 @@ template <int N> __device__ __forceinline__ void cp_async_wait()
 #endif
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *ptr)
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], uint32_t addr)
 {
 #if defined(MXG_HAVE_MMA)
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(ptr)));
+                 : "r"(addr));
 #else
-    (void)ptr;
+    (void)addr;
     r[0] = r[1] = r[2] = r[3] = 0;
 #endif
 }
 
-__device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+__device__ __forceinline__ void mma_16816(float *c, const uint32_t a[4], uint32_t b0, uint32_t b1)
 {
 #if defined(MXG_HAVE_MMA)
     /* not volatile: a pure register operation the compiler may interleave with the decode */
@@ -262,195 +273,407 @@ __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint3
 #endif
 }
 
-template <int BM, int BN, int WM, int WN, int STAGES, int WFMT, bool FLUSH> struct GemmCfg {
-    static constexpr int NT = WM * WN * 32;
-    static constexpr int WTM = BM / WM, WTN = BN / WN;
-    static constexpr int MI = WTM / 16, NI = WTN / 8;
-    static constexpr int RB = WFMT == MXG_W_FP4 ? 32 : WFMT == MXG_W_FP8 ? 64 : 128;
-    static constexpr int A_BYTES = BM * 128;
-    static constexpr int B_BYTES = BN * RB;
-    static constexpr int S_BYTES = WFMT == MXG_W_FP4 ? ((BN * 2 + 15) / 16) * 16 : 0;
-    static constexpr int STAGE = A_BYTES + B_BYTES + S_BYTES;
-    static constexpr int SMEM = STAGE * STAGES;
+/* Orders shared-memory writes of this thread's generic proxy (cp.async data,
+ * after its wait) before reads of the async proxy (wgmma operands). */
+__device__ __forceinline__ void fence_proxy_async()
+{
+#if defined(MXG_HAVE_WGMMA)
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_fence()
+{
+#if defined(MXG_HAVE_WGMMA)
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit()
+{
+#if defined(MXG_HAVE_WGMMA)
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void wgmma_wait()
+{
+#if defined(MXG_HAVE_WGMMA)
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+/* Keeps the compiler from moving accesses of accumulator registers across the
+ * asynchronous MMAs that own them. */
+template <int N> __device__ __forceinline__ void reg_fence(float (&d)[N])
+{
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        asm volatile("" : "+f"(d[i])::"memory");
+}
+
+/* Shared-memory matrix descriptor of a K-major BF16 operand in 128-byte
+ * swizzled rows (8-row atoms of 1024 bytes, consecutive along N), starting at
+ * byte `addr` (the atom base plus 32 bytes per k16 step). */
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t addr)
+{
+    return (uint64_t)((addr & 0x3ffffu) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+           ((uint64_t)1 << 62);
+}
+
+template <int N> struct Wgmma;
+template <> struct Wgmma<16> {
+    static __device__ __forceinline__ void mma(float (&d)[8], const uint32_t (&a)[4], uint64_t desc)
+    {
+#if defined(MXG_HAVE_WGMMA)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "n"(1));
+#else
+        (void)d;
+        (void)a;
+        (void)desc;
+#endif
+    }
 };
 
-template <int BM, int BN, int WM, int WN, int STAGES, int WFMT, bool FLUSH>
-__global__ void __launch_bounds__(WM *WN * 32) gemm_mma(const mxg_gemm_params_t p)
+template <> struct Wgmma<64> {
+    static __device__ __forceinline__ void mma(float (&d)[32], const uint32_t (&a)[4], uint64_t desc)
+    {
+#if defined(MXG_HAVE_WGMMA)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "n"(1));
+#else
+        (void)d;
+        (void)a;
+        (void)desc;
+#endif
+    }
+};
+
+template <> struct Wgmma<128> {
+    static __device__ __forceinline__ void mma(float (&d)[64], const uint32_t (&a)[4], uint64_t desc)
+    {
+#if defined(MXG_HAVE_WGMMA)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "n"(1));
+#else
+        (void)d;
+        (void)a;
+        (void)desc;
+#endif
+    }
+};
+
+enum { ENG_SYNC = MXG_MMA_SYNC, ENG_WG = MXG_MMA_WGMMA };
+
+/* Tile configuration: NWG warpgroups (consumers of MT m64 weight tiles each:
+ * BMW = 64 NWG MT weight rows) by BNT tokens. Shared memory: STAGES stages of
+ * tokens [BNT][128 B], weights [BMW/16 groups][32 lanes][TB] and MXFP4 scales
+ * [BMW/16][32], each kind in its own array (token tiles 1024-aligned); the
+ * epilogue reuses it as [BNT][EPI_PITCH] BF16. */
+template <int NWG, int MT, int BNT, int WFMT, int MAXST> struct TcCfg {
+    static constexpr int NT = NWG * 128;
+    static constexpr int BMW = NWG * MT * 64;
+    static constexpr int NGRP = BMW / 16;
+    static constexpr int TB = WFMT == MXG_W_FP4 ? 16 : WFMT == MXG_W_FP8 ? 32 : 64;
+    static constexpr int A_BYTES = BNT * 128;
+    static constexpr int W_BYTES = NGRP * 32 * TB;
+    static constexpr int S_BYTES = WFMT == MXG_W_FP4 ? NGRP * 32 : 0;
+    static constexpr int STAGE = A_BYTES + W_BYTES + S_BYTES;
+    static constexpr int FIT = (200 * 1024) / STAGE;
+    static constexpr int STAGES = FIT > MAXST ? MAXST : FIT < 3 ? 3 : FIT;
+    static constexpr int PIPE = STAGE * STAGES;
+    static constexpr int EPI_PITCH = BMW * 2 + 16;
+    static constexpr int EPI_BYTES = BNT * EPI_PITCH;
+    static constexpr int SMEM = (PIPE > EPI_BYTES ? PIPE : EPI_BYTES) + 1024;
+    static_assert(BNT % 16 == 0, "token tiles are multiples of 16");
+    static_assert(STAGE % 16 == 0, "stages hold whole 16-byte pieces");
+};
+
+/* The A fragment registers of one k16 step for one 16-row group, from the
+ * lane's packed piece `src` (step s) and, for MXFP4, the lane's scale word. */
+template <int WFMT>
+__device__ __forceinline__ void decode_step(const uint8_t *src, int s, uint32_t scw, uint32_t (&a)[4])
 {
-    typedef GemmCfg<BM, BN, WM, WN, STAGES, WFMT, FLUSH> C;
-    extern __shared__ __align__(128) uint8_t smem[];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wm = warp / WN, wn = warp % WN;
+    if (WFMT == MXG_W_FP4) {
+        const uint32_t w = *(const uint32_t *)(src + 4 * s);
+        const int b = s >> 1;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            uint32_t m1, m2;
+            e8m0_mults((scw >> (8 * (h + 2 * b))) & 0xffu, m1, m2);
+            uint32_t x0 = bf16x2_mul(fp4x2_bits(w >> (4 * h)), m1);
+            uint32_t x1 = bf16x2_mul(fp4x2_bits(w >> (4 * (h + 2))), m1);
+            if (m2 != 0x3f803f80u) {
+                x0 = bf16x2_mul(x0, m2);
+                x1 = bf16x2_mul(x1, m2);
+            }
+            a[h] = x0;
+            a[h + 2] = x1;
+        }
+    } else if (WFMT == MXG_W_FP8) {
+        const uint2 v = *(const uint2 *)(src + 8 * s);
+        a[0] = bf16x2_mul(fp8x2_bits(v.x & 0xffffu), 0x7b807b80u); /* * 2^120 */
+        a[1] = bf16x2_mul(fp8x2_bits(v.x >> 16), 0x7b807b80u);
+        a[2] = bf16x2_mul(fp8x2_bits(v.y & 0xffffu), 0x7b807b80u);
+        a[3] = bf16x2_mul(fp8x2_bits(v.y >> 16), 0x7b807b80u);
+    } else {
+        const uint4 v = *(const uint4 *)(src + 16 * s);
+        a[0] = v.x;
+        a[1] = v.y;
+        a[2] = v.z;
+        a[3] = v.w;
+    }
+}
+
+template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST>
+__global__ void __launch_bounds__(NWG * 128, 1) gemm_tc(const mxg_gemm_params_t p)
+{
+    typedef TcCfg<NWG, MT, BNT, WFMT, MAXST> C;
+    constexpr int NJ = BNT / 8, NACC = BNT / 2;
+    constexpr int PRE = C::STAGES - 2; /* chunks in flight */
+#if !defined(MXG_HAVE_WGMMA)
+    if (ENG == ENG_WG) { /* never launched: the host picks wgmma only on sm_90a */
+        __trap();
+    }
+#endif
+    extern __shared__ uint8_t smem_raw[];
+    const uint32_t raw_s = smem_u32(smem_raw);
+    uint8_t *smem = smem_raw + ((1024u - (raw_s & 1023u)) & 1023u);
+    const uint32_t sbase = smem_u32(smem);
+    const uint32_t sA = sbase, sW = sbase + C::STAGES * C::A_BYTES, sS = sW + C::STAGES * C::W_BYTES;
+    uint8_t *const pW = smem + C::STAGES * C::A_BYTES, *const pS = pW + C::STAGES * C::W_BYTES;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, wi = warp & 3;
     const int g = lane >> 2, t4 = lane & 3;
     const int mt = blockIdx.y;
+    griddep_launch();
     if (mt >= p.n_mtiles)
         return;
     const int e = p.tile_e[mt], m0 = p.tile_m0[mt];
     const int cnt = p.cnt[e], off = p.off[e];
-    const int n0 = blockIdx.x * BN;
-    const uint8_t *wbase = p.w + (size_t)e * p.w_estride;
-    const uint8_t *sbase = WFMT == MXG_W_FP4 ? p.sc + (size_t)e * p.sc_estride : nullptr;
-    const int n_chunks = p.K_pad / MXG_BK;
+    const int n0 = blockIdx.x * C::BMW;
+    const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
+    const uint8_t *wsrc = p.w + (size_t)e * p.w_estride + (size_t)(n0 >> 4) * 32 * C::TB;
+    const size_t wstep = (size_t)NG * 32 * C::TB;
+    const uint8_t *ssrc = WFMT == MXG_W_FP4 ? p.sc + (size_t)e * p.sc_estride + (size_t)(n0 >> 4) * 32 : nullptr;
+    const size_t sstep = (size_t)NG * 32;
 
-    /* A rows this thread copies: (row r, 16-byte chunk c) for r = tid/8 + i*NT/8. */
-    constexpr int A_ITERS = (BM * 8 + C::NT - 1) / C::NT;
-    const uint16_t *a_src[A_ITERS];
-    bool a_ok[A_ITERS];
+    /* the token pieces (row r, 16-byte piece c) this thread copies */
+    constexpr int A_PIECES = BNT * 8;
+    constexpr int A_IT = (A_PIECES + C::NT - 1) / C::NT;
+    const uint16_t *a_src[A_IT];
+    uint32_t a_dst[A_IT];
+    bool a_ok[A_IT];
 #pragma unroll
-    for (int i = 0; i < A_ITERS; i++) {
-        int idx = tid + i * C::NT, r = idx >> 3;
-        int m = m0 + r;
-        a_ok[i] = (idx < BM * 8) && (m < cnt);
-        int srow = off + (m < cnt ? m : 0);
-        int arow = p.a_rows ? p.a_rows[srow] : srow;
-        a_src[i] = p.a + (size_t)arow * p.lda + (idx & 7) * 8;
+    for (int i = 0; i < A_IT; i++) {
+        const int idx = tid + i * C::NT, r = idx >> 3, c = idx & 7, m = m0 + r;
+        a_ok[i] = idx < A_PIECES && m < cnt;
+        const int srow = off + (m < cnt ? m : 0);
+        const int arow = p.a_rows ? p.a_rows[srow] : srow;
+        a_src[i] = p.a + (size_t)arow * p.lda + c * 8;
+        a_dst[i] = (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4));
     }
-
-    auto load_stage = [&](int stage, int kc) {
-        uint8_t *sa = smem + stage * C::STAGE;
-        uint8_t *sb = sa + C::A_BYTES;
+    auto load_w = [&](int stage, int kc) {
+        const uint8_t *src = wsrc + (size_t)kc * wstep;
+        const uint32_t dst = sW + stage * C::W_BYTES;
 #pragma unroll
-        for (int i = 0; i < A_ITERS; i++) {
-            int idx = tid + i * C::NT;
-            if (idx < BM * 8) {
-                int r = idx >> 3, c = idx & 7;
-                cp_async16(sa + r * 128 + ((c ^ (r & 7)) << 4), a_src[i] + kc * MXG_BK, a_ok[i]);
-            }
-        }
-        const uint8_t *gb = wbase + ((size_t)kc * p.N_pad + n0) * C::RB;
-        for (int idx = tid; idx < C::B_BYTES / 16; idx += C::NT)
-            cp_async16(sb + idx * 16, gb + idx * 16, true);
+        for (int idx = tid; idx < C::W_BYTES / 16; idx += C::NT)
+            cp_async16(dst + idx * 16, src + idx * 16, true);
         if (WFMT == MXG_W_FP4) {
-            const uint8_t *gs = sbase + ((size_t)kc * p.N_pad + n0) * 2;
-            for (int idx = tid; idx < (BN * 2) / 16; idx += C::NT)
-                cp_async16(sb + C::B_BYTES + idx * 16, gs + idx * 16, true);
+            const uint8_t *ss = ssrc + (size_t)kc * sstep;
+            const uint32_t sd = sS + stage * C::S_BYTES;
+            for (int idx = tid; idx < C::S_BYTES / 16; idx += C::NT)
+                cp_async16(sd + idx * 16, ss + idx * 16, true);
         }
     };
+    auto load_a = [&](int stage, int kc) {
+        const uint32_t dst = sA + stage * C::A_BYTES;
+#pragma unroll
+        for (int i = 0; i < A_IT; i++)
+            if (tid + i * C::NT < A_PIECES)
+                cp_async16(dst + a_dst[i], a_src[i] + kc * MXG_BK, a_ok[i]);
+    };
 
-    float acc[C::MI][C::NI][4];
-    float part[FLUSH ? C::MI : 1][FLUSH ? C::NI : 1][4];
+    /* weights do not depend on the previous kernel: prefetch them first */
 #pragma unroll
-    for (int i = 0; i < C::MI; i++)
+    for (int st = 0; st < PRE; st++)
+        if (st < KC)
+            load_w(st, st);
+    griddep_wait();
 #pragma unroll
-        for (int j = 0; j < C::NI; j++)
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                acc[i][j][q] = 0.0f;
-                if (FLUSH)
-                    part[FLUSH ? i : 0][FLUSH ? j : 0][q] = 0.0f;
-            }
-
-#pragma unroll
-    for (int st = 0; st < STAGES - 1; st++) {
-        if (st < n_chunks)
-            load_stage(st, st);
+    for (int st = 0; st < PRE; st++) {
+        if (st < KC)
+            load_a(st, st);
         cp_async_commit();
     }
 
-    for (int kc = 0; kc < n_chunks; kc++) {
-        cp_async_wait<STAGES - 2>();
+    float acc[MT][NACC];
+    float part[FLUSH ? MT : 1][FLUSH ? NACC : 1];
+#pragma unroll
+    for (int t = 0; t < MT; t++)
+#pragma unroll
+        for (int i = 0; i < NACC; i++) {
+            acc[t][i] = 0.0f;
+            if (FLUSH)
+                part[FLUSH ? t : 0][FLUSH ? i : 0] = 0.0f;
+        }
+    uint32_t af[2][MT][4];
+    /* this lane's 16-row groups (one per m64 tile) */
+    int grp[MT];
+#pragma unroll
+    for (int t = 0; t < MT; t++)
+        grp[t] = (wg * MT + t) * 4 + wi;
+
+    for (int kc = 0; kc < KC; kc++) {
+        cp_async_wait<PRE - 1>();
+        if (ENG == ENG_WG)
+            fence_proxy_async();
         __syncthreads();
         {
-            int nk = kc + STAGES - 1;
-            if (nk < n_chunks)
-                load_stage(nk % STAGES, nk);
+            const int nk = kc + PRE; /* into the stage of chunk kc - 2, whose MMAs are complete */
+            if (nk < KC) {
+                load_w(nk % C::STAGES, nk);
+                load_a(nk % C::STAGES, nk);
+            }
             cp_async_commit();
         }
-        const uint8_t *sa = smem + (kc % STAGES) * C::STAGE;
-        const uint8_t *sb = sa + C::A_BYTES;
-        uint2 wq[WFMT == MXG_W_FP4 ? C::NI : 1];
-        uint32_t sm1[WFMT == MXG_W_FP4 ? C::NI : 1][2], sm2[WFMT == MXG_W_FP4 ? C::NI : 1][2];
-        if (WFMT == MXG_W_FP4) {
+        const int stg = kc % C::STAGES;
+        const uint32_t a_st = sA + stg * C::A_BYTES;
+        const uint8_t *wst = pW + stg * C::W_BYTES;
+        uint32_t scw[MT];
 #pragma unroll
-            for (int j = 0; j < C::NI; j++) {
-                int nl = wn * C::WTN + j * 8 + g;
-                wq[j] = *(const uint2 *)(sb + nl * 32 + t4 * 8);
-                e8m0_mults(sb[C::B_BYTES + nl * 2], sm1[j][0], sm2[j][0]);
-                e8m0_mults(sb[C::B_BYTES + nl * 2 + 1], sm1[j][1], sm2[j][1]);
-            }
-        }
+        for (int t = 0; t < MT; t++)
+            scw[t] = WFMT == MXG_W_FP4 ? *(const uint32_t *)(pS + stg * C::S_BYTES + grp[t] * 32 + g * 4) : 0u;
 #pragma unroll
         for (int s = 0; s < 4; s++) {
-            uint32_t af[C::MI][4];
 #pragma unroll
-            for (int i = 0; i < C::MI; i++) {
-                int r = wm * C::WTM + i * 16 + (lane & 15);
-                int c = s * 2 + (lane >> 4);
-                ldmatrix_x4(af[i], sa + r * 128 + ((c ^ (r & 7)) << 4));
-            }
+            for (int t = 0; t < MT; t++)
+                decode_step<WFMT>(wst + (grp[t] * 32 + lane) * C::TB, s, scw[t], af[s & 1][t]);
+            if (ENG == ENG_WG) {
+                wgmma_fence();
+                const uint64_t desc = sw128_desc(a_st + 32 * s);
 #pragma unroll
-            for (int j = 0; j < C::NI; j++) {
-                int nl = wn * C::WTN + j * 8 + g;
-                uint32_t b0, b1;
-                if (WFMT == MXG_W_FP4) {
-                    const int jj = WFMT == MXG_W_FP4 ? j : 0;
-                    uint32_t w = (s < 2 ? wq[jj].x : wq[jj].y) >> ((s & 1) * 8);
-                    b0 = bf16x2_mul(fp4x2_bits(w), sm1[jj][s >> 1]);
-                    b1 = bf16x2_mul(fp4x2_bits(w >> 4), sm1[jj][s >> 1]);
-                    if (sm2[jj][s >> 1] != 0x3f803f80u) {
-                        b0 = bf16x2_mul(b0, sm2[jj][s >> 1]);
-                        b1 = bf16x2_mul(b1, sm2[jj][s >> 1]);
-                    }
-                } else if (WFMT == MXG_W_FP8) {
-                    uint32_t v = *(const uint32_t *)(sb + nl * 64 + t4 * 16 + s * 4);
-                    b0 = bf16x2_mul(fp8x2_bits(v & 0xffffu), 0x7b807b80u); /* * 2^120 */
-                    b1 = bf16x2_mul(fp8x2_bits(v >> 16), 0x7b807b80u);
-                } else {
-                    uint2 v = *(const uint2 *)(sb + nl * 128 + t4 * 32 + s * 8);
-                    b0 = v.x;
-                    b1 = v.y;
-                }
-#pragma unroll
-                for (int i = 0; i < C::MI; i++) {
-                    if (FLUSH)
-                        mma_16816(part[FLUSH ? i : 0][FLUSH ? j : 0], af[i], b0, b1);
+                for (int t = 0; t < MT; t++) {
+                    if constexpr (FLUSH)
+                        Wgmma<BNT>::mma(part[t], af[s & 1][t], desc);
                     else
-                        mma_16816(acc[i][j], af[i], b0, b1);
+                        Wgmma<BNT>::mma(acc[t], af[s & 1][t], desc);
+                }
+                wgmma_commit();
+                wgmma_wait<1>();
+            } else {
+#pragma unroll
+                for (int jj = 0; jj < NJ; jj += 2) {
+                    uint32_t b[4];
+                    const int row = 8 * (jj + (lane >> 4)) + (lane & 7), c = 2 * s + ((lane >> 3) & 1);
+                    ldmatrix_x4(b, a_st + row * 128 + ((c ^ (row & 7)) << 4));
+#pragma unroll
+                    for (int t = 0; t < MT; t++) {
+                        float *d = FLUSH ? part[FLUSH ? t : 0] : acc[t];
+                        mma_16816(d + jj * 4, af[s & 1][t], b[0], b[1]);
+                        mma_16816(d + (jj + 1) * 4, af[s & 1][t], b[2], b[3]);
+                    }
                 }
             }
         }
-        if (FLUSH && ((kc & 1) || kc == n_chunks - 1)) {
-            int kb = kc >> 1;
+        if (FLUSH && ((kc & 1) || kc == KC - 1)) {
+            if (ENG == ENG_WG) {
+                wgmma_wait<0>();
 #pragma unroll
-            for (int i = 0; i < C::MI; i++)
+                for (int t = 0; t < MT; t++)
+                    reg_fence(part[FLUSH ? t : 0]);
+            }
+            const int kb = kc >> 1;
 #pragma unroll
-                for (int hh = 0; hh < 2; hh++) {
-                    int m = m0 + wm * C::WTM + i * 16 + g + hh * 8;
-                    int srow = off + (m < cnt ? m : 0);
+            for (int t = 0; t < MT; t++) {
+                const int n = n0 + grp[t] * 16 + g;
+                const float rf0 = row_factor(p, e, n, kb), rf1 = row_factor(p, e, n + 8, kb);
 #pragma unroll
-                    for (int j = 0; j < C::NI; j++) {
-                        int n = n0 + wn * C::WTN + j * 8 + 2 * t4;
-                        float f0 = slice_factor(p, e, srow, n, kb), f1 = slice_factor(p, e, srow, n + 1, kb);
-                        float *pp = part[FLUSH ? i : 0][FLUSH ? j : 0];
-                        acc[i][j][hh * 2] += pp[hh * 2] * f0;
-                        acc[i][j][hh * 2 + 1] += pp[hh * 2 + 1] * f1;
-                        pp[hh * 2] = 0.0f;
-                        pp[hh * 2 + 1] = 0.0f;
+                for (int j = 0; j < NJ; j++)
+#pragma unroll
+                    for (int el = 0; el < 2; el++) {
+                        const int m = m0 + 8 * j + 2 * t4 + el;
+                        const float tf = tok_factor(p, off + (m < cnt ? m : 0), kb);
+                        float *pp = part[FLUSH ? t : 0];
+                        acc[t][j * 4 + el] += pp[j * 4 + el] * (rf0 * tf);
+                        acc[t][j * 4 + 2 + el] += pp[j * 4 + 2 + el] * (rf1 * tf);
+                        pp[j * 4 + el] = 0.0f;
+                        pp[j * 4 + 2 + el] = 0.0f;
                     }
-                }
+            }
         }
     }
+    if (ENG == ENG_WG) {
+        wgmma_wait<0>();
+#pragma unroll
+        for (int t = 0; t < MT; t++)
+            reg_fence(acc[t]);
+    }
     cp_async_wait<0>();
+    __syncthreads(); /* every warp is done with the stages: the epilogue reuses them */
 
+    /* epilogue: finish each value, stage the tile as [token][column] BF16, write rows out */
+    const bool act = p.epi == MXG_EPI_ACT;
 #pragma unroll
-    for (int i = 0; i < C::MI; i++)
+    for (int t = 0; t < MT; t++) {
+        const int nl = grp[t] * 16 + g, n = n0 + nl;
 #pragma unroll
-        for (int hh = 0; hh < 2; hh++) {
-            int m = m0 + wm * C::WTM + i * 16 + g + hh * 8;
-            if (m >= cnt)
+        for (int j = 0; j < NJ; j++)
+#pragma unroll
+            for (int el = 0; el < 2; el++) {
+                const int col = 8 * j + 2 * t4 + el, m = m0 + col;
+                const int s = off + (m < cnt ? m : 0);
+                const float v0 = finish_value(p, e, s, n, acc[t][j * 4 + el]);
+                const float v1 = finish_value(p, e, s, n + 8, acc[t][j * 4 + 2 + el]);
+                uint16_t *row = (uint16_t *)(smem + col * C::EPI_PITCH);
+                if (act) {
+                    row[grp[t] * 8 + g] = (uint16_t)f_to_bf16(act_apply(p.act, v0, v1, p.limit, p.alpha));
+                } else {
+                    row[nl] = (uint16_t)f_to_bf16(v0);
+                    row[nl + 8] = (uint16_t)f_to_bf16(v1);
+                }
+            }
+    }
+    __syncthreads();
+    const int ntok = cnt - m0 < BNT ? cnt - m0 : BNT;
+    const int ncols = act ? C::BMW / 2 : C::BMW;
+    const int c0 = act ? n0 / 2 : n0;
+    const int limit = act ? p.ldo : p.N;
+    if (!(p.ldo & 7)) {
+        const int per = ncols / 8;
+        for (int idx = tid; idx < ntok * per; idx += C::NT) {
+            const int r = idx / per, c8 = idx - r * per, col = c0 + c8 * 8;
+            if (col >= limit)
                 continue;
-#pragma unroll
-            for (int j = 0; j < C::NI; j++) {
-                int n = n0 + wn * C::WTN + j * 8 + 2 * t4;
-                epilogue_pair(p, e, off + m, n, acc[i][j][hh * 2], acc[i][j][hh * 2 + 1]);
+            const int s = off + m0 + r;
+            uint16_t *dst = p.out + (size_t)(act ? s : p.out_rows[s]) * p.ldo + col;
+            const uint16_t *srcp = (const uint16_t *)(smem + r * C::EPI_PITCH) + c8 * 8;
+            if (col + 8 <= limit) {
+                *(uint4 *)dst = *(const uint4 *)srcp;
+            } else {
+                for (int u = 0; col + u < limit; u++)
+                    dst[u] = srcp[u];
             }
         }
+    } else {
+        for (int idx = tid; idx < ntok * ncols; idx += C::NT) {
+            const int r = idx / ncols, cc = idx - r * ncols, col = c0 + cc;
+            if (col >= limit)
+                continue;
+            const int s = off + m0 + r;
+            p.out[(size_t)(act ? s : p.out_rows[s]) * p.ldo + col] = ((const uint16_t *)(smem + r * C::EPI_PITCH))[cc];
+        }
+    }
 }
 
-template <int BM, int BN, int WM, int WN, int STAGES, int WFMT, bool FLUSH>
-static int launch_mma(const mxg_gemm_params_t *p, cudaStream_t st)
+template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST>
+static int launch_tc(const mxg_gemm_params_t *p, cudaStream_t st)
 {
-    typedef GemmCfg<BM, BN, WM, WN, STAGES, WFMT, FLUSH> C;
+    typedef TcCfg<NWG, MT, BNT, WFMT, MAXST> C;
+    auto kern = gemm_tc<NWG, MT, BNT, WFMT, FLUSH, ENG, MAXST>;
     /* The dynamic shared memory limit is an attribute of the function in the
      * current device's context: remember it per device (bit d of a mask that
      * any thread may update), not once per process. */
@@ -461,36 +684,64 @@ static int launch_mma(const mxg_gemm_params_t *p, cudaStream_t st)
         return (int)err;
     const unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0ull;
     if (!bit || !(attr_set.load(std::memory_order_acquire) & bit)) {
-        err = cudaFuncSetAttribute(gemm_mma<BM, BN, WM, WN, STAGES, WFMT, FLUSH>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
+        err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
         if (err != cudaSuccess)
             return (int)err;
         attr_set.fetch_or(bit, std::memory_order_acq_rel);
     }
-    dim3 grid(p->N_pad / BN, p->n_mtiles);
-    gemm_mma<BM, BN, WM, WN, STAGES, WFMT, FLUSH><<<grid, C::NT, C::SMEM, st>>>(*p);
-    return (int)cudaGetLastError();
+    cudaLaunchConfig_t lc = {};
+    lc.gridDim = dim3((unsigned)((p->N + C::BMW - 1) / C::BMW), (unsigned)p->n_mtiles);
+    lc.blockDim = dim3(C::NT);
+    lc.dynamicSmemBytes = C::SMEM;
+    lc.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    lc.attrs = at;
+    lc.numAttrs = p->pdl ? 1 : 0;
+    return (int)cudaLaunchKernelEx(&lc, kern, *p);
 }
 
-template <int WFMT, bool FLUSH> static int launch_cfg(const mxg_gemm_params_t *p, int cfg, cudaStream_t st)
+template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_params_t *p, int cfg, cudaStream_t st)
 {
-    if (cfg == MXG_CFG_S)
-        return launch_mma<16, 64, 1, 4, 10, WFMT, FLUSH>(p, st);
+    if (cfg == MXG_CFG_S) /* decode: 64 weight rows x 16 tokens, deep pipeline, several CTAs per SM */
+        return launch_tc<1, 1, 16, WFMT, FLUSH, ENG, 12>(p, st);
     if (cfg == MXG_CFG_M)
-        return launch_mma<64, 64, 2, 2, 6, WFMT, FLUSH>(p, st);
-    /* warp tiles of 64x64 halve the decode and A-fragment work per MMA; the
-     * flushing variant needs a second accumulator set and keeps 64x32 */
+        return launch_tc<2, 1, 64, WFMT, FLUSH, ENG, 6>(p, st);
+    /* large batches: 256 weight rows x 128 tokens (the flushing variant keeps a
+     * second accumulator set: 128 rows) */
     if constexpr (FLUSH)
-        return launch_mma<128, 128, 2, 4, 3, WFMT, FLUSH>(p, st);
+        return launch_tc<2, 1, 128, WFMT, FLUSH, ENG, 8>(p, st);
     else
-        return launch_mma<128, 128, 2, 2, 4, WFMT, FLUSH>(p, st);
+        return launch_tc<2, 2, 128, WFMT, FLUSH, ENG, 8>(p, st);
+}
+
+template <int WFMT, bool FLUSH> static int launch_eng(const mxg_gemm_params_t *p, int cfg, cudaStream_t st)
+{
+    if (p->mma == MXG_MMA_WGMMA)
+        return launch_cfg<WFMT, FLUSH, ENG_WG>(p, cfg, st);
+    return launch_cfg<WFMT, FLUSH, ENG_SYNC>(p, cfg, st);
 }
 
 #else
 /* ------------------------------------------------------------ portable SIMT path (HIP) */
 
-/* One thread per (sorted row, column pair); the same K order (64-wide chunks,
- * four 16-wide steps) and the same per-slice flush as the MMA path. */
+/* The weight (n, k) of expert e, decoded from the packed layout. */
+__device__ float w_elem(const mxg_gemm_params_t &p, int e, int n, int k)
+{
+    int sh = 0;
+    const size_t o = mxg_w_offset(p.wfmt, p.N_pad, n, k, &sh);
+    const uint8_t *w = p.w + (size_t)e * p.w_estride;
+    if (p.wfmt == MXG_W_FP4)
+        return fp4_to_f((w[o] >> sh) & 15u) *
+               e8m0_to_f(p.sc[(size_t)e * p.sc_estride + mxg_sc_offset(p.N_pad, n, k >> 5)]);
+    if (p.wfmt == MXG_W_FP8)
+        return bf16_to_f(e4m3_to_bf16(w[o]));
+    return bf16_to_f(*(const uint16_t *)(w + o));
+}
+
+/* One thread per (output unit, token): an activation index (GEMM1: its gate
+ * and up rows) or an output row; the same per-slice flush as the MMA path. */
 __global__ void gemm_simt(const mxg_gemm_params_t p, int bm)
 {
     const int mt = blockIdx.y;
@@ -498,55 +749,42 @@ __global__ void gemm_simt(const mxg_gemm_params_t p, int bm)
         return;
     const int e = p.tile_e[mt], m0 = p.tile_m0[mt];
     const int cnt = p.cnt[e], off = p.off[e];
-    const int pair = blockIdx.x * blockDim.x + threadIdx.x;
-    const int n = pair * 2;
-    if (n >= p.N_pad)
-        return;
-    const uint8_t *wbase = p.w + (size_t)e * p.w_estride;
-    const size_t rb = 64 * (p.wfmt == MXG_W_FP4 ? 4 : p.wfmt == MXG_W_FP8 ? 8 : 16) / 8;
+    const int u = blockIdx.x * blockDim.x + threadIdx.x;
+    const bool act = p.epi == MXG_EPI_ACT;
+    int rows[2];
+    if (act) {
+        rows[0] = (u >> 3) * 16 + (u & 7);
+        rows[1] = rows[0] + 8;
+        if (u >= p.ldo || rows[1] >= p.N_pad)
+            return;
+    } else {
+        rows[0] = rows[1] = u;
+        if (u >= p.N)
+            return;
+    }
     for (int m = m0; m < m0 + bm && m < cnt; m++) {
-        int s = off + m;
+        const int s = off + m;
         const uint16_t *arow = p.a + (size_t)(p.a_rows ? p.a_rows[s] : s) * p.lda;
-        float acc[2] = {0.0f, 0.0f}, part[2] = {0.0f, 0.0f};
-        for (int kc = 0; kc < p.K_pad / MXG_BK; kc++) {
-            for (int col = 0; col < 2; col++) {
-                const uint8_t *wr = wbase + ((size_t)kc * p.N_pad + n + col) * rb;
-                float sum = 0.0f;
-                for (int k = 0; k < MXG_BK; k += 2) {
-                    int ss = k / 16, h = (k % 16) / 8, q = (k % 8) / 2;
-                    int slot = q * 8 + ss * 2 + h;
-                    float w0, w1;
-                    if (p.wfmt == MXG_W_FP4) {
-                        float sc =
-                            e8m0_to_f(p.sc[(size_t)e * p.sc_estride + ((size_t)kc * p.N_pad + n + col) * 2 + (k >> 5)]);
-                        int b0, b1;
-                        int hi0 = fp4_nibble_index(k, &b0), hi1 = fp4_nibble_index(k + 1, &b1);
-                        w0 = fp4_to_f((wr[b0] >> (4 * hi0)) & 15u) * sc;
-                        w1 = fp4_to_f((wr[b1] >> (4 * hi1)) & 15u) * sc;
-                    } else if (p.wfmt == MXG_W_FP8) {
-                        uint32_t v = dec_fp8_pair(wr[slot * 2] | ((uint32_t)wr[slot * 2 + 1] << 8));
-                        w0 = bf16_to_f(v & 0xffffu);
-                        w1 = bf16_to_f(v >> 16);
-                    } else {
-                        const uint16_t *wv = (const uint16_t *)(wr + slot * 4);
-                        w0 = bf16_to_f(wv[0]);
-                        w1 = bf16_to_f(wv[1]);
-                    }
-                    sum += bf16_to_f(arow[kc * MXG_BK + k]) * w0 + bf16_to_f(arow[kc * MXG_BK + k + 1]) * w1;
-                }
+        float v[2];
+        for (int r = 0; r < (act ? 2 : 1); r++) {
+            float acc = 0.0f, part = 0.0f;
+            for (int k = 0; k < p.K_pad; k++) {
+                const float x = bf16_to_f(arow[k]) * w_elem(p, e, rows[r], k);
                 if (p.flush)
-                    part[col] += sum;
+                    part += x;
                 else
-                    acc[col] += sum;
-            }
-            if (p.flush && ((kc & 1) || kc == p.K_pad / MXG_BK - 1)) {
-                for (int col = 0; col < 2; col++) {
-                    acc[col] += part[col] * slice_factor(p, e, s, n + col, kc >> 1);
-                    part[col] = 0.0f;
+                    acc += x;
+                if (p.flush && ((k & 127) == 127 || k == p.K_pad - 1)) {
+                    acc += part * (row_factor(p, e, rows[r], k >> 7) * tok_factor(p, s, k >> 7));
+                    part = 0.0f;
                 }
             }
+            v[r] = finish_value(p, e, s, rows[r], acc);
         }
-        epilogue_pair(p, e, s, n, acc[0], acc[1]);
+        if (act)
+            p.out[(size_t)s * p.ldo + u] = (uint16_t)f_to_bf16(act_apply(p.act, v[0], v[1], p.limit, p.alpha));
+        else
+            p.out[(size_t)p.out_rows[s] * p.ldo + u] = (uint16_t)f_to_bf16(v[0]);
     }
 }
 #endif
@@ -555,6 +793,8 @@ __global__ void gemm_simt(const mxg_gemm_params_t p, int bm)
 
 __global__ void quant_rows(const mxg_quant_params_t p)
 {
+    griddep_launch();
+    griddep_wait();
     const int r = blockIdx.x;
     if (r >= p.n_rows)
         return;
@@ -608,6 +848,8 @@ __global__ void quant_rows(const mxg_quant_params_t p)
 
 __global__ void combine_rows(const mxg_combine_params_t p)
 {
+    griddep_launch();
+    griddep_wait();
     const int h = blockIdx.x * blockDim.x + threadIdx.x;
     if (h >= p.H)
         return;
@@ -631,16 +873,20 @@ extern "C" int mxi_gpu_cfg_bm(int cfg)
 static int gemm_launch_part(const mxg_gemm_params_t *p, int cfg, cudaStream_t st)
 {
 #if !defined(MXG_HIP)
+    /* per-slice flushes come with FP8 block scales or per-group activations (W8A8) only */
+    if (p->wfmt != MXG_W_FP8 && p->flush)
+        return (int)cudaErrorInvalidValue;
     if (p->wfmt == MXG_W_FP4)
-        return launch_cfg<MXG_W_FP4, false>(p, cfg, st);
+        return launch_eng<MXG_W_FP4, false>(p, cfg, st);
     if (p->wfmt == MXG_W_BF16)
-        return launch_cfg<MXG_W_BF16, false>(p, cfg, st);
+        return launch_eng<MXG_W_BF16, false>(p, cfg, st);
     if (p->flush)
-        return launch_cfg<MXG_W_FP8, true>(p, cfg, st);
-    return launch_cfg<MXG_W_FP8, false>(p, cfg, st);
+        return launch_eng<MXG_W_FP8, true>(p, cfg, st);
+    return launch_eng<MXG_W_FP8, false>(p, cfg, st);
 #else
     int bm = mxi_gpu_cfg_bm(cfg);
-    dim3 grid((p->N_pad / 2 + 127) / 128, p->n_mtiles);
+    const int units = p->epi == MXG_EPI_ACT ? p->ldo : p->N;
+    dim3 grid((units + 127) / 128, p->n_mtiles);
     gemm_simt<<<grid, 128, 0, st>>>(*p, bm);
     return (int)cudaGetLastError();
 #endif
@@ -659,11 +905,35 @@ extern "C" int mxi_gpu_gemm_launch(const mxg_gemm_params_t *p, int cfg, void *st
         q.tile_e = p->tile_e + base;
         q.tile_m0 = p->tile_m0 + base;
         q.n_mtiles = p->n_mtiles - base < max_y ? p->n_mtiles - base : max_y;
+        if (base > 0)
+            q.pdl = 0; /* a later slice follows a GEMM slice, not the producer of its input */
         int rc = gemm_launch_part(&q, cfg, st);
         if (rc != 0)
             return rc;
     }
     return 0;
+}
+
+/* Plain launch, or a programmatic dependent one when `pdl` (sm_90). */
+template <typename P>
+static int launch_simple(void (*kern)(const P), dim3 grid, dim3 block, cudaStream_t st, const P &prm, int pdl)
+{
+#if !defined(MXG_HIP)
+    cudaLaunchConfig_t lc = {};
+    lc.gridDim = grid;
+    lc.blockDim = block;
+    lc.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    lc.attrs = at;
+    lc.numAttrs = pdl ? 1 : 0;
+    return (int)cudaLaunchKernelEx(&lc, kern, prm);
+#else
+    (void)pdl;
+    kern<<<grid, block, 0, st>>>(prm);
+    return (int)cudaGetLastError();
+#endif
 }
 
 extern "C" int mxi_gpu_quant_launch(const mxg_quant_params_t *p, void *stream)
@@ -684,8 +954,7 @@ extern "C" int mxi_gpu_quant_launch(const mxg_quant_params_t *p, void *stream)
             q.row_scale = p->row_scale + base;
         if (p->grp)
             q.grp = p->grp + (size_t)base * p->n_grp;
-        quant_rows<<<q.n_rows, 256, 0, (cudaStream_t)stream>>>(q);
-        int rc = (int)cudaGetLastError();
+        int rc = launch_simple(quant_rows, dim3(q.n_rows), dim3(256), (cudaStream_t)stream, q, base == 0 ? p->pdl : 0);
         if (rc != 0)
             return rc;
     }
@@ -697,6 +966,5 @@ extern "C" int mxi_gpu_combine_launch(const mxg_combine_params_t *p, void *strea
     if (p->n_tokens == 0)
         return 0;
     dim3 grid((p->H + 255) / 256, p->n_tokens < 65535 ? p->n_tokens : 65535);
-    combine_rows<<<grid, 256, 0, (cudaStream_t)stream>>>(*p);
-    return (int)cudaGetLastError();
+    return launch_simple(combine_rows, grid, dim3(256), (cudaStream_t)stream, *p, p->pdl);
 }

@@ -222,7 +222,79 @@ static void test_cuda_token_counts_1_to_8192_match_ref(void **state)
     assert_true(parity_case(d, 8, 1000, 2, MX_WSCALE_BLOCK, MX_OUT_WEIGHTED_SUM, seed++) <= 5e-3);
 }
 
-/* The rows of a token must be the same bits whatever else is in the batch and whatever tile shape runs. */
+/* Runs the whole batch once per tile configuration (and the given MMA) and
+ * checks each against `full` bitwise; returns 1 when all matched. */
+static int all_cfgs_equal(mx_backend_packed_t *pk, mx_run_args_t a, const uint16_t *full, uint16_t *part, size_t bytes)
+{
+    int ok = 1;
+    for (int cfg = 0; cfg < 3; cfg++) {
+        mxi_cuda_force_cfg(pk, cfg);
+        memset(part, 0xff, bytes);
+        a.out_bf16 = part;
+        assert_int_equal(mx_backend_cuda.run(pk, &a, NULL), MX_OK);
+        if (memcmp(full, part, bytes) != 0)
+            ok = 0;
+    }
+    mxi_cuda_force_cfg(pk, -1);
+    return ok;
+}
+
+/* The rows of a token must be the same bits whatever else is in the batch and
+ * whatever tile shape runs, for each MMA instruction the device has; whether
+ * mma.sync and wgmma agree bitwise is printed (not required: one device always
+ * runs one of them). Small shapes for every scheme, then layer-sized ones
+ * (several weight tiles, K of 45 chunks) for W4A16 and block-scaled W8A8. */
+static void invariance_case(mx_moe_desc_t d, int E, size_t T, uint64_t seed)
+{
+    gref_experts_t g;
+    assert_int_equal(gref_experts_make(&d, E, MX_WSCALE_BLOCK, 1, seed, &g), 0);
+    mx_backend_packed_t *pk = NULL;
+    assert_int_equal(mx_backend_cuda.prepack(&g_dev, &d, g.ex, E, &pk), MX_OK);
+    batch_t b;
+    batch_make(&b, T, d.hidden, 2, E, seed + 100);
+    const size_t H = d.hidden, bytes = b.NA * H * 2;
+    uint16_t *full = malloc(bytes), *part = malloc(bytes), *first = malloc(bytes);
+    mx_run_args_t a = args_of(&b, MX_OUT_PER_ASSIGNMENT, full, NULL);
+    const int mma0 = mxi_cuda_mma(pk);
+    int same_as_first = 1;
+    for (int mma = 0; mma < 2; mma++) {
+        if (!mxi_cuda_force_mma(pk, mma))
+            continue;
+        memset(full, 0xff, bytes);
+        a.out_bf16 = full;
+        assert_int_equal(mx_backend_cuda.run(pk, &a, NULL), MX_OK);
+        if (mma == 0)
+            memcpy(first, full, bytes);
+        else
+            same_as_first = memcmp(first, full, bytes) == 0;
+        if (!all_cfgs_equal(pk, a, full, part, bytes))
+            fail_msg("%s H=%zu I=%zu: tile configurations differ (mma %d, seed %llu)", mx_scheme_name(d.scheme), H,
+                     d.inter, mma, (unsigned long long)seed);
+        /* prefixes of the assignment list: smaller batches, other batch-mates */
+        const size_t prefix[] = {1, 3, 37};
+        for (size_t q = 0; q < 3; q++) {
+            mx_run_args_t ap = a;
+            ap.n_assign = prefix[q];
+            ap.out_bf16 = part;
+            memset(part, 0xff, prefix[q] * H * 2);
+            assert_int_equal(mx_backend_cuda.run(pk, &ap, NULL), MX_OK);
+            if (memcmp(full, part, prefix[q] * H * 2) != 0)
+                fail_msg("%s: the first %zu assignments alone differ from the whole batch (mma %d, seed %llu)",
+                         mx_scheme_name(d.scheme), prefix[q], mma, (unsigned long long)seed);
+        }
+    }
+    printf("  %s H=%zu I=%zu E=%d T=%zu: bitwise equal across S/M/L tiles and batches of 1, 3, 37 (seed %llu);"
+           " default mma %s; mma.sync %s wgmma\n",
+           mx_scheme_name(d.scheme), H, d.inter, E, T, (unsigned long long)seed, mma0 ? "wgmma" : "mma.sync",
+           mxi_cuda_force_mma(pk, 1) ? (same_as_first ? "==" : "!=") : "(no wgmma here)");
+    free(full);
+    free(part);
+    free(first);
+    batch_free(&b);
+    mx_backend_cuda.release(pk);
+    gref_experts_free(&g);
+}
+
 static void test_cuda_output_is_batch_invariant(void **state)
 {
     (void)state;
@@ -231,42 +303,13 @@ static void test_cuda_output_is_batch_invariant(void **state)
         mx_moe_desc_t d = make_desc((mx_scheme_t)s, MX_ACT_SWIGLU_OAI, 128, 128);
         if (s == MX_SCHEME_W8A8)
             d.act_group = 128;
-        gref_experts_t g;
-        assert_int_equal(gref_experts_make(&d, 4, MX_WSCALE_BLOCK, 1, seed + s, &g), 0);
-        mx_backend_packed_t *pk = NULL;
-        assert_int_equal(mx_backend_cuda.prepack(&g_dev, &d, g.ex, 4, &pk), MX_OK);
-        batch_t b;
-        batch_make(&b, 300, d.hidden, 2, 4, seed + 100 + s);
-        size_t H = d.hidden;
-        uint16_t *full = malloc(b.NA * H * 2), *part = malloc(b.NA * H * 2);
-        mx_run_args_t a = args_of(&b, MX_OUT_PER_ASSIGNMENT, full, NULL);
-        assert_int_equal(mx_backend_cuda.run(pk, &a, NULL), MX_OK);
-        /* every tile configuration on the whole batch */
-        for (int cfg = 0; cfg < 3; cfg++) {
-            mxi_cuda_force_cfg(pk, cfg);
-            memset(part, 0xff, b.NA * H * 2);
-            a.out_bf16 = part;
-            assert_int_equal(mx_backend_cuda.run(pk, &a, NULL), MX_OK);
-            assert_memory_equal(full, part, b.NA * H * 2);
-        }
-        mxi_cuda_force_cfg(pk, -1);
-        /* prefixes of the assignment list: smaller batches, other batch-mates */
-        const size_t prefix[] = {1, 3, 37};
-        for (size_t p = 0; p < 3; p++) {
-            a.n_assign = prefix[p];
-            a.out_bf16 = part;
-            memset(part, 0xff, prefix[p] * H * 2);
-            assert_int_equal(mx_backend_cuda.run(pk, &a, NULL), MX_OK);
-            assert_memory_equal(full, part, prefix[p] * H * 2);
-        }
-        printf("  %s: bitwise equal across S/M/L tiles and batches of 1, 3, 37 (seed %llu)\n", mx_scheme_name(d.scheme),
-               (unsigned long long)(seed + s));
-        free(full);
-        free(part);
-        batch_free(&b);
-        mx_backend_cuda.release(pk);
-        gref_experts_free(&g);
+        invariance_case(d, 4, 300, seed + (uint64_t)s);
     }
+    mx_moe_desc_t d = make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 704, 2880);
+    invariance_case(d, 4, 300, seed + 10);
+    d = make_desc(MX_SCHEME_W8A8, MX_ACT_SILU, 2880, 704);
+    d.act_group = 128;
+    invariance_case(d, 3, 200, seed + 11);
 }
 
 static void test_cuda_zero_token_experts_and_empty_batches(void **state)

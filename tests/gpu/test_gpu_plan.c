@@ -3,7 +3,8 @@
  * configuration, the per-token combine lists, the static scales, and that every
  * word of the block the device reads is written (the block is poisoned first).
  * Layouts: random sizes, skewed routings, experts without tokens, tokens
- * without assignments, empty batches. Seeds are fixed and printed. */
+ * without assignments, empty batches. Seeds are fixed and printed. Also the
+ * packed weight layout of gpu_layout.h. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -230,6 +231,83 @@ static void check_plan(layout_t *l, int force_cfg, uint64_t seed)
     free(blk);
 }
 
+/* The packed weight layout (gpu_layout.h): every element (n, k) of an
+ * N_pad x K_pad matrix has its own place (byte and nibble) inside the
+ * expert's buffer, the places fill it exactly, a lane's piece of one k16 step
+ * is the fragment the MMA expects (rows g, g+8, g, g+8; columns 2t, 2t, 2t+8,
+ * 2t+8 and +1), and every scale byte has exactly one (row, 32-block). */
+static void test_gpu_layout_places_every_element_once_as_mma_fragments(void **state)
+{
+    (void)state;
+    const int N_pad = 512, K_pad = 192;
+    for (int wf = 0; wf < 3; wf++) {
+        const size_t tb = mxg_thread_bytes(wf);
+        const size_t bytes = (size_t)K_pad / 64 * (size_t)(N_pad / 16) * 32 * tb;
+        const int per_byte = wf == MXG_W_FP4 ? 2 : 1, elem = wf == MXG_W_BF16 ? 2 : 1;
+        unsigned char *seen = calloc(bytes * 2, 1);
+        assert_non_null(seen);
+        for (int n = 0; n < N_pad; n++)
+            for (int k = 0; k < K_pad; k++) {
+                int sh = -1;
+                size_t o = mxg_w_offset(wf, N_pad, n, k, &sh);
+                assert_true(o + (size_t)elem <= bytes);
+                if (wf == MXG_W_FP4) {
+                    assert_true(sh == 0 || sh == 4);
+                    size_t slot = o * 2 + (size_t)(sh / 4);
+                    assert_int_equal(seen[slot], 0);
+                    seen[slot] = 1;
+                } else {
+                    assert_int_equal(sh, 0);
+                    assert_int_equal(o % (size_t)elem, 0);
+                    assert_int_equal(seen[o], 0);
+                    seen[o] = 1;
+                }
+                /* fragment: lane 4g + t holds row g (+8) and columns 2t (+8) of k16 step s */
+                const size_t piece = o / tb, within = o % tb;
+                const int lane = (int)(piece % 32), rg = (int)((piece / 32) % (size_t)(N_pad / 16));
+                const int kc = (int)(piece / 32 / (size_t)(N_pad / 16));
+                assert_int_equal(rg, n / 16);
+                assert_int_equal(kc, k / 64);
+                assert_int_equal(lane / 4, n % 8);
+                assert_int_equal(lane % 4, (k % 8) / 2);
+                const size_t step_bytes = tb / 4;
+                assert_int_equal((int)(within / step_bytes), (k % 64) / 16);
+                int reg;
+                if (wf == MXG_W_FP4)
+                    reg = (int)((within % 4) * 2 + (size_t)(sh / 4)) % 4;
+                else
+                    reg = (int)((within % step_bytes) / (size_t)(2 * elem));
+                assert_int_equal(reg, ((n / 8) % 2) + 2 * ((k % 16) / 8));
+            }
+        size_t filled = 0;
+        for (size_t i = 0; i < bytes * (size_t)per_byte; i++)
+            filled += wf == MXG_W_FP4 ? seen[i] : 0;
+        if (wf == MXG_W_FP4)
+            assert_int_equal(filled, bytes * 2);
+        free(seen);
+    }
+    /* scales: one byte per (row, block), 32 per (chunk, group) */
+    const size_t sbytes = (size_t)K_pad / 64 * (size_t)(N_pad / 16) * 32;
+    unsigned char *seen = calloc(sbytes, 1);
+    assert_non_null(seen);
+    for (int n = 0; n < N_pad; n++)
+        for (int b = 0; b < K_pad / 32; b++) {
+            size_t o = mxg_sc_offset(N_pad, n, b);
+            assert_true(o < sbytes);
+            assert_int_equal(seen[o], 0);
+            seen[o] = 1;
+            assert_int_equal(o % 32, (size_t)(4 * (n % 8) + (n / 8) % 2 + 2 * (b % 2)));
+        }
+    free(seen);
+    /* gate/up groups: 8 gate rows then their 8 up rows */
+    for (int n = 0; n < 64; n++) {
+        int up = -1;
+        int i = mxg_gateup_index(n, &up);
+        assert_int_equal(up, (n / 8) % 2);
+        assert_int_equal(i, (n / 16) * 8 + n % 8);
+    }
+}
+
 static void test_gpu_plan_groups_offsets_tiles_and_combine_lists_for_many_layouts(void **state)
 {
     (void)state;
@@ -333,6 +411,7 @@ static void test_gpu_plan_check_rejects_bad_arguments_naming_them(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gpu_layout_places_every_element_once_as_mma_fragments),
         cmocka_unit_test(test_gpu_plan_picks_tiles_by_the_busiest_expert),
         cmocka_unit_test(test_gpu_plan_check_rejects_bad_arguments_naming_them),
         cmocka_unit_test(test_gpu_plan_empty_batch_and_experts_without_tokens),
