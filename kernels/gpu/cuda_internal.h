@@ -25,7 +25,7 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *packed);
 mx_status_t mxi_cuda_fetch(const mx_backend_packed_t *packed, const mx_run_args_t *args);
 /* The backend's stream (a cudaStream_t). */
 void *mxi_cuda_stream(const mx_backend_packed_t *packed);
-/* Tile configuration of the staged batch: 0 = S (16 rows), 1 = M (64), 2 = L (128). */
+/* Tile configuration of the staged batch: 0 = S (16 tokens per tile, the decode kernel), 1 = M (64), 2 = L (256). */
 int mxi_cuda_staged_cfg(const mx_backend_packed_t *packed);
 /* Forces a tile configuration for later stages (-1 = by batch); for tests of batch invariance. */
 void mxi_cuda_force_cfg(mx_backend_packed_t *packed, int cfg);

@@ -54,10 +54,10 @@ static inline size_t mxg_round_up(size_t v, size_t m)
 {
     return (v + m - 1) / m * m;
 }
-/* Rows per m tile (BM) of a tile configuration: 16, 64 or 128. */
+/* Tokens per m tile (BM) of a tile configuration: 16, 64 or 256. */
 static inline int mxg_cfg_bm(int cfg)
 {
-    return cfg == MXG_CFG_S ? 16 : cfg == MXG_CFG_M ? 64 : 128;
+    return cfg == MXG_CFG_S ? 16 : cfg == MXG_CFG_M ? 64 : 256;
 }
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define MXG_HD __host__ __device__

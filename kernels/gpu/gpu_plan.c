@@ -79,7 +79,7 @@ int mxi_gpu_plan_pick_cfg(int max_cnt, int force_cfg)
         return force_cfg;
     if (max_cnt <= 16)
         return MXG_CFG_S;
-    if (max_cnt <= 64)
+    if (max_cnt <= 128)
         return MXG_CFG_M;
     return MXG_CFG_L;
 }

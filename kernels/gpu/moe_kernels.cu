@@ -116,6 +116,15 @@ __device__ __forceinline__ uint32_t fp4x2_bits(uint32_t w)
     return ((w & 0x00070007u) << 6) | ((w & 0x00080008u) << 12);
 }
 
+/* fp4x2_bits(w >> 4 r) with the shift folded into the masks: nibbles r and r + 4
+ * of w -> BF16x2 of value * 2^-126 (two shifts and one three-input logic op). */
+template <int R> __device__ __forceinline__ uint32_t fp4_pair(uint32_t w)
+{
+    constexpr int MS = 6 - 4 * R, SS = 12 - 4 * R;
+    const uint32_t mag = MS >= 0 ? w << (MS >= 0 ? MS : 0) : w >> (MS < 0 ? -MS : 0);
+    return (mag & 0x01c001c0u) | ((w << SS) & 0x80008000u);
+}
+
 /* Two E4M3FN bytes -> BF16x2 of value * 2^-120. */
 __device__ __forceinline__ uint32_t fp8x2_bits(uint32_t x)
 {
@@ -366,6 +375,22 @@ template <> struct Wgmma<128> {
     }
 };
 
+template <> struct Wgmma<256> {
+    static __device__ __forceinline__ void mma(float (&d)[128], const uint32_t (&a)[4], uint64_t desc)
+    {
+#if defined(MXG_HAVE_WGMMA)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "n"(1));
+#else
+        (void)d;
+        (void)a;
+        (void)desc;
+#endif
+    }
+};
+
 enum { ENG_SYNC = MXG_MMA_SYNC, ENG_WG = MXG_MMA_WGMMA };
 
 /* Tile configuration: NWG warpgroups (consumers of MT m64 weight tiles each:
@@ -392,40 +417,211 @@ template <int NWG, int MT, int BNT, int WFMT, int MAXST> struct TcCfg {
     static_assert(STAGE % 16 == 0, "stages hold whole 16-byte pieces");
 };
 
-/* The A fragment registers of one k16 step for one 16-row group, from the
- * lane's packed piece `src` (step s) and, for MXFP4, the lane's scale word. */
+/* Scale multipliers of a lane's MXFP4 scale word (rows g, g + 8 of the group;
+ * the chunk's two 32-blocks): m1[h][b], m2[h][b]; *big_p when any needs the
+ * second multiply (scales above 2^1). */
+struct Fp4Mults {
+    uint32_t m1[2][2], m2[2][2];
+    bool big;
+};
+__device__ __forceinline__ void fp4_mults(uint32_t scw, Fp4Mults &m)
+{
+    m.big = false;
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int b = 0; b < 2; b++) {
+            e8m0_mults((scw >> (8 * (h + 2 * b))) & 0xffu, m.m1[h][b], m.m2[h][b]);
+            m.big |= m.m2[h][b] != 0x3f803f80u;
+        }
+}
+
+/* The A fragment registers of k16 step s for one 16-row group, from the lane's
+ * packed piece `src` (bytes of the chunk) and, for MXFP4, its multipliers. */
 template <int WFMT>
-__device__ __forceinline__ void decode_step(const uint8_t *src, int s, uint32_t scw, uint32_t (&a)[4])
+__device__ __forceinline__ void decode_step(const uint32_t *src, int s, const Fp4Mults &m, uint32_t (&a)[4])
 {
     if (WFMT == MXG_W_FP4) {
-        const uint32_t w = *(const uint32_t *)(src + 4 * s);
+        const uint32_t w = src[s];
         const int b = s >> 1;
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            uint32_t m1, m2;
-            e8m0_mults((scw >> (8 * (h + 2 * b))) & 0xffu, m1, m2);
-            uint32_t x0 = bf16x2_mul(fp4x2_bits(w >> (4 * h)), m1);
-            uint32_t x1 = bf16x2_mul(fp4x2_bits(w >> (4 * (h + 2))), m1);
-            if (m2 != 0x3f803f80u) {
-                x0 = bf16x2_mul(x0, m2);
-                x1 = bf16x2_mul(x1, m2);
-            }
-            a[h] = x0;
-            a[h + 2] = x1;
+        a[0] = bf16x2_mul(fp4_pair<0>(w), m.m1[0][b]);
+        a[1] = bf16x2_mul(fp4_pair<1>(w), m.m1[1][b]);
+        a[2] = bf16x2_mul(fp4_pair<2>(w), m.m1[0][b]);
+        a[3] = bf16x2_mul(fp4_pair<3>(w), m.m1[1][b]);
+        if (m.big) {
+            a[0] = bf16x2_mul(a[0], m.m2[0][b]);
+            a[1] = bf16x2_mul(a[1], m.m2[1][b]);
+            a[2] = bf16x2_mul(a[2], m.m2[0][b]);
+            a[3] = bf16x2_mul(a[3], m.m2[1][b]);
         }
     } else if (WFMT == MXG_W_FP8) {
-        const uint2 v = *(const uint2 *)(src + 8 * s);
-        a[0] = bf16x2_mul(fp8x2_bits(v.x & 0xffffu), 0x7b807b80u); /* * 2^120 */
-        a[1] = bf16x2_mul(fp8x2_bits(v.x >> 16), 0x7b807b80u);
-        a[2] = bf16x2_mul(fp8x2_bits(v.y & 0xffffu), 0x7b807b80u);
-        a[3] = bf16x2_mul(fp8x2_bits(v.y >> 16), 0x7b807b80u);
+        const uint32_t lo = src[2 * s], hi = src[2 * s + 1];
+        a[0] = bf16x2_mul(fp8x2_bits(lo & 0xffffu), 0x7b807b80u); /* * 2^120 */
+        a[1] = bf16x2_mul(fp8x2_bits(lo >> 16), 0x7b807b80u);
+        a[2] = bf16x2_mul(fp8x2_bits(hi & 0xffffu), 0x7b807b80u);
+        a[3] = bf16x2_mul(fp8x2_bits(hi >> 16), 0x7b807b80u);
     } else {
-        const uint4 v = *(const uint4 *)(src + 16 * s);
-        a[0] = v.x;
-        a[1] = v.y;
-        a[2] = v.z;
-        a[3] = v.w;
+        a[0] = src[4 * s];
+        a[1] = src[4 * s + 1];
+        a[2] = src[4 * s + 2];
+        a[3] = src[4 * s + 3];
     }
+}
+
+/* ------------------------------------------------------------ decode kernel (small batches) */
+
+/* Read-only loads through the non-coherent path (the data does not change
+ * while the kernel runs: weights, and the previous kernel's finished output). */
+__device__ __forceinline__ uint32_t ldg32(const uint16_t *ptr)
+{
+    return __ldg((const unsigned int *)ptr);
+}
+
+/* Batches of at most 16 tokens per expert are bound by reading the weights.
+ * Each warp streams one 16-row group of one expert through K on its own (no
+ * shared memory, no barriers): its lanes load their fragment pieces straight
+ * into a ring of registers D chunks ahead (D x TB bytes = 256 bytes per lane in
+ * flight), decode them and run mma.sync m16n8k16 against token fragments read
+ * from the (cached) token rows. Same K order and same MMA results as the
+ * tensor-core kernels (tests/gpu compares every configuration bitwise). */
+template <int WFMT, bool FLUSH> __global__ void __launch_bounds__(128) gemm_dec(const mxg_gemm_params_t p)
+{
+    constexpr int TB = WFMT == MXG_W_FP4 ? 16 : WFMT == MXG_W_FP8 ? 32 : 64;
+    constexpr int W4 = TB / 16;          /* uint4 per lane per chunk */
+    constexpr int D = 64 / (TB / 4);     /* chunks in flight: 16, 8, 4 */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+    griddep_launch();
+    const int mt = blockIdx.y;
+    const int rg = blockIdx.x * 4 + warp;
+    if (mt >= p.n_mtiles || rg * 16 >= p.N)
+        return;
+    const int e = p.tile_e[mt], m0 = p.tile_m0[mt];
+    const int cnt = p.cnt[e], off = p.off[e];
+    const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
+    const uint4 *wsrc = (const uint4 *)(p.w + (size_t)e * p.w_estride + ((size_t)rg * 32 + lane) * TB);
+    const size_t wstep = (size_t)NG * 32 * TB / 16; /* in uint4 */
+    const uint32_t *ssrc = WFMT == MXG_W_FP4
+                               ? (const uint32_t *)(p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 + g * 4)
+                               : nullptr;
+    const size_t sstep = (size_t)NG * 8; /* in uint32 */
+
+    uint4 wr[D][W4];
+    uint32_t sr[D];
+#pragma unroll
+    for (int u = 0; u < D; u++) {
+        if (u < KC) {
+#pragma unroll
+            for (int q = 0; q < W4; q++)
+                wr[u][q] = __ldg(wsrc + (size_t)u * wstep + q);
+            sr[u] = WFMT == MXG_W_FP4 ? __ldg(ssrc + (size_t)u * sstep) : 0u;
+        }
+    }
+    griddep_wait();
+
+    /* the lane's token rows: 8 j + g of the tile, j = 0, 1 */
+    const uint16_t *xr[2];
+    bool xv[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const int m = m0 + 8 * j + g;
+        xv[j] = m < cnt;
+        const int srow = off + (m < cnt ? m : 0);
+        xr[j] = p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda + 2 * t4;
+    }
+    const bool two = cnt - m0 > 8; /* the second n8 tile has tokens */
+
+    float acc[2][4], part[FLUSH ? 2 : 1][4];
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            acc[j][q] = 0.0f;
+            part[FLUSH ? j : 0][q] = 0.0f;
+        }
+
+    for (int base = 0; base < KC; base += D) {
+#pragma unroll
+        for (int u = 0; u < D; u++) {
+            const int kc = base + u;
+            if (kc < KC) {
+                uint32_t b[4][2][2];
+#pragma unroll
+                for (int s = 0; s < 4; s++)
+#pragma unroll
+                    for (int j = 0; j < 2; j++) {
+                        const uint16_t *xp = xr[j] + kc * MXG_BK + 16 * s;
+                        b[s][j][0] = xv[j] ? ldg32(xp) : 0u;
+                        b[s][j][1] = xv[j] ? ldg32(xp + 8) : 0u;
+                    }
+                Fp4Mults mm;
+                if (WFMT == MXG_W_FP4)
+                    fp4_mults(sr[u], mm);
+                const uint32_t *src = (const uint32_t *)&wr[u][0];
+#pragma unroll
+                for (int s = 0; s < 4; s++) {
+                    uint32_t a[4];
+                    decode_step<WFMT>(src, s, mm, a);
+                    float *d0 = FLUSH ? part[0] : acc[0];
+                    mma_16816(d0, a, b[s][0][0], b[s][0][1]);
+                    if (two) {
+                        float *d1 = FLUSH ? part[FLUSH ? 1 : 0] : acc[1];
+                        mma_16816(d1, a, b[s][1][0], b[s][1][1]);
+                    }
+                }
+                /* refill this ring slot with chunk kc + D */
+                if (kc + D < KC) {
+#pragma unroll
+                    for (int q = 0; q < W4; q++)
+                        wr[u][q] = __ldg(wsrc + (size_t)(kc + D) * wstep + q);
+                    if (WFMT == MXG_W_FP4)
+                        sr[u] = __ldg(ssrc + (size_t)(kc + D) * sstep);
+                }
+                if (FLUSH && ((kc & 1) || kc == KC - 1)) {
+                    const int kb = kc >> 1, n = rg * 16 + g;
+                    const float rf0 = row_factor(p, e, n, kb), rf1 = row_factor(p, e, n + 8, kb);
+#pragma unroll
+                    for (int j = 0; j < 2; j++)
+#pragma unroll
+                        for (int el = 0; el < 2; el++) {
+                            const int m = m0 + 8 * j + 2 * t4 + el;
+                            const float tf = tok_factor(p, off + (m < cnt ? m : 0), kb);
+                            float *pp = part[FLUSH ? j : 0];
+                            acc[j][el] += pp[el] * (rf0 * tf);
+                            acc[j][2 + el] += pp[2 + el] * (rf1 * tf);
+                            pp[el] = 0.0f;
+                            pp[2 + el] = 0.0f;
+                        }
+                }
+            }
+        }
+    }
+
+    /* epilogue: straight to global (a handful of values per lane) */
+    const bool act = p.epi == MXG_EPI_ACT;
+    const int n = rg * 16 + g;
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+        for (int el = 0; el < 2; el++) {
+            const int m = m0 + 8 * j + 2 * t4 + el;
+            if (m >= cnt)
+                continue;
+            const int s = off + m;
+            const float v0 = finish_value(p, e, s, n, acc[j][el]);
+            const float v1 = finish_value(p, e, s, n + 8, acc[j][2 + el]);
+            if (act) {
+                const int i = rg * 8 + g;
+                if (i < p.ldo)
+                    p.out[(size_t)s * p.ldo + i] = (uint16_t)f_to_bf16(act_apply(p.act, v0, v1, p.limit, p.alpha));
+            } else {
+                uint16_t *o = p.out + (size_t)p.out_rows[s] * p.ldo;
+                if (n < p.N)
+                    o[n] = (uint16_t)f_to_bf16(v0);
+                if (n + 8 < p.N)
+                    o[n + 8] = (uint16_t)f_to_bf16(v1);
+            }
+        }
 }
 
 template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST>
@@ -452,8 +648,10 @@ __global__ void __launch_bounds__(NWG * 128, 1) gemm_tc(const mxg_gemm_params_t 
     griddep_launch();
     if (mt >= p.n_mtiles)
         return;
-    const int e = p.tile_e[mt], m0 = p.tile_m0[mt];
+    const int e = p.tile_e[mt], m0 = p.tile_m0[mt] + (int)blockIdx.z * BNT; /* z: token sub-tile of the plan's tile */
     const int cnt = p.cnt[e], off = p.off[e];
+    if (m0 >= cnt)
+        return;
     const int n0 = blockIdx.x * C::BMW;
     const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
     const uint8_t *wsrc = p.w + (size_t)e * p.w_estride + (size_t)(n0 >> 4) * 32 * C::TB;
@@ -520,7 +718,10 @@ __global__ void __launch_bounds__(NWG * 128, 1) gemm_tc(const mxg_gemm_params_t 
             if (FLUSH)
                 part[FLUSH ? t : 0][FLUSH ? i : 0] = 0.0f;
         }
-    uint32_t af[2][MT][4];
+    /* A fragment sets, one per k16 step of the chunk when MT == 1 (then three
+     * steps' wgmmas stay in flight), else two */
+    constexpr int NBUF = MT == 1 ? 4 : 2;
+    uint32_t af[NBUF][MT][4];
     /* this lane's 16-row groups (one per m64 tile) */
     int grp[MT];
 #pragma unroll
@@ -543,27 +744,29 @@ __global__ void __launch_bounds__(NWG * 128, 1) gemm_tc(const mxg_gemm_params_t 
         const int stg = kc % C::STAGES;
         const uint32_t a_st = sA + stg * C::A_BYTES;
         const uint8_t *wst = pW + stg * C::W_BYTES;
-        uint32_t scw[MT];
+        Fp4Mults mm[MT];
 #pragma unroll
         for (int t = 0; t < MT; t++)
-            scw[t] = WFMT == MXG_W_FP4 ? *(const uint32_t *)(pS + stg * C::S_BYTES + grp[t] * 32 + g * 4) : 0u;
+            if (WFMT == MXG_W_FP4)
+                fp4_mults(*(const uint32_t *)(pS + stg * C::S_BYTES + grp[t] * 32 + g * 4), mm[t]);
 #pragma unroll
         for (int s = 0; s < 4; s++) {
+            const int ab = NBUF == 4 ? s : (s & 1);
 #pragma unroll
             for (int t = 0; t < MT; t++)
-                decode_step<WFMT>(wst + (grp[t] * 32 + lane) * C::TB, s, scw[t], af[s & 1][t]);
+                decode_step<WFMT>((const uint32_t *)(wst + (grp[t] * 32 + lane) * C::TB), s, mm[t], af[ab][t]);
             if (ENG == ENG_WG) {
                 wgmma_fence();
                 const uint64_t desc = sw128_desc(a_st + 32 * s);
 #pragma unroll
                 for (int t = 0; t < MT; t++) {
                     if constexpr (FLUSH)
-                        Wgmma<BNT>::mma(part[t], af[s & 1][t], desc);
+                        Wgmma<BNT>::mma(part[t], af[ab][t], desc);
                     else
-                        Wgmma<BNT>::mma(acc[t], af[s & 1][t], desc);
+                        Wgmma<BNT>::mma(acc[t], af[ab][t], desc);
                 }
                 wgmma_commit();
-                wgmma_wait<1>();
+                wgmma_wait<NBUF - 1>();
             } else {
 #pragma unroll
                 for (int jj = 0; jj < NJ; jj += 2) {
@@ -573,8 +776,8 @@ __global__ void __launch_bounds__(NWG * 128, 1) gemm_tc(const mxg_gemm_params_t 
 #pragma unroll
                     for (int t = 0; t < MT; t++) {
                         float *d = FLUSH ? part[FLUSH ? t : 0] : acc[t];
-                        mma_16816(d + jj * 4, af[s & 1][t], b[0], b[1]);
-                        mma_16816(d + (jj + 1) * 4, af[s & 1][t], b[2], b[3]);
+                        mma_16816(d + jj * 4, af[ab][t], b[0], b[1]);
+                        mma_16816(d + (jj + 1) * 4, af[ab][t], b[2], b[3]);
                     }
                 }
             }
@@ -670,7 +873,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) gemm_tc(const mxg_gemm_params_t 
 }
 
 template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST>
-static int launch_tc(const mxg_gemm_params_t *p, cudaStream_t st)
+static int launch_tc(const mxg_gemm_params_t *p, cudaStream_t st, int zsub)
 {
     typedef TcCfg<NWG, MT, BNT, WFMT, MAXST> C;
     auto kern = gemm_tc<NWG, MT, BNT, WFMT, FLUSH, ENG, MAXST>;
@@ -690,7 +893,7 @@ static int launch_tc(const mxg_gemm_params_t *p, cudaStream_t st)
         attr_set.fetch_or(bit, std::memory_order_acq_rel);
     }
     cudaLaunchConfig_t lc = {};
-    lc.gridDim = dim3((unsigned)((p->N + C::BMW - 1) / C::BMW), (unsigned)p->n_mtiles);
+    lc.gridDim = dim3((unsigned)((p->N + C::BMW - 1) / C::BMW), (unsigned)p->n_mtiles, (unsigned)zsub);
     lc.blockDim = dim3(C::NT);
     lc.dynamicSmemBytes = C::SMEM;
     lc.stream = st;
@@ -704,20 +907,35 @@ static int launch_tc(const mxg_gemm_params_t *p, cudaStream_t st)
 
 template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_params_t *p, int cfg, cudaStream_t st)
 {
-    if (cfg == MXG_CFG_S) /* decode: 64 weight rows x 16 tokens, deep pipeline, several CTAs per SM */
-        return launch_tc<1, 1, 16, WFMT, FLUSH, ENG, 12>(p, st);
     if (cfg == MXG_CFG_M)
-        return launch_tc<2, 1, 64, WFMT, FLUSH, ENG, 6>(p, st);
-    /* large batches: 256 weight rows x 128 tokens (the flushing variant keeps a
-     * second accumulator set: 128 rows) */
+        return launch_tc<2, 1, 64, WFMT, FLUSH, ENG, 6>(p, st, 1);
+    /* large batches: 128 weight rows x 256 tokens (the flushing variant keeps a
+     * second accumulator set: two sub-tiles of 128 tokens) */
     if constexpr (FLUSH)
-        return launch_tc<2, 1, 128, WFMT, FLUSH, ENG, 8>(p, st);
+        return launch_tc<2, 1, 128, WFMT, FLUSH, ENG, 8>(p, st, 2);
     else
-        return launch_tc<2, 2, 128, WFMT, FLUSH, ENG, 8>(p, st);
+        return launch_tc<2, 1, 256, WFMT, FLUSH, ENG, 8>(p, st, 1);
+}
+
+/* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA. */
+template <int WFMT, bool FLUSH> static int launch_dec(const mxg_gemm_params_t *p, cudaStream_t st)
+{
+    cudaLaunchConfig_t lc = {};
+    lc.gridDim = dim3((unsigned)((p->N + 63) / 64), (unsigned)p->n_mtiles);
+    lc.blockDim = dim3(128);
+    lc.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    lc.attrs = at;
+    lc.numAttrs = p->pdl ? 1 : 0;
+    return (int)cudaLaunchKernelEx(&lc, gemm_dec<WFMT, FLUSH>, *p);
 }
 
 template <int WFMT, bool FLUSH> static int launch_eng(const mxg_gemm_params_t *p, int cfg, cudaStream_t st)
 {
+    if (cfg == MXG_CFG_S) /* mma.sync on every device: bitwise the same as wgmma on sm_90 (tests/gpu) */
+        return launch_dec<WFMT, FLUSH>(p, st);
     if (p->mma == MXG_MMA_WGMMA)
         return launch_cfg<WFMT, FLUSH, ENG_WG>(p, cfg, st);
     return launch_cfg<WFMT, FLUSH, ENG_SYNC>(p, cfg, st);

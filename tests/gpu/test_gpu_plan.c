@@ -350,14 +350,14 @@ static void test_gpu_plan_picks_tiles_by_the_busiest_expert(void **state)
     assert_int_equal(mxi_gpu_plan_pick_cfg(0, -1), MXG_CFG_S);
     assert_int_equal(mxi_gpu_plan_pick_cfg(16, -1), MXG_CFG_S);
     assert_int_equal(mxi_gpu_plan_pick_cfg(17, -1), MXG_CFG_M);
-    assert_int_equal(mxi_gpu_plan_pick_cfg(64, -1), MXG_CFG_M);
-    assert_int_equal(mxi_gpu_plan_pick_cfg(65, -1), MXG_CFG_L);
+    assert_int_equal(mxi_gpu_plan_pick_cfg(128, -1), MXG_CFG_M);
+    assert_int_equal(mxi_gpu_plan_pick_cfg(129, -1), MXG_CFG_L);
     assert_int_equal(mxi_gpu_plan_pick_cfg(100000, MXG_CFG_S), MXG_CFG_S);
     assert_int_equal(mxi_gpu_plan_pick_cfg(1, MXG_CFG_L), MXG_CFG_L);
     assert_int_equal(mxi_gpu_plan_pick_cfg(1, 7), MXG_CFG_S); /* out of range: by batch */
     assert_int_equal(mxg_cfg_bm(MXG_CFG_S), 16);
     assert_int_equal(mxg_cfg_bm(MXG_CFG_M), 64);
-    assert_int_equal(mxg_cfg_bm(MXG_CFG_L), 128);
+    assert_int_equal(mxg_cfg_bm(MXG_CFG_L), 256);
 }
 
 static void test_gpu_plan_check_rejects_bad_arguments_naming_them(void **state)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# bench/gpu/device_profile.sh: on the lent GPU machine, after device_run.sh has
+# built build-device/: Nsight Compute on the layer's GEMM kernels at a few token
+# counts (speed of light, occupancy, warp stalls, memory), condensed to the
+# lines worth reading; full reports under $OUT/ncu_T<tokens>.txt.
+# Usage: OUT=$OUT bash bench/gpu/device_profile.sh [TOKENS...]   (default 1 8192)
+set -u -o pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-$ROOT/out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=$ROOT/.deps/prefix/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+B=$ROOT/build-device/kernels/gpu/mxgpu_bench
+[ -x "$B" ] || { echo "device_profile.sh: $B is not built (run bench/gpu/device_run.sh first)" >&2; exit 2; }
+command -v ncu >/dev/null || { echo "device_profile.sh: ncu not found" >&2; exit 2; }
+[ $# -gt 0 ] || set -- 1 8192
+for T in "$@"; do
+  echo "== ncu: mxgpu_bench --tokens $T (first GEMM1 + GEMM2 of the checked run)"
+  timeout 240 ncu --kernel-name regex:gemm_ --launch-count 2 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section SchedulerStats --section MemoryWorkloadAnalysis \
+    "$B" --tokens "$T" --iters 2 > "$OUT/ncu_T$T.txt" 2>&1
+  echo "ncu exit $?"
+  grep -E "gemm_(tc|dec)|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Warp Cycles Per Issued|Issued Warp Per|No Eligible|Dynamic Shared|Theoretical Occupancy|L2 Hit|Mem Busy|Max Bandwidth|Stall|stall|Waves Per SM" \
+    "$OUT/ncu_T$T.txt" | sed 's/  */ /g' | cut -c1-160 | head -70
+done
