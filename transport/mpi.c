@@ -18,6 +18,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "mxep/log.h"
 #include "mxep/transport.h"
@@ -46,7 +47,15 @@ typedef struct {
     size_t cap;       /* data bytes per region */
     uint8_t **base;   /* [local_size] region start of each local rank */
     char path[32];
+    mx_transport_stats_t ph; /* phases since the last reset (arrive/copy/remote/depart, bytes) */
 } mpi_ctx_t;
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
 
 static mx_status_t mpi_fail(int rc, const char *call)
 {
@@ -279,27 +288,42 @@ static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_
     }
     int rc;
     if (c->mode == MX_EXCHANGE_ALLTOALLV) {
+        /* a local failure still takes part in the collective (with nothing to
+         * move), so the other ranks are never left waiting */
+        mx_status_t st = MX_OK;
         if (total > c->priv_cap) {
             size_t cap = round_up((size_t)total + total / 4, ALIGN);
             uint8_t *p = realloc(c->priv, cap);
-            if (!p)
-                return mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory for %zu receive bytes", cap);
-            c->priv = p;
-            c->priv_cap = cap;
+            if (p) {
+                c->priv = p;
+                c->priv_cap = cap;
+            } else {
+                st = mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory for %zu receive bytes", cap);
+            }
         }
-        if (!fill_int_counts(c, send_counts, send_displs, recv_counts, recv_displs_p, 0))
-            return mx_error_set(MX_ERR_UNSUPPORTED,
-                                "transport mpi: rank %d: a count or displacement exceeds INT_MAX bytes, which "
-                                "MPI_Alltoallv cannot carry",
-                                c->rank);
+        if (st == MX_OK && !fill_int_counts(c, send_counts, send_displs, recv_counts, recv_displs_p, 0))
+            st = mx_error_set(MX_ERR_UNSUPPORTED,
+                              "transport mpi: rank %d: a count or displacement exceeds INT_MAX bytes, which "
+                              "MPI_Alltoallv cannot carry",
+                              c->rank);
+        if (st != MX_OK)
+            for (int r = 0; r < c->size; r++)
+                c->scounts[r] = c->rcounts[r] = c->sdispls[r] = c->rdispls[r] = 0;
+        double t0 = now_ms();
         rc = MPI_Alltoallv(sbuf, c->scounts, c->sdispls, MPI_BYTE, c->priv, c->rcounts, c->rdispls, MPI_BYTE, c->comm);
-        if (rc != MPI_SUCCESS)
-            return mpi_fail(rc, "MPI_Alltoallv");
+        c->ph.remote_ms += now_ms() - t0;
+        for (int r = 0; r < c->size; r++)
+            c->ph.remote_bytes += r == c->rank ? 0 : (uint64_t)c->scounts[r];
+        if (rc != MPI_SUCCESS && st == MX_OK)
+            st = mpi_fail(rc, "MPI_Alltoallv");
+        if (st != MX_OK)
+            return st;
         *recv_p = c->priv;
         return MX_OK;
     }
 
     /* shared memory: step 1, publish where each local peer's bytes go */
+    double t0 = now_ms();
     for (;;) {
         volatile uint64_t *hdr = (volatile uint64_t *)c->base[c->local_rank];
         hdr[0] = total;
@@ -325,6 +349,8 @@ static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_
     uint8_t *mine = c->base[c->local_rank] + c->hdr_bytes;
     MPI_Request req = MPI_REQUEST_NULL;
     mx_status_t st = MX_OK;
+    double t1 = now_ms();
+    c->ph.arrive_ms += t1 - t0;
     if (c->any_remote) {
         /* every rank of the job posts it (hosts partition the ranks), so it always matches */
         int fits = fill_int_counts(c, send_counts, send_displs, recv_counts, recv_displs_p, 1);
@@ -339,8 +365,13 @@ static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_
                             &req);
         if (rc != MPI_SUCCESS && st == MX_OK)
             st = mpi_fail(rc, "MPI_Ialltoallv");
+        for (int r = 0; r < c->size; r++)
+            c->ph.remote_bytes += (uint64_t)c->scounts[r];
     }
-    /* step 3: one copy per local pair, straight into the receiver's region */
+    /* step 3: one copy per local pair, straight into the receiver's region;
+     * between copies, MPI_Test lets the cross-host messages progress (Open MPI
+     * moves them only inside MPI calls) */
+    double t_copy = 0;
     for (int k = 0; k < c->local_size; k++) {
         int j = (c->local_rank + 1 + k) % c->local_size;
         int d = c->world_of_local[j];
@@ -348,19 +379,49 @@ static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_
         if (!n)
             continue;
         uint64_t off = ((volatile uint64_t *)c->base[j])[2 + c->local_rank];
+        double ta = now_ms();
         memcpy(c->base[j] + c->hdr_bytes + off, sbuf + send_displs[d], (size_t)n);
+        t_copy += now_ms() - ta;
+        c->ph.local_bytes += n;
+        if (req != MPI_REQUEST_NULL) {
+            int done = 0;
+            rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+            if (rc != MPI_SUCCESS && st == MX_OK)
+                st = mpi_fail(rc, "MPI_Test (Ialltoallv)");
+        }
     }
+    double t2 = now_ms();
     if (req != MPI_REQUEST_NULL) {
         rc = MPI_Wait(&req, MPI_STATUS_IGNORE);
         if (rc != MPI_SUCCESS && st == MX_OK)
             st = mpi_fail(rc, "MPI_Wait (Ialltoallv)");
     }
+    double t3 = now_ms();
     /* step 4 */
     win_fence(c);
+    double t4 = now_ms();
+    c->ph.copy_ms += t_copy;
+    c->ph.remote_ms += (t2 - t1 - t_copy) + (t3 - t2); /* posting, progressing and waiting for the messages */
+    c->ph.depart_ms += t4 - t3;
     if (st != MX_OK)
         return st;
     *recv_p = mine;
     return MX_OK;
+}
+
+static void mpi_phases(void *ctx, mx_transport_stats_t *s, int reset)
+{
+    mpi_ctx_t *c = ctx;
+    if (s) {
+        s->arrive_ms += c->ph.arrive_ms;
+        s->copy_ms += c->ph.copy_ms;
+        s->remote_ms += c->ph.remote_ms;
+        s->depart_ms += c->ph.depart_ms;
+        s->local_bytes += c->ph.local_bytes;
+        s->remote_bytes += c->ph.remote_bytes;
+    }
+    if (reset)
+        memset(&c->ph, 0, sizeof c->ph);
 }
 
 static const mx_transport_ops_t mpi_ops = {
@@ -370,6 +431,7 @@ static const mx_transport_ops_t mpi_ops = {
     .exchange_counts = mpi_exchange_counts,
     .exchange = mpi_exchange,
     .path = mpi_path,
+    .phases = mpi_phases,
 };
 
 const mx_transport_ops_t *mx_transport_mpi_ops(void)
