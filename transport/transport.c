@@ -67,7 +67,7 @@ mx_status_t mx_transport_create(const mx_transport_ops_t *ops, MPI_Comm comm, co
     struct mx_transport *t = calloc(1, sizeof *t);
     if (!t)
         return mx_error_set(MX_ERR_NOMEM, "mx_transport_create: out of memory");
-    mx_transport_opts_t def = {MX_EXCHANGE_AUTO, 0};
+    mx_transport_opts_t def = {.mode = MX_EXCHANGE_AUTO};
     mx_status_t st = ops->create(comm, opts ? opts : &def, &t->ctx);
     if (st != MX_OK) {
         free(t);

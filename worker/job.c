@@ -425,7 +425,8 @@ mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_
     if ((st = wk_agree(comm, st, "choosing a backend")) != MX_OK)
         goto fail;
     /* the transport(s) of --transport; info creates them too, to print the path they chose */
-    mx_transport_opts_t to = {o->exchange, 0};
+    /* the copies within a host use the rank's threads (they idle during the exchange otherwise) */
+    mx_transport_opts_t to = {.mode = o->exchange, .copy_threads = job->n_threads};
     const mx_transport_ops_t *ops = mx_transport_mpi_ops(), *ops2 = NULL;
 #ifdef MXEP_WORKER_UCX
     if (o->transport == WK_TRANSPORT_UCX)
@@ -450,7 +451,7 @@ mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_
     }
     if (o->cmd == WK_CMD_BENCH && load_experts) {
         /* the baseline: the MPI transport in alltoallv mode (no window, a private receive buffer) */
-        mx_transport_opts_t ta = {MX_EXCHANGE_ALLTOALLV, 0};
+        mx_transport_opts_t ta = {.mode = MX_EXCHANGE_ALLTOALLV};
         st = mx_transport_create(mx_transport_mpi_ops(), comm, &ta, &job->tr_a2a);
         if ((st = wk_agree(comm, st, "creating the plain MPI_Alltoallv baseline")) != MX_OK)
             goto fail;

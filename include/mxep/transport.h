@@ -55,6 +55,8 @@ mx_status_t mx_exchange_mode_parse(const char *text, mx_exchange_mode_t *mode_p)
 typedef struct {
     mx_exchange_mode_t mode;
     size_t initial_bytes; /* receive capacity reserved at create (per rank); 0 = 1 MiB. Grows on demand. */
+    int copy_threads;     /* threads that copy the bytes between ranks of one host (OpenMP); 0 or 1 = the caller's
+                             thread only. MPI is called from the caller's thread only (MPI_THREAD_FUNNELED). */
 } mx_transport_opts_t;
 
 typedef struct mx_transport *mx_transport_h;
