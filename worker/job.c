@@ -504,6 +504,7 @@ void wk_job_close(wk_job_t *job)
     job->tr_a2a = NULL;
     mx_recv_batch_fini(&job->batch);
     memset(&job->batch, 0, sizeof job->batch);
+    mx_dispatch_plan_fini(&job->plan);
     mx_placement_fini(&job->place);
     if (job->ckpt)
         mx_ckpt_close(job->ckpt);
@@ -615,19 +616,18 @@ mx_status_t wk_layer_step(wk_job_t *job, mx_transport_h tr, int li, const uint16
     memset(&s, 0, sizeof s);
     mx_routing_t routing;
     memset(&routing, 0, sizeof routing);
-    mx_dispatch_plan_t plan;
-    memset(&plan, 0, sizeof plan);
-    mx_recv_batch_t *bt = &job->batch; /* kept across layers and iterations */
+    mx_dispatch_plan_t *plan = &job->plan; /* kept across layers and iterations */
+    mx_recv_batch_t *bt = &job->batch;     /* likewise */
     double t0 = wk_now_ms();
 
     /* owner side: route, plan, pack */
     mx_status_t st = route_local(job, L, x, n, first, t_global, &routing);
     double t1 = wk_now_ms();
     if (st == MX_OK)
-        st = mx_coord_plan_build(&routing, &job->place, job->rank, first, &plan);
+        st = mx_coord_plan_build_into(&routing, &job->place, job->rank, first, plan);
     size_t total = 0;
     if (st == MX_OK) {
-        mx_coord_dispatch_sizes(&plan, dtype, H, job->b1);
+        mx_coord_dispatch_sizes(plan, dtype, H, job->b1);
         for (int r = 0; r < R; r++) {
             job->b2[r] = total;
             total += job->b1[r];
@@ -635,7 +635,7 @@ mx_status_t wk_layer_step(wk_job_t *job, mx_transport_h tr, int li, const uint16
         st = grow((void **)&job->send, &job->send_cap, total ? total : 1);
     }
     if (st == MX_OK)
-        st = mx_coord_dispatch_pack(&plan, x, H, dtype, job->send, job->b2);
+        st = mx_coord_dispatch_pack(plan, x, H, dtype, job->send, job->b2);
     if ((st = wk_agree(job->comm, st, "routing and packing its tokens")) != MX_OK)
         goto done;
     s.dispatch_bytes = total;
@@ -688,7 +688,7 @@ mx_status_t wk_layer_step(wk_job_t *job, mx_transport_h tr, int li, const uint16
     double t4b = wk_now_ms();
 
     /* combine: replies back to the owners (sizes known on both sides) */
-    mx_coord_combine_sizes(&plan, cmode, H, job->b3);
+    mx_coord_combine_sizes(plan, cmode, H, job->b3);
     for (int r = 0; r < R; r++)
         s.combine_bytes += job->b1[r];
     memcpy(job->last_comb, job->b1, (size_t)R * sizeof(size_t));
@@ -699,7 +699,7 @@ mx_status_t wk_layer_step(wk_job_t *job, mx_transport_h tr, int li, const uint16
     double t5 = wk_now_ms();
     take_split(tr, &s.comb);
     s.comb.agree_ms = t5 - t4c;
-    st = mx_coord_combine(&plan, cmode, recv, job->b4, H, out);
+    st = mx_coord_combine(plan, cmode, recv, job->b4, H, out);
     double t6 = wk_now_ms();
     if ((st = wk_agree(job->comm, st, "combining expert outputs")) != MX_OK)
         goto done;
@@ -718,7 +718,6 @@ mx_status_t wk_layer_step(wk_job_t *job, mx_transport_h tr, int li, const uint16
         memset(&routing, 0, sizeof routing);
     }
 done:
-    mx_dispatch_plan_fini(&plan);
     mx_routing_fini(&routing);
     return st;
 }

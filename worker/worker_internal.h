@@ -133,6 +133,7 @@ typedef struct {
     size_t *b1, *b2, *b3, *b4;     /* [size] byte counts / displacements */
     size_t *last_disp, *last_comb; /* [size] bytes sent to each rank by the last step (bench baselines) */
     mx_recv_batch_t batch;         /* the worker side's received batch, reused by every layer step */
+    mx_dispatch_plan_t plan;       /* the owner side's dispatch plan, likewise */
 } wk_job_t;
 
 /* Collective. Agrees on a local status: returns MX_OK on every rank when all
