@@ -42,6 +42,7 @@ typedef struct {
     int rank, size;
     mx_exchange_mode_t mode; /* effective: ALLTOALLV or SHM (AUTO resolved) */
     int any_remote;          /* some peer is on another host */
+    int all_single;          /* every rank is alone on its host */
     /* alltoallv bookkeeping */
     int *scounts, *sdispls, *rcounts, *rdispls; /* [size] */
     uint8_t *priv;                              /* alltoallv mode receive buffer */
@@ -213,6 +214,13 @@ static mx_status_t mpi_create(MPI_Comm comm, const mx_transport_opts_t *opts, vo
         c->local_of_world[c->world_of_local[j]] = j;
     /* hosts partition the ranks: if one rank has a peer elsewhere, every rank does */
     c->any_remote = c->local_size < c->size;
+    int most_local = 0;
+    rc = MPI_Allreduce(&c->local_size, &most_local, 1, MPI_INT, MPI_MAX, c->comm);
+    if (rc != MPI_SUCCESS) {
+        st = mpi_fail(rc, "MPI_Allreduce (ranks per host)");
+        goto fail;
+    }
+    c->all_single = most_local == 1;
 
     c->threads = opts->copy_threads > 1 ? opts->copy_threads : 1;
 #ifndef _OPENMP
@@ -385,6 +393,32 @@ static uint64_t copy_local(mpi_ctx_t *c, const uint8_t *sbuf, const size_t *send
     return total;
 }
 
+/* A plain MPI_Alltoallv of every pair into dst. A local failure (st_in)
+ * still takes part in the collective (with nothing to move), so the other
+ * ranks are never left waiting. */
+static mx_status_t alltoallv_into(mpi_ctx_t *c, const uint8_t *sbuf, const size_t *send_counts,
+                                  const size_t *send_displs, const size_t *recv_counts, const size_t *recv_displs,
+                                  uint8_t *dst, mx_status_t st_in)
+{
+    mx_status_t st = st_in;
+    if (st == MX_OK && !fill_int_counts(c, send_counts, send_displs, recv_counts, recv_displs, 0))
+        st = mx_error_set(MX_ERR_UNSUPPORTED,
+                          "transport mpi: rank %d: a count or displacement exceeds INT_MAX bytes, which "
+                          "MPI_Alltoallv cannot carry",
+                          c->rank);
+    if (st != MX_OK)
+        for (int r = 0; r < c->size; r++)
+            c->scounts[r] = c->rcounts[r] = c->sdispls[r] = c->rdispls[r] = 0;
+    double t0 = now_ms();
+    int rc = MPI_Alltoallv(sbuf, c->scounts, c->sdispls, MPI_BYTE, dst, c->rcounts, c->rdispls, MPI_BYTE, c->comm);
+    c->ph.remote_ms += now_ms() - t0;
+    for (int r = 0; r < c->size; r++)
+        c->ph.remote_bytes += r == c->rank ? 0 : (uint64_t)c->scounts[r];
+    if (rc != MPI_SUCCESS && st == MX_OK)
+        st = mpi_fail(rc, "MPI_Alltoallv");
+    return st;
+}
+
 static void win_fence(mpi_ctx_t *c)
 {
     MPI_Win_sync(c->win);
@@ -404,8 +438,6 @@ static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_
     }
     int rc;
     if (c->mode == MX_EXCHANGE_ALLTOALLV) {
-        /* a local failure still takes part in the collective (with nothing to
-         * move), so the other ranks are never left waiting */
         mx_status_t st = MX_OK;
         if (total > c->priv_cap) {
             size_t cap = round_up((size_t)total + total / 4, ALIGN);
@@ -417,24 +449,29 @@ static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_
                 st = mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory for %zu receive bytes", cap);
             }
         }
-        if (st == MX_OK && !fill_int_counts(c, send_counts, send_displs, recv_counts, recv_displs_p, 0))
-            st = mx_error_set(MX_ERR_UNSUPPORTED,
-                              "transport mpi: rank %d: a count or displacement exceeds INT_MAX bytes, which "
-                              "MPI_Alltoallv cannot carry",
-                              c->rank);
-        if (st != MX_OK)
-            for (int r = 0; r < c->size; r++)
-                c->scounts[r] = c->rcounts[r] = c->sdispls[r] = c->rdispls[r] = 0;
-        double t0 = now_ms();
-        rc = MPI_Alltoallv(sbuf, c->scounts, c->sdispls, MPI_BYTE, c->priv, c->rcounts, c->rdispls, MPI_BYTE, c->comm);
-        c->ph.remote_ms += now_ms() - t0;
-        for (int r = 0; r < c->size; r++)
-            c->ph.remote_bytes += r == c->rank ? 0 : (uint64_t)c->scounts[r];
-        if (rc != MPI_SUCCESS && st == MX_OK)
-            st = mpi_fail(rc, "MPI_Alltoallv");
+        st = alltoallv_into(c, sbuf, send_counts, send_displs, recv_counts, recv_displs_p, c->priv, st);
         if (st != MX_OK)
             return st;
         *recv_p = c->priv;
+        return MX_OK;
+    }
+    if (c->all_single) {
+        /* every rank alone on its host: nothing to copy beside the messages,
+         * so the blocking MPI_Alltoallv (which carries the bytes to self too)
+         * straight into the own region, without the window's barriers */
+        mx_status_t st = MX_OK;
+        if (total > c->cap) {
+            win_close(c); /* collective over the node communicator: this rank alone */
+            st = win_open(c, round_up((size_t)total + total / 4, ALIGN));
+            if (st != MX_OK)
+                return st; /* (no window: this transport cannot go on; the caller agrees on the failure) */
+        }
+        uint8_t *mine = c->base[0] + c->hdr_bytes;
+        st = alltoallv_into(c, sbuf, send_counts, send_displs, recv_counts, recv_displs_p, mine, st);
+        c->ph.local_bytes += send_counts[c->rank];
+        if (st != MX_OK)
+            return st;
+        *recv_p = mine;
         return MX_OK;
     }
 

@@ -164,20 +164,24 @@ int main(int argc, char **argv)
     /* ours, then plain MPI_Alltoallv: the dispatch with its counts round, the
      * combine without; each repetition timed from a barrier */
     mx_transport_stats_t xs[2];
-    for (int which = 0; which < 2; which++) {
-        mx_transport_h t = which ? plain : tr;
-        for (int phase = 0; phase < 2; phase++) {
-            size_t *sc = phase ? csc : dsc;
-            double *tt = which ? (phase ? ac : ad) : (phase ? tc : td);
-            size_t off = 0;
-            for (size_t d = 0; d < R; d++) {
-                sd[d] = off;
-                off += sc[d];
-            }
-            mx_transport_exchange_counts(t, sc, rc);
-            for (int i = -warm; i < reps; i++) {
-                if (i == 0)
-                    mx_transport_stats(t, NULL, 1); /* the split of the timed repetitions only */
+    for (int phase = 0; phase < 2; phase++) {
+        size_t *sc = phase ? csc : dsc;
+        size_t off = 0;
+        for (size_t d = 0; d < R; d++) {
+            sd[d] = off;
+            off += sc[d];
+        }
+        mx_transport_exchange_counts(tr, sc, rc);
+        mx_transport_exchange_counts(plain, sc, rc);
+        /* ours and plain take turns, one repetition each (the first alternating),
+         * so that a slow spell of the machine hits both alike */
+        for (int i = -warm; i < reps; i++) {
+            if (i == 0)
+                mx_transport_stats(tr, NULL, 1); /* the split of the timed repetitions only */
+            for (int k = 0; k < 2; k++) {
+                int which = (i & 1) ? 1 - k : k;
+                mx_transport_h t = which ? plain : tr;
+                double *tt = which ? (phase ? ac : ad) : (phase ? tc : td);
                 if (flush)
                     memset(flush, i & 0xff, flush_bytes);
                 MPI_Barrier(MPI_COMM_WORLD);
@@ -193,9 +197,8 @@ int main(int argc, char **argv)
                 if (i >= 0)
                     tt[i] = dt;
             }
-            if (!which)
-                mx_transport_stats(t, &xs[phase], 1);
         }
+        mx_transport_stats(tr, &xs[phase], 1);
     }
     /* where our exchange's time went: mean per repetition over the ranks */
     double split[2][5], split_sum[2][5];

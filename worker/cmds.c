@@ -219,7 +219,10 @@ int wk_cmd_bench(wk_job_t *job)
     int L = job->n_layers, iters = o->iters, total_iters = o->warmup + o->iters;
     double *lat = calloc((size_t)iters * (size_t)L, sizeof(double));
     double *lat_b = calloc((size_t)iters * (size_t)L, sizeof(double));
-    mx_status_t st = (x0 && xa && xb && lat && lat_b && (!base || (ya && yb)))
+    /* dispatch + combine of every timed layer, ours and the baseline's (for medians) */
+    double *xch = calloc((size_t)iters * (size_t)L, sizeof(double));
+    double *xch_b = calloc((size_t)iters * (size_t)L, sizeof(double));
+    mx_status_t st = (x0 && xa && xb && lat && lat_b && xch && xch_b && (!base || (ya && yb)))
                          ? MX_OK
                          : mx_error_set(MX_ERR_NOMEM, "bench: out of memory");
     if ((st = wk_agree(job->comm, st, "allocating the bench tokens")) != MX_OK)
@@ -264,9 +267,11 @@ int wk_cmd_bench(wk_job_t *job)
                     size_t at = (size_t)(it - o->warmup) * (size_t)L + (size_t)li;
                     if (is_base) {
                         lat_b[at] = s.total_ms;
+                        xch_b[at] = s.dispatch_ms + s.combine_ms;
                         pass_add(&row.a2a, &s);
                     } else {
                         lat[at] = s.total_ms;
+                        xch[at] = s.dispatch_ms + s.combine_ms;
                         pass_add(&row.ours, &s);
                         row.tokens_in += (double)s.tokens_in;
                         row.assign_in += (double)s.assign_in;
@@ -366,13 +371,20 @@ int wk_cmd_bench(wk_job_t *job)
     bench_row_t *rows = job->rank == 0 ? calloc((size_t)job->size, sizeof *rows) : NULL;
     double *lat_max = job->rank == 0 ? calloc((size_t)iters * (size_t)L, sizeof(double)) : NULL;
     double *lat_bmax = job->rank == 0 ? calloc((size_t)iters * (size_t)L, sizeof(double)) : NULL;
+    double *xch_max = job->rank == 0 ? calloc((size_t)iters * (size_t)L, sizeof(double)) : NULL;
+    double *xch_bmax = job->rank == 0 ? calloc((size_t)iters * (size_t)L, sizeof(double)) : NULL;
     MPI_Gather(&row, (int)sizeof row, MPI_BYTE, rows, (int)sizeof row, MPI_BYTE, 0, job->comm);
     MPI_Reduce(lat, lat_max, iters * L, MPI_DOUBLE, MPI_MAX, 0, job->comm);
     MPI_Reduce(lat_b, lat_bmax, iters * L, MPI_DOUBLE, MPI_MAX, 0, job->comm);
-    if (job->rank == 0 && rows && lat_max && lat_bmax) {
+    MPI_Reduce(xch, xch_max, iters * L, MPI_DOUBLE, MPI_MAX, 0, job->comm);
+    MPI_Reduce(xch_b, xch_bmax, iters * L, MPI_DOUBLE, MPI_MAX, 0, job->comm);
+    if (job->rank == 0 && rows && lat_max && lat_bmax && xch_max && xch_bmax) {
         size_t nl = (size_t)iters * (size_t)L;
         qsort(lat_max, nl, sizeof(double), cmp_double);
         qsort(lat_bmax, nl, sizeof(double), cmp_double);
+        qsort(xch_max, nl, sizeof(double), cmp_double);
+        qsort(xch_bmax, nl, sizeof(double), cmp_double);
+        double xch_p50 = pct(xch_max, nl, 50), xch_b_p50 = pct(xch_bmax, nl, 50);
         double mean_lat = 0;
         for (size_t i = 0; i < nl; i++)
             mean_lat += lat_max[i];
@@ -446,7 +458,7 @@ int wk_cmd_bench(wk_job_t *job)
                    w->experts, w->tokens_in, w->assign_in, w->compute_ms, w->wait_ms);
         }
         double ours = max_disp_ms + max_comb_ms, plain = max_a2a_d + max_a2a_c, plain_in = max_bd + max_bc;
-        printf("\ntotals (per layer; ms are the slowest rank's)\n");
+        printf("\ntotals (per layer; ms are the slowest rank's; medians: of the slowest rank's per layer)\n");
         printf("  tokens/s            %.0f  (%zu tokens / mean layer latency %.3f ms)\n", tps, T, mean_lat);
         printf("  layer latency       p50 %.3f ms, p99 %.3f ms (slowest compute %.3f ms)", p50, p99, max_compute);
         if (base)
@@ -462,13 +474,15 @@ int wk_cmd_bench(wk_job_t *job)
         double iso = max_iso_d + max_iso_c;
         printf("  same bytes, same run (in the layer: mean per layer; alone: the last layer's byte counts, after a "
                "barrier, median):\n");
-        printf("    mxep exchange in the layer  dispatch %.3f ms + combine %.3f ms = %.3f ms (%s %s)\n", max_disp_ms,
-               max_comb_ms, ours, mx_transport_name(job->tr), mx_transport_path(job->tr));
+        printf("    mxep exchange in the layer  dispatch %.3f ms + combine %.3f ms = %.3f ms (%s %s; median layer %.3f "
+               "ms)\n",
+               max_disp_ms, max_comb_ms, ours, mx_transport_name(job->tr), mx_transport_path(job->tr), xch_p50);
         print_split(&mean_ours);
         if (base) {
-            printf("    plain MPI_Alltoallv in the layer  dispatch %.3f ms + combine %.3f ms = %.3f ms (%.2fx ours in "
-                   "the layer)\n",
-                   max_bd, max_bc, plain_in, ours > 0 ? plain_in / ours : 0);
+            printf("    plain MPI_Alltoallv in the layer  dispatch %.3f ms + combine %.3f ms = %.3f ms (median layer "
+                   "%.3f ms; %.2fx ours in the layer, medians %.2fx)\n",
+                   max_bd, max_bc, plain_in, xch_b_p50, ours > 0 ? plain_in / ours : 0,
+                   xch_p50 > 0 ? xch_b_p50 / xch_p50 : 0);
             print_split(&mean_a2a);
             if (diff_all)
                 printf("    WARNING: the layers over plain MPI_Alltoallv gave other outputs (%llu values differ in "
@@ -562,12 +576,16 @@ int wk_cmd_bench(wk_job_t *job)
             cJSON_AddNumberToObject(tot, "combine_gbps_per_rank",
                                     max_comb_ms > 0 ? max_comb_rank_b / 1e6 / max_comb_ms : 0);
             cJSON_AddNumberToObject(tot, "load_imbalance", imb);
+            cJSON_AddNumberToObject(tot, "exchange_ms_p50", xch_p50);
             add_split_json(tot, "dispatch_split_mean", &mean_ours.d);
             add_split_json(tot, "combine_split_mean", &mean_ours.c);
             if (base) {
                 cJSON_AddNumberToObject(tot, "alltoallv_in_layer_dispatch_ms", max_bd);
                 cJSON_AddNumberToObject(tot, "alltoallv_in_layer_combine_ms", max_bc);
                 cJSON_AddNumberToObject(tot, "alltoallv_layer_ms_p50", p50_b);
+                cJSON_AddNumberToObject(tot, "alltoallv_in_layer_exchange_ms_p50", xch_b_p50);
+                cJSON_AddNumberToObject(tot, "in_layer_speedup_vs_alltoallv_p50",
+                                        xch_p50 > 0 ? xch_b_p50 / xch_p50 : 0);
                 add_split_json(tot, "alltoallv_dispatch_split_mean", &mean_a2a.d);
                 add_split_json(tot, "alltoallv_combine_split_mean", &mean_a2a.c);
                 cJSON_AddBoolToObject(tot, "baseline_outputs_equal", diff_all == 0);
@@ -598,6 +616,8 @@ int wk_cmd_bench(wk_job_t *job)
     free(rows);
     free(lat_max);
     free(lat_bmax);
+    free(xch_max);
+    free(xch_bmax);
     st = wk_agree(job->comm, job->rank == 0 ? st : MX_OK, "writing the bench results");
 fail:
     free(x0);
@@ -607,6 +627,8 @@ fail:
     free(yb);
     free(lat);
     free(lat_b);
+    free(xch);
+    free(xch_b);
     return st == MX_OK ? 0 : 1;
 }
 
