@@ -125,18 +125,21 @@ static void pass_scale(bench_pass_t *p, double k)
     *p = z;
 }
 
-/* An exchange alone on the byte counts `counts` (sent to each rank), median ms
- * of reps, each after a barrier: with_counts = 1 times the counts round too
- * (as a layer's dispatch does), 0 only the payload (as its combine does). */
-static double time_alone(wk_job_t *job, mx_transport_h tr, const size_t *counts, int reps, const uint8_t *sbuf,
-                         int with_counts)
+/* Exchanges alone on the byte counts `counts` (sent to each rank), one per
+ * transport of trs[n], taking turns per repetition (so that a slow spell of
+ * the machine hits them alike), each after a barrier; median ms of reps into
+ * ms_p[n]. with_counts = 1 times the counts round too (as a layer's dispatch
+ * does), 0 only the payload (as its combine does). */
+static void time_alone(wk_job_t *job, mx_transport_h *trs, int n, const size_t *counts, int reps, const uint8_t *sbuf,
+                       int with_counts, double *ms_p)
 {
     size_t R = (size_t)job->size;
     size_t *sd = calloc(R, sizeof(size_t)), *rc = calloc(R, sizeof(size_t)), *rd = calloc(R, sizeof(size_t));
-    double *t = calloc((size_t)reps, sizeof(double));
+    double *t = calloc((size_t)reps * (size_t)n, sizeof(double));
     int ok = sd && rc && rd && t, all = 0;
     MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, job->comm);
-    double m = 0;
+    for (int k = 0; k < n; k++)
+        ms_p[k] = 0;
     if (all) {
         size_t off = 0;
         for (size_t r = 0; r < R; r++) {
@@ -144,23 +147,27 @@ static double time_alone(wk_job_t *job, mx_transport_h tr, const size_t *counts,
             off += counts[r];
         }
         const uint8_t *recv = NULL;
-        mx_status_t st = with_counts ? MX_OK : mx_transport_exchange_counts(tr, counts, rc);
-        for (int i = 0; i < reps; i++) {
-            MPI_Barrier(job->comm);
-            double t0 = wk_now_ms();
-            mx_status_t s1 = with_counts ? mx_transport_exchange_counts(tr, counts, rc) : MX_OK;
-            mx_status_t s2 = mx_transport_exchange(tr, sbuf, counts, sd, rc, &recv, rd);
-            t[i] = wk_now_ms() - t0;
-            if (st == MX_OK)
-                st = s1 != MX_OK ? s1 : s2;
-        }
-        m = st == MX_OK ? median_of(t, reps) : 0;
+        mx_status_t st = MX_OK;
+        for (int k = 0; k < n && !with_counts && st == MX_OK; k++)
+            st = mx_transport_exchange_counts(trs[k], counts, rc);
+        for (int i = 0; i < reps; i++)
+            for (int q = 0; q < n; q++) {
+                int k = (q + i) % n;
+                MPI_Barrier(job->comm);
+                double t0 = wk_now_ms();
+                mx_status_t s1 = with_counts ? mx_transport_exchange_counts(trs[k], counts, rc) : MX_OK;
+                mx_status_t s2 = mx_transport_exchange(trs[k], sbuf, counts, sd, rc, &recv, rd);
+                t[(size_t)k * (size_t)reps + (size_t)i] = wk_now_ms() - t0;
+                if (st == MX_OK)
+                    st = s1 != MX_OK ? s1 : s2;
+            }
+        for (int k = 0; k < n && st == MX_OK; k++)
+            ms_p[k] = median_of(t + (size_t)k * (size_t)reps, reps);
     }
     free(sd);
     free(rc);
     free(rd);
     free(t);
-    return m;
 }
 
 static void add_split_json(cJSON *parent, const char *name, const wk_xchg_split_t *s)
@@ -316,7 +323,8 @@ int wk_cmd_bench(wk_job_t *job)
 
     /* alone: the last step's byte counts, after a barrier, same run. Ours and
      * plain MPI_Alltoallv (the MPI transport in alltoallv mode) do the same
-     * rounds: counts + payload for the dispatch, payload for the combine. */
+     * rounds (counts + payload for the dispatch, payload for the combine),
+     * taking turns. */
     {
         size_t sb = 0, rb = 0, sbc = 0;
         for (int r = 0; r < job->size; r++) {
@@ -334,13 +342,18 @@ int wk_cmd_bench(wk_job_t *job)
         if (all_ok) {
             memset(s1, 0x5a, big ? big : 1);
             int reps = iters < 3 ? 3 : iters > 20 ? 20 : iters;
-            row.a2a_disp_ms = time_alone(job, job->tr_a2a, job->last_disp, reps, s1, 1);
-            row.a2a_comb_ms = time_alone(job, job->tr_a2a, job->last_comb, reps, s1, 0);
-            row.iso_disp_ms = time_alone(job, job->tr, job->last_disp, reps, s1, 1);
-            row.iso_comb_ms = time_alone(job, job->tr, job->last_comb, reps, s1, 0);
+            mx_transport_h trs[3] = {job->tr, job->tr_a2a, job->tr2};
+            int ntr = job->tr2 ? 3 : 2;
+            double md[3], mc[3];
+            time_alone(job, trs, ntr, job->last_disp, reps, s1, 1, md);
+            time_alone(job, trs, ntr, job->last_comb, reps, s1, 0, mc);
+            row.iso_disp_ms = md[0];
+            row.iso_comb_ms = mc[0];
+            row.a2a_disp_ms = md[1];
+            row.a2a_comb_ms = mc[1];
             if (job->tr2) {
-                row.iso2_disp_ms = time_alone(job, job->tr2, job->last_disp, reps, s1, 1);
-                row.iso2_comb_ms = time_alone(job, job->tr2, job->last_comb, reps, s1, 0);
+                row.iso2_disp_ms = md[2];
+                row.iso2_comb_ms = mc[2];
             }
             double *t = calloc((size_t)reps, sizeof(double));
             uint8_t *d2 = malloc(sb + sbc + 1), *s2 = malloc(sb + sbc + 1);
