@@ -18,7 +18,13 @@
  *    its receive buffer, every sender copies its bytes once, straight into the
  *    receiver's region, between two node barriers;
  *  - ranks on other hosts go through MPI_Ialltoallv (receiving into the same
- *    region), overlapped with the shared-memory copies.
+ *    region), overlapped with the shared-memory copies;
+ *  - when every rank is alone on its host, one blocking MPI_Alltoallv into the
+ *    rank's region (nothing to copy, no window barriers).
+ * The copies within a host use non-temporal stores for pieces of 64 KiB and
+ * more (a layer's receive regions are cold: plain stores would first read every
+ * destination line; MXEP_SHM_COPY=memcpy|stream|auto, auto = stream) and are
+ * split over opts.copy_threads OpenMP threads.
  * MX_EXCHANGE_ALLTOALLV forces plain MPI_Alltoallv for every pair (a private
  * receive buffer, no window); MX_EXCHANGE_SHM demands the shared-memory path and
  * is refused (MX_ERR_UNSUPPORTED) when some peer is on another host; AUTO uses
