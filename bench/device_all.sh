@@ -53,11 +53,11 @@ W=$BUILD/worker/mxworker
 MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none"
 
 echo "== 8 ranks, cuda backend on one GPU, --check (bitwise vs single process)"
-timeout 240 $MPI -n 8 -x OMP_NUM_THREADS=2 $W bench --backend cuda --tokens 16 --iters 3 --check \
-  --json "$OUT/cuda8_check.json" 2>&1 | tail -25 || { echo "cuda 8-rank check: FAILED"; STATUS=1; }
+timeout 240 $MPI -n 8 -x OMP_NUM_THREADS=2 $W bench --backend cuda --tokens 16 --iters 3 --check --baseline alone \
+  --json "$OUT/cuda8_check.json" 2>&1 | tail -40 || { echo "cuda 8-rank check: FAILED"; STATUS=1; }
 
 echo "== heterogeneous: 1 GPU rank (cuda) + 2 CPU ranks (cpu), --check"
-timeout 300 $MPI -n 1 -x OMP_NUM_THREADS=4 $W bench --backend cuda --tokens 64 --iters 5 --check \
+timeout 300 $MPI -n 1 -x OMP_NUM_THREADS=4 $W bench --backend cuda --tokens 64 --iters 5 --check --baseline alone \
   --json "$OUT/hetero.json" : -n 2 -x OMP_NUM_THREADS=6 $W bench --backend cpu --tokens 64 --iters 5 --check 2>&1 | tail -30 \
   || { echo "heterogeneous run: FAILED"; STATUS=1; }
 

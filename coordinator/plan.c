@@ -79,6 +79,32 @@ static size_t meta_bytes(size_t n_tokens, size_t n_entries)
 
 /* ---------------------------------------------------------------- plan */
 
+/* Makes every *ptrs[i] hold at least need[i] bytes (need >= 1): blocks that
+ * are big enough are kept, the others replaced by fresh ones (contents not
+ * kept), with some headroom since layers differ a little. All or nothing:
+ * returns 0 (nothing changed) when out of memory. */
+static int grow_all(void **const ptrs[], const size_t need[], int n)
+{
+    void *fresh[16];
+    int ok = 1;
+    for (int i = 0; i < n; i++) {
+        fresh[i] = NULL;
+        if (*ptrs[i] && malloc_usable_size(*ptrs[i]) >= need[i])
+            continue;
+        fresh[i] = malloc(need[i] + need[i] / 4);
+        ok &= fresh[i] != NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        if (!ok)
+            free(fresh[i]);
+        else if (fresh[i]) {
+            free(*ptrs[i]);
+            *ptrs[i] = fresh[i];
+        }
+    }
+    return ok;
+}
+
 void mx_dispatch_plan_fini(mx_dispatch_plan_t *p)
 {
     if (!p)
@@ -87,6 +113,7 @@ void mx_dispatch_plan_fini(mx_dispatch_plan_t *p)
     free(p->rank_entry_off);
     free(p->copy_token);
     free(p->copy_entry_off);
+    free(p->copy_first);
     free(p->entry_assign);
     free(p->entry_local_expert);
     free(p->entry_expert);
@@ -94,6 +121,7 @@ void mx_dispatch_plan_fini(mx_dispatch_plan_t *p)
     free(p->entry_rank);
     free(p->token_entry_off);
     free(p->token_entry);
+    free(p->work);
     memset(p, 0, sizeof *p);
 }
 
@@ -127,11 +155,12 @@ static int tok_cmp(const void *a, const void *b)
     return x->entry < y->entry ? -1 : (x->entry > y->entry);
 }
 
-mx_status_t mx_coord_plan_build(const mx_routing_t *routing, const mx_placement_t *placement, int my_rank,
-                                uint64_t global_token_offset, mx_dispatch_plan_t *plan_p)
+/* The plan into p, whose arrays (and scratch) are reused while big enough.
+ * Every check comes before the first write into the plan's arrays: on
+ * failure their contents are unchanged (p->work may have grown). */
+static mx_status_t plan_build(const mx_routing_t *routing, const mx_placement_t *placement, int my_rank,
+                              uint64_t global_token_offset, mx_dispatch_plan_t *p)
 {
-    if (!routing || !placement || !plan_p)
-        return mx_error_set(MX_ERR_INVALID, "dispatch plan: NULL argument");
     const int R = placement->n_ranks;
     if (my_rank < 0 || my_rank >= R)
         return mx_error_set(MX_ERR_INVALID, "dispatch plan: rank %d out of range (the placement has %d ranks)", my_rank,
@@ -145,107 +174,127 @@ mx_status_t mx_coord_plan_build(const mx_routing_t *routing, const mx_placement_
     if (N > (size_t)INT32_MAX || T > (size_t)INT32_MAX)
         return mx_error_set(MX_ERR_INVALID, "dispatch plan: %zu assignments / %zu tokens (expected < 2^31)", N, T);
 
-    plan_item_t *items = malloc((N ? N : 1) * sizeof *items);
-    tok_item_t *titems = malloc((N ? N : 1) * sizeof *titems);
-    mx_dispatch_plan_t p;
-    memset(&p, 0, sizeof p);
-    mx_status_t st = MX_OK;
-    if (!items || !titems) {
-        st = mx_error_set(MX_ERR_NOMEM, "dispatch plan: cannot allocate %zu assignments", N);
-        goto fail;
-    }
+    /* scratch: items[N], titems[N], first copy per token [T] */
+    const size_t nN = N ? N : 1, nT = T ? T : 1;
+    size_t wb = nN * sizeof(plan_item_t) + nN * sizeof(tok_item_t) + nT * sizeof(int32_t);
+    void **const wp[] = {&p->work};
+    if (!grow_all(wp, &wb, 1))
+        return mx_error_set(MX_ERR_NOMEM, "dispatch plan: cannot allocate %zu assignments", N);
+    plan_item_t *items = p->work;
+    tok_item_t *titems = (tok_item_t *)(items + nN);
+    int32_t *first_of = (int32_t *)(titems + nN);
     for (size_t a = 0; a < N; a++) {
         int32_t t = routing->tok[a], e = routing->expert[a];
-        if (t < 0 || (size_t)t >= T) {
-            st = mx_error_set(MX_ERR_INVALID, "dispatch plan: assignment %zu names token %d (expected 0..%zu)", a, t,
-                              T ? T - 1 : 0);
-            goto fail;
-        }
-        if (e < 0 || e >= placement->n_experts) {
-            st = mx_error_set(MX_ERR_INVALID, "dispatch plan: assignment %zu names expert %d (expected 0..%d)", a, e,
-                              placement->n_experts - 1);
-            goto fail;
-        }
+        if (t < 0 || (size_t)t >= T)
+            return mx_error_set(MX_ERR_INVALID, "dispatch plan: assignment %zu names token %d (expected 0..%zu)", a, t,
+                                T ? T - 1 : 0);
+        if (e < 0 || e >= placement->n_experts)
+            return mx_error_set(MX_ERR_INVALID, "dispatch plan: assignment %zu names expert %d (expected 0..%d)", a, e,
+                                placement->n_experts - 1);
         int dest = mx_coord_placement_pick(placement, e, my_rank, global_token_offset + (uint64_t)t);
         int lexp = mx_coord_placement_local_index(placement, e, dest);
-        if (dest < 0 || lexp < 0) {
-            st = mx_error_set(MX_ERR_INTERNAL, "dispatch plan: expert %d has no usable replica", e);
-            goto fail;
-        }
+        if (dest < 0 || lexp < 0)
+            return mx_error_set(MX_ERR_INTERNAL, "dispatch plan: expert %d has no usable replica", e);
         items[a] = (plan_item_t){dest, t, lexp, (int32_t)a};
     }
     qsort(items, N, sizeof *items, item_cmp);
-
-    p.n_ranks = R;
-    p.my_rank = my_rank;
-    p.n_tokens = T;
-    p.n_entries = N;
+    /* a (token, expert) pair has one destination and local index: twice = adjacent */
     size_t n_copies = 0;
-    for (size_t i = 0; i < N; i++)
-        if (i == 0 || items[i].dest != items[i - 1].dest || items[i].tok != items[i - 1].tok)
+    for (size_t i = 0; i < N; i++) {
+        const plan_item_t *it = &items[i], *pr = i ? &items[i - 1] : NULL;
+        if (pr && it->dest == pr->dest && it->tok == pr->tok && it->lexp == pr->lexp)
+            return mx_error_set(MX_ERR_INVALID, "dispatch plan: token %d is assigned expert %d twice", it->tok,
+                                routing->expert[it->assign]);
+        if (!pr || it->dest != pr->dest || it->tok != pr->tok)
             n_copies++;
-    p.n_copies = n_copies;
-    size_t nN = N ? N : 1;
-    p.rank_copy_off = calloc((size_t)R + 1, sizeof(size_t));
-    p.rank_entry_off = calloc((size_t)R + 1, sizeof(size_t));
-    p.copy_token = malloc((n_copies ? n_copies : 1) * sizeof(int32_t));
-    p.copy_entry_off = malloc((n_copies + 1) * sizeof(size_t));
-    p.entry_assign = malloc(nN * sizeof(int32_t));
-    p.entry_local_expert = malloc(nN * sizeof(int32_t));
-    p.entry_expert = malloc(nN * sizeof(int32_t));
-    p.entry_weight = malloc(nN * sizeof(float));
-    p.entry_rank = malloc(nN * sizeof(int32_t));
-    p.token_entry_off = calloc(T + 1, sizeof(size_t));
-    p.token_entry = malloc(nN * sizeof(int32_t));
-    if (!p.rank_copy_off || !p.rank_entry_off || !p.copy_token || !p.copy_entry_off || !p.entry_assign ||
-        !p.entry_local_expert || !p.entry_expert || !p.entry_weight || !p.entry_rank || !p.token_entry_off ||
-        !p.token_entry) {
-        st = mx_error_set(MX_ERR_NOMEM, "dispatch plan: cannot allocate %zu entries", N);
-        goto fail;
     }
+    const size_t nC = n_copies ? n_copies : 1;
+    void **const arr[] = {(void **)&p->rank_copy_off,      (void **)&p->rank_entry_off,  (void **)&p->copy_token,
+                          (void **)&p->copy_entry_off,     (void **)&p->copy_first,      (void **)&p->entry_assign,
+                          (void **)&p->entry_local_expert, (void **)&p->entry_expert,    (void **)&p->entry_weight,
+                          (void **)&p->entry_rank,         (void **)&p->token_entry_off, (void **)&p->token_entry};
+    const size_t need[] = {((size_t)R + 1) * sizeof(size_t),
+                           ((size_t)R + 1) * sizeof(size_t),
+                           nC * sizeof(int32_t),
+                           (n_copies + 1) * sizeof(size_t),
+                           nC * sizeof(int32_t),
+                           nN * sizeof(int32_t),
+                           nN * sizeof(int32_t),
+                           nN * sizeof(int32_t),
+                           nN * sizeof(float),
+                           nN * sizeof(int32_t),
+                           (T + 1) * sizeof(size_t),
+                           nN * sizeof(int32_t)};
+    if (!grow_all(arr, need, (int)(sizeof need / sizeof need[0])))
+        return mx_error_set(MX_ERR_NOMEM, "dispatch plan: cannot allocate %zu entries", N);
+
+    p->n_ranks = R;
+    p->my_rank = my_rank;
+    p->n_tokens = T;
+    p->n_entries = N;
+    p->n_copies = n_copies;
+    memset(p->rank_copy_off, 0, ((size_t)R + 1) * sizeof(size_t));
+    memset(p->rank_entry_off, 0, ((size_t)R + 1) * sizeof(size_t));
+    memset(p->token_entry_off, 0, (T + 1) * sizeof(size_t));
+    for (size_t t = 0; t < T; t++)
+        first_of[t] = -1;
     size_t c = 0;
     for (size_t i = 0; i < N; i++) {
         const plan_item_t *it = &items[i];
         if (i == 0 || it->dest != items[i - 1].dest || it->tok != items[i - 1].tok) {
-            p.copy_token[c] = it->tok;
-            p.copy_entry_off[c] = i;
-            p.rank_copy_off[it->dest + 1]++;
+            p->copy_token[c] = it->tok;
+            p->copy_entry_off[c] = i;
+            if (first_of[it->tok] < 0)
+                first_of[it->tok] = (int32_t)c;
+            p->copy_first[c] = first_of[it->tok];
+            p->rank_copy_off[it->dest + 1]++;
             c++;
         }
-        p.rank_entry_off[it->dest + 1]++;
-        p.entry_assign[i] = it->assign;
-        p.entry_local_expert[i] = it->lexp;
-        p.entry_expert[i] = routing->expert[it->assign];
-        p.entry_weight[i] = routing->weight[it->assign];
-        p.entry_rank[i] = it->dest;
-        titems[i] = (tok_item_t){it->tok, p.entry_expert[i], (int32_t)i};
+        p->rank_entry_off[it->dest + 1]++;
+        p->entry_assign[i] = it->assign;
+        p->entry_local_expert[i] = it->lexp;
+        p->entry_expert[i] = routing->expert[it->assign];
+        p->entry_weight[i] = routing->weight[it->assign];
+        p->entry_rank[i] = it->dest;
+        titems[i] = (tok_item_t){it->tok, p->entry_expert[i], (int32_t)i};
     }
-    p.copy_entry_off[n_copies] = N;
+    p->copy_entry_off[n_copies] = N;
     for (int r = 0; r < R; r++) {
-        p.rank_copy_off[r + 1] += p.rank_copy_off[r];
-        p.rank_entry_off[r + 1] += p.rank_entry_off[r];
+        p->rank_copy_off[r + 1] += p->rank_copy_off[r];
+        p->rank_entry_off[r + 1] += p->rank_entry_off[r];
     }
     qsort(titems, N, sizeof *titems, tok_cmp);
     for (size_t i = 0; i < N; i++) {
-        if (i > 0 && titems[i].tok == titems[i - 1].tok && titems[i].expert == titems[i - 1].expert) {
-            st = mx_error_set(MX_ERR_INVALID, "dispatch plan: token %d is assigned expert %d twice", titems[i].tok,
-                              titems[i].expert);
-            goto fail;
-        }
-        p.token_entry[i] = titems[i].entry;
-        p.token_entry_off[titems[i].tok + 1]++;
+        p->token_entry[i] = titems[i].entry;
+        p->token_entry_off[titems[i].tok + 1]++;
     }
     for (size_t t = 0; t < T; t++)
-        p.token_entry_off[t + 1] += p.token_entry_off[t];
-    free(items);
-    free(titems);
+        p->token_entry_off[t + 1] += p->token_entry_off[t];
+    return MX_OK;
+}
+
+mx_status_t mx_coord_plan_build(const mx_routing_t *routing, const mx_placement_t *placement, int my_rank,
+                                uint64_t global_token_offset, mx_dispatch_plan_t *plan_p)
+{
+    if (!routing || !placement || !plan_p)
+        return mx_error_set(MX_ERR_INVALID, "dispatch plan: NULL argument");
+    mx_dispatch_plan_t p;
+    memset(&p, 0, sizeof p);
+    mx_status_t st = plan_build(routing, placement, my_rank, global_token_offset, &p);
+    if (st != MX_OK) {
+        mx_dispatch_plan_fini(&p);
+        return st;
+    }
     *plan_p = p;
     return MX_OK;
-fail:
-    free(items);
-    free(titems);
-    mx_dispatch_plan_fini(&p);
-    return st;
+}
+
+mx_status_t mx_coord_plan_build_into(const mx_routing_t *routing, const mx_placement_t *placement, int my_rank,
+                                     uint64_t global_token_offset, mx_dispatch_plan_t *plan_io)
+{
+    if (!routing || !placement || !plan_io)
+        return mx_error_set(MX_ERR_INVALID, "dispatch plan: NULL argument");
+    return plan_build(routing, placement, my_rank, global_token_offset, plan_io);
 }
 
 void mx_coord_dispatch_sizes(const mx_dispatch_plan_t *plan, mx_dispatch_dtype_t dtype, size_t hidden, size_t *bytes_p)
@@ -282,83 +331,82 @@ static void write_meta(const mx_dispatch_plan_t *plan, int r, mx_dispatch_dtype_
     memset(m + used, 0, meta_bytes(nt, ne) - used);
 }
 
-/* The fast packing: every token quantized once (FP8), straight into the row of
- * its first copy, then copied to its other copies; OpenMP over tokens and
- * copies. The bytes are those of the scalar code below. Returns 0 (nothing
- * written) when its scratch cannot be allocated: the caller runs the scalar
- * code, which needs less. */
-static int pack_fast(const mx_dispatch_plan_t *plan, const uint16_t *x, size_t hidden, mx_dispatch_dtype_t dtype,
-                     void *send, const size_t *displs, size_t row)
+/* Where copy c's row goes: in the message to its destination rank, after that
+ * message's header, counts and entries. */
+static uint8_t *copy_row(const mx_dispatch_plan_t *plan, size_t c, void *send, const size_t *displs, size_t row)
 {
-    const size_t NC = plan->n_copies, T = plan->n_tokens;
+    int r = plan->entry_rank[plan->copy_entry_off[c]];
+    size_t c0 = plan->rank_copy_off[r], nt = plan->rank_copy_off[r + 1] - c0;
+    size_t ne = plan->rank_entry_off[r + 1] - plan->rank_entry_off[r];
+    return (uint8_t *)send + displs[r] + meta_bytes(nt, ne) + (c - c0) * row;
+}
+
+#define PACK_STACK_GROUPS 512 /* FP8 scales of one row on the stack up to hidden 65536 */
+
+/* Every message's header, then the rows: BF16 copied; FP8 quantized once per
+ * token, into the row of its first copy (the fast quantizer, or the scalar one
+ * through FP32: the same bytes), then copied to its other copies. OpenMP over
+ * tokens and copies. Returns MX_ERR_NOMEM (nothing half-quantized is sent:
+ * the caller fails the step) when a row's scratch cannot be allocated. */
+static mx_status_t pack_rows(const mx_dispatch_plan_t *plan, const uint16_t *x, size_t hidden,
+                             mx_dispatch_dtype_t dtype, void *send, const size_t *displs, size_t row, int fast)
+{
+    for (int r = 0; r < plan->n_ranks; r++)
+        if (plan->rank_copy_off[r + 1] > plan->rank_copy_off[r])
+            write_meta(plan, r, dtype, hidden, row, (uint8_t *)send + displs[r]);
+    const long long LNC = (long long)plan->n_copies;
     const size_t ng = (hidden + FP8_GROUP - 1) / FP8_GROUP;
-    int nth = 1;
-#ifdef _OPENMP
-    nth = omp_get_max_threads();
-#endif
-    /* scratch: copy_dst[NC], first[T], scales[nth x ng] */
-    size_t bytes = NC * sizeof(uint8_t *) + T * sizeof(size_t) + (size_t)nth * ng * sizeof(float);
-    void *scratch = malloc(bytes ? bytes : 1);
-    if (!scratch)
-        return 0;
-    uint8_t **copy_dst = scratch;
-    size_t *first = (size_t *)(copy_dst + NC);
-    float *scales = (float *)(first + T);
-    for (size_t t = 0; t < T; t++)
-        first[t] = SIZE_MAX;
-    for (int r = 0; r < plan->n_ranks; r++) {
-        size_t c0 = plan->rank_copy_off[r], nt = plan->rank_copy_off[r + 1] - c0;
-        if (nt == 0)
-            continue;
-        uint8_t *m = (uint8_t *)send + displs[r];
-        write_meta(plan, r, dtype, hidden, row, m);
-        uint8_t *rows = m + meta_bytes(nt, plan->rank_entry_off[r + 1] - plan->rank_entry_off[r]);
-        for (size_t c = 0; c < nt; c++) {
-            copy_dst[c0 + c] = rows + c * row;
-            size_t t = (size_t)plan->copy_token[c0 + c];
-            if (first[t] == SIZE_MAX)
-                first[t] = c0 + c;
+    int oom = 0;
+    if (dtype == MX_DISPATCH_BF16) {
+#pragma omp parallel for schedule(static)
+        for (long long c = 0; c < LNC; c++) {
+            uint8_t *dst = copy_row(plan, (size_t)c, send, displs, row);
+            memcpy(dst, x + (size_t)plan->copy_token[c] * hidden, hidden * sizeof(uint16_t));
+            memset(dst + hidden * sizeof(uint16_t), 0, row - hidden * sizeof(uint16_t));
         }
+        return MX_OK;
     }
-    const long long LT = (long long)T, LNC = (long long)NC;
-#pragma omp parallel num_threads(nth)
-    {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        if (dtype == MX_DISPATCH_FP8) {
 #ifdef MXEP_COORD_HAVE_QUANT
-            float *sc = scales + (size_t)tid * ng;
+#pragma omp parallel reduction(| : oom)
+    {
+        float sc_stack[PACK_STACK_GROUPS];
+        float *sc = ng <= PACK_STACK_GROUPS ? sc_stack : malloc(ng * sizeof(float));
+        float *f = fast ? NULL : malloc(hidden * sizeof(float)); /* the scalar path's FP32 row */
+        oom = !sc || (!fast && !f);
 #pragma omp for schedule(static)
-            for (long long t = 0; t < LT; t++) {
-                if (first[t] == SIZE_MAX)
-                    continue;
-                uint8_t *dst = copy_dst[first[t]];
-                /* cannot fail: non-NULL pointers, one row of hidden <= 2^30 */
-                (void)mx_quant_fp8_group_dynamic_bf16_fast(x + (size_t)t * hidden, 1, hidden, FP8_GROUP,
-                                                           dst + ng * sizeof(float), sc);
-                memcpy(dst, sc, ng * sizeof(float));
-                memset(dst + ng * sizeof(float) + hidden, 0, row - ng * sizeof(float) - hidden);
+        for (long long c = 0; c < LNC; c++) {
+            if (oom || plan->copy_first[c] != (int32_t)c)
+                continue;
+            const uint16_t *xt = x + (size_t)plan->copy_token[c] * hidden;
+            uint8_t *dst = copy_row(plan, (size_t)c, send, displs, row);
+            /* cannot fail: non-NULL pointers, one row of hidden <= 2^30 */
+            if (fast) {
+                (void)mx_quant_fp8_group_dynamic_bf16_fast(xt, 1, hidden, FP8_GROUP, dst + ng * sizeof(float), sc);
+            } else {
+                for (size_t h = 0; h < hidden; h++)
+                    f[h] = mxi_bf16_to_f32(xt[h]);
+                (void)mx_quant_fp8_group_dynamic(f, 1, hidden, FP8_GROUP, dst + ng * sizeof(float), sc);
             }
-#endif
-#pragma omp for schedule(static)
-            for (long long c = 0; c < LNC; c++) {
-                size_t t = (size_t)plan->copy_token[c];
-                if (first[t] != (size_t)c)
-                    memcpy(copy_dst[c], copy_dst[first[t]], row);
-            }
-        } else {
-#pragma omp for schedule(static)
-            for (long long c = 0; c < LNC; c++) {
-                const size_t t = (size_t)plan->copy_token[c];
-                memcpy(copy_dst[c], x + t * hidden, hidden * sizeof(uint16_t));
-                memset(copy_dst[c] + hidden * sizeof(uint16_t), 0, row - hidden * sizeof(uint16_t));
-            }
+            memcpy(dst, sc, ng * sizeof(float));
+            memset(dst + ng * sizeof(float) + hidden, 0, row - ng * sizeof(float) - hidden);
         }
+        /* (the implicit barrier: every first copy is written before the others copy it) */
+#pragma omp for schedule(static)
+        for (long long c = 0; c < LNC; c++) {
+            int32_t c1 = plan->copy_first[c];
+            if (c1 != (int32_t)c)
+                memcpy(copy_row(plan, (size_t)c, send, displs, row), copy_row(plan, (size_t)c1, send, displs, row),
+                       row);
+        }
+        if (sc != sc_stack)
+            free(sc);
+        free(f);
     }
-    free(scratch);
-    return 1;
+#else
+    (void)fast;
+    (void)ng;
+#endif
+    return oom ? mx_error_set(MX_ERR_NOMEM, "dispatch pack: cannot allocate an FP8 row of %zu values", hidden) : MX_OK;
 }
 
 mx_status_t mx_coord_dispatch_pack(const mx_dispatch_plan_t *plan, const uint16_t *x, size_t hidden,
@@ -374,72 +422,7 @@ mx_status_t mx_coord_dispatch_pack(const mx_dispatch_plan_t *plan, const uint16_
     if (dtype == MX_DISPATCH_FP8)
         return mx_error_set(MX_ERR_UNSUPPORTED, "dispatch pack: FP8 needs quant/, which this build lacks");
 #endif
-    const size_t row = mx_coord_wire_row_bytes(dtype, hidden);
-    if (mxi_coord_fast() && pack_fast(plan, x, hidden, dtype, send, displs, row))
-        return MX_OK;
-    /* FP8: quantize every token that travels once (a token goes to several
-     * ranks), into wire-format rows, then copy rows into the messages. */
-    uint8_t *qrows = NULL;
-    if (dtype == MX_DISPATCH_FP8 && plan->n_copies > 0) {
-#ifdef MXEP_COORD_HAVE_QUANT
-        const size_t ng = (hidden + FP8_GROUP - 1) / FP8_GROUP;
-        qrows = malloc(plan->n_tokens * row);
-        unsigned char *need = calloc(plan->n_tokens, 1);
-        float *f = malloc(hidden * sizeof(float) + ng * sizeof(float));
-        if (!qrows || !need || !f) {
-            free(qrows);
-            free(need);
-            free(f);
-            return mx_error_set(MX_ERR_NOMEM, "dispatch pack: cannot allocate FP8 rows for %zu tokens", plan->n_tokens);
-        }
-        float *sc = f + hidden;
-        for (size_t c = 0; c < plan->n_copies; c++)
-            need[plan->copy_token[c]] = 1;
-        mx_status_t st = MX_OK;
-        for (size_t t = 0; t < plan->n_tokens && st == MX_OK; t++) {
-            if (!need[t])
-                continue;
-            const uint16_t *xt = x + t * hidden;
-            uint8_t *dst = qrows + t * row;
-            for (size_t hh = 0; hh < hidden; hh++)
-                f[hh] = mxi_bf16_to_f32(xt[hh]);
-            st = mx_quant_fp8_group_dynamic(f, 1, hidden, FP8_GROUP, dst + ng * sizeof(float), sc);
-            if (st != MX_OK) {
-                mx_error_prefix(st, "dispatch pack: FP8 row of token %zu: ", t);
-                break;
-            }
-            memcpy(dst, sc, ng * sizeof(float));
-            memset(dst + ng * sizeof(float) + hidden, 0, row - ng * sizeof(float) - hidden);
-        }
-        free(need);
-        free(f);
-        if (st != MX_OK) {
-            free(qrows);
-            return st;
-        }
-#endif
-    }
-    for (int r = 0; r < plan->n_ranks; r++) {
-        size_t c0 = plan->rank_copy_off[r], nt = plan->rank_copy_off[r + 1] - c0;
-        size_t e0 = plan->rank_entry_off[r], ne = plan->rank_entry_off[r + 1] - e0;
-        if (nt == 0)
-            continue;
-        uint8_t *m = (uint8_t *)send + displs[r];
-        write_meta(plan, r, dtype, hidden, row, m);
-        uint8_t *rows = m + meta_bytes(nt, ne);
-        for (size_t c = 0; c < nt; c++) {
-            const size_t t = (size_t)plan->copy_token[c0 + c];
-            uint8_t *dst = rows + c * row;
-            if (dtype == MX_DISPATCH_BF16) {
-                memcpy(dst, x + t * hidden, hidden * sizeof(uint16_t));
-                memset(dst + hidden * sizeof(uint16_t), 0, row - hidden * sizeof(uint16_t));
-            } else {
-                memcpy(dst, qrows + t * row, row);
-            }
-        }
-    }
-    free(qrows);
-    return MX_OK;
+    return pack_rows(plan, x, hidden, dtype, send, displs, mx_coord_wire_row_bytes(dtype, hidden), mxi_coord_fast());
 }
 
 /* ---------------------------------------------------------------- worker side */
@@ -527,13 +510,13 @@ static mx_status_t check_message(const uint8_t *m, size_t bytes, int src, size_t
     return MX_OK;
 }
 
-/* One received row decoded into dst: the scalar code's bytes (BF16 copied;
- * FP8: value * scale rounded to BF16). A group with a finite scale goes
- * through quant's fused decoder, which then equals decode + mxi_bf16_from_f32
- * bit for bit (the products are never NaN except for a NaN code, whose
- * canonical NaN both roundings map alike); a non-finite scale from the wire
- * keeps the two-step scalar rounding (payload NaNs). */
-static void unpack_row_fast(const uint8_t *src, mx_dispatch_dtype_t dtype, size_t hidden, uint16_t *dst)
+/* One received row decoded into dst (BF16 copied; FP8: value * scale rounded
+ * to BF16, as FP32 then BF16). The fast path sends a group with a finite
+ * scale through quant's fused decoder, which then equals decode +
+ * mxi_bf16_from_f32 bit for bit (the products are never NaN except for a NaN
+ * code, whose canonical NaN both roundings map alike); a non-finite scale
+ * from the wire keeps the two-step rounding (payload NaNs). */
+static void unpack_row(const uint8_t *src, mx_dispatch_dtype_t dtype, size_t hidden, uint16_t *dst, int fast)
 {
     if (dtype == MX_DISPATCH_BF16) {
         memcpy(dst, src, hidden * sizeof(uint16_t));
@@ -546,7 +529,7 @@ static void unpack_row_fast(const uint8_t *src, mx_dispatch_dtype_t dtype, size_
         float sc;
         memcpy(&sc, src + g * sizeof(float), sizeof sc);
         size_t c0 = g * FP8_GROUP, len = hidden - c0 < FP8_GROUP ? hidden - c0 : FP8_GROUP;
-        if (isfinite(sc)) {
+        if (fast && isfinite(sc)) {
             (void)mx_quant_fp8_decode_bf16_fast(q + c0, len, sc, dst + c0);
         } else {
             float f[FP8_GROUP];
@@ -555,25 +538,31 @@ static void unpack_row_fast(const uint8_t *src, mx_dispatch_dtype_t dtype, size_
                 dst[c0 + i] = mxi_bf16_from_f32(f[i]);
         }
     }
+#else
+    (void)fast;
 #endif
 }
 
-/* Grows *p to hold n bytes (n >= 1) without keeping its contents; *fresh
- * gets the new block (to install on success) or stays NULL when *p is big
- * enough. Returns 0 when out of memory. */
-static int grow(void *p, size_t n, void **fresh)
+/* The source of received row tt: the last s with src_token_off[s] <= tt
+ * (src_token_off ascending, [n_ranks] = every row). */
+static int row_source(const size_t *off, int n_ranks, size_t tt)
 {
-    *fresh = NULL;
-    if (p && malloc_usable_size(p) >= n)
-        return 1;
-    *fresh = malloc(n + n / 4); /* some headroom: layers differ a little */
-    return *fresh != NULL;
+    int lo = 0, hi = n_ranks - 1;
+    while (lo < hi) {
+        int mid = lo + (hi - lo + 1) / 2;
+        if (off[mid] <= tt)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
 }
 
-/* The fast unpacking into a batch that may already hold arrays (reused when
- * big enough). On failure *b is untouched. */
-static mx_status_t unpack_into(const void *recv, const size_t *bytes, const size_t *displs, int n_ranks, size_t hidden,
-                               int n_local_experts, mx_recv_batch_t *b)
+/* Checks every message, then decodes them into b, whose arrays are reused
+ * while big enough. Every check and allocation comes before the first write:
+ * on failure *b is unchanged. */
+static mx_status_t unpack(const void *recv, const size_t *bytes, const size_t *displs, int n_ranks, size_t hidden,
+                          int n_local_experts, mx_recv_batch_t *b, int fast)
 {
     size_t nt = 0, na = 0;
     mx_wire_header_t h;
@@ -587,37 +576,18 @@ static mx_status_t unpack_into(const void *recv, const size_t *bytes, const size
         nt += h.n_tokens;
         na += h.n_entries;
     }
-    /* x, tok, expert, weight, src_token_off, src_assign_off */
-    void *cur[6] = {b->x, b->tok, b->expert, b->weight, b->src_token_off, b->src_assign_off};
-    const size_t need[6] = {(nt ? nt : 1) * hidden * sizeof(uint16_t), (na ? na : 1) * sizeof(int32_t),
-                            (na ? na : 1) * sizeof(int32_t),           (na ? na : 1) * sizeof(float),
-                            ((size_t)n_ranks + 1) * sizeof(size_t),    ((size_t)n_ranks + 1) * sizeof(size_t)};
-    void *fresh[6];
-    int ok = 1;
-    for (int i = 0; i < 6; i++)
-        ok &= grow(cur[i], need[i], &fresh[i]);
-    const uint8_t **row_src = malloc((nt ? nt : 1) * sizeof *row_src);
-    if (!ok || !row_src) {
-        for (int i = 0; i < 6; i++)
-            free(fresh[i]);
-        free(row_src);
+    void **const arr[] = {(void **)&b->x,      (void **)&b->tok,           (void **)&b->expert,
+                          (void **)&b->weight, (void **)&b->src_token_off, (void **)&b->src_assign_off};
+    const size_t need[] = {(nt ? nt : 1) * hidden * sizeof(uint16_t), (na ? na : 1) * sizeof(int32_t),
+                           (na ? na : 1) * sizeof(int32_t),           (na ? na : 1) * sizeof(float),
+                           ((size_t)n_ranks + 1) * sizeof(size_t),    ((size_t)n_ranks + 1) * sizeof(size_t)};
+    if (!grow_all(arr, need, 6))
         return mx_error_set(MX_ERR_NOMEM, "dispatch unpack: cannot allocate %zu tokens x %zu", nt, hidden);
-    }
-    for (int i = 0; i < 6; i++)
-        if (fresh[i]) {
-            free(cur[i]);
-            cur[i] = fresh[i];
-        }
-    b->x = cur[0];
-    b->tok = cur[1];
-    b->expert = cur[2];
-    b->weight = cur[3];
-    b->src_token_off = cur[4];
-    b->src_assign_off = cur[5];
     b->n_ranks = n_ranks;
     b->hidden = hidden;
     b->n_tokens = nt;
     b->n_assign = na;
+    /* the assignments, in message order */
     size_t t = 0, a = 0;
     for (int s = 0; s < n_ranks; s++) {
         b->src_token_off[s] = t;
@@ -628,7 +598,6 @@ static mx_status_t unpack_into(const void *recv, const size_t *bytes, const size
         memcpy(&h, m, sizeof h);
         const uint8_t *cnt = m + sizeof h;
         const uint8_t *ent = cnt + (size_t)h.n_tokens * sizeof(uint32_t);
-        const uint8_t *rows = m + meta_bytes(h.n_tokens, h.n_entries);
         size_t i = 0;
         for (uint32_t c = 0; c < h.n_tokens; c++, t++) {
             uint32_t n;
@@ -640,22 +609,22 @@ static mx_status_t unpack_into(const void *recv, const size_t *bytes, const size
                 b->expert[a] = we.local_expert;
                 b->weight[a] = we.weight;
             }
-            row_src[t] = rows + (size_t)c * h.row_bytes;
         }
     }
     b->src_token_off[n_ranks] = t;
     b->src_assign_off[n_ranks] = a;
+    /* the rows, decoded in parallel */
     const long long LT = (long long)nt;
 #pragma omp parallel for schedule(static)
     for (long long tt = 0; tt < LT; tt++) {
-        int s = 0; /* the source of row tt: src_token_off is ascending */
-        while (b->src_token_off[s + 1] <= (size_t)tt)
-            s++;
-        uint32_t dtype;
-        memcpy(&dtype, (const uint8_t *)recv + displs[s] + offsetof(mx_wire_header_t, dtype), sizeof dtype);
-        unpack_row_fast(row_src[tt], (mx_dispatch_dtype_t)dtype, hidden, b->x + (size_t)tt * hidden);
+        int s = row_source(b->src_token_off, n_ranks, (size_t)tt);
+        const uint8_t *m = (const uint8_t *)recv + displs[s];
+        mx_wire_header_t hs;
+        memcpy(&hs, m, sizeof hs);
+        const uint8_t *src =
+            m + meta_bytes(hs.n_tokens, hs.n_entries) + ((size_t)tt - b->src_token_off[s]) * hs.row_bytes;
+        unpack_row(src, (mx_dispatch_dtype_t)hs.dtype, hidden, b->x + (size_t)tt * hidden, fast);
     }
-    free(row_src);
     return MX_OK;
 }
 
@@ -666,16 +635,7 @@ mx_status_t mx_coord_recv_unpack_into(const void *recv, const size_t *bytes, con
         return mx_error_set(MX_ERR_INVALID, "dispatch unpack: NULL argument or %d ranks", n_ranks);
     if (hidden == 0)
         return mx_error_set(MX_ERR_INVALID, "dispatch unpack: hidden size 0");
-    if (!mxi_coord_fast()) { /* the scalar code, then swap the result in */
-        mx_recv_batch_t b;
-        mx_status_t st = mx_coord_recv_unpack(recv, bytes, displs, n_ranks, hidden, n_local_experts, &b);
-        if (st == MX_OK) {
-            mx_recv_batch_fini(batch_io);
-            *batch_io = b;
-        }
-        return st;
-    }
-    return unpack_into(recv, bytes, displs, n_ranks, hidden, n_local_experts, batch_io);
+    return unpack(recv, bytes, displs, n_ranks, hidden, n_local_experts, batch_io, mxi_coord_fast());
 }
 
 mx_status_t mx_coord_recv_unpack(const void *recv, const size_t *bytes, const size_t *displs, int n_ranks,
@@ -685,89 +645,11 @@ mx_status_t mx_coord_recv_unpack(const void *recv, const size_t *bytes, const si
         return mx_error_set(MX_ERR_INVALID, "dispatch unpack: NULL argument or %d ranks", n_ranks);
     if (hidden == 0)
         return mx_error_set(MX_ERR_INVALID, "dispatch unpack: hidden size 0");
-    if (mxi_coord_fast()) {
-        mx_recv_batch_t fb;
-        memset(&fb, 0, sizeof fb);
-        mx_status_t st = unpack_into(recv, bytes, displs, n_ranks, hidden, n_local_experts, &fb);
-        if (st == MX_OK)
-            *batch_p = fb;
-        return st;
-    }
-    size_t nt = 0, na = 0;
-    mx_wire_header_t h;
-    for (int s = 0; s < n_ranks; s++) {
-        if (bytes[s] && !recv)
-            return mx_error_set(MX_ERR_INVALID, "dispatch unpack: NULL receive buffer");
-        mx_status_t st = check_message(bytes[s] ? (const uint8_t *)recv + displs[s] : NULL, bytes[s], s, hidden,
-                                       n_local_experts, &h);
-        if (st != MX_OK)
-            return st;
-        nt += h.n_tokens;
-        na += h.n_entries;
-    }
     mx_recv_batch_t b;
     memset(&b, 0, sizeof b);
-    b.n_ranks = n_ranks;
-    b.hidden = hidden;
-    b.n_tokens = nt;
-    b.n_assign = na;
-    b.x = malloc((nt ? nt : 1) * hidden * sizeof(uint16_t));
-    b.tok = malloc((na ? na : 1) * sizeof(int32_t));
-    b.expert = malloc((na ? na : 1) * sizeof(int32_t));
-    b.weight = malloc((na ? na : 1) * sizeof(float));
-    b.src_token_off = calloc((size_t)n_ranks + 1, sizeof(size_t));
-    b.src_assign_off = calloc((size_t)n_ranks + 1, sizeof(size_t));
-    float *f = malloc(hidden * sizeof(float));
-    if (!b.x || !b.tok || !b.expert || !b.weight || !b.src_token_off || !b.src_assign_off || !f) {
-        free(f);
-        mx_recv_batch_fini(&b);
-        return mx_error_set(MX_ERR_NOMEM, "dispatch unpack: cannot allocate %zu tokens x %zu", nt, hidden);
-    }
-    size_t t = 0, a = 0;
-    for (int s = 0; s < n_ranks; s++) {
-        b.src_token_off[s] = t;
-        b.src_assign_off[s] = a;
-        if (bytes[s] == 0)
-            continue;
-        const uint8_t *m = (const uint8_t *)recv + displs[s];
-        memcpy(&h, m, sizeof h);
-        const uint8_t *cnt = m + sizeof h;
-        const uint8_t *ent = cnt + (size_t)h.n_tokens * sizeof(uint32_t);
-        const uint8_t *rows = m + meta_bytes(h.n_tokens, h.n_entries);
-        size_t i = 0;
-        for (uint32_t c = 0; c < h.n_tokens; c++, t++) {
-            uint32_t n;
-            memcpy(&n, cnt + (size_t)c * sizeof n, sizeof n);
-            for (uint32_t j = 0; j < n; j++, i++, a++) {
-                mx_wire_entry_t we;
-                memcpy(&we, ent + i * sizeof we, sizeof we);
-                b.tok[a] = (int32_t)t;
-                b.expert[a] = we.local_expert;
-                b.weight[a] = we.weight;
-            }
-            const uint8_t *src = rows + (size_t)c * h.row_bytes;
-            uint16_t *dst = b.x + t * hidden;
-            if (h.dtype == MX_DISPATCH_BF16) {
-                memcpy(dst, src, hidden * sizeof(uint16_t));
-            } else {
-#ifdef MXEP_COORD_HAVE_QUANT
-                size_t ng = (hidden + FP8_GROUP - 1) / FP8_GROUP;
-                const uint8_t *q = src + ng * sizeof(float);
-                for (size_t g = 0; g < ng; g++) {
-                    float sc;
-                    memcpy(&sc, src + g * sizeof(float), sizeof sc);
-                    size_t c0 = g * FP8_GROUP, len = hidden - c0 < FP8_GROUP ? hidden - c0 : FP8_GROUP;
-                    mx_quant_fp8_decode_fast(q + c0, len, sc, f + c0);
-                }
-                for (size_t hh = 0; hh < hidden; hh++)
-                    dst[hh] = mxi_bf16_from_f32(f[hh]);
-#endif
-            }
-        }
-    }
-    b.src_token_off[n_ranks] = t;
-    b.src_assign_off[n_ranks] = a;
-    free(f);
+    mx_status_t st = unpack(recv, bytes, displs, n_ranks, hidden, n_local_experts, &b, mxi_coord_fast());
+    if (st != MX_OK)
+        return st; /* nothing was allocated */
     *batch_p = b;
     return MX_OK;
 }

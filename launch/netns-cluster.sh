@@ -15,7 +15,7 @@ prog=netns-cluster.sh
 usage() {
     cat <<'EOF'
 Usage: netns-cluster.sh [--hosts N] [--ranks-per-host K] [--compare REGEX]
-                        [--min-bytes B] [--timeout S] [--keep] [--json] -- PROGRAM [ARGS...]
+                        [--min-bytes B] [--timeout S] [--btl LIST] [--keep] [--json] -- PROGRAM [ARGS...]
 
 Builds N hosts (2 or 3, default 3) from network namespaces linked by veth pairs to a
 bridge, runs PROGRAM ARGS on N*K ranks (default K=1) across them with mpirun over TCP,
@@ -26,6 +26,8 @@ and they must be the same in both runs).
   --min-bytes B   every host's veth must have received at least B bytes during the run
                   (default 1), which shows the ranks talked over the simulated network
   --timeout S     limit for each mpirun (default 120 s); a hung run fails, never blocks
+  --btl LIST      Open MPI's byte transfer layers (default tcp,self: every message over TCP,
+                  also between ranks of one host; vader,tcp,self lets those use shared memory)
   --env VAR=VAL   set VAR for the program in both runs (repeatable), e.g.
                   --env UCX_TLS=tcp,self --env UCX_NET_DEVICES=eth0
   --keep          leave the namespaces in place (for debugging; remove them with
@@ -53,6 +55,7 @@ compare='"checksum": *"[^"]*"'
 compare_set=0
 min_bytes=1
 tmo=120
+btl=tcp,self
 keep=0
 json=0
 declare -a env_set=()
@@ -64,6 +67,7 @@ while [ $# -gt 0 ]; do
     --min-bytes) [ $# -ge 2 ] || die "--min-bytes needs a number"; min_bytes="$2"; shift 2 ;;
     --timeout) [ $# -ge 2 ] || die "--timeout needs seconds"; tmo="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
+    --btl) [ $# -ge 2 ] || die "--btl needs a list such as tcp,self"; btl="$2"; shift 2 ;;
     --env)
         [ $# -ge 2 ] || die "--env needs VAR=VALUE"
         [[ $2 =~ ^[A-Za-z_][A-Za-z0-9_]*=.*$ ]] || die "--env '$2': expected VAR=VALUE"
@@ -81,6 +85,7 @@ case "$nhosts" in 2 | 3) ;; *) die "--hosts '$nhosts': expected 2 or 3" ;; esac
 [[ $per_host =~ ^[1-9][0-9]*$ ]] && [ "$per_host" -le 16 ] || die "--ranks-per-host '$per_host': expected 1..16"
 [[ $min_bytes =~ ^[0-9]+$ ]] || die "--min-bytes '$min_bytes': expected a whole number"
 [[ $tmo =~ ^[1-9][0-9]*$ ]] || die "--timeout '$tmo': expected whole seconds >= 1"
+[[ $btl =~ ^[a-z0-9_,^]+$ ]] && [[ $btl == *tcp* ]] || die "--btl '$btl': expected a list of byte transfer layers with tcp (e.g. vader,tcp,self)"
 [ $# -ge 1 ] || die "no program given after --"
 program=("$@")
 prog_path="$(type -P -- "${program[0]}" 2>/dev/null || true)"
@@ -189,7 +194,7 @@ np=$((nhosts * per_host))
 root_flags=(--allow-run-as-root)
 mpi_cmd=(mpirun "${root_flags[@]}" -n "$np" --hostfile "$hostfile" --map-by node --bind-to none
     --mca plm_rsh_agent "$here/netns-agent.sh" --mca plm_rsh_no_tree_spawn 1
-    --mca pml ob1 --mca btl tcp,self
+    --mca pml ob1 --mca btl "$btl"
     --mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24
     -x MXEP_NETNS_PREFIX="${tag}-h" -x PATH)
 while IFS= read -r var; do mpi_cmd+=(-x "$var"); done < <(compgen -e | grep '^MXEP_' | grep -v '^MXEP_NETNS_PREFIX$' | LC_ALL=C sort || true)

@@ -18,11 +18,22 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__x86_64__) || defined(_M_X64)
+#include <emmintrin.h>
+#define HAVE_STREAM_COPY 1
+#endif
 
 #include "mxep/log.h"
 #include "mxep/transport.h"
 
 #define ALIGN 64u
+#define COPY_SPLIT_MIN ((uint64_t)256 << 10) /* below this many local bytes, one thread copies */
+#define STREAM_MIN ((size_t)64 << 10)        /* streaming stores only for pieces this large */
 
 _Static_assert(sizeof(size_t) == sizeof(uint64_t), "counts travel as MPI_UINT64_T");
 
@@ -31,6 +42,7 @@ typedef struct {
     int rank, size;
     mx_exchange_mode_t mode; /* effective: ALLTOALLV or SHM (AUTO resolved) */
     int any_remote;          /* some peer is on another host */
+    int all_single;          /* every rank is alone on its host */
     /* alltoallv bookkeeping */
     int *scounts, *sdispls, *rcounts, *rdispls; /* [size] */
     uint8_t *priv;                              /* alltoallv mode receive buffer */
@@ -46,7 +58,17 @@ typedef struct {
     size_t cap;       /* data bytes per region */
     uint8_t **base;   /* [local_size] region start of each local rank */
     char path[32];
+    mx_transport_stats_t ph; /* phases since the last reset (arrive/copy/remote/depart, bytes) */
+    int threads;             /* threads that copy within the host */
+    int stream;              /* non-temporal stores for pieces >= STREAM_MIN (MXEP_SHM_COPY) */
 } mpi_ctx_t;
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
 
 static mx_status_t mpi_fail(int rc, const char *call)
 {
@@ -192,6 +214,35 @@ static mx_status_t mpi_create(MPI_Comm comm, const mx_transport_opts_t *opts, vo
         c->local_of_world[c->world_of_local[j]] = j;
     /* hosts partition the ranks: if one rank has a peer elsewhere, every rank does */
     c->any_remote = c->local_size < c->size;
+    int most_local = 0;
+    rc = MPI_Allreduce(&c->local_size, &most_local, 1, MPI_INT, MPI_MAX, c->comm);
+    if (rc != MPI_SUCCESS) {
+        st = mpi_fail(rc, "MPI_Allreduce (ranks per host)");
+        goto fail;
+    }
+    c->all_single = most_local == 1;
+
+    c->threads = opts->copy_threads > 1 ? opts->copy_threads : 1;
+#ifndef _OPENMP
+    c->threads = 1;
+#endif
+    /* MXEP_SHM_COPY=memcpy|stream|auto: how the copies within a host store.
+     * memcpy's stores first read every destination line; inside a layer those
+     * lines are cold (the receiver's region was last read a layer ago, and the
+     * compute in between went through the caches), so non-temporal stores,
+     * which skip that read, copy faster (measured: bench/RESULTS.md,
+     * 2026-12-05). auto (default) = stream for pieces of STREAM_MIN bytes and
+     * more. memcpy wins only when the same buffers are exchanged again and
+     * again with nothing in between (warm caches: the "alone" benches). */
+    const char *copy = getenv("MXEP_SHM_COPY");
+    c->stream = 1;
+    if (copy && strcmp(copy, "memcpy") == 0)
+        c->stream = 0;
+    else if (copy && strcmp(copy, "stream") != 0 && strcmp(copy, "auto") != 0)
+        MX_LOG_W("transport", "MXEP_SHM_COPY=%s: expected memcpy, stream or auto; using auto", copy);
+#ifndef HAVE_STREAM_COPY
+    c->stream = 0;
+#endif
 
     c->mode = opts->mode;
     if (c->mode == MX_EXCHANGE_SHM && c->any_remote) {
@@ -260,6 +311,114 @@ static int fill_int_counts(mpi_ctx_t *c, const size_t *sc, const size_t *sd, con
     return ok;
 }
 
+#ifdef HAVE_STREAM_COPY
+/* memcpy with non-temporal stores: the bytes go to memory without first
+ * reading the destination lines (which memcpy's stores do), for copies too
+ * large to stay in the caches anyway. The caller fences (sfence). */
+static void copy_stream(uint8_t *dst, const uint8_t *src, size_t n)
+{
+    size_t head = (16 - ((uintptr_t)dst & 15)) & 15;
+    if (head > n)
+        head = n;
+    memcpy(dst, src, head);
+    dst += head;
+    src += head;
+    n -= head;
+    for (; n >= 64; n -= 64, dst += 64, src += 64) {
+        __m128i a = _mm_loadu_si128((const __m128i *)src), b = _mm_loadu_si128((const __m128i *)(src + 16));
+        __m128i x = _mm_loadu_si128((const __m128i *)(src + 32)), y = _mm_loadu_si128((const __m128i *)(src + 48));
+        _mm_stream_si128((__m128i *)dst, a);
+        _mm_stream_si128((__m128i *)(dst + 16), b);
+        _mm_stream_si128((__m128i *)(dst + 32), x);
+        _mm_stream_si128((__m128i *)(dst + 48), y);
+    }
+    memcpy(dst, src, n);
+}
+#endif
+
+static void copy_piece(const mpi_ctx_t *c, uint8_t *dst, const uint8_t *src, size_t n)
+{
+#ifdef HAVE_STREAM_COPY
+    if (c->stream && n >= STREAM_MIN) {
+        copy_stream(dst, src, n);
+        return;
+    }
+#endif
+    (void)c;
+    memcpy(dst, src, n);
+}
+
+/* Step 3's copies: this rank's bytes for every local peer (itself included),
+ * straight into the receiver's region, in ring order from the next local rank.
+ * With several copying threads, the bytes of all the peers are cut into one
+ * contiguous share per thread. Thread 0 (the one that calls MPI) lets the
+ * cross-host messages progress between its pieces: Open MPI moves them only
+ * inside MPI calls. Returns the bytes copied. */
+static uint64_t copy_local(mpi_ctx_t *c, const uint8_t *sbuf, const size_t *send_counts, const size_t *send_displs,
+                           MPI_Request *req, mx_status_t *st)
+{
+    uint64_t total = 0;
+    for (int j = 0; j < c->local_size; j++)
+        total += send_counts[c->world_of_local[j]];
+    int nt = total >= COPY_SPLIT_MIN ? c->threads : 1;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int t = 0;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        uint64_t lo = total * (uint64_t)t / (uint64_t)nt, hi = total * (uint64_t)(t + 1) / (uint64_t)nt, pos = 0;
+        for (int k = 0; k < c->local_size && pos < hi; k++) {
+            int j = (c->local_rank + 1 + k) % c->local_size;
+            int d = c->world_of_local[j];
+            uint64_t n = send_counts[d], a = lo > pos ? lo : pos, b = hi < pos + n ? hi : pos + n;
+            if (a < b) {
+                uint64_t off = ((volatile uint64_t *)c->base[j])[2 + c->local_rank] + (a - pos);
+                copy_piece(c, c->base[j] + c->hdr_bytes + off, sbuf + send_displs[d] + (a - pos), (size_t)(b - a));
+                if (t == 0 && *req != MPI_REQUEST_NULL) {
+                    int done = 0;
+                    int rc = MPI_Test(req, &done, MPI_STATUS_IGNORE);
+                    if (rc != MPI_SUCCESS && *st == MX_OK)
+                        *st = mpi_fail(rc, "MPI_Test (Ialltoallv)");
+                }
+            }
+            pos += n;
+        }
+#ifdef HAVE_STREAM_COPY
+        if (c->stream)
+            _mm_sfence();
+#endif
+    }
+    return total;
+}
+
+/* A plain MPI_Alltoallv of every pair into dst. A local failure (st_in)
+ * still takes part in the collective (with nothing to move), so the other
+ * ranks are never left waiting. */
+static mx_status_t alltoallv_into(mpi_ctx_t *c, const uint8_t *sbuf, const size_t *send_counts,
+                                  const size_t *send_displs, const size_t *recv_counts, const size_t *recv_displs,
+                                  uint8_t *dst, mx_status_t st_in)
+{
+    mx_status_t st = st_in;
+    if (st == MX_OK && !fill_int_counts(c, send_counts, send_displs, recv_counts, recv_displs, 0))
+        st = mx_error_set(MX_ERR_UNSUPPORTED,
+                          "transport mpi: rank %d: a count or displacement exceeds INT_MAX bytes, which "
+                          "MPI_Alltoallv cannot carry",
+                          c->rank);
+    if (st != MX_OK)
+        for (int r = 0; r < c->size; r++)
+            c->scounts[r] = c->rcounts[r] = c->sdispls[r] = c->rdispls[r] = 0;
+    double t0 = now_ms();
+    int rc = MPI_Alltoallv(sbuf, c->scounts, c->sdispls, MPI_BYTE, dst, c->rcounts, c->rdispls, MPI_BYTE, c->comm);
+    c->ph.remote_ms += now_ms() - t0;
+    for (int r = 0; r < c->size; r++)
+        c->ph.remote_bytes += r == c->rank ? 0 : (uint64_t)c->scounts[r];
+    if (rc != MPI_SUCCESS && st == MX_OK)
+        st = mpi_fail(rc, "MPI_Alltoallv");
+    return st;
+}
+
 static void win_fence(mpi_ctx_t *c)
 {
     MPI_Win_sync(c->win);
@@ -279,27 +438,45 @@ static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_
     }
     int rc;
     if (c->mode == MX_EXCHANGE_ALLTOALLV) {
+        mx_status_t st = MX_OK;
         if (total > c->priv_cap) {
             size_t cap = round_up((size_t)total + total / 4, ALIGN);
             uint8_t *p = realloc(c->priv, cap);
-            if (!p)
-                return mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory for %zu receive bytes", cap);
-            c->priv = p;
-            c->priv_cap = cap;
+            if (p) {
+                c->priv = p;
+                c->priv_cap = cap;
+            } else {
+                st = mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory for %zu receive bytes", cap);
+            }
         }
-        if (!fill_int_counts(c, send_counts, send_displs, recv_counts, recv_displs_p, 0))
-            return mx_error_set(MX_ERR_UNSUPPORTED,
-                                "transport mpi: rank %d: a count or displacement exceeds INT_MAX bytes, which "
-                                "MPI_Alltoallv cannot carry",
-                                c->rank);
-        rc = MPI_Alltoallv(sbuf, c->scounts, c->sdispls, MPI_BYTE, c->priv, c->rcounts, c->rdispls, MPI_BYTE, c->comm);
-        if (rc != MPI_SUCCESS)
-            return mpi_fail(rc, "MPI_Alltoallv");
+        st = alltoallv_into(c, sbuf, send_counts, send_displs, recv_counts, recv_displs_p, c->priv, st);
+        if (st != MX_OK)
+            return st;
         *recv_p = c->priv;
+        return MX_OK;
+    }
+    if (c->all_single) {
+        /* every rank alone on its host: nothing to copy beside the messages,
+         * so the blocking MPI_Alltoallv (which carries the bytes to self too)
+         * straight into the own region, without the window's barriers */
+        mx_status_t st = MX_OK;
+        if (total > c->cap) {
+            win_close(c); /* collective over the node communicator: this rank alone */
+            st = win_open(c, round_up((size_t)total + total / 4, ALIGN));
+            if (st != MX_OK)
+                return st; /* (no window: this transport cannot go on; the caller agrees on the failure) */
+        }
+        uint8_t *mine = c->base[0] + c->hdr_bytes;
+        st = alltoallv_into(c, sbuf, send_counts, send_displs, recv_counts, recv_displs_p, mine, st);
+        c->ph.local_bytes += send_counts[c->rank];
+        if (st != MX_OK)
+            return st;
+        *recv_p = mine;
         return MX_OK;
     }
 
     /* shared memory: step 1, publish where each local peer's bytes go */
+    double t0 = now_ms();
     for (;;) {
         volatile uint64_t *hdr = (volatile uint64_t *)c->base[c->local_rank];
         hdr[0] = total;
@@ -325,6 +502,8 @@ static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_
     uint8_t *mine = c->base[c->local_rank] + c->hdr_bytes;
     MPI_Request req = MPI_REQUEST_NULL;
     mx_status_t st = MX_OK;
+    double t1 = now_ms();
+    c->ph.arrive_ms += t1 - t0;
     if (c->any_remote) {
         /* every rank of the job posts it (hosts partition the ranks), so it always matches */
         int fits = fill_int_counts(c, send_counts, send_displs, recv_counts, recv_displs_p, 1);
@@ -339,28 +518,44 @@ static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_
                             &req);
         if (rc != MPI_SUCCESS && st == MX_OK)
             st = mpi_fail(rc, "MPI_Ialltoallv");
+        for (int r = 0; r < c->size; r++)
+            c->ph.remote_bytes += (uint64_t)c->scounts[r];
     }
-    /* step 3: one copy per local pair, straight into the receiver's region */
-    for (int k = 0; k < c->local_size; k++) {
-        int j = (c->local_rank + 1 + k) % c->local_size;
-        int d = c->world_of_local[j];
-        uint64_t n = send_counts[d];
-        if (!n)
-            continue;
-        uint64_t off = ((volatile uint64_t *)c->base[j])[2 + c->local_rank];
-        memcpy(c->base[j] + c->hdr_bytes + off, sbuf + send_displs[d], (size_t)n);
-    }
+    /* step 3 */
+    double t1b = now_ms();
+    c->ph.local_bytes += copy_local(c, sbuf, send_counts, send_displs, &req, &st);
+    double t2 = now_ms();
     if (req != MPI_REQUEST_NULL) {
         rc = MPI_Wait(&req, MPI_STATUS_IGNORE);
         if (rc != MPI_SUCCESS && st == MX_OK)
             st = mpi_fail(rc, "MPI_Wait (Ialltoallv)");
     }
+    double t3 = now_ms();
     /* step 4 */
     win_fence(c);
+    double t4 = now_ms();
+    c->ph.copy_ms += t2 - t1b;                 /* progressing the messages between pieces counts as copying */
+    c->ph.remote_ms += (t1b - t1) + (t3 - t2); /* posting the messages and waiting for them */
+    c->ph.depart_ms += t4 - t3;
     if (st != MX_OK)
         return st;
     *recv_p = mine;
     return MX_OK;
+}
+
+static void mpi_phases(void *ctx, mx_transport_stats_t *s, int reset)
+{
+    mpi_ctx_t *c = ctx;
+    if (s) {
+        s->arrive_ms += c->ph.arrive_ms;
+        s->copy_ms += c->ph.copy_ms;
+        s->remote_ms += c->ph.remote_ms;
+        s->depart_ms += c->ph.depart_ms;
+        s->local_bytes += c->ph.local_bytes;
+        s->remote_bytes += c->ph.remote_bytes;
+    }
+    if (reset)
+        memset(&c->ph, 0, sizeof c->ph);
 }
 
 static const mx_transport_ops_t mpi_ops = {
@@ -370,6 +565,7 @@ static const mx_transport_ops_t mpi_ops = {
     .exchange_counts = mpi_exchange_counts,
     .exchange = mpi_exchange,
     .path = mpi_path,
+    .phases = mpi_phases,
 };
 
 const mx_transport_ops_t *mx_transport_mpi_ops(void)

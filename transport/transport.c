@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "mxep/transport.h"
 
@@ -9,7 +10,15 @@ struct mx_transport {
     const mx_transport_ops_t *ops;
     void *ctx;
     int rank, size;
+    mx_transport_stats_t st; /* calls and totals; the phases live in the implementation */
 };
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
 
 const char *mx_exchange_mode_name(mx_exchange_mode_t mode)
 {
@@ -58,7 +67,7 @@ mx_status_t mx_transport_create(const mx_transport_ops_t *ops, MPI_Comm comm, co
     struct mx_transport *t = calloc(1, sizeof *t);
     if (!t)
         return mx_error_set(MX_ERR_NOMEM, "mx_transport_create: out of memory");
-    mx_transport_opts_t def = {MX_EXCHANGE_AUTO, 0};
+    mx_transport_opts_t def = {.mode = MX_EXCHANGE_AUTO};
     mx_status_t st = ops->create(comm, opts ? opts : &def, &t->ctx);
     if (st != MX_OK) {
         free(t);
@@ -83,7 +92,11 @@ mx_status_t mx_transport_exchange_counts(mx_transport_h t, const size_t *send_co
 {
     if (!t || !send_counts || !recv_counts_p)
         return mx_error_set(MX_ERR_INVALID, "mx_transport_exchange_counts: NULL argument");
-    return t->ops->exchange_counts(t->ctx, send_counts, recv_counts_p);
+    double t0 = now_ms();
+    mx_status_t st = t->ops->exchange_counts(t->ctx, send_counts, recv_counts_p);
+    t->st.counts++;
+    t->st.counts_ms += now_ms() - t0;
+    return st;
 }
 
 mx_status_t mx_transport_exchange(mx_transport_h t, const void *send, const size_t *send_counts,
@@ -92,7 +105,26 @@ mx_status_t mx_transport_exchange(mx_transport_h t, const void *send, const size
 {
     if (!t || !send_counts || !send_displs || !recv_counts || !recv_p || !recv_displs_p)
         return mx_error_set(MX_ERR_INVALID, "mx_transport_exchange: NULL argument");
-    return t->ops->exchange(t->ctx, send, send_counts, send_displs, recv_counts, recv_p, recv_displs_p);
+    double t0 = now_ms();
+    mx_status_t st = t->ops->exchange(t->ctx, send, send_counts, send_displs, recv_counts, recv_p, recv_displs_p);
+    t->st.exchanges++;
+    t->st.total_ms += now_ms() - t0;
+    return st;
+}
+
+void mx_transport_stats(mx_transport_h t, mx_transport_stats_t *stats_p, int reset)
+{
+    if (!t)
+        return;
+    if (stats_p) {
+        *stats_p = t->st;
+        stats_p->arrive_ms = stats_p->copy_ms = stats_p->remote_ms = stats_p->depart_ms = 0;
+        stats_p->local_bytes = stats_p->remote_bytes = 0;
+    }
+    if (t->ops->phases)
+        t->ops->phases(t->ctx, stats_p, reset);
+    if (reset)
+        memset(&t->st, 0, sizeof t->st);
 }
 
 int mx_transport_rank(const mx_transport_h t)

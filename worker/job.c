@@ -251,14 +251,14 @@ static void job_text(const wk_job_t *job, char *buf, size_t len)
     snprintf(buf, len,
              "cmd=%d model=%s/%s type=%s quant=%s layers=%d E=%d H=%zu I=%zu scheme=%s act=%s router=%s k=%d "
              "layer=%d nlayers=%d tokens=%ld total=%ld iters=%d warmup=%d dtype=%s combine=%s exchange=%s "
-             "check=%d seed=%llu experts=%d placement=%016llx ranks=%d transport=%s max_tokens=%ld",
+             "check=%d seed=%llu experts=%d placement=%016llx ranks=%d transport=%s max_tokens=%ld baseline=%d",
              (int)o->cmd, o->model_dir ? "dir" : "synth", o->model_dir ? "" : o->preset, c->model_type, c->quant_method,
              c->n_layers, c->n_experts, c->hidden, c->inter, mx_scheme_name(c->moe.scheme), mx_act_name(c->moe.act),
              job->uniform ? "uniform" : mx_router_name(job->router.kind), job->router.top_k, o->layer, o->layers,
              o->tokens, o->tokens_total, o->iters, o->warmup, mx_dispatch_dtype_name(o->dtype),
              mx_combine_mode_name(o->combine), mx_exchange_mode_name(o->exchange), o->check,
              (unsigned long long)o->seed, o->experts, (unsigned long long)ph, job->size,
-             wk_transport_name(o->transport), o->max_tokens);
+             wk_transport_name(o->transport), o->max_tokens, (int)o->baseline);
 }
 
 static mx_status_t consistency_check(wk_job_t *job)
@@ -306,7 +306,8 @@ static size_t job_max_tokens(const wk_job_t *job)
 {
     const wk_opts_t *o = job->o;
     if (o->cmd == WK_CMD_BENCH)
-        return o->tokens_total >= 0 ? (size_t)o->tokens_total : (size_t)(o->tokens > 0 ? o->tokens : 0) * (size_t)job->size;
+        return o->tokens_total >= 0 ? (size_t)o->tokens_total
+                                    : (size_t)(o->tokens > 0 ? o->tokens : 0) * (size_t)job->size;
     if (o->cmd == WK_CMD_SERVE)
         return o->max_tokens > 0 ? (size_t)o->max_tokens : 4096;
     return 0;
@@ -424,7 +425,8 @@ mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_
     if ((st = wk_agree(comm, st, "choosing a backend")) != MX_OK)
         goto fail;
     /* the transport(s) of --transport; info creates them too, to print the path they chose */
-    mx_transport_opts_t to = {o->exchange, 0};
+    /* the copies within a host use the rank's threads (they idle during the exchange otherwise) */
+    mx_transport_opts_t to = {.mode = o->exchange, .copy_threads = job->n_threads};
     const mx_transport_ops_t *ops = mx_transport_mpi_ops(), *ops2 = NULL;
 #ifdef MXEP_WORKER_UCX
     if (o->transport == WK_TRANSPORT_UCX)
@@ -445,6 +447,13 @@ mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_
     if (ops2) {
         st = mx_transport_create(ops2, comm, &to, &job->tr2);
         if ((st = wk_agree(comm, st, "creating the UCX transport (--transport both)")) != MX_OK)
+            goto fail;
+    }
+    if (o->cmd == WK_CMD_BENCH && load_experts) {
+        /* the baseline: the MPI transport in alltoallv mode (no window, a private receive buffer) */
+        mx_transport_opts_t ta = {.mode = MX_EXCHANGE_ALLTOALLV};
+        st = mx_transport_create(mx_transport_mpi_ops(), comm, &ta, &job->tr_a2a);
+        if ((st = wk_agree(comm, st, "creating the plain MPI_Alltoallv baseline")) != MX_OK)
             goto fail;
     }
     if (!load_experts)
@@ -491,8 +500,11 @@ void wk_job_close(wk_job_t *job)
     job->tr = NULL;
     mx_transport_destroy(job->tr2);
     job->tr2 = NULL;
+    mx_transport_destroy(job->tr_a2a);
+    job->tr_a2a = NULL;
     mx_recv_batch_fini(&job->batch);
     memset(&job->batch, 0, sizeof job->batch);
+    mx_dispatch_plan_fini(&job->plan);
     mx_placement_fini(&job->place);
     if (job->ckpt)
         mx_ckpt_close(job->ckpt);
@@ -575,9 +587,26 @@ static mx_status_t route_local(wk_job_t *job, wk_layer_t *L, const uint16_t *x, 
     return mx_coord_route_expert_choice(&job->router, job->logits_all, t_global, E, first, n, routing);
 }
 
-mx_status_t wk_layer_step(wk_job_t *job, int li, const uint16_t *x, size_t n, size_t first, size_t t_global,
-                          uint16_t *out, mx_routing_t *routing_p, wk_step_stats_t *stats)
+/* The transport's phases since the last call, into *sp (counts and waits; agree_ms set by the caller). */
+static void take_split(mx_transport_h tr, wk_xchg_split_t *sp)
 {
+    mx_transport_stats_t t;
+    mx_transport_stats(tr, &t, 1);
+    sp->counts_ms = t.counts_ms;
+    sp->arrive_ms = t.arrive_ms;
+    sp->copy_ms = t.copy_ms;
+    sp->remote_ms = t.remote_ms;
+    sp->depart_ms = t.depart_ms;
+    /* a transport that does not split its time: all of it counts as moving */
+    if (t.arrive_ms + t.copy_ms + t.remote_ms + t.depart_ms == 0)
+        sp->remote_ms = t.total_ms;
+}
+
+mx_status_t wk_layer_step(wk_job_t *job, mx_transport_h tr, int li, const uint16_t *x, size_t n, size_t first,
+                          size_t t_global, uint16_t *out, mx_routing_t *routing_p, wk_step_stats_t *stats)
+{
+    if (!tr)
+        tr = job->tr;
     wk_layer_t *L = &job->layers[li];
     size_t H = job->cfg.hidden;
     int R = job->size;
@@ -587,19 +616,18 @@ mx_status_t wk_layer_step(wk_job_t *job, int li, const uint16_t *x, size_t n, si
     memset(&s, 0, sizeof s);
     mx_routing_t routing;
     memset(&routing, 0, sizeof routing);
-    mx_dispatch_plan_t plan;
-    memset(&plan, 0, sizeof plan);
-    mx_recv_batch_t *bt = &job->batch; /* kept across layers and iterations */
+    mx_dispatch_plan_t *plan = &job->plan; /* kept across layers and iterations */
+    mx_recv_batch_t *bt = &job->batch;     /* likewise */
     double t0 = wk_now_ms();
 
     /* owner side: route, plan, pack */
     mx_status_t st = route_local(job, L, x, n, first, t_global, &routing);
     double t1 = wk_now_ms();
     if (st == MX_OK)
-        st = mx_coord_plan_build(&routing, &job->place, job->rank, first, &plan);
+        st = mx_coord_plan_build_into(&routing, &job->place, job->rank, first, plan);
     size_t total = 0;
     if (st == MX_OK) {
-        mx_coord_dispatch_sizes(&plan, dtype, H, job->b1);
+        mx_coord_dispatch_sizes(plan, dtype, H, job->b1);
         for (int r = 0; r < R; r++) {
             job->b2[r] = total;
             total += job->b1[r];
@@ -607,7 +635,7 @@ mx_status_t wk_layer_step(wk_job_t *job, int li, const uint16_t *x, size_t n, si
         st = grow((void **)&job->send, &job->send_cap, total ? total : 1);
     }
     if (st == MX_OK)
-        st = mx_coord_dispatch_pack(&plan, x, H, dtype, job->send, job->b2);
+        st = mx_coord_dispatch_pack(plan, x, H, dtype, job->send, job->b2);
     if ((st = wk_agree(job->comm, st, "routing and packing its tokens")) != MX_OK)
         goto done;
     s.dispatch_bytes = total;
@@ -616,12 +644,16 @@ mx_status_t wk_layer_step(wk_job_t *job, int li, const uint16_t *x, size_t n, si
 
     /* dispatch: counts, then payload */
     const uint8_t *recv = NULL;
-    st = mx_transport_exchange_counts(job->tr, job->b1, job->b3);
+    mx_transport_stats(tr, NULL, 1);
+    st = mx_transport_exchange_counts(tr, job->b1, job->b3);
     if (st == MX_OK)
-        st = mx_transport_exchange(job->tr, job->send, job->b1, job->b2, job->b3, &recv, job->b4);
+        st = mx_transport_exchange(tr, job->send, job->b1, job->b2, job->b3, &recv, job->b4);
+    double t2b = wk_now_ms();
     if ((st = wk_agree(job->comm, st, "dispatching tokens")) != MX_OK)
         goto done;
     double t3 = wk_now_ms();
+    take_split(tr, &s.disp);
+    s.disp.agree_ms = t3 - t2b;
 
     /* worker side: decode, run the local experts */
     st = mx_coord_recv_unpack_into(recv, job->b3, job->b4, R, H, job->n_my, bt);
@@ -656,15 +688,18 @@ mx_status_t wk_layer_step(wk_job_t *job, int li, const uint16_t *x, size_t n, si
     double t4b = wk_now_ms();
 
     /* combine: replies back to the owners (sizes known on both sides) */
-    mx_coord_combine_sizes(&plan, cmode, H, job->b3);
+    mx_coord_combine_sizes(plan, cmode, H, job->b3);
     for (int r = 0; r < R; r++)
         s.combine_bytes += job->b1[r];
     memcpy(job->last_comb, job->b1, (size_t)R * sizeof(size_t));
-    st = mx_transport_exchange(job->tr, job->out, job->b1, job->b2, job->b3, &recv, job->b4);
+    st = mx_transport_exchange(tr, job->out, job->b1, job->b2, job->b3, &recv, job->b4);
+    double t4c = wk_now_ms();
     if ((st = wk_agree(job->comm, st, "returning expert outputs")) != MX_OK)
         goto done;
     double t5 = wk_now_ms();
-    st = mx_coord_combine(&plan, cmode, recv, job->b4, H, out);
+    take_split(tr, &s.comb);
+    s.comb.agree_ms = t5 - t4c;
+    st = mx_coord_combine(plan, cmode, recv, job->b4, H, out);
     double t6 = wk_now_ms();
     if ((st = wk_agree(job->comm, st, "combining expert outputs")) != MX_OK)
         goto done;
@@ -683,7 +718,6 @@ mx_status_t wk_layer_step(wk_job_t *job, int li, const uint16_t *x, size_t n, si
         memset(&routing, 0, sizeof routing);
     }
 done:
-    mx_dispatch_plan_fini(&plan);
     mx_routing_fini(&routing);
     return st;
 }

@@ -29,7 +29,9 @@ static void on_alarm(int sig)
 
 int main(int argc, char **argv)
 {
-    MPI_Init(&argc, &argv);
+    /* OpenMP threads compute and copy; only this thread calls MPI */
+    int provided = 0;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
     MPI_Comm comm = MPI_COMM_WORLD;
     MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
     int rank = 0;

@@ -80,7 +80,11 @@ static const char usage_bench[] =
     "  --json FILE          write the results as JSON (rank 0)\n"
     "  --quiet              no progress line on stderr\n"
     "  --transport both     also time the UCX transport alone on the same bytes, beside MPI's\n"
-    "                       and the plain MPI_Alltoallv (the layers themselves run over MPI)\n";
+    "                       and the plain MPI_Alltoallv (the layers themselves run over MPI)\n"
+    "  --baseline B         layer (default): every iteration also runs the layers over plain\n"
+    "                       MPI_Alltoallv, so both exchanges are timed in the same conditions\n"
+    "                       (same compute before them, same skew, same caches); alone: only\n"
+    "                       the exchanges alone after a barrier (half the layers to run)\n";
 
 static const char usage_run[] =
     "usage: mpirun -n N mxworker run --input X.safetensors --output Y.safetensors [options]\n"
@@ -177,6 +181,7 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
     o->combine = MX_COMBINE_EXACT;
     o->exchange = MX_EXCHANGE_AUTO;
     o->seed = 1;
+    o->baseline = WK_BASELINE_LAYER;
     int i = 1, has_cmd = 0;
     if (argc > 1 && argv[1][0] != '-') {
         if (strcmp(argv[1], "bench") == 0)
@@ -242,10 +247,10 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
             continue;
         }
         static const char *const valued[] = {
-            "--model",     "--preset",       "--experts",        "--seed",      "--layer",    "--layers",
-            "--tokens",    "--tokens-total", "--iters",          "--warmup",    "--threads",  "--backend",
-            "--placement", "--router",       "--dispatch-dtype", "--combine",   "--exchange", "--json",
-            "--input",     "--output",       "--timeout",        "--transport", "--listen",   "--max-tokens"};
+            "--model",          "--preset",  "--experts",    "--seed",    "--layer",   "--layers",    "--tokens",
+            "--tokens-total",   "--iters",   "--warmup",     "--threads", "--backend", "--placement", "--router",
+            "--dispatch-dtype", "--combine", "--exchange",   "--json",    "--input",   "--output",    "--timeout",
+            "--transport",      "--listen",  "--max-tokens", "--baseline"};
         int known = 0;
         for (size_t q = 0; q < sizeof valued / sizeof valued[0]; q++)
             known |= strcmp(name, valued[q]) == 0;
@@ -329,6 +334,14 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
                             "--transport %s: this mxworker was built without UCX; rebuild with UCX installed "
                             "(-DMXEP_WITH_UCX=ON) or use --transport mpi",
                             val);
+        } else if (strcmp(name, "--baseline") == 0) {
+            bench_only = 1;
+            if (strcasecmp(val, "layer") == 0)
+                o->baseline = WK_BASELINE_LAYER;
+            else if (strcasecmp(val, "alone") == 0)
+                o->baseline = WK_BASELINE_ALONE;
+            else
+                return fail(msg, msg_len, "--baseline '%s': expected layer or alone", val);
         } else if (strcmp(name, "--listen") == 0) {
             serve_only = 1;
             if (!val[0])

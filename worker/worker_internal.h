@@ -36,6 +36,12 @@ typedef enum { WK_TRANSPORT_MPI = 0, WK_TRANSPORT_UCX = 1, WK_TRANSPORT_BOTH = 2
 #define WK_HAVE_SERVE 0
 #endif
 
+/* bench --baseline: how plain MPI_Alltoallv is timed beside our exchange. */
+typedef enum {
+    WK_BASELINE_ALONE = 0, /* alone on the last layer's byte counts, after a barrier */
+    WK_BASELINE_LAYER = 1  /* also inside the layers: every iteration runs them over both */
+} wk_baseline_t;
+
 /* Router selection: a model router kind, or the bench-only uniform routing. */
 #define WK_ROUTER_MODEL (-1)   /* the model's own router */
 #define WK_ROUTER_UNIFORM (-2) /* bench only: top-k experts drawn uniformly per token, weights 1/k */
@@ -64,8 +70,9 @@ typedef struct {
     int quiet;
     int timeout; /* seconds; 0 = none. Past it the job is aborted (last resort against a hang) */
     wk_transport_t transport;
-    const char *listen; /* serve: nanomsg address rank 0 binds */
-    long max_tokens;    /* serve: tokens per request (0 = the front door's default, 4096) */
+    const char *listen;     /* serve: nanomsg address rank 0 binds */
+    long max_tokens;        /* serve: tokens per request (0 = the front door's default, 4096) */
+    wk_baseline_t baseline; /* bench */
 } wk_opts_t;
 
 /* Parses argv into *o (defaults first). Returns 0 ok, 1 help printed (exit 0),
@@ -79,8 +86,17 @@ typedef struct {
     mx_backend_packed_t *packed; /* this rank's experts (NULL when it holds none) */
 } wk_layer_t;
 
+/* Where one exchange of a layer step spent its time (see mx_transport_stats_t):
+ * counts (dispatch only), waiting for the local peers to arrive, copying,
+ * cross-host (or, in alltoallv mode, every) messages, waiting for the local
+ * peers to finish, and the error agreement (MPI_Allreduce) after it. */
+typedef struct {
+    double counts_ms, arrive_ms, copy_ms, remote_ms, depart_ms, agree_ms;
+} wk_xchg_split_t;
+
 typedef struct {
     double route_ms, pack_ms, dispatch_ms, compute_ms, sync_ms, combine_ms, reduce_ms, total_ms;
+    wk_xchg_split_t disp, comb;           /* dispatch_ms and combine_ms, split */
     size_t dispatch_bytes, combine_bytes; /* sent by this rank */
     size_t tokens_in, assign_in;          /* received by this rank (worker side) */
 } wk_step_stats_t;
@@ -99,8 +115,9 @@ typedef struct {
     mx_topo_proc_t me;
     mx_oracle_choice_t choice;
     char report[MX_TOPO_REPORT_MAX];
-    mx_transport_h tr;  /* the layers' transport */
-    mx_transport_h tr2; /* --transport both: UCX beside MPI (bench timings only), else NULL */
+    mx_transport_h tr;     /* the layers' transport */
+    mx_transport_h tr2;    /* --transport both: UCX beside MPI (bench timings only), else NULL */
+    mx_transport_h tr_a2a; /* bench: plain MPI_Alltoallv (MPI transport in alltoallv mode), the baseline */
     int n_threads;
     int n_layers;
     wk_layer_t *layers;
@@ -116,6 +133,7 @@ typedef struct {
     size_t *b1, *b2, *b3, *b4;     /* [size] byte counts / displacements */
     size_t *last_disp, *last_comb; /* [size] bytes sent to each rank by the last step (bench baselines) */
     mx_recv_batch_t batch;         /* the worker side's received batch, reused by every layer step */
+    mx_dispatch_plan_t plan;       /* the owner side's dispatch plan, likewise */
 } wk_job_t;
 
 /* Collective. Agrees on a local status: returns MX_OK on every rank when all
@@ -135,10 +153,11 @@ void wk_split(size_t n_total, int size, int rank, size_t *first_p, size_t *count
 /* Deterministic bench input: BF16 [count x H] for global tokens first.. */
 void wk_fill_tokens(uint64_t seed, size_t first, size_t count, size_t hidden, uint16_t *x);
 
-/* Collective: one MoE layer for this rank's tokens x [n x H] -> out [n x H].
+/* Collective: one MoE layer for this rank's tokens x [n x H] -> out [n x H],
+ * its bytes moved by tr (NULL = job->tr; every rank must pass the same kind).
  * routing_p (may be NULL) receives the routing (caller finis). */
-mx_status_t wk_layer_step(wk_job_t *job, int li, const uint16_t *x, size_t n, size_t first, size_t t_global,
-                          uint16_t *out, mx_routing_t *routing_p, wk_step_stats_t *stats);
+mx_status_t wk_layer_step(wk_job_t *job, mx_transport_h tr, int li, const uint16_t *x, size_t n, size_t first,
+                          size_t t_global, uint16_t *out, mx_routing_t *routing_p, wk_step_stats_t *stats);
 
 /* Collective: gathers the global batch and outputs to rank 0, which runs the
  * single-process reference pipeline with the same backend and compares

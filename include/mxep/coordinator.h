@@ -243,6 +243,7 @@ typedef struct {
     size_t *rank_entry_off;      /* [n_ranks + 1] entries to rank r (same order) */
     int32_t *copy_token;         /* [n_copies] local token row */
     size_t *copy_entry_off;      /* [n_copies + 1] */
+    int32_t *copy_first;         /* [n_copies] the first copy of the same token (== c for the first) */
     int32_t *entry_assign;       /* [n_entries] index into the routing's assignments */
     int32_t *entry_local_expert; /* [n_entries] */
     int32_t *entry_expert;       /* [n_entries] global expert */
@@ -251,6 +252,7 @@ typedef struct {
     /* for combine: per local token, its entries sorted by global expert */
     size_t *token_entry_off; /* [n_tokens + 1] */
     int32_t *token_entry;    /* [n_entries] plan entry indices */
+    void *work;              /* internal: the builder's scratch, kept for mx_coord_plan_build_into */
 } mx_dispatch_plan_t;
 
 /* Builds the plan of this rank's routing. global_token_offset = global index of
@@ -260,6 +262,13 @@ typedef struct {
  * token. */
 mx_status_t mx_coord_plan_build(const mx_routing_t *routing, const mx_placement_t *placement, int my_rank,
                                 uint64_t global_token_offset, mx_dispatch_plan_t *plan_p);
+/* The same plan, into one the caller keeps from layer to layer: its arrays are
+ * reused while they are big enough (grown otherwise), so a steady run
+ * allocates nothing here. plan_io: a zeroed plan or one filled by either
+ * function; release it with mx_dispatch_plan_fini. On failure its contents are
+ * unchanged. */
+mx_status_t mx_coord_plan_build_into(const mx_routing_t *routing, const mx_placement_t *placement, int my_rank,
+                                     uint64_t global_token_offset, mx_dispatch_plan_t *plan_io);
 void mx_dispatch_plan_fini(mx_dispatch_plan_t *plan);
 
 /* Bytes of the message to each rank: bytes_p[n_ranks]. Displacements are the

@@ -18,7 +18,13 @@
  *    its receive buffer, every sender copies its bytes once, straight into the
  *    receiver's region, between two node barriers;
  *  - ranks on other hosts go through MPI_Ialltoallv (receiving into the same
- *    region), overlapped with the shared-memory copies.
+ *    region), overlapped with the shared-memory copies;
+ *  - when every rank is alone on its host, one blocking MPI_Alltoallv into the
+ *    rank's region (nothing to copy, no window barriers).
+ * The copies within a host use non-temporal stores for pieces of 64 KiB and
+ * more (a layer's receive regions are cold: plain stores would first read every
+ * destination line; MXEP_SHM_COPY=memcpy|stream|auto, auto = stream) and are
+ * split over opts.copy_threads OpenMP threads.
  * MX_EXCHANGE_ALLTOALLV forces plain MPI_Alltoallv for every pair (a private
  * receive buffer, no window); MX_EXCHANGE_SHM demands the shared-memory path and
  * is refused (MX_ERR_UNSUPPORTED) when some peer is on another host; AUTO uses
@@ -55,9 +61,30 @@ mx_status_t mx_exchange_mode_parse(const char *text, mx_exchange_mode_t *mode_p)
 typedef struct {
     mx_exchange_mode_t mode;
     size_t initial_bytes; /* receive capacity reserved at create (per rank); 0 = 1 MiB. Grows on demand. */
+    int copy_threads;     /* threads that copy the bytes between ranks of one host (OpenMP); 0 or 1 = the caller's
+                             thread only. MPI is called from the caller's thread only (MPI_THREAD_FUNNELED). */
 } mx_transport_opts_t;
 
 typedef struct mx_transport *mx_transport_h;
+
+/* Where this rank's exchange time went, summed over the calls since create or
+ * the last reset. "Waiting" is time spent until other ranks got somewhere
+ * (their skew, plus the synchronization itself); "moving" is time spent while
+ * this rank's bytes were being moved. The phases an implementation does not
+ * have stay 0; the handle itself measures the calls and totals. */
+typedef struct {
+    uint64_t exchanges;    /* exchange() calls */
+    uint64_t counts;       /* exchange_counts() calls */
+    double counts_ms;      /* in exchange_counts() */
+    double total_ms;       /* in exchange() */
+    double arrive_ms;      /* waiting: until every local peer had entered the round (shm: first node barrier) */
+    double copy_ms;        /* moving: copying this rank's bytes into the local peers' regions */
+    double remote_ms;      /* moving (and waiting): the MPI_(I)alltoallv pairs after the copies (cross-host pairs;
+                              alltoallv mode: every pair) */
+    double depart_ms;      /* waiting: until every local peer had finished copying (shm: second node barrier) */
+    uint64_t local_bytes;  /* sent through shared memory */
+    uint64_t remote_bytes; /* sent through MPI (or UCX) messages, self excluded */
+} mx_transport_stats_t;
 
 /* The vtable an implementation provides. ctx is the implementation's own state. */
 typedef struct mx_transport_ops {
@@ -72,6 +99,10 @@ typedef struct mx_transport_ops {
                             const size_t *recv_counts, const uint8_t **recv_p, size_t *recv_displs_p);
     /* Which path this handle uses: "shm", "alltoallv", "shm+alltoallv". */
     const char *(*path)(const void *ctx);
+    /* Optional: adds the phases it measured (arrive/copy/remote/depart, bytes)
+     * since its last reset into *stats_p (when not NULL), then resets them when
+     * `reset`. Local, not collective. */
+    void (*phases)(void *ctx, mx_transport_stats_t *stats_p, int reset);
 } mx_transport_ops_t;
 
 /* The MPI implementation. */
@@ -90,6 +121,10 @@ mx_status_t mx_transport_exchange_counts(mx_transport_h t, const size_t *send_co
 mx_status_t mx_transport_exchange(mx_transport_h t, const void *send, const size_t *send_counts,
                                   const size_t *send_displs, const size_t *recv_counts, const uint8_t **recv_p,
                                   size_t *recv_displs_p);
+
+/* Local: this rank's stats since create or the last reset (*stats_p zeroed
+ * first); then resets them when `reset`. */
+void mx_transport_stats(mx_transport_h t, mx_transport_stats_t *stats_p, int reset);
 
 int mx_transport_rank(const mx_transport_h t);
 int mx_transport_size(const mx_transport_h t);

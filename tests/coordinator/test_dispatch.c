@@ -273,6 +273,82 @@ static void test_plan_rejects_bad_routing_and_ranks(void **state)
     mx_placement_fini(&pl);
 }
 
+/* every array of a plan (n_ranks from the plan; sizes from its counts) */
+static void assert_plans_equal(const mx_dispatch_plan_t *a, const mx_dispatch_plan_t *b)
+{
+    assert_int_equal(a->n_ranks, b->n_ranks);
+    assert_int_equal(a->my_rank, b->my_rank);
+    assert_int_equal(a->n_tokens, b->n_tokens);
+    assert_int_equal(a->n_copies, b->n_copies);
+    assert_int_equal(a->n_entries, b->n_entries);
+    size_t R1 = (size_t)a->n_ranks + 1, C = a->n_copies, N = a->n_entries;
+    assert_memory_equal(a->rank_copy_off, b->rank_copy_off, R1 * sizeof(size_t));
+    assert_memory_equal(a->rank_entry_off, b->rank_entry_off, R1 * sizeof(size_t));
+    if (C) {
+        assert_memory_equal(a->copy_token, b->copy_token, C * sizeof(int32_t));
+        assert_memory_equal(a->copy_first, b->copy_first, C * sizeof(int32_t));
+    }
+    assert_memory_equal(a->copy_entry_off, b->copy_entry_off, (C + 1) * sizeof(size_t));
+    if (N) {
+        assert_memory_equal(a->entry_assign, b->entry_assign, N * sizeof(int32_t));
+        assert_memory_equal(a->entry_local_expert, b->entry_local_expert, N * sizeof(int32_t));
+        assert_memory_equal(a->entry_expert, b->entry_expert, N * sizeof(int32_t));
+        assert_memory_equal(a->entry_weight, b->entry_weight, N * sizeof(float));
+        assert_memory_equal(a->entry_rank, b->entry_rank, N * sizeof(int32_t));
+        assert_memory_equal(a->token_entry, b->token_entry, N * sizeof(int32_t));
+    }
+    assert_memory_equal(a->token_entry_off, b->token_entry_off, (a->n_tokens + 1) * sizeof(size_t));
+}
+
+/* a plan kept from layer to layer: the same as a fresh one, its arrays kept
+ * once big enough, untouched by a refused routing; copy_first names the first
+ * copy of each token */
+static void test_plan_build_into_reuses_and_equals_a_fresh_plan(void **state)
+{
+    (void)state;
+    sim_seed(SEED + 1);
+    fixture_t f;
+    fixture_make(&f);
+    mx_dispatch_plan_t kept;
+    memset(&kept, 0, sizeof kept);
+    assert_int_equal(mx_coord_plan_build_into(&f.routing, &f.pl, 1, 100, &kept), MX_OK);
+    assert_plans_equal(&kept, &f.plan);
+    for (size_t c = 0; c < kept.n_copies; c++) {
+        int32_t c1 = kept.copy_first[c];
+        assert_true(c1 >= 0 && (size_t)c1 <= c);
+        assert_int_equal(kept.copy_token[c1], kept.copy_token[c]);
+        for (int32_t q = 0; q < c1; q++)
+            assert_true(kept.copy_token[q] != kept.copy_token[c]);
+    }
+    void *arrays = kept.entry_assign, *work = kept.work;
+    /* a smaller routing (the first 10 tokens) reuses the arrays */
+    mx_routing_t small = f.routing;
+    small.n_tokens = 10;
+    small.n_assign = 10 * K;
+    assert_int_equal(mx_coord_plan_build_into(&small, &f.pl, 1, 100, &kept), MX_OK);
+    assert_ptr_equal(kept.entry_assign, arrays);
+    assert_ptr_equal(kept.work, work);
+    mx_dispatch_plan_t fresh;
+    assert_int_equal(mx_coord_plan_build(&small, &f.pl, 1, 100, &fresh), MX_OK);
+    assert_plans_equal(&kept, &fresh);
+    /* a refused routing leaves the kept plan as it was */
+    int32_t e0 = small.expert[0];
+    small.expert[0] = E;
+    assert_int_equal(mx_coord_plan_build_into(&small, &f.pl, 1, 100, &kept), MX_ERR_INVALID);
+    assert_plans_equal(&kept, &fresh);
+    small.expert[0] = small.expert[1]; /* twice the same expert for token 0 */
+    assert_int_equal(mx_coord_plan_build_into(&small, &f.pl, 1, 100, &kept), MX_ERR_INVALID);
+    assert_non_null(strstr(mx_error_detail(), "assigned expert"));
+    assert_plans_equal(&kept, &fresh);
+    small.expert[0] = e0;
+    /* back to the full routing: equal to the fixture's plan again */
+    assert_int_equal(mx_coord_plan_build_into(&f.routing, &f.pl, 1, 100, &kept), MX_OK);
+    assert_plans_equal(&kept, &f.plan);
+    mx_dispatch_plan_fini(&fresh);
+    mx_dispatch_plan_fini(&kept);
+    fixture_free(&f);
+}
+
 static void test_empty_rank_sends_and_receives_nothing(void **state)
 {
     (void)state;
@@ -305,6 +381,7 @@ int main(void)
         cmocka_unit_test(test_wire_layout_matches_the_header_description),
         cmocka_unit_test(test_unpack_refuses_corrupt_messages_naming_the_source),
         cmocka_unit_test(test_plan_rejects_bad_routing_and_ranks),
+        cmocka_unit_test(test_plan_build_into_reuses_and_equals_a_fresh_plan),
         cmocka_unit_test(test_empty_rank_sends_and_receives_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -116,9 +116,9 @@ static int fake_hosts(void)
     return e && atoi(e) > 1 && g_size > 1;
 }
 
-static void exchange_rounds(mx_exchange_mode_t mode, size_t initial, size_t max, int rounds)
+static void exchange_rounds_t(mx_exchange_mode_t mode, size_t initial, size_t max, int rounds, int threads)
 {
-    mx_transport_opts_t o = {mode, initial};
+    mx_transport_opts_t o = {.mode = mode, .initial_bytes = initial, .copy_threads = threads};
     mx_transport_h t = NULL;
     mx_status_t st = mx_transport_create(mx_transport_mpi_ops(), MPI_COMM_WORLD, &o, &t);
     if (mode == MX_EXCHANGE_SHM && fake_hosts()) {
@@ -137,6 +137,11 @@ static void exchange_rounds(mx_exchange_mode_t mode, size_t initial, size_t max,
         ok &= run_round(t, r, max);
     mx_transport_destroy(t);
     assert_int_equal(all_ok(ok), 1);
+}
+
+static void exchange_rounds(mx_exchange_mode_t mode, size_t initial, size_t max, int rounds)
+{
+    exchange_rounds_t(mode, initial, max, rounds, 1);
 }
 
 static void test_exchange_auto_delivers_random_sizes_with_zeros(void **state)
@@ -162,6 +167,20 @@ static void test_exchange_alltoallv_grows_private_buffer(void **state)
 {
     (void)state;
     exchange_rounds(MX_EXCHANGE_ALLTOALLV, 64, 200000, 3);
+}
+
+/* the copies within a host split over 3 threads (pieces that cut peers' bytes
+ * anywhere), with non-temporal stores (the default for large pieces) and with
+ * plain memcpy (MXEP_SHM_COPY=memcpy): the same bytes arrive */
+static void test_exchange_split_and_streaming_copies_deliver_the_same_bytes(void **state)
+{
+    (void)state;
+    exchange_rounds_t(MX_EXCHANGE_AUTO, 0, 300001, 3, 3);
+    exchange_rounds_t(MX_EXCHANGE_AUTO, 0, 300001, 3, 2);
+    setenv("MXEP_SHM_COPY", "memcpy", 1);
+    exchange_rounds_t(MX_EXCHANGE_AUTO, 0, 300001, 3, 1);
+    exchange_rounds_t(MX_EXCHANGE_AUTO, 0, 300001, 3, 2);
+    unsetenv("MXEP_SHM_COPY");
 }
 
 static void test_exchange_all_zero_counts(void **state)
@@ -190,7 +209,7 @@ static void test_exchange_all_zero_counts(void **state)
 static void test_exchange_path_matches_mode(void **state)
 {
     (void)state;
-    mx_transport_opts_t o = {MX_EXCHANGE_ALLTOALLV, 0};
+    mx_transport_opts_t o = {.mode = MX_EXCHANGE_ALLTOALLV};
     mx_transport_h t = NULL;
     assert_int_equal(all_ok(mx_transport_create(mx_transport_mpi_ops(), MPI_COMM_WORLD, &o, &t) == MX_OK), 1);
     assert_string_equal(mx_transport_path(t), "alltoallv");
@@ -200,6 +219,59 @@ static void test_exchange_path_matches_mode(void **state)
     /* mpiexec on one machine: every rank shares the host, unless pretending otherwise */
     assert_string_equal(mx_transport_path(t), fake_hosts() ? "shm+alltoallv" : "shm");
     mx_transport_destroy(t);
+}
+
+/* the stats count the calls, split the bytes by path and reset */
+static void stats_rounds(mx_exchange_mode_t mode)
+{
+    mx_transport_opts_t o = {.mode = mode};
+    mx_transport_h t = NULL;
+    assert_int_equal(all_ok(mx_transport_create(mx_transport_mpi_ops(), MPI_COMM_WORLD, &o, &t) == MX_OK), 1);
+    int hosts = fake_hosts() ? atoi(getenv("MXEP_TRANSPORT_HOSTS")) : 1;
+    if (hosts > g_size)
+        hosts = g_size;
+    uint64_t local = 0, remote = 0;
+    int ok = 1, rounds = 3;
+    for (int r = 0; r < rounds; r++) {
+        ok &= run_round(t, 100 + r, 5000);
+        for (int d = 0; d < g_size; d++) {
+            size_t b = pair_bytes(g_rank, d, 100 + r, 5000);
+            int same_host = (long)d * hosts / g_size == (long)g_rank * hosts / g_size;
+            if (mode == MX_EXCHANGE_ALLTOALLV)
+                remote += d == g_rank ? 0 : b;
+            else if (same_host)
+                local += b;
+            else
+                remote += b;
+        }
+    }
+    mx_transport_stats_t s;
+    memset(&s, 0xff, sizeof s);
+    mx_transport_stats(t, &s, 1);
+    ok &= s.exchanges == (uint64_t)rounds && s.counts == (uint64_t)rounds;
+    ok &= s.local_bytes == local && s.remote_bytes == remote;
+    double parts = s.arrive_ms + s.copy_ms + s.remote_ms + s.depart_ms;
+    ok &= s.arrive_ms >= 0 && s.copy_ms >= 0 && s.remote_ms >= 0 && s.depart_ms >= 0 && s.counts_ms >= 0;
+    ok &= parts <= s.total_ms + 1e-3;
+    if (!ok)
+        fprintf(stderr,
+                "rank %d: stats %llu exchanges, %llu counts, local %llu (expected %llu), remote %llu (expected "
+                "%llu), phases %.4f of %.4f ms\n",
+                g_rank, (unsigned long long)s.exchanges, (unsigned long long)s.counts,
+                (unsigned long long)s.local_bytes, (unsigned long long)local, (unsigned long long)s.remote_bytes,
+                (unsigned long long)remote, parts, s.total_ms);
+    mx_transport_stats(t, &s, 0);
+    ok &= s.exchanges == 0 && s.counts == 0 && s.local_bytes == 0 && s.remote_bytes == 0 && s.total_ms == 0 &&
+          s.copy_ms == 0;
+    mx_transport_destroy(t);
+    assert_int_equal(all_ok(ok), 1);
+}
+
+static void test_exchange_stats_count_calls_and_bytes_per_path(void **state)
+{
+    (void)state;
+    stats_rounds(MX_EXCHANGE_AUTO);
+    stats_rounds(MX_EXCHANGE_ALLTOALLV);
 }
 
 static void test_exchange_mode_parse_names_bad_text(void **state)
@@ -242,8 +314,10 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_exchange_alltoallv_delivers_random_sizes_with_zeros),
         cmocka_unit_test(test_exchange_shm_grows_window_past_initial_capacity),
         cmocka_unit_test(test_exchange_alltoallv_grows_private_buffer),
+        cmocka_unit_test(test_exchange_split_and_streaming_copies_deliver_the_same_bytes),
         cmocka_unit_test(test_exchange_all_zero_counts),
         cmocka_unit_test(test_exchange_path_matches_mode),
+        cmocka_unit_test(test_exchange_stats_count_calls_and_bytes_per_path),
         cmocka_unit_test(test_exchange_mode_parse_names_bad_text),
         cmocka_unit_test(test_transport_rejects_null_arguments),
     };

@@ -205,6 +205,22 @@ def case_bench(args, n):
         j = json.load(f)
     if len(j["per_rank"]) != n or j["tokens_total"] != 9 * n or j["totals"]["layer_ms_p50"] <= 0:
         raise Fail(f"bench JSON wrong: {j}")
+    # --baseline layer (default): the same layers also ran over plain MPI_Alltoallv, with the same outputs
+    t = j["totals"]
+    if n > 1:
+        if j["baseline"] != "layer" or t["alltoallv_in_layer_combine_ms"] <= 0 or not t["baseline_outputs_equal"] \
+                or "plain MPI_Alltoallv in the layer" not in p.stdout or "waiting for peers" not in p.stdout:
+            raise Fail(f"bench lacks the in-layer plain MPI_Alltoallv baseline or its split:\n{p.stdout}\n{t}")
+        if any(k not in j["per_rank"][0]["combine_split"] for k in ("copy_ms", "arrive_ms", "finish_ms")):
+            raise Fail(f"bench JSON lacks the exchange split: {j['per_rank'][0]}")
+        ja = os.path.join(args.workdir, f"bench_alone_n{n}.json")
+        p2 = ok(args, [args.mxworker, "bench", "--preset", "tiny", "--tokens", "5", "--iters", "1", "--baseline",
+                       "alone", "--json", ja], n)
+        with open(ja) as f:
+            ja = json.load(f)
+        if ja["baseline"] != "alone" or "alltoallv_in_layer_combine_ms" in ja["totals"] or \
+                "in the layer  dispatch" in p2.stdout.replace("mxep exchange in the layer  dispatch", ""):
+            raise Fail(f"--baseline alone still ran the layers over plain MPI_Alltoallv:\n{p2.stdout}")
     want_tr = args.transport or "mpi"
     if j["transport"] != want_tr or f"transport {want_tr}" not in p.stdout:
         raise Fail(f"bench does not report transport {want_tr}: JSON {j.get('transport')}\n{p.stdout}")

@@ -188,6 +188,23 @@ static void test_opts_transport_mpi_ucx_and_both_where_they_apply(void **state)
     assert_string_equal(wk_transport_name(WK_TRANSPORT_MPI), "mpi");
 }
 
+static void test_opts_baseline_layer_by_default_alone_on_request_bench_only(void **state)
+{
+    (void)state;
+    wk_opts_t o;
+    char msg[256] = "";
+    const char *a[] = {"mxworker", "bench"};
+    assert_int_equal(parse(&o, msg, sizeof msg, 2, a), 0);
+    assert_int_equal(o.baseline, WK_BASELINE_LAYER);
+    const char *b[] = {"mxworker", "--baseline=ALONE"};
+    assert_int_equal(parse(&o, msg, sizeof msg, 2, b), 0);
+    assert_int_equal(o.baseline, WK_BASELINE_ALONE);
+    const char *e1[] = {"mxworker", "--baseline", "never"};
+    expect_error(3, e1, "--baseline 'never': expected layer or alone");
+    const char *e2[] = {"mxworker", "run", "--input", "x", "--output", "y", "--baseline", "alone"};
+    expect_error(8, e2, "--baseline is an option of mxworker bench, not of mxworker run");
+}
+
 static void test_opts_help_returns_1_for_every_subcommand(void **state)
 {
     (void)state;
@@ -249,6 +266,7 @@ int main(void)
         cmocka_unit_test(test_opts_errors_name_the_flag_and_what_was_expected),
         cmocka_unit_test(test_opts_serve_needs_listen_and_takes_layers_and_max_tokens),
         cmocka_unit_test(test_opts_transport_mpi_ucx_and_both_where_they_apply),
+        cmocka_unit_test(test_opts_baseline_layer_by_default_alone_on_request_bench_only),
         cmocka_unit_test(test_opts_help_returns_1_for_every_subcommand),
         cmocka_unit_test(test_split_covers_every_token_once),
         cmocka_unit_test(test_fill_tokens_depends_only_on_global_index),
