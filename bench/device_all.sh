@@ -58,7 +58,7 @@ timeout 240 $MPI -n 8 -x OMP_NUM_THREADS=2 $W bench --backend cuda --tokens 16 -
 
 echo "== heterogeneous: 1 GPU rank (cuda) + 2 CPU ranks (cpu), --check"
 timeout 300 $MPI -n 1 -x OMP_NUM_THREADS=4 $W bench --backend cuda --tokens 64 --iters 5 --check --baseline alone \
-  --json "$OUT/hetero.json" : -n 2 -x OMP_NUM_THREADS=6 $W bench --backend cpu --tokens 64 --iters 5 --check 2>&1 | tail -30 \
+  --json "$OUT/hetero.json" : -n 2 -x OMP_NUM_THREADS=6 $W bench --backend cpu --tokens 64 --iters 5 --check --baseline alone 2>&1 | tail -30 \
   || { echo "heterogeneous run: FAILED"; STATUS=1; }
 
 echo "== mxworker info (3 ranks, heterogeneous)"
