@@ -15,9 +15,9 @@ command -v ncu >/dev/null || { echo "device_profile.sh: ncu not found" >&2; exit
 [ $# -gt 0 ] || set -- 1 8192
 for T in "$@"; do
   echo "== ncu: mxgpu_bench --tokens $T (first GEMM1 + GEMM2 of the checked run)"
-  timeout 240 ncu --kernel-name regex:gemm_ --launch-count 2 \
+  timeout 100 ncu --kernel-name regex:gemm_ --launch-count 2 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    --section SchedulerStats --section MemoryWorkloadAnalysis \
+    --section SchedulerStats \
     "$B" --tokens "$T" --iters 2 > "$OUT/ncu_T$T.txt" 2>&1
   echo "ncu exit $?"
   grep -E "gemm_(tc|dec)|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Warp Cycles Per Issued|Issued Warp Per|No Eligible|Dynamic Shared|Theoretical Occupancy|L2 Hit|Mem Busy|Max Bandwidth|Stall|stall|Waves Per SM" \
