@@ -426,14 +426,21 @@ struct Fp4Mults {
 };
 __device__ __forceinline__ void fp4_mults(uint32_t scw, Fp4Mults &m)
 {
-    m.big = false;
+    /* the products m1 * m2 = 2^(se-1) of e8m0_mults, without branches: m1 carries
+     * the exponent up to 2^127, m2 the rest (1.0 while se <= 128); 0xFF is NaN */
+    uint32_t big = 0;
 #pragma unroll
     for (int h = 0; h < 2; h++)
 #pragma unroll
         for (int b = 0; b < 2; b++) {
-            e8m0_mults((scw >> (8 * (h + 2 * b))) & 0xffu, m.m1[h][b], m.m2[h][b]);
-            m.big |= m.m2[h][b] != 0x3f803f80u;
+            const uint32_t se = (scw >> (8 * (h + 2 * b))) & 0xffu;
+            const uint32_t lo = (se < 128u ? se : 128u) + 126u, hi = (se > 128u ? se : 128u) - 1u;
+            const uint32_t m1 = lo << 7 | lo << 23, m2 = hi << 7 | hi << 23;
+            m.m1[h][b] = se == 255u ? 0x7fc07fc0u : m1;
+            m.m2[h][b] = se == 255u ? 0x3f803f80u : m2;
+            big |= se - 129u < 126u; /* 129..254 */
         }
+    m.big = big != 0;
 }
 
 /* The A fragment registers of k16 step s for one 16-row group, from the lane's
@@ -519,17 +526,17 @@ template <int WFMT, bool FLUSH> __global__ void __launch_bounds__(128) gemm_dec(
     }
     griddep_wait();
 
-    /* the lane's token rows: 8 j + g of the tile, j = 0, 1 */
+    /* the lane's token rows: 8 j + g of the tile, j = 0, 1. Rows past the
+     * expert's tokens read its last token instead: the MMA's columns are
+     * independent and those columns are never stored. */
     const uint16_t *xr[2];
-    bool xv[2];
 #pragma unroll
     for (int j = 0; j < 2; j++) {
         const int m = m0 + 8 * j + g;
-        xv[j] = m < cnt;
-        const int srow = off + (m < cnt ? m : 0);
+        const int srow = off + (m < cnt ? m : cnt - 1);
         xr[j] = p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda + 2 * t4;
     }
-    const bool two = cnt - m0 > 8; /* the second n8 tile has tokens */
+    const bool two = cnt - m0 > 8; /* the second n8 tile has tokens (warp-uniform) */
 
     float acc[2][4], part[FLUSH ? 2 : 1][4];
 #pragma unroll
@@ -540,62 +547,86 @@ template <int WFMT, bool FLUSH> __global__ void __launch_bounds__(128) gemm_dec(
             part[FLUSH ? j : 0][q] = 0.0f;
         }
 
-    for (int base = 0; base < KC; base += D) {
+    /* one chunk: token fragments, decode, MMAs, the ring slot's refill (chunk
+     * kc + D, clamped to the last chunk: a harmless extra read at the end) */
+    const uint4 *wnext = wsrc + (size_t)D * wstep;
+    const uint32_t *snext = WFMT == MXG_W_FP4 ? ssrc + (size_t)D * sstep : nullptr;
+    const uint4 *wlast = wsrc + (size_t)(KC - 1) * wstep;
+    const uint32_t *slast = WFMT == MXG_W_FP4 ? ssrc + (size_t)(KC - 1) * sstep : nullptr;
+    auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot) {
+        uint32_t b[4][2][2];
 #pragma unroll
-        for (int u = 0; u < D; u++) {
-            const int kc = base + u;
-            if (kc < KC) {
-                uint32_t b[4][2][2];
+        for (int s = 0; s < 4; s++) {
+            const uint16_t *xp = xr[0] + 16 * s;
+            b[s][0][0] = ldg32(xp);
+            b[s][0][1] = ldg32(xp + 8);
+        }
+        if (two) {
 #pragma unroll
-                for (int s = 0; s < 4; s++)
-#pragma unroll
-                    for (int j = 0; j < 2; j++) {
-                        const uint16_t *xp = xr[j] + kc * MXG_BK + 16 * s;
-                        b[s][j][0] = xv[j] ? ldg32(xp) : 0u;
-                        b[s][j][1] = xv[j] ? ldg32(xp + 8) : 0u;
-                    }
-                Fp4Mults mm;
-                if (WFMT == MXG_W_FP4)
-                    fp4_mults(sr[u], mm);
-                const uint32_t *src = (const uint32_t *)&wr[u][0];
-#pragma unroll
-                for (int s = 0; s < 4; s++) {
-                    uint32_t a[4];
-                    decode_step<WFMT>(src, s, mm, a);
-                    float *d0 = FLUSH ? part[0] : acc[0];
-                    mma_16816(d0, a, b[s][0][0], b[s][0][1]);
-                    if (two) {
-                        float *d1 = FLUSH ? part[FLUSH ? 1 : 0] : acc[1];
-                        mma_16816(d1, a, b[s][1][0], b[s][1][1]);
-                    }
-                }
-                /* refill this ring slot with chunk kc + D */
-                if (kc + D < KC) {
-#pragma unroll
-                    for (int q = 0; q < W4; q++)
-                        wr[u][q] = __ldg(wsrc + (size_t)(kc + D) * wstep + q);
-                    if (WFMT == MXG_W_FP4)
-                        sr[u] = __ldg(ssrc + (size_t)(kc + D) * sstep);
-                }
-                if (FLUSH && ((kc & 1) || kc == KC - 1)) {
-                    const int kb = kc >> 1, n = rg * 16 + g;
-                    const float rf0 = row_factor(p, e, n, kb), rf1 = row_factor(p, e, n + 8, kb);
-#pragma unroll
-                    for (int j = 0; j < 2; j++)
-#pragma unroll
-                        for (int el = 0; el < 2; el++) {
-                            const int m = m0 + 8 * j + 2 * t4 + el;
-                            const float tf = tok_factor(p, off + (m < cnt ? m : 0), kb);
-                            float *pp = part[FLUSH ? j : 0];
-                            acc[j][el] += pp[el] * (rf0 * tf);
-                            acc[j][2 + el] += pp[2 + el] * (rf1 * tf);
-                            pp[el] = 0.0f;
-                            pp[2 + el] = 0.0f;
-                        }
-                }
+            for (int s = 0; s < 4; s++) {
+                const uint16_t *xp = xr[1] + 16 * s;
+                b[s][1][0] = ldg32(xp);
+                b[s][1][1] = ldg32(xp + 8);
             }
         }
+        Fp4Mults mm;
+        if (WFMT == MXG_W_FP4)
+            fp4_mults(sslot, mm);
+        uint32_t src[TB / 4];
+#pragma unroll
+        for (int q = 0; q < W4; q++) {
+            src[4 * q] = slot[q].x;
+            src[4 * q + 1] = slot[q].y;
+            src[4 * q + 2] = slot[q].z;
+            src[4 * q + 3] = slot[q].w;
+        }
+        /* refill the slot (its registers are copied out above) */
+        const uint4 *wn = wnext < wlast ? wnext : wlast;
+#pragma unroll
+        for (int q = 0; q < W4; q++)
+            slot[q] = __ldg(wn + q);
+        if (WFMT == MXG_W_FP4) {
+            sslot = __ldg(snext < slast ? snext : slast);
+            snext += sstep;
+        }
+        wnext += wstep;
+#pragma unroll
+        for (int s = 0; s < 4; s++) {
+            uint32_t a[4];
+            decode_step<WFMT>(src, s, mm, a);
+            mma_16816(FLUSH ? part[0] : acc[0], a, b[s][0][0], b[s][0][1]);
+            if (two)
+                mma_16816(FLUSH ? part[FLUSH ? 1 : 0] : acc[1], a, b[s][1][0], b[s][1][1]);
+        }
+        xr[0] += MXG_BK;
+        xr[1] += MXG_BK;
+        if (FLUSH && ((kc & 1) || kc == KC - 1)) {
+            const int kb = kc >> 1, n = rg * 16 + g;
+            const float rf0 = row_factor(p, e, n, kb), rf1 = row_factor(p, e, n + 8, kb);
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int el = 0; el < 2; el++) {
+                    const int m = m0 + 8 * j + 2 * t4 + el;
+                    const float tf = tok_factor(p, off + (m < cnt ? m : 0), kb);
+                    float *pp = part[FLUSH ? j : 0];
+                    acc[j][el] += pp[el] * (rf0 * tf);
+                    acc[j][2 + el] += pp[2 + el] * (rf1 * tf);
+                    pp[el] = 0.0f;
+                    pp[2 + el] = 0.0f;
+                }
+        }
+    };
+    int kc = 0;
+    for (; kc + D <= KC; kc += D) {
+#pragma unroll
+        for (int u = 0; u < D; u++)
+            chunk(kc + u, wr[u], sr[u]);
     }
+#pragma unroll
+    for (int u = 0; u < D; u++)
+        if (kc + u < KC)
+            chunk(kc + u, wr[u], sr[u]);
 
     /* epilogue: straight to global (a handful of values per lane) */
     const bool act = p.epi == MXG_EPI_ACT;
