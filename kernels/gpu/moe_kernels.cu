@@ -487,15 +487,15 @@ __device__ __forceinline__ uint32_t ldg32(const uint16_t *ptr)
 /* Batches of at most 16 tokens per expert are bound by reading the weights.
  * Each warp streams one 16-row group of one expert through K on its own (no
  * shared memory, no barriers): its lanes load their fragment pieces straight
- * into a ring of registers D chunks ahead (D x TB bytes = 256 bytes per lane in
+ * into a ring of registers D chunks ahead (D x TB bytes = 192-256 bytes per lane in
  * flight), decode them and run mma.sync m16n8k16 against token fragments read
  * from the (cached) token rows. Same K order and same MMA results as the
  * tensor-core kernels (tests/gpu compares every configuration bitwise). */
-template <int WFMT, bool FLUSH> __global__ void __launch_bounds__(128) gemm_dec(const mxg_gemm_params_t p)
+template <int WFMT, bool FLUSH> __global__ void __launch_bounds__(128, 3) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr int TB = WFMT == MXG_W_FP4 ? 16 : WFMT == MXG_W_FP8 ? 32 : 64;
     constexpr int W4 = TB / 16;          /* uint4 per lane per chunk */
-    constexpr int D = 64 / (TB / 4);     /* chunks in flight: 16, 8, 4 */
+    constexpr int D = WFMT == MXG_W_FP4 ? 12 : 64 / (TB / 4); /* chunks in flight: 12, 8, 4 */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t4 = lane & 3;
     griddep_launch();
