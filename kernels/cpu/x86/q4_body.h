@@ -1,0 +1,259 @@
+/* mxep cpu backend: the MXFP4 integer kernels at 8 lanes (256-bit vectors),
+ * included by avx2.c. Include after defining MXI_Q4_NAME (the function to
+ * define) and MXI_Q4_NR (tokens per tiled micro-kernel call).
+ *
+ * They follow the block-exact contract of cpu_internal.h: the integer S_b of
+ * each block, then acc_j = fma(float(S_b), ws_b * as_b, acc_j) with j = b % 8.
+ * A group of 8 blocks is four 32-byte q-loads whose dword j belongs to block j,
+ * so every 32-bit lane below carries one block and the 8 block sums of a group
+ * come out in one vector, in the accumulator's lane order.
+ *
+ * Integer route (no VNNI at this level): weights become offset bytes
+ * W + 12 in [0, 24] (one vpshufb per 32 nibbles); activations are split into a
+ * signed high byte (in [-64, 64]) and a signed low byte, so
+ *   S_b = 256 * sum (W+12) * high + sum (W+12) * low - 12 * sum A
+ * with vpmaddubsw (pairs, never saturating: 2 * 24 * 128 < 2^15), 16-bit sums
+ * (high: 16 products, low: 8 products per lane half, both < 2^15 in magnitude),
+ * then vpmaddwd to 32 bits. The correction 12 * sum A is precomputed per token
+ * and block (mxi_cpu_qact). */
+#include <immintrin.h>
+
+#include "../cpu_internal.h"
+
+/* Rows per streaming call at one token. */
+#ifndef MXI_Q4_R1
+#define MXI_Q4_R1 2
+#endif
+#define Q4S_CAT(R, P) q4s_##R##_1_##P
+#define Q4S_CAT2(R, P) Q4S_CAT(R, P)
+#define Q4S_R1(P) Q4S_CAT2(MXI_Q4_R1, P)
+
+#ifndef MXI_Q4_PF_ROWS
+#define MXI_Q4_PF_ROWS 8
+#endif
+
+static inline float q4_hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); /* l + l+4 */
+    __m128 h = _mm_movehl_ps(s, s);                                                /* s2, s3 */
+    s = _mm_add_ps(s, h);                                                          /* s0+s2, s1+s3 */
+    h = _mm_shuffle_ps(s, s, 1);
+    return _mm_cvtss_f32(_mm_add_ss(s, h));
+}
+
+/* 2 * E2M1 + 12 of each code, in both 128-bit lanes. */
+static inline __m256i q4_table(void)
+{
+    return _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0, 12, 13, 14, 15, 16, 18, 20, 24,
+                            12, 11, 10, 9, 8, 6, 4, 0);
+}
+
+/* Offset weights of the low and high nibbles of a q-load. */
+static inline void q4_dec(__m256i x, __m256i tab, __m256i *wl, __m256i *wh)
+{
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    *wl = _mm256_shuffle_epi8(tab, _mm256_and_si256(x, m));
+    *wh = _mm256_shuffle_epi8(tab, _mm256_and_si256(_mm256_srli_epi16(x, 4), m));
+}
+
+/* ws of 8 E8M0 bytes. PLAIN: every byte is in [15, 254] (the matrix's
+ * ws_plain), so ws = bits (b - 14) << 23; otherwise bytes 0..14 give the
+ * subnormal 1 << (b + 8) and 0xFF gives NaN, as mxi_cpu_q4_ws. */
+static inline __m256 q4_ws8(const uint8_t *sb, int plain)
+{
+    __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)sb));
+    __m256i w = _mm256_slli_epi32(_mm256_sub_epi32(v, _mm256_set1_epi32(14)), 23);
+    if (!plain) {
+        __m256i sub = _mm256_sllv_epi32(_mm256_set1_epi32(1), _mm256_add_epi32(v, _mm256_set1_epi32(8)));
+        w = _mm256_blendv_epi8(sub, w, _mm256_cmpgt_epi32(v, _mm256_set1_epi32(14)));
+        w = _mm256_blendv_epi8(w, _mm256_set1_epi32(0x7FC00000), _mm256_cmpeq_epi32(v, _mm256_set1_epi32(255)));
+    }
+    return _mm256_castsi256_ps(w);
+}
+
+/* One q-load's 16-bit partial sums against a token's planes p (hl, hh, ll, lh). */
+static inline void q4_qdot(__m256i wl, __m256i wh, const int8_t *p, __m256i *hq, __m256i *lq)
+{
+    *hq = _mm256_add_epi16(_mm256_maddubs_epi16(wl, _mm256_load_si256((const __m256i *)p)),
+                           _mm256_maddubs_epi16(wh, _mm256_load_si256((const __m256i *)(p + 32))));
+    *lq = _mm256_add_epi16(_mm256_maddubs_epi16(wl, _mm256_load_si256((const __m256i *)(p + 64))),
+                           _mm256_maddubs_epi16(wh, _mm256_load_si256((const __m256i *)(p + 96))));
+}
+
+/* Accumulates q-load q into (h, l, s): h over the 4 q-loads, l over two, then into s. */
+static inline void q4_acc(unsigned q, __m256i hq, __m256i lq, __m256i *h, __m256i *l, __m256i *s)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    *h = q ? _mm256_add_epi16(*h, hq) : hq;
+    if (!(q & 1)) {
+        *l = lq;
+    } else {
+        __m256i s2 = _mm256_madd_epi16(_mm256_add_epi16(*l, lq), ones);
+        *s = q == 1 ? s2 : _mm256_add_epi32(*s, s2);
+    }
+}
+
+/* The group's exact block sums S_b (lane j = block 8g + j). */
+static inline __m256i q4_sum(__m256i h, __m256i s, const int32_t *corr)
+{
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(h, _mm256_set1_epi16(256)));
+    return _mm256_sub_epi32(s, _mm256_loadu_si256((const __m256i *)corr));
+}
+
+/* Streaming (few tokens): R rows x NT tokens, weights decoded in registers.
+ * PLAIN: the matrix's ws_plain. */
+#define MXI_Q4_STREAM(R, NT, PLAIN) MXI_Q4_STREAM_(R, NT, PLAIN)
+#define MXI_Q4_STREAM_(R, NT, PLAIN)                                                                                   \
+    static void q4s_##R##_##NT##_##PLAIN(const mxi_cpu_mat_t *m, size_t r, const uint8_t *const *qa, float *c,         \
+                                         size_t ldc)                                                                   \
+    {                                                                                                                  \
+        const size_t ng = m->ng, nbp = 8 * ng, stride = m->row_stride, soff = m->scale_off;                            \
+        const size_t pf = MXI_Q4_PF_ROWS * stride, qs_last = m->tail == 8 ? 32 : 4 * (size_t)m->tail;                  \
+        const __m256i tab = q4_table();                                                                                \
+        __m256 acc[R][NT];                                                                                             \
+        const uint8_t *rows[R];                                                                                        \
+        const int8_t *pl[NT];                                                                                          \
+        const float *as[NT];                                                                                           \
+        const int32_t *cr[NT];                                                                                         \
+        for (int i = 0; i < R; i++) {                                                                                  \
+            rows[i] = m->data + (r + (size_t)i) * stride;                                                              \
+            for (int t = 0; t < NT; t++)                                                                               \
+                acc[i][t] = _mm256_setzero_ps();                                                                       \
+        }                                                                                                              \
+        for (int t = 0; t < NT; t++) {                                                                                 \
+            pl[t] = MXI_QACT_PLANES(qa[t], nbp);                                                                       \
+            as[t] = MXI_QACT_AS(qa[t]);                                                                                \
+            cr[t] = MXI_QACT_CORR(qa[t], nbp);                                                                         \
+        }                                                                                                              \
+        for (size_t g = 0; g < ng; g++) {                                                                              \
+            const size_t qs = g + 1 < ng ? 32 : qs_last;                                                               \
+            _Pragma("GCC unroll 8") for (int i = 0; i < R; i++)                                                        \
+            {                                                                                                          \
+                const uint8_t *nib = rows[i] + 128 * g;                                                                \
+                _mm_prefetch((const char *)nib + pf, _MM_HINT_T0);                                                     \
+                _mm_prefetch((const char *)nib + pf + 64, _MM_HINT_T0);                                                \
+                __m256i h[NT], l[NT], s[NT];                                                                           \
+                _Pragma("GCC unroll 4") for (unsigned q = 0; q < 4; q++)                                               \
+                {                                                                                                      \
+                    __m256i wl, wh;                                                                                    \
+                    q4_dec(_mm256_loadu_si256((const __m256i *)(nib + q * qs)), tab, &wl, &wh);                        \
+                    _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                               \
+                    {                                                                                                  \
+                        __m256i hq, lq;                                                                                \
+                        q4_qdot(wl, wh, pl[t] + 512 * g + 128 * q, &hq, &lq);                                          \
+                        q4_acc(q, hq, lq, &h[t], &l[t], &s[t]);                                                        \
+                    }                                                                                                  \
+                }                                                                                                      \
+                __m256 ws = q4_ws8(rows[i] + soff + 8 * g, PLAIN);                                                     \
+                _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                                   \
+                {                                                                                                      \
+                    __m256i sb = q4_sum(h[t], s[t], cr[t] + 8 * g);                                                    \
+                    __m256 sc = _mm256_mul_ps(ws, _mm256_loadu_ps(as[t] + 8 * g));                                     \
+                    acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sb), sc, acc[i][t]);                                \
+                }                                                                                                      \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (int i = 0; i < R; i++)                                                                                    \
+            for (int t = 0; t < NT; t++)                                                                               \
+                c[(size_t)t * ldc + (size_t)i] = q4_hsum8(acc[i][t]);                                                  \
+    }
+#define MXI_Q4_STREAMS(PLAIN)                                                                                          \
+    MXI_Q4_STREAM(MXI_Q4_R1, 1, PLAIN)                                                                                 \
+    MXI_Q4_STREAM(1, 1, PLAIN)                                                                                         \
+    MXI_Q4_STREAM(2, 2, PLAIN)                                                                                         \
+    MXI_Q4_STREAM(1, 2, PLAIN)                                                                                         \
+    MXI_Q4_STREAM(1, 3, PLAIN)                                                                                         \
+    MXI_Q4_STREAM(1, 4, PLAIN)
+MXI_Q4_STREAMS(0)
+MXI_Q4_STREAMS(1)
+
+typedef void (*q4_stream_fn)(const mxi_cpu_mat_t *, size_t, const uint8_t *const *, float *, size_t);
+
+/* Tiled micro-kernel: one decoded row x MXI_Q4_NR tokens, group g; the FP32
+ * accumulators of (token u, this row) live in part[u * pstride] between groups
+ * (storing and reloading is exact, so the FMA sequence is that of one pass). */
+static void q4_micro(const uint8_t *tw, const float *tws, size_t g, const uint8_t *const *ap, size_t nbp,
+                     float *part, size_t pstride)
+{
+    __m256i h[MXI_Q4_NR], l[MXI_Q4_NR], s[MXI_Q4_NR];
+    _Pragma("GCC unroll 4") for (unsigned q = 0; q < 4; q++)
+    {
+        __m256i wl = _mm256_load_si256((const __m256i *)(tw + 256 * g + 64 * q));
+        __m256i wh = _mm256_load_si256((const __m256i *)(tw + 256 * g + 64 * q + 32));
+        _Pragma("GCC unroll 8") for (int u = 0; u < MXI_Q4_NR; u++)
+        {
+            __m256i hq, lq;
+            q4_qdot(wl, wh, MXI_QACT_PLANES(ap[u], nbp) + 512 * g + 128 * q, &hq, &lq);
+            q4_acc(q, hq, lq, &h[u], &l[u], &s[u]);
+        }
+    }
+    __m256 ws = _mm256_load_ps(tws + 8 * g);
+    _Pragma("GCC unroll 8") for (int u = 0; u < MXI_Q4_NR; u++)
+    {
+        __m256i sb = q4_sum(h[u], s[u], MXI_QACT_CORR(ap[u], nbp) + 8 * g);
+        __m256 sc = _mm256_mul_ps(ws, _mm256_loadu_ps(MXI_QACT_AS(ap[u]) + 8 * g));
+        float *pp = part + (size_t)u * pstride;
+        _mm256_store_ps(pp, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sb), sc, _mm256_load_ps(pp)));
+    }
+}
+
+void MXI_Q4_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
+                 size_t ldc, void *tile)
+{
+    size_t nr = r1 - r0, nbp = 8 * m->ng;
+    if (nt == 0 || nr == 0)
+        return;
+    if (nt < MXI_CPU_STREAM_MAX) {
+        for (size_t t0 = 0; t0 < nt; t0 += 4) {
+            size_t tn = nt - t0 < 4 ? nt - t0 : 4;
+            static const q4_stream_fn fns[2][4] = {{Q4S_R1(0), q4s_2_2_0, q4s_1_3_0, q4s_1_4_0},
+                                                   {Q4S_R1(1), q4s_2_2_1, q4s_1_3_1, q4s_1_4_1}};
+            static const q4_stream_fn one[2][4] = {{q4s_1_1_0, q4s_1_2_0, q4s_1_3_0, q4s_1_4_0},
+                                                   {q4s_1_1_1, q4s_1_2_1, q4s_1_3_1, q4s_1_4_1}};
+            const int plain = m->ws_plain != 0;
+            size_t R = tn == 1 ? MXI_Q4_R1 : tn == 2 ? 2 : 1, r = 0;
+            for (; r + R <= nr; r += R)
+                fns[plain][tn - 1](m, r0 + r, qa + t0, c + t0 * ldc + r, ldc);
+            for (; r < nr; r++)
+                one[plain][tn - 1](m, r0 + r, qa + t0, c + t0 * ldc + r, ldc);
+        }
+        return;
+    }
+    /* decode: per row, per group 4 x (wl, wh) offset-weight vectors, then the ws */
+    const size_t tstride = 256 * m->ng + 4 * nbp; /* bytes per decoded row (multiple of 32) */
+    uint8_t *tw = (uint8_t *)tile;
+    const __m256i tab = q4_table();
+    for (size_t i = 0; i < nr; i++) {
+        const uint8_t *row = m->data + (r0 + i) * m->row_stride;
+        uint8_t *o = tw + i * tstride;
+        float *os = (float *)(o + 256 * m->ng);
+        for (size_t g = 0; g < m->ng; g++) {
+            for (unsigned q = 0; q < 4; q++) {
+                __m256i wl, wh;
+                q4_dec(_mm256_loadu_si256((const __m256i *)(row + mxi_cpu_q4_qoff(m, g, q))), tab, &wl, &wh);
+                _mm256_store_si256((__m256i *)(o + 256 * g + 64 * q), wl);
+                _mm256_store_si256((__m256i *)(o + 256 * g + 64 * q + 32), wh);
+            }
+            _mm256_store_ps(os + 8 * g, q4_ws8(row + m->scale_off + 8 * g, m->ws_plain));
+        }
+    }
+    float *part = (float *)(tw + ((nr * tstride + 63) & ~(size_t)63)); /* [nt rounded up][nr][8] */
+    size_t ntr = (nt + MXI_Q4_NR - 1) / MXI_Q4_NR * MXI_Q4_NR;
+    for (size_t k = 0; k < ntr * nr * 8; k++)
+        part[k] = 0.0f;
+    for (size_t g = 0; g < m->ng; g++)
+        for (size_t t = 0; t < nt; t += MXI_Q4_NR) {
+            /* a short last group repeats its last token (results discarded: the
+             * partials of those rows lie past nt), so every group runs full width */
+            const uint8_t *ap[MXI_Q4_NR];
+            for (size_t u = 0; u < MXI_Q4_NR; u++)
+                ap[u] = qa[t + u < nt ? t + u : nt - 1];
+            for (size_t i = 0; i < nr; i++) {
+                const uint8_t *o = tw + i * tstride;
+                q4_micro(o, (const float *)(o + 256 * m->ng), g, ap, nbp, part + (t * nr + i) * 8, nr * 8);
+            }
+        }
+    for (size_t t = 0; t < nt; t++)
+        for (size_t i = 0; i < nr; i++)
+            c[t * ldc + i] = q4_hsum8(_mm256_load_ps(part + (t * nr + i) * 8));
+}
