@@ -20,7 +20,9 @@
  *   m = the largest |a_k| of the block (compared as bit patterns);
  *   a non-finite value in the block: A_k = 0 and as_b = NaN (so that token's
  *   outputs are NaN);
- *   else e = max(floor(log2 m), -114) (m = 0 or m < 2^-114 gives -114),
+ *   else e = max(floor(log2 m), -114) (m < 2^-114 gives -114; m = 0 gives
+ *   e = 0, so that all-zero and padding blocks have normal scales: subnormal
+ *   operands cost the FMA units a microcode assist),
  *   A_k = round-to-nearest-even(a_k * 2^(13 - e)), |A_k| <= 2^14, as_b = 2^e.
  * BF16 values within 6 binades of their block max are exact; smaller ones are
  * rounded to multiples of 2^(e-13). The block's dot product
@@ -100,9 +102,11 @@ float mxi_cpu_q4_ws(uint8_t b);
 /* Quantized activation row for MXFP4 weights (the contract's A_k and as_b),
  * for a matrix of nbp = 8 ng blocks, at mxi_cpu_qact_bytes(nbp) bytes, 64-byte
  * aligned:
- *   float   as[nbp]          as_b (padding blocks: 2^-114)
+ *   float   as[nbp]          as_b (padding blocks: 1)
  *   int32_t corr[nbp]        12 * sum_k A_k of the block (for offset weights)
- *   int16_t q[32 nbp]        A_k in natural order (zero in padding blocks)
+ *   int16_t tq[32 nbp]       A_k for the tiled kernels: per group 16 steps
+ *                            s = 4q + c of 8 dwords j of 2 values: elements
+ *                            8q + 2c and 8q + 2c + 1 of block 8g + j
  *   int8_t  planes[64 nbp]   per group 512 bytes: for q = 0..3 four 32-byte
  *                            planes hl, hh, ll, lh laid out like the q-loads
  *                            (dword j, byte c -> elements 8q + 2c (l) and
@@ -116,7 +120,7 @@ static inline size_t mxi_cpu_qact_bytes(size_t nbp)
 }
 #define MXI_QACT_AS(p) ((const float *)(p))
 #define MXI_QACT_CORR(p, nbp) ((const int32_t *)((const uint8_t *)(p) + 4 * (nbp)))
-#define MXI_QACT_Q(p, nbp) ((const int16_t *)((const uint8_t *)(p) + 8 * (nbp)))
+#define MXI_QACT_TQ(p, nbp) ((const int16_t *)((const uint8_t *)(p) + 8 * (nbp)))
 #define MXI_QACT_PLANES(p, nbp) ((const int8_t *)((const uint8_t *)(p) + 72 * (nbp)))
 
 /* Quantizes x[0..cols) (cols <= 32 nbp; beyond it zero) into dst. */
@@ -133,7 +137,7 @@ typedef void (*mxi_cpu_gemm_fn)(const mxi_cpu_mat_t *m, size_t r0, size_t r1, co
                                 float *c, size_t ldc, float *tile);
 
 /* MXFP4 weights: the same with quantized activation rows (mxi_cpu_qact):
- * qa[t] points at token t's row. tile: MXI_CPU_ROW_BLOCK * nbp * 36 + 256 bytes of
+ * qa[t] points at token t's row. tile: MXI_CPU_ROW_BLOCK * nbp * 68 + 256 bytes of
  * scratch plus 32 * (nt + 8) * MXI_CPU_ROW_BLOCK bytes of partial sums,
  * 64-byte aligned. */
 typedef void (*mxi_cpu_q4_fn)(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt,

@@ -8,5 +8,6 @@
 #include "gemm_body.h"
 
 #define MXI_Q4_NAME mxi_cpu_q4_avx512
-#define MXI_Q4_NR 4
+#define MXI_Q4_MR 3
+#define MXI_Q4_NR 3
 #include "q4_body.h"

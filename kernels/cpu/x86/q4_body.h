@@ -28,8 +28,20 @@
 #define Q4S_CAT2(R, P) Q4S_CAT(R, P)
 #define Q4S_R1(P) Q4S_CAT2(MXI_Q4_R1, P)
 
+/* Software prefetch of the streaming kernels: each row-group prefetches the
+ * same columns MXI_Q4_PF_ROWS rows further on into L2 (the hardware
+ * prefetchers alone keep too few lines in flight for this access pattern: one
+ * core then streams at ~6 GB/s instead of ~10; an L1 prefetch at the same
+ * distance is slower too, the L1 miss buffers being the limit), and, if
+ * MXI_Q4_PF2_ROWS is not 0, MXI_Q4_PF2_ROWS rows further on into L1. */
 #ifndef MXI_Q4_PF_ROWS
-#define MXI_Q4_PF_ROWS 8
+#define MXI_Q4_PF_ROWS 16
+#endif
+#ifndef MXI_Q4_PF_HINT
+#define MXI_Q4_PF_HINT _MM_HINT_T1
+#endif
+#ifndef MXI_Q4_PF2_ROWS
+#define MXI_Q4_PF2_ROWS 4
 #endif
 
 static inline float q4_hsum8(__m256 v)
@@ -108,7 +120,7 @@ static inline __m256i q4_sum(__m256i h, __m256i s, const int32_t *corr)
                                          size_t ldc)                                                                   \
     {                                                                                                                  \
         const size_t ng = m->ng, nbp = 8 * ng, stride = m->row_stride, soff = m->scale_off;                            \
-        const size_t pf = MXI_Q4_PF_ROWS * stride, qs_last = m->tail == 8 ? 32 : 4 * (size_t)m->tail;                  \
+        const size_t pf = MXI_Q4_PF_ROWS * stride, pf2 = MXI_Q4_PF2_ROWS * stride, qs_last = m->tail == 8 ? 32 : 4 * (size_t)m->tail;                  \
         const __m256i tab = q4_table();                                                                                \
         __m256 acc[R][NT];                                                                                             \
         const uint8_t *rows[R];                                                                                        \
@@ -130,8 +142,12 @@ static inline __m256i q4_sum(__m256i h, __m256i s, const int32_t *corr)
             _Pragma("GCC unroll 8") for (int i = 0; i < R; i++)                                                        \
             {                                                                                                          \
                 const uint8_t *nib = rows[i] + 128 * g;                                                                \
-                _mm_prefetch((const char *)nib + pf, _MM_HINT_T0);                                                     \
-                _mm_prefetch((const char *)nib + pf + 64, _MM_HINT_T0);                                                \
+                _mm_prefetch((const char *)nib + pf, MXI_Q4_PF_HINT);                                                  \
+                _mm_prefetch((const char *)nib + pf + 64, MXI_Q4_PF_HINT);                                             \
+                if (MXI_Q4_PF2_ROWS) {                                                                                 \
+                    _mm_prefetch((const char *)nib + pf2, _MM_HINT_T0);                                                \
+                    _mm_prefetch((const char *)nib + pf2 + 64, _MM_HINT_T0);                                           \
+                }                                                                                                      \
                 __m256i h[NT], l[NT], s[NT];                                                                           \
                 _Pragma("GCC unroll 4") for (unsigned q = 0; q < 4; q++)                                               \
                 {                                                                                                      \
@@ -169,33 +185,74 @@ MXI_Q4_STREAMS(1)
 
 typedef void (*q4_stream_fn)(const mxi_cpu_mat_t *, size_t, const uint8_t *const *, float *, size_t);
 
-/* Tiled micro-kernel: one decoded row x MXI_Q4_NR tokens, group g; the FP32
- * accumulators of (token u, this row) live in part[u * pstride] between groups
- * (storing and reloading is exact, so the FMA sequence is that of one pass). */
-static void q4_micro(const uint8_t *tw, const float *tws, size_t g, const uint8_t *const *ap, size_t nbp,
-                     float *part, size_t pstride)
+/* 2 * E2M1 of each code (signed), in both 128-bit lanes. */
+static inline __m256i q4_table_signed(void)
 {
-    __m256i h[MXI_Q4_NR], l[MXI_Q4_NR], s[MXI_Q4_NR];
-    _Pragma("GCC unroll 4") for (unsigned q = 0; q < 4; q++)
-    {
-        __m256i wl = _mm256_load_si256((const __m256i *)(tw + 256 * g + 64 * q));
-        __m256i wh = _mm256_load_si256((const __m256i *)(tw + 256 * g + 64 * q + 32));
-        _Pragma("GCC unroll 8") for (int u = 0; u < MXI_Q4_NR; u++)
-        {
-            __m256i hq, lq;
-            q4_qdot(wl, wh, MXI_QACT_PLANES(ap[u], nbp) + 512 * g + 128 * q, &hq, &lq);
-            q4_acc(q, hq, lq, &h[u], &l[u], &s[u]);
-        }
-    }
-    __m256 ws = _mm256_load_ps(tws + 8 * g);
-    _Pragma("GCC unroll 8") for (int u = 0; u < MXI_Q4_NR; u++)
-    {
-        __m256i sb = q4_sum(h[u], s[u], MXI_QACT_CORR(ap[u], nbp) + 8 * g);
-        __m256 sc = _mm256_mul_ps(ws, _mm256_loadu_ps(MXI_QACT_AS(ap[u]) + 8 * g));
-        float *pp = part + (size_t)u * pstride;
-        _mm256_store_ps(pp, _mm256_fmadd_ps(_mm256_cvtepi32_ps(sb), sc, _mm256_load_ps(pp)));
-    }
+    return _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12, 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3,
+                            -4, -6, -8, -12);
 }
+
+/* Tiled path: a q-load to its 4 steps of the int16 tile (step c: dword j =
+ * (W of element 8q + 2c, W of element 8q + 2c + 1) of block j). */
+static inline void q4_tdec(__m256i x, __m256i tabs, __m256i *o)
+{
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    __m256i wl = _mm256_shuffle_epi8(tabs, _mm256_and_si256(x, m));
+    __m256i wh = _mm256_shuffle_epi8(tabs, _mm256_and_si256(_mm256_srli_epi16(x, 4), m));
+    o[0] = _mm256_blend_epi16(_mm256_srai_epi32(_mm256_slli_epi32(wl, 24), 24),
+                              _mm256_srai_epi32(_mm256_slli_epi32(wh, 24), 8), 0xAA);
+    o[1] = _mm256_blend_epi16(_mm256_srai_epi32(_mm256_slli_epi32(wl, 16), 24),
+                              _mm256_srai_epi32(_mm256_slli_epi32(wh, 16), 8), 0xAA);
+    o[2] = _mm256_blend_epi16(_mm256_srai_epi32(_mm256_slli_epi32(wl, 8), 24),
+                              _mm256_srai_epi32(_mm256_slli_epi32(wh, 8), 8), 0xAA);
+    o[3] = _mm256_blend_epi16(_mm256_srai_epi32(wl, 24), _mm256_srai_epi32(wh, 8), 0xAA);
+}
+
+/* Tiled micro-kernel: MR decoded rows x MXI_Q4_NR tokens, one group; int32
+ * block sums in registers (vpmaddwd per step, lane j = block j), then the
+ * group's FMA into the FP32 accumulators of (token u, row i) kept in
+ * part[u * pstride + i * 8] between groups (storing and reloading is exact). */
+#define MXI_Q4_TMICRO(MR) MXI_Q4_TMICRO_(MR)
+#define MXI_Q4_TMICRO_(MR)                                                                                             \
+    static void q4_tmicro_##MR(const uint8_t *tw, size_t tstride, size_t wsoff, size_t g, const uint8_t *const *ap,    \
+                               size_t nbp, float *part, size_t pstride)                                                \
+    {                                                                                                                  \
+        const int16_t *w[MR], *a[MXI_Q4_NR];                                                                           \
+        for (int i = 0; i < MR; i++)                                                                                   \
+            w[i] = (const int16_t *)(tw + (size_t)i * tstride + 512 * g);                                              \
+        for (int u = 0; u < MXI_Q4_NR; u++)                                                                            \
+            a[u] = MXI_QACT_TQ(ap[u], nbp) + 256 * g;                                                                  \
+        __m256i s[MR][MXI_Q4_NR];                                                                                      \
+        _Pragma("GCC unroll 16") for (int st = 0; st < 16; st++)                                                       \
+        {                                                                                                              \
+            __m256i wv[MR];                                                                                            \
+            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) wv[i] =                                               \
+                _mm256_load_si256((const __m256i *)(w[i] + 16 * st));                                                  \
+            _Pragma("GCC unroll 8") for (int u = 0; u < MXI_Q4_NR; u++)                                                \
+            {                                                                                                          \
+                __m256i av = _mm256_load_si256((const __m256i *)(a[u] + 16 * st));                                     \
+                _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)                                                   \
+                {                                                                                                      \
+                    __m256i p = _mm256_madd_epi16(wv[i], av);                                                          \
+                    s[i][u] = st ? _mm256_add_epi32(s[i][u], p) : p;                                                   \
+                }                                                                                                      \
+            }                                                                                                          \
+        }                                                                                                              \
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)                                                           \
+        {                                                                                                              \
+            __m256 ws = _mm256_load_ps((const float *)(tw + (size_t)i * tstride + wsoff) + 8 * g);                     \
+            _Pragma("GCC unroll 8") for (int u = 0; u < MXI_Q4_NR; u++)                                                \
+            {                                                                                                          \
+                __m256 sc = _mm256_mul_ps(ws, _mm256_loadu_ps(MXI_QACT_AS(ap[u]) + 8 * g));                            \
+                float *pp = part + (size_t)u * pstride + (size_t)i * 8;                                                \
+                _mm256_store_ps(pp, _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i][u]), sc, _mm256_load_ps(pp)));           \
+            }                                                                                                          \
+        }                                                                                                              \
+    }
+MXI_Q4_TMICRO(MXI_Q4_MR)
+MXI_Q4_TMICRO(1)
+#define Q4T_CAT(MR) q4_tmicro_##MR
+#define Q4T_CAT2(MR) Q4T_CAT(MR)
 
 void MXI_Q4_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
                  size_t ldc, void *tile)
@@ -219,22 +276,21 @@ void MXI_Q4_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *co
         }
         return;
     }
-    /* decode: per row, per group 4 x (wl, wh) offset-weight vectors, then the ws */
-    const size_t tstride = 256 * m->ng + 4 * nbp; /* bytes per decoded row (multiple of 32) */
+    /* decode: per row, per group 16 int16 steps (512 bytes), then the ws of every block */
+    const size_t tstride = 512 * m->ng + 4 * nbp, wsoff = 512 * m->ng; /* bytes, multiples of 32 */
     uint8_t *tw = (uint8_t *)tile;
-    const __m256i tab = q4_table();
+    const __m256i tabs = q4_table_signed();
     for (size_t i = 0; i < nr; i++) {
         const uint8_t *row = m->data + (r0 + i) * m->row_stride;
         uint8_t *o = tw + i * tstride;
-        float *os = (float *)(o + 256 * m->ng);
         for (size_t g = 0; g < m->ng; g++) {
             for (unsigned q = 0; q < 4; q++) {
-                __m256i wl, wh;
-                q4_dec(_mm256_loadu_si256((const __m256i *)(row + mxi_cpu_q4_qoff(m, g, q))), tab, &wl, &wh);
-                _mm256_store_si256((__m256i *)(o + 256 * g + 64 * q), wl);
-                _mm256_store_si256((__m256i *)(o + 256 * g + 64 * q + 32), wh);
+                __m256i v[4];
+                q4_tdec(_mm256_loadu_si256((const __m256i *)(row + mxi_cpu_q4_qoff(m, g, q))), tabs, v);
+                for (int cc = 0; cc < 4; cc++)
+                    _mm256_store_si256((__m256i *)(o + 512 * g + 128 * q + 32 * cc), v[cc]);
             }
-            _mm256_store_ps(os + 8 * g, q4_ws8(row + m->scale_off + 8 * g, m->ws_plain));
+            _mm256_store_ps((float *)(o + wsoff) + 8 * g, q4_ws8(row + m->scale_off + 8 * g, m->ws_plain));
         }
     }
     float *part = (float *)(tw + ((nr * tstride + 63) & ~(size_t)63)); /* [nt rounded up][nr][8] */
@@ -248,10 +304,11 @@ void MXI_Q4_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *co
             const uint8_t *ap[MXI_Q4_NR];
             for (size_t u = 0; u < MXI_Q4_NR; u++)
                 ap[u] = qa[t + u < nt ? t + u : nt - 1];
-            for (size_t i = 0; i < nr; i++) {
-                const uint8_t *o = tw + i * tstride;
-                q4_micro(o, (const float *)(o + 256 * m->ng), g, ap, nbp, part + (t * nr + i) * 8, nr * 8);
-            }
+            size_t i = 0;
+            for (; i + MXI_Q4_MR <= nr; i += MXI_Q4_MR)
+                Q4T_CAT2(MXI_Q4_MR)(tw + i * tstride, tstride, wsoff, g, ap, nbp, part + (t * nr + i) * 8, nr * 8);
+            for (; i < nr; i++)
+                q4_tmicro_1(tw + i * tstride, tstride, wsoff, g, ap, nbp, part + (t * nr + i) * 8, nr * 8);
         }
     for (size_t t = 0; t < nt; t++)
         for (size_t i = 0; i < nr; i++)
