@@ -44,6 +44,10 @@
 #define MXI_Q4_PF2_ROWS 4
 #endif
 
+/* Keeps GCC from reassociating chains of vector integer adds into trees of
+ * products held on the stack (it did, spilling all of them: 2x slower). */
+#define Q4_PIN(v) __asm__("" : "+x"(v))
+
 static inline float q4_hsum8(__m256 v)
 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); /* l + l+4 */
@@ -97,11 +101,13 @@ static inline void q4_acc(unsigned q, __m256i hq, __m256i lq, __m256i *h, __m256
 {
     const __m256i ones = _mm256_set1_epi16(1);
     *h = q ? _mm256_add_epi16(*h, hq) : hq;
+    Q4_PIN(*h);
     if (!(q & 1)) {
         *l = lq;
     } else {
         __m256i s2 = _mm256_madd_epi16(_mm256_add_epi16(*l, lq), ones);
         *s = q == 1 ? s2 : _mm256_add_epi32(*s, s2);
+        Q4_PIN(*s);
     }
 }
 
@@ -223,6 +229,9 @@ static inline void q4_tdec(__m256i x, __m256i tabs, __m256i *o)
         for (int u = 0; u < MXI_Q4_NR; u++)                                                                            \
             a[u] = MXI_QACT_TQ(ap[u], nbp) + 256 * g;                                                                  \
         __m256i s[MR][MXI_Q4_NR];                                                                                      \
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) _Pragma("GCC unroll 8") for (int u = 0; u < MXI_Q4_NR;    \
+                                                                                       u++) s[i][u] =                  \
+            _mm256_setzero_si256();                                                                                    \
         _Pragma("GCC unroll 16") for (int st = 0; st < 16; st++)                                                       \
         {                                                                                                              \
             __m256i wv[MR];                                                                                            \
@@ -233,8 +242,8 @@ static inline void q4_tdec(__m256i x, __m256i tabs, __m256i *o)
                 __m256i av = _mm256_load_si256((const __m256i *)(a[u] + 16 * st));                                     \
                 _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)                                                   \
                 {                                                                                                      \
-                    __m256i p = _mm256_madd_epi16(wv[i], av);                                                          \
-                    s[i][u] = st ? _mm256_add_epi32(s[i][u], p) : p;                                                   \
+                    s[i][u] = _mm256_add_epi32(s[i][u], _mm256_madd_epi16(wv[i], av));                                 \
+                    Q4_PIN(s[i][u]);                                                                                   \
                 }                                                                                                      \
             }                                                                                                          \
         }                                                                                                              \
