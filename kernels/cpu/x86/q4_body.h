@@ -289,10 +289,15 @@ void MXI_Q4_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *co
     const size_t tstride = 512 * m->ng + 4 * nbp, wsoff = 512 * m->ng; /* bytes, multiples of 32 */
     uint8_t *tw = (uint8_t *)tile;
     const __m256i tabs = q4_table_signed();
+    const size_t pf = MXI_Q4_PF_ROWS * m->row_stride, pf2 = MXI_Q4_PF2_ROWS * m->row_stride;
     for (size_t i = 0; i < nr; i++) {
         const uint8_t *row = m->data + (r0 + i) * m->row_stride;
         uint8_t *o = tw + i * tstride;
         for (size_t g = 0; g < m->ng; g++) {
+            _mm_prefetch((const char *)row + 128 * g + pf, MXI_Q4_PF_HINT); /* the weights are read once here */
+            _mm_prefetch((const char *)row + 128 * g + pf + 64, MXI_Q4_PF_HINT);
+            _mm_prefetch((const char *)row + 128 * g + pf2, _MM_HINT_T0);
+            _mm_prefetch((const char *)row + 128 * g + pf2 + 64, _MM_HINT_T0);
             for (unsigned q = 0; q < 4; q++) {
                 __m256i v[4];
                 q4_tdec(_mm256_loadu_si256((const __m256i *)(row + mxi_cpu_q4_qoff(m, g, q))), tabs, v);
