@@ -74,10 +74,16 @@ static float e4m3_f32(uint8_t b)
     return bits_f32(u) * 0x1p120f;
 }
 
-/* E4M3 quantize-dequantize with scale s (quant/ encodes: RNE, saturating). */
+/* E4M3 quantize with scale s (quant/ encodes: RNE, saturating): the E4M3 value
+ * of x / s, and its dequantized value. */
+static float q_e4m3(float x, float s)
+{
+    return e4m3_f32(mx_quant_e4m3fn_from_f32(x / s));
+}
+
 static float qdq_e4m3(float x, float s)
 {
-    return e4m3_f32(mx_quant_e4m3fn_from_f32(x / s)) * s;
+    return q_e4m3(x, s) * s;
 }
 
 /* Dynamic FP8 scale of a group (FORMATS.md: amax/448, floor 1/(448*512)). */
@@ -132,7 +138,7 @@ float mxi_cpu_q4_ws(uint8_t b)
     return bits_f32(1u << (b + 8)); /* 2^(b - 141) = 2^-149 * 2^(b + 8), subnormal */
 }
 
-void mxi_cpu_qact(const float *x, size_t cols, size_t nbp, uint8_t *dst)
+void mxi_cpu_qact(const float *x, size_t cols, size_t nbp, float s, uint8_t *dst)
 {
     float *as = (float *)dst;
     int32_t *corr = (int32_t *)(dst + 4 * nbp);
@@ -154,14 +160,15 @@ void mxi_cpu_qact(const float *x, size_t cols, size_t nbp, uint8_t *dst)
             /* an all-zero block (or padding) takes e = 0: its S is 0 anyway, and a
              * normal scale keeps the FMAs off the slow subnormal path */
             int e = mb == 0 ? 0 : (int)(mb >> 23) - 127;
-            e = e < -114 ? -114 : e;
-            float mul = bits_f32((uint32_t)(13 - e + 127) << 23); /* 2^(13 - e) <= 2^127 */
+            e = e < -113 ? -113 : e;
+            float mul = bits_f32((uint32_t)(14 - e + 127) << 23); /* 2^(14 - e) <= 2^127 */
             for (size_t k = 0; k < 32; k++) {
-                long v = k < n ? lrintf(x[k0 + k] * mul) : 0; /* |v| <= 2^14 */
+                long v = k < n ? lrintf(x[k0 + k] * mul) : 0; /* |v| <= 2^15 */
+                v = v > 32767 ? 32767 : v;
                 qb[k] = (int16_t)v;
                 sum += (int32_t)v;
             }
-            as[b] = bits_f32((uint32_t)(e + 127) << 23);
+            as[b] = bits_f32((uint32_t)(e - 1 + 127) << 23) * s; /* 2^(e-1) >= 2^-114: normal */
         }
         corr[b] = 12 * sum;
         /* tiled layout and planes: group g, q-load qq, dword j, byte c, nibble y */
@@ -171,9 +178,9 @@ void mxi_cpu_qact(const float *x, size_t cols, size_t nbp, uint8_t *dst)
                 int8_t *o = pl + 512 * g + 128 * qq + 4 * j + c;
                 for (unsigned y = 0; y < 2; y++) {
                     int a = qb[8 * qq + 2 * c + y];
-                    int lo = (int8_t)(uint8_t)(a & 0xFF), hi = (a - lo) / 256;
-                    o[32 * y] = (int8_t)hi;      /* hl, hh */
-                    o[64 + 32 * y] = (int8_t)lo; /* ll, lh */
+                    int lo = a & 0xFF, hi = (a - lo) / 256; /* a = 256 hi + lo, lo in [0, 255] */
+                    o[32 * y] = (int8_t)hi;                 /* hl, hh */
+                    o[64 + 32 * y] = (int8_t)(uint8_t)lo;   /* ll, lh (unsigned bytes) */
                     tq[256 * g + 16 * (4 * qq + c) + 2 * j + y] = (int16_t)a;
                 }
             }
@@ -940,15 +947,16 @@ static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *a
                 row[k] = bf16_f32(xs[k]);
             for (size_t k = H; k < kh; k++)
                 row[k] = 0.0f;
-            if (w4a8) {
-                float s = pk->ex[args->expert[order[i]]].in_scale;
+            float s = 1.0f;
+            if (w4a8) { /* E4M3 values, their scale goes into the quantized row's */
+                s = pk->ex[args->expert[order[i]]].in_scale;
                 for (size_t k = 0; k < H; k++)
-                    row[k] = qdq_e4m3(row[k], s);
+                    row[k] = q_e4m3(row[k], s);
             } else if (w8a8) {
                 qdq_dynamic(row, H, d->act_group);
             }
             if (q4)
-                mxi_cpu_qact(row, H, nbp1, qa1 + i * L.qa1_bytes);
+                mxi_cpu_qact(row, H, nbp1, s, qa1 + i * L.qa1_bytes);
         }
 #pragma omp for schedule(static)
         for (size_t p = 0; p < NA; p++) {
@@ -984,7 +992,7 @@ static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *a
                     }
                     float v = round_bf16(act_fn(d, g, u));
                     if (w4a8 && x->down_in_scale > 0.0f)
-                        v = qdq_e4m3(v, x->down_in_scale);
+                        v = q_e4m3(v, x->down_in_scale); /* E4M3 value; scale in step 3 */
                     h[r / 2] = v;
                 }
             }
@@ -995,12 +1003,19 @@ static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *a
         if (w8a8 || w4a8 || q4) {
 #pragma omp for schedule(static)
             for (size_t p = 0; p < NA; p++) {
-                if (w8a8)
-                    qdq_dynamic(hd + p * ki, I, d->act_group);
-                else if (w4a8 && pk->ex[args->expert[order[p]]].down_in_scale == 0.0f)
-                    qdq_dynamic(hd + p * ki, I, 0);
+                float *h = hd + p * ki, s = 1.0f;
+                if (w8a8) {
+                    qdq_dynamic(h, I, d->act_group);
+                } else if (w4a8) { /* E4M3 values; the scale goes into the quantized row's */
+                    s = pk->ex[args->expert[order[p]]].down_in_scale;
+                    if (s == 0.0f) { /* dynamic, per token */
+                        s = dyn_scale(h, I);
+                        for (size_t k = 0; k < I; k++)
+                            h[k] = q_e4m3(h[k], s);
+                    }
+                }
                 if (q4)
-                    mxi_cpu_qact(hd + p * ki, I, nbp2, qa2 + p * L.qa2_bytes);
+                    mxi_cpu_qact(h, I, nbp2, s, qa2 + p * L.qa2_bytes);
             }
         }
         /* 4. down GEMM + bias -> BF16 */

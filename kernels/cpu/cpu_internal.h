@@ -13,21 +13,24 @@
  * floats on every path.
  *
  * MXFP4 weights (W4A16, W4A8): block-exact integers. A weight is the integer
- * W = 2 * E2M1 in [-12, 12] times ws = 2^(E8M0 - 141) (the 2^-1 of E2M1 and the
- * 2^-13 of the activations below folded in; exact, subnormal for E8M0 < 15,
- * NaN for 0xFF). Per token, each 32-column block b of the FP32 activation row
+ * W = 2 * E2M1 in [-12, 12] times ws = 2^(E8M0 - 141) (2^-127 and the 2^-14
+ * of the activations below; exact, subnormal for E8M0 < 15, NaN for 0xFF). Per token, each 32-column block b of the FP32 activation row
  * becomes integers A_k and a power of two as_b (mxi_cpu_qact):
  *   m = the largest |a_k| of the block (compared as bit patterns);
  *   a non-finite value in the block: A_k = 0 and as_b = NaN (so that token's
  *   outputs are NaN);
- *   else e = max(floor(log2 m), -114) (m < 2^-114 gives -114; m = 0 gives
+ *   else e = max(floor(log2 m), -113) (m < 2^-113 gives -113; m = 0 gives
  *   e = 0, so that all-zero and padding blocks have normal scales: subnormal
  *   operands cost the FMA units a microcode assist),
- *   A_k = round-to-nearest-even(a_k * 2^(13 - e)), |A_k| <= 2^14, as_b = 2^e.
- * BF16 values within 6 binades of their block max are exact; smaller ones are
- * rounded to multiples of 2^(e-13). The block's dot product
- * S_b = sum_k W_k * A_k is an exact integer (|S_b| < 2^23, so float(S_b) is
- * exact too) however an ISA sums it. Then per (token, row) one 8-lane FP32
+ *   A_k = min(round-to-nearest-even(a_k * 2^(14 - e)), 2^15 - 1), so
+ *   -2^15 <= A_k < 2^15, and as_b = 2^(e-1) * s (the 2^-1 of E2M1: see ws;
+ *   s = 1, but for W4A8 whose a_k are the E4M3 values of the activations and
+ *   s their FP8 scale, so their A_k are exact).
+ * BF16 values within 7 binades of their block max are exact; smaller ones are
+ * rounded to multiples of 2^(e-14) (the block max itself only if it rounds to
+ * 2^15: then to 2^15 - 1). The block's dot product S_b = sum_k W_k * A_k is an
+ * exact integer (|S_b| <= 32 * 12 * 2^15 < 2^24, so float(S_b) is exact too)
+ * however an ISA sums it. Then per (token, row) one 8-lane FP32
  * accumulator, lane j taking the blocks b = 8g + j, g ascending:
  *   acc_j = fma(float(S_b), ws_b * as_b, acc_j)     (one rounding in ws_b * as_b
  *                                                   only outside float's range)
@@ -102,7 +105,7 @@ float mxi_cpu_q4_ws(uint8_t b);
 /* Quantized activation row for MXFP4 weights (the contract's A_k and as_b),
  * for a matrix of nbp = 8 ng blocks, at mxi_cpu_qact_bytes(nbp) bytes, 64-byte
  * aligned:
- *   float   as[nbp]          as_b (padding blocks: 1)
+ *   float   as[nbp]          as_b (padding blocks: 2^-1)
  *   int32_t corr[nbp]        12 * sum_k A_k of the block (for offset weights)
  *   int16_t tq[32 nbp]       A_k for the tiled kernels: per group 16 steps
  *                            s = 4q + c of 8 dwords j of 2 values: elements
@@ -111,9 +114,9 @@ float mxi_cpu_q4_ws(uint8_t b);
  *                            planes hl, hh, ll, lh laid out like the q-loads
  *                            (dword j, byte c -> elements 8q + 2c (l) and
  *                            8q + 2c + 1 (h) of block 8g + j); plane xy holds the
- *                            x = high (A >> 8 after removing the low byte) or
- *                            low (signed low byte) part of A at the element of
- *                            nibble y: A = 256 * high + low, high in [-64, 64]. */
+ *                            x = high (A >> 8, signed) or low (A & 255, read
+ *                            as an unsigned byte) part of A at the element of
+ *                            nibble y: A = 256 * high + low. */
 static inline size_t mxi_cpu_qact_bytes(size_t nbp)
 {
     return nbp * (4 + 4 + 64 + 64);
@@ -123,8 +126,11 @@ static inline size_t mxi_cpu_qact_bytes(size_t nbp)
 #define MXI_QACT_TQ(p, nbp) ((const int16_t *)((const uint8_t *)(p) + 8 * (nbp)))
 #define MXI_QACT_PLANES(p, nbp) ((const int8_t *)((const uint8_t *)(p) + 72 * (nbp)))
 
-/* Quantizes x[0..cols) (cols <= 32 nbp; beyond it zero) into dst. */
-void mxi_cpu_qact(const float *x, size_t cols, size_t nbp, uint8_t *dst);
+/* Quantizes x[0..cols) (cols <= 32 nbp; beyond it zero) into dst, with every
+ * as_b multiplied by s (exactly, but for under- or overflow): 1 for BF16
+ * activations; for W4A8, x holds the E4M3 values (exact in A, being 4-bit
+ * significands within 11 binades of the block max) and s their FP8 scale. */
+void mxi_cpu_qact(const float *x, size_t cols, size_t nbp, float s, uint8_t *dst);
 
 /* Decodes block b (32 columns) of row r to floats, exactly (scalar twin of
  * the vector decoders). */

@@ -8,14 +8,16 @@
  * so every 32-bit lane below carries one block and the 8 block sums of a group
  * come out in one vector, in the accumulator's lane order.
  *
- * Integer route (no VNNI at this level): weights become offset bytes
+ * Streaming route (no VNNI at this level): weights become offset bytes
  * W + 12 in [0, 24] (one vpshufb per 32 nibbles); activations are split into a
- * signed high byte (in [-64, 64]) and a signed low byte, so
- *   S_b = 256 * sum (W+12) * high + sum (W+12) * low - 12 * sum A
- * with vpmaddubsw (pairs, never saturating: 2 * 24 * 128 < 2^15), 16-bit sums
- * (high: 16 products, low: 8 products per lane half, both < 2^15 in magnitude),
- * then vpmaddwd to 32 bits. The correction 12 * sum A is precomputed per token
- * and block (mxi_cpu_qact). */
+ * signed high byte and an unsigned low byte (A = 256 * high + low), so
+ *   S_b = 256 * sum (W+12) * high + sum low * (W+12) - 12 * sum A
+ * with vpmaddubsw (the offset weights fit either operand; pairs never
+ * saturate: 2 * 255 * 24 < 2^15), 16-bit sums, then vpmaddwd to 32 bits. The
+ * correction 12 * sum A is precomputed per token and block (mxi_cpu_qact).
+ * Tiled route: the rows are decoded once into signed int16 W (step c of a
+ * q-load: W of elements 8q + 2c, 8q + 2c + 1 of block j in dword j) and
+ * vpmaddwd multiplies them with the int16 A of the activation's tiled layout. */
 #include <immintrin.h>
 
 #include "../cpu_internal.h"
@@ -87,34 +89,36 @@ static inline __m256 q4_ws8(const uint8_t *sb, int plain)
     return _mm256_castsi256_ps(w);
 }
 
-/* One q-load's 16-bit partial sums against a token's planes p (hl, hh, ll, lh). */
+/* One q-load's 16-bit partial sums against a token's planes p (hl, hh, ll,
+ * lh): offset weights (unsigned) times high bytes (signed), low bytes
+ * (unsigned) times offset weights (read as signed: they are <= 24). */
 static inline void q4_qdot(__m256i wl, __m256i wh, const int8_t *p, __m256i *hq, __m256i *lq)
 {
     *hq = _mm256_add_epi16(_mm256_maddubs_epi16(wl, _mm256_load_si256((const __m256i *)p)),
                            _mm256_maddubs_epi16(wh, _mm256_load_si256((const __m256i *)(p + 32))));
-    *lq = _mm256_add_epi16(_mm256_maddubs_epi16(wl, _mm256_load_si256((const __m256i *)(p + 64))),
-                           _mm256_maddubs_epi16(wh, _mm256_load_si256((const __m256i *)(p + 96))));
+    *lq = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_load_si256((const __m256i *)(p + 64)), wl),
+                           _mm256_maddubs_epi16(_mm256_load_si256((const __m256i *)(p + 96)), wh));
 }
 
-/* Accumulates q-load q into (h, l, s): h over the 4 q-loads, l over two, then into s. */
-static inline void q4_acc(unsigned q, __m256i hq, __m256i lq, __m256i *h, __m256i *l, __m256i *s)
+/* Accumulates q-load q into (h, s): the high sums over two q-loads in 16 bits
+ * (|sum| <= 8 * 24 * 128 < 2^15), then into s with weight 256; the low sums
+ * (<= 4 * 255 * 24 < 2^15) into s at once. */
+static inline void q4_acc(unsigned q, __m256i hq, __m256i lq, __m256i *h, __m256i *s)
 {
-    const __m256i ones = _mm256_set1_epi16(1);
-    *h = q ? _mm256_add_epi16(*h, hq) : hq;
-    Q4_PIN(*h);
+    __m256i l32 = _mm256_madd_epi16(lq, _mm256_set1_epi16(1));
+    *s = q ? _mm256_add_epi32(*s, l32) : l32;
+    Q4_PIN(*s);
     if (!(q & 1)) {
-        *l = lq;
+        *h = hq;
     } else {
-        __m256i s2 = _mm256_madd_epi16(_mm256_add_epi16(*l, lq), ones);
-        *s = q == 1 ? s2 : _mm256_add_epi32(*s, s2);
+        *s = _mm256_add_epi32(*s, _mm256_madd_epi16(_mm256_add_epi16(*h, hq), _mm256_set1_epi16(256)));
         Q4_PIN(*s);
     }
 }
 
 /* The group's exact block sums S_b (lane j = block 8g + j). */
-static inline __m256i q4_sum(__m256i h, __m256i s, const int32_t *corr)
+static inline __m256i q4_sum(__m256i s, const int32_t *corr)
 {
-    s = _mm256_add_epi32(s, _mm256_madd_epi16(h, _mm256_set1_epi16(256)));
     return _mm256_sub_epi32(s, _mm256_loadu_si256((const __m256i *)corr));
 }
 
@@ -154,7 +158,7 @@ static inline __m256i q4_sum(__m256i h, __m256i s, const int32_t *corr)
                     _mm_prefetch((const char *)nib + pf2, _MM_HINT_T0);                                                \
                     _mm_prefetch((const char *)nib + pf2 + 64, _MM_HINT_T0);                                           \
                 }                                                                                                      \
-                __m256i h[NT], l[NT], s[NT];                                                                           \
+                __m256i h[NT], s[NT];                                                                                  \
                 _Pragma("GCC unroll 4") for (unsigned q = 0; q < 4; q++)                                               \
                 {                                                                                                      \
                     __m256i wl, wh;                                                                                    \
@@ -163,13 +167,13 @@ static inline __m256i q4_sum(__m256i h, __m256i s, const int32_t *corr)
                     {                                                                                                  \
                         __m256i hq, lq;                                                                                \
                         q4_qdot(wl, wh, pl[t] + 512 * g + 128 * q, &hq, &lq);                                          \
-                        q4_acc(q, hq, lq, &h[t], &l[t], &s[t]);                                                        \
+                        q4_acc(q, hq, lq, &h[t], &s[t]);                                                               \
                     }                                                                                                  \
                 }                                                                                                      \
                 __m256 ws = q4_ws8(rows[i] + soff + 8 * g, PLAIN);                                                     \
                 _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                                   \
                 {                                                                                                      \
-                    __m256i sb = q4_sum(h[t], s[t], cr[t] + 8 * g);                                                    \
+                    __m256i sb = q4_sum(s[t], cr[t] + 8 * g);                                                          \
                     __m256 sc = _mm256_mul_ps(ws, _mm256_loadu_ps(as[t] + 8 * g));                                     \
                     acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sb), sc, acc[i][t]);                                \
                 }                                                                                                      \
@@ -182,7 +186,6 @@ static inline __m256i q4_sum(__m256i h, __m256i s, const int32_t *corr)
 #define MXI_Q4_STREAMS(PLAIN)                                                                                          \
     MXI_Q4_STREAM(MXI_Q4_R1, 1, PLAIN)                                                                                 \
     MXI_Q4_STREAM(1, 1, PLAIN)                                                                                         \
-    MXI_Q4_STREAM(2, 2, PLAIN)                                                                                         \
     MXI_Q4_STREAM(1, 2, PLAIN)                                                                                         \
     MXI_Q4_STREAM(1, 3, PLAIN)                                                                                         \
     MXI_Q4_STREAM(1, 4, PLAIN)
@@ -272,12 +275,12 @@ void MXI_Q4_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *co
     if (nt < MXI_CPU_STREAM_MAX) {
         for (size_t t0 = 0; t0 < nt; t0 += 4) {
             size_t tn = nt - t0 < 4 ? nt - t0 : 4;
-            static const q4_stream_fn fns[2][4] = {{Q4S_R1(0), q4s_2_2_0, q4s_1_3_0, q4s_1_4_0},
-                                                   {Q4S_R1(1), q4s_2_2_1, q4s_1_3_1, q4s_1_4_1}};
+            static const q4_stream_fn fns[2][4] = {{Q4S_R1(0), q4s_1_2_0, q4s_1_3_0, q4s_1_4_0},
+                                                   {Q4S_R1(1), q4s_1_2_1, q4s_1_3_1, q4s_1_4_1}};
             static const q4_stream_fn one[2][4] = {{q4s_1_1_0, q4s_1_2_0, q4s_1_3_0, q4s_1_4_0},
                                                    {q4s_1_1_1, q4s_1_2_1, q4s_1_3_1, q4s_1_4_1}};
             const int plain = m->ws_plain != 0;
-            size_t R = tn == 1 ? MXI_Q4_R1 : tn == 2 ? 2 : 1, r = 0;
+            size_t R = tn == 1 ? MXI_Q4_R1 : 1, r = 0; /* more rows x tokens spill registers */
             for (; r + R <= nr; r += R)
                 fns[plain][tn - 1](m, r0 + r, qa + t0, c + t0 * ldc + r, ldc);
             for (; r < nr; r++)
