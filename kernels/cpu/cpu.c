@@ -329,15 +329,17 @@ const char *mxi_cpu_level_name(int level)
     }
 }
 
-static mxi_cpu_q4_fn level_q4(int level)
+/* flags: what this CPU has (MXI_CPU_HAS_*): the AVX-512 level uses VNNI when present. */
+static mxi_cpu_q4_fn level_q4(int level, unsigned flags)
 {
 #if defined(__x86_64__) || defined(__i386__)
     if (level == MXI_CPU_LEVEL_AVX512)
-        return mxi_cpu_q4_avx512;
+        return (flags & MXI_CPU_HAS_AVX512VNNI) ? mxi_cpu_q4_avx512vnni : mxi_cpu_q4_avx512;
     if (level == MXI_CPU_LEVEL_AVX2)
         return mxi_cpu_q4_avx2;
 #endif
     (void)level;
+    (void)flags;
     return mxi_cpu_q4_scalar;
 }
 
@@ -670,7 +672,7 @@ static mx_status_t cpu_prepack(const mx_device_info_t *dev, const mx_moe_desc_t 
     pk->n_experts = n_experts;
     pk->level = level;
     pk->gemm = level_gemm(level);
-    pk->q4 = level_q4(level);
+    pk->q4 = level_q4(level, have);
     pk->is_q4 = desc->scheme == MX_SCHEME_W4A16 || desc->scheme == MX_SCHEME_W4A8;
     pk->max_threads = omp_get_max_threads();
     pk->ex = calloc(n_experts > 0 ? (size_t)n_experts : 1, sizeof *pk->ex);

@@ -176,21 +176,40 @@ static void q4_mat_free(q4_mat_t *o)
     free(o->dscales);
 }
 
-static mxi_cpu_q4_fn level_fn(int level)
+/* The kernels tested: scalar, AVX2, AVX-512, AVX-512 with VNNI (each where the
+ * CPU has it; the packed layout is the same for all). */
+#define NK 4
+static const char *const kname[NK] = {"scalar", "avx2", "avx512", "avx512vnni"};
+
+static int kernel_level(int k)
+{
+    return k < 3 ? k : MXI_CPU_LEVEL_AVX512;
+}
+
+static int kernel_available(int k)
+{
+    if (k < 3)
+        return cpu_level_available(k);
+    return cpu_level_available(MXI_CPU_LEVEL_AVX512) && (mxi_cpu_detect() & MXI_CPU_HAS_AVX512VNNI);
+}
+
+static mxi_cpu_q4_fn kernel_fn(int k)
 {
 #if defined(__x86_64__) || defined(__i386__)
-    if (level == MXI_CPU_LEVEL_AVX512)
+    if (k == 3)
+        return mxi_cpu_q4_avx512vnni;
+    if (k == 2)
         return mxi_cpu_q4_avx512;
-    if (level == MXI_CPU_LEVEL_AVX2)
+    if (k == 1)
         return mxi_cpu_q4_avx2;
 #endif
     return mxi_cpu_q4_scalar;
 }
 
-/* c[t][r] for every level the CPU has, through the streaming (nt < 5) or the
+/* c[t][r] for every kernel the CPU has, through the streaming (nt < 5) or the
  * tiled (nt >= 5) path, 24 rows per call like run(). */
 static void run_levels(size_t rows, size_t cols, const uint8_t *codes, const uint8_t *scales, const float *x, size_t nt,
-                       float *c_p[3])
+                       float *c_p[NK])
 {
     size_t nbp = (cols / 32 + 7) / 8 * 8, qb = (mxi_cpu_qact_bytes(nbp) + 63) / 64 * 64;
     uint8_t *qa = aligned_alloc(64, nt * qb);
@@ -203,12 +222,12 @@ static void run_levels(size_t rows, size_t cols, const uint8_t *codes, const uin
     void *tile = aligned_alloc(64, MXI_CPU_ROW_BLOCK * nbp * 68 + 256 + (nt + 8) * MXI_CPU_ROW_BLOCK * 32 + 64);
     float cb[64 * MXI_CPU_ROW_BLOCK];
     assert_non_null(tile);
-    for (int lv = 0; lv < 3; lv++) {
+    for (int lv = 0; lv < NK; lv++) {
         c_p[lv] = NULL;
-        if (!cpu_level_available(lv))
+        if (!kernel_available(lv))
             continue;
         q4_mat_t m;
-        q4_mat_make(&m, rows, cols, lv, codes, scales);
+        q4_mat_make(&m, rows, cols, kernel_level(lv), codes, scales);
         const mxi_cpu_mat_t *pm = mxi_cpu_packed_matrix(m.pk, 0, 0);
         c_p[lv] = malloc(nt * rows * sizeof(float));
         assert_non_null(c_p[lv]);
@@ -216,7 +235,7 @@ static void run_levels(size_t rows, size_t cols, const uint8_t *codes, const uin
             size_t r1 = r0 + MXI_CPU_ROW_BLOCK < rows ? r0 + MXI_CPU_ROW_BLOCK : rows;
             for (size_t i = 0; i < sizeof cb / sizeof cb[0]; i++)
                 cb[i] = NAN;
-            level_fn(lv)(pm, r0, r1, ap, nt, cb, MXI_CPU_ROW_BLOCK, tile);
+            kernel_fn(lv)(pm, r0, r1, ap, nt, cb, MXI_CPU_ROW_BLOCK, tile);
             for (size_t t = 0; t < nt; t++)
                 for (size_t r = r0; r < r1; r++)
                     c_p[lv][t * rows + r] = cb[t * MXI_CPU_ROW_BLOCK + (r - r0)];
@@ -251,7 +270,7 @@ static void test_kernels_are_exact_where_the_arithmetic_is_exact(void **state)
         x[i] = (float)(kt_rng_below(&r, 17) - 8);
     for (size_t n = 0; n < sizeof nts / sizeof nts[0]; n++) {
         size_t nt = nts[n];
-        float *c[3];
+        float *c[NK];
         run_levels(rows, cols, codes, scales, x, nt, c);
         for (size_t t = 0; t < nt; t++)
             for (size_t rr = 0; rr < rows; rr++) {
@@ -259,12 +278,12 @@ static void test_kernels_are_exact_where_the_arithmetic_is_exact(void **state)
                 for (size_t k = 0; k < cols; k++)
                     want += (double)e2m1v[codes[rr * cols + k]] * ldexp(1.0, scales[(rr * cols + k) / 32] - 127) *
                             (double)x[t * cols + k];
-                for (int lv = 0; lv < 3; lv++)
+                for (int lv = 0; lv < NK; lv++)
                     if (c[lv] && (double)c[lv][t * rows + rr] != want)
-                        fail_msg("level %s nt=%zu token %zu row %zu: %.9g, exact %.9g", mxi_cpu_level_name(lv), nt, t,
-                                 rr, (double)c[lv][t * rows + rr], want);
+                        fail_msg("kernel %s nt=%zu token %zu row %zu: %.9g, exact %.9g", kname[lv], nt, t, rr,
+                                 (double)c[lv][t * rows + rr], want);
             }
-        for (int lv = 0; lv < 3; lv++)
+        for (int lv = 0; lv < NK; lv++)
             free(c[lv]);
     }
     free(codes);
@@ -302,11 +321,11 @@ static void test_kernels_handle_e8m0_extremes_alike_on_every_level(void **state)
     size_t nts[] = {1, 8};
     for (size_t n = 0; n < 2; n++) {
         size_t nt = nts[n];
-        float *c[3];
+        float *c[NK];
         run_levels(rows, cols, codes, scales, x, nt, c);
-        for (int lv = 1; lv < 3; lv++)
+        for (int lv = 1; lv < NK; lv++)
             if (c[lv] && memcmp(c[lv], c[0], nt * rows * sizeof(float)) != 0)
-                fail_msg("nt=%zu: level %s differs from scalar", nt, mxi_cpu_level_name(lv));
+                fail_msg("nt=%zu: kernel %s differs from scalar", nt, kname[lv]);
         for (size_t t = 0; t < nt; t++)
             for (size_t rr = 0; rr < rows; rr++) {
                 float got = c[0][t * rows + rr];
@@ -338,7 +357,7 @@ static void test_kernels_handle_e8m0_extremes_alike_on_every_level(void **state)
                     fail_msg("nt=%zu token %zu row %zu (scales %u %u %u): %.9g, exact %.9g", nt, t, rr,
                              scales[rr * 3], scales[rr * 3 + 1], scales[rr * 3 + 2], (double)got, want);
             }
-        for (int lv = 0; lv < 3; lv++)
+        for (int lv = 0; lv < NK; lv++)
             free(c[lv]);
     }
 }
