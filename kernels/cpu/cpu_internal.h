@@ -1,13 +1,41 @@
 /* mxep cpu backend: internals shared by kernels/cpu/cpu.c and the per-ISA files
  * (kernels/cpu/x86/avx2.c, avx512.c). Not a public header.
  *
- * Numerics contract (what makes a token's output independent of its batch):
- * every output element out[t][n] = sum_k a[t][k] * w[n][k] is computed as one
- * 8-lane FP32 accumulator per (t, n), lane l taking k = 8c + l, chunks c in
- * ascending order, one fused multiply-add per (chunk, lane), then the fixed
- * tree ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)). Weights are decoded to exactly
- * the same floats whatever path (streaming or tiled) runs, so the scalar, AVX2
- * and AVX-512 kernels all give bitwise-identical results for any T. */
+ * Numerics contract (what makes a token's output independent of its batch and
+ * of the ISA level: scalar, AVX2 and AVX-512 give the same bits, streaming
+ * (few tokens) and tiled (many tokens) paths too). Two rules, by weight format.
+ *
+ * BF16 and FP8 weights (W16A16, W8A16, W8A8): FP32. Every output element
+ * out[t][n] = sum_k a[t][k] * w[n][k] is one 8-lane FP32 accumulator per
+ * (t, n), lane l taking k = 8c + l, chunks c in ascending order, one fused
+ * multiply-add per (chunk, lane), then the fixed tree
+ * ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)) (hsum8). Weights decode to the same
+ * floats on every path.
+ *
+ * MXFP4 weights (W4A16, W4A8): block-exact integers. A weight is the integer
+ * W = 2 * E2M1 in [-12, 12] times ws = 2^(E8M0 - 141) (2^-127 and the 2^-14
+ * of the activations below; exact, subnormal for E8M0 < 15, NaN for 0xFF). Per token, each 32-column block b of the FP32 activation row
+ * becomes integers A_k and a power of two as_b (mxi_cpu_qact):
+ *   m = the largest |a_k| of the block (compared as bit patterns);
+ *   a non-finite value in the block: A_k = 0 and as_b = NaN (so that token's
+ *   outputs are NaN);
+ *   else e = max(floor(log2 m), -113) (m < 2^-113 gives -113; m = 0 gives
+ *   e = 0, so that all-zero and padding blocks have normal scales: subnormal
+ *   operands cost the FMA units a microcode assist),
+ *   A_k = min(round-to-nearest-even(a_k * 2^(14 - e)), 2^15 - 1), so
+ *   -2^15 <= A_k < 2^15, and as_b = 2^(e-1) * s (the 2^-1 of E2M1: see ws;
+ *   s = 1, but for W4A8 whose a_k are the E4M3 values of the activations and
+ *   s their FP8 scale, so their A_k are exact).
+ * BF16 values within 7 binades of their block max are exact; smaller ones are
+ * rounded to multiples of 2^(e-14) (the block max itself only if it rounds to
+ * 2^15: then to 2^15 - 1). The block's dot product S_b = sum_k W_k * A_k is an
+ * exact integer (|S_b| <= 32 * 12 * 2^15 < 2^24, so float(S_b) is exact too)
+ * however an ISA sums it. Then per (token, row) one 8-lane FP32
+ * accumulator, lane j taking the blocks b = 8g + j, g ascending:
+ *   acc_j = fma(float(S_b), ws_b * as_b, acc_j)     (one rounding in ws_b * as_b
+ *                                                   only outside float's range)
+ * over nbp = 8 * ceil(nb / 8) blocks (padding blocks have S = 0 and finite
+ * scales), then hsum8 as above. */
 #ifndef MXEP_KERNELS_CPU_INTERNAL_H
 #define MXEP_KERNELS_CPU_INTERNAL_H
 
@@ -41,8 +69,16 @@ enum { MXI_CPU_LEVEL_SCALAR = 0, MXI_CPU_LEVEL_AVX2 = 1, MXI_CPU_LEVEL_AVX512 = 
 /* One prepacked matrix [rows x cols], cols padded to kp (multiple of 32).
  * Row r lives at data + r * row_stride:
  *   BF16:  kp uint16 values.
- *   MXFP4: kp/32 blocks of 16 code bytes (nibble order of mxi_cpu_mxfp4_pos),
- *          then kp/32 E8M0 scale bytes (scales next to their row).
+ *   MXFP4: nb = kp/32 blocks in ng = ceil(nb/8) groups of 8 blocks. Group g's
+ *          codes start at byte 128 g and are four 32-byte "q-loads"
+ *          q = 0..3 at 128 g + q * qs, qs = 32 (4 * tail for a last group of
+ *          tail < 8 blocks, stored compactly). Dword j of q-load q holds the
+ *          canonical bytes 4q..4q+3 of block 8g + j (canonical byte i: element
+ *          2i in the low nibble, 2i+1 in the high one). Then at scale_off = 16 nb
+ *          the nbp = 8 ng E8M0 bytes (padding blocks: 127). Reading a q-load of a
+ *          short last group reads past it (other bytes of the row, or the 64
+ *          bytes of slack allocated after the last row); those lanes meet zero
+ *          activations.
  *   FP8:   kp E4M3FN bytes, then at scale_off ceil(kp/128) float scales (one per
  *          128 columns; per-channel and per-tensor scales are replicated). */
 typedef struct {
@@ -50,14 +86,51 @@ typedef struct {
     size_t rows, cols, kp;
     size_t row_stride; /* bytes, multiple of 64 */
     size_t scale_off;  /* MXFP4 / FP8: byte offset of the scales within a row */
+    size_t nb, ng;     /* MXFP4: blocks and groups of 8 blocks */
+    unsigned tail;     /* MXFP4: blocks in the last group (1..8) */
+    int ws_plain;      /* MXFP4: every scale byte is in [15, 254] (ws = bits (b - 14) << 23) */
     uint8_t *data;     /* 64-byte aligned, owned by the packed weights */
 } mxi_cpu_mat_t;
 
-/* Position p (0..31) of a nibble inside a packed 32-element MXFP4 block: byte
- * p & 15, low nibble for p < 16, high nibble otherwise. Element k of the block
- * sits at position mxi_cpu_mxfp4_pos[k] (chosen so that the AVX2 decoder's
- * unpack sequence yields elements in natural order). */
-extern const uint8_t mxi_cpu_mxfp4_pos[32];
+/* Byte offset of q-load q of group g within an MXFP4 row. */
+static inline size_t mxi_cpu_q4_qoff(const mxi_cpu_mat_t *m, size_t g, unsigned q)
+{
+    size_t qs = (g + 1 < m->ng || m->tail == 8) ? 32 : 4 * (size_t)m->tail;
+    return 128 * g + q * qs;
+}
+
+/* ws of an E8M0 byte: 2^(b - 141) exactly, NaN for 0xFF (see the contract). */
+float mxi_cpu_q4_ws(uint8_t b);
+
+/* Quantized activation row for MXFP4 weights (the contract's A_k and as_b),
+ * for a matrix of nbp = 8 ng blocks, at mxi_cpu_qact_bytes(nbp) bytes, 64-byte
+ * aligned:
+ *   float   as[nbp]          as_b (padding blocks: 2^-1)
+ *   int32_t corr[nbp]        12 * sum_k A_k of the block (for offset weights)
+ *   int16_t tq[32 nbp]       A_k for the tiled kernels: per group 16 steps
+ *                            s = 4q + c of 8 dwords j of 2 values: elements
+ *                            8q + 2c and 8q + 2c + 1 of block 8g + j
+ *   int8_t  planes[64 nbp]   per group 512 bytes: for q = 0..3 four 32-byte
+ *                            planes hl, hh, ll, lh laid out like the q-loads
+ *                            (dword j, byte c -> elements 8q + 2c (l) and
+ *                            8q + 2c + 1 (h) of block 8g + j); plane xy holds the
+ *                            x = high (A >> 8, signed) or low (A & 255, read
+ *                            as an unsigned byte) part of A at the element of
+ *                            nibble y: A = 256 * high + low. */
+static inline size_t mxi_cpu_qact_bytes(size_t nbp)
+{
+    return nbp * (4 + 4 + 64 + 64);
+}
+#define MXI_QACT_AS(p) ((const float *)(p))
+#define MXI_QACT_CORR(p, nbp) ((const int32_t *)((const uint8_t *)(p) + 4 * (nbp)))
+#define MXI_QACT_TQ(p, nbp) ((const int16_t *)((const uint8_t *)(p) + 8 * (nbp)))
+#define MXI_QACT_PLANES(p, nbp) ((const int8_t *)((const uint8_t *)(p) + 72 * (nbp)))
+
+/* Quantizes x[0..cols) (cols <= 32 nbp; beyond it zero) into dst, with every
+ * as_b multiplied by s (exactly, but for under- or overflow): 1 for BF16
+ * activations; for W4A8, x holds the E4M3 values (exact in A, being 4-bit
+ * significands within 11 binades of the block max) and s their FP8 scale. */
+void mxi_cpu_qact(const float *x, size_t cols, size_t nbp, float s, uint8_t *dst);
 
 /* Decodes block b (32 columns) of row r to floats, exactly (scalar twin of
  * the vector decoders). */
@@ -68,6 +141,24 @@ void mxi_cpu_decode_block(const mxi_cpu_mat_t *m, size_t r, size_t b, float w_p[
  * floats of scratch, 64-byte aligned. r1 - r0 <= MXI_CPU_ROW_BLOCK. */
 typedef void (*mxi_cpu_gemm_fn)(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const float *const *a, size_t nt,
                                 float *c, size_t ldc, float *tile);
+
+/* MXFP4 weights: the same with quantized activation rows (mxi_cpu_qact):
+ * qa[t] points at token t's row. tile: MXI_CPU_ROW_BLOCK * nbp * 68 + 256 bytes of
+ * scratch plus 32 * (nt + 8) * MXI_CPU_ROW_BLOCK bytes of partial sums,
+ * 64-byte aligned. */
+typedef void (*mxi_cpu_q4_fn)(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt,
+                              float *c, size_t ldc, void *tile);
+
+void mxi_cpu_q4_scalar(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
+                       size_t ldc, void *tile);
+#if defined(__x86_64__) || defined(__i386__)
+void mxi_cpu_q4_avx2(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
+                     size_t ldc, void *tile);
+void mxi_cpu_q4_avx512(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
+                       size_t ldc, void *tile);
+void mxi_cpu_q4_avx512vnni(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt,
+                           float *c, size_t ldc, void *tile);
+#endif
 
 void mxi_cpu_gemm_scalar(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const float *const *a, size_t nt, float *c,
                          size_t ldc, float *tile);

@@ -3,7 +3,8 @@
  * MXI_NR (rows x tokens of the tiled micro-kernel, sized to the register file:
  * 3x4 with 16 YMM registers, 4x6 with the 32 registers AVX-512VL gives).
  *
- * Every path obeys the contract of cpu_internal.h: one 8-lane accumulator per
+ * BF16 and FP8 weights only (MXFP4: q4_body.h). Every path obeys the FP32
+ * contract of cpu_internal.h: one 8-lane accumulator per
  * (token, row), one FMA per 8-column chunk in ascending order, the fixed
  * horizontal sum of hsum8. Streaming (few tokens) and tiled (many tokens)
  * therefore give bitwise-identical results. */
@@ -21,63 +22,11 @@ static inline float hsum8(__m256 v)
     return _mm_cvtss_f32(_mm_add_ss(s, h));
 }
 
-/* FP32 bits of each E8M0 byte: 2^(b-127); byte 0 is the subnormal 2^-127, 0xFF NaN. */
-static const uint32_t e8m0_bits[256] = {
-    0x00400000u, 0x00800000u, 0x01000000u, 0x01800000u, 0x02000000u, 0x02800000u, 0x03000000u, 0x03800000u, 0x04000000u,
-    0x04800000u, 0x05000000u, 0x05800000u, 0x06000000u, 0x06800000u, 0x07000000u, 0x07800000u, 0x08000000u, 0x08800000u,
-    0x09000000u, 0x09800000u, 0x0A000000u, 0x0A800000u, 0x0B000000u, 0x0B800000u, 0x0C000000u, 0x0C800000u, 0x0D000000u,
-    0x0D800000u, 0x0E000000u, 0x0E800000u, 0x0F000000u, 0x0F800000u, 0x10000000u, 0x10800000u, 0x11000000u, 0x11800000u,
-    0x12000000u, 0x12800000u, 0x13000000u, 0x13800000u, 0x14000000u, 0x14800000u, 0x15000000u, 0x15800000u, 0x16000000u,
-    0x16800000u, 0x17000000u, 0x17800000u, 0x18000000u, 0x18800000u, 0x19000000u, 0x19800000u, 0x1A000000u, 0x1A800000u,
-    0x1B000000u, 0x1B800000u, 0x1C000000u, 0x1C800000u, 0x1D000000u, 0x1D800000u, 0x1E000000u, 0x1E800000u, 0x1F000000u,
-    0x1F800000u, 0x20000000u, 0x20800000u, 0x21000000u, 0x21800000u, 0x22000000u, 0x22800000u, 0x23000000u, 0x23800000u,
-    0x24000000u, 0x24800000u, 0x25000000u, 0x25800000u, 0x26000000u, 0x26800000u, 0x27000000u, 0x27800000u, 0x28000000u,
-    0x28800000u, 0x29000000u, 0x29800000u, 0x2A000000u, 0x2A800000u, 0x2B000000u, 0x2B800000u, 0x2C000000u, 0x2C800000u,
-    0x2D000000u, 0x2D800000u, 0x2E000000u, 0x2E800000u, 0x2F000000u, 0x2F800000u, 0x30000000u, 0x30800000u, 0x31000000u,
-    0x31800000u, 0x32000000u, 0x32800000u, 0x33000000u, 0x33800000u, 0x34000000u, 0x34800000u, 0x35000000u, 0x35800000u,
-    0x36000000u, 0x36800000u, 0x37000000u, 0x37800000u, 0x38000000u, 0x38800000u, 0x39000000u, 0x39800000u, 0x3A000000u,
-    0x3A800000u, 0x3B000000u, 0x3B800000u, 0x3C000000u, 0x3C800000u, 0x3D000000u, 0x3D800000u, 0x3E000000u, 0x3E800000u,
-    0x3F000000u, 0x3F800000u, 0x40000000u, 0x40800000u, 0x41000000u, 0x41800000u, 0x42000000u, 0x42800000u, 0x43000000u,
-    0x43800000u, 0x44000000u, 0x44800000u, 0x45000000u, 0x45800000u, 0x46000000u, 0x46800000u, 0x47000000u, 0x47800000u,
-    0x48000000u, 0x48800000u, 0x49000000u, 0x49800000u, 0x4A000000u, 0x4A800000u, 0x4B000000u, 0x4B800000u, 0x4C000000u,
-    0x4C800000u, 0x4D000000u, 0x4D800000u, 0x4E000000u, 0x4E800000u, 0x4F000000u, 0x4F800000u, 0x50000000u, 0x50800000u,
-    0x51000000u, 0x51800000u, 0x52000000u, 0x52800000u, 0x53000000u, 0x53800000u, 0x54000000u, 0x54800000u, 0x55000000u,
-    0x55800000u, 0x56000000u, 0x56800000u, 0x57000000u, 0x57800000u, 0x58000000u, 0x58800000u, 0x59000000u, 0x59800000u,
-    0x5A000000u, 0x5A800000u, 0x5B000000u, 0x5B800000u, 0x5C000000u, 0x5C800000u, 0x5D000000u, 0x5D800000u, 0x5E000000u,
-    0x5E800000u, 0x5F000000u, 0x5F800000u, 0x60000000u, 0x60800000u, 0x61000000u, 0x61800000u, 0x62000000u, 0x62800000u,
-    0x63000000u, 0x63800000u, 0x64000000u, 0x64800000u, 0x65000000u, 0x65800000u, 0x66000000u, 0x66800000u, 0x67000000u,
-    0x67800000u, 0x68000000u, 0x68800000u, 0x69000000u, 0x69800000u, 0x6A000000u, 0x6A800000u, 0x6B000000u, 0x6B800000u,
-    0x6C000000u, 0x6C800000u, 0x6D000000u, 0x6D800000u, 0x6E000000u, 0x6E800000u, 0x6F000000u, 0x6F800000u, 0x70000000u,
-    0x70800000u, 0x71000000u, 0x71800000u, 0x72000000u, 0x72800000u, 0x73000000u, 0x73800000u, 0x74000000u, 0x74800000u,
-    0x75000000u, 0x75800000u, 0x76000000u, 0x76800000u, 0x77000000u, 0x77800000u, 0x78000000u, 0x78800000u, 0x79000000u,
-    0x79800000u, 0x7A000000u, 0x7A800000u, 0x7B000000u, 0x7B800000u, 0x7C000000u, 0x7C800000u, 0x7D000000u, 0x7D800000u,
-    0x7E000000u, 0x7E800000u, 0x7F000000u, 0x7FC00000u,
-};
-
-/* Decodes block b (32 columns) of a packed row into w[0..3] = columns 8j..8j+7. */
+/* Decodes block b (32 columns) of a packed BF16 or FP8 row into w[0..3] =
+ * columns 8j..8j+7 (MXFP4 weights take the integer path of q4_body.h). */
 static inline void dec4(int fmt, const uint8_t *row, size_t scale_off, size_t b, __m256 w[4])
 {
-    if (fmt == MXI_CPU_MXFP4) {
-        /* byte 3 and byte 2 of the FP32 value of each E2M1 code (bytes 1, 0 are zero) */
-        const __m256i t3 = _mm256_setr_epi8(0x00, 0x3F, 0x3F, 0x3F, 0x40, 0x40, 0x40, 0x40, (char)0x80, (char)0xBF,
-                                            (char)0xBF, (char)0xBF, (char)0xC0, (char)0xC0, (char)0xC0, (char)0xC0,
-                                            0x00, 0x3F, 0x3F, 0x3F, 0x40, 0x40, 0x40, 0x40, (char)0x80, (char)0xBF,
-                                            (char)0xBF, (char)0xBF, (char)0xC0, (char)0xC0, (char)0xC0, (char)0xC0);
-        const __m256i t2 = _mm256_setr_epi8(0x00, 0x00, (char)0x80, (char)0xC0, 0x00, 0x40, (char)0x80, (char)0xC0,
-                                            0x00, 0x00, (char)0x80, (char)0xC0, 0x00, 0x40, (char)0x80, (char)0xC0,
-                                            0x00, 0x00, (char)0x80, (char)0xC0, 0x00, 0x40, (char)0x80, (char)0xC0,
-                                            0x00, 0x00, (char)0x80, (char)0xC0, 0x00, 0x40, (char)0x80, (char)0xC0);
-        __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(row + b * 16)));
-        v = _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0F));
-        __m256i b3 = _mm256_shuffle_epi8(t3, v), b2 = _mm256_shuffle_epi8(t2, v);
-        __m256i lo = _mm256_unpacklo_epi8(b2, b3), hi = _mm256_unpackhi_epi8(b2, b3);
-        __m256i z = _mm256_setzero_si256();
-        __m256 s = _mm256_castsi256_ps(_mm256_set1_epi32((int)e8m0_bits[row[scale_off + b]]));
-        w[0] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(z, lo)), s);
-        w[1] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(z, lo)), s);
-        w[2] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(z, hi)), s);
-        w[3] = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(z, hi)), s);
-    } else if (fmt == MXI_CPU_FP8) {
+    if (fmt == MXI_CPU_FP8) {
         const uint8_t *q = row + b * 32;
         float sf;
         memcpy(&sf, row + scale_off + (b / 4) * sizeof(float), sizeof sf);
@@ -139,16 +88,13 @@ static inline void dec4(int fmt, const uint8_t *row, size_t scale_off, size_t b,
                 c[(size_t)t * ldc + (size_t)i] = hsum8(acc[i][t]);                                                     \
     }
 
-/* One set per packed format, so the decoder's format test folds away. One token
- * of MXFP4 runs 8 rows at a time (8 independent FMA chains); the others 4. */
+/* One set per packed format, so the decoder's format test folds away. */
 #define MXI_DEF_STREAMS(F, FMT)                                                                                        \
     MXI_DEF_STREAM(F, FMT, 4, 1)                                                                                       \
-    MXI_DEF_STREAM(F, FMT, 8, 1)                                                                                       \
     MXI_DEF_STREAM(F, FMT, 4, 2)                                                                                       \
     MXI_DEF_STREAM(F, FMT, 2, 3)                                                                                       \
     MXI_DEF_STREAM(F, FMT, 2, 4)                                                                                       \
     MXI_DEF_STREAM(F, FMT, 1, 1)
-MXI_DEF_STREAMS(q4, MXI_CPU_MXFP4)
 MXI_DEF_STREAMS(f8, MXI_CPU_FP8)
 MXI_DEF_STREAMS(bf, MXI_CPU_BF16)
 
@@ -202,12 +148,12 @@ void MXI_GEMM_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const float *co
             size_t tn = nt - t0 < 4 ? nt - t0 : 4;
             static const stream_fn fns[3][4] = {
                 {stream_bf_4_1, stream_bf_4_2, stream_bf_2_3, stream_bf_2_4},
-                {stream_q4_8_1, stream_q4_4_2, stream_q4_2_3, stream_q4_2_4},
+                {NULL, NULL, NULL, NULL}, /* MXFP4: q4_body.h */
                 {stream_f8_4_1, stream_f8_4_2, stream_f8_2_3, stream_f8_2_4},
             };
-            static const stream_fn one[3] = {stream_bf_1_1, stream_q4_1_1, stream_f8_1_1};
+            static const stream_fn one[3] = {stream_bf_1_1, NULL, stream_f8_1_1};
             stream_fn f = fns[m->fmt][tn - 1];
-            size_t R = tn == 1 ? (m->fmt == MXI_CPU_MXFP4 ? 8 : 4) : tn == 2 ? 4 : 2, r = 0;
+            size_t R = tn <= 2 ? 4 : 2, r = 0;
             for (; r + R <= nr; r += R)
                 f(m, r0 + r, a + t0, c + t0 * ldc + r, ldc);
             for (; r < nr; r++)
