@@ -425,8 +425,18 @@ mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_
     if ((st = wk_agree(comm, st, "choosing a backend")) != MX_OK)
         goto fail;
     /* the transport(s) of --transport; info creates them too, to print the path they chose */
-    /* the copies within a host use the rank's threads (they idle during the exchange otherwise) */
-    mx_transport_opts_t to = {.mode = o->exchange, .copy_threads = job->n_threads};
+    /* the copies within a host run on the calling thread: on the 16-core host of the GPU machine
+     * splitting them over 2 threads per rank made the exchange 2.3x slower (bench/RESULTS.md,
+     * 2026-12-05); MXEP_SHM_COPY_THREADS=N (at most the rank's threads) opts in */
+    int copy_threads = 1;
+    const char *ct = getenv("MXEP_SHM_COPY_THREADS");
+    if (ct && *ct) {
+        char *end = NULL;
+        long v = strtol(ct, &end, 10);
+        if (*end == '\0' && v >= 1)
+            copy_threads = v < job->n_threads ? (int)v : job->n_threads;
+    }
+    mx_transport_opts_t to = {.mode = o->exchange, .copy_threads = copy_threads};
     const mx_transport_ops_t *ops = mx_transport_mpi_ops(), *ops2 = NULL;
 #ifdef MXEP_WORKER_UCX
     if (o->transport == WK_TRANSPORT_UCX)
