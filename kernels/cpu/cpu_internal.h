@@ -1,5 +1,5 @@
 /* mxep cpu backend: internals shared by kernels/cpu/cpu.c and the per-ISA files
- * (kernels/cpu/x86/avx2.c, avx512.c). Not a public header.
+ * (kernels/cpu/x86/avx2.c, avx512.c, avx512vnni.c). Not a public header.
  *
  * Numerics contract (what makes a token's output independent of its batch and
  * of the ISA level: scalar, AVX2 and AVX-512 give the same bits, streaming
@@ -12,30 +12,35 @@
  * ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)) (hsum8). Weights decode to the same
  * floats on every path.
  *
- * MXFP4 weights (W4A16, W4A8): block-exact integers. A weight is the integer
- * W = 2 * E2M1 in [-12, 12] times ws = 2^(E8M0 - 141) (2^-127 and the 2^-14
- * of the activations below; exact, subnormal for E8M0 < 15, NaN for 0xFF). Per token, each 32-column block b of the FP32 activation row
- * becomes integers A_k and a power of two as_b (mxi_cpu_qact):
+ * MXFP4 weights (W4A16, W4A8): block-exact integers (since 2026-12; see
+ * bench/RESULTS.md). A weight is the integer W = 2 * E2M1 in [-12, 12] times
+ * ws = 2^(E8M0 - 141) (the E8M0 scale, the 2^-1 of E2M1 and the 2^-14 of the
+ * activations below; exact: subnormal for E8M0 < 15, NaN for 0xFF). Per token,
+ * each 32-column block b of the FP32 activation row becomes integers A_k and a
+ * scale as_b (mxi_cpu_qact):
  *   m = the largest |a_k| of the block (compared as bit patterns);
- *   a non-finite value in the block: A_k = 0 and as_b = NaN (so that token's
- *   outputs are NaN);
+ *   if the block holds an Inf or NaN: A_k = 0 and as_b = NaN, so every output
+ *   of that token is NaN (ref gives NaN or +-Inf there); other tokens are not
+ *   affected;
  *   else e = max(floor(log2 m), -113) (m < 2^-113 gives -113; m = 0 gives
  *   e = 0, so that all-zero and padding blocks have normal scales: subnormal
  *   operands cost the FMA units a microcode assist),
  *   A_k = min(round-to-nearest-even(a_k * 2^(14 - e)), 2^15 - 1), so
- *   -2^15 <= A_k < 2^15, and as_b = 2^(e-1) * s (the 2^-1 of E2M1: see ws;
- *   s = 1, but for W4A8 whose a_k are the E4M3 values of the activations and
- *   s their FP8 scale, so their A_k are exact).
- * BF16 values within 7 binades of their block max are exact; smaller ones are
- * rounded to multiples of 2^(e-14) (the block max itself only if it rounds to
- * 2^15: then to 2^15 - 1). The block's dot product S_b = sum_k W_k * A_k is an
- * exact integer (|S_b| <= 32 * 12 * 2^15 < 2^24, so float(S_b) is exact too)
- * however an ISA sums it. Then per (token, row) one 8-lane FP32
- * accumulator, lane j taking the blocks b = 8g + j, g ascending:
- *   acc_j = fma(float(S_b), ws_b * as_b, acc_j)     (one rounding in ws_b * as_b
- *                                                   only outside float's range)
- * over nbp = 8 * ceil(nb / 8) blocks (padding blocks have S = 0 and finite
- * scales), then hsum8 as above. */
+ *   -2^15 <= A_k < 2^15, and as_b = 2^(e-1) * s, where s = 1 except for W4A8:
+ *   there a_k are the E4M3 values of the activations and s their FP8 scale.
+ * So BF16 values within 7 binades of their block max, and E4M3 values within
+ * 11, are exact; smaller ones are rounded to multiples of 2^(e-14) (an element
+ * 2^20 below an outlier of its block becomes 0), and a block max that rounds
+ * to 2^15 is kept at 2^15 - 1. The block's dot product S_b = sum_k W_k * A_k
+ * is an exact integer (|S_b| <= 32 * 12 * 2^15 < 2^24, so float(S_b) is exact
+ * too), however an ISA sums it: vpmaddubsw on split bytes, vpdpbusd, vpmaddwd,
+ * vpdpwssd or scalar code. Then per (token, row) one 8-lane FP32 accumulator,
+ * lane j taking the blocks b = 8g + j, g ascending:
+ *   acc_j = fma(float(S_b), ws_b * as_b, acc_j)
+ * (the product ws_b * as_b is exact unless it leaves float's range), over
+ * nbp = 8 * ceil(nb / 8) blocks (padding blocks have S_b = 0 and finite
+ * scales), then hsum8 as above. The 16-lane AVX-512 kernels hold two rows'
+ * accumulators in one register. */
 #ifndef MXEP_KERNELS_CPU_INTERNAL_H
 #define MXEP_KERNELS_CPU_INTERNAL_H
 
