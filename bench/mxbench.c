@@ -980,7 +980,8 @@ static int cmd_kernels(int argc, char **argv)
                 double flops = 2.0 * (double)bt.n_assign * 3.0 * (double)md->H * (double)md->I;
                 double gbps = bytes / (ms * 1e-3) / 1e9, gflops = flops / (ms * 1e-3) / 1e9;
                 printf("%-14s %-7s %6zu %6d %9.3f %9.1f %8.2f %9.2f %7.2f %7.2f %9.2e\n", md->name, mx_scheme_name(sc),
-                       T, (int)(active_sum / nb + 0.5), ms, bytes / 1e6, gbps, gflops, gbps / read_bw, gflops / fma_peak, err);
+                       T, (int)(active_sum / nb + 0.5), ms, bytes / 1e6, gbps, gflops, gbps / read_bw,
+                       gflops / fma_peak, err);
                 fflush(stdout);
                 jprintf(&j,
                         "%s  {\"model\": \"%s\", \"backend\": \"%s\", \"isa\": \"%s\", \"scheme\": \"%s\", "

@@ -121,7 +121,6 @@ static float hsum8(const float v[8])
     return (s0 + s2) + (s1 + s3);
 }
 
-
 /* E2M1 code of element k (0..31) of block b of a packed MXFP4 row. */
 static unsigned q4_code(const mxi_cpu_mat_t *m, const uint8_t *row, size_t b, unsigned k)
 {
@@ -207,7 +206,7 @@ void mxi_cpu_q4_scalar(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8
                 if (b < m->nb)
                     for (unsigned k = 0; k < 32; k++) /* element k = 8q + 2c + y: step 4q + c */
                         sb += q4_w2[q4_code(m, row, b, k)] * tq[256 * (b / 8) + 16 * (k / 2) + 2 * (b % 8) + k % 2];
-                float sc = mxi_cpu_q4_ws(row[m->scale_off + b]) * as[b];
+                float sc = mxi_cpu_q4_ws(m->scales[r * m->scale_stride + b]) * as[b];
                 acc[b % 8] = fmaf((float)sb, sc, acc[b % 8]);
             }
             c[t * ldc + (r - r0)] = hsum8(acc);
@@ -228,7 +227,7 @@ void mxi_cpu_decode_block(const mxi_cpu_mat_t *m, size_t r, size_t b, float w_p[
     case MXI_CPU_MXFP4: {
         static const float e2m1[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
                                        -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
-        float s = e8m0_f32(row[m->scale_off + b]);
+        float s = e8m0_f32(m->scales[r * m->scale_stride + b]);
         for (int k = 0; k < 32; k++)
             w_p[k] = e2m1[q4_code(m, row, b, (unsigned)k)] * s;
         break;
@@ -567,8 +566,8 @@ static mx_status_t layout_matrix(const mx_matrix_t *src, mxi_cpu_mat_t *dst, siz
         dst->nb = kp / 32;
         dst->ng = (dst->nb + 7) / 8;
         dst->tail = (unsigned)(dst->nb - 8 * (dst->ng - 1));
-        dst->scale_off = kp / 2;
-        dst->row_stride = round_up(kp / 2 + 8 * dst->ng, ALIGN);
+        dst->scale_stride = 8 * dst->ng;
+        dst->row_stride = round_up(kp / 2, 32);
         dst->ws_plain = 1;
         break;
     default:
@@ -579,7 +578,7 @@ static mx_status_t layout_matrix(const mx_matrix_t *src, mxi_cpu_mat_t *dst, siz
     }
     if (rows && dst->row_stride > (SIZE_MAX / 4) / rows)
         return mx_error_set(MX_ERR_NOMEM, "cpu prepack: matrix [%zu x %zu] too large", rows, cols);
-    *bytes_p = rows * dst->row_stride + ALIGN;
+    *bytes_p = rows * dst->row_stride + ALIGN + round_up(rows * dst->scale_stride, ALIGN);
     return MX_OK;
 }
 
@@ -599,15 +598,16 @@ static void fill_matrix(const mx_matrix_t *src, size_t halves, mxi_cpu_mat_t *ds
         case MXI_CPU_MXFP4: {
             const uint8_t *q = (const uint8_t *)src->data + sr * (cols / 2);
             const uint8_t *s = (const uint8_t *)src->scales + sr * (cols / 32);
+            uint8_t *sc = (uint8_t *)dst->scales + r * dst->scale_stride;
             for (size_t b = 0; b < dst->nb; b++) {
                 for (unsigned i = 0; i < 16; i++) /* canonical byte i -> q-load i/4, dword b%8, byte i%4 */
                     row[mxi_cpu_q4_qoff(dst, b / 8, i / 4) + 4 * (b % 8) + i % 4] = q[b * 16 + i];
-                row[dst->scale_off + b] = s[b];
+                sc[b] = s[b];
                 if (s[b] < 15 || s[b] == 0xFF)
                     dst->ws_plain = 0;
             }
             for (size_t b = dst->nb; b < 8 * dst->ng; b++)
-                row[dst->scale_off + b] = 127; /* padding blocks: finite scale, zero activations */
+                sc[b] = 127; /* padding blocks: finite scale, zero activations */
             break;
         }
         default: {
@@ -731,11 +731,14 @@ static mx_status_t cpu_prepack(const mx_device_info_t *dev, const mx_moe_desc_t 
         o->in_scale = x->input_scale;
         o->down_in_scale = x->down_input_scale;
         /* gate/up rows to pairs (gate_i, up_i) */
-        o->w1.data = pk->arena + off;
-        off += o->w1.rows * o->w1.row_stride + ALIGN;
+        mxi_cpu_mat_t *ms[2] = {&o->w1, &o->w2};
+        for (int w = 0; w < 2; w++) {
+            ms[w]->data = pk->arena + off;
+            off += ms[w]->rows * ms[w]->row_stride + ALIGN;
+            ms[w]->scales = pk->arena + off;
+            off += round_up(ms[w]->rows * ms[w]->scale_stride, ALIGN);
+        }
         fill_matrix(&x->gate_up, desc->order == MX_GATEUP_HALVES ? I : 0, &o->w1);
-        o->w2.data = pk->arena + off;
-        off += o->w2.rows * o->w2.row_stride + ALIGN;
         fill_matrix(&x->down, 0, &o->w2);
         if (st == MX_OK && x->gate_up_bias) {
             o->b1 = malloc(2 * I * sizeof(float));
@@ -929,7 +932,7 @@ static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *a
     const size_t kh = kpad(H), ki = kpad(I);
     layout_t L = make_layout(pk, NT, NA);
     uint8_t *ws = (uint8_t *)workspace + ((ALIGN - ((uintptr_t)workspace & (ALIGN - 1))) & (ALIGN - 1));
-    size_t *cnt = (size_t *)(ws + L.off_cnt); /* expert offsets [E+1] */
+    size_t *cnt = (size_t *)(ws + L.off_cnt);   /* expert offsets [E+1] */
     int32_t *act = (int32_t *)(ws + L.off_act); /* experts with tokens, ascending */
     int32_t *order = (int32_t *)(ws + L.off_order);
     size_t *tcnt = (size_t *)(ws + L.off_tcnt); /* token offsets [NT+1] */

@@ -79,22 +79,26 @@ enum { MXI_CPU_LEVEL_SCALAR = 0, MXI_CPU_LEVEL_AVX2 = 1, MXI_CPU_LEVEL_AVX512 = 
  *          q = 0..3 at 128 g + q * qs, qs = 32 (4 * tail for a last group of
  *          tail < 8 blocks, stored compactly). Dword j of q-load q holds the
  *          canonical bytes 4q..4q+3 of block 8g + j (canonical byte i: element
- *          2i in the low nibble, 2i+1 in the high one). Then at scale_off = 16 nb
- *          the nbp = 8 ng E8M0 bytes (padding blocks: 127). Reading a q-load of a
- *          short last group reads past it (other bytes of the row, or the 64
- *          bytes of slack allocated after the last row); those lanes meet zero
- *          activations.
+ *          2i in the low nibble, 2i+1 in the high one). row_stride = 16 nb
+ *          rounded up to 32 (no per-row padding to 64: the reads stay those of
+ *          the canonical bytes). The E8M0 bytes are apart, row r's nbp = 8 ng
+ *          of them at scales + r * scale_stride (padding blocks: 127). Reading
+ *          a q-load of a short last group reads past it (the next row, or the
+ *          64 bytes of slack allocated after the last one); those lanes meet
+ *          zero activations.
  *   FP8:   kp E4M3FN bytes, then at scale_off ceil(kp/128) float scales (one per
  *          128 columns; per-channel and per-tensor scales are replicated). */
 typedef struct {
     int fmt;
     size_t rows, cols, kp;
-    size_t row_stride; /* bytes, multiple of 64 */
-    size_t scale_off;  /* MXFP4 / FP8: byte offset of the scales within a row */
-    size_t nb, ng;     /* MXFP4: blocks and groups of 8 blocks */
-    unsigned tail;     /* MXFP4: blocks in the last group (1..8) */
-    int ws_plain;      /* MXFP4: every scale byte is in [15, 254] (ws = bits (b - 14) << 23) */
-    uint8_t *data;     /* 64-byte aligned, owned by the packed weights */
+    size_t row_stride;     /* bytes, multiple of 64 (MXFP4: of 32) */
+    size_t scale_off;      /* FP8: byte offset of the scales within a row */
+    size_t nb, ng;         /* MXFP4: blocks and groups of 8 blocks */
+    const uint8_t *scales; /* MXFP4: E8M0 bytes, row r's at scales + r * scale_stride */
+    size_t scale_stride;
+    unsigned tail; /* MXFP4: blocks in the last group (1..8) */
+    int ws_plain;  /* MXFP4: every scale byte is in [15, 254] (ws = bits (b - 14) << 23) */
+    uint8_t *data; /* 64-byte aligned, owned by the packed weights */
 } mxi_cpu_mat_t;
 
 /* Byte offset of q-load q of group g within an MXFP4 row. */
@@ -161,8 +165,8 @@ void mxi_cpu_q4_avx2(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t
                      size_t ldc, void *tile);
 void mxi_cpu_q4_avx512(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
                        size_t ldc, void *tile);
-void mxi_cpu_q4_avx512vnni(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt,
-                           float *c, size_t ldc, void *tile);
+void mxi_cpu_q4_avx512vnni(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
+                           size_t ldc, void *tile);
 #endif
 
 void mxi_cpu_gemm_scalar(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const float *const *a, size_t nt, float *c,
