@@ -774,7 +774,7 @@ size_t mxi_cpu_packed_expert_bytes(const mx_backend_packed_t *packed, int expert
     if (!packed || expert < 0 || expert >= packed->n_experts)
         return 0;
     const cpu_expert_t *x = &packed->ex[expert];
-    return x->w1.rows * x->w1.row_stride + x->w2.rows * x->w2.row_stride;
+    return x->w1.rows * (x->w1.row_stride + x->w1.scale_stride) + x->w2.rows * (x->w2.row_stride + x->w2.scale_stride);
 }
 
 const mxi_cpu_mat_t *mxi_cpu_packed_matrix(const mx_backend_packed_t *packed, int expert, int which)
