@@ -51,6 +51,10 @@ static const char *USAGE = "usage: mxbench kernels [options]\n"
                            "                         0 = never)\n"
                            "  --no-check             skip the check against ref\n"
                            "  --seed N               random data seed (default 1; data is never zero)\n"
+                           "  --rotate N             cycle through N batches routed with seeds seed..seed+N-1\n"
+                           "                         (default 1): successive runs then touch different experts,\n"
+                           "                         so a last-level cache larger than one batch's weights does\n"
+                           "                         not serve them; weightMB is the mean over the N batches\n"
                            "  --json FILE            also write one JSON record per case to FILE\n"
                            "  -h, --help             this text\n"
                            "\n"
@@ -525,20 +529,22 @@ static double rel_l2(const uint16_t *a, const uint16_t *r, size_t n)
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-/* Times `iters` runs after 2 warm-ups; returns the median in ms (< 0 on error). */
-static double time_runs(const be_t *b, const batch_t *bt, uint16_t *out, void *ws, int threads, int iters)
+/* Times `iters` runs after 2 warm-ups, run i taking batch bt[i % nb]; returns
+ * the median in ms (< 0 on error). */
+static double time_runs(const be_t *b, const batch_t *bt, int nb, uint16_t *out, void *ws, int threads, int iters)
 {
     double t[256];
     if (iters > 256)
         iters = 256;
     for (int i = 0; i < 2; i++)
-        if (be_run(b, bt, bt->n_tokens, bt->n_assign, out, ws, threads) != MX_OK)
+        if (be_run(b, &bt[i % nb], bt[i % nb].n_tokens, bt[i % nb].n_assign, out, ws, threads) != MX_OK)
             return -1.0;
     double start = now_s();
     int n = 0;
     for (; n < iters; n++) {
+        const batch_t *bn = &bt[(n + 2) % nb];
         double t0 = now_s();
-        if (be_run(b, bt, bt->n_tokens, bt->n_assign, out, ws, threads) != MX_OK)
+        if (be_run(b, bn, bn->n_tokens, bn->n_assign, out, ws, threads) != MX_OK)
             return -1.0;
         t[n] = (now_s() - t0) * 1e3;
         if (n >= 2 && now_s() - start > 3.0) {
@@ -558,7 +564,7 @@ typedef struct {
     size_t tokens[32];
     int n_tokens;
     const char *backend;
-    int threads, iters, ref_peer_max, check;
+    int threads, iters, ref_peer_max, check, rotate;
     uint64_t seed;
     const char *json;
 } opts_t;
@@ -648,6 +654,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
     memset(o, 0, sizeof *o);
     o->backend = "cpu";
     o->iters = 10;
+    o->rotate = 1;
     o->ref_peer_max = 4;
     o->check = 1;
     o->seed = 1;
@@ -709,6 +716,18 @@ static int parse_opts(int argc, char **argv, opts_t *o)
             if (parse_pos(v, a, 1L << 20, &x))
                 return -1;
             o->ref_peer_max = (int)x;
+        } else if (!strcmp(a, "--rotate")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "mxbench: --rotate needs a value\n");
+                return 2;
+            }
+            char *end;
+            long x = strtol(argv[++i], &end, 10);
+            if (*end || x < 1 || x > 64) {
+                fprintf(stderr, "mxbench: --rotate must be 1..64\n");
+                return 2;
+            }
+            o->rotate = (int)x;
         } else if (!strcmp(a, "--seed")) {
             NEED_VALUE
             if (parse_pos(v, a, 1L << 30, &x))
@@ -900,13 +919,22 @@ static int cmd_kernels(int argc, char **argv)
                     (((2 * I + 127) / 128) * ((H + 127) / 128) + ((H + 127) / 128) * ((I + 127) / 128)) * sizeof(float);
             for (int ti = 0; ti < o.n_tokens; ti++) {
                 size_t T = o.tokens[ti];
-                batch_t bt;
-                if (batch_make(md, T, o.seed, &bt)) {
+                batch_t bts[64], bt;
+                int nb = 0, bad = 0;
+                double active_sum = 0.0;
+                for (; nb < o.rotate && !bad; nb++) {
+                    memset(&bts[nb], 0, sizeof bts[nb]);
+                    bad = batch_make(md, T, o.seed + (uint64_t)nb, &bts[nb]) != 0;
+                    active_sum += bts[nb].active;
+                }
+                if (bad) {
                     fprintf(stderr, "mxbench: out of memory for %zu tokens\n", T);
                     failed = 1;
-                    batch_free(&bt);
+                    for (int k = 0; k < nb; k++)
+                        batch_free(&bts[k]);
                     continue;
                 }
+                bt = bts[0];
                 size_t wsz = ops->workspace_size(b.packed, T, bt.n_assign);
                 void *ws = malloc(wsz ? wsz : 1);
                 uint16_t *out = malloc(bt.n_assign * md->H * sizeof *out);
@@ -914,7 +942,8 @@ static int cmd_kernels(int argc, char **argv)
                     fprintf(stderr, "mxbench: out of memory (%zu-byte workspace)\n", wsz);
                     free(ws);
                     free(out);
-                    batch_free(&bt);
+                    for (int k = 0; k < nb; k++)
+                        batch_free(&bts[k]);
                     failed = 1;
                     continue;
                 }
@@ -942,16 +971,17 @@ static int cmd_kernels(int argc, char **argv)
                     free(rws);
                 }
                 fprintf(stderr, "mxbench: %s %s T=%zu: timing %s...\n", md->name, mx_scheme_name(sc), T, ops->name);
-                double ms = time_runs(&b, &bt, out, ws, threads, o.iters);
+                double ms = time_runs(&b, bts, nb, out, ws, threads, o.iters);
                 if (ms < 0) {
                     fprintf(stderr, "mxbench: %s run failed: %s\n", ops->name, mx_error_detail());
                     failed = 1;
                 }
-                double bytes = (double)per_expert * bt.active;
+                double bytes = (double)per_expert * active_sum / nb;
                 double flops = 2.0 * (double)bt.n_assign * 3.0 * (double)md->H * (double)md->I;
                 double gbps = bytes / (ms * 1e-3) / 1e9, gflops = flops / (ms * 1e-3) / 1e9;
                 printf("%-14s %-7s %6zu %6d %9.3f %9.1f %8.2f %9.2f %7.2f %7.2f %9.2e\n", md->name, mx_scheme_name(sc),
-                       T, bt.active, ms, bytes / 1e6, gbps, gflops, gbps / read_bw, gflops / fma_peak, err);
+                       T, (int)(active_sum / nb + 0.5), ms, bytes / 1e6, gbps, gflops, gbps / read_bw,
+                       gflops / fma_peak, err);
                 fflush(stdout);
                 jprintf(&j,
                         "%s  {\"model\": \"%s\", \"backend\": \"%s\", \"isa\": \"%s\", \"scheme\": \"%s\", "
@@ -969,7 +999,7 @@ static int cmd_kernels(int argc, char **argv)
                     if (rws) {
                         fprintf(stderr, "mxbench: %s %s T=%zu: timing ref (peer)...\n", md->name, mx_scheme_name(sc),
                                 T);
-                        double rms = time_runs(&rb, &bt, out, rws, 1, o.iters < 3 ? o.iters : 3);
+                        double rms = time_runs(&rb, &bt, 1, out, rws, 1, o.iters < 3 ? o.iters : 3);
                         double rg = bytes / (rms * 1e-3) / 1e9, rf = flops / (rms * 1e-3) / 1e9;
                         printf("%-14s %-7s %6zu %6d %9.3f %9.1f %8.2f %9.2f %7.2f %7.2f %9s  (ref peer)\n", md->name,
                                mx_scheme_name(sc), T, bt.active, rms, bytes / 1e6, rg, rf, rg / read_bw, rf / fma_peak,
@@ -987,7 +1017,8 @@ static int cmd_kernels(int argc, char **argv)
                 }
                 free(ws);
                 free(out);
-                batch_free(&bt);
+                for (int k = 0; k < nb; k++)
+                    batch_free(&bts[k]);
             }
             be_close(&b);
             if (have_ref)

@@ -1,5 +1,5 @@
 /* mxep cpu backend: internals shared by kernels/cpu/cpu.c and the per-ISA files
- * (kernels/cpu/x86/avx2.c, avx512.c). Not a public header.
+ * (kernels/cpu/x86/avx2.c, avx512.c, avx512vnni.c). Not a public header.
  *
  * Numerics contract (what makes a token's output independent of its batch and
  * of the ISA level: scalar, AVX2 and AVX-512 give the same bits, streaming
@@ -12,30 +12,35 @@
  * ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)) (hsum8). Weights decode to the same
  * floats on every path.
  *
- * MXFP4 weights (W4A16, W4A8): block-exact integers. A weight is the integer
- * W = 2 * E2M1 in [-12, 12] times ws = 2^(E8M0 - 141) (2^-127 and the 2^-14
- * of the activations below; exact, subnormal for E8M0 < 15, NaN for 0xFF). Per token, each 32-column block b of the FP32 activation row
- * becomes integers A_k and a power of two as_b (mxi_cpu_qact):
+ * MXFP4 weights (W4A16, W4A8): block-exact integers (since 2026-12; see
+ * bench/RESULTS.md). A weight is the integer W = 2 * E2M1 in [-12, 12] times
+ * ws = 2^(E8M0 - 141) (the E8M0 scale, the 2^-1 of E2M1 and the 2^-14 of the
+ * activations below; exact: subnormal for E8M0 < 15, NaN for 0xFF). Per token,
+ * each 32-column block b of the FP32 activation row becomes integers A_k and a
+ * scale as_b (mxi_cpu_qact):
  *   m = the largest |a_k| of the block (compared as bit patterns);
- *   a non-finite value in the block: A_k = 0 and as_b = NaN (so that token's
- *   outputs are NaN);
+ *   if the block holds an Inf or NaN: A_k = 0 and as_b = NaN, so every output
+ *   of that token is NaN (ref gives NaN or +-Inf there); other tokens are not
+ *   affected;
  *   else e = max(floor(log2 m), -113) (m < 2^-113 gives -113; m = 0 gives
  *   e = 0, so that all-zero and padding blocks have normal scales: subnormal
  *   operands cost the FMA units a microcode assist),
  *   A_k = min(round-to-nearest-even(a_k * 2^(14 - e)), 2^15 - 1), so
- *   -2^15 <= A_k < 2^15, and as_b = 2^(e-1) * s (the 2^-1 of E2M1: see ws;
- *   s = 1, but for W4A8 whose a_k are the E4M3 values of the activations and
- *   s their FP8 scale, so their A_k are exact).
- * BF16 values within 7 binades of their block max are exact; smaller ones are
- * rounded to multiples of 2^(e-14) (the block max itself only if it rounds to
- * 2^15: then to 2^15 - 1). The block's dot product S_b = sum_k W_k * A_k is an
- * exact integer (|S_b| <= 32 * 12 * 2^15 < 2^24, so float(S_b) is exact too)
- * however an ISA sums it. Then per (token, row) one 8-lane FP32
- * accumulator, lane j taking the blocks b = 8g + j, g ascending:
- *   acc_j = fma(float(S_b), ws_b * as_b, acc_j)     (one rounding in ws_b * as_b
- *                                                   only outside float's range)
- * over nbp = 8 * ceil(nb / 8) blocks (padding blocks have S = 0 and finite
- * scales), then hsum8 as above. */
+ *   -2^15 <= A_k < 2^15, and as_b = 2^(e-1) * s, where s = 1 except for W4A8:
+ *   there a_k are the E4M3 values of the activations and s their FP8 scale.
+ * So BF16 values within 7 binades of their block max, and E4M3 values within
+ * 11, are exact; smaller ones are rounded to multiples of 2^(e-14) (an element
+ * 2^20 below an outlier of its block becomes 0), and a block max that rounds
+ * to 2^15 is kept at 2^15 - 1. The block's dot product S_b = sum_k W_k * A_k
+ * is an exact integer (|S_b| <= 32 * 12 * 2^15 < 2^24, so float(S_b) is exact
+ * too), however an ISA sums it: vpmaddubsw on split bytes, vpdpbusd, vpmaddwd,
+ * vpdpwssd or scalar code. Then per (token, row) one 8-lane FP32 accumulator,
+ * lane j taking the blocks b = 8g + j, g ascending:
+ *   acc_j = fma(float(S_b), ws_b * as_b, acc_j)
+ * (the product ws_b * as_b is exact unless it leaves float's range), over
+ * nbp = 8 * ceil(nb / 8) blocks (padding blocks have S_b = 0 and finite
+ * scales), then hsum8 as above. The 16-lane AVX-512 kernels hold two rows'
+ * accumulators in one register. */
 #ifndef MXEP_KERNELS_CPU_INTERNAL_H
 #define MXEP_KERNELS_CPU_INTERNAL_H
 
@@ -74,22 +79,26 @@ enum { MXI_CPU_LEVEL_SCALAR = 0, MXI_CPU_LEVEL_AVX2 = 1, MXI_CPU_LEVEL_AVX512 = 
  *          q = 0..3 at 128 g + q * qs, qs = 32 (4 * tail for a last group of
  *          tail < 8 blocks, stored compactly). Dword j of q-load q holds the
  *          canonical bytes 4q..4q+3 of block 8g + j (canonical byte i: element
- *          2i in the low nibble, 2i+1 in the high one). Then at scale_off = 16 nb
- *          the nbp = 8 ng E8M0 bytes (padding blocks: 127). Reading a q-load of a
- *          short last group reads past it (other bytes of the row, or the 64
- *          bytes of slack allocated after the last row); those lanes meet zero
- *          activations.
+ *          2i in the low nibble, 2i+1 in the high one). row_stride = 16 nb
+ *          rounded up to 32 (no per-row padding to 64: the reads stay those of
+ *          the canonical bytes). The E8M0 bytes are apart, row r's nbp = 8 ng
+ *          of them at scales + r * scale_stride (padding blocks: 127). Reading
+ *          a q-load of a short last group reads past it (the next row, or the
+ *          64 bytes of slack allocated after the last one); those lanes meet
+ *          zero activations.
  *   FP8:   kp E4M3FN bytes, then at scale_off ceil(kp/128) float scales (one per
  *          128 columns; per-channel and per-tensor scales are replicated). */
 typedef struct {
     int fmt;
     size_t rows, cols, kp;
-    size_t row_stride; /* bytes, multiple of 64 */
-    size_t scale_off;  /* MXFP4 / FP8: byte offset of the scales within a row */
-    size_t nb, ng;     /* MXFP4: blocks and groups of 8 blocks */
-    unsigned tail;     /* MXFP4: blocks in the last group (1..8) */
-    int ws_plain;      /* MXFP4: every scale byte is in [15, 254] (ws = bits (b - 14) << 23) */
-    uint8_t *data;     /* 64-byte aligned, owned by the packed weights */
+    size_t row_stride;     /* bytes, multiple of 64 (MXFP4: of 32) */
+    size_t scale_off;      /* FP8: byte offset of the scales within a row */
+    size_t nb, ng;         /* MXFP4: blocks and groups of 8 blocks */
+    const uint8_t *scales; /* MXFP4: E8M0 bytes, row r's at scales + r * scale_stride */
+    size_t scale_stride;
+    unsigned tail; /* MXFP4: blocks in the last group (1..8) */
+    int ws_plain;  /* MXFP4: every scale byte is in [15, 254] (ws = bits (b - 14) << 23) */
+    uint8_t *data; /* 64-byte aligned, owned by the packed weights */
 } mxi_cpu_mat_t;
 
 /* Byte offset of q-load q of group g within an MXFP4 row. */
@@ -156,8 +165,8 @@ void mxi_cpu_q4_avx2(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t
                      size_t ldc, void *tile);
 void mxi_cpu_q4_avx512(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
                        size_t ldc, void *tile);
-void mxi_cpu_q4_avx512vnni(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt,
-                           float *c, size_t ldc, void *tile);
+void mxi_cpu_q4_avx512vnni(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
+                           size_t ldc, void *tile);
 #endif
 
 void mxi_cpu_gemm_scalar(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const float *const *a, size_t nt, float *c,

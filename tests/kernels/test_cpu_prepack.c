@@ -49,7 +49,7 @@ static void check_layout(mx_scheme_t scheme, mx_gateup_order_t order, size_t H, 
             assert_non_null(m);
             assert_int_equal(m->kp % 32, 0);
             assert_true(m->kp >= src->cols && m->kp < src->cols + 32);
-            assert_int_equal(m->row_stride % 64, 0);
+            assert_int_equal(m->row_stride % (m->fmt == MXI_CPU_MXFP4 ? 32 : 64), 0);
             assert_int_equal((uintptr_t)m->data % 64, 0);
             for (size_t r = 0; r < m->rows; r++) {
                 size_t sr = r;

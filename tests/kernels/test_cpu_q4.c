@@ -58,8 +58,8 @@ static void test_qact_follows_the_contract_on_crafted_blocks(void **state)
     x[32 + 4] = -0x1.8p-12f; /* -6 steps */
     x[32 + 5] = 0x1p-15f;    /* half a step: ties to even -> 0 */
     x[64 + 0] = 0x1p20f;
-    x[64 + 1] = 1.0f;     /* 2^-20 of the max: rounds to 0 (grid 2^(20-13) = 128) */
-    x[64 + 2] = 192.0f;   /* 1.5 grid steps: ties to even -> 2 steps */
+    x[64 + 1] = 1.0f;   /* 2^-20 of the max: rounds to 0 (grid 2^(20-13) = 128) */
+    x[64 + 2] = 192.0f; /* 1.5 grid steps: ties to even -> 2 steps */
     x[64 + 3] = -320.0f;
     x[64 + 4] = 96.0f;
     x[96 + 5] = NAN;
@@ -313,8 +313,8 @@ static void test_kernels_handle_e8m0_extremes_alike_on_every_level(void **state)
                 s = 0xFF;
             scales[rr * 3 + b] = s;
             for (size_t k = 0; k < 32; k++)
-                codes[rr * cols + 32 * b + k] = (uint8_t)(s == 0xFE ? kt_rng_below(&r, 4) | (kt_rng_below(&r, 2) << 3)
-                                                                    : kt_rng_below(&r, 16));
+                codes[rr * cols + 32 * b + k] =
+                    (uint8_t)(s == 0xFE ? kt_rng_below(&r, 4) | (kt_rng_below(&r, 2) << 3) : kt_rng_below(&r, 16));
         }
     for (size_t i = 0; i < 8 * cols; i++)
         x[i] = kt_rng_uniform(&r, -1.0f, 1.0f) * 0x1p-100f; /* keeps 2^127 rows finite */
@@ -354,8 +354,8 @@ static void test_kernels_handle_e8m0_extremes_alike_on_every_level(void **state)
                 }
                 double tol = qerr + mag * 1e-6 + ldexp(1.0, -140);
                 if (!(fabs((double)got - want) <= tol))
-                    fail_msg("nt=%zu token %zu row %zu (scales %u %u %u): %.9g, exact %.9g", nt, t, rr,
-                             scales[rr * 3], scales[rr * 3 + 1], scales[rr * 3 + 2], (double)got, want);
+                    fail_msg("nt=%zu token %zu row %zu (scales %u %u %u): %.9g, exact %.9g", nt, t, rr, scales[rr * 3],
+                             scales[rr * 3 + 1], scales[rr * 3 + 2], (double)got, want);
             }
         for (int lv = 0; lv < NK; lv++)
             free(c[lv]);
@@ -428,9 +428,9 @@ static void check_special_tokens(int nonfinite)
                     src[na++] = a;
                 }
             uint16_t one[2 * 2880];
-            assert_int_equal(cpu_run_on(&mx_backend_cpu, pk, p.x + t * H, 1, na, tok, ex, w, MX_OUT_PER_ASSIGNMENT,
-                                        one, NULL, 0),
-                             MX_OK);
+            assert_int_equal(
+                cpu_run_on(&mx_backend_cpu, pk, p.x + t * H, 1, na, tok, ex, w, MX_OUT_PER_ASSIGNMENT, one, NULL, 0),
+                MX_OK);
             for (size_t a = 0; a < na; a++)
                 if (memcmp(one + a * H, y[lv] + src[a] * H, H * sizeof(uint16_t)) != 0)
                     fail_msg("level %s token %zu: alone differs from batch", mxi_cpu_level_name(lv), t);
@@ -448,12 +448,12 @@ static void check_special_tokens(int nonfinite)
         mx_backend_packed_t *rpk = NULL;
         assert_int_equal(ref->prepack(&rdev, &d, p.ex->w, 3, &rpk), MX_OK);
         kt_poison_bf16(yr, NA * H);
-        assert_int_equal(cpu_run_on(ref, rpk, p.x, T, NA, p.rt.tok, p.rt.expert, p.rt.weight, MX_OUT_PER_ASSIGNMENT,
-                                    yr, NULL, 0),
-                         MX_OK);
-        assert_int_equal(cpu_run_on(ref, rpk, xq, T, NA, p.rt.tok, p.rt.expert, p.rt.weight, MX_OUT_PER_ASSIGNMENT,
-                                    yrq, NULL, 0),
-                         MX_OK);
+        assert_int_equal(
+            cpu_run_on(ref, rpk, p.x, T, NA, p.rt.tok, p.rt.expert, p.rt.weight, MX_OUT_PER_ASSIGNMENT, yr, NULL, 0),
+            MX_OK);
+        assert_int_equal(
+            cpu_run_on(ref, rpk, xq, T, NA, p.rt.tok, p.rt.expert, p.rt.weight, MX_OUT_PER_ASSIGNMENT, yrq, NULL, 0),
+            MX_OK);
         ref->release(rpk);
     }
     for (size_t a = 0; a < NA; a++) {

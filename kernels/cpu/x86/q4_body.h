@@ -129,8 +129,9 @@ static inline __m256i q4_sum(__m256i s, const int32_t *corr)
     static void q4s_##R##_##NT##_##PLAIN(const mxi_cpu_mat_t *m, size_t r, const uint8_t *const *qa, float *c,         \
                                          size_t ldc)                                                                   \
     {                                                                                                                  \
-        const size_t ng = m->ng, nbp = 8 * ng, stride = m->row_stride, soff = m->scale_off;                            \
-        const size_t pf = MXI_Q4_PF_ROWS * stride, pf2 = MXI_Q4_PF2_ROWS * stride, qs_last = m->tail == 8 ? 32 : 4 * (size_t)m->tail;                  \
+        const size_t ng = m->ng, nbp = 8 * ng, stride = m->row_stride, sst = m->scale_stride;                          \
+        const size_t pf = MXI_Q4_PF_ROWS * stride, pf2 = MXI_Q4_PF2_ROWS * stride,                                     \
+                     qs_last = m->tail == 8 ? 32 : 4 * (size_t)m->tail;                                                \
         const __m256i tab = q4_table();                                                                                \
         __m256 acc[R][NT];                                                                                             \
         const uint8_t *rows[R];                                                                                        \
@@ -170,7 +171,7 @@ static inline __m256i q4_sum(__m256i s, const int32_t *corr)
                         q4_acc(q, hq, lq, &h[t], &s[t]);                                                               \
                     }                                                                                                  \
                 }                                                                                                      \
-                __m256 ws = q4_ws8(rows[i] + soff + 8 * g, PLAIN);                                                     \
+                __m256 ws = q4_ws8(m->scales + (r + (size_t)i) * sst + 8 * g, PLAIN);                                  \
                 _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                                   \
                 {                                                                                                      \
                     __m256i sb = q4_sum(s[t], cr[t] + 8 * g);                                                          \
@@ -197,8 +198,8 @@ typedef void (*q4_stream_fn)(const mxi_cpu_mat_t *, size_t, const uint8_t *const
 /* 2 * E2M1 of each code (signed), in both 128-bit lanes. */
 static inline __m256i q4_table_signed(void)
 {
-    return _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12, 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3,
-                            -4, -6, -8, -12);
+    return _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12, 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2,
+                            -3, -4, -6, -8, -12);
 }
 
 /* Tiled path: a q-load to its 4 steps of the int16 tile (step c: dword j =
@@ -232,9 +233,8 @@ static inline void q4_tdec(__m256i x, __m256i tabs, __m256i *o)
         for (int u = 0; u < MXI_Q4_NR; u++)                                                                            \
             a[u] = MXI_QACT_TQ(ap[u], nbp) + 256 * g;                                                                  \
         __m256i s[MR][MXI_Q4_NR];                                                                                      \
-        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) _Pragma("GCC unroll 8") for (int u = 0; u < MXI_Q4_NR;    \
-                                                                                       u++) s[i][u] =                  \
-            _mm256_setzero_si256();                                                                                    \
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)                                                           \
+            _Pragma("GCC unroll 8") for (int u = 0; u < MXI_Q4_NR; u++) s[i][u] = _mm256_setzero_si256();              \
         _Pragma("GCC unroll 16") for (int st = 0; st < 16; st++)                                                       \
         {                                                                                                              \
             __m256i wv[MR];                                                                                            \
@@ -257,7 +257,7 @@ static inline void q4_tdec(__m256i x, __m256i tabs, __m256i *o)
             {                                                                                                          \
                 __m256 sc = _mm256_mul_ps(ws, _mm256_loadu_ps(MXI_QACT_AS(ap[u]) + 8 * g));                            \
                 float *pp = part + (size_t)u * pstride + (size_t)i * 8;                                                \
-                _mm256_store_ps(pp, _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i][u]), sc, _mm256_load_ps(pp)));           \
+                _mm256_store_ps(pp, _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i][u]), sc, _mm256_load_ps(pp)));             \
             }                                                                                                          \
         }                                                                                                              \
     }
@@ -307,7 +307,8 @@ void MXI_Q4_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *co
                 for (int cc = 0; cc < 4; cc++)
                     _mm256_store_si256((__m256i *)(o + 512 * g + 128 * q + 32 * cc), v[cc]);
             }
-            _mm256_store_ps((float *)(o + wsoff) + 8 * g, q4_ws8(row + m->scale_off + 8 * g, m->ws_plain));
+            _mm256_store_ps((float *)(o + wsoff) + 8 * g,
+                            q4_ws8(m->scales + (r0 + i) * m->scale_stride + 8 * g, m->ws_plain));
         }
     }
     float *part = (float *)(tw + ((nr * tstride + 63) & ~(size_t)63)); /* [nt rounded up][nr][8] */

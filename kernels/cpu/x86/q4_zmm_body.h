@@ -75,8 +75,7 @@ static inline __m512 q4z_ws16(const uint8_t *s0, const uint8_t *s1, int plain)
     if (!plain) {
         __m512i sub = _mm512_sllv_epi32(_mm512_set1_epi32(1), _mm512_add_epi32(v, _mm512_set1_epi32(8)));
         w = _mm512_mask_blend_epi32(_mm512_cmpgt_epi32_mask(v, _mm512_set1_epi32(14)), sub, w);
-        w = _mm512_mask_mov_epi32(w, _mm512_cmpeq_epi32_mask(v, _mm512_set1_epi32(255)),
-                                  _mm512_set1_epi32(0x7FC00000));
+        w = _mm512_mask_mov_epi32(w, _mm512_cmpeq_epi32_mask(v, _mm512_set1_epi32(255)), _mm512_set1_epi32(0x7FC00000));
     }
     return _mm512_castsi512_ps(w);
 }
@@ -100,8 +99,8 @@ static inline void q4z_qdot(unsigned q, __m512i wl, __m512i wh, const int8_t *p,
     Q4Z_PIN(*l);
 #else
     __m512i hq = _mm512_add_epi16(_mm512_maddubs_epi16(wl, q4z_bcast(p)), _mm512_maddubs_epi16(wh, q4z_bcast(p + 32)));
-    __m512i lq = _mm512_add_epi16(_mm512_maddubs_epi16(q4z_bcast(p + 64), wl),
-                                  _mm512_maddubs_epi16(q4z_bcast(p + 96), wh));
+    __m512i lq =
+        _mm512_add_epi16(_mm512_maddubs_epi16(q4z_bcast(p + 64), wl), _mm512_maddubs_epi16(q4z_bcast(p + 96), wh));
     __m512i l32 = _mm512_madd_epi16(lq, _mm512_set1_epi16(1));
     *l = q ? _mm512_add_epi32(*l, l32) : l32;
     Q4Z_PIN(*l);
@@ -130,7 +129,7 @@ static inline __m512i q4z_sum(__m512i h, __m512i l, const int32_t *corr)
     static void q4zs_##P##_##NT##_##PLAIN(const mxi_cpu_mat_t *m, size_t r, const uint8_t *const *qa, float *c,        \
                                           size_t ldc)                                                                  \
     {                                                                                                                  \
-        const size_t ng = m->ng, nbp = 8 * ng, stride = m->row_stride, soff = m->scale_off;                            \
+        const size_t ng = m->ng, nbp = 8 * ng, stride = m->row_stride, sst = m->scale_stride;                          \
         const size_t pf = MXI_Q4_PF_ROWS * stride, pf2 = MXI_Q4_PF2_ROWS * stride;                                     \
         const size_t qs_last = m->tail == 8 ? 32 : 4 * (size_t)m->tail;                                                \
         const __m512i tab = q4z_table();                                                                               \
@@ -172,7 +171,8 @@ static inline __m512i q4z_sum(__m512i h, __m512i l, const int32_t *corr)
                     _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                               \
                         q4z_qdot(q, wl, wh, pl[t] + 512 * g + 128 * q, &h[t], &l[t]);                                  \
                 }                                                                                                      \
-                __m512 ws = q4z_ws16(rows[2 * i] + soff + 8 * g, rows[2 * i + 1] + soff + 8 * g, PLAIN);               \
+                __m512 ws = q4z_ws16(m->scales + (r + 2 * (size_t)i) * sst + 8 * g,                                    \
+                                     m->scales + (r + 2 * (size_t)i + 1) * sst + 8 * g, PLAIN);                        \
                 _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                                   \
                 {                                                                                                      \
                     __m512i sb = q4z_sum(h[t], l[t], cr[t] + 8 * g);                                                   \
@@ -250,7 +250,7 @@ static inline void q4z_tdec(__m512i x, __m512i tabs, __m512i *o)
             {                                                                                                          \
                 __m512 sc = _mm512_mul_ps(ws, _mm512_broadcast_f32x8(_mm256_loadu_ps(MXI_QACT_AS(ap[u]) + 8 * g)));    \
                 float *pp = part + (size_t)u * pstride + (size_t)i * 16;                                               \
-                _mm512_store_ps(pp, _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i][u]), sc, _mm512_load_ps(pp)));           \
+                _mm512_store_ps(pp, _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i][u]), sc, _mm512_load_ps(pp)));             \
             }                                                                                                          \
         }                                                                                                              \
     }
@@ -281,7 +281,9 @@ void MXI_Q4Z_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *c
                 float tmp[2 * 4];
                 mxi_cpu_mat_t one = *m;
                 one.row_stride = 0;
+                one.scale_stride = 0;
                 one.data = m->data + (r0 + r) * m->row_stride;
+                one.scales = m->scales + (r0 + r) * m->scale_stride;
                 fns[plain][tn - 1](&one, 0, qa + t0, tmp, 2);
                 for (size_t t = 0; t < tn; t++)
                     c[(t0 + t) * ldc + r] = tmp[2 * t];
@@ -299,6 +301,8 @@ void MXI_Q4Z_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *c
     for (size_t i = 0; i < np; i++) {
         const uint8_t *row0 = m->data + (r0 + 2 * i) * m->row_stride;
         const uint8_t *row1 = 2 * i + 1 < nr ? row0 + m->row_stride : row0;
+        const uint8_t *sc0 = m->scales + (r0 + 2 * i) * m->scale_stride;
+        const uint8_t *sc1 = 2 * i + 1 < nr ? sc0 + m->scale_stride : sc0;
         uint8_t *o = tw + i * pstride_t;
         for (size_t g = 0; g < m->ng; g++) {
             _mm_prefetch((const char *)row0 + 128 * g + pf, _MM_HINT_T1);
@@ -316,8 +320,7 @@ void MXI_Q4Z_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *c
                 for (int cc = 0; cc < 4; cc++)
                     _mm512_store_si512((void *)(o + 1024 * g + 256 * q + 64 * cc), v[cc]);
             }
-            _mm512_store_ps((float *)(o + wsoff) + 16 * g,
-                            q4z_ws16(row0 + m->scale_off + 8 * g, row1 + m->scale_off + 8 * g, m->ws_plain));
+            _mm512_store_ps((float *)(o + wsoff) + 16 * g, q4z_ws16(sc0 + 8 * g, sc1 + 8 * g, m->ws_plain));
         }
     }
     /* partial sums [nt rounded up][2 np][8]: rows 2i and 2i+1 adjacent */
