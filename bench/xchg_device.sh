@@ -82,7 +82,7 @@ CORES=$(lscpu -p=SOCKET,CORE 2>/dev/null | grep -v '^#' | sort -u | wc -l)
 [ "$CORES" -lt $((2 * NP)) ] && PE2="--use-hwthread-cpus $PE2"
 [ "$NP" -gt "$(nproc)" ] && CORE="--oversubscribe --bind-to none" && PE2=$CORE
 echo "physical cores $CORES; one core per rank: $CORE; two per rank: $PE2"
-its() { [ "$IT" -gt 0 ] && echo "$IT" || echo "$1"; }
+its() { [ "$IT" -gt 0 ] && [ "$IT" -lt "$1" ] && echo "$IT" || echo "$1"; } # XCHG_ITERS only shortens
 
 # ---------------------------------------------------------------- 2. the exchange alone
 xb() { # label, env value of MXEP_SHM_COPY, mpirun placement, bench options...
