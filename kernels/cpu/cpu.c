@@ -833,6 +833,8 @@ typedef struct {
     size_t off_qptr1, off_qptr2;                   /* MXFP4: pointers to them per assignment */
     size_t n_a1_rows, tile_bytes, thr_bytes, total;
     int per_assign; /* activation rows per assignment (else per token) */
+    int qa1_copy;   /* quantized rows also copied per assignment (after the token ones) */
+    size_t rb;      /* rows per work item */
 } layout_t;
 
 static size_t kpad(size_t n)
@@ -871,10 +873,12 @@ static layout_t make_layout(const mx_backend_packed_t *pk, size_t n_tokens, size
     o = round_up(o + n_assign * sizeof(uint8_t *), ALIGN);
     L.off_qptr2 = o;
     o = round_up(o + n_assign * sizeof(uint8_t *), ALIGN);
-    /* one activation row per assignment for W4A8 (per-expert input scales) and
-     * at the AMX level (an expert's tokens get equally spaced rows: its tiles
-     * load them at one stride); one per token otherwise */
-    L.per_assign = pk->desc.scheme == MX_SCHEME_W4A8 || (pk->is_q4 && pk->level == MXI_CPU_LEVEL_AMX);
+    /* one activation row per assignment for W4A8 (per-expert input scales),
+     * one per token otherwise; at the AMX level the quantized rows are then
+     * copied per assignment, so an expert's tokens get equally spaced rows (its
+     * tiles load them at one stride) */
+    L.per_assign = pk->desc.scheme == MX_SCHEME_W4A8;
+    L.qa1_copy = pk->is_q4 && pk->level == MXI_CPU_LEVEL_AMX && !L.per_assign;
     L.n_a1_rows = L.per_assign ? n_assign : n_tokens;
     L.off_a1 = o;
     o = round_up(o + L.n_a1_rows * kpad(H) * sizeof(float), ALIGN);
@@ -886,21 +890,27 @@ static layout_t make_layout(const mx_backend_packed_t *pk, size_t n_tokens, size
         L.qa1_bytes = round_up(mxi_cpu_qact_bytes(q4_nbp(H)), ALIGN);
         L.qa2_bytes = round_up(mxi_cpu_qact_bytes(q4_nbp(I)), ALIGN);
         L.off_qa1 = o;
-        o += L.n_a1_rows * L.qa1_bytes;
+        o += (L.n_a1_rows + (L.qa1_copy ? n_assign : 0)) * L.qa1_bytes;
         L.off_qa2 = o;
         o += n_assign * L.qa2_bytes;
     }
-    /* per thread: the gemm scratch (a decoded tile of ROW_BLOCK rows, then 8-lane
-     * partial sums [n_assign x ROW_BLOCK x 8]) and a C block [n_assign x ROW_BLOCK] */
+    /* per thread: the gemm scratch (a decoded tile of rb rows, then 8-lane
+     * partial sums [n_assign x rb x 8]) and a C block [n_assign x rb]; work
+     * items of rb = MXI_CPU_ROW_BLOCK rows, MXI_CPU_AMX_ROWS for MXFP4 weights
+     * at the AMX level */
+    L.rb = pk->is_q4 && pk->level == MXI_CPU_LEVEL_AMX ? MXI_CPU_AMX_ROWS : MXI_CPU_ROW_BLOCK;
     L.tile_bytes = round_up(MXI_CPU_ROW_BLOCK * kmax * sizeof(float), ALIGN);
     if (pk->is_q4) {
         size_t nbp = q4_nbp(H) > q4_nbp(I) ? q4_nbp(H) : q4_nbp(I);
         size_t q4t = round_up(MXI_CPU_ROW_BLOCK * nbp * 68 + 256, ALIGN);
+        if (L.rb == MXI_CPU_AMX_ROWS)
+            q4t =
+                q4t > round_up(MXI_CPU_AMX_TILE_BYTES(nbp), ALIGN) ? q4t : round_up(MXI_CPU_AMX_TILE_BYTES(nbp), ALIGN);
         L.tile_bytes = q4t > L.tile_bytes ? q4t : L.tile_bytes;
     }
-    L.thr_bytes = L.tile_bytes +                                                            /* decoded tile */
-                  round_up((n_assign + 8) * MXI_CPU_ROW_BLOCK * 8 * sizeof(float), ALIGN) + /* vector partials */
-                  round_up(n_assign * MXI_CPU_ROW_BLOCK * sizeof(float), ALIGN);            /* C block */
+    L.thr_bytes = L.tile_bytes +                                               /* decoded tile */
+                  round_up((n_assign + 8) * L.rb * 8 * sizeof(float), ALIGN) + /* vector partials */
+                  round_up(n_assign * L.rb * sizeof(float), ALIGN);            /* C block */
     L.off_thr = o;
     o += (size_t)pk->max_threads * L.thr_bytes;
     L.total = o + ALIGN; /* run() aligns the caller's workspace to 64 bytes */
@@ -1021,7 +1031,7 @@ static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *a
         nth = pk->max_threads;
     const int w4a8 = d->scheme == MX_SCHEME_W4A8, w8a8 = d->scheme == MX_SCHEME_W8A8;
     const int per_assign = L.per_assign;
-    const size_t rb = MXI_CPU_ROW_BLOCK;
+    const size_t rb = L.rb;
     const size_t nrb1 = (2 * I + rb - 1) / rb, nrb2 = (H + rb - 1) / rb;
     mxi_cpu_gemm_fn gemm = pk->gemm;
     const int q4 = pk->is_q4;
@@ -1063,6 +1073,14 @@ static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *a
             aptr1[p] = a1 + i1 * kh;
             aptr2[p] = hd + p * ki;
             qptr1[p] = qa1 + i1 * L.qa1_bytes;
+            const int32_t e = args->expert[order[p]];
+            if (L.qa1_copy && cnt[e + 1] - cnt[e] >= MXI_CPU_AMX_MIN) {
+                /* the sections the AMX kernel reads: as_b and the amx rows */
+                uint8_t *cp = qa1 + (L.n_a1_rows + p) * L.qa1_bytes;
+                memcpy(cp, qptr1[p], 4 * nbp1);
+                memcpy(cp + 136 * nbp1, qptr1[p] + 136 * nbp1, 64 * nbp1);
+                qptr1[p] = cp;
+            }
             qptr2[p] = qa2 + p * L.qa2_bytes;
             for (size_t k = I; k < ki; k++)
                 hd[p * ki + k] = 0.0f;

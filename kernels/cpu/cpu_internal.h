@@ -73,6 +73,12 @@ enum { MXI_CPU_LEVEL_SCALAR = 0, MXI_CPU_LEVEL_AVX2 = 1, MXI_CPU_LEVEL_AVX512 = 
 
 /* Rows of a matrix that one work item handles (multiple of 2, 3 and 4). */
 #define MXI_CPU_ROW_BLOCK 24
+/* Rows of a work item for MXFP4 weights at the AMX level (two tiles of 16),
+ * and the scratch its kernel needs before the partial sums (which take
+ * 32 * (nt + 8) * MXI_CPU_AMX_ROWS bytes, like the others' with their rows):
+ * decoded B tiles (1024 nbp), ws (128 nbp), two sets of C tiles (8 KB). */
+#define MXI_CPU_AMX_ROWS 32
+#define MXI_CPU_AMX_TILE_BYTES(nbp) (1152 * (size_t)(nbp) + 8192)
 /* Token counts below this stream each weight block from memory once per row
  * group; at or above it rows are decoded into a float tile reused by all tokens. */
 #define MXI_CPU_STREAM_MAX 5
@@ -178,11 +184,14 @@ void mxi_cpu_q4_avx512vnni(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const u
                            size_t ldc, void *tile);
 /* AMX level: AMX-INT8 tiles for nt >= MXI_CPU_AMX_MIN tokens whose rows qa[t]
  * are equally spaced (run() lays them out so), the AVX-512 VNNI kernel
- * otherwise. Same results, bit for bit (kernels/cpu/x86/amx.c). */
+ * otherwise. Same results, bit for bit (kernels/cpu/x86/amx.c). Rows per call:
+ * r1 - r0 <= MXI_CPU_AMX_ROWS; tile: MXI_CPU_AMX_TILE_BYTES(nbp) bytes, then
+ * the partial sums, 32 * (nt + 8) * MXI_CPU_AMX_ROWS bytes (or the others'
+ * scratch for 24 rows, whichever is larger). */
 void mxi_cpu_q4_amx(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
                     size_t ldc, void *tile);
 #endif
-#define MXI_CPU_AMX_MIN 5
+#define MXI_CPU_AMX_MIN 16
 
 void mxi_cpu_gemm_scalar(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const float *const *a, size_t nt, float *c,
                          size_t ldc, float *tile);

@@ -214,8 +214,8 @@ static mxi_cpu_q4_fn kernel_fn(int k)
 }
 
 /* c[t][r] for every kernel the CPU has, through the streaming (nt < 5) or the
- * tiled (nt >= 5) path, 24 rows per call like run() and, between those, calls
- * of 21, 19 and 17 rows (partial items). */
+ * tiled (nt >= 5) path, 24 rows per call like run() (AMX: 32) and, between
+ * those, calls of 21, 19 and 17 rows (AMX: 27, 17, 9: partial items). */
 static void run_levels(size_t rows, size_t cols, const uint8_t *codes, const uint8_t *scales, const float *x, size_t nt,
                        float *c_p[NK])
 {
@@ -227,8 +227,10 @@ static void run_levels(size_t rows, size_t cols, const uint8_t *codes, const uin
         mxi_cpu_qact(x + t * cols, cols, nbp, 1.0f, qa + t * qb);
         ap[t] = qa + t * qb;
     }
-    void *tile = aligned_alloc(64, MXI_CPU_ROW_BLOCK * nbp * 68 + 256 + (nt + 8) * MXI_CPU_ROW_BLOCK * 32 + 64);
-    float cb[64 * MXI_CPU_ROW_BLOCK];
+    size_t tb = MXI_CPU_ROW_BLOCK * nbp * 68 + 256 + (nt + 8) * MXI_CPU_ROW_BLOCK * 32,
+           tamx = MXI_CPU_AMX_TILE_BYTES(nbp) + (nt + 8) * MXI_CPU_AMX_ROWS * 32;
+    void *tile = aligned_alloc(64, (tb > tamx ? tb : tamx) + 64);
+    float cb[64 * MXI_CPU_AMX_ROWS];
     assert_non_null(tile);
     for (int lv = 0; lv < NK; lv++) {
         c_p[lv] = NULL;
@@ -239,15 +241,16 @@ static void run_levels(size_t rows, size_t cols, const uint8_t *codes, const uin
         const mxi_cpu_mat_t *pm = mxi_cpu_packed_matrix(m.pk, 0, 0);
         c_p[lv] = malloc(nt * rows * sizeof(float));
         assert_non_null(c_p[lv]);
-        static const size_t chunk[4] = {MXI_CPU_ROW_BLOCK, 21, 19, 17};
+        static const size_t chunks[2][4] = {{MXI_CPU_ROW_BLOCK, 21, 19, 17}, {MXI_CPU_AMX_ROWS, 27, 17, 9}};
+        const size_t *chunk = chunks[kernel_level(lv) == MXI_CPU_LEVEL_AMX], ldc = MXI_CPU_AMX_ROWS;
         for (size_t r0 = 0, ci = 0; r0 < rows; r0 += chunk[ci++ % 4]) {
             size_t r1 = r0 + chunk[ci % 4] < rows ? r0 + chunk[ci % 4] : rows;
             for (size_t i = 0; i < sizeof cb / sizeof cb[0]; i++)
                 cb[i] = NAN;
-            kernel_fn(lv)(pm, r0, r1, ap, nt, cb, MXI_CPU_ROW_BLOCK, tile);
+            kernel_fn(lv)(pm, r0, r1, ap, nt, cb, ldc, tile);
             for (size_t t = 0; t < nt; t++)
                 for (size_t r = r0; r < r1; r++)
-                    c_p[lv][t * rows + r] = cb[t * MXI_CPU_ROW_BLOCK + (r - r0)];
+                    c_p[lv][t * rows + r] = cb[t * ldc + (r - r0)];
         }
         q4_mat_free(&m);
     }

@@ -25,10 +25,10 @@
 
 #include "../cpu_internal.h"
 
-#define AMX_MT 16 /* tokens per tile */
-#define AMX_RB 24 /* rows per call at most (MXI_CPU_ROW_BLOCK) */
+#define AMX_MT 16               /* tokens per tile */
+#define AMX_RB MXI_CPU_AMX_ROWS /* rows per call at most: two B tiles of 16 */
 
-_Static_assert(MXI_CPU_ROW_BLOCK == AMX_RB, "the AMX kernel handles 24-row items: 16 + 8 rows");
+_Static_assert(MXI_CPU_AMX_ROWS == 32, "the AMX kernel handles 32-row items: 16 + 16 rows");
 
 typedef struct {
     uint8_t palette, start_row, rsv[14];
@@ -37,7 +37,7 @@ typedef struct {
 } amx_cfg_t;
 
 /* Tiles: 0, 1 A high / low (mt tokens x 32 bytes); 2 B of rows 0..15, 3 B of
- * rows 16..23; 4, 5 C high / low of rows 0..15; 6, 7 the same of rows 16..23. */
+ * rows 16..31; 4, 5 C high / low of rows 0..15; 6, 7 the same of rows 16..31. */
 static void amx_config(unsigned mt)
 {
     amx_cfg_t cfg;
@@ -46,11 +46,9 @@ static void amx_config(unsigned mt)
     cfg.rows[0] = cfg.rows[1] = (uint8_t)mt;
     cfg.colsb[0] = cfg.colsb[1] = 32;
     cfg.rows[2] = cfg.rows[3] = 8;
-    cfg.colsb[2] = 64;
-    cfg.colsb[3] = 32;
+    cfg.colsb[2] = cfg.colsb[3] = 64;
     cfg.rows[4] = cfg.rows[5] = cfg.rows[6] = cfg.rows[7] = (uint8_t)mt;
-    cfg.colsb[4] = cfg.colsb[5] = 64;
-    cfg.colsb[6] = cfg.colsb[7] = 32;
+    cfg.colsb[4] = cfg.colsb[5] = cfg.colsb[6] = cfg.colsb[7] = 64;
     _tile_loadconfig(&cfg);
 }
 
@@ -87,30 +85,26 @@ static inline void amx_transpose16(__m512i r[16])
     }
 }
 
-/* Decodes rows r0 + i (i < nr) into the B tiles: block b's 768 bytes at
- * bt + 768 b, rows 0..15 as 8 tile rows of 64 bytes, rows 16..23 as 8 of 32
- * bytes; tile row kk holds elements 4kk..4kk+3 of each row (rows nr..23: 0).
- * Per group and q-load, each row gives 16 dwords (block j, elements 8q..8q+7 as
- * tile rows 2q and 2q+1); 16 rows are transposed in registers, so every tile
- * row is one store. */
+/* Decodes rows r0 + i (i < nr) into the B tiles: block b's 1024 bytes at
+ * bt + 1024 b, rows 0..15 then rows 16..31, each as 8 tile rows of 64 bytes;
+ * tile row kk holds elements 4kk..4kk+3 of each row (rows nr..: 0, or not
+ * written when nr <= 16: the kernel skips that tile). Per group and q-load,
+ * each row gives 16 dwords (block j, elements 8q..8q+7 as tile rows 2q and
+ * 2q+1); 16 rows are transposed in registers, so every tile row is one store. */
 static void amx_decode(const mxi_cpu_mat_t *m, size_t r0, size_t nr, uint8_t *bt)
 {
     const __m256i tab = amx_table(), lo4 = _mm256_set1_epi8(0x0F);
     /* dword d of a row's vector: block base[d / 4] + (d % 4) / 2, tile row 2q + d % 2 */
     static const unsigned base[4] = {0, 4, 2, 6};
-    for (size_t i0 = 0; i0 < AMX_RB; i0 += 16) {
-        const size_t rows = i0 == 0 ? 16 : AMX_RB - 16, off = i0 == 0 ? 0 : 512, kks = i0 == 0 ? 64 : 32;
-        if (i0 >= nr) { /* rows 16..23 unused: the kernel skips their tiles */
-            break;
-        }
-        for (size_t i = i0; i < i0 + rows && i < nr; i++)
-            _mm_prefetch((const char *)(m->data + (r0 + i + MXI_CPU_ROW_BLOCK) * m->row_stride), _MM_HINT_T1);
+    for (size_t i0 = 0; i0 < nr; i0 += 16) {
+        for (size_t i = i0; i < i0 + 16 && i < nr; i++)
+            _mm_prefetch((const char *)(m->data + (r0 + i + AMX_RB) * m->row_stride), _MM_HINT_T1);
         for (size_t g = 0; g < m->ng; g++) {
             const unsigned nj = g + 1 < m->ng ? 8 : m->tail;
             for (unsigned q = 0; q < 4; q++) {
                 __m512i r[16];
                 for (size_t n = 0; n < 16; n++) {
-                    if (n >= rows || i0 + n >= nr) {
+                    if (i0 + n >= nr) {
                         r[n] = _mm512_setzero_si512();
                         continue;
                     }
@@ -126,13 +120,8 @@ static void amx_decode(const mxi_cpu_mat_t *m, size_t r0, size_t nr, uint8_t *bt
                 amx_transpose16(r);
                 for (unsigned d = 0; d < 16; d++) {
                     const unsigned j = base[d / 4] + (d % 4) / 2;
-                    if (j >= nj)
-                        continue;
-                    uint8_t *o = bt + 768 * (8 * g + j) + off + (2 * q + d % 2) * kks;
-                    if (kks == 64)
-                        _mm512_storeu_si512((void *)o, r[d]);
-                    else
-                        _mm256_storeu_si256((__m256i *)o, _mm512_castsi512_si256(r[d]));
+                    if (j < nj)
+                        _mm512_storeu_si512((void *)(bt + 1024 * (8 * g + j) + 32 * i0 + 64 * (2 * q + d % 2)), r[d]);
                 }
             }
         }
@@ -162,7 +151,7 @@ static inline __m512 amx_tree(const float *p, size_t ps, __mmask16 k)
 
 /* The tile products of one block for one token tile (a: its A rows, at stride
  * qs; b: its B tiles) into cb: C high and low of rows 0..15 (16 int32 per
- * token), then of rows 16..23 (8 per token) when two. */
+ * token), then of rows 16..31 when two. */
 static inline void amx_products(const int8_t *a, ptrdiff_t qs, const uint8_t *b, int two, int32_t *cb)
 {
     _tile_loadd(0, a, qs);
@@ -173,7 +162,7 @@ static inline void amx_products(const int8_t *a, ptrdiff_t qs, const uint8_t *b,
     _tile_dpbssd(4, 0, 2);
     _tile_dpbusd(5, 1, 2);
     if (two) {
-        _tile_loadd(3, b + 512, 32);
+        _tile_loadd(3, b + 512, 64);
         _tile_zero(6);
         _tile_zero(7);
         _tile_dpbssd(6, 0, 3);
@@ -182,36 +171,28 @@ static inline void amx_products(const int8_t *a, ptrdiff_t qs, const uint8_t *b,
     _tile_stored(4, cb, 64);
     _tile_stored(5, cb + 256, 64);
     if (two) {
-        _tile_stored(6, cb + 512, 32);
-        _tile_stored(7, cb + 640, 32);
+        _tile_stored(6, cb + 512, 64);
+        _tile_stored(7, cb + 768, 64);
     }
 }
 
 /* The contract's float step of block b for mt tokens (rows q0 + u qs): p[u][i]
  * = fma(float(S), ws[i] * as_b, p[u][i]) with S = 256 C_high + C_low (0 for a
- * padding block), the planes starting at +0 (first). */
+ * padding block), the planes starting at +0 (first); 16 rows per vector. */
 static inline void amx_float_step(const int32_t *cb, int real, int first, const float *ws, const uint8_t *q0,
                                   ptrdiff_t qs, size_t b, unsigned mt, int two, float *p)
 {
-    const __m512 w16 = _mm512_loadu_ps(ws);
-    const __m256 w8 = _mm256_loadu_ps(ws + 16);
+    const __m512 w0 = _mm512_loadu_ps(ws), w1 = _mm512_loadu_ps(ws + 16);
     for (unsigned u = 0; u < mt; u++, p += AMX_RB) {
-        const float as = MXI_QACT_AS(q0 + (ptrdiff_t)u * qs)[b];
-        __m512i s = _mm512_setzero_si512();
-        if (real)
-            s = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(cb + 16 * u), 8),
-                                 _mm512_load_si512(cb + 256 + 16 * u));
-        __m512 sc = _mm512_mul_ps(w16, _mm512_set1_ps(as));
-        __m512 acc = first ? _mm512_setzero_ps() : _mm512_loadu_ps(p);
-        _mm512_storeu_ps(p, _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc));
-        if (two) {
-            __m256i s8 = _mm256_setzero_si256();
+        const __m512 as = _mm512_set1_ps(MXI_QACT_AS(q0 + (ptrdiff_t)u * qs)[b]);
+        for (int h = 0; h < 1 + two; h++) {
+            __m512i s = _mm512_setzero_si512();
             if (real)
-                s8 = _mm256_add_epi32(_mm256_slli_epi32(_mm256_load_si256((const __m256i *)(cb + 512 + 8 * u)), 8),
-                                      _mm256_load_si256((const __m256i *)(cb + 640 + 8 * u)));
-            __m256 sc8 = _mm256_mul_ps(w8, _mm256_set1_ps(as));
-            __m256 acc8 = first ? _mm256_setzero_ps() : _mm256_loadu_ps(p + 16);
-            _mm256_storeu_ps(p + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(s8), sc8, acc8));
+                s = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(cb + 512 * h + 16 * u), 8),
+                                     _mm512_load_si512(cb + 512 * h + 256 + 16 * u));
+            __m512 sc = _mm512_mul_ps(h ? w1 : w0, as);
+            __m512 acc = first ? _mm512_setzero_ps() : _mm512_loadu_ps(p + 16 * h);
+            _mm512_storeu_ps(p + 16 * h, _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc));
         }
     }
 }
@@ -226,16 +207,18 @@ void mxi_cpu_q4_amx(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t 
     const ptrdiff_t qs = nt > 1 ? qa[1] - qa[0] : 0;
     for (size_t t = 2; even && t < nt; t++)
         even = qa[t] - qa[t - 1] == qs;
-    if (!even) {
-        mxi_cpu_q4_avx512vnni(m, r0, r1, qa, nt, c, ldc, tile);
+    if (!even) { /* in pieces of at most 16 rows, which its scratch holds */
+        for (size_t a = r0; a < r1; a += 16)
+            mxi_cpu_q4_avx512vnni(m, a, a + 16 < r1 ? a + 16 : r1, qa, nt, c + (a - r0), ldc, tile);
         return;
     }
-    /* scratch: B tiles (768 nbp), ws of [block][24 rows] (96 nbp), two sets of
-     * C tiles (3 KB each), then the accumulator planes [8][nt][24] */
+    /* scratch (MXI_CPU_AMX_TILE_BYTES): B tiles (1024 nbp), ws of [block][32
+     * rows] (128 nbp), two sets of C tiles (4 KB each); then the accumulator
+     * planes [8][nt][32] */
     uint8_t *bt = (uint8_t *)tile;
-    float *ws = (float *)(bt + 768 * nbp);
-    int32_t *cbuf = (int32_t *)(bt + 864 * nbp); /* [2][768] */
-    float *part = (float *)(bt + 864 * nbp + 6144);
+    float *ws = (float *)(bt + 1024 * nbp);
+    int32_t *cbuf = (int32_t *)(bt + 1152 * nbp); /* [2][1024] */
+    float *part = (float *)(bt + MXI_CPU_AMX_TILE_BYTES(nbp));
     const size_t ps = nt * AMX_RB; /* plane stride, floats */
     amx_decode(m, r0, nr, bt);
     for (size_t i = 0; i < AMX_RB; i++) {
@@ -260,11 +243,11 @@ void mxi_cpu_q4_amx(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t 
                     cur = mt;
                 }
                 if (b < nb)
-                    amx_products(MXI_QACT_AMX(qa[t0], nbp) + 64 * b, qs, bt + 768 * b, two, cbuf + 768 * buf);
+                    amx_products(MXI_QACT_AMX(qa[t0], nbp) + 64 * b, qs, bt + 1024 * b, two, cbuf + 1024 * buf);
             }
             if (pending) {
                 const unsigned mt = nt - pt0 < AMX_MT ? (unsigned)(nt - pt0) : AMX_MT;
-                amx_float_step(cbuf + 768 * (buf ^ 1), pb < nb, pb < 8, ws + AMX_RB * pb, qa[pt0], qs, pb, mt, two,
+                amx_float_step(cbuf + 1024 * (buf ^ 1), pb < nb, pb < 8, ws + AMX_RB * pb, qa[pt0], qs, pb, mt, two,
                                part + (pb % 8) * ps + pt0 * AMX_RB);
             }
             pending = more;
