@@ -280,9 +280,13 @@ void mxi_cpu_gemm_scalar(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const flo
 #endif
 
 /* Linux hands out the AMX tile data state only on request (per process; a
- * tile instruction without it raises SIGILL). */
-static int amx_permitted(void)
+ * tile instruction without it raises SIGILL). Asked only when the AMX level is
+ * chosen: once granted, the process's signal frames grow by 8 KB and a
+ * sigaltstack smaller than that is refused, which other code may not expect. */
+int mxi_cpu_amx_enable(void)
 {
+    if (!(mxi_cpu_detect() & MXI_CPU_HAS_AMX))
+        return 0;
 #if defined(__linux__) && defined(SYS_arch_prctl)
     enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
     return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
@@ -329,12 +333,17 @@ unsigned mxi_cpu_detect(void)
             flags |= MXI_CPU_HAS_AVX512VNNI;
     }
     (void)amx_bf16;
-    if (amx_ok && amx_tile && amx_int8 && amx_permitted())
+    if (amx_ok && amx_tile && amx_int8)
         flags |= MXI_CPU_HAS_AMX;
     return flags;
 }
 #else
 unsigned mxi_cpu_detect(void)
+{
+    return 0;
+}
+
+int mxi_cpu_amx_enable(void)
 {
     return 0;
 }
@@ -414,7 +423,12 @@ static mx_status_t choose_level(unsigned flags, int *level_p)
         if (want > top)
             return mx_error_set(MX_ERR_UNSUPPORTED, "MXEP_CPU_ISA=%s: this CPU only runs up to %s", env,
                                 mxi_cpu_level_name(top));
+        if (want == MXI_CPU_LEVEL_AMX && !mxi_cpu_amx_enable())
+            return mx_error_set(MX_ERR_UNSUPPORTED, "MXEP_CPU_ISA=amx: the OS refused this process the AMX tile state "
+                                                    "(arch_prctl ARCH_REQ_XCOMP_PERM)");
         have = want;
+    } else if (have == MXI_CPU_LEVEL_AMX && !mxi_cpu_amx_enable()) {
+        have = MXI_CPU_LEVEL_AVX512;
     }
     *level_p = have;
     return MX_OK;
@@ -710,7 +724,7 @@ static mx_status_t cpu_prepack(const mx_device_info_t *dev, const mx_moe_desc_t 
     }
     unsigned have = mxi_cpu_detect();
     const unsigned amx = MXI_CPU_HAS_AVX512 | MXI_CPU_HAS_AVX512VNNI | MXI_CPU_HAS_AMX;
-    if ((level == MXI_CPU_LEVEL_AMX && (have & amx) != amx) ||
+    if ((level == MXI_CPU_LEVEL_AMX && ((have & amx) != amx || !mxi_cpu_amx_enable())) ||
         (level == MXI_CPU_LEVEL_AVX512 && !(have & MXI_CPU_HAS_AVX512)) ||
         (level == MXI_CPU_LEVEL_AVX2 && !(have & MXI_CPU_HAS_AVX2)))
         return mx_error_set(MX_ERR_UNSUPPORTED, "cpu prepack: device info asks for %s, this CPU lacks it",

@@ -65,9 +65,8 @@ enum { MXI_CPU_LEVEL_SCALAR = 0, MXI_CPU_LEVEL_AVX2 = 1, MXI_CPU_LEVEL_AVX512 = 
 #define MXI_CPU_HAS_AVX512 0x2u /* AVX-512 F/BW/VL/DQ with OS ZMM support */
 #define MXI_CPU_HAS_AVX512BF16 0x4u
 #define MXI_CPU_HAS_AVX512VNNI 0x8u
-/* AMX-TILE + AMX-INT8 with the OS's tile state in XCR0 and, on Linux, this
- * process's permission for it (arch_prctl ARCH_REQ_XCOMP_PERM, granted by
- * mxi_cpu_detect) */
+/* AMX-TILE + AMX-INT8 with the OS's tile state in XCR0; on Linux the process
+ * must still ask for it (mxi_cpu_amx_enable) before the first tile instruction */
 #define MXI_CPU_HAS_AMX 0x10u
 #define MXI_CPU_LEVEL_SHIFT 8 /* flags bits 8..10: 1 + the level this probe chose (0: none) */
 
@@ -191,7 +190,7 @@ void mxi_cpu_q4_avx512vnni(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const u
 void mxi_cpu_q4_amx(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
                     size_t ldc, void *tile);
 #endif
-#define MXI_CPU_AMX_MIN 16
+#define MXI_CPU_AMX_MIN 10
 
 void mxi_cpu_gemm_scalar(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const float *const *a, size_t nt, float *c,
                          size_t ldc, float *tile);
@@ -208,6 +207,10 @@ int mxi_cpu_packed_level(const mx_backend_packed_t *packed);
 const char *mxi_cpu_level_name(int level);
 /* The CPU's capability bits (MXI_CPU_HAS_*), from cpuid and xgetbv. */
 unsigned mxi_cpu_detect(void);
+/* 1 if this process may run AMX tile instructions: the CPU has them and, on
+ * Linux, arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) granted the tile state
+ * (asked here, idempotent). Called when the AMX level is chosen. */
+int mxi_cpu_amx_enable(void);
 /* Bytes of packed weight data of one expert (both matrices, scales included). */
 size_t mxi_cpu_packed_expert_bytes(const mx_backend_packed_t *packed, int expert);
 /* The packed matrices of one expert (tests: layout and padding). */

@@ -97,10 +97,14 @@ static void amx_decode(const mxi_cpu_mat_t *m, size_t r0, size_t nr, uint8_t *bt
     /* dword d of a row's vector: block base[d / 4] + (d % 4) / 2, tile row 2q + d % 2 */
     static const unsigned base[4] = {0, 4, 2, 6};
     for (size_t i0 = 0; i0 < nr; i0 += 16) {
-        for (size_t i = i0; i < i0 + 16 && i < nr; i++)
-            _mm_prefetch((const char *)(m->data + (r0 + i + AMX_RB) * m->row_stride), _MM_HINT_T1);
         for (size_t g = 0; g < m->ng; g++) {
             const unsigned nj = g + 1 < m->ng ? 8 : m->tail;
+            /* the weights are read once, here: the same group of the next item's rows into L2 */
+            for (size_t i = i0; i < i0 + 16 && i < nr; i++) {
+                const char *pf = (const char *)(m->data + (r0 + i + AMX_RB) * m->row_stride + 128 * g);
+                _mm_prefetch(pf, _MM_HINT_T1);
+                _mm_prefetch(pf + 64, _MM_HINT_T1);
+            }
             for (unsigned q = 0; q < 4; q++) {
                 __m512i r[16];
                 for (size_t n = 0; n < 16; n++) {
@@ -207,9 +211,10 @@ void mxi_cpu_q4_amx(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t 
     const ptrdiff_t qs = nt > 1 ? qa[1] - qa[0] : 0;
     for (size_t t = 2; even && t < nt; t++)
         even = qa[t] - qa[t - 1] == qs;
-    if (!even) { /* in pieces of at most 16 rows, which its scratch holds */
-        for (size_t a = r0; a < r1; a += 16)
-            mxi_cpu_q4_avx512vnni(m, a, a + 16 < r1 ? a + 16 : r1, qa, nt, c + (a - r0), ldc, tile);
+    if (!even) { /* streaming takes any rows; tiled, at most MXI_CPU_ROW_BLOCK (its scratch) */
+        const size_t step = nt < MXI_CPU_STREAM_MAX ? nr : MXI_CPU_ROW_BLOCK;
+        for (size_t a = r0; a < r1; a += step)
+            mxi_cpu_q4_avx512vnni(m, a, a + step < r1 ? a + step : r1, qa, nt, c + (a - r0), ldc, tile);
         return;
     }
     /* scratch (MXI_CPU_AMX_TILE_BYTES): B tiles (1024 nbp), ws of [block][32
