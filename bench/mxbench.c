@@ -58,7 +58,8 @@ static const char *USAGE = "usage: mxbench kernels [options]\n"
                            "  --json FILE            also write one JSON record per case to FILE\n"
                            "  -h, --help             this text\n"
                            "\n"
-                           "Environment: MXEP_CPU_ISA=scalar|avx2|avx512 caps the cpu backend's ISA level.\n"
+                           "Environment: MXEP_CPU_ISA=scalar|avx2|avx512|amx caps the cpu backend's ISA level\n"
+                           "(amx: AMX-INT8 tiles for MXFP4 weights; only on request).\n"
                            "Progress goes to stderr, the table to stdout. Exit status: 0 ok, 1 a check\n"
                            "failed or a backend error, 2 bad usage.\n";
 
@@ -858,7 +859,7 @@ static int cmd_kernels(int argc, char **argv)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         width = 8;
-    if (!strcmp(dev.isa, "avx512") && __builtin_cpu_supports("avx512f"))
+    if ((!strcmp(dev.isa, "avx512") || !strcmp(dev.isa, "amx")) && __builtin_cpu_supports("avx512f"))
         width = 16;
     if (!strcmp(dev.isa, "scalar"))
         width = 1;

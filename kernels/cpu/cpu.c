@@ -144,6 +144,7 @@ void mxi_cpu_qact(const float *x, size_t cols, size_t nbp, float s, uint8_t *dst
     int32_t *corr = (int32_t *)(dst + 4 * nbp);
     int16_t *tq = (int16_t *)(dst + 8 * nbp);
     int8_t *pl = (int8_t *)(dst + 72 * nbp);
+    int8_t *amx = (int8_t *)(dst + 136 * nbp);
     int16_t qb[32];
     for (size_t b = 0; b < nbp; b++) {
         size_t k0 = 32 * b, n = k0 < cols ? (cols - k0 < 32 ? cols - k0 : 32) : 0;
@@ -171,6 +172,11 @@ void mxi_cpu_qact(const float *x, size_t cols, size_t nbp, float s, uint8_t *dst
             as[b] = bits_f32((uint32_t)(e - 1 + 127) << 23) * s; /* 2^(e-1) >= 2^-114: normal */
         }
         corr[b] = 12 * sum;
+        for (unsigned k = 0; k < 32; k++) { /* AMX rows: high bytes, then low bytes */
+            int a = qb[k], lo = a & 0xFF;
+            amx[64 * b + k] = (int8_t)((a - lo) / 256);
+            amx[64 * b + 32 + k] = (int8_t)(uint8_t)lo;
+        }
         /* tiled layout and planes: group g, q-load qq, dword j, byte c, nibble y */
         size_t g = b / 8, j = b % 8;
         for (unsigned qq = 0; qq < 4; qq++)
@@ -268,6 +274,26 @@ void mxi_cpu_gemm_scalar(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const flo
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+/* Linux hands out the AMX tile data state only on request (per process; a
+ * tile instruction without it raises SIGILL). Asked only when the AMX level is
+ * chosen: once granted, the process's signal frames grow by 8 KB and a
+ * sigaltstack smaller than that is refused, which other code may not expect. */
+int mxi_cpu_amx_enable(void)
+{
+    if (!(mxi_cpu_detect() & MXI_CPU_HAS_AMX))
+        return 0;
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+#else
+    return 0;
+#endif
+}
 
 static uint64_t xgetbv0(void)
 {
@@ -306,7 +332,8 @@ unsigned mxi_cpu_detect(void)
         if (vnni)
             flags |= MXI_CPU_HAS_AVX512VNNI;
     }
-    if (amx_ok && amx_bf16 && amx_tile && amx_int8)
+    (void)amx_bf16;
+    if (amx_ok && amx_tile && amx_int8)
         flags |= MXI_CPU_HAS_AMX;
     return flags;
 }
@@ -315,11 +342,18 @@ unsigned mxi_cpu_detect(void)
 {
     return 0;
 }
+
+int mxi_cpu_amx_enable(void)
+{
+    return 0;
+}
 #endif
 
 const char *mxi_cpu_level_name(int level)
 {
     switch (level) {
+    case MXI_CPU_LEVEL_AMX:
+        return "amx";
     case MXI_CPU_LEVEL_AVX512:
         return "avx512";
     case MXI_CPU_LEVEL_AVX2:
@@ -333,6 +367,8 @@ const char *mxi_cpu_level_name(int level)
 static mxi_cpu_q4_fn level_q4(int level, unsigned flags)
 {
 #if defined(__x86_64__) || defined(__i386__)
+    if (level == MXI_CPU_LEVEL_AMX)
+        return mxi_cpu_q4_amx;
     if (level == MXI_CPU_LEVEL_AVX512)
         return (flags & MXI_CPU_HAS_AVX512VNNI) ? mxi_cpu_q4_avx512vnni : mxi_cpu_q4_avx512;
     if (level == MXI_CPU_LEVEL_AVX2)
@@ -346,7 +382,7 @@ static mxi_cpu_q4_fn level_q4(int level, unsigned flags)
 static mxi_cpu_gemm_fn level_gemm(int level)
 {
 #if defined(__x86_64__) || defined(__i386__)
-    if (level == MXI_CPU_LEVEL_AVX512)
+    if (level == MXI_CPU_LEVEL_AVX512 || level == MXI_CPU_LEVEL_AMX)
         return mxi_cpu_gemm_avx512;
     if (level == MXI_CPU_LEVEL_AVX2)
         return mxi_cpu_gemm_avx2;
@@ -355,12 +391,22 @@ static mxi_cpu_gemm_fn level_gemm(int level)
     return mxi_cpu_gemm_scalar;
 }
 
-/* Highest level the CPU has, capped by $MXEP_CPU_ISA (scalar|avx2|avx512). */
+/* The AMX level is taken by default only when this is 1; otherwise only on
+ * request (MXEP_CPU_ISA=amx). */
+#ifndef MXI_CPU_AMX_DEFAULT
+#define MXI_CPU_AMX_DEFAULT 0
+#endif
+
+/* Highest level the CPU has (AMX: only with AVX-512 VNNI, whose kernel takes
+ * its small batches), capped by $MXEP_CPU_ISA (scalar|avx2|avx512|amx). */
 static mx_status_t choose_level(unsigned flags, int *level_p)
 {
-    int have = (flags & MXI_CPU_HAS_AVX512) ? MXI_CPU_LEVEL_AVX512
-               : (flags & MXI_CPU_HAS_AVX2) ? MXI_CPU_LEVEL_AVX2
-                                            : MXI_CPU_LEVEL_SCALAR;
+    const unsigned amx = MXI_CPU_HAS_AVX512 | MXI_CPU_HAS_AVX512VNNI | MXI_CPU_HAS_AMX;
+    int top = (flags & amx) == amx           ? MXI_CPU_LEVEL_AMX
+              : (flags & MXI_CPU_HAS_AVX512) ? MXI_CPU_LEVEL_AVX512
+              : (flags & MXI_CPU_HAS_AVX2)   ? MXI_CPU_LEVEL_AVX2
+                                             : MXI_CPU_LEVEL_SCALAR;
+    int have = top == MXI_CPU_LEVEL_AMX && !MXI_CPU_AMX_DEFAULT ? MXI_CPU_LEVEL_AVX512 : top;
     const char *env = getenv("MXEP_CPU_ISA");
     if (env && *env) {
         int want;
@@ -370,12 +416,19 @@ static mx_status_t choose_level(unsigned flags, int *level_p)
             want = MXI_CPU_LEVEL_AVX2;
         else if (!strcmp(env, "avx512"))
             want = MXI_CPU_LEVEL_AVX512;
+        else if (!strcmp(env, "amx"))
+            want = MXI_CPU_LEVEL_AMX;
         else
-            return mx_error_set(MX_ERR_INVALID, "MXEP_CPU_ISA='%s': expected scalar, avx2 or avx512", env);
-        if (want > have)
+            return mx_error_set(MX_ERR_INVALID, "MXEP_CPU_ISA='%s': expected scalar, avx2, avx512 or amx", env);
+        if (want > top)
             return mx_error_set(MX_ERR_UNSUPPORTED, "MXEP_CPU_ISA=%s: this CPU only runs up to %s", env,
-                                mxi_cpu_level_name(have));
+                                mxi_cpu_level_name(top));
+        if (want == MXI_CPU_LEVEL_AMX && !mxi_cpu_amx_enable())
+            return mx_error_set(MX_ERR_UNSUPPORTED, "MXEP_CPU_ISA=amx: the OS refused this process the AMX tile state "
+                                                    "(arch_prctl ARCH_REQ_XCOMP_PERM)");
         have = want;
+    } else if (have == MXI_CPU_LEVEL_AMX && !mxi_cpu_amx_enable()) {
+        have = MXI_CPU_LEVEL_AVX512;
     }
     *level_p = have;
     return MX_OK;
@@ -422,7 +475,7 @@ static mx_status_t cpu_probe(mx_device_info_t *info_p)
     snprintf(feats, sizeof feats, "%s%s%s%s%s", (flags & MXI_CPU_HAS_AVX2) ? "avx2,fma" : "no-avx2",
              (flags & MXI_CPU_HAS_AVX512) ? ",avx512" : "", (flags & MXI_CPU_HAS_AVX512BF16) ? ",avx512_bf16" : "",
              (flags & MXI_CPU_HAS_AVX512VNNI) ? ",avx512_vnni" : "", (flags & MXI_CPU_HAS_AMX) ? ",amx" : "");
-    snprintf(info.name, sizeof info.name, "%.80s (%.40s)", brand, feats);
+    snprintf(info.name, sizeof info.name, "%.72s (%.52s)", brand, feats);
     snprintf(info.isa, sizeof info.isa, "%s", mxi_cpu_level_name(level));
     info.device_index = -1;
     info.cores = omp_get_max_threads();
@@ -660,8 +713,8 @@ static mx_status_t cpu_prepack(const mx_device_info_t *dev, const mx_moe_desc_t 
     unsigned flags = dev ? dev->flags : mxi_cpu_detect();
     int level;
     unsigned want = dev ? (dev->flags >> MXI_CPU_LEVEL_SHIFT) & 7u : 0u;
-    if (want > 3u)
-        return mx_error_set(MX_ERR_INVALID, "cpu prepack: device info names ISA level %u, expected 1..3", want);
+    if (want > 4u)
+        return mx_error_set(MX_ERR_INVALID, "cpu prepack: device info names ISA level %u, expected 1..4", want);
     if (want)
         level = (int)want - 1;
     else {
@@ -670,7 +723,9 @@ static mx_status_t cpu_prepack(const mx_device_info_t *dev, const mx_moe_desc_t 
             return st;
     }
     unsigned have = mxi_cpu_detect();
-    if ((level == MXI_CPU_LEVEL_AVX512 && !(have & MXI_CPU_HAS_AVX512)) ||
+    const unsigned amx = MXI_CPU_HAS_AVX512 | MXI_CPU_HAS_AVX512VNNI | MXI_CPU_HAS_AMX;
+    if ((level == MXI_CPU_LEVEL_AMX && ((have & amx) != amx || !mxi_cpu_amx_enable())) ||
+        (level == MXI_CPU_LEVEL_AVX512 && !(have & MXI_CPU_HAS_AVX512)) ||
         (level == MXI_CPU_LEVEL_AVX2 && !(have & MXI_CPU_HAS_AVX2)))
         return mx_error_set(MX_ERR_UNSUPPORTED, "cpu prepack: device info asks for %s, this CPU lacks it",
                             mxi_cpu_level_name(level));
@@ -791,6 +846,9 @@ typedef struct {
     size_t off_qa1, off_qa2, qa1_bytes, qa2_bytes; /* MXFP4: quantized activation rows */
     size_t off_qptr1, off_qptr2;                   /* MXFP4: pointers to them per assignment */
     size_t n_a1_rows, tile_bytes, thr_bytes, total;
+    int per_assign; /* activation rows per assignment (else per token) */
+    int qa1_copy;   /* quantized rows also copied per assignment (after the token ones) */
+    size_t rb;      /* rows per work item */
 } layout_t;
 
 static size_t kpad(size_t n)
@@ -829,7 +887,13 @@ static layout_t make_layout(const mx_backend_packed_t *pk, size_t n_tokens, size
     o = round_up(o + n_assign * sizeof(uint8_t *), ALIGN);
     L.off_qptr2 = o;
     o = round_up(o + n_assign * sizeof(uint8_t *), ALIGN);
-    L.n_a1_rows = pk->desc.scheme == MX_SCHEME_W4A8 ? n_assign : n_tokens;
+    /* one activation row per assignment for W4A8 (per-expert input scales),
+     * one per token otherwise; at the AMX level the quantized rows are then
+     * copied per assignment, so an expert's tokens get equally spaced rows (its
+     * tiles load them at one stride) */
+    L.per_assign = pk->desc.scheme == MX_SCHEME_W4A8;
+    L.qa1_copy = pk->is_q4 && pk->level == MXI_CPU_LEVEL_AMX && !L.per_assign;
+    L.n_a1_rows = L.per_assign ? n_assign : n_tokens;
     L.off_a1 = o;
     o = round_up(o + L.n_a1_rows * kpad(H) * sizeof(float), ALIGN);
     L.off_hd = o;
@@ -840,21 +904,27 @@ static layout_t make_layout(const mx_backend_packed_t *pk, size_t n_tokens, size
         L.qa1_bytes = round_up(mxi_cpu_qact_bytes(q4_nbp(H)), ALIGN);
         L.qa2_bytes = round_up(mxi_cpu_qact_bytes(q4_nbp(I)), ALIGN);
         L.off_qa1 = o;
-        o += L.n_a1_rows * L.qa1_bytes;
+        o += (L.n_a1_rows + (L.qa1_copy ? n_assign : 0)) * L.qa1_bytes;
         L.off_qa2 = o;
         o += n_assign * L.qa2_bytes;
     }
-    /* per thread: the gemm scratch (a decoded tile of ROW_BLOCK rows, then 8-lane
-     * partial sums [n_assign x ROW_BLOCK x 8]) and a C block [n_assign x ROW_BLOCK] */
+    /* per thread: the gemm scratch (a decoded tile of rb rows, then 8-lane
+     * partial sums [n_assign x rb x 8]) and a C block [n_assign x rb]; work
+     * items of rb = MXI_CPU_ROW_BLOCK rows, MXI_CPU_AMX_ROWS for MXFP4 weights
+     * at the AMX level */
+    L.rb = pk->is_q4 && pk->level == MXI_CPU_LEVEL_AMX ? MXI_CPU_AMX_ROWS : MXI_CPU_ROW_BLOCK;
     L.tile_bytes = round_up(MXI_CPU_ROW_BLOCK * kmax * sizeof(float), ALIGN);
     if (pk->is_q4) {
         size_t nbp = q4_nbp(H) > q4_nbp(I) ? q4_nbp(H) : q4_nbp(I);
         size_t q4t = round_up(MXI_CPU_ROW_BLOCK * nbp * 68 + 256, ALIGN);
+        if (L.rb == MXI_CPU_AMX_ROWS)
+            q4t =
+                q4t > round_up(MXI_CPU_AMX_TILE_BYTES(nbp), ALIGN) ? q4t : round_up(MXI_CPU_AMX_TILE_BYTES(nbp), ALIGN);
         L.tile_bytes = q4t > L.tile_bytes ? q4t : L.tile_bytes;
     }
-    L.thr_bytes = L.tile_bytes +                                                            /* decoded tile */
-                  round_up((n_assign + 8) * MXI_CPU_ROW_BLOCK * 8 * sizeof(float), ALIGN) + /* vector partials */
-                  round_up(n_assign * MXI_CPU_ROW_BLOCK * sizeof(float), ALIGN);            /* C block */
+    L.thr_bytes = L.tile_bytes +                                               /* decoded tile */
+                  round_up((n_assign + 8) * L.rb * 8 * sizeof(float), ALIGN) + /* vector partials */
+                  round_up(n_assign * L.rb * sizeof(float), ALIGN);            /* C block */
     L.off_thr = o;
     o += (size_t)pk->max_threads * L.thr_bytes;
     L.total = o + ALIGN; /* run() aligns the caller's workspace to 64 bytes */
@@ -974,7 +1044,8 @@ static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *a
     if (nth > pk->max_threads)
         nth = pk->max_threads;
     const int w4a8 = d->scheme == MX_SCHEME_W4A8, w8a8 = d->scheme == MX_SCHEME_W8A8;
-    const size_t rb = MXI_CPU_ROW_BLOCK;
+    const int per_assign = L.per_assign;
+    const size_t rb = L.rb;
     const size_t nrb1 = (2 * I + rb - 1) / rb, nrb2 = (H + rb - 1) / rb;
     mxi_cpu_gemm_fn gemm = pk->gemm;
     const int q4 = pk->is_q4;
@@ -992,7 +1063,7 @@ static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *a
         size_t nrows = L.n_a1_rows;
 #pragma omp for schedule(static)
         for (size_t i = 0; i < nrows; i++) {
-            size_t tok = w4a8 ? (size_t)args->tok[order[i]] : i;
+            size_t tok = per_assign ? (size_t)args->tok[order[i]] : i;
             const uint16_t *xs = args->x + tok * H;
             float *row = a1 + i * kh;
             for (size_t k = 0; k < H; k++)
@@ -1012,10 +1083,18 @@ static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *a
         }
 #pragma omp for schedule(static)
         for (size_t p = 0; p < NA; p++) {
-            size_t i1 = w4a8 ? p : (size_t)args->tok[order[p]];
+            size_t i1 = per_assign ? p : (size_t)args->tok[order[p]];
             aptr1[p] = a1 + i1 * kh;
             aptr2[p] = hd + p * ki;
             qptr1[p] = qa1 + i1 * L.qa1_bytes;
+            const int32_t e = args->expert[order[p]];
+            if (L.qa1_copy && cnt[e + 1] - cnt[e] >= MXI_CPU_AMX_MIN) {
+                /* the sections the AMX kernel reads: as_b and the amx rows */
+                uint8_t *cp = qa1 + (L.n_a1_rows + p) * L.qa1_bytes;
+                memcpy(cp, qptr1[p], 4 * nbp1);
+                memcpy(cp + 136 * nbp1, qptr1[p] + 136 * nbp1, 64 * nbp1);
+                qptr1[p] = cp;
+            }
             qptr2[p] = qa2 + p * L.qa2_bytes;
             for (size_t k = I; k < ki; k++)
                 hd[p * ki + k] = 0.0f;

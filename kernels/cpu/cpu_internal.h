@@ -40,7 +40,10 @@
  * (the product ws_b * as_b is exact unless it leaves float's range), over
  * nbp = 8 * ceil(nb / 8) blocks (padding blocks have S_b = 0 and finite
  * scales), then hsum8 as above. The 16-lane AVX-512 kernels hold two rows'
- * accumulators in one register. */
+ * accumulators in one register. The AMX level (x86/amx.c) gets the S_b of 16
+ * tokens x up to 24 rows from tile products over one block each: TDPBSSD on
+ * the high bytes, TDPBUSD on the low ones, S_b = 256 * C_high + C_low (exact
+ * in int32), then the same float step, vectorized over rows. */
 #ifndef MXEP_KERNELS_CPU_INTERNAL_H
 #define MXEP_KERNELS_CPU_INTERNAL_H
 
@@ -57,16 +60,24 @@ enum { MXI_CPU_BF16 = 0, MXI_CPU_MXFP4 = 1, MXI_CPU_FP8 = 2 };
 
 /* ISA levels (mx_device_info_t.flags of the cpu backend carries MXI_CPU_ISA_* bits
  * for what the CPU has; the level used is the highest allowed). */
-enum { MXI_CPU_LEVEL_SCALAR = 0, MXI_CPU_LEVEL_AVX2 = 1, MXI_CPU_LEVEL_AVX512 = 2 };
+enum { MXI_CPU_LEVEL_SCALAR = 0, MXI_CPU_LEVEL_AVX2 = 1, MXI_CPU_LEVEL_AVX512 = 2, MXI_CPU_LEVEL_AMX = 3 };
 #define MXI_CPU_HAS_AVX2 0x1u   /* AVX2 + FMA + F16C with OS YMM support */
 #define MXI_CPU_HAS_AVX512 0x2u /* AVX-512 F/BW/VL/DQ with OS ZMM support */
 #define MXI_CPU_HAS_AVX512BF16 0x4u
 #define MXI_CPU_HAS_AVX512VNNI 0x8u
-#define MXI_CPU_HAS_AMX 0x10u /* AMX-TILE + AMX-BF16 + AMX-INT8 (not used yet) */
+/* AMX-TILE + AMX-INT8 with the OS's tile state in XCR0; on Linux the process
+ * must still ask for it (mxi_cpu_amx_enable) before the first tile instruction */
+#define MXI_CPU_HAS_AMX 0x10u
 #define MXI_CPU_LEVEL_SHIFT 8 /* flags bits 8..10: 1 + the level this probe chose (0: none) */
 
 /* Rows of a matrix that one work item handles (multiple of 2, 3 and 4). */
 #define MXI_CPU_ROW_BLOCK 24
+/* Rows of a work item for MXFP4 weights at the AMX level (two tiles of 16),
+ * and the scratch its kernel needs before the partial sums (which take
+ * 32 * (nt + 8) * MXI_CPU_AMX_ROWS bytes, like the others' with their rows):
+ * decoded B tiles (1024 nbp), ws (128 nbp), two sets of C tiles (8 KB). */
+#define MXI_CPU_AMX_ROWS 32
+#define MXI_CPU_AMX_TILE_BYTES(nbp) (1152 * (size_t)(nbp) + 8192)
 /* Token counts below this stream each weight block from memory once per row
  * group; at or above it rows are decoded into a float tile reused by all tokens. */
 #define MXI_CPU_STREAM_MAX 5
@@ -125,15 +136,18 @@ float mxi_cpu_q4_ws(uint8_t b);
  *                            8q + 2c + 1 (h) of block 8g + j); plane xy holds the
  *                            x = high (A >> 8, signed) or low (A & 255, read
  *                            as an unsigned byte) part of A at the element of
- *                            nibble y: A = 256 * high + low. */
+ *                            nibble y: A = 256 * high + low.
+ *   int8_t  amx[64 nbp]      per block 32 high bytes, then 32 low bytes, in
+ *                            element order (rows of the AMX level's A tiles). */
 static inline size_t mxi_cpu_qact_bytes(size_t nbp)
 {
-    return nbp * (4 + 4 + 64 + 64);
+    return nbp * (4 + 4 + 64 + 64 + 64);
 }
 #define MXI_QACT_AS(p) ((const float *)(p))
 #define MXI_QACT_CORR(p, nbp) ((const int32_t *)((const uint8_t *)(p) + 4 * (nbp)))
 #define MXI_QACT_TQ(p, nbp) ((const int16_t *)((const uint8_t *)(p) + 8 * (nbp)))
 #define MXI_QACT_PLANES(p, nbp) ((const int8_t *)((const uint8_t *)(p) + 72 * (nbp)))
+#define MXI_QACT_AMX(p, nbp) ((const int8_t *)((const uint8_t *)(p) + 136 * (nbp)))
 
 /* Quantizes x[0..cols) (cols <= 32 nbp; beyond it zero) into dst, with every
  * as_b multiplied by s (exactly, but for under- or overflow): 1 for BF16
@@ -167,7 +181,16 @@ void mxi_cpu_q4_avx512(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8
                        size_t ldc, void *tile);
 void mxi_cpu_q4_avx512vnni(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
                            size_t ldc, void *tile);
+/* AMX level: AMX-INT8 tiles for nt >= MXI_CPU_AMX_MIN tokens whose rows qa[t]
+ * are equally spaced (run() lays them out so), the AVX-512 VNNI kernel
+ * otherwise. Same results, bit for bit (kernels/cpu/x86/amx.c). Rows per call:
+ * r1 - r0 <= MXI_CPU_AMX_ROWS; tile: MXI_CPU_AMX_TILE_BYTES(nbp) bytes, then
+ * the partial sums, 32 * (nt + 8) * MXI_CPU_AMX_ROWS bytes (or the others'
+ * scratch for 24 rows, whichever is larger). */
+void mxi_cpu_q4_amx(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
+                    size_t ldc, void *tile);
 #endif
+#define MXI_CPU_AMX_MIN 10
 
 void mxi_cpu_gemm_scalar(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const float *const *a, size_t nt, float *c,
                          size_t ldc, float *tile);
@@ -184,6 +207,10 @@ int mxi_cpu_packed_level(const mx_backend_packed_t *packed);
 const char *mxi_cpu_level_name(int level);
 /* The CPU's capability bits (MXI_CPU_HAS_*), from cpuid and xgetbv. */
 unsigned mxi_cpu_detect(void);
+/* 1 if this process may run AMX tile instructions: the CPU has them and, on
+ * Linux, arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) granted the tile state
+ * (asked here, idempotent). Called when the AMX level is chosen. */
+int mxi_cpu_amx_enable(void);
 /* Bytes of packed weight data of one expert (both matrices, scales included). */
 size_t mxi_cpu_packed_expert_bytes(const mx_backend_packed_t *packed, int expert);
 /* The packed matrices of one expert (tests: layout and padding). */

@@ -62,6 +62,10 @@ static inline mx_device_info_t cpu_dev_at(int level)
 static inline int cpu_level_available(int level)
 {
     unsigned f = mxi_cpu_detect();
+    if (level == MXI_CPU_LEVEL_AMX) {
+        const unsigned need = MXI_CPU_HAS_AVX512 | MXI_CPU_HAS_AVX512VNNI | MXI_CPU_HAS_AMX;
+        return (f & need) == need && mxi_cpu_amx_enable();
+    }
     if (level == MXI_CPU_LEVEL_AVX512)
         return (f & MXI_CPU_HAS_AVX512) != 0;
     if (level == MXI_CPU_LEVEL_AVX2)

@@ -70,6 +70,24 @@ static void test_env_naming_an_absent_level_is_an_error(void **state)
     unsetenv("MXEP_CPU_ISA");
 }
 
+/* AMX is taken only on request; asked for without it, an error that says so */
+static void test_env_amx_picks_the_amx_level_or_is_an_error(void **state)
+{
+    (void)state;
+    setenv("MXEP_CPU_ISA", "amx", 1);
+    mx_device_info_t dev;
+    if (cpu_level_available(MXI_CPU_LEVEL_AMX)) {
+        assert_int_equal(mx_backend_cpu.probe(&dev), MX_OK);
+        assert_string_equal(dev.isa, "amx");
+    } else {
+        assert_int_equal(mx_backend_cpu.probe(&dev), MX_ERR_UNSUPPORTED);
+        assert_non_null(strstr(mx_error_detail(), "amx"));
+    }
+    unsetenv("MXEP_CPU_ISA");
+    assert_int_equal(mx_backend_cpu.probe(&dev), MX_OK);
+    assert_string_not_equal(dev.isa, "amx");
+}
+
 typedef struct {
     mx_scheme_t scheme;
     mx_act_t act;
@@ -97,8 +115,8 @@ static void test_every_level_gives_identical_bits_close_to_ref(void **state)
         cpu_problem_t p;
         assert_int_equal(cpu_problem_make(&p, &d, 5, c->T, 2, 1, seed), 0);
         size_t n = p.rt.n_assign * c->H;
-        uint16_t *y[3] = {NULL, NULL, NULL};
-        for (int lv = MXI_CPU_LEVEL_SCALAR; lv <= MXI_CPU_LEVEL_AVX512; lv++) {
+        uint16_t *y[4] = {NULL, NULL, NULL, NULL};
+        for (int lv = MXI_CPU_LEVEL_SCALAR; lv <= MXI_CPU_LEVEL_AMX; lv++) {
             if (!cpu_level_available(lv))
                 continue;
             mx_device_info_t dev = cpu_dev_at(lv);
@@ -137,7 +155,7 @@ static void test_every_level_gives_identical_bits_close_to_ref(void **state)
             ref->release(rpk);
             free(yr);
         }
-        for (int lv = 0; lv < 3; lv++)
+        for (int lv = 0; lv < 4; lv++)
             free(y[lv]);
         cpu_problem_free(&p);
     }
@@ -149,6 +167,7 @@ int main(void)
         cmocka_unit_test(test_probe_reports_the_highest_level_cpuid_allows),
         cmocka_unit_test(test_env_caps_level_and_rejects_unknown_names),
         cmocka_unit_test(test_env_naming_an_absent_level_is_an_error),
+        cmocka_unit_test(test_env_amx_picks_the_amx_level_or_is_an_error),
         cmocka_unit_test(test_every_level_gives_identical_bits_close_to_ref),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -117,6 +117,9 @@ static void test_qact_follows_the_contract_on_crafted_blocks(void **state)
             const int8_t *o = pl + 512 * (b / 8) + 128 * q + 4 * (b % 8) + c;
             int hi = o[32 * y], lo = (uint8_t)o[64 + 32 * y];
             assert_int_equal(256 * hi + lo, qact_a(qa, nbp, b, k));
+            /* and the AMX rows: 32 high bytes, then 32 low ones, element order */
+            const int8_t *am = MXI_QACT_AMX(qa, nbp) + 64 * b;
+            assert_int_equal(256 * am[k] + (uint8_t)am[32 + k], qact_a(qa, nbp, b, k));
         }
     free(qa);
 }
@@ -176,26 +179,30 @@ static void q4_mat_free(q4_mat_t *o)
     free(o->dscales);
 }
 
-/* The kernels tested: scalar, AVX2, AVX-512, AVX-512 with VNNI (each where the
- * CPU has it; the packed layout is the same for all). */
-#define NK 4
-static const char *const kname[NK] = {"scalar", "avx2", "avx512", "avx512vnni"};
+/* The kernels tested: scalar, AVX2, AVX-512, AVX-512 with VNNI, AMX (each where
+ * the CPU has it; the packed layout is the same for all). */
+#define NK 5
+static const char *const kname[NK] = {"scalar", "avx2", "avx512", "avx512vnni", "amx"};
 
 static int kernel_level(int k)
 {
-    return k < 3 ? k : MXI_CPU_LEVEL_AVX512;
+    return k < 3 ? k : k == 4 ? MXI_CPU_LEVEL_AMX : MXI_CPU_LEVEL_AVX512;
 }
 
 static int kernel_available(int k)
 {
     if (k < 3)
         return cpu_level_available(k);
+    if (k == 4)
+        return cpu_level_available(MXI_CPU_LEVEL_AMX);
     return cpu_level_available(MXI_CPU_LEVEL_AVX512) && (mxi_cpu_detect() & MXI_CPU_HAS_AVX512VNNI);
 }
 
 static mxi_cpu_q4_fn kernel_fn(int k)
 {
 #if defined(__x86_64__) || defined(__i386__)
+    if (k == 4)
+        return mxi_cpu_q4_amx;
     if (k == 3)
         return mxi_cpu_q4_avx512vnni;
     if (k == 2)
@@ -207,7 +214,8 @@ static mxi_cpu_q4_fn kernel_fn(int k)
 }
 
 /* c[t][r] for every kernel the CPU has, through the streaming (nt < 5) or the
- * tiled (nt >= 5) path, 24 rows per call like run(). */
+ * tiled (nt >= 5) path, 24 rows per call like run() (AMX: 32) and, between
+ * those, calls of 21, 19 and 17 rows (AMX: 27, 17, 9: partial items). */
 static void run_levels(size_t rows, size_t cols, const uint8_t *codes, const uint8_t *scales, const float *x, size_t nt,
                        float *c_p[NK])
 {
@@ -219,8 +227,10 @@ static void run_levels(size_t rows, size_t cols, const uint8_t *codes, const uin
         mxi_cpu_qact(x + t * cols, cols, nbp, 1.0f, qa + t * qb);
         ap[t] = qa + t * qb;
     }
-    void *tile = aligned_alloc(64, MXI_CPU_ROW_BLOCK * nbp * 68 + 256 + (nt + 8) * MXI_CPU_ROW_BLOCK * 32 + 64);
-    float cb[64 * MXI_CPU_ROW_BLOCK];
+    size_t tb = MXI_CPU_ROW_BLOCK * nbp * 68 + 256 + (nt + 8) * MXI_CPU_ROW_BLOCK * 32,
+           tamx = MXI_CPU_AMX_TILE_BYTES(nbp) + (nt + 8) * MXI_CPU_AMX_ROWS * 32;
+    void *tile = aligned_alloc(64, (tb > tamx ? tb : tamx) + 64);
+    float cb[64 * MXI_CPU_AMX_ROWS];
     assert_non_null(tile);
     for (int lv = 0; lv < NK; lv++) {
         c_p[lv] = NULL;
@@ -231,14 +241,16 @@ static void run_levels(size_t rows, size_t cols, const uint8_t *codes, const uin
         const mxi_cpu_mat_t *pm = mxi_cpu_packed_matrix(m.pk, 0, 0);
         c_p[lv] = malloc(nt * rows * sizeof(float));
         assert_non_null(c_p[lv]);
-        for (size_t r0 = 0; r0 < rows; r0 += MXI_CPU_ROW_BLOCK) {
-            size_t r1 = r0 + MXI_CPU_ROW_BLOCK < rows ? r0 + MXI_CPU_ROW_BLOCK : rows;
+        static const size_t chunks[2][4] = {{MXI_CPU_ROW_BLOCK, 21, 19, 17}, {MXI_CPU_AMX_ROWS, 27, 17, 9}};
+        const size_t *chunk = chunks[kernel_level(lv) == MXI_CPU_LEVEL_AMX], ldc = MXI_CPU_AMX_ROWS;
+        for (size_t r0 = 0, ci = 0; r0 < rows; r0 += chunk[ci++ % 4]) {
+            size_t r1 = r0 + chunk[ci % 4] < rows ? r0 + chunk[ci % 4] : rows;
             for (size_t i = 0; i < sizeof cb / sizeof cb[0]; i++)
                 cb[i] = NAN;
-            kernel_fn(lv)(pm, r0, r1, ap, nt, cb, MXI_CPU_ROW_BLOCK, tile);
+            kernel_fn(lv)(pm, r0, r1, ap, nt, cb, ldc, tile);
             for (size_t t = 0; t < nt; t++)
                 for (size_t r = r0; r < r1; r++)
-                    c_p[lv][t * rows + r] = cb[t * MXI_CPU_ROW_BLOCK + (r - r0)];
+                    c_p[lv][t * rows + r] = cb[t * ldc + (r - r0)];
         }
         q4_mat_free(&m);
     }
@@ -254,9 +266,9 @@ static void test_kernels_are_exact_where_the_arithmetic_is_exact(void **state)
     /* small integer activations and weights with scales 2^-1..2^1: every product,
      * block sum and running sum is a multiple of 2^-2 below 2^20, so every level
      * and path must give exactly the double-precision dot product */
-    const size_t rows = 64, cols = 2880, nts[] = {1, 2, 3, 4, 7};
+    const size_t rows = 128, cols = 2880, nts[] = {1, 2, 3, 4, 7, 12, 16, 17, 40};
     uint8_t *codes = malloc(rows * cols), *scales = malloc(rows * cols / 32);
-    float *x = malloc(7 * cols * sizeof(float));
+    float *x = malloc(40 * cols * sizeof(float));
     assert_non_null(codes);
     assert_non_null(scales);
     assert_non_null(x);
@@ -266,7 +278,7 @@ static void test_kernels_are_exact_where_the_arithmetic_is_exact(void **state)
         codes[i] = (uint8_t)kt_rng_below(&r, 16);
     for (size_t i = 0; i < rows * cols / 32; i++)
         scales[i] = (uint8_t)(126 + kt_rng_below(&r, 3));
-    for (size_t i = 0; i < 7 * cols; i++)
+    for (size_t i = 0; i < 40 * cols; i++)
         x[i] = (float)(kt_rng_below(&r, 17) - 8);
     for (size_t n = 0; n < sizeof nts / sizeof nts[0]; n++) {
         size_t nt = nts[n];
@@ -299,7 +311,7 @@ static void test_kernels_handle_e8m0_extremes_alike_on_every_level(void **state)
      * ordinary ones; K = 96: one short group (3 blocks) */
     const size_t rows = 64, cols = 96;
     uint8_t codes[64 * 96], scales[64 * 3];
-    float x[8 * 96];
+    float x[21 * 96];
     kt_rng_t r;
     kt_rng_seed(&r, 78);
     for (size_t rr = 0; rr < rows; rr++)
@@ -316,10 +328,10 @@ static void test_kernels_handle_e8m0_extremes_alike_on_every_level(void **state)
                 codes[rr * cols + 32 * b + k] =
                     (uint8_t)(s == 0xFE ? kt_rng_below(&r, 4) | (kt_rng_below(&r, 2) << 3) : kt_rng_below(&r, 16));
         }
-    for (size_t i = 0; i < 8 * cols; i++)
+    for (size_t i = 0; i < 21 * cols; i++)
         x[i] = kt_rng_uniform(&r, -1.0f, 1.0f) * 0x1p-100f; /* keeps 2^127 rows finite */
-    size_t nts[] = {1, 8};
-    for (size_t n = 0; n < 2; n++) {
+    size_t nts[] = {1, 8, 21};
+    for (size_t n = 0; n < 3; n++) {
         size_t nt = nts[n];
         float *c[NK];
         run_levels(rows, cols, codes, scales, x, nt, c);
@@ -400,8 +412,8 @@ static void check_special_tokens(int nonfinite)
         p.x[4 * H + 2000] = mx_quant_bf16_from_f32(-INFINITY);
     }
     const size_t NA = p.rt.n_assign;
-    uint16_t *y[3] = {NULL, NULL, NULL};
-    for (int lv = 0; lv < 3; lv++) {
+    uint16_t *y[4] = {NULL, NULL, NULL, NULL};
+    for (int lv = 0; lv < 4; lv++) {
         if (!cpu_level_available(lv))
             continue;
         mx_device_info_t dev = cpu_dev_at(lv);
@@ -479,7 +491,7 @@ static void check_special_tokens(int nonfinite)
     free(yr);
     free(yrq);
     free(xq);
-    for (int lv = 0; lv < 3; lv++)
+    for (int lv = 0; lv < 4; lv++)
         free(y[lv]);
     cpu_problem_free(&p);
 }
