@@ -105,19 +105,9 @@ __device__ __forceinline__ float f_to_e4m3(float v)
     return copysignf(q, v);
 }
 
-__device__ __forceinline__ uint32_t dec_fp8_pair(uint32_t two)
-{
-    return e4m3_to_bf16(two & 0xffu) | (e4m3_to_bf16((two >> 8) & 0xffu) << 16);
-}
-
-/* Nibbles at bits 0-3 and 16-19 -> BF16x2 of value * 2^-126 (exact bit placement). */
-__device__ __forceinline__ uint32_t fp4x2_bits(uint32_t w)
-{
-    return ((w & 0x00070007u) << 6) | ((w & 0x00080008u) << 12);
-}
-
-/* fp4x2_bits(w >> 4 r) with the shift folded into the masks: nibbles r and r + 4
- * of w -> BF16x2 of value * 2^-126 (two shifts and one three-input logic op). */
+/* Nibbles r and r + 4 of w -> BF16x2 of value * 2^-126 (exact bit placement: the
+ * 3-bit magnitude lands at bits 6-8 / 22-24, the sign at 15 / 31; the shift is
+ * folded into the masks, two shifts and one three-input logic op). */
 template <int R> __device__ __forceinline__ uint32_t fp4_pair(uint32_t w)
 {
     constexpr int MS = 6 - 4 * R, SS = 12 - 4 * R;
@@ -142,24 +132,6 @@ __device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b)
     uint32_t hi = __float_as_uint(bf16_to_f(a >> 16) * bf16_to_f(b >> 16)) >> 16;
     return lo | (hi << 16);
 #endif
-}
-
-/* BF16x2 multipliers turning fp4x2_bits into value * 2^(se-127): one multiply while
- * 2^(se-1) is a normal BF16 (se <= 128), two above. */
-__device__ __forceinline__ void e8m0_mults(uint32_t se, uint32_t &m1, uint32_t &m2)
-{
-    if (se == 255u) {
-        m1 = 0x7fc07fc0u;
-        m2 = 0x3f803f80u;
-    } else if (se <= 128u) {
-        uint32_t b = (se + 126u) << 7;
-        m1 = b | (b << 16);
-        m2 = 0x3f803f80u;
-    } else {
-        m1 = 0x7e807e80u;
-        uint32_t b = se << 7;
-        m2 = b | (b << 16);
-    }
 }
 
 __device__ __forceinline__ float act_apply(int act, float g, float u, float limit, float alpha)
@@ -426,8 +398,9 @@ struct Fp4Mults {
 };
 __device__ __forceinline__ void fp4_mults(uint32_t scw, Fp4Mults &m)
 {
-    /* the products m1 * m2 = 2^(se-1) of e8m0_mults, without branches: m1 carries
-     * the exponent up to 2^127, m2 the rest (1.0 while se <= 128); 0xFF is NaN */
+    /* BF16x2 multipliers turning fp4_pair's value * 2^-126 into value * 2^(se-127):
+     * m1 * m2 = 2^(se-1), m1 carrying the exponent up to 2^127 and m2 the rest
+     * (1.0 while se <= 128, so one multiply suffices); 0xFF is NaN. No branches. */
     uint32_t big = 0;
 #pragma unroll
     for (int h = 0; h < 2; h++)
