@@ -29,11 +29,7 @@ echo "== gpu tests and bench (device_run.sh): status $STATUS"
 grep -E "^\[  (PASSED|FAILED) |^\[  FAILED  \]|bitwise equal|rel L2 .*(nan|inf)|error|Error|limits:|^ +[0-9]+ +[0-9]+ +[SML] |layer:|gpu tests: exit|mxgpu_bench: exit" \
   "$OUT/gpu_device_run.log" | head -60
 
-PREFIX=$ROOT/.deps/prefix
-export PKG_CONFIG_PATH=$PREFIX/pc${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
-export LD_LIBRARY_PATH=$PREFIX/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export CMAKE_PREFIX_PATH=$PREFIX/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}
-[ -x "$PREFIX/bin/pkg-config" ] && export PATH=$PREFIX/bin:$PATH
+. "$ROOT/bench/device_env.sh" || exit 2
 BUILD=$ROOT/build-device
 B=$BUILD/kernels/gpu/mxgpu_bench
 if [ -x "$B" ]; then

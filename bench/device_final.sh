@@ -38,11 +38,7 @@ cp "$LOGS/gpu_bench.json" "$OUT/gpu_bench.json" 2>/dev/null
 echo "== GPU tests and W4A16 bench: rc $rc, fallback kernels: $FELL (${SECONDS}s)"
 grep -E "^\[  (PASSED|FAILED)|^\[  FAILED|bitwise equal across|gpu tests: exit|limits:|^ +[0-9]+ +[0-9]+ +[SML] |layer:" "$LOGS/gpu.log" | head -30
 
-PREFIX=$ROOT/.deps/prefix
-export PKG_CONFIG_PATH=$PREFIX/pc${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
-export LD_LIBRARY_PATH=$PREFIX/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export CMAKE_PREFIX_PATH=$PREFIX/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}
-[ -x "$PREFIX/bin/pkg-config" ] && export PATH=$PREFIX/bin:$PATH
+. "$ROOT/bench/device_env.sh" || exit 2
 BUILD=$ROOT/build-device
 B=$BUILD/kernels/gpu/mxgpu_bench
 if [ "${FINAL_SCHEMES:-0}" = 1 ]; then

@@ -39,27 +39,8 @@ ompi_info --param btl vader --level 9 2>/dev/null | grep -E 'single_copy_mechani
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU visible"
 
 # ---------------------------------------------------------------- 1. build
-# the packages of .deps (cJSON, cmocka, nanomsg, hwloc headers, pkgconf), as bench/gpu/device_run.sh
-DEPS=$ROOT/.deps
-PREFIX=$DEPS/prefix
-LIBDIR=$PREFIX/usr/lib/x86_64-linux-gnu
-if [ ! -d "$PREFIX/pc" ] && ls "$DEPS"/*.deb >/dev/null 2>&1; then
-  mkdir -p "$PREFIX" "$PREFIX/pc"
-  for f in "$DEPS"/*.deb; do dpkg -x "$f" "$PREFIX"; done
-  for pc in "$LIBDIR"/pkgconfig/*.pc "$PREFIX"/usr/share/pkgconfig/*.pc; do
-    [ -e "$pc" ] || continue
-    sed -e "s|=/usr\$|=$PREFIX/usr|" -e "s|/usr/|$PREFIX/usr/|g" "$pc" > "$PREFIX/pc/$(basename "$pc")"
-  done
-  if pkg-config --exists hwloc 2>/dev/null; then rm -f "$PREFIX/pc/hwloc.pc"; fi
-  if ! command -v pkg-config >/dev/null 2>&1; then
-    mkdir -p "$PREFIX/bin"
-    ln -sf "$PREFIX/usr/bin/pkgconf" "$PREFIX/bin/pkg-config"
-  fi
-fi
-export PKG_CONFIG_PATH=$PREFIX/pc${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
-export LD_LIBRARY_PATH=$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export CMAKE_PREFIX_PATH=$PREFIX/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}
-[ -x "$PREFIX/bin/pkg-config" ] && export PATH=$PREFIX/bin:$PATH
+# the packages of .deps (cJSON, cmocka, nanomsg, hwloc headers, pkgconf)
+. "$ROOT/bench/device_env.sh" || exit 2
 BUILD=${XCHG_BUILD:-$ROOT/build-device}
 NP=${XCHG_NP:-8}
 IT=${XCHG_ITERS:-0}

@@ -8,7 +8,7 @@ set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$ROOT/out}
 mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$ROOT/.deps/prefix/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+. "$ROOT/bench/device_env.sh" || exit 2
 B=$ROOT/build-device/kernels/gpu/mxgpu_bench
 [ -x "$B" ] || { echo "device_profile.sh: $B is not built (run bench/gpu/device_run.sh first)" >&2; exit 2; }
 command -v ncu >/dev/null || { echo "device_profile.sh: ncu not found" >&2; exit 2; }

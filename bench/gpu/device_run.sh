@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # bench/gpu/device_run.sh: everything mxep does on the lent GPU machine, in one go:
 #   1. unpack the Debian packages carried in .deps (cJSON, cmocka, nanomsg, hwloc
-#      headers, pkgconf) into .deps/prefix with dpkg -x (never into /), and make
-#      their pkg-config files point there;
+#      headers, pkgconf) into .deps/prefix afresh (bench/device_env.sh);
 #   2. configure and build the cuda backend, its tests and the GPU bench
 #      (sm_90a; CMake, or by hand with nvcc/gcc if the project's CMake fails);
 #   3. run the gpu-labelled tests and mxgpu_bench (gpt-oss-20b shapes, W4A16);
@@ -36,33 +35,7 @@ nvcc --version | tail -1 || true
 NPROC=$(nproc)
 
 # ---------------------------------------------------------------- 1. dependencies
-DEPS=$ROOT/.deps
-PREFIX=$DEPS/prefix
-rm -rf "$PREFIX"
-mkdir -p "$PREFIX"
-for f in "$DEPS"/*.deb; do
-  [ -e "$f" ] || { echo "device_run.sh: no .deb files in $DEPS (fetch them: see bench/gpu/README.md)" >&2; exit 2; }
-  dpkg -x "$f" "$PREFIX"
-done
-LIBDIR=$PREFIX/usr/lib/x86_64-linux-gnu
-PCDIR=$PREFIX/pc
-mkdir -p "$PCDIR"
-# rewrite prefix=/usr in copies of the .pc files so that they point into the unpacked tree
-for pc in "$LIBDIR"/pkgconfig/*.pc "$PREFIX"/usr/share/pkgconfig/*.pc; do
-  [ -e "$pc" ] || continue
-  # (some, like cmocka.pc, spell /usr/... out in Libs and Cflags)
-  sed -e "s|=/usr\$|=$PREFIX/usr|" -e "s|/usr/|$PREFIX/usr/|g" "$pc" > "$PCDIR/$(basename "$pc")"
-done
-# the system's hwloc wins when it has its headers
-if pkg-config --exists hwloc 2>/dev/null; then rm -f "$PCDIR/hwloc.pc"; fi
-if ! command -v pkg-config >/dev/null 2>&1; then
-  mkdir -p "$PREFIX/bin"
-  ln -sf "$PREFIX/usr/bin/pkgconf" "$PREFIX/bin/pkg-config"
-  export PATH=$PREFIX/bin:$PATH
-fi
-export PKG_CONFIG_PATH=$PCDIR${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
-export LD_LIBRARY_PATH=$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export CMAKE_PREFIX_PATH=$PREFIX/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}
+MXEP_DEPS_FRESH=1 . "$ROOT/bench/device_env.sh" || exit 2
 echo "pkg-config: $(command -v pkg-config); cjson $(pkg-config --modversion libcjson 2>&1)," \
      "cmocka $(pkg-config --modversion cmocka 2>&1), hwloc $(pkg-config --modversion hwloc 2>&1)"
 
