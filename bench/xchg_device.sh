@@ -120,6 +120,6 @@ fi
 # ---------------------------------------------------------------- summary
 echo "== summary (${SECONDS}s)"
 sleep 1 # let tee write out the log
-grep -E '^-- |^== [2-5]|^  mxep  |^  MPI_Alltoallv|^  memcpy|split, mean|^  speedup|layer latency|exchange in the layer|MPI_Alltoallv in the layer|exchange alone|MPI_Alltoallv alone|memcpy of the bytes|mean over ranks|FAILED' \
+grep -E '^-- |^== [2-5]|^  mxep  |^  MPI_Alltoallv|^  memcpy|split, mean|^  speedup|layer latency|layer vs its parts|exchange in the layer|MPI_Alltoallv in the layer|exchange alone|MPI_Alltoallv alone|memcpy of the bytes|mean over ranks|FAILED' \
   "$OUT/xchg_device.log" | grep -v '^== summary' > "$OUT/xchg_summary.txt"
 cat "$OUT/xchg_summary.txt"

@@ -495,6 +495,10 @@ int wk_cmd_bench(wk_job_t *job)
         if (base)
             printf("; over plain MPI_Alltoallv p50 %.3f ms", p50_b);
         printf("\n");
+        /* what the layer costs beyond its parts: routing, packing, waiting on the slowest peer */
+        const double parts = max_compute + ours;
+        printf("  layer vs its parts  p50 %.2fx, mean %.2fx of slowest compute + exchange (%.3f + %.3f ms)\n",
+               parts > 0 ? p50 / parts : 0, parts > 0 ? mean_lat / parts : 0, max_compute, ours);
         printf("  dispatch            %.3f MB in all (max %.3f MB per rank), %.3f ms, %.2f GB/s per rank\n",
                disp_b / 1e6, max_disp_rank_b / 1e6, max_disp_ms,
                max_disp_ms > 0 ? max_disp_rank_b / 1e6 / max_disp_ms : 0);
@@ -600,6 +604,8 @@ int wk_cmd_bench(wk_job_t *job)
             cJSON_AddNumberToObject(tot, "layer_ms_p50", p50);
             cJSON_AddNumberToObject(tot, "layer_ms_p99", p99);
             cJSON_AddNumberToObject(tot, "compute_ms_max", max_compute);
+            cJSON_AddNumberToObject(tot, "layer_p50_over_compute_plus_exchange",
+                                    max_compute + ours > 0 ? p50 / (max_compute + ours) : 0);
             cJSON_AddNumberToObject(tot, "dispatch_bytes", disp_b);
             cJSON_AddNumberToObject(tot, "combine_bytes", comb_b);
             cJSON_AddNumberToObject(tot, "dispatch_ms", max_disp_ms);

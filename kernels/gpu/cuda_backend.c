@@ -44,6 +44,7 @@ typedef struct {
     float *wsf, *bias;
     size_t w_es, sc_es, wsf_es, bias_es;
     int wsf_kb, flush_w;
+    int sc_big; /* MXFP4: some E8M0 scale is above 2^1 or NaN (mxg_gemm_params_t.sc_big) */
     int N, N_pad, K, K_pad;
 } gmat_t;
 
@@ -219,7 +220,7 @@ static mx_status_t check_matrix(const mx_matrix_t *m, int wfmt, size_t rows, siz
 
 /* Packs one matrix of one expert into host buffers laid out as gpu_layout.h says.
  * rowmap(n) gives the canonical row of packed row n or -1 for padding. */
-static void pack_matrix(const mx_matrix_t *m, int wfmt, const gmat_t *g, const int *rowmap, uint8_t *w, uint8_t *sc,
+static void pack_matrix(const mx_matrix_t *m, int wfmt, gmat_t *g, const int *rowmap, uint8_t *w, uint8_t *sc,
                         float *wsf, const float *bias_src, float *bias)
 {
     const size_t cols = m->cols;
@@ -235,7 +236,11 @@ static void pack_matrix(const mx_matrix_t *m, int wfmt, const gmat_t *g, const i
                 if (wfmt == MXG_W_FP4) {
                     uint8_t byte = ((const uint8_t *)m->data)[(size_t)src * (cols / 2) + k / 2];
                     uint8_t nib = (k & 1) ? (byte >> 4) : (byte & 15);
-                    w[o] |= (uint8_t)(nib << sh);
+                    for (int j = 0; j < 4; j++)
+                        if ((nib >> j) & 1) {
+                            const int bit = mxg_fp4_bit(sh, j); /* little-endian step word */
+                            w[o + (size_t)(bit >> 3)] |= (uint8_t)(1u << (bit & 7));
+                        }
                 } else if (wfmt == MXG_W_FP8) {
                     w[o] = ((const uint8_t *)m->data)[(size_t)src * cols + k];
                 } else {
@@ -243,9 +248,11 @@ static void pack_matrix(const mx_matrix_t *m, int wfmt, const gmat_t *g, const i
                 }
             }
             if (wfmt == MXG_W_FP4)
-                for (size_t blk = 0; blk < cols / 32; blk++)
-                    sc[mxg_sc_offset(g->N_pad, n, (int)blk)] =
-                        ((const uint8_t *)m->scales)[(size_t)src * (cols / 32) + blk];
+                for (size_t blk = 0; blk < cols / 32; blk++) {
+                    const uint8_t e8 = ((const uint8_t *)m->scales)[(size_t)src * (cols / 32) + blk];
+                    sc[mxg_sc_offset(g->N_pad, n, (int)blk)] = e8;
+                    g->sc_big |= e8 > 128;
+                }
         }
         if (wfmt == MXG_W_FP8) {
             const float *s = (const float *)m->scales;
@@ -318,6 +325,7 @@ static mx_status_t gmat_alloc(gmat_t *g, int dev, int wfmt, int E, size_t N, siz
     g->sc_es = wfmt == MXG_W_FP4 ? (size_t)g->K_pad / MXG_BK * (size_t)(g->N_pad / 16) * 32 : 0;
     g->wsf_kb = block_scales ? (g->K_pad + 127) / 128 : 1;
     g->flush_w = block_scales;
+    g->sc_big = 0;
     g->wsf_es = wfmt == MXG_W_FP8 ? (size_t)g->wsf_kb * g->N_pad : 0;
     g->bias_es = (size_t)g->N_pad;
     char what[96];
@@ -549,7 +557,7 @@ static mx_status_t scratch_need(mx_backend_packed_t *p, size_t T, size_t NA, siz
     if (st == MX_OK && weighted_sum)
         st = dbuf_need(p, &p->out, T * H * 4, "weighted sum");
     int quant = p->desc.scheme == MX_SCHEME_W4A8 || p->desc.scheme == MX_SCHEME_W8A8;
-    if (st == MX_OK && quant)
+    if (st == MX_OK && (quant || p->cfg == MXG_CFG_S)) /* S: GEMM1 reads a permuted copy */
         st = dbuf_need(p, &p->xq, NA * K1 * 2, "quantized tokens");
     if (st == MX_OK && quant)
         st = dbuf_need(p, &p->rs1, NA * 4, "activation scales");
@@ -675,6 +683,7 @@ static void gemm_common(const mx_backend_packed_t *p, const gmat_t *g, mxg_gemm_
     q->cnt = p->d_cnt;
     q->n_mtiles = p->n_mtiles;
     q->flush = g->flush_w;
+    q->sc_big = g->sc_big;
 }
 
 #define KL(call, what)                                                                                                 \
@@ -698,7 +707,12 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
     gemm_common(p, &p->m1, &g1);
     gemm_common(p, &p->m2, &g2);
 
-    /* GEMM1 input */
+    /* GEMM1 input. The decode kernel (S) reads token rows with their columns in
+     * mxg_tok_pos order: the quantizer writes them so, or copies them so when
+     * the scheme does not quantize; GEMM1's decode epilogue then writes GEMM2's
+     * input in that order too. Pad columns are written as zeros either way (the
+     * buffers serve batches of both orders). */
+    const int perm = p->cfg == MXG_CFG_S;
     if (sch == MX_SCHEME_W4A8 || sch == MX_SCHEME_W8A8) {
         mxg_quant_params_t q = {0};
         q.mode = sch == MX_SCHEME_W4A8 ? MXG_Q_STATIC : grp ? MXG_Q_GROUP128 : MXG_Q_TOKEN;
@@ -708,6 +722,8 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
         q.out = p->xq.ptr;
         q.ld_out = K1;
         q.K = (int)p->desc.hidden;
+        q.perm_out = perm;
+        q.pad_out = K1;
         q.row_scale = sch == MX_SCHEME_W4A8 ? p->d_rs1 : p->rs1.ptr;
         q.grp = p->grp1.ptr;
         q.n_grp = (K1 + 127) / 128;
@@ -721,6 +737,22 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
         g1.a_grp_n = q.n_grp;
         if (grp)
             g1.flush = 1;
+    } else if (perm) {
+        mxg_quant_params_t q = {0};
+        q.mode = MXG_Q_COPY;
+        q.in = p->x.ptr;
+        q.ld_in = K1;
+        q.src_rows = p->d_a_tok;
+        q.out = p->xq.ptr;
+        q.ld_out = K1;
+        q.K = (int)p->desc.hidden;
+        q.perm_out = 1;
+        q.pad_out = K1;
+        q.n_rows = (int)NA;
+        KL(mxi_gpu_quant_launch(&q, p->stream), "token copy (GEMM1, decode order)");
+        g1.pdl = p->pdl;
+        g1.a = p->xq.ptr;
+        g1.a_rows = NULL;
     } else {
         g1.a = p->x.ptr;
         g1.a_rows = p->d_a_tok;
@@ -745,6 +777,7 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
         q.out = p->hid.ptr;
         q.ld_out = K2;
         q.K = (int)p->desc.inter;
+        q.perm_in = q.perm_out = perm; /* in place, in the order GEMM1 wrote */
         q.row_scale = sch == MX_SCHEME_W4A8 ? p->d_rs2 : p->rs2.ptr;
         q.grp = p->grp2.ptr;
         q.n_grp = (K2 + 127) / 128;

@@ -18,9 +18,12 @@
  * of the step, each register two elements of consecutive columns:
  *   BF16: step s at byte 16 s, register r at + 4 r (two BF16, lower column first);
  *   FP8:  step s at byte 8 s, register r at + 2 r (two E4M3FN bytes);
- *   MXFP4: step s is the 32-bit word s; register r takes nibbles r (lower
- *          column) and r + 4 (upper column), so that one shift and two masks
- *          place a pair in a BF16x2 register.
+ *   MXFP4: step s is the 32-bit (little-endian) word s, holding the eight
+ *          elements q = r + 4 el (el 0: lower column) of the step's four
+ *          registers; bit j of element q's E2M1 code (j = 0 mantissa, 1 and 2
+ *          exponent, 3 sign) is bit mxg_fp4_bit(q, j) of the word. The bits are
+ *          spread so that a rotate and a mask place a register's two elements
+ *          in a BF16x2 (mxg_fp4_pair: 9 logic instructions per word).
  * MXFP4 scales: for chunk kc and row group rg, 32 bytes at
  * (kc * N_pad / 16 + rg) * 32; byte 4 g + h + 2 b is the E8M0 of row g + 8 h
  * of the group for the chunk's 32-block b (one 32-bit word per lane quad).
@@ -45,7 +48,7 @@
 enum { MXG_W_BF16 = 0, MXG_W_FP4 = 1, MXG_W_FP8 = 2 };
 enum { MXG_EPI_ACT = 0, MXG_EPI_OUT = 1 };
 enum { MXG_CFG_S = 0, MXG_CFG_M = 1, MXG_CFG_L = 2 };
-enum { MXG_Q_STATIC = 0, MXG_Q_TOKEN = 1, MXG_Q_GROUP128 = 2 };
+enum { MXG_Q_STATIC = 0, MXG_Q_TOKEN = 1, MXG_Q_GROUP128 = 2, MXG_Q_COPY = 3 };
 /* Tensor-core instruction of the GEMMs: mma.sync (sm_80+) or wgmma (sm_90a). One
  * device runs every tile configuration with the same one (batch invariance). */
 enum { MXG_MMA_SYNC = 0, MXG_MMA_WGMMA = 1 };
@@ -70,7 +73,8 @@ static inline MXG_HD size_t mxg_thread_bytes(int wfmt)
     return wfmt == MXG_W_FP4 ? 16 : wfmt == MXG_W_FP8 ? 32 : 64;
 }
 /* Byte offset of element (n, k) inside one expert's packed matrix of N_pad rows;
- * for MXFP4 *shift_p is the nibble's bit position (0 or 4). */
+ * for MXFP4 it is the offset of the element's 32-bit step word and *shift_p
+ * the element's index q (0..7) in it (its bits: mxg_fp4_bit). */
 static inline MXG_HD size_t mxg_w_offset(int wfmt, int N_pad, int n, int k, int *shift_p)
 {
     const int rg = n >> 4, g = n & 7, hh = (n >> 3) & 1;
@@ -79,20 +83,64 @@ static inline MXG_HD size_t mxg_w_offset(int wfmt, int N_pad, int n, int k, int 
     const size_t base = (((size_t)kc * (size_t)(N_pad >> 4) + (size_t)rg) * 32 + (size_t)lane) * mxg_thread_bytes(wfmt);
     *shift_p = 0;
     if (wfmt == MXG_W_FP4) {
-        const int q = r + 4 * el;
-        *shift_p = 4 * (q & 1);
-        return base + (size_t)s * 4 + (size_t)(q >> 1);
+        *shift_p = r + 4 * el;
+        return base + (size_t)s * 4;
     }
     if (wfmt == MXG_W_FP8)
         return base + (size_t)s * 8 + (size_t)r * 2 + (size_t)el;
     return base + (size_t)s * 16 + (size_t)r * 4 + (size_t)el * 2;
 }
+/* MXFP4 bit placement inside a step word. Register r's BF16x2 wants its
+ * elements' magnitude bits (mantissa, exponent) at bits 6, 7, 8 and the sign at
+ * 15 (lower column; + 16 for the upper one): the BF16 of value * 2^-126, exact
+ * (codes 0 and 1 land on the BF16 subnormals). Register r's bits are stored
+ * rotated right by rot(r): 6, 2 and 28 for r = 0..2, so one rotate and one mask
+ * place them; register 3 takes the remaining bits, its mantissa bits rotated by
+ * 8 and the rest in place (no four rotations of one 8-bit pattern tile 32
+ * bits). Element q = r + 4 el, code bit j (0 mantissa, 1-2 exponent, 3 sign). */
+static inline MXG_HD int mxg_fp4_bit(int q, int j)
+{
+    const int r = q & 3, el = q >> 2;
+    const int target = (j < 3 ? 6 + j : 15) + 16 * el;
+    const int rot = r == 0 ? 6 : r == 1 ? 2 : r == 2 ? 28 : (j == 0 ? 8 : 0);
+    return (target - rot) & 31;
+}
+static inline MXG_HD uint32_t mxg_rotl32(uint32_t w, int n)
+{
+    return (w << n) | (w >> ((32 - n) & 31));
+}
+/* Register r (0..3) of a step word w as BF16x2 bits of value * 2^-126. */
+static inline MXG_HD uint32_t mxg_fp4_pair(uint32_t w, int r)
+{
+    if (r == 0)
+        return mxg_rotl32(w, 6) & 0x81c081c0u;
+    if (r == 1)
+        return mxg_rotl32(w, 2) & 0x81c081c0u;
+    if (r == 2)
+        return mxg_rotl32(w, 28) & 0x81c081c0u;
+    return (w & 0x81808180u) | (mxg_rotl32(w, 8) & 0x00400040u);
+}
+
 /* Byte offset of the E8M0 scale of row n, 32-block blk (= k / 32). */
 static inline MXG_HD size_t mxg_sc_offset(int N_pad, int n, int blk)
 {
     const int rg = n >> 4, g = n & 7, hh = (n >> 3) & 1, kc = blk >> 1, b = blk & 1;
     return ((size_t)kc * (size_t)(N_pad >> 4) + (size_t)rg) * 32 + (size_t)(g * 4 + hh + 2 * b);
 }
+/* Token rows read by the decode kernel (tile configuration S) have their
+ * columns permuted inside each 64-column chunk, so that the 16 columns lane
+ * quad t takes for the chunk's four k16 steps (B fragments: columns 2t, 2t + 1,
+ * 2t + 8, 2t + 9 of each step) are 32 contiguous bytes: column c of a chunk
+ * (step s = c / 16, half kh = c / 8 % 2, t = c / 2 % 4, el = c % 2) is stored at
+ * 16 t + 4 s + 2 kh + el. The producers of those rows (the quantizer / copy
+ * kernel for GEMM1, GEMM1's decode epilogue for GEMM2) write this order, pad
+ * columns included (zeros); the other configurations keep the natural order. */
+static inline MXG_HD int mxg_tok_pos(int c)
+{
+    const int q = c & 63, s = q >> 4, kh = (q >> 3) & 1, t = (q >> 1) & 3, el = q & 1;
+    return (c & ~63) | (16 * t + 4 * s + 2 * kh + el);
+}
+
 /* Packed GEMM1 row n -> (activation index i, 0 gate / 1 up). */
 static inline MXG_HD int mxg_gateup_index(int n, int *up_p)
 {
@@ -107,6 +155,7 @@ typedef struct {
     int mma;   /* MXG_MMA_* */
     int pdl;   /* 1: launched as a programmatic dependent of the previous kernel (sm_90) */
     int flush; /* 1: float scales per 128-wide K slice (block FP8 or per-group activations) */
+    int sc_big; /* MXFP4: 1 when some E8M0 scale is above 2^1 (or NaN): the decode needs a second multiply */
     const uint8_t *w;
     size_t w_estride; /* bytes per expert */
     const uint8_t *sc;
@@ -139,7 +188,9 @@ typedef struct {
 /* Activation quantization to E4M3 values (kept as BF16 for the MMA):
  * rows sorted; input row r is in[src_rows ? src_rows[r] : r] (ld_in), output
  * row r at out + r * ld_out; scales per row (STATIC: read; TOKEN: written) or
- * per row and 128 group (GROUP128: written to grp[r * n_grp + g]). */
+ * per row and 128 group (GROUP128: written to grp[r * n_grp + g]); COPY copies
+ * the BF16 values. perm_in / perm_out: the rows are in mxg_tok_pos order;
+ * pad_out > K: columns [K, pad_out) of the output are written as zeros. */
 typedef struct {
     int mode;
     const uint16_t *in;
@@ -153,6 +204,7 @@ typedef struct {
     int n_grp;
     int n_rows;
     int pdl;
+    int perm_in, perm_out, pad_out;
 } mxg_quant_params_t;
 
 /* out_f32[t][h] += w[a] * float(y[a][h]) over tok_list[tok_off[t] .. tok_off[t+1]) in order. */

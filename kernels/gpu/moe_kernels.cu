@@ -30,6 +30,8 @@
 #include "vendors/cuda.h"
 #endif
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <atomic>
 
@@ -103,16 +105,6 @@ __device__ __forceinline__ float f_to_e4m3(float v)
     }
     q = fminf(q, 448.0f);
     return copysignf(q, v);
-}
-
-/* Nibbles r and r + 4 of w -> BF16x2 of value * 2^-126 (exact bit placement: the
- * 3-bit magnitude lands at bits 6-8 / 22-24, the sign at 15 / 31; the shift is
- * folded into the masks, two shifts and one three-input logic op). */
-template <int R> __device__ __forceinline__ uint32_t fp4_pair(uint32_t w)
-{
-    constexpr int MS = 6 - 4 * R, SS = 12 - 4 * R;
-    const uint32_t mag = MS >= 0 ? w << (MS >= 0 ? MS : 0) : w >> (MS < 0 ? -MS : 0);
-    return (mag & 0x01c001c0u) | ((w << SS) & 0x80008000u);
 }
 
 /* Two E4M3FN bytes -> BF16x2 of value * 2^-120. */
@@ -415,20 +407,44 @@ __device__ __forceinline__ void fp4_mults(uint32_t scw, Fp4Mults &m)
         }
     m.big = big != 0;
 }
+/* The same multipliers when every scale of the matrix is at most 2^1 and none
+ * is NaN (mxg_gemm_params_t.sc_big == 0): m1 = (se + 126) in both BF16
+ * exponent fields, one byte permute and one multiply-add each. */
+__device__ __forceinline__ void fp4_mults_small(uint32_t scw, Fp4Mults &m)
+{
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int b = 0; b < 2; b++) {
+            const uint32_t j = (uint32_t)(h + 2 * b);
+            const uint32_t x = __byte_perm(scw, 0u, 0x4040u | j | (j << 8)); /* se | se << 16 */
+            m.m1[h][b] = x * 128u + 0x3f003f00u;
+            m.m2[h][b] = 0x3f803f80u;
+        }
+    m.big = false;
+}
+template <bool BIG> __device__ __forceinline__ void fp4_mults_t(uint32_t scw, Fp4Mults &m)
+{
+    if (BIG)
+        fp4_mults(scw, m);
+    else
+        fp4_mults_small(scw, m);
+}
 
 /* The A fragment registers of k16 step s for one 16-row group, from the lane's
- * packed piece `src` (bytes of the chunk) and, for MXFP4, its multipliers. */
-template <int WFMT>
+ * packed piece `src` (bytes of the chunk) and, for MXFP4, its multipliers
+ * (BIG: the matrix has scales that need the second multiply). */
+template <int WFMT, bool BIG = true>
 __device__ __forceinline__ void decode_step(const uint32_t *src, int s, const Fp4Mults &m, uint32_t (&a)[4])
 {
     if (WFMT == MXG_W_FP4) {
         const uint32_t w = src[s];
         const int b = s >> 1;
-        a[0] = bf16x2_mul(fp4_pair<0>(w), m.m1[0][b]);
-        a[1] = bf16x2_mul(fp4_pair<1>(w), m.m1[1][b]);
-        a[2] = bf16x2_mul(fp4_pair<2>(w), m.m1[0][b]);
-        a[3] = bf16x2_mul(fp4_pair<3>(w), m.m1[1][b]);
-        if (m.big) {
+        a[0] = bf16x2_mul(mxg_fp4_pair(w, 0), m.m1[0][b]);
+        a[1] = bf16x2_mul(mxg_fp4_pair(w, 1), m.m1[1][b]);
+        a[2] = bf16x2_mul(mxg_fp4_pair(w, 2), m.m1[0][b]);
+        a[3] = bf16x2_mul(mxg_fp4_pair(w, 3), m.m1[1][b]);
+        if (BIG && m.big) {
             a[0] = bf16x2_mul(a[0], m.m2[0][b]);
             a[1] = bf16x2_mul(a[1], m.m2[1][b]);
             a[2] = bf16x2_mul(a[2], m.m2[0][b]);
@@ -450,25 +466,32 @@ __device__ __forceinline__ void decode_step(const uint32_t *src, int s, const Fp
 
 /* ------------------------------------------------------------ decode kernel (small batches) */
 
-/* Read-only loads through the non-coherent path (the data does not change
- * while the kernel runs: weights, and the previous kernel's finished output). */
-__device__ __forceinline__ uint32_t ldg32(const uint16_t *ptr)
-{
-    return __ldg((const unsigned int *)ptr);
-}
+/* Weights and token rows are read with __ldg (the non-coherent path): they do
+ * not change while the kernel runs (token rows are the previous kernel's
+ * finished output). */
 
 /* Batches of at most 16 tokens per expert are bound by reading the weights.
  * Each warp streams one 16-row group of one expert through K on its own (no
  * shared memory, no barriers): its lanes load their fragment pieces straight
- * into a ring of registers D chunks ahead (D x TB bytes = 192-256 bytes per lane in
- * flight), decode them and run mma.sync m16n8k16 against token fragments read
- * from the (cached) token rows. Same K order and same MMA results as the
- * tensor-core kernels (tests/gpu compares every configuration bitwise). */
-template <int WFMT, bool FLUSH> __global__ void __launch_bounds__(128, 3) gemm_dec(const mxg_gemm_params_t p)
+ * into a ring of registers D chunks ahead, decode them and run mma.sync
+ * m16n8k16 against token fragments read from the (cached) token rows, one
+ * chunk ahead, two 16-byte loads per n8 tile and chunk (the rows are in
+ * mxg_tok_pos order). Per chunk and lane that is about 90 instructions for
+ * MXFP4: 4 loads, 9 logic ops per step word, a BF16 multiply per register
+ * (two when the matrix has scales above 2^1), 4 or 8 MMAs. Same K order and
+ * same MMA results as the tensor-core kernels (tests/gpu compares every
+ * configuration bitwise). */
+template <bool B> struct BoolC {
+    static constexpr bool value = B;
+};
+
+/* D: chunks in flight per lane (the register ring); MINB: CTAs per SM the
+ * register budget is cut for. BIG: the matrix has MXFP4 scales above 2^1. */
+template <int WFMT, bool FLUSH, bool BIG, int D, int MINB>
+__global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr int TB = WFMT == MXG_W_FP4 ? 16 : WFMT == MXG_W_FP8 ? 32 : 64;
-    constexpr int W4 = TB / 16;          /* uint4 per lane per chunk */
-    constexpr int D = WFMT == MXG_W_FP4 ? 12 : 64 / (TB / 4); /* chunks in flight: 12, 8, 4 */
+    constexpr int W4 = TB / 16; /* uint4 per lane per chunk */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t4 = lane & 3;
     griddep_launch();
@@ -499,107 +522,132 @@ template <int WFMT, bool FLUSH> __global__ void __launch_bounds__(128, 3) gemm_d
     }
     griddep_wait();
 
-    /* the lane's token rows: 8 j + g of the tile, j = 0, 1. Rows past the
+    /* the lane's token rows: 8 j + g of the tile, j = 0, 1, in mxg_tok_pos
+     * order (its 16 columns of a chunk are 32 contiguous bytes). Rows past the
      * expert's tokens read its last token instead: the MMA's columns are
      * independent and those columns are never stored. */
-    const uint16_t *xr[2];
+    const uint4 *xr[2];
 #pragma unroll
     for (int j = 0; j < 2; j++) {
         const int m = m0 + 8 * j + g;
         const int srow = off + (m < cnt ? m : cnt - 1);
-        xr[j] = p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda + 2 * t4;
+        xr[j] = (const uint4 *)(p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda + 16 * t4);
     }
-    const bool two = cnt - m0 > 8; /* the second n8 tile has tokens (warp-uniform) */
 
-    float acc[2][4], part[FLUSH ? 2 : 1][4];
+    float acc[2][4];
 #pragma unroll
     for (int j = 0; j < 2; j++)
 #pragma unroll
-        for (int q = 0; q < 4; q++) {
+        for (int q = 0; q < 4; q++)
             acc[j][q] = 0.0f;
-            part[FLUSH ? j : 0][q] = 0.0f;
-        }
 
-    /* one chunk: token fragments, decode, MMAs, the ring slot's refill (chunk
-     * kc + D, clamped to the last chunk: a harmless extra read at the end) */
-    const uint4 *wnext = wsrc + (size_t)D * wstep;
-    const uint32_t *snext = WFMT == MXG_W_FP4 ? ssrc + (size_t)D * sstep : nullptr;
-    const uint4 *wlast = wsrc + (size_t)(KC - 1) * wstep;
-    const uint32_t *slast = WFMT == MXG_W_FP4 ? ssrc + (size_t)(KC - 1) * sstep : nullptr;
-    auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot) {
-        uint32_t b[4][2][2];
+    /* The K loop, compiled once for one n8 token tile and once for two (the
+     * second tile has tokens: warp-uniform), so that neither pays for the other. */
+    auto kloop = [&](auto two_c) {
+        constexpr bool TWO = decltype(two_c)::value;
+        constexpr int NJ = TWO ? 2 : 1;
+        float part[FLUSH ? 2 : 1][4];
 #pragma unroll
-        for (int s = 0; s < 4; s++) {
-            const uint16_t *xp = xr[0] + 16 * s;
-            b[s][0][0] = ldg32(xp);
-            b[s][0][1] = ldg32(xp + 8);
+        for (int j = 0; j < (FLUSH ? 2 : 1); j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                part[j][q] = 0.0f;
+        /* one chunk: token fragments, decode, MMAs, the ring slot's refill
+         * with chunk kc + D while there is one */
+        const uint4 *wnext = wsrc + (size_t)D * wstep;
+        const uint32_t *snext = WFMT == MXG_W_FP4 ? ssrc + (size_t)D * sstep : nullptr;
+        /* token fragments of the current chunk, the next chunk's loaded one
+         * chunk ahead (8 uint4 per 64 columns of a row: the chunk stride) */
+        const uint4 *xp[2] = {xr[0], xr[1]};
+        uint4 bq[2][2][2]; /* [chunk parity][n8 tile][half]: D is even */
+#pragma unroll
+        for (int j = 0; j < NJ; j++) {
+            bq[0][j][0] = __ldg(xp[j]);
+            bq[0][j][1] = __ldg(xp[j] + 1);
         }
-        if (two) {
+        auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
+#pragma unroll
+            for (int j = 0; j < NJ; j++)
+                if (kc + 1 < KC) {
+                    xp[j] += MXG_BK / 8;
+                    bn[j][0] = __ldg(xp[j]);
+                    bn[j][1] = __ldg(xp[j] + 1);
+                }
+            uint32_t bb[4][2][2];
+#pragma unroll
+            for (int j = 0; j < NJ; j++) {
+                bb[0][j][0] = bc[j][0].x;
+                bb[0][j][1] = bc[j][0].y;
+                bb[1][j][0] = bc[j][0].z;
+                bb[1][j][1] = bc[j][0].w;
+                bb[2][j][0] = bc[j][1].x;
+                bb[2][j][1] = bc[j][1].y;
+                bb[3][j][0] = bc[j][1].z;
+                bb[3][j][1] = bc[j][1].w;
+            }
+            Fp4Mults mm;
+            if (WFMT == MXG_W_FP4)
+                fp4_mults_t<BIG>(sslot, mm);
+            uint32_t src[TB / 4];
+#pragma unroll
+            for (int q = 0; q < W4; q++) {
+                src[4 * q] = slot[q].x;
+                src[4 * q + 1] = slot[q].y;
+                src[4 * q + 2] = slot[q].z;
+                src[4 * q + 3] = slot[q].w;
+            }
+            /* refill the slot (its registers are copied out above) */
+            if (kc + D < KC) {
+#pragma unroll
+                for (int q = 0; q < W4; q++)
+                    slot[q] = __ldg(wnext + q);
+                if (WFMT == MXG_W_FP4)
+                    sslot = __ldg(snext);
+            }
+            if (WFMT == MXG_W_FP4)
+                snext += sstep;
+            wnext += wstep;
 #pragma unroll
             for (int s = 0; s < 4; s++) {
-                const uint16_t *xp = xr[1] + 16 * s;
-                b[s][1][0] = ldg32(xp);
-                b[s][1][1] = ldg32(xp + 8);
+                uint32_t a[4];
+                decode_step<WFMT, BIG>(src, s, mm, a);
+#pragma unroll
+                for (int j = 0; j < NJ; j++)
+                    mma_16816(FLUSH ? part[FLUSH ? j : 0] : acc[j], a, bb[s][j][0], bb[s][j][1]);
             }
-        }
-        Fp4Mults mm;
-        if (WFMT == MXG_W_FP4)
-            fp4_mults(sslot, mm);
-        uint32_t src[TB / 4];
+            if (FLUSH && ((kc & 1) || kc == KC - 1)) {
+                const int kb = kc >> 1, n = rg * 16 + g;
+                const float rf0 = row_factor(p, e, n, kb), rf1 = row_factor(p, e, n + 8, kb);
 #pragma unroll
-        for (int q = 0; q < W4; q++) {
-            src[4 * q] = slot[q].x;
-            src[4 * q + 1] = slot[q].y;
-            src[4 * q + 2] = slot[q].z;
-            src[4 * q + 3] = slot[q].w;
-        }
-        /* refill the slot (its registers are copied out above) */
-        const uint4 *wn = wnext < wlast ? wnext : wlast;
+                for (int j = 0; j < NJ; j++)
 #pragma unroll
-        for (int q = 0; q < W4; q++)
-            slot[q] = __ldg(wn + q);
-        if (WFMT == MXG_W_FP4) {
-            sslot = __ldg(snext < slast ? snext : slast);
-            snext += sstep;
-        }
-        wnext += wstep;
+                    for (int el = 0; el < 2; el++) {
+                        const int m = m0 + 8 * j + 2 * t4 + el;
+                        const float tf = tok_factor(p, off + (m < cnt ? m : 0), kb);
+                        float *pp = part[FLUSH ? j : 0];
+                        acc[j][el] += pp[el] * (rf0 * tf);
+                        acc[j][2 + el] += pp[2 + el] * (rf1 * tf);
+                        pp[el] = 0.0f;
+                        pp[2 + el] = 0.0f;
+                    }
+            }
+        };
+        static_assert(D % 2 == 0, "the token fragments alternate between two buffers");
+        int kc = 0;
+        for (; kc + D <= KC; kc += D) {
 #pragma unroll
-        for (int s = 0; s < 4; s++) {
-            uint32_t a[4];
-            decode_step<WFMT>(src, s, mm, a);
-            mma_16816(FLUSH ? part[0] : acc[0], a, b[s][0][0], b[s][0][1]);
-            if (two)
-                mma_16816(FLUSH ? part[FLUSH ? 1 : 0] : acc[1], a, b[s][1][0], b[s][1][1]);
+            for (int u = 0; u < D; u++)
+                chunk(kc + u, wr[u], sr[u], bq[u & 1], bq[(u + 1) & 1]);
         }
-        xr[0] += MXG_BK;
-        xr[1] += MXG_BK;
-        if (FLUSH && ((kc & 1) || kc == KC - 1)) {
-            const int kb = kc >> 1, n = rg * 16 + g;
-            const float rf0 = row_factor(p, e, n, kb), rf1 = row_factor(p, e, n + 8, kb);
-#pragma unroll
-            for (int j = 0; j < 2; j++)
-#pragma unroll
-                for (int el = 0; el < 2; el++) {
-                    const int m = m0 + 8 * j + 2 * t4 + el;
-                    const float tf = tok_factor(p, off + (m < cnt ? m : 0), kb);
-                    float *pp = part[FLUSH ? j : 0];
-                    acc[j][el] += pp[el] * (rf0 * tf);
-                    acc[j][2 + el] += pp[2 + el] * (rf1 * tf);
-                    pp[el] = 0.0f;
-                    pp[2 + el] = 0.0f;
-                }
-        }
-    };
-    int kc = 0;
-    for (; kc + D <= KC; kc += D) {
 #pragma unroll
         for (int u = 0; u < D; u++)
-            chunk(kc + u, wr[u], sr[u]);
-    }
-#pragma unroll
-    for (int u = 0; u < D; u++)
-        if (kc + u < KC)
-            chunk(kc + u, wr[u], sr[u]);
+            if (kc + u < KC)
+                chunk(kc + u, wr[u], sr[u], bq[u & 1], bq[(u + 1) & 1]);
+    };
+    if (cnt - m0 > 8)
+        kloop(BoolC<true>());
+    else
+        kloop(BoolC<false>());
 
     /* epilogue: straight to global (a handful of values per lane) */
     const bool act = p.epi == MXG_EPI_ACT;
@@ -615,9 +663,11 @@ template <int WFMT, bool FLUSH> __global__ void __launch_bounds__(128, 3) gemm_d
             const float v0 = finish_value(p, e, s, n, acc[j][el]);
             const float v1 = finish_value(p, e, s, n + 8, acc[j][2 + el]);
             if (act) {
+                /* GEMM2's input, for the decode kernel again: mxg_tok_pos order */
                 const int i = rg * 8 + g;
                 if (i < p.ldo)
-                    p.out[(size_t)s * p.ldo + i] = (uint16_t)f_to_bf16(act_apply(p.act, v0, v1, p.limit, p.alpha));
+                    p.out[(size_t)s * p.ldo + mxg_tok_pos(i)] =
+                        (uint16_t)f_to_bf16(act_apply(p.act, v0, v1, p.limit, p.alpha));
             } else {
                 uint16_t *o = p.out + (size_t)p.out_rows[s] * p.ldo;
                 if (n < p.N)
@@ -626,9 +676,18 @@ template <int WFMT, bool FLUSH> __global__ void __launch_bounds__(128, 3) gemm_d
                     o[n + 8] = (uint16_t)f_to_bf16(v1);
             }
         }
+    /* the activation columns past the last row group, up to ldo, are zeros
+     * (GEMM2's padded K); the warp of the last row group writes them */
+    if (act && rg == (p.N >> 4) - 1) {
+        const int i0 = p.N >> 1, npad = p.ldo - i0, ntok = cnt - m0 < 16 ? cnt - m0 : 16;
+        for (int idx = lane; idx < ntok * npad; idx += 32) {
+            const int m = idx / npad, i = i0 + idx % npad;
+            p.out[(size_t)(off + m0 + m) * p.ldo + mxg_tok_pos(i)] = 0;
+        }
+    }
 }
 
-template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST>
+template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST, bool BIG>
 __global__ void __launch_bounds__(NWG * 128, 1) gemm_tc(const mxg_gemm_params_t p)
 {
     typedef TcCfg<NWG, MT, BNT, WFMT, MAXST> C;
@@ -752,13 +811,13 @@ __global__ void __launch_bounds__(NWG * 128, 1) gemm_tc(const mxg_gemm_params_t 
 #pragma unroll
         for (int t = 0; t < MT; t++)
             if (WFMT == MXG_W_FP4)
-                fp4_mults(*(const uint32_t *)(pS + stg * C::S_BYTES + grp[t] * 32 + g * 4), mm[t]);
+                fp4_mults_t<BIG>(*(const uint32_t *)(pS + stg * C::S_BYTES + grp[t] * 32 + g * 4), mm[t]);
 #pragma unroll
         for (int s = 0; s < 4; s++) {
             const int ab = NBUF == 4 ? s : (s & 1);
 #pragma unroll
             for (int t = 0; t < MT; t++)
-                decode_step<WFMT>((const uint32_t *)(wst + (grp[t] * 32 + lane) * C::TB), s, mm[t], af[ab][t]);
+                decode_step<WFMT, BIG>((const uint32_t *)(wst + (grp[t] * 32 + lane) * C::TB), s, mm[t], af[ab][t]);
             if (ENG == ENG_WG) {
                 wgmma_fence();
                 const uint64_t desc = sw128_desc(a_st + 32 * s);
@@ -880,21 +939,23 @@ template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST>
 static int launch_tc(const mxg_gemm_params_t *p, cudaStream_t st, int zsub)
 {
     typedef TcCfg<NWG, MT, BNT, WFMT, MAXST> C;
-    auto kern = gemm_tc<NWG, MT, BNT, WFMT, FLUSH, ENG, MAXST>;
+    auto kern = WFMT == MXG_W_FP4 && !p->sc_big ? gemm_tc<NWG, MT, BNT, WFMT, FLUSH, ENG, MAXST, false>
+                                                : gemm_tc<NWG, MT, BNT, WFMT, FLUSH, ENG, MAXST, true>;
     /* The dynamic shared memory limit is an attribute of the function in the
      * current device's context: remember it per device (bit d of a mask that
      * any thread may update), not once per process. */
-    static std::atomic<unsigned long long> attr_set{0};
+    static std::atomic<unsigned long long> attr_set[2];
+    std::atomic<unsigned long long> &aset = attr_set[WFMT == MXG_W_FP4 && !p->sc_big];
     int dev = 0;
     cudaError_t err = cudaGetDevice(&dev);
     if (err != cudaSuccess)
         return (int)err;
     const unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0ull;
-    if (!bit || !(attr_set.load(std::memory_order_acquire) & bit)) {
+    if (!bit || !(aset.load(std::memory_order_acquire) & bit)) {
         err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
         if (err != cudaSuccess)
             return (int)err;
-        attr_set.fetch_or(bit, std::memory_order_acq_rel);
+        aset.fetch_or(bit, std::memory_order_acq_rel);
     }
     cudaLaunchConfig_t lc = {};
     lc.gridDim = dim3((unsigned)((p->N + C::BMW - 1) / C::BMW), (unsigned)p->n_mtiles, (unsigned)zsub);
@@ -921,6 +982,20 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
         return launch_tc<2, 1, 256, WFMT, FLUSH, ENG, 8>(p, st, 1);
 }
 
+/* Decode kernel variants for MXFP4 without big scales: register ring depth
+ * (chunks in flight per lane) x CTAs per SM, picked by MXEP_CUDA_DEC=6x5|8x4|12x3
+ * (default 6x5: more warps, each with fewer bytes in flight, was the fastest
+ * on the H100/H200 at 1 and 8 tokens); bitwise the same results. */
+static int dec_variant()
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("MXEP_CUDA_DEC");
+        v = e && !strcmp(e, "12x3") ? 0 : e && !strcmp(e, "8x4") ? 1 : 2;
+    }
+    return v;
+}
+
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA. */
 template <int WFMT, bool FLUSH> static int launch_dec(const mxg_gemm_params_t *p, cudaStream_t st)
 {
@@ -933,7 +1008,18 @@ template <int WFMT, bool FLUSH> static int launch_dec(const mxg_gemm_params_t *p
     at[0].val.programmaticStreamSerializationAllowed = 1;
     lc.attrs = at;
     lc.numAttrs = p->pdl ? 1 : 0;
-    return (int)cudaLaunchKernelEx(&lc, gemm_dec<WFMT, FLUSH>, *p);
+    constexpr int D = WFMT == MXG_W_FP4 ? 12 : WFMT == MXG_W_FP8 ? 8 : 4; /* chunks in flight */
+    if constexpr (WFMT == MXG_W_FP4) {
+        if (!p->sc_big) {
+            const int v = FLUSH ? 0 : dec_variant();
+            if (v == 1)
+                return (int)cudaLaunchKernelEx(&lc, gemm_dec<WFMT, FLUSH, false, 8, 4>, *p);
+            if (v == 2)
+                return (int)cudaLaunchKernelEx(&lc, gemm_dec<WFMT, FLUSH, false, 6, 5>, *p);
+            return (int)cudaLaunchKernelEx(&lc, gemm_dec<WFMT, FLUSH, false, D, 3>, *p);
+        }
+    }
+    return (int)cudaLaunchKernelEx(&lc, gemm_dec<WFMT, FLUSH, true, D, 3>, *p);
 }
 
 template <int WFMT, bool FLUSH> static int launch_eng(const mxg_gemm_params_t *p, int cfg, cudaStream_t st)
@@ -954,9 +1040,13 @@ __device__ float w_elem(const mxg_gemm_params_t &p, int e, int n, int k)
     int sh = 0;
     const size_t o = mxg_w_offset(p.wfmt, p.N_pad, n, k, &sh);
     const uint8_t *w = p.w + (size_t)e * p.w_estride;
-    if (p.wfmt == MXG_W_FP4)
-        return fp4_to_f((w[o] >> sh) & 15u) *
-               e8m0_to_f(p.sc[(size_t)e * p.sc_estride + mxg_sc_offset(p.N_pad, n, k >> 5)]);
+    if (p.wfmt == MXG_W_FP4) {
+        const uint32_t word = (uint32_t)w[o] | (uint32_t)w[o + 1] << 8 | (uint32_t)w[o + 2] << 16 | (uint32_t)w[o + 3] << 24;
+        uint32_t nib = 0;
+        for (int j = 0; j < 4; j++)
+            nib |= ((word >> mxg_fp4_bit(sh, j)) & 1u) << j;
+        return fp4_to_f(nib) * e8m0_to_f(p.sc[(size_t)e * p.sc_estride + mxg_sc_offset(p.N_pad, n, k >> 5)]);
+    }
     if (p.wfmt == MXG_W_FP8)
         return bf16_to_f(e4m3_to_bf16(w[o]));
     return bf16_to_f(*(const uint16_t *)(w + o));
@@ -1022,15 +1112,21 @@ __global__ void quant_rows(const mxg_quant_params_t p)
         return;
     const uint16_t *in = p.in + (size_t)(p.src_rows ? p.src_rows[r] : r) * p.ld_in;
     uint16_t *out = p.out + (size_t)r * p.ld_out;
+    /* logical column k of the input / output row */
+    auto at_in = [&](int k) { return in[p.perm_in ? mxg_tok_pos(k) : k]; };
+    auto put = [&](int k, uint16_t v) { out[p.perm_out ? mxg_tok_pos(k) : k] = v; };
     __shared__ float red[32];
-    if (p.mode == MXG_Q_STATIC || p.mode == MXG_Q_TOKEN) {
+    if (p.mode == MXG_Q_COPY) {
+        for (int k = threadIdx.x; k < p.K; k += blockDim.x)
+            put(k, at_in(k));
+    } else if (p.mode == MXG_Q_STATIC || p.mode == MXG_Q_TOKEN) {
         float s;
         if (p.mode == MXG_Q_STATIC) {
             s = p.row_scale[r];
         } else {
             float amax = 0.0f;
             for (int k = threadIdx.x; k < p.K; k += blockDim.x)
-                amax = fmaxf(amax, fabsf(bf16_to_f(in[k])));
+                amax = fmaxf(amax, fabsf(bf16_to_f(at_in(k))));
             for (int o = 16; o > 0; o >>= 1)
                 amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
             if ((threadIdx.x & 31) == 0)
@@ -1046,24 +1142,27 @@ __global__ void quant_rows(const mxg_quant_params_t p)
             __syncthreads();
             s = red[0];
         }
+        /* in place (in == out) each thread reads and writes its own columns */
         for (int k = threadIdx.x; k < p.K; k += blockDim.x)
-            out[k] = (uint16_t)f_to_bf16(f_to_e4m3(bf16_to_f(in[k]) / s));
+            put(k, (uint16_t)f_to_bf16(f_to_e4m3(bf16_to_f(at_in(k)) / s)));
     } else {
         /* one warp per 128 group, groups strided over warps */
         const int warps = blockDim.x >> 5, w = threadIdx.x >> 5, l = threadIdx.x & 31;
         for (int gi = w; gi < p.n_grp; gi += warps) {
             float amax = 0.0f;
             for (int k = gi * 128 + l; k < gi * 128 + 128 && k < p.K; k += 32)
-                amax = fmaxf(amax, fabsf(bf16_to_f(in[k])));
+                amax = fmaxf(amax, fabsf(bf16_to_f(at_in(k))));
             for (int o = 16; o > 0; o >>= 1)
                 amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
             float s = fmaxf(amax / 448.0f, 1.0f / (448.0f * 512.0f));
             if (l == 0)
                 p.grp[(size_t)r * p.n_grp + gi] = s;
             for (int k = gi * 128 + l; k < gi * 128 + 128 && k < p.K; k += 32)
-                out[k] = (uint16_t)f_to_bf16(f_to_e4m3(bf16_to_f(in[k]) / s));
+                put(k, (uint16_t)f_to_bf16(f_to_e4m3(bf16_to_f(at_in(k)) / s)));
         }
     }
+    for (int k = p.K + (int)threadIdx.x; k < p.pad_out; k += blockDim.x)
+        put(k, 0);
 }
 
 /* ------------------------------------------------------------ combine */

@@ -122,12 +122,36 @@ static mx_run_args_t args_of(const batch_t *b, mx_out_mode_t mode, uint16_t *ob,
     return a;
 }
 
+/* When set, MXFP4 matrices get some E8M0 scales above 2^1 (bytes 129..140),
+ * which take the kernels' second multiply (mxg_gemm_params_t.sc_big). */
+static int g_big_scales;
+
+static void bump_scales(const mx_moe_desc_t *d, gref_experts_t *g, int E, uint64_t seed)
+{
+    if (!g_big_scales || (d->scheme != MX_SCHEME_W4A16 && d->scheme != MX_SCHEME_W4A8))
+        return;
+    uint64_t r = seed * 0x9e3779b97f4a7c15ull + 1;
+    for (int j = 0; j < E; j++) {
+        mx_matrix_t *ms[2] = {&g->ex[j].gate_up, &g->ex[j].down};
+        for (int q = 0; q < 2; q++) {
+            uint8_t *sc = (uint8_t *)ms[q]->scales;
+            const size_t n = ms[q]->rows * ms[q]->cols / 32;
+            for (size_t i = 0; i < n; i++) {
+                r = r * 6364136223846793005ull + 1442695040888963407ull;
+                if ((r >> 60) < 3) /* about 3 blocks in 16 */
+                    sc[i] = (uint8_t)(129 + (r >> 33) % 12);
+            }
+        }
+    }
+}
+
 /* One parity case; returns the relative L2 error. */
 static double parity_case(mx_moe_desc_t d, int E, size_t T, int top_k, mx_wscale_t fp8s, mx_out_mode_t mode,
                           uint64_t seed)
 {
     gref_experts_t g;
     assert_int_equal(gref_experts_make(&d, E, fp8s, 1, seed, &g), 0);
+    bump_scales(&d, &g, E, seed);
     char why[MX_REASON_MAX];
     assert_true(mx_backend_cuda.supports(&g_dev, &d, why, sizeof why));
     mx_backend_packed_t *pk = NULL;
@@ -248,6 +272,7 @@ static void invariance_case(mx_moe_desc_t d, int E, size_t T, uint64_t seed)
 {
     gref_experts_t g;
     assert_int_equal(gref_experts_make(&d, E, MX_WSCALE_BLOCK, 1, seed, &g), 0);
+    bump_scales(&d, &g, E, seed);
     mx_backend_packed_t *pk = NULL;
     assert_int_equal(mx_backend_cuda.prepack(&g_dev, &d, g.ex, E, &pk), MX_OK);
     batch_t b;
@@ -310,6 +335,93 @@ static void test_cuda_output_is_batch_invariant(void **state)
     d = make_desc(MX_SCHEME_W8A8, MX_ACT_SILU, 2880, 704);
     d.act_group = 128;
     invariance_case(d, 3, 200, seed + 11);
+}
+
+/* MXFP4 scales above 2^1 take a second BF16 multiply in the decode (a matrix
+ * with none skips it): both paths against ref in the S, M and L tile
+ * configurations, and bitwise batch invariance with such scales. */
+static void test_cuda_mxfp4_scales_above_two_match_ref_and_stay_invariant(void **state)
+{
+    (void)state;
+    g_big_scales = 1;
+    uint64_t seed = 4500;
+    const size_t Ts[] = {3, 40, 700};
+    for (int s = 0; s < 2; s++)
+        for (size_t i = 0; i < 3; i++) {
+            mx_moe_desc_t d = make_desc(s ? MX_SCHEME_W4A8 : MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 192, 160);
+            double err = parity_case(d, 4, Ts[i], 2, MX_WSCALE_NONE, MX_OUT_PER_ASSIGNMENT, seed++);
+            assert_true(err <= tol_of(d.scheme));
+        }
+    mx_moe_desc_t d = make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 704, 2880);
+    invariance_case(d, 4, 300, seed++);
+    g_big_scales = 0;
+}
+
+/* The layer's kernels can be captured in a CUDA graph (no host synchronization
+ * and no allocation inside a layer): capture mxi_cuda_layer for one staged
+ * batch, then stage a batch with the same routing but fresh tokens and replay
+ * the graph twice; each replay must give the bits a direct run gives, for the
+ * S, M and L tile configurations. */
+static void test_cuda_layer_captures_in_a_cuda_graph_and_replays_bitwise(void **state)
+{
+    (void)state;
+    const size_t Ts[] = {5, 48, 600};
+    for (size_t c = 0; c < 3; c++) {
+        mx_moe_desc_t d = make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 256, 192);
+        const int E = 4;
+        gref_experts_t g;
+        assert_int_equal(gref_experts_make(&d, E, MX_WSCALE_NONE, 1, 4700 + c, &g), 0);
+        mx_backend_packed_t *pk = NULL;
+        assert_int_equal(mx_backend_cuda.prepack(&g_dev, &d, g.ex, E, &pk), MX_OK);
+        batch_t b, b2;
+        batch_make(&b, Ts[c], d.hidden, 2, E, 4800 + c);
+        batch_make(&b2, Ts[c], d.hidden, 2, E, 4900 + c);
+        /* b2: b's routing, its own tokens */
+        memcpy(b2.tok, b.tok, b.NA * 4);
+        memcpy(b2.expert, b.expert, b.NA * 4);
+        memcpy(b2.w, b.w, b.NA * 4);
+        const size_t bytes = b.NA * d.hidden * 2;
+        uint16_t *direct = malloc(bytes), *graph = malloc(bytes);
+        assert_non_null(direct);
+        assert_non_null(graph);
+        memset(direct, 0xff, bytes);
+        mx_run_args_t a2 = args_of(&b2, MX_OUT_PER_ASSIGNMENT, direct, NULL);
+        assert_int_equal(mx_backend_cuda.run(pk, &a2, NULL), MX_OK);
+
+        cudaStream_t st = (cudaStream_t)mxi_cuda_stream(pk);
+        mx_run_args_t a = args_of(&b, MX_OUT_PER_ASSIGNMENT, graph, NULL);
+        assert_int_equal(mxi_cuda_stage(pk, &a), MX_OK);
+        const int cfg = mxi_cuda_staged_cfg(pk);
+        cudaGraph_t gr = NULL;
+        cudaGraphExec_t ge = NULL;
+        assert_int_equal(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+        mx_status_t lst = mxi_cuda_layer(pk);
+        assert_int_equal(cudaStreamEndCapture(st, &gr), cudaSuccess);
+        assert_int_equal(lst, MX_OK);
+        size_t nodes = 0;
+        assert_int_equal(cudaGraphGetNodes(gr, NULL, &nodes), cudaSuccess);
+        assert_int_equal(cudaGraphInstantiate(&ge, gr, 0), cudaSuccess);
+        for (int rep = 0; rep < 2; rep++) {
+            memset(graph, 0xff, bytes);
+            a2.out_bf16 = graph;
+            assert_int_equal(mxi_cuda_stage(pk, &a2), MX_OK); /* fresh tokens into the same buffers */
+            assert_int_equal(cudaGraphLaunch(ge, st), cudaSuccess);
+            assert_int_equal(mxi_cuda_fetch(pk, &a2), MX_OK);
+            if (memcmp(direct, graph, bytes) != 0)
+                fail_msg("T=%zu cfg %d: graph replay %d differs from a direct run", Ts[c], cfg, rep);
+        }
+        printf("  W4A16 T=%zu cfg %d: layer captured as a graph of %zu nodes, 2 replays with fresh tokens bitwise equal"
+               " to direct runs\n",
+               Ts[c], cfg, nodes);
+        cudaGraphExecDestroy(ge);
+        cudaGraphDestroy(gr);
+        free(direct);
+        free(graph);
+        batch_free(&b);
+        batch_free(&b2);
+        mx_backend_cuda.release(pk);
+        gref_experts_free(&g);
+    }
 }
 
 static void test_cuda_zero_token_experts_and_empty_batches(void **state)
@@ -738,6 +850,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_cuda_every_scheme_and_activation_matches_ref),
         cmocka_unit_test(test_cuda_weighted_sum_matches_ref),
         cmocka_unit_test(test_cuda_output_is_batch_invariant),
+        cmocka_unit_test(test_cuda_mxfp4_scales_above_two_match_ref_and_stay_invariant),
+        cmocka_unit_test(test_cuda_layer_captures_in_a_cuda_graph_and_replays_bitwise),
         cmocka_unit_test(test_cuda_token_counts_1_to_8192_match_ref),
         cmocka_unit_test(test_cuda_repeated_runs_with_changing_batch_sizes_match_ref_and_a_fresh_instance),
         cmocka_unit_test(test_cuda_threads_sharing_or_owning_instances_match_serial_runs),

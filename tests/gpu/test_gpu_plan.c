@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,8 +253,11 @@ static void test_gpu_layout_places_every_element_once_as_mma_fragments(void **st
                 size_t o = mxg_w_offset(wf, N_pad, n, k, &sh);
                 assert_true(o + (size_t)elem <= bytes);
                 if (wf == MXG_W_FP4) {
-                    assert_true(sh == 0 || sh == 4);
-                    size_t slot = o * 2 + (size_t)(sh / 4);
+                    /* the element's step word and its index q = r + 4 el in it */
+                    assert_int_equal(o % 4, 0);
+                    assert_true(sh >= 0 && sh < 8);
+                    assert_int_equal(sh >> 2, k & 1);
+                    size_t slot = o * 2 + (size_t)sh;
                     assert_int_equal(seen[slot], 0);
                     seen[slot] = 1;
                 } else {
@@ -274,7 +278,7 @@ static void test_gpu_layout_places_every_element_once_as_mma_fragments(void **st
                 assert_int_equal((int)(within / step_bytes), (k % 64) / 16);
                 int reg;
                 if (wf == MXG_W_FP4)
-                    reg = (int)((within % 4) * 2 + (size_t)(sh / 4)) % 4;
+                    reg = sh & 3;
                 else
                     reg = (int)((within % step_bytes) / (size_t)(2 * elem));
                 assert_int_equal(reg, ((n / 8) % 2) + 2 * ((k % 16) / 8));
@@ -286,6 +290,49 @@ static void test_gpu_layout_places_every_element_once_as_mma_fragments(void **st
             assert_int_equal(filled, bytes * 2);
         free(seen);
     }
+    /* MXFP4 bits: the 32 bits of a step word belong to exactly one (element, code bit) */
+    unsigned owner[32];
+    for (int b = 0; b < 32; b++)
+        owner[b] = 99;
+    for (int q = 0; q < 8; q++)
+        for (int j = 0; j < 4; j++) {
+            const int bit = mxg_fp4_bit(q, j);
+            assert_true(bit >= 0 && bit < 32);
+            assert_int_equal(owner[bit], 99);
+            owner[bit] = (unsigned)(q * 4 + j);
+        }
+    /* mxg_fp4_pair (the kernels' decode) turns register r's two elements into the
+     * BF16 of code * 2^-126: magnitude bits at 6..8, sign at 15, upper half + 16;
+     * every code of both elements, on random words for the other bits */
+    uint32_t rng = 12345u;
+    for (int r = 0; r < 4; r++)
+        for (int c0 = 0; c0 < 16; c0++)
+            for (int c1 = 0; c1 < 16; c1++) {
+                rng = rng * 1664525u + 1013904223u;
+                uint32_t w = rng;
+                const int codes[2] = {c0, c1};
+                for (int el = 0; el < 2; el++)
+                    for (int j = 0; j < 4; j++) {
+                        const int bit = mxg_fp4_bit(r + 4 * el, j);
+                        w = (w & ~(1u << bit)) | ((uint32_t)((codes[el] >> j) & 1) << bit);
+                    }
+                const uint32_t got = mxg_fp4_pair(w, r);
+                for (int el = 0; el < 2; el++) {
+                    const uint32_t h = (got >> (16 * el)) & 0xffffu;
+                    const uint32_t want = (uint32_t)((codes[el] & 7) << 6) | (uint32_t)((codes[el] & 8) << 12);
+                    assert_int_equal(h, want);
+                    /* and that BF16 is the E2M1 value times 2^-126 */
+                    union {
+                        uint32_t u;
+                        float f;
+                    } cv = {h << 16};
+                    static const float e2m1[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+                    float v = e2m1[codes[el] & 7] * ldexpf(1.0f, -126);
+                    if (codes[el] & 8)
+                        v = -v;
+                    assert_true(cv.f == v);
+                }
+            }
     /* scales: one byte per (row, block), 32 per (chunk, group) */
     const size_t sbytes = (size_t)K_pad / 64 * (size_t)(N_pad / 16) * 32;
     unsigned char *seen = calloc(sbytes, 1);
