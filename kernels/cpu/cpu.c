@@ -238,10 +238,13 @@ void mxi_cpu_decode_block(const mxi_cpu_mat_t *m, size_t r, size_t b, float w_p[
             w_p[k] = e2m1[q4_code(m, row, b, (unsigned)k)] * s;
         break;
     }
-    default: { /* FP8 */
+    default: { /* FP8: the folded scale s * 2^120 of a fast block back to s (exact) */
         const uint8_t *q = row + b * 32;
         const float *sc = (const float *)(row + m->scale_off);
-        float s = sc[(b * 32) / 128];
+        size_t kb = (b * 32) / 128;
+        float s = sc[kb];
+        if (!m->scales[r * m->scale_stride + kb])
+            s *= 0x1p-120f;
         for (int k = 0; k < 32; k++)
             w_p[k] = e4m3_f32(q[k]) * s;
         break;
@@ -627,6 +630,7 @@ static mx_status_t layout_matrix(const mx_matrix_t *src, mxi_cpu_mat_t *dst, siz
         dst->fmt = MXI_CPU_FP8;
         dst->scale_off = kp;
         dst->row_stride = round_up(kp + 4 * ((kp + 127) / 128), ALIGN);
+        dst->scale_stride = (kp + 127) / 128; /* one slow-block flag per 128 columns */
         break;
     }
     if (rows && dst->row_stride > (SIZE_MAX / 4) / rows)
@@ -667,6 +671,7 @@ static void fill_matrix(const mx_matrix_t *src, size_t halves, mxi_cpu_mat_t *ds
             memcpy(row, (const uint8_t *)src->data + sr * cols, cols);
             float *sc = (float *)(row + dst->scale_off);
             const float *ss = (const float *)src->scales;
+            uint8_t *slow = (uint8_t *)dst->scales + r * dst->scale_stride;
             size_t nkb = (kp + 127) / 128, kb_src = (cols + 127) / 128;
             for (size_t kb = 0; kb < nkb; kb++) {
                 float s;
@@ -676,7 +681,16 @@ static void fill_matrix(const mx_matrix_t *src, size_t halves, mxi_cpu_mat_t *ds
                     s = ss[sr];
                 else
                     s = ss[(sr / 128) * kb_src + (kb < kb_src ? kb : kb_src - 1)];
-                sc[kb] = s;
+                /* fast block: no subnormal E4M3 code (its 2^-120 bit image would be
+                 * a subnormal float: a microcode assist per multiply) and a scale
+                 * that folds with 2^120 exactly, stored folded */
+                int sub = !(fabsf(s) < 0x1p7f);
+                for (size_t k = 128 * kb; k < 128 * kb + 128 && k < cols; k++) {
+                    uint8_t q = row[k];
+                    sub |= (q & 0x78u) == 0 && (q & 0x07u) != 0;
+                }
+                slow[kb] = (uint8_t)sub;
+                sc[kb] = sub ? s : s * 0x1p120f;
             }
             break;
         }
