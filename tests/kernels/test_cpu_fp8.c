@@ -222,11 +222,61 @@ static void test_every_level_and_width_matches_scalar_with_slow_blocks(void **st
         }
 }
 
+/* W8A8: a NaN in a token quantizes to a NaN code, which decodes to NaN (as in
+ * ref): every output of that token is NaN, the other tokens' bits do not change. */
+static void test_w8a8_nan_in_a_token_gives_nan_outputs_for_it_only(void **state)
+{
+    (void)state;
+    unsetenv("MXEP_CPU_ISA");
+    for (int group = 0; group <= 128; group += 128) {
+        mx_moe_desc_t d = kt_desc(MX_SCHEME_W8A8, MX_ACT_SILU, MX_GATEUP_HALVES, 256, 96);
+        d.act_group = group;
+        const size_t T = 6, bad = 2;
+        cpu_problem_t p;
+        assert_int_equal(cpu_problem_make(&p, &d, 3, T, 2, 0, 950 + (uint64_t)group), 0);
+        size_t na = p.rt.n_assign, n = na * d.hidden;
+        uint16_t *xn = malloc(T * d.hidden * sizeof *xn);
+        assert_non_null(xn);
+        memcpy(xn, p.x, T * d.hidden * sizeof *xn);
+        xn[bad * d.hidden + 200] = 0x7FC0; /* BF16 NaN */
+        for (int lv = MXI_CPU_LEVEL_SCALAR; lv <= MXI_CPU_LEVEL_AMX; lv++) {
+            if (!cpu_level_available(lv))
+                continue;
+            uint16_t *y0 = run_level(&p, p.ex, lv, T, na, p.x, p.rt.tok, p.rt.expert, p.rt.weight);
+            mx_device_info_t dev = cpu_dev_at(lv);
+            mx_backend_packed_t *pk = NULL;
+            assert_int_equal(mx_backend_cpu.prepack(&dev, &d, p.ex->w, 3, &pk), MX_OK);
+            uint16_t *y = malloc(n * sizeof *y);
+            assert_non_null(y);
+            kt_poison_bf16(y, n);
+            assert_int_equal(cpu_run_on(&mx_backend_cpu, pk, xn, T, na, p.rt.tok, p.rt.expert, p.rt.weight,
+                                        MX_OUT_PER_ASSIGNMENT, y, NULL, 0),
+                             MX_OK);
+            for (size_t a = 0; a < na; a++) {
+                if ((size_t)p.rt.tok[a] == bad) {
+                    if (kt_count_nan_bf16(y + a * d.hidden, d.hidden) != d.hidden)
+                        fail_msg("group %d level %s: assignment %zu of the NaN token has finite outputs", group,
+                                 mxi_cpu_level_name(lv), a);
+                } else if (memcmp(y + a * d.hidden, y0 + a * d.hidden, d.hidden * sizeof *y) != 0) {
+                    fail_msg("group %d level %s: assignment %zu changed with a NaN in another token", group,
+                             mxi_cpu_level_name(lv), a);
+                }
+            }
+            mx_backend_cpu.release(pk);
+            free(y);
+            free(y0);
+        }
+        free(xn);
+        cpu_problem_free(&p);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fast_and_slow_blocks_decode_to_canonical_values),
         cmocka_unit_test(test_every_level_and_width_matches_scalar_with_slow_blocks),
+        cmocka_unit_test(test_w8a8_nan_in_a_token_gives_nan_outputs_for_it_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
