@@ -156,6 +156,18 @@ MXI_DEF_STREAMS(bf, MXI_CPU_BF16)
                     _mm_prefetch(q + pf2, _MM_HINT_T0);                                                                \
                     _mm_prefetch(q + pf2 + 64, _MM_HINT_T0);                                                           \
                 }                                                                                                      \
+                if (kb + 1 == nkb) { /* the same rows' scales (row end) and flags */                                   \
+                    const char *sc = (const char *)rows[i] + m->scale_off;                                             \
+                    const char *fl = (const char *)slow[i];                                                            \
+                    _mm_prefetch(sc + pf, _MM_HINT_T1);                                                                \
+                    _mm_prefetch(sc + pf + 4 * nkb - 1, _MM_HINT_T1);                                                  \
+                    _mm_prefetch(fl + MXI_PF_ROWS * m->scale_stride, _MM_HINT_T1);                                     \
+                    if (MXI_PF2_ROWS) {                                                                                \
+                        _mm_prefetch(sc + pf2, _MM_HINT_T0);                                                           \
+                        _mm_prefetch(sc + pf2 + 4 * nkb - 1, _MM_HINT_T0);                                             \
+                        _mm_prefetch(fl + MXI_PF2_ROWS * m->scale_stride, _MM_HINT_T0);                                \
+                    }                                                                                                  \
+                }                                                                                                      \
                 fast &= !slow[i][kb];                                                                                  \
             }                                                                                                          \
             if (__builtin_expect(fast, 1)) {                                                                           \
@@ -304,10 +316,25 @@ void MXI_GEMM_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const float *co
             const uint8_t *slow = m->fmt == MXI_CPU_FP8 ? m->scales + (r0 + i) * m->scale_stride : NULL;
             float *w = tile + i * MXI_KC;
             /* the next slab's bytes of this row (FP8: 4 lines, BF16: 8), fetched
-             * while every token works on this one */
-            for (size_t o = k1 * (m->fmt == MXI_CPU_FP8 ? 1 : 2);
-                 o < m->row_stride && o < (k1 + MXI_KC) * (m->fmt == MXI_CPU_FP8 ? 1 : 2); o += 64)
-                _mm_prefetch((const char *)row + o, _MM_HINT_T0);
+             * while every token works on this one; during the last slab, the
+             * first slab of the row nr rows on (the next work item, which
+             * guided scheduling mostly gives to this thread) */
+            const size_t bpc = m->fmt == MXI_CPU_FP8 ? 1 : 2;
+            const uint8_t *nx = row;
+            size_t o0 = k1 * bpc;
+            if (k1 >= kp) {
+                nx = r0 + nr + i < m->rows ? row + nr * m->row_stride : NULL;
+                o0 = 0;
+            }
+            if (nx) {
+                for (size_t o = o0; o < m->row_stride && o < o0 + MXI_KC * bpc; o += 64)
+                    _mm_prefetch((const char *)nx + o, _MM_HINT_T0);
+                if (k1 >= kp && m->fmt == MXI_CPU_FP8) { /* its scales (row end) and flags */
+                    _mm_prefetch((const char *)nx + m->scale_off, _MM_HINT_T0);
+                    _mm_prefetch((const char *)nx + m->row_stride - 1, _MM_HINT_T0);
+                    _mm_prefetch((const char *)m->scales + (r0 + nr + i) * m->scale_stride, _MM_HINT_T0);
+                }
+            }
             for (size_t b = k0 / 32; b < k1 / 32; b++) {
                 __m256 v[4];
                 dec4(m->fmt, row, m->scale_off, slow, b, v);
