@@ -62,12 +62,16 @@ static inline void dec4(int fmt, const uint8_t *row, size_t scale_off, const uin
     }
 }
 
-/* Software prefetch of the streaming path, in rows: each row prefetches the
- * same offset MXI_PF_ROWS rows further on into L2 and MXI_PF2_ROWS rows
- * further on into L1 (0: none), so later row groups' lines are in flight
- * while this one is decoded (the scheme of q4_body.h: the hardware
- * prefetchers alone keep too few lines in flight). Prefetching past the end
- * of the matrix is harmless (prefetches never fault). */
+/* Software prefetch of the streaming paths, in rows: each row prefetches the
+ * same offset some rows further on, so later row groups' lines are in flight
+ * while this one is decoded. FP8: MXI_PF_ROWS rows on into L2 and
+ * MXI_PF2_ROWS rows on into L1 (0: none; the scheme of q4_body.h). BF16:
+ * MXI_BF_PF_ROWS rows on into L1 (the FP8 scheme measured no better there).
+ * Prefetching past the end of the matrix is harmless (prefetches never
+ * fault). */
+#ifndef MXI_BF_PF_ROWS
+#define MXI_BF_PF_ROWS 8
+#endif
 #ifndef MXI_PF_ROWS
 #define MXI_PF_ROWS 16
 #endif
@@ -89,16 +93,13 @@ static inline void dec4(int fmt, const uint8_t *row, size_t scale_off, const uin
             slow[i] = (FMT) == MXI_CPU_FP8 ? m->scales + (r + (size_t)i) * m->scale_stride : NULL;                     \
         }                                                                                                              \
         size_t nb = m->kp / 32, bpb = (FMT) == MXI_CPU_MXFP4 ? 16 : (FMT) == MXI_CPU_FP8 ? 32 : 64;                    \
-        const size_t pf = MXI_PF_ROWS * m->row_stride, pf2 = MXI_PF2_ROWS * m->row_stride;                             \
+        const size_t pf = MXI_BF_PF_ROWS * m->row_stride;                                                              \
         for (size_t b = 0; b < nb; b++) {                                                                              \
             _Pragma("GCC unroll 8") for (int i = 0; i < R; i++)                                                        \
             {                                                                                                          \
                 __m256 w[4];                                                                                           \
-                if (((b * bpb) & 63) == 0) {                                                                           \
-                    _mm_prefetch((const char *)rows[i] + b * bpb + pf, _MM_HINT_T1);                                   \
-                    if (MXI_PF2_ROWS)                                                                                  \
-                        _mm_prefetch((const char *)rows[i] + b * bpb + pf2, _MM_HINT_T0);                              \
-                }                                                                                                      \
+                if (((b * bpb) & 63) == 0)                                                                             \
+                    _mm_prefetch((const char *)rows[i] + b * bpb + pf, _MM_HINT_T0);                                   \
                 dec4((FMT), rows[i], m->scale_off, slow[i], b, w);                                                     \
                 _Pragma("GCC unroll 8") for (int t = 0; t < NT; t++)                                                   \
                 {                                                                                                      \
