@@ -82,11 +82,6 @@ static float q_e4m3(float x, float s)
     return e4m3_f32(mx_quant_e4m3fn_from_f32(x / s));
 }
 
-static float qdq_e4m3(float x, float s)
-{
-    return q_e4m3(x, s) * s;
-}
-
 /* Dynamic FP8 scale of a group (FORMATS.md: amax/448, floor 1/(448*512)). */
 static float dyn_scale(const float *x, size_t n)
 {
@@ -100,17 +95,22 @@ static float dyn_scale(const float *x, size_t n)
     return s < MX_FP8_MIN_SCALE ? MX_FP8_MIN_SCALE : s;
 }
 
-/* In-place FP8 quantize-dequantize of one row of n values, per-token (group 0)
- * or per group of `group` values. */
-static void qdq_dynamic(float *x, size_t n, int group)
+/* FP8 quantize-dequantize of one row of n values (the W8A8 activations), per
+ * token (group 0) or per group of `group` values: quant/'s dynamic codes and
+ * scales (its vectorized twins: the same bytes as mx_quant_e4m3fn_from_f32 of
+ * x / s with dyn_scale's s), decoded exactly and times s (one rounding, as
+ * e4m3(q) * s). Input x (FP32) or, when x is NULL, xb (BF16, widened exactly);
+ * out may be x. A NaN input gives a NaN code, which decodes to NaN. Scratch:
+ * codes[n], sc[ceil(n / 128) + 1]. */
+static void qdq_row(const float *x, const uint16_t *xb, size_t n, int group, uint8_t *codes, float *sc, float *out)
 {
     size_t g = group > 0 ? (size_t)group : n;
-    for (size_t k0 = 0; k0 < n; k0 += g) {
-        size_t len = n - k0 < g ? n - k0 : g;
-        float s = dyn_scale(x + k0, len);
-        for (size_t i = 0; i < len; i++)
-            x[k0 + i] = qdq_e4m3(x[k0 + i], s);
-    }
+    if (x)
+        (void)mx_quant_fp8_group_dynamic_fast(x, 1, n, g, codes, sc);
+    else
+        (void)mx_quant_fp8_group_dynamic_bf16_fast(xb, 1, n, g, codes, sc);
+    for (size_t k0 = 0, j = 0; k0 < n; k0 += g, j++)
+        (void)mx_quant_fp8_decode_fast(codes + k0, n - k0 < g ? n - k0 : g, sc[j], out + k0);
 }
 
 /* ------------------------------------------------------------------ block decode and the scalar GEMM */
@@ -238,10 +238,13 @@ void mxi_cpu_decode_block(const mxi_cpu_mat_t *m, size_t r, size_t b, float w_p[
             w_p[k] = e2m1[q4_code(m, row, b, (unsigned)k)] * s;
         break;
     }
-    default: { /* FP8 */
+    default: { /* FP8: the folded scale s * 2^120 of a fast block back to s (exact) */
         const uint8_t *q = row + b * 32;
         const float *sc = (const float *)(row + m->scale_off);
-        float s = sc[(b * 32) / 128];
+        size_t kb = (b * 32) / 128;
+        float s = sc[kb];
+        if (!m->scales[r * m->scale_stride + kb])
+            s *= 0x1p-120f;
         for (int k = 0; k < 32; k++)
             w_p[k] = e4m3_f32(q[k]) * s;
         break;
@@ -627,6 +630,7 @@ static mx_status_t layout_matrix(const mx_matrix_t *src, mxi_cpu_mat_t *dst, siz
         dst->fmt = MXI_CPU_FP8;
         dst->scale_off = kp;
         dst->row_stride = round_up(kp + 4 * ((kp + 127) / 128), ALIGN);
+        dst->scale_stride = (kp + 127) / 128; /* one slow-block flag per 128 columns */
         break;
     }
     if (rows && dst->row_stride > (SIZE_MAX / 4) / rows)
@@ -667,6 +671,7 @@ static void fill_matrix(const mx_matrix_t *src, size_t halves, mxi_cpu_mat_t *ds
             memcpy(row, (const uint8_t *)src->data + sr * cols, cols);
             float *sc = (float *)(row + dst->scale_off);
             const float *ss = (const float *)src->scales;
+            uint8_t *slow = (uint8_t *)dst->scales + r * dst->scale_stride;
             size_t nkb = (kp + 127) / 128, kb_src = (cols + 127) / 128;
             for (size_t kb = 0; kb < nkb; kb++) {
                 float s;
@@ -676,7 +681,16 @@ static void fill_matrix(const mx_matrix_t *src, size_t halves, mxi_cpu_mat_t *ds
                     s = ss[sr];
                 else
                     s = ss[(sr / 128) * kb_src + (kb < kb_src ? kb : kb_src - 1)];
-                sc[kb] = s;
+                /* fast block: no subnormal E4M3 code (its 2^-120 bit image would be
+                 * a subnormal float: a microcode assist per multiply) and a scale
+                 * that folds with 2^120 exactly, stored folded */
+                int sub = !(fabsf(s) < 0x1p7f);
+                for (size_t k = 128 * kb; k < 128 * kb + 128 && k < cols; k++) {
+                    uint8_t q = row[k];
+                    sub |= (q & 0x78u) == 0 && (q & 0x07u) != 0;
+                }
+                slow[kb] = (uint8_t)sub;
+                sc[kb] = sub ? s : s * 0x1p120f;
             }
             break;
         }
@@ -1057,6 +1071,10 @@ static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *a
         int tid = omp_get_thread_num();
         uint8_t *thr = ws + L.off_thr + (size_t)tid * L.thr_bytes;
         float *tile = (float *)thr;
+        /* W8A8 quantization scratch (steps 1 and 3, before and between the GEMMs
+         * that use the tile): kmax codes, then their scales */
+        uint8_t *codes = thr;
+        float *csc = (float *)(thr + round_up(kh > ki ? kh : ki, ALIGN));
         float *cb = (float *)(thr + L.tile_bytes + round_up((NA + 8) * rb * 8 * sizeof(float), ALIGN));
 
         /* 1. activations into GEMM 1 (FP32, quantized for the A8 schemes), zero padded */
@@ -1066,8 +1084,11 @@ static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *a
             size_t tok = per_assign ? (size_t)args->tok[order[i]] : i;
             const uint16_t *xs = args->x + tok * H;
             float *row = a1 + i * kh;
-            for (size_t k = 0; k < H; k++)
-                row[k] = bf16_f32(xs[k]);
+            if (w8a8)
+                qdq_row(NULL, xs, H, d->act_group, codes, csc, row);
+            else
+                for (size_t k = 0; k < H; k++)
+                    row[k] = bf16_f32(xs[k]);
             for (size_t k = H; k < kh; k++)
                 row[k] = 0.0f;
             float s = 1.0f;
@@ -1075,8 +1096,6 @@ static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *a
                 s = pk->ex[args->expert[order[i]]].in_scale;
                 for (size_t k = 0; k < H; k++)
                     row[k] = q_e4m3(row[k], s);
-            } else if (w8a8) {
-                qdq_dynamic(row, H, d->act_group);
             }
             if (q4)
                 mxi_cpu_qact(row, H, nbp1, s, qa1 + i * L.qa1_bytes);
@@ -1136,7 +1155,7 @@ static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *a
             for (size_t p = 0; p < NA; p++) {
                 float *h = hd + p * ki, s = 1.0f;
                 if (w8a8) {
-                    qdq_dynamic(h, I, d->act_group);
+                    qdq_row(h, NULL, I, d->act_group, codes, csc, h);
                 } else if (w4a8) { /* E4M3 values; the scale goes into the quantized row's */
                     s = pk->ex[args->expert[order[p]]].down_in_scale;
                     if (s == 0.0f) { /* dynamic, per token */

@@ -97,8 +97,20 @@ enum { MXI_CPU_LEVEL_SCALAR = 0, MXI_CPU_LEVEL_AVX2 = 1, MXI_CPU_LEVEL_AVX512 = 
  *          a q-load of a short last group reads past it (the next row, or the
  *          64 bytes of slack allocated after the last one); those lanes meet
  *          zero activations.
- *   FP8:   kp E4M3FN bytes, then at scale_off ceil(kp/128) float scales (one per
- *          128 columns; per-channel and per-tensor scales are replicated). */
+ *   FP8:   kp E4M3FN bytes, then at scale_off nkb = ceil(kp/128) float scales
+ *          (one per 128 columns; per-channel and per-tensor scales are
+ *          replicated), and nkb flag bytes at scales + r * scale_stride
+ *          (scale_stride = nkb). Flag 0 ("fast" block: no subnormal E4M3 code
+ *          in the block and |s| < 2^7): the scale is stored folded, s * 2^120
+ *          (exact), and the kernels decode w = fl(X * s 2^120) with X the bit
+ *          image (b << 20) & 0x87F00000 = e4m3(b) * 2^-120, a normal float
+ *          here. Flag 1 ("slow" block): s as is, and the kernels decode through
+ *          FP16 bits (e4m3(b) * 2^-8, exact, converted by vcvtph2ps, which
+ *          takes FP16 subnormals without an assist): w = fl(fl(h * 2^8) * s).
+ *          Both give fl(e4m3(b) * s), the value of the contract above; the
+ *          split only keeps subnormal floats out of the multiplies (each one
+ *          costs a microcode assist of ~100 cycles on Intel cores). NaN codes
+ *          0x7F/0xFF read as +-480 on every path. */
 typedef struct {
     int fmt;
     size_t rows, cols, kp;
