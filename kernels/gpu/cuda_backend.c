@@ -557,7 +557,7 @@ static mx_status_t scratch_need(mx_backend_packed_t *p, size_t T, size_t NA, siz
     if (st == MX_OK && weighted_sum)
         st = dbuf_need(p, &p->out, T * H * 4, "weighted sum");
     int quant = p->desc.scheme == MX_SCHEME_W4A8 || p->desc.scheme == MX_SCHEME_W8A8;
-    if (st == MX_OK && quant)
+    if (st == MX_OK && (quant || p->cfg == MXG_CFG_S)) /* S: GEMM1 reads a permuted copy */
         st = dbuf_need(p, &p->xq, NA * K1 * 2, "quantized tokens");
     if (st == MX_OK && quant)
         st = dbuf_need(p, &p->rs1, NA * 4, "activation scales");
@@ -707,7 +707,12 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
     gemm_common(p, &p->m1, &g1);
     gemm_common(p, &p->m2, &g2);
 
-    /* GEMM1 input */
+    /* GEMM1 input. The decode kernel (S) reads token rows with their columns in
+     * mxg_tok_pos order: the quantizer writes them so, or copies them so when
+     * the scheme does not quantize; GEMM1's decode epilogue then writes GEMM2's
+     * input in that order too. Pad columns are written as zeros either way (the
+     * buffers serve batches of both orders). */
+    const int perm = p->cfg == MXG_CFG_S;
     if (sch == MX_SCHEME_W4A8 || sch == MX_SCHEME_W8A8) {
         mxg_quant_params_t q = {0};
         q.mode = sch == MX_SCHEME_W4A8 ? MXG_Q_STATIC : grp ? MXG_Q_GROUP128 : MXG_Q_TOKEN;
@@ -717,6 +722,8 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
         q.out = p->xq.ptr;
         q.ld_out = K1;
         q.K = (int)p->desc.hidden;
+        q.perm_out = perm;
+        q.pad_out = K1;
         q.row_scale = sch == MX_SCHEME_W4A8 ? p->d_rs1 : p->rs1.ptr;
         q.grp = p->grp1.ptr;
         q.n_grp = (K1 + 127) / 128;
@@ -730,6 +737,22 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
         g1.a_grp_n = q.n_grp;
         if (grp)
             g1.flush = 1;
+    } else if (perm) {
+        mxg_quant_params_t q = {0};
+        q.mode = MXG_Q_COPY;
+        q.in = p->x.ptr;
+        q.ld_in = K1;
+        q.src_rows = p->d_a_tok;
+        q.out = p->xq.ptr;
+        q.ld_out = K1;
+        q.K = (int)p->desc.hidden;
+        q.perm_out = 1;
+        q.pad_out = K1;
+        q.n_rows = (int)NA;
+        KL(mxi_gpu_quant_launch(&q, p->stream), "token copy (GEMM1, decode order)");
+        g1.pdl = p->pdl;
+        g1.a = p->xq.ptr;
+        g1.a_rows = NULL;
     } else {
         g1.a = p->x.ptr;
         g1.a_rows = p->d_a_tok;
@@ -754,6 +777,7 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
         q.out = p->hid.ptr;
         q.ld_out = K2;
         q.K = (int)p->desc.inter;
+        q.perm_in = q.perm_out = perm; /* in place, in the order GEMM1 wrote */
         q.row_scale = sch == MX_SCHEME_W4A8 ? p->d_rs2 : p->rs2.ptr;
         q.grp = p->grp2.ptr;
         q.n_grp = (K2 + 127) / 128;

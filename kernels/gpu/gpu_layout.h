@@ -48,7 +48,7 @@
 enum { MXG_W_BF16 = 0, MXG_W_FP4 = 1, MXG_W_FP8 = 2 };
 enum { MXG_EPI_ACT = 0, MXG_EPI_OUT = 1 };
 enum { MXG_CFG_S = 0, MXG_CFG_M = 1, MXG_CFG_L = 2 };
-enum { MXG_Q_STATIC = 0, MXG_Q_TOKEN = 1, MXG_Q_GROUP128 = 2 };
+enum { MXG_Q_STATIC = 0, MXG_Q_TOKEN = 1, MXG_Q_GROUP128 = 2, MXG_Q_COPY = 3 };
 /* Tensor-core instruction of the GEMMs: mma.sync (sm_80+) or wgmma (sm_90a). One
  * device runs every tile configuration with the same one (batch invariance). */
 enum { MXG_MMA_SYNC = 0, MXG_MMA_WGMMA = 1 };
@@ -127,6 +127,20 @@ static inline MXG_HD size_t mxg_sc_offset(int N_pad, int n, int blk)
     const int rg = n >> 4, g = n & 7, hh = (n >> 3) & 1, kc = blk >> 1, b = blk & 1;
     return ((size_t)kc * (size_t)(N_pad >> 4) + (size_t)rg) * 32 + (size_t)(g * 4 + hh + 2 * b);
 }
+/* Token rows read by the decode kernel (tile configuration S) have their
+ * columns permuted inside each 64-column chunk, so that the 16 columns lane
+ * quad t takes for the chunk's four k16 steps (B fragments: columns 2t, 2t + 1,
+ * 2t + 8, 2t + 9 of each step) are 32 contiguous bytes: column c of a chunk
+ * (step s = c / 16, half kh = c / 8 % 2, t = c / 2 % 4, el = c % 2) is stored at
+ * 16 t + 4 s + 2 kh + el. The producers of those rows (the quantizer / copy
+ * kernel for GEMM1, GEMM1's decode epilogue for GEMM2) write this order, pad
+ * columns included (zeros); the other configurations keep the natural order. */
+static inline MXG_HD int mxg_tok_pos(int c)
+{
+    const int q = c & 63, s = q >> 4, kh = (q >> 3) & 1, t = (q >> 1) & 3, el = q & 1;
+    return (c & ~63) | (16 * t + 4 * s + 2 * kh + el);
+}
+
 /* Packed GEMM1 row n -> (activation index i, 0 gate / 1 up). */
 static inline MXG_HD int mxg_gateup_index(int n, int *up_p)
 {
@@ -174,7 +188,9 @@ typedef struct {
 /* Activation quantization to E4M3 values (kept as BF16 for the MMA):
  * rows sorted; input row r is in[src_rows ? src_rows[r] : r] (ld_in), output
  * row r at out + r * ld_out; scales per row (STATIC: read; TOKEN: written) or
- * per row and 128 group (GROUP128: written to grp[r * n_grp + g]). */
+ * per row and 128 group (GROUP128: written to grp[r * n_grp + g]); COPY copies
+ * the BF16 values. perm_in / perm_out: the rows are in mxg_tok_pos order;
+ * pad_out > K: columns [K, pad_out) of the output are written as zeros. */
 typedef struct {
     int mode;
     const uint16_t *in;
@@ -188,6 +204,7 @@ typedef struct {
     int n_grp;
     int n_rows;
     int pdl;
+    int perm_in, perm_out, pad_out;
 } mxg_quant_params_t;
 
 /* out_f32[t][h] += w[a] * float(y[a][h]) over tok_list[tok_off[t] .. tok_off[t+1]) in order. */

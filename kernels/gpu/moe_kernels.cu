@@ -466,22 +466,19 @@ __device__ __forceinline__ void decode_step(const uint32_t *src, int s, const Fp
 
 /* ------------------------------------------------------------ decode kernel (small batches) */
 
-/* Read-only loads through the non-coherent path (the data does not change
- * while the kernel runs: weights, and the previous kernel's finished output). */
-__device__ __forceinline__ uint32_t ldg32(const uint16_t *ptr)
-{
-    return __ldg((const unsigned int *)ptr);
-}
+/* Weights and token rows are read with __ldg (the non-coherent path): they do
+ * not change while the kernel runs (token rows are the previous kernel's
+ * finished output). */
 
 /* Batches of at most 16 tokens per expert are bound by reading the weights.
  * Each warp streams one 16-row group of one expert through K on its own (no
  * shared memory, no barriers): its lanes load their fragment pieces straight
  * into a ring of registers D chunks ahead, decode them and run mma.sync
- * m16n8k16 against token fragments read from the (cached) token rows. Per
- * chunk and lane that is about 87 instructions for MXFP4 with one n8 token
- * tile (cuobjdump of the sm_90a build; 205 before the layout of 2026-12-05):
- * 10 loads, 9 logic ops per step word, a BF16 multiply per register (two when
- * the matrix has scales above 2^1), 4 MMAs. Same K order and
+ * m16n8k16 against token fragments read from the (cached) token rows, one
+ * chunk ahead, two 16-byte loads per n8 tile and chunk (the rows are in
+ * mxg_tok_pos order). Per chunk and lane that is about 90 instructions for
+ * MXFP4: 4 loads, 9 logic ops per step word, a BF16 multiply per register
+ * (two when the matrix has scales above 2^1), 4 or 8 MMAs. Same K order and
  * same MMA results as the tensor-core kernels (tests/gpu compares every
  * configuration bitwise). */
 template <bool B> struct BoolC {
@@ -525,15 +522,16 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     }
     griddep_wait();
 
-    /* the lane's token rows: 8 j + g of the tile, j = 0, 1. Rows past the
+    /* the lane's token rows: 8 j + g of the tile, j = 0, 1, in mxg_tok_pos
+     * order (its 16 columns of a chunk are 32 contiguous bytes). Rows past the
      * expert's tokens read its last token instead: the MMA's columns are
      * independent and those columns are never stored. */
-    const uint16_t *xr[2];
+    const uint4 *xr[2];
 #pragma unroll
     for (int j = 0; j < 2; j++) {
         const int m = m0 + 8 * j + g;
         const int srow = off + (m < cnt ? m : cnt - 1);
-        xr[j] = p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda + 2 * t4;
+        xr[j] = (const uint4 *)(p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda + 16 * t4);
     }
 
     float acc[2][4];
@@ -558,17 +556,34 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
          * with chunk kc + D while there is one */
         const uint4 *wnext = wsrc + (size_t)D * wstep;
         const uint32_t *snext = WFMT == MXG_W_FP4 ? ssrc + (size_t)D * sstep : nullptr;
-        const uint16_t *xp0 = xr[0], *xp1 = xr[1];
-        auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot) {
+        /* token fragments of the current chunk, the next chunk's loaded one
+         * chunk ahead (8 uint4 per 64 columns of a row: the chunk stride) */
+        const uint4 *xp[2] = {xr[0], xr[1]};
+        uint4 bq[2][2][2]; /* [chunk parity][n8 tile][half]: D is even */
+#pragma unroll
+        for (int j = 0; j < NJ; j++) {
+            bq[0][j][0] = __ldg(xp[j]);
+            bq[0][j][1] = __ldg(xp[j] + 1);
+        }
+        auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
+#pragma unroll
+            for (int j = 0; j < NJ; j++)
+                if (kc + 1 < KC) {
+                    xp[j] += MXG_BK / 8;
+                    bn[j][0] = __ldg(xp[j]);
+                    bn[j][1] = __ldg(xp[j] + 1);
+                }
             uint32_t bb[4][2][2];
 #pragma unroll
-            for (int s = 0; s < 4; s++) {
-                bb[s][0][0] = ldg32(xp0 + 16 * s);
-                bb[s][0][1] = ldg32(xp0 + 16 * s + 8);
-                if (TWO) {
-                    bb[s][1][0] = ldg32(xp1 + 16 * s);
-                    bb[s][1][1] = ldg32(xp1 + 16 * s + 8);
-                }
+            for (int j = 0; j < NJ; j++) {
+                bb[0][j][0] = bc[j][0].x;
+                bb[0][j][1] = bc[j][0].y;
+                bb[1][j][0] = bc[j][0].z;
+                bb[1][j][1] = bc[j][0].w;
+                bb[2][j][0] = bc[j][1].x;
+                bb[2][j][1] = bc[j][1].y;
+                bb[3][j][0] = bc[j][1].z;
+                bb[3][j][1] = bc[j][1].w;
             }
             Fp4Mults mm;
             if (WFMT == MXG_W_FP4)
@@ -600,9 +615,6 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
                 for (int j = 0; j < NJ; j++)
                     mma_16816(FLUSH ? part[FLUSH ? j : 0] : acc[j], a, bb[s][j][0], bb[s][j][1]);
             }
-            xp0 += MXG_BK;
-            if (TWO)
-                xp1 += MXG_BK;
             if (FLUSH && ((kc & 1) || kc == KC - 1)) {
                 const int kb = kc >> 1, n = rg * 16 + g;
                 const float rf0 = row_factor(p, e, n, kb), rf1 = row_factor(p, e, n + 8, kb);
@@ -620,16 +632,17 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
                     }
             }
         };
+        static_assert(D % 2 == 0, "the token fragments alternate between two buffers");
         int kc = 0;
         for (; kc + D <= KC; kc += D) {
 #pragma unroll
             for (int u = 0; u < D; u++)
-                chunk(kc + u, wr[u], sr[u]);
+                chunk(kc + u, wr[u], sr[u], bq[u & 1], bq[(u + 1) & 1]);
         }
 #pragma unroll
         for (int u = 0; u < D; u++)
             if (kc + u < KC)
-                chunk(kc + u, wr[u], sr[u]);
+                chunk(kc + u, wr[u], sr[u], bq[u & 1], bq[(u + 1) & 1]);
     };
     if (cnt - m0 > 8)
         kloop(BoolC<true>());
@@ -650,9 +663,11 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             const float v0 = finish_value(p, e, s, n, acc[j][el]);
             const float v1 = finish_value(p, e, s, n + 8, acc[j][2 + el]);
             if (act) {
+                /* GEMM2's input, for the decode kernel again: mxg_tok_pos order */
                 const int i = rg * 8 + g;
                 if (i < p.ldo)
-                    p.out[(size_t)s * p.ldo + i] = (uint16_t)f_to_bf16(act_apply(p.act, v0, v1, p.limit, p.alpha));
+                    p.out[(size_t)s * p.ldo + mxg_tok_pos(i)] =
+                        (uint16_t)f_to_bf16(act_apply(p.act, v0, v1, p.limit, p.alpha));
             } else {
                 uint16_t *o = p.out + (size_t)p.out_rows[s] * p.ldo;
                 if (n < p.N)
@@ -661,6 +676,15 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
                     o[n + 8] = (uint16_t)f_to_bf16(v1);
             }
         }
+    /* the activation columns past the last row group, up to ldo, are zeros
+     * (GEMM2's padded K); the warp of the last row group writes them */
+    if (act && rg == (p.N >> 4) - 1) {
+        const int i0 = p.N >> 1, npad = p.ldo - i0, ntok = cnt - m0 < 16 ? cnt - m0 : 16;
+        for (int idx = lane; idx < ntok * npad; idx += 32) {
+            const int m = idx / npad, i = i0 + idx % npad;
+            p.out[(size_t)(off + m0 + m) * p.ldo + mxg_tok_pos(i)] = 0;
+        }
+    }
 }
 
 template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST, bool BIG>
@@ -1088,15 +1112,21 @@ __global__ void quant_rows(const mxg_quant_params_t p)
         return;
     const uint16_t *in = p.in + (size_t)(p.src_rows ? p.src_rows[r] : r) * p.ld_in;
     uint16_t *out = p.out + (size_t)r * p.ld_out;
+    /* logical column k of the input / output row */
+    auto at_in = [&](int k) { return in[p.perm_in ? mxg_tok_pos(k) : k]; };
+    auto put = [&](int k, uint16_t v) { out[p.perm_out ? mxg_tok_pos(k) : k] = v; };
     __shared__ float red[32];
-    if (p.mode == MXG_Q_STATIC || p.mode == MXG_Q_TOKEN) {
+    if (p.mode == MXG_Q_COPY) {
+        for (int k = threadIdx.x; k < p.K; k += blockDim.x)
+            put(k, at_in(k));
+    } else if (p.mode == MXG_Q_STATIC || p.mode == MXG_Q_TOKEN) {
         float s;
         if (p.mode == MXG_Q_STATIC) {
             s = p.row_scale[r];
         } else {
             float amax = 0.0f;
             for (int k = threadIdx.x; k < p.K; k += blockDim.x)
-                amax = fmaxf(amax, fabsf(bf16_to_f(in[k])));
+                amax = fmaxf(amax, fabsf(bf16_to_f(at_in(k))));
             for (int o = 16; o > 0; o >>= 1)
                 amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
             if ((threadIdx.x & 31) == 0)
@@ -1112,24 +1142,27 @@ __global__ void quant_rows(const mxg_quant_params_t p)
             __syncthreads();
             s = red[0];
         }
+        /* in place (in == out) each thread reads and writes its own columns */
         for (int k = threadIdx.x; k < p.K; k += blockDim.x)
-            out[k] = (uint16_t)f_to_bf16(f_to_e4m3(bf16_to_f(in[k]) / s));
+            put(k, (uint16_t)f_to_bf16(f_to_e4m3(bf16_to_f(at_in(k)) / s)));
     } else {
         /* one warp per 128 group, groups strided over warps */
         const int warps = blockDim.x >> 5, w = threadIdx.x >> 5, l = threadIdx.x & 31;
         for (int gi = w; gi < p.n_grp; gi += warps) {
             float amax = 0.0f;
             for (int k = gi * 128 + l; k < gi * 128 + 128 && k < p.K; k += 32)
-                amax = fmaxf(amax, fabsf(bf16_to_f(in[k])));
+                amax = fmaxf(amax, fabsf(bf16_to_f(at_in(k))));
             for (int o = 16; o > 0; o >>= 1)
                 amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
             float s = fmaxf(amax / 448.0f, 1.0f / (448.0f * 512.0f));
             if (l == 0)
                 p.grp[(size_t)r * p.n_grp + gi] = s;
             for (int k = gi * 128 + l; k < gi * 128 + 128 && k < p.K; k += 32)
-                out[k] = (uint16_t)f_to_bf16(f_to_e4m3(bf16_to_f(in[k]) / s));
+                put(k, (uint16_t)f_to_bf16(f_to_e4m3(bf16_to_f(at_in(k)) / s)));
         }
     }
+    for (int k = p.K + (int)threadIdx.x; k < p.pad_out; k += blockDim.x)
+        put(k, 0);
 }
 
 /* ------------------------------------------------------------ combine */
