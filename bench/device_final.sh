@@ -2,13 +2,16 @@
 # bench/device_final.sh: the closing measurements of a session on the lent H100 machine, in
 # one call that fits a short device budget (about 7 minutes), returning at most 8 files:
 #   1. bench/gpu/device_run.sh --quick (build, GPU tests, W4A16 bench); when the GPU tests fail
-#      and FALLBACK_CU names a kernel source that passed them before, that source is built and
-#      tested instead (the figures then belong to it; summary.log says so);
+#      and FALLBACK_CU names a kernel source that passed them before (or FALLBACK_TREE a folder
+#      whose files, by their paths under it, replace the tree's), that is built and tested
+#      instead (the figures then belong to it; summary.log says so);
 #   2. (FINAL_SCHEMES=1) W4A8 and W8A16 at T = 1, 64, 8192;
 #   3. mxworker: 8 ranks sharing the GPU with --check, the heterogeneous 1 GPU + 2 CPU ranks
 #      job with --check, and `info`;
-#   4. bench/xchg_device.sh with shortened loops (the exchange, issue 6), its summary only;
-#   5. (FINAL_CPU=1) the cpu backend's kernels on 2 Xeon cores (AVX2 level, then the best level).
+#   4. (unless FINAL_XCHG=0) bench/xchg_device.sh with shortened loops (the exchange, issue 6), its summary only;
+#   5. (FINAL_CPU=1) the cpu backend's kernels on 2 Xeon cores (AVX2 level, then the best level);
+#   6. (FINAL_LAYER_CPU=1) the layer against its parts with one device per rank: 8 ranks of the
+#      cpu backend, 2 cores each, gpt-oss-20b model, 8 and 64 tokens per rank, --check.
 # Usage (device tool, carry [".deps", ...]): OUT=$OUT [FALLBACK_CU=path] bash bench/device_final.sh
 set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,11 +26,18 @@ echo "== device_final $(date -u +%FT%TZ): $(nvidia-smi --query-gpu=name --format
 OUT=$LOGS bash "$ROOT/bench/gpu/device_run.sh" --quick > "$LOGS/gpu.log" 2>&1
 rc=$?
 FELL=0
-if ! grep -q "gpu tests: exit 0" "$LOGS/gpu.log" && [ -n "${FALLBACK_CU:-}" ] && [ -f "$ROOT/$FALLBACK_CU" ]; then
-  echo "!! GPU tests failed with this tree's kernels (tail below); building $FALLBACK_CU instead"
+if ! grep -q "gpu tests: exit 0" "$LOGS/gpu.log" &&
+   { { [ -n "${FALLBACK_CU:-}" ] && [ -f "$ROOT/$FALLBACK_CU" ]; } ||
+     { [ -n "${FALLBACK_TREE:-}" ] && [ -d "$ROOT/$FALLBACK_TREE" ]; }; }; then
+  echo "!! GPU tests failed with this tree's kernels (tail below); building ${FALLBACK_CU:-$FALLBACK_TREE} instead"
   grep -E "FAILED|fail|Error" "$LOGS/gpu.log" | head -20
   cp "$LOGS/gpu.log" "$OUT/gpu_failed.log"
-  cp "$ROOT/$FALLBACK_CU" "$ROOT/kernels/gpu/moe_kernels.cu"
+  if [ -n "${FALLBACK_CU:-}" ]; then
+    cp "$ROOT/$FALLBACK_CU" "$ROOT/kernels/gpu/moe_kernels.cu"
+  else
+    (cd "$ROOT/$FALLBACK_TREE" && find . -type f) | while read -r f; do
+      echo "   fallback: $f"; cp "$ROOT/$FALLBACK_TREE/$f" "$ROOT/$f"; done
+  fi
   FELL=1
   OUT=$LOGS bash "$ROOT/bench/gpu/device_run.sh" --quick > "$LOGS/gpu.log" 2>&1
   rc=$?
@@ -62,7 +72,7 @@ timeout 150 $MPI -n 1 -x OMP_NUM_THREADS=4 $W bench --backend cuda --tokens 64 -
   --baseline alone > "$LOGS/hetero.log" 2>&1 || { echo "heterogeneous run: FAILED"; STATUS=1; }
 grep -E "check|tokens/s|layer latency|rank +host|^ +[0-9] " "$LOGS/hetero.log" | head -12
 timeout 60 $MPI -n 1 $W info --backend cuda : -n 2 $W info --backend cpu 2>&1 | grep -E "chosen|^ +[0-9] " | head -8
-if [ "$FELL" = 0 ] && [ "$SECONDS" -lt 200 ]; then
+if [ "${FINAL_XCHG:-1}" = 1 ] && [ "$FELL" = 0 ] && [ "$SECONDS" -lt 200 ]; then
   echo "== exchange: bench/xchg_device.sh, shortened loops (${SECONDS}s)"
   OUT=$LOGS/xchg BUILD=$BUILD XCHG_ITERS=${XCHG_ITERS:-12} timeout $((320 - SECONDS)) bash "$ROOT/bench/xchg_device.sh" > "$LOGS/xchg.log" 2>&1
   echo "xchg rc $?"
@@ -75,6 +85,15 @@ if [ "${FINAL_CPU:-0}" = 1 ] && [ "$FELL" = 0 ] && [ "$SECONDS" -lt 330 ]; then
     --json "$OUT/cpu_avx2.json" 2>&1 | grep -E "measured|^(gpt|qwen)" || STATUS=1
   timeout 60 taskset -c 2,3 "$MB" kernels --threads 2 --iters 5 --tokens 1,4,256 --ref-peer-max 0 \
     --json "$OUT/cpu_best.json" 2>&1 | grep -E "measured|^(gpt|qwen)" || STATUS=1
+fi
+if [ "${FINAL_LAYER_CPU:-0}" = 1 ] && [ "$SECONDS" -lt 420 ]; then
+  echo "== layer vs its parts, one device per rank: 8 cpu ranks x 2 cores, gpt-oss-20b (${SECONDS}s)"
+  for t in 8 64; do
+    timeout 100 mpirun --allow-run-as-root --map-by ppr:8:node:pe=2 --bind-to core -n 8 -x OMP_NUM_THREADS=2 \
+      $W bench --backend cpu --tokens $t --iters 8 --warmup 2 --check --json "$OUT/layer_cpu8_t$t.json" \
+      > "$LOGS/layer_cpu8_t$t.log" 2>&1 || { echo "cpu 8x2 layer, $t tokens/rank: FAILED ($?)"; STATUS=1; }
+    grep -E "check|ranks:|tokens/s|layer latency|layer vs its parts|exchange in the layer" "$LOGS/layer_cpu8_t$t.log" | head -8
+  done
 fi
 echo "== done: status $STATUS (${SECONDS}s)"
 exit $STATUS
