@@ -71,15 +71,30 @@ mx_status_t mx_coord_combine(const mx_dispatch_plan_t *plan, mx_combine_mode_t m
 {
     if (!plan || (plan->n_tokens > 0 && !out_p) || (plan->n_entries > 0 && (!recv || !displs)))
         return mx_error_set(MX_ERR_INVALID, "combine: NULL argument");
+    const uint8_t **src = malloc((size_t)(plan->n_ranks > 0 ? plan->n_ranks : 1) * sizeof *src);
+    if (!src)
+        return mx_error_set(MX_ERR_NOMEM, "combine: out of memory");
+    for (int r = 0; r < plan->n_ranks; r++)
+        src[r] = plan->rank_copy_off[r + 1] > plan->rank_copy_off[r] ? (const uint8_t *)recv + displs[r] : NULL;
+    mx_status_t st = mx_coord_combine_from(plan, mode, src, hidden, out_p);
+    free(src);
+    return st;
+}
+
+mx_status_t mx_coord_combine_from(const mx_dispatch_plan_t *plan, mx_combine_mode_t mode, const uint8_t *const *src,
+                                  size_t hidden, uint16_t *out_p)
+{
+    if (!plan || (plan->n_tokens > 0 && !out_p) || (plan->n_entries > 0 && !src))
+        return mx_error_set(MX_ERR_INVALID, "combine: NULL argument");
     if (mode != MX_COMBINE_EXACT && mode != MX_COMBINE_REDUCE)
         return mx_error_set(MX_ERR_INVALID, "combine: unknown mode %d", (int)mode);
     if (hidden == 0)
         return mx_error_set(MX_ERR_INVALID, "combine: hidden size 0");
     const size_t align = mode == MX_COMBINE_EXACT ? sizeof(uint16_t) : sizeof(float);
     for (int r = 0; r < plan->n_ranks; r++)
-        if (plan->rank_copy_off[r + 1] > plan->rank_copy_off[r] && ((uintptr_t)recv + displs[r]) % align != 0)
-            return mx_error_set(MX_ERR_INVALID, "combine: reply of rank %d is not %zu-byte aligned", r, align);
-    const uint8_t *base = recv;
+        if (plan->rank_copy_off[r + 1] > plan->rank_copy_off[r] && (!src[r] || (uintptr_t)src[r] % align != 0))
+            return mx_error_set(MX_ERR_INVALID, "combine: reply of rank %d is %s", r,
+                                src[r] ? (align == 2 ? "not 2-byte aligned" : "not 4-byte aligned") : "missing");
     const long long T = (long long)plan->n_tokens;
     if (mode == MX_COMBINE_EXACT) {
         size_t maxn = 0;
@@ -113,7 +128,7 @@ mx_status_t mx_coord_combine(const mx_dispatch_plan_t *plan, mx_combine_mode_t m
                 int32_t e = plan->token_entry[a + i];
                 int r = plan->entry_rank[e];
                 rw[i] =
-                    (const uint16_t *)(base + displs[r] + (size_t)(e - (int32_t)plan->rank_entry_off[r]) * row_bytes);
+                    (const uint16_t *)(src[r] + (size_t)(e - (int32_t)plan->rank_entry_off[r]) * row_bytes);
                 ww[i] = plan->entry_weight[e];
             }
             mx_coord_combine_rows(rw, ww, (int)n, hidden, out_p + (size_t)t * hidden);
@@ -145,7 +160,7 @@ mx_status_t mx_coord_combine(const mx_dispatch_plan_t *plan, mx_combine_mode_t m
                 long c = find_copy(plan, r, (int32_t)t);
                 if (c >= 0)
                     rr[n++] =
-                        (const float *)(base + displs[r] + (size_t)(c - (long)plan->rank_copy_off[r]) * row_bytes);
+                        (const float *)(src[r] + (size_t)(c - (long)plan->rank_copy_off[r]) * row_bytes);
             }
             mxi_coord_sum_rows_avx2(rr, n, hidden, out_p + (size_t)t * hidden);
         }
@@ -165,7 +180,7 @@ mx_status_t mx_coord_combine(const mx_dispatch_plan_t *plan, mx_combine_mode_t m
                 if (c < 0)
                     continue;
                 const float *row =
-                    (const float *)(base + displs[r] + (size_t)(c - (long)plan->rank_copy_off[r]) * row_bytes) + h0;
+                    (const float *)(src[r] + (size_t)(c - (long)plan->rank_copy_off[r]) * row_bytes) + h0;
                 for (size_t h = 0; h < len; h++)
                     acc[h] += row[h];
             }

@@ -333,12 +333,12 @@ static void write_meta(const mx_dispatch_plan_t *plan, int r, mx_dispatch_dtype_
 
 /* Where copy c's row goes: in the message to its destination rank, after that
  * message's header, counts and entries. */
-static uint8_t *copy_row(const mx_dispatch_plan_t *plan, size_t c, void *send, const size_t *displs, size_t row)
+static uint8_t *copy_row(const mx_dispatch_plan_t *plan, size_t c, uint8_t *const *dst, size_t row)
 {
     int r = plan->entry_rank[plan->copy_entry_off[c]];
     size_t c0 = plan->rank_copy_off[r], nt = plan->rank_copy_off[r + 1] - c0;
     size_t ne = plan->rank_entry_off[r + 1] - plan->rank_entry_off[r];
-    return (uint8_t *)send + displs[r] + meta_bytes(nt, ne) + (c - c0) * row;
+    return dst[r] + meta_bytes(nt, ne) + (c - c0) * row;
 }
 
 #define PACK_STACK_GROUPS 512 /* FP8 scales of one row on the stack up to hidden 65536 */
@@ -349,20 +349,20 @@ static uint8_t *copy_row(const mx_dispatch_plan_t *plan, size_t c, void *send, c
  * tokens and copies. Returns MX_ERR_NOMEM (nothing half-quantized is sent:
  * the caller fails the step) when a row's scratch cannot be allocated. */
 static mx_status_t pack_rows(const mx_dispatch_plan_t *plan, const uint16_t *x, size_t hidden,
-                             mx_dispatch_dtype_t dtype, void *send, const size_t *displs, size_t row, int fast)
+                             mx_dispatch_dtype_t dtype, uint8_t *const *dst, size_t row, int fast)
 {
     for (int r = 0; r < plan->n_ranks; r++)
         if (plan->rank_copy_off[r + 1] > plan->rank_copy_off[r])
-            write_meta(plan, r, dtype, hidden, row, (uint8_t *)send + displs[r]);
+            write_meta(plan, r, dtype, hidden, row, dst[r]);
     const long long LNC = (long long)plan->n_copies;
     const size_t ng = (hidden + FP8_GROUP - 1) / FP8_GROUP;
     int oom = 0;
     if (dtype == MX_DISPATCH_BF16) {
 #pragma omp parallel for schedule(static)
         for (long long c = 0; c < LNC; c++) {
-            uint8_t *dst = copy_row(plan, (size_t)c, send, displs, row);
-            memcpy(dst, x + (size_t)plan->copy_token[c] * hidden, hidden * sizeof(uint16_t));
-            memset(dst + hidden * sizeof(uint16_t), 0, row - hidden * sizeof(uint16_t));
+            uint8_t *d = copy_row(plan, (size_t)c, dst, row);
+            memcpy(d, x + (size_t)plan->copy_token[c] * hidden, hidden * sizeof(uint16_t));
+            memset(d + hidden * sizeof(uint16_t), 0, row - hidden * sizeof(uint16_t));
         }
         return MX_OK;
     }
@@ -378,24 +378,24 @@ static mx_status_t pack_rows(const mx_dispatch_plan_t *plan, const uint16_t *x, 
             if (oom || plan->copy_first[c] != (int32_t)c)
                 continue;
             const uint16_t *xt = x + (size_t)plan->copy_token[c] * hidden;
-            uint8_t *dst = copy_row(plan, (size_t)c, send, displs, row);
+            uint8_t *d = copy_row(plan, (size_t)c, dst, row);
             /* cannot fail: non-NULL pointers, one row of hidden <= 2^30 */
             if (fast) {
-                (void)mx_quant_fp8_group_dynamic_bf16_fast(xt, 1, hidden, FP8_GROUP, dst + ng * sizeof(float), sc);
+                (void)mx_quant_fp8_group_dynamic_bf16_fast(xt, 1, hidden, FP8_GROUP, d + ng * sizeof(float), sc);
             } else {
                 for (size_t h = 0; h < hidden; h++)
                     f[h] = mxi_bf16_to_f32(xt[h]);
-                (void)mx_quant_fp8_group_dynamic(f, 1, hidden, FP8_GROUP, dst + ng * sizeof(float), sc);
+                (void)mx_quant_fp8_group_dynamic(f, 1, hidden, FP8_GROUP, d + ng * sizeof(float), sc);
             }
-            memcpy(dst, sc, ng * sizeof(float));
-            memset(dst + ng * sizeof(float) + hidden, 0, row - ng * sizeof(float) - hidden);
+            memcpy(d, sc, ng * sizeof(float));
+            memset(d + ng * sizeof(float) + hidden, 0, row - ng * sizeof(float) - hidden);
         }
         /* (the implicit barrier: every first copy is written before the others copy it) */
 #pragma omp for schedule(static)
         for (long long c = 0; c < LNC; c++) {
             int32_t c1 = plan->copy_first[c];
             if (c1 != (int32_t)c)
-                memcpy(copy_row(plan, (size_t)c, send, displs, row), copy_row(plan, (size_t)c1, send, displs, row),
+                memcpy(copy_row(plan, (size_t)c, dst, row), copy_row(plan, (size_t)c1, dst, row),
                        row);
         }
         if (sc != sc_stack)
@@ -409,20 +409,52 @@ static mx_status_t pack_rows(const mx_dispatch_plan_t *plan, const uint16_t *x, 
     return oom ? mx_error_set(MX_ERR_NOMEM, "dispatch pack: cannot allocate an FP8 row of %zu values", hidden) : MX_OK;
 }
 
+static mx_status_t pack_check(const mx_dispatch_plan_t *plan, const uint16_t *x, size_t hidden,
+                              mx_dispatch_dtype_t dtype)
+{
+    if (dtype != MX_DISPATCH_BF16 && dtype != MX_DISPATCH_FP8)
+        return mx_error_set(MX_ERR_INVALID, "dispatch pack: unknown dtype %d", (int)dtype);
+    if (hidden == 0 || hidden > UINT32_MAX / 4)
+        return mx_error_set(MX_ERR_INVALID, "dispatch pack: hidden size %zu (expected 1..2^30)", hidden);
+    if (plan->n_copies > 0 && !x)
+        return mx_error_set(MX_ERR_INVALID, "dispatch pack: NULL tokens");
+#ifndef MXEP_COORD_HAVE_QUANT
+    if (dtype == MX_DISPATCH_FP8)
+        return mx_error_set(MX_ERR_UNSUPPORTED, "dispatch pack: FP8 needs quant/, which this build lacks");
+#endif
+    return MX_OK;
+}
+
+mx_status_t mx_coord_dispatch_pack_to(const mx_dispatch_plan_t *plan, const uint16_t *x, size_t hidden,
+                                      mx_dispatch_dtype_t dtype, uint8_t *const *dst)
+{
+    if (!plan || !dst)
+        return mx_error_set(MX_ERR_INVALID, "dispatch pack: NULL argument");
+    mx_status_t st = pack_check(plan, x, hidden, dtype);
+    if (st != MX_OK)
+        return st;
+    for (int r = 0; r < plan->n_ranks; r++)
+        if (plan->rank_copy_off[r + 1] > plan->rank_copy_off[r] && !dst[r])
+            return mx_error_set(MX_ERR_INVALID, "dispatch pack: no place for the message to rank %d", r);
+    return pack_rows(plan, x, hidden, dtype, dst, mx_coord_wire_row_bytes(dtype, hidden), mxi_coord_fast());
+}
+
 mx_status_t mx_coord_dispatch_pack(const mx_dispatch_plan_t *plan, const uint16_t *x, size_t hidden,
                                    mx_dispatch_dtype_t dtype, void *send, const size_t *displs)
 {
     if (!plan || !displs || (plan->n_copies > 0 && (!x || !send)))
         return mx_error_set(MX_ERR_INVALID, "dispatch pack: NULL argument");
-    if (dtype != MX_DISPATCH_BF16 && dtype != MX_DISPATCH_FP8)
-        return mx_error_set(MX_ERR_INVALID, "dispatch pack: unknown dtype %d", (int)dtype);
-    if (hidden == 0 || hidden > UINT32_MAX / 4)
-        return mx_error_set(MX_ERR_INVALID, "dispatch pack: hidden size %zu (expected 1..2^30)", hidden);
-#ifndef MXEP_COORD_HAVE_QUANT
-    if (dtype == MX_DISPATCH_FP8)
-        return mx_error_set(MX_ERR_UNSUPPORTED, "dispatch pack: FP8 needs quant/, which this build lacks");
-#endif
-    return pack_rows(plan, x, hidden, dtype, send, displs, mx_coord_wire_row_bytes(dtype, hidden), mxi_coord_fast());
+    mx_status_t st = pack_check(plan, x, hidden, dtype);
+    if (st != MX_OK)
+        return st;
+    uint8_t **dst = malloc((size_t)(plan->n_ranks > 0 ? plan->n_ranks : 1) * sizeof *dst);
+    if (!dst)
+        return mx_error_set(MX_ERR_NOMEM, "dispatch pack: out of memory");
+    for (int r = 0; r < plan->n_ranks; r++)
+        dst[r] = (uint8_t *)send + displs[r];
+    st = pack_rows(plan, x, hidden, dtype, dst, mx_coord_wire_row_bytes(dtype, hidden), mxi_coord_fast());
+    free(dst);
+    return st;
 }
 
 /* ---------------------------------------------------------------- worker side */

@@ -14,6 +14,25 @@
  * Nobody writes into a region before its owner has entered the round (barrier
  * of step 1), so the previous round's bytes stay valid until the next call.
  *
+ * Zero-copy rounds use the same window, whose regions are [header | receive
+ * area | reply area]:
+ *  - push: steps 1-2, then the caller writes each local peer's bytes straight
+ *    into that peer's receive area (cross-host bytes into a private staging
+ *    buffer); push_end: the MPI_Alltoallv of the cross-host pairs, then step 4;
+ *  - pull: steps 1-2 publish where, in this rank's reply area, each local peer's
+ *    bytes will be; the caller writes its replies there; pull_end: node barrier
+ *    (every reply written), the MPI_Alltoallv of the cross-host pairs (from the
+ *    reply area into the receive area), and each local peer's bytes are read
+ *    in place from its reply area. The next round's first barrier, which
+ *    every reader must reach, keeps them valid until then.
+ * Header words: [0] receive bytes needed, [1] reply bytes needed, [2 + j]
+ * where local peer j's pushed bytes go in the receive area, and for pull
+ * round k, with P = 2 + L + 2L (k & 1): [P + j] and [P + L + j] where local
+ * peer j's pulled bytes lie in the reply area and how many there are (L: ranks
+ * on the host). Two sets, alternating: a rank may publish pull k + 1 while a
+ * slower peer still reads pull k's words (pull k + 1's barrier keeps it from
+ * getting further ahead).
+ *
  * alltoallv mode: MPI_Alltoallv into a private buffer. */
 #include <limits.h>
 #include <stdlib.h>
@@ -55,7 +74,14 @@ typedef struct {
     MPI_Win win;
     int win_open;
     size_t hdr_bytes; /* header size, multiple of ALIGN */
-    size_t cap;       /* data bytes per region */
+    size_t cap;       /* receive-area bytes per region */
+    size_t ocap;      /* reply-area bytes per region (after the receive area) */
+    /* zero-copy rounds */
+    size_t *zsc, *zsd, *zrc, *zrd; /* [size] counts and displacements of the open round */
+    uint8_t *stage;                /* cross-host bytes of a push */
+    mx_status_t push_err;          /* a push_begin's local failure, reported by its push_end */
+    unsigned pulls;                /* pull rounds begun (the same on every rank: collective) */
+    size_t stage_cap;
     uint8_t **base;   /* [local_size] region start of each local rank */
     char path[32];
     mx_transport_stats_t ph; /* phases since the last reset (arrive/copy/remote/depart, bytes) */
@@ -92,14 +118,14 @@ static void win_close(mpi_ctx_t *c)
     }
 }
 
-static mx_status_t win_open(mpi_ctx_t *c, size_t cap)
+static mx_status_t win_open(mpi_ctx_t *c, size_t cap, size_t ocap)
 {
     MPI_Info info;
     MPI_Info_create(&info);
     MPI_Info_set(info, "alloc_shared_noncontig", "true");
     uint8_t *mine = NULL;
-    size_t bytes = c->hdr_bytes + cap;
-    if (bytes > (size_t)LLONG_MAX / 2) {
+    size_t bytes = c->hdr_bytes + cap + ocap;
+    if (cap > (size_t)LLONG_MAX / 4 || ocap > (size_t)LLONG_MAX / 4) {
         MPI_Info_free(&info);
         return mx_error_set(MX_ERR_NOMEM, "transport mpi: shared window of %zu bytes is too large", bytes);
     }
@@ -121,8 +147,9 @@ static mx_status_t win_open(mpi_ctx_t *c, size_t cap)
     MPI_Win_lock_all(MPI_MODE_NOCHECK, c->win);
     c->win_open = 1;
     c->cap = cap;
+    c->ocap = ocap;
     /* the owner touches its whole region first, so its pages sit on its NUMA node */
-    memset(mine, 0, c->hdr_bytes + cap);
+    memset(mine, 0, bytes);
     return MX_OK;
 }
 
@@ -144,6 +171,11 @@ static void mpi_destroy(void *ctx)
     free(c->local_of_world);
     free(c->world_of_local);
     free(c->base);
+    free(c->zsc);
+    free(c->zsd);
+    free(c->zrc);
+    free(c->zrd);
+    free(c->stage);
     free(c);
 }
 
@@ -169,7 +201,12 @@ static mx_status_t mpi_create(MPI_Comm comm, const mx_transport_opts_t *opts, vo
     c->rcounts = calloc(n, sizeof(int));
     c->rdispls = calloc(n, sizeof(int));
     c->local_of_world = calloc(n, sizeof(int));
-    if (!c->scounts || !c->sdispls || !c->rcounts || !c->rdispls || !c->local_of_world) {
+    c->zsc = calloc(n, sizeof(size_t));
+    c->zsd = calloc(n, sizeof(size_t));
+    c->zrc = calloc(n, sizeof(size_t));
+    c->zrd = calloc(n, sizeof(size_t));
+    if (!c->scounts || !c->sdispls || !c->rcounts || !c->rdispls || !c->local_of_world || !c->zsc || !c->zsd ||
+        !c->zrc || !c->zrd) {
         st = mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory");
         goto fail;
     }
@@ -256,8 +293,8 @@ static mx_status_t mpi_create(MPI_Comm comm, const mx_transport_opts_t *opts, vo
         c->mode = MX_EXCHANGE_SHM; /* the window also serves as receive buffer for remote pairs */
     size_t cap0 = opts->initial_bytes ? opts->initial_bytes : (size_t)1 << 20;
     if (c->mode == MX_EXCHANGE_SHM) {
-        c->hdr_bytes = round_up(sizeof(uint64_t) * (2 + (size_t)c->local_size), ALIGN);
-        st = win_open(c, round_up(cap0, ALIGN));
+        c->hdr_bytes = round_up(sizeof(uint64_t) * (2 + 5 * (size_t)c->local_size), ALIGN);
+        st = win_open(c, round_up(cap0, ALIGN), round_up(cap0, ALIGN));
         if (st != MX_OK)
             goto fail;
         snprintf(c->path, sizeof c->path, "%s", c->any_remote ? "shm+alltoallv" : "shm");
@@ -426,6 +463,54 @@ static void win_fence(mpi_ctx_t *c)
     MPI_Win_sync(c->win);
 }
 
+/* Steps 1 and 2 of a round: this rank's header (receive and reply bytes it
+ * needs; where each local peer's pushed bytes go, when push_displs; where its
+ * pulled bytes lie and how many, when pull_displs), a node barrier, and the
+ * window grown together while some local rank needs more than it has. */
+static size_t pull_words(const mpi_ctx_t *c, unsigned round)
+{
+    return 2 + (size_t)c->local_size * (1 + 2 * (round & 1u));
+}
+
+static mx_status_t shm_publish(mpi_ctx_t *c, uint64_t recv_need, uint64_t reply_need, const size_t *push_displs,
+                               const size_t *pull_displs, const size_t *pull_counts)
+{
+    const int L = c->local_size;
+    const size_t P = pull_words(c, c->pulls);
+    for (;;) {
+        volatile uint64_t *hdr = (volatile uint64_t *)c->base[c->local_rank];
+        hdr[0] = recv_need;
+        hdr[1] = reply_need;
+        for (int j = 0; j < L; j++) {
+            int w = c->world_of_local[j];
+            if (push_displs)
+                hdr[2 + j] = push_displs[w];
+            if (pull_displs) {
+                hdr[P + j] = pull_displs[w];
+                hdr[P + L + j] = pull_counts[w];
+            }
+        }
+        win_fence(c);
+        uint64_t need = 0, oneed = 0;
+        for (int j = 0; j < L; j++) {
+            volatile const uint64_t *h = (volatile const uint64_t *)c->base[j];
+            need = h[0] > need ? h[0] : need;
+            oneed = h[1] > oneed ? h[1] : oneed;
+        }
+        if (need <= c->cap && oneed <= c->ocap)
+            return MX_OK;
+        /* every local rank saw the same headers and grows together */
+        size_t cap = need > c->cap ? round_up((size_t)need + (size_t)need / 4, ALIGN) : c->cap;
+        size_t ocap = oneed > c->ocap ? round_up((size_t)oneed + (size_t)oneed / 4, ALIGN) : c->ocap;
+        MX_LOG_D("transport", "growing the shared window from %zu + %zu to %zu + %zu bytes per rank", c->cap,
+                 c->ocap, cap, ocap);
+        win_close(c);
+        mx_status_t st = win_open(c, cap, ocap);
+        if (st != MX_OK)
+            return st;
+    }
+}
+
 static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_counts, const size_t *send_displs,
                                 const size_t *recv_counts, const uint8_t **recv_p, size_t *recv_displs_p)
 {
@@ -462,7 +547,7 @@ static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_
         mx_status_t st = MX_OK;
         if (total > c->cap) {
             win_close(c); /* collective over the node communicator: this rank alone */
-            st = win_open(c, round_up((size_t)total + total / 4, ALIGN));
+            st = win_open(c, round_up((size_t)total + total / 4, ALIGN), c->ocap);
             if (st != MX_OK)
                 return st; /* (no window: this transport cannot go on; the caller agrees on the failure) */
         }
@@ -475,30 +560,11 @@ static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_
         return MX_OK;
     }
 
-    /* shared memory: step 1, publish where each local peer's bytes go */
+    /* shared memory: steps 1 and 2 */
     double t0 = now_ms();
-    for (;;) {
-        volatile uint64_t *hdr = (volatile uint64_t *)c->base[c->local_rank];
-        hdr[0] = total;
-        for (int j = 0; j < c->local_size; j++)
-            hdr[2 + j] = recv_displs_p[c->world_of_local[j]];
-        win_fence(c);
-        uint64_t need = 0;
-        for (int j = 0; j < c->local_size; j++) {
-            uint64_t t = ((volatile uint64_t *)c->base[j])[0];
-            if (t > need)
-                need = t;
-        }
-        if (need <= c->cap)
-            break;
-        /* step 2: every local rank saw the same headers and grows together */
-        size_t cap = round_up((size_t)need + (size_t)need / 4, ALIGN);
-        MX_LOG_D("transport", "growing the shared window from %zu to %zu bytes per rank", c->cap, cap);
-        win_close(c);
-        mx_status_t st = win_open(c, cap);
-        if (st != MX_OK)
-            return st;
-    }
+    mx_status_t st0 = shm_publish(c, total, 0, recv_displs_p, NULL, NULL);
+    if (st0 != MX_OK)
+        return st0;
     uint8_t *mine = c->base[c->local_rank] + c->hdr_bytes;
     MPI_Request req = MPI_REQUEST_NULL;
     mx_status_t st = MX_OK;
@@ -558,6 +624,178 @@ static void mpi_phases(void *ctx, mx_transport_stats_t *s, int reset)
         memset(&c->ph, 0, sizeof c->ph);
 }
 
+/* ---------------------------------------------------------------- zero-copy rounds */
+
+static int mpi_zero_copy(const void *ctx)
+{
+    const mpi_ctx_t *c = ctx;
+    return c->mode == MX_EXCHANGE_SHM && !c->all_single;
+}
+
+/* The cross-host pairs of a zero-copy round: one MPI_Alltoallv (every rank of
+ * the job calls it, hosts partition the ranks, so it always matches), local
+ * pairs carrying nothing. A local failure (st_in) takes part with nothing. */
+static mx_status_t cross_host(mpi_ctx_t *c, const uint8_t *sbuf, const size_t *sc, const size_t *sd,
+                              const size_t *rc, const size_t *rd, uint8_t *dst, mx_status_t st_in)
+{
+    if (!c->any_remote)
+        return st_in;
+    mx_status_t st = st_in;
+    if (!fill_int_counts(c, sc, sd, rc, rd, 1) && st == MX_OK)
+        st = mx_error_set(MX_ERR_UNSUPPORTED,
+                          "transport mpi: rank %d: a cross-host count or displacement exceeds INT_MAX bytes", c->rank);
+    if (st != MX_OK)
+        for (int r = 0; r < c->size; r++)
+            c->scounts[r] = c->sdispls[r] = 0;
+    double t0 = now_ms();
+    int rc2 = MPI_Alltoallv(sbuf, c->scounts, c->sdispls, MPI_BYTE, dst, c->rcounts, c->rdispls, MPI_BYTE, c->comm);
+    c->ph.remote_ms += now_ms() - t0;
+    for (int r = 0; r < c->size; r++)
+        c->ph.remote_bytes += (uint64_t)c->scounts[r];
+    if (rc2 != MPI_SUCCESS && st == MX_OK)
+        st = mpi_fail(rc2, "MPI_Alltoallv (cross-host pairs)");
+    return st;
+}
+
+static mx_status_t mpi_push_begin(void *ctx, const size_t *send_counts, const size_t *recv_counts, uint8_t **dst_p)
+{
+    mpi_ctx_t *c = ctx;
+    size_t total = 0, staged = 0;
+    for (int r = 0; r < c->size; r++) {
+        c->zrd[r] = total;
+        total += recv_counts[r];
+        c->zrc[r] = recv_counts[r];
+        c->zsc[r] = send_counts[r];
+        c->zsd[r] = 0;
+        if (c->local_of_world[r] < 0) {
+            c->zsd[r] = staged;
+            staged += send_counts[r];
+        }
+    }
+    mx_status_t st = MX_OK;
+    if (staged > c->stage_cap) {
+        size_t cap = round_up(staged + staged / 4, ALIGN);
+        uint8_t *p = realloc(c->stage, cap);
+        if (p) {
+            c->stage = p;
+            c->stage_cap = cap;
+        } else {
+            /* still publish and take part: the peers are at the barrier */
+            st = mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory for %zu cross-host bytes", cap);
+            for (int r = 0; r < c->size; r++)
+                if (c->local_of_world[r] < 0)
+                    c->zsc[r] = 0;
+        }
+    }
+    double t0 = now_ms();
+    mx_status_t s2 = shm_publish(c, total, 0, c->zrd, NULL, NULL);
+    c->ph.arrive_ms += now_ms() - t0;
+    if (s2 != MX_OK) {
+        for (int r = 0; r < c->size; r++)
+            dst_p[r] = NULL;
+        return s2; /* the window is gone: push_end has nothing collective left */
+    }
+    uint64_t local = 0;
+    for (int r = 0; r < c->size; r++) {
+        int j = c->local_of_world[r];
+        dst_p[r] = NULL;
+        if (!send_counts[r] || st != MX_OK)
+            continue;
+        if (j >= 0) {
+            uint64_t off = ((volatile uint64_t *)c->base[j])[2 + c->local_rank];
+            dst_p[r] = c->base[j] + c->hdr_bytes + off;
+            local += send_counts[r];
+        } else {
+            dst_p[r] = c->stage + c->zsd[r];
+        }
+    }
+    c->ph.local_bytes += local;
+    /* a staging failure: the round is open all the same (push_end runs the
+     * collectives, this rank sending nothing) */
+    c->push_err = st;
+    return st;
+}
+
+static mx_status_t mpi_push_end(void *ctx, const uint8_t **recv_p, size_t *recv_displs_p)
+{
+    mpi_ctx_t *c = ctx;
+    if (!c->win_open)
+        return mx_error_set(MX_ERR_TRANSPORT, "transport mpi: rank %d lost its shared window", c->rank);
+    uint8_t *mine = c->base[c->local_rank] + c->hdr_bytes;
+    mx_status_t st = cross_host(c, c->stage, c->zsc, c->zsd, c->zrc, c->zrd, mine, c->push_err);
+    c->push_err = MX_OK;
+    double t0 = now_ms();
+    win_fence(c);
+    c->ph.depart_ms += now_ms() - t0;
+    memcpy(recv_displs_p, c->zrd, (size_t)c->size * sizeof(size_t));
+    *recv_p = mine;
+    return st;
+}
+
+static mx_status_t mpi_pull_begin(void *ctx, size_t bytes, const size_t *send_counts, const size_t *send_displs,
+                                  const size_t *recv_counts, uint8_t **buf_p)
+{
+    mpi_ctx_t *c = ctx;
+    size_t remote = 0;
+    for (int r = 0; r < c->size; r++) {
+        c->zsc[r] = send_counts[r];
+        c->zsd[r] = send_displs[r];
+        c->zrc[r] = recv_counts[r];
+        c->zrd[r] = 0;
+        if (c->local_of_world[r] < 0) {
+            c->zrd[r] = remote;
+            remote += recv_counts[r];
+        }
+    }
+    double t0 = now_ms();
+    c->pulls++;
+    mx_status_t st = shm_publish(c, remote, bytes, NULL, c->zsd, c->zsc);
+    c->ph.arrive_ms += now_ms() - t0;
+    if (st != MX_OK) {
+        *buf_p = NULL;
+        return st; /* the window is gone: pull_end has nothing collective left */
+    }
+    *buf_p = c->base[c->local_rank] + c->hdr_bytes + c->cap;
+    for (int j = 0; j < c->local_size; j++)
+        c->ph.local_bytes += send_counts[c->world_of_local[j]];
+    return MX_OK;
+}
+
+static mx_status_t mpi_pull_end(void *ctx, const uint8_t **src_p)
+{
+    mpi_ctx_t *c = ctx;
+    if (!c->win_open)
+        return mx_error_set(MX_ERR_TRANSPORT, "transport mpi: rank %d lost its shared window", c->rank);
+    uint8_t *mine = c->base[c->local_rank] + c->hdr_bytes;
+    double t0 = now_ms();
+    win_fence(c); /* every reply is written */
+    c->ph.depart_ms += now_ms() - t0;
+    mx_status_t st = cross_host(c, mine + c->cap, c->zsc, c->zsd, c->zrc, c->zrd, mine, MX_OK);
+    const int L = c->local_size;
+    const size_t P = pull_words(c, c->pulls);
+    for (int r = 0; r < c->size; r++) {
+        int j = c->local_of_world[r];
+        src_p[r] = NULL;
+        if (!c->zrc[r])
+            continue;
+        if (j < 0) {
+            src_p[r] = mine + c->zrd[r];
+            continue;
+        }
+        volatile const uint64_t *h = (volatile const uint64_t *)c->base[j];
+        uint64_t off = h[P + c->local_rank], n = h[P + L + c->local_rank];
+        if (n != c->zrc[r] || off > c->ocap || n > c->ocap - off) {
+            if (st == MX_OK)
+                st = mx_error_set(MX_ERR_INTERNAL,
+                                  "transport mpi: rank %d offers %llu bytes at %llu for rank %d, which expects %zu",
+                                  r, (unsigned long long)n, (unsigned long long)off, c->rank, c->zrc[r]);
+            continue;
+        }
+        src_p[r] = c->base[j] + c->hdr_bytes + c->cap + off;
+    }
+    return st;
+}
+
 static const mx_transport_ops_t mpi_ops = {
     .name = "mpi",
     .create = mpi_create,
@@ -566,6 +804,11 @@ static const mx_transport_ops_t mpi_ops = {
     .exchange = mpi_exchange,
     .path = mpi_path,
     .phases = mpi_phases,
+    .zero_copy = mpi_zero_copy,
+    .push_begin = mpi_push_begin,
+    .push_end = mpi_push_end,
+    .pull_begin = mpi_pull_begin,
+    .pull_end = mpi_pull_end,
 };
 
 const mx_transport_ops_t *mx_transport_mpi_ops(void)

@@ -11,6 +11,16 @@ struct mx_transport {
     void *ctx;
     int rank, size;
     mx_transport_stats_t st; /* calls and totals; the phases live in the implementation */
+    /* zero-copy rounds: the staging path (transports without them, or
+     * handles that do not do them natively) */
+    int native;            /* ops->zero_copy(ctx) */
+    int open;              /* 0, or the round begun and not ended: 1 push, 2 pull */
+    uint8_t *stage;        /* the bytes to send */
+    size_t stage_cap;
+    size_t *sc, *sd, *rc;  /* [size] the round's counts and displacements */
+    size_t *rd;            /* [size] pull: receive displacements */
+    const uint8_t *precv;  /* pull: what exchange() received */
+    mx_status_t begin_st;  /* what the round's begin returned */
 };
 
 static double now_ms(void)
@@ -76,6 +86,16 @@ mx_status_t mx_transport_create(const mx_transport_ops_t *ops, MPI_Comm comm, co
     t->ops = ops;
     t->rank = rank;
     t->size = size;
+    t->sc = calloc((size_t)size, sizeof(size_t));
+    t->sd = calloc((size_t)size, sizeof(size_t));
+    t->rc = calloc((size_t)size, sizeof(size_t));
+    t->rd = calloc((size_t)size, sizeof(size_t));
+    if (!t->sc || !t->sd || !t->rc || !t->rd) {
+        mx_transport_destroy(t);
+        return mx_error_set(MX_ERR_NOMEM, "mx_transport_create: out of memory");
+    }
+    t->native = ops->zero_copy && ops->push_begin && ops->push_end && ops->pull_begin && ops->pull_end &&
+                ops->zero_copy(t->ctx);
     *t_p = t;
     return MX_OK;
 }
@@ -84,7 +104,13 @@ void mx_transport_destroy(mx_transport_h t)
 {
     if (!t)
         return;
-    t->ops->destroy(t->ctx);
+    if (t->ctx)
+        t->ops->destroy(t->ctx);
+    free(t->stage);
+    free(t->sc);
+    free(t->sd);
+    free(t->rc);
+    free(t->rd);
     free(t);
 }
 
@@ -110,6 +136,148 @@ mx_status_t mx_transport_exchange(mx_transport_h t, const void *send, const size
     t->st.exchanges++;
     t->st.total_ms += now_ms() - t0;
     return st;
+}
+
+/* ---------------------------------------------------------------- zero-copy rounds */
+
+static mx_status_t stage_grow(mx_transport_h t, size_t bytes)
+{
+    if (bytes <= t->stage_cap)
+        return MX_OK;
+    size_t cap = bytes + bytes / 4 + 64;
+    uint8_t *p = realloc(t->stage, cap);
+    if (!p)
+        return mx_error_set(MX_ERR_NOMEM, "transport: out of memory for %zu staging bytes", cap);
+    t->stage = p;
+    t->stage_cap = cap;
+    return MX_OK;
+}
+
+int mx_transport_zero_copy(const mx_transport_h t)
+{
+    return t ? t->native : 0;
+}
+
+/* A round's begin: a failure (bad arguments, no staging memory) still opens
+ * the round, with nothing to send, so that the end's collectives match the
+ * peers'. A native end knows by itself when it has nothing collective left
+ * (its window gone). */
+static void round_open(mx_transport_h t, int kind, mx_status_t st)
+{
+    t->open = kind;
+    t->begin_st = st;
+}
+
+mx_status_t mx_transport_push_begin(mx_transport_h t, const size_t *send_counts, const size_t *recv_counts,
+                                    uint8_t **dst_p)
+{
+    if (!t || !send_counts || !recv_counts || !dst_p)
+        return mx_error_set(MX_ERR_INVALID, "mx_transport_push_begin: NULL argument");
+    if (t->open)
+        return mx_error_set(MX_ERR_INVALID, "mx_transport_push_begin: the previous %s round was not ended",
+                            t->open == 1 ? "push" : "pull");
+    double t0 = now_ms();
+    mx_status_t st = MX_OK;
+    if (t->native) {
+        st = t->ops->push_begin(t->ctx, send_counts, recv_counts, dst_p);
+    } else {
+        size_t total = 0;
+        for (int r = 0; r < t->size; r++) {
+            t->sd[r] = total;
+            total += send_counts[r];
+        }
+        st = stage_grow(t, total ? total : 1);
+        for (int r = 0; r < t->size; r++) {
+            t->sc[r] = st == MX_OK ? send_counts[r] : 0;
+            t->rc[r] = recv_counts[r];
+            dst_p[r] = st == MX_OK && send_counts[r] ? t->stage + t->sd[r] : NULL;
+        }
+    }
+    t->st.total_ms += now_ms() - t0;
+    round_open(t, 1, st);
+    return st;
+}
+
+mx_status_t mx_transport_push_end(mx_transport_h t, const uint8_t **recv_p, size_t *recv_displs_p)
+{
+    if (!t || !recv_p || !recv_displs_p)
+        return mx_error_set(MX_ERR_INVALID, "mx_transport_push_end: NULL argument");
+    if (t->open != 1)
+        return mx_error_set(MX_ERR_INVALID, "mx_transport_push_end: no push round is open");
+    t->open = 0;
+    double t0 = now_ms();
+    mx_status_t st;
+    if (t->native)
+        st = t->ops->push_end(t->ctx, recv_p, recv_displs_p);
+    else
+        st = t->ops->exchange(t->ctx, t->stage ? t->stage : (const uint8_t *)"", t->sc, t->sd, t->rc, recv_p,
+                              recv_displs_p);
+    t->st.exchanges++;
+    t->st.total_ms += now_ms() - t0;
+    return t->begin_st != MX_OK ? t->begin_st : st;
+}
+
+mx_status_t mx_transport_pull_begin(mx_transport_h t, size_t bytes, const size_t *send_counts,
+                                    const size_t *send_displs, const size_t *recv_counts, uint8_t **buf_p)
+{
+    if (!t || !send_counts || !send_displs || !recv_counts || !buf_p)
+        return mx_error_set(MX_ERR_INVALID, "mx_transport_pull_begin: NULL argument");
+    if (t->open)
+        return mx_error_set(MX_ERR_INVALID, "mx_transport_pull_begin: the previous %s round was not ended",
+                            t->open == 1 ? "push" : "pull");
+    mx_status_t st = MX_OK;
+    for (int r = 0; r < t->size && st == MX_OK; r++)
+        if (send_counts[r] && (send_displs[r] > bytes || send_counts[r] > bytes - send_displs[r]))
+            st = mx_error_set(MX_ERR_INVALID,
+                              "mx_transport_pull_begin: the %zu bytes for rank %d at %zu lie outside the %zu-byte "
+                              "buffer",
+                              send_counts[r], r, send_displs[r], bytes);
+    double t0 = now_ms();
+    if (t->native) {
+        /* bad pieces: the round still runs, this rank offering nothing */
+        const size_t *sc = send_counts;
+        if (st != MX_OK) {
+            memset(t->sc, 0, (size_t)t->size * sizeof(size_t));
+            sc = t->sc;
+        }
+        mx_status_t s2 = t->ops->pull_begin(t->ctx, bytes, sc, send_displs, recv_counts, buf_p);
+        if (st == MX_OK)
+            st = s2;
+    } else {
+        if (st == MX_OK)
+            st = stage_grow(t, bytes ? bytes : 1);
+        *buf_p = st == MX_OK ? t->stage : NULL;
+        for (int r = 0; r < t->size; r++) {
+            t->sc[r] = st == MX_OK ? send_counts[r] : 0;
+            t->sd[r] = st == MX_OK ? send_displs[r] : 0;
+            t->rc[r] = recv_counts[r];
+        }
+    }
+    t->st.total_ms += now_ms() - t0;
+    round_open(t, 2, st);
+    return st;
+}
+
+mx_status_t mx_transport_pull_end(mx_transport_h t, const uint8_t **src_p)
+{
+    if (!t || !src_p)
+        return mx_error_set(MX_ERR_INVALID, "mx_transport_pull_end: NULL argument");
+    if (t->open != 2)
+        return mx_error_set(MX_ERR_INVALID, "mx_transport_pull_end: no pull round is open");
+    t->open = 0;
+    double t0 = now_ms();
+    mx_status_t st;
+    if (t->native) {
+        st = t->ops->pull_end(t->ctx, src_p);
+    } else {
+        st = t->ops->exchange(t->ctx, t->stage ? t->stage : (const uint8_t *)"", t->sc, t->sd, t->rc, &t->precv,
+                              t->rd);
+        for (int r = 0; r < t->size; r++)
+            src_p[r] = st == MX_OK && t->rc[r] ? t->precv + t->rd[r] : NULL;
+    }
+    t->st.exchanges++;
+    t->st.total_ms += now_ms() - t0;
+    return t->begin_st != MX_OK ? t->begin_st : st;
 }
 
 void mx_transport_stats(mx_transport_h t, mx_transport_stats_t *stats_p, int reset)

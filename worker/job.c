@@ -473,10 +473,12 @@ mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_
     job->b2 = calloc(n, sizeof(size_t));
     job->b3 = calloc(n, sizeof(size_t));
     job->b4 = calloc(n, sizeof(size_t));
+    job->dst = calloc(n, sizeof(uint8_t *));
+    job->src = calloc(n, sizeof(const uint8_t *));
     job->last_disp = calloc(n, sizeof(size_t));
     job->last_comb = calloc(n, sizeof(size_t));
     job->layers = calloc((size_t)o->layers, sizeof *job->layers);
-    st = (job->b1 && job->b2 && job->b3 && job->b4 && job->last_disp && job->last_comb && job->layers)
+    st = (job->b1 && job->b2 && job->b3 && job->b4 && job->dst && job->src && job->last_disp && job->last_comb && job->layers)
              ? MX_OK
              : mx_error_set(MX_ERR_NOMEM, "out of memory");
     if ((st = wk_agree(comm, st, "allocating")) != MX_OK)
@@ -521,20 +523,21 @@ void wk_job_close(wk_job_t *job)
     job->ckpt = NULL;
     free(job->logits);
     free(job->logits_all);
-    free(job->send);
-    free(job->out);
     free(job->ws);
     free(job->b1);
     free(job->b2);
     free(job->b3);
     free(job->b4);
+    free(job->dst);
+    free((void *)job->src);
     free(job->last_disp);
     free(job->last_comb);
     job->last_disp = job->last_comb = NULL;
     job->logits = job->logits_all = NULL;
-    job->send = job->out = NULL;
     job->ws = NULL;
     job->b1 = job->b2 = job->b3 = job->b4 = NULL;
+    job->dst = NULL;
+    job->src = NULL;
 }
 
 /* ---------------------------------------------------------------- one layer */
@@ -630,7 +633,7 @@ mx_status_t wk_layer_step(wk_job_t *job, mx_transport_h tr, int li, const uint16
     mx_recv_batch_t *bt = &job->batch;     /* likewise */
     double t0 = wk_now_ms();
 
-    /* owner side: route, plan, pack */
+    /* owner side: route, plan */
     mx_status_t st = route_local(job, L, x, n, first, t_global, &routing);
     double t1 = wk_now_ms();
     if (st == MX_OK)
@@ -638,42 +641,59 @@ mx_status_t wk_layer_step(wk_job_t *job, mx_transport_h tr, int li, const uint16
     size_t total = 0;
     if (st == MX_OK) {
         mx_coord_dispatch_sizes(plan, dtype, H, job->b1);
-        for (int r = 0; r < R; r++) {
-            job->b2[r] = total;
+        for (int r = 0; r < R; r++)
             total += job->b1[r];
-        }
-        st = grow((void **)&job->send, &job->send_cap, total ? total : 1);
     }
-    if (st == MX_OK)
-        st = mx_coord_dispatch_pack(plan, x, H, dtype, job->send, job->b2);
-    if ((st = wk_agree(job->comm, st, "routing and packing its tokens")) != MX_OK)
+    if ((st = wk_agree(job->comm, st, "routing its tokens")) != MX_OK)
         goto done;
     s.dispatch_bytes = total;
     memcpy(job->last_disp, job->b1, (size_t)R * sizeof(size_t));
     double t2 = wk_now_ms();
 
-    /* dispatch: counts, then payload */
+    /* dispatch: counts, then the payload, packed where the receivers read it
+     * (mx_transport_push_begin: their regions on this host, a staging buffer
+     * for other hosts and for the plain MPI_Alltoallv path) */
     const uint8_t *recv = NULL;
     mx_transport_stats(tr, NULL, 1);
     st = mx_transport_exchange_counts(tr, job->b1, job->b3);
+    if ((st = wk_agree(job->comm, st, "exchanging dispatch counts")) != MX_OK)
+        goto done;
+    double tp0 = wk_now_ms();
+    st = mx_transport_push_begin(tr, job->b1, job->b3, job->dst);
+    double tp1 = wk_now_ms();
     if (st == MX_OK)
-        st = mx_transport_exchange(tr, job->send, job->b1, job->b2, job->b3, &recv, job->b4);
+        st = mx_coord_dispatch_pack_to(plan, x, H, dtype, job->dst);
+    double tp2 = wk_now_ms();
+    mx_status_t st2 = mx_transport_push_end(tr, &recv, job->b4); /* always: the peers wait for it */
+    if (st == MX_OK)
+        st = st2;
     double t2b = wk_now_ms();
     if ((st = wk_agree(job->comm, st, "dispatching tokens")) != MX_OK)
         goto done;
     double t3 = wk_now_ms();
     take_split(tr, &s.disp);
     s.disp.agree_ms = t3 - t2b;
+    s.pack_ms = s.disp.own_ms = tp2 - tp1;
+    (void)tp0;
 
-    /* worker side: decode, run the local experts */
+    /* worker side: decode, run the local experts, their outputs written where
+     * the owners read them (mx_transport_pull_begin) */
     st = mx_coord_recv_unpack_into(recv, job->b3, job->b4, R, H, job->n_my, bt);
     size_t out_bytes = 0;
     if (st == MX_OK) {
         s.tokens_in = bt->n_tokens;
         s.assign_in = bt->n_assign;
         out_bytes = cmode == MX_COMBINE_EXACT ? bt->n_assign * H * 2 : bt->n_tokens * H * 4;
-        st = grow((void **)&job->out, &job->out_cap, out_bytes ? out_bytes : 1);
+        mx_coord_reply_sizes(bt, cmode, job->b1, job->b2);
+    } else {
+        memset(job->b1, 0, (size_t)R * sizeof(size_t)); /* offer nothing; the round still runs */
+        memset(job->b2, 0, (size_t)R * sizeof(size_t));
     }
+    mx_coord_combine_sizes(plan, cmode, H, job->b3);
+    uint8_t *obuf = NULL;
+    mx_status_t stp = mx_transport_pull_begin(tr, out_bytes, job->b1, job->b2, job->b3, &obuf);
+    if (st == MX_OK)
+        st = stp;
     if (st == MX_OK && bt->n_assign > 0) {
         const mx_backend_ops_t *ops = job->choice.backend;
         if (!L->packed)
@@ -684,42 +704,43 @@ mx_status_t wk_layer_step(wk_job_t *job, mx_transport_h tr, int li, const uint16
             st = grow(&job->ws, &job->ws_cap, ws);
         if (st == MX_OK) {
             mx_run_args_t args;
-            mx_coord_recv_run_args(bt, cmode, (uint16_t *)job->out, (float *)job->out, job->n_threads, &args);
+            mx_coord_recv_run_args(bt, cmode, (uint16_t *)obuf, (float *)obuf, job->n_threads, &args);
             if (cmode == MX_COMBINE_REDUCE)
-                memset(job->out, 0, out_bytes);
+                memset(obuf, 0, out_bytes);
             st = ops->run(L->packed, &args, job->ws);
         }
     }
-    if (st == MX_OK)
-        mx_coord_reply_sizes(bt, cmode, job->b1, job->b2);
     double t4 = wk_now_ms();
-    if ((st = wk_agree(job->comm, st, "running its experts")) != MX_OK)
-        goto done;
-    double t4b = wk_now_ms();
-
-    /* combine: replies back to the owners (sizes known on both sides) */
-    mx_coord_combine_sizes(plan, cmode, H, job->b3);
+    /* combine: the owners read the replies in place (sizes known on both
+     * sides), then reduce them into out */
     for (int r = 0; r < R; r++)
         s.combine_bytes += job->b1[r];
     memcpy(job->last_comb, job->b1, (size_t)R * sizeof(size_t));
-    st = mx_transport_exchange(tr, job->out, job->b1, job->b2, job->b3, &recv, job->b4);
+    mx_status_t sa = wk_agree(job->comm, st, "running its experts");
+    double t4b = wk_now_ms();
+    mx_transport_stats(tr, NULL, 1);           /* the dispatch's phases were taken; these are the combine's */
+    st2 = mx_transport_pull_end(tr, job->src); /* always, failed or not: the peers wait for it */
+    if ((st = sa) != MX_OK)
+        goto done;
     double t4c = wk_now_ms();
-    if ((st = wk_agree(job->comm, st, "returning expert outputs")) != MX_OK)
+    if ((st = wk_agree(job->comm, st2, "returning expert outputs")) != MX_OK)
         goto done;
     double t5 = wk_now_ms();
     take_split(tr, &s.comb);
     s.comb.agree_ms = t5 - t4c;
-    st = mx_coord_combine(plan, cmode, recv, job->b4, H, out);
+    st = mx_coord_combine_from(plan, cmode, job->src, H, out);
     double t6 = wk_now_ms();
     if ((st = wk_agree(job->comm, st, "combining expert outputs")) != MX_OK)
         goto done;
+    /* dispatch_ms holds the packing (written where the receivers read it) and
+     * combine_ms the reduction (read where the senders wrote): each is the
+     * whole of moving its bytes, for our exchange and the baselines alike */
     s.route_ms = t1 - t0;
-    s.pack_ms = t2 - t1;
     s.dispatch_ms = t3 - t2;
     s.compute_ms = t4 - t3;
-    s.combine_ms = t5 - t4b;
     s.sync_ms = t4b - t4; /* waiting for the slowest rank's experts */
-    s.reduce_ms = t6 - t5;
+    s.combine_ms = t6 - t4b;
+    s.reduce_ms = s.comb.own_ms = t6 - t5;
     s.total_ms = t6 - t0;
     if (stats)
         *stats = s;

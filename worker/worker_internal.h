@@ -87,11 +87,14 @@ typedef struct {
 } wk_layer_t;
 
 /* Where one exchange of a layer step spent its time (see mx_transport_stats_t):
- * counts (dispatch only), waiting for the local peers to arrive, copying,
- * cross-host (or, in alltoallv mode, every) messages, waiting for the local
- * peers to finish, and the error agreement (MPI_Allreduce) after it. */
+ * the rank's own pass over the bytes (dispatch: packing the tokens, straight
+ * into the receivers' regions on the zero-copy path; combine: reducing the
+ * replies, read in place there), counts (dispatch only), waiting for the local
+ * peers to arrive, the transport's copying, cross-host (or, in alltoallv mode,
+ * every) messages, waiting for the local peers to finish, and the error
+ * agreement (MPI_Allreduce) after it. */
 typedef struct {
-    double counts_ms, arrive_ms, copy_ms, remote_ms, depart_ms, agree_ms;
+    double own_ms, counts_ms, arrive_ms, copy_ms, remote_ms, depart_ms, agree_ms;
 } wk_xchg_split_t;
 
 typedef struct {
@@ -124,13 +127,11 @@ typedef struct {
     /* scratch, grown on demand */
     float *logits, *logits_all;
     size_t logits_cap, logits_all_cap;
-    uint8_t *send;
-    size_t send_cap;
-    uint8_t *out;
-    size_t out_cap;
     void *ws;
     size_t ws_cap;
     size_t *b1, *b2, *b3, *b4;     /* [size] byte counts / displacements */
+    uint8_t **dst;                 /* [size] where a push round's message to each rank goes */
+    const uint8_t **src;           /* [size] where a pull round's reply from each rank lies */
     size_t *last_disp, *last_comb; /* [size] bytes sent to each rank by the last step (bench baselines) */
     mx_recv_batch_t batch;         /* the worker side's received batch, reused by every layer step */
     mx_dispatch_plan_t plan;       /* the owner side's dispatch plan, likewise */

@@ -279,6 +279,11 @@ void mx_coord_dispatch_sizes(const mx_dispatch_plan_t *plan, mx_dispatch_dtype_t
  * the size mx_coord_dispatch_sizes gave. x: BF16 [n_tokens x hidden]. */
 mx_status_t mx_coord_dispatch_pack(const mx_dispatch_plan_t *plan, const uint16_t *x, size_t hidden,
                                    mx_dispatch_dtype_t dtype, void *send, const size_t *displs);
+/* The same bytes, rank r's message at dst[r] (dst[n_ranks]; NULL allowed where
+ * the message is empty): for writing each message where its receiver reads it
+ * (mx_transport_push_begin). */
+mx_status_t mx_coord_dispatch_pack_to(const mx_dispatch_plan_t *plan, const uint16_t *x, size_t hidden,
+                                      mx_dispatch_dtype_t dtype, uint8_t *const *dst);
 
 /* ================================================================ worker side */
 
@@ -337,6 +342,11 @@ void mx_coord_combine_sizes(const mx_dispatch_plan_t *plan, mx_combine_mode_t mo
  * A token with no expert gets zeros. */
 mx_status_t mx_coord_combine(const mx_dispatch_plan_t *plan, mx_combine_mode_t mode, const void *recv,
                              const size_t *displs, size_t hidden, uint16_t *out_p);
+/* The same result, rank r's reply at src[r] (src[n_ranks]; NULL allowed where
+ * nothing comes back from r): for reading the replies where their senders
+ * wrote them (mx_transport_pull_end). */
+mx_status_t mx_coord_combine_from(const mx_dispatch_plan_t *plan, mx_combine_mode_t mode, const uint8_t *const *src,
+                                  size_t hidden, uint16_t *out_p);
 
 /* ================================================================ reference pipeline */
 

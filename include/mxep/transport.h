@@ -30,6 +30,22 @@
  * is refused (MX_ERR_UNSUPPORTED) when some peer is on another host; AUTO uses
  * the window whenever a host holds more than one rank of the job.
  *
+ * Zero-copy rounds: the caller writes its bytes where the peer reads them,
+ * which saves the pass over the bytes that exchange() makes (a layer already
+ * writes them once: packing the tokens, or the expert outputs):
+ *  - push (dispatch): after exchange_counts, push_begin says where to write the
+ *    bytes for each rank (on the shm path: straight into the receiver's region);
+ *    the caller writes them all, then push_end completes the round and gives
+ *    what exchange() gives;
+ *  - pull (combine): pull_begin gives one buffer to write every reply into (rank
+ *    r's at send_displs[r]; on the shm path it lies in this rank's part of the
+ *    window); the caller writes them, then pull_end gives, per rank r, where
+ *    r's bytes for this rank are, to read them in place.
+ * Pairs on other hosts (and the alltoallv mode, and transports without these
+ * calls) go through a staging buffer and the usual messages, so every path
+ * gives the same bytes. A round's results stay valid until the next round of
+ * any kind (exchange, push or pull) on the handle.
+ *
  * All functions on a handle are collective over its communicator, except the
  * getters. A failing collective returns MX_ERR_TRANSPORT naming the MPI call;
  * argument errors are detected locally before any communication where possible.
@@ -103,6 +119,15 @@ typedef struct mx_transport_ops {
      * since its last reset into *stats_p (when not NULL), then resets them when
      * `reset`. Local, not collective. */
     void (*phases)(void *ctx, mx_transport_stats_t *stats_p, int reset);
+    /* Optional zero-copy rounds (see the header comment). zero_copy says whether
+     * this handle does them natively (else the generic staging path over
+     * exchange() is used). dst_p / src_p [size]: NULL where the count is 0. */
+    int (*zero_copy)(const void *ctx);
+    mx_status_t (*push_begin)(void *ctx, const size_t *send_counts, const size_t *recv_counts, uint8_t **dst_p);
+    mx_status_t (*push_end)(void *ctx, const uint8_t **recv_p, size_t *recv_displs_p);
+    mx_status_t (*pull_begin)(void *ctx, size_t bytes, const size_t *send_counts, const size_t *send_displs,
+                              const size_t *recv_counts, uint8_t **buf_p);
+    mx_status_t (*pull_end)(void *ctx, const uint8_t **src_p);
 } mx_transport_ops_t;
 
 /* The MPI implementation. */
@@ -121,6 +146,28 @@ mx_status_t mx_transport_exchange_counts(mx_transport_h t, const size_t *send_co
 mx_status_t mx_transport_exchange(mx_transport_h t, const void *send, const size_t *send_counts,
                                   const size_t *send_displs, const size_t *recv_counts, const uint8_t **recv_p,
                                   size_t *recv_displs_p);
+
+/* Push round (collective), after exchange_counts with the same send_counts
+ * (recv_counts is its result): dst_p[r] is where to write the send_counts[r]
+ * bytes for rank r (NULL when 0); nothing may be written there after push_end.
+ * push_end (collective) gives *recv_p and recv_displs_p[size] as exchange()
+ * does. Every push_begin is followed by a push_end, whatever either returned or
+ * the writing in between did (the peers wait for it); after a failed begin the
+ * end sends nothing and returns the begin's error. */
+mx_status_t mx_transport_push_begin(mx_transport_h t, const size_t *send_counts, const size_t *recv_counts,
+                                    uint8_t **dst_p);
+mx_status_t mx_transport_push_end(mx_transport_h t, const uint8_t **recv_p, size_t *recv_displs_p);
+/* Pull round (collective): *buf_p: `bytes` to write this rank's replies into,
+ * rank r's send_counts[r] bytes at send_displs[r] (the pieces lie inside
+ * `bytes`); recv_counts[r]: the bytes this rank gets back from r (both sides
+ * know them). pull_end (collective; paired like push_end): src_p[r] is where
+ * r's bytes for this rank are (NULL when 0), valid until the next round. */
+mx_status_t mx_transport_pull_begin(mx_transport_h t, size_t bytes, const size_t *send_counts,
+                                    const size_t *send_displs, const size_t *recv_counts, uint8_t **buf_p);
+mx_status_t mx_transport_pull_end(mx_transport_h t, const uint8_t **src_p);
+/* Whether this handle's push and pull rounds write straight into the peers'
+ * memory (1) or stage the bytes and send them (0). */
+int mx_transport_zero_copy(const mx_transport_h t);
 
 /* Local: this rank's stats since create or the last reset (*stats_p zeroed
  * first); then resets them when `reset`. */

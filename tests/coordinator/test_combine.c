@@ -295,6 +295,16 @@ static void order_case(const char *placement_json, mx_combine_mode_t mode, uint1
     }
     assert_int_equal(
         mx_coord_combine(&plan, mode, mode == MX_COMBINE_EXACT ? (void *)b16 : (void *)f32, displs, 1, out), MX_OK);
+    /* the same sum from each rank's reply where it lies (what a pull round gives) */
+    const uint8_t *src[3];
+    for (int k = 0; k < 3; k++)
+        src[k] = (const uint8_t *)(mode == MX_COMBINE_EXACT ? (const void *)&b16[k] : (const void *)&f32[k]);
+    uint16_t out2 = 0xFFFF;
+    assert_int_equal(mx_coord_combine_from(&plan, mode, src, 1, &out2), MX_OK);
+    assert_int_equal(out2, *out);
+    src[1] = NULL; /* a reply that is missing is refused, naming its rank */
+    assert_int_equal(mx_coord_combine_from(&plan, mode, src, 1, &out2), MX_ERR_INVALID);
+    assert_non_null(strstr(mx_error_detail(), "rank 1"));
     mx_dispatch_plan_fini(&plan);
     mx_placement_fini(&pl);
 }

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <cmocka.h>
 #include <math.h>
 
@@ -100,6 +101,29 @@ static void roundtrip(mx_dispatch_dtype_t dtype)
     uint8_t *send = malloc(tot);
     memset(send, 0xAB, tot);
     assert_int_equal(mx_coord_dispatch_pack(&f.plan, f.x, H, dtype, send, displs), MX_OK);
+    /* the same bytes, each message at a place of its own (what a push round gives) */
+    uint8_t *sep[R];
+    int with_msg = -1;
+    for (int r = 0; r < R; r++) {
+        sep[r] = bytes[r] ? malloc(bytes[r]) : NULL;
+        if (sep[r])
+            memset(sep[r], 0x5C, bytes[r]);
+        with_msg = bytes[r] ? r : with_msg;
+    }
+    assert_int_equal(mx_coord_dispatch_pack_to(&f.plan, f.x, H, dtype, sep), MX_OK);
+    for (int r = 0; r < R; r++)
+        if (bytes[r])
+            assert_memory_equal(sep[r], send + displs[r], bytes[r]);
+    assert_true(with_msg >= 0);
+    uint8_t *keep = sep[with_msg];
+    sep[with_msg] = NULL; /* a message with no place is refused, naming its rank */
+    assert_int_equal(mx_coord_dispatch_pack_to(&f.plan, f.x, H, dtype, sep), MX_ERR_INVALID);
+    char want[32];
+    snprintf(want, sizeof want, "rank %d", with_msg);
+    assert_non_null(strstr(mx_error_detail(), want));
+    sep[with_msg] = keep;
+    for (int r = 0; r < R; r++)
+        free(sep[r]);
     double max_rel = 0;
     for (int d = 0; d < R; d++) {
         size_t rb[R] = {0, 0, 0}, rd[R] = {0, 0, 0};

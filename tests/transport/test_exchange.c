@@ -183,6 +183,173 @@ static void test_exchange_split_and_streaming_copies_deliver_the_same_bytes(void
     unsetenv("MXEP_SHM_COPY");
 }
 
+/* A push round (dispatch-like): the bytes are written where push_begin says,
+ * then push_end delivers them as exchange() does. Returns 1 if all correct here. */
+static int push_round(mx_transport_h t, int round, size_t max)
+{
+    int n = g_size, ok = 1;
+    size_t *sc = calloc((size_t)n, sizeof *sc), *rc = calloc((size_t)n, sizeof *rc);
+    size_t *rd = calloc((size_t)n, sizeof *rd);
+    uint8_t **dst = calloc((size_t)n, sizeof *dst);
+    for (int d = 0; d < n; d++)
+        sc[d] = pair_bytes(g_rank, d, round, max);
+    if (mx_transport_exchange_counts(t, sc, rc) != MX_OK)
+        ok = 0;
+    mx_status_t st = mx_transport_push_begin(t, sc, rc, dst);
+    if (st != MX_OK) {
+        fprintf(stderr, "rank %d: push_begin failed: %s\n", g_rank, mx_error_detail());
+        ok = 0;
+    }
+    for (int d = 0; d < n && st == MX_OK; d++) {
+        if ((sc[d] == 0) != (dst[d] == NULL)) {
+            fprintf(stderr, "rank %d round %d: push place for %d is %p for %zu bytes\n", g_rank, round, d,
+                    (void *)dst[d], sc[d]);
+            ok = 0;
+            continue;
+        }
+        for (size_t i = 0; i < sc[d]; i++)
+            dst[d][i] = byte_of(g_rank, d, round, i);
+    }
+    const uint8_t *recv = NULL;
+    if (mx_transport_push_end(t, &recv, rd) != MX_OK) {
+        fprintf(stderr, "rank %d: push_end failed: %s\n", g_rank, mx_error_detail());
+        ok = 0;
+    }
+    size_t expect = 0;
+    for (int s = 0; s < n && ok; s++) {
+        ok &= rd[s] == expect;
+        expect += rc[s];
+        for (size_t i = 0; i < rc[s] && ok; i++)
+            if (recv[rd[s] + i] != byte_of(s, g_rank, round, i)) {
+                fprintf(stderr, "rank %d push round %d: byte %zu from rank %d wrong (seed %u)\n", g_rank, round, i,
+                        s, SEED);
+                ok = 0;
+            }
+    }
+    free(sc);
+    free(rc);
+    free(rd);
+    free(dst);
+    return ok;
+}
+
+/* A pull round (combine-like): every piece written into the one buffer
+ * pull_begin gives (pieces in reverse rank order, with gaps), then each rank
+ * reads its pieces where pull_end says. */
+static int pull_round(mx_transport_h t, int round, size_t max)
+{
+    int n = g_size, ok = 1;
+    size_t *sc = calloc((size_t)n, sizeof *sc), *sd = calloc((size_t)n, sizeof *sd);
+    size_t *rc = calloc((size_t)n, sizeof *rc);
+    const uint8_t **src = calloc((size_t)n, sizeof *src);
+    size_t bytes = 0;
+    for (int d = n - 1; d >= 0; d--) {
+        sc[d] = pair_bytes(g_rank, d, round, max);
+        sd[d] = bytes;
+        bytes += sc[d] + 5;
+    }
+    for (int s = 0; s < n; s++)
+        rc[s] = pair_bytes(s, g_rank, round, max);
+    uint8_t *buf = NULL;
+    mx_status_t st = mx_transport_pull_begin(t, bytes, sc, sd, rc, &buf);
+    if (st != MX_OK) {
+        fprintf(stderr, "rank %d: pull_begin failed: %s\n", g_rank, mx_error_detail());
+        ok = 0;
+    }
+    for (int d = 0; d < n && st == MX_OK; d++)
+        for (size_t i = 0; i < sc[d]; i++)
+            buf[sd[d] + i] = byte_of(g_rank, d, round, i);
+    if (mx_transport_pull_end(t, src) != MX_OK) {
+        fprintf(stderr, "rank %d: pull_end failed: %s\n", g_rank, mx_error_detail());
+        ok = 0;
+    }
+    for (int s = 0; s < n && ok; s++) {
+        if ((rc[s] == 0) != (src[s] == NULL)) {
+            fprintf(stderr, "rank %d pull round %d: piece of %d is %p for %zu bytes\n", g_rank, round, s,
+                    (const void *)src[s], rc[s]);
+            ok = 0;
+            break;
+        }
+        for (size_t i = 0; i < rc[s] && ok; i++)
+            if (src[s][i] != byte_of(s, g_rank, round, i)) {
+                fprintf(stderr, "rank %d pull round %d: byte %zu from rank %d wrong (seed %u)\n", g_rank, round, i,
+                        s, SEED);
+                ok = 0;
+            }
+    }
+    free(sc);
+    free(sd);
+    free(rc);
+    free(src);
+    return ok;
+}
+
+/* push, pull and plain rounds in turn on one handle, the window growing
+ * from tiny regions: the same bytes arrive on every path */
+static void zero_copy_rounds(mx_exchange_mode_t mode, size_t initial, size_t max)
+{
+    mx_transport_opts_t o = {.mode = mode, .initial_bytes = initial};
+    mx_transport_h t = NULL;
+    mx_status_t st = mx_transport_create(mx_transport_mpi_ops(), MPI_COMM_WORLD, &o, &t);
+    if (mode == MX_EXCHANGE_SHM && fake_hosts()) {
+        assert_int_equal(all_ok(st == MX_ERR_UNSUPPORTED), 1);
+        return;
+    }
+    assert_int_equal(all_ok(st == MX_OK), 1);
+    /* native wherever the window serves more than one rank */
+    int native = mode != MX_EXCHANGE_ALLTOALLV && g_size > 1 &&
+                 !(fake_hosts() && atoi(getenv("MXEP_TRANSPORT_HOSTS")) >= g_size);
+    int ok = mx_transport_zero_copy(t) == native;
+    if (!ok)
+        fprintf(stderr, "rank %d: zero_copy %d, expected %d\n", g_rank, mx_transport_zero_copy(t), native);
+    for (int r = 0; r < 4; r++) {
+        ok &= push_round(t, 200 + r, max);
+        ok &= pull_round(t, 300 + r, max);
+        if (r == 1)
+            ok &= run_round(t, 400 + r, max); /* a plain exchange between them */
+    }
+    ok &= pull_round(t, 500, max); /* two pulls in a row */
+    ok &= pull_round(t, 501, max * 2);
+    ok &= push_round(t, 502, max * 2);
+    mx_transport_destroy(t);
+    assert_int_equal(all_ok(ok), 1);
+}
+
+static void test_push_and_pull_rounds_deliver_the_same_bytes_on_every_path(void **state)
+{
+    (void)state;
+    zero_copy_rounds(MX_EXCHANGE_AUTO, 0, 5000);
+    zero_copy_rounds(MX_EXCHANGE_ALLTOALLV, 0, 5000);
+    zero_copy_rounds(MX_EXCHANGE_SHM, 256, 100000); /* grows, several times */
+    zero_copy_rounds(MX_EXCHANGE_ALLTOALLV, 64, 100000);
+}
+
+/* rounds out of order are refused locally, before anything collective */
+static void test_push_and_pull_rounds_must_pair(void **state)
+{
+    (void)state;
+    mx_transport_h t = NULL;
+    assert_int_equal(all_ok(mx_transport_create(mx_transport_mpi_ops(), MPI_COMM_WORLD, NULL, &t) == MX_OK), 1);
+    const uint8_t *recv = NULL;
+    const uint8_t **src = calloc((size_t)g_size, sizeof *src);
+    size_t *z = calloc((size_t)g_size, sizeof *z);
+    uint8_t **dst = calloc((size_t)g_size, sizeof *dst);
+    int ok = mx_transport_push_end(t, &recv, z) == MX_ERR_INVALID;
+    ok &= strstr(mx_error_detail(), "no push round") != NULL;
+    ok &= mx_transport_pull_end(t, src) == MX_ERR_INVALID;
+    ok &= mx_transport_push_begin(t, z, z, NULL) == MX_ERR_INVALID;
+    ok &= mx_transport_push_begin(t, z, z, dst) == MX_OK;
+    ok &= mx_transport_pull_begin(t, 0, z, z, z, &dst[0]) == MX_ERR_INVALID; /* the push is open */
+    ok &= strstr(mx_error_detail(), "not ended") != NULL;
+    ok &= mx_transport_pull_end(t, src) == MX_ERR_INVALID;
+    ok &= mx_transport_push_end(t, &recv, z) == MX_OK;
+    mx_transport_destroy(t);
+    free(src);
+    free(z);
+    free(dst);
+    assert_int_equal(all_ok(ok), 1);
+}
+
 static void test_exchange_all_zero_counts(void **state)
 {
     (void)state;
@@ -316,6 +483,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_exchange_alltoallv_grows_private_buffer),
         cmocka_unit_test(test_exchange_split_and_streaming_copies_deliver_the_same_bytes),
         cmocka_unit_test(test_exchange_all_zero_counts),
+        cmocka_unit_test(test_push_and_pull_rounds_deliver_the_same_bytes_on_every_path),
+        cmocka_unit_test(test_push_and_pull_rounds_must_pair),
         cmocka_unit_test(test_exchange_path_matches_mode),
         cmocka_unit_test(test_exchange_stats_count_calls_and_bytes_per_path),
         cmocka_unit_test(test_exchange_mode_parse_names_bad_text),
