@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# bench/layer_device.sh: issue 6's in-layer targets on the 16-core host of the GPU machine, in one
+# device call of about 5 minutes (build included):
+#   1. build mxworker (build-device/, with CUDA when nvcc is there);
+#   2. the DeepEP low-latency shape inside a real layer (--preset deepep-ll: 8 ranks, 128 tokens per
+#      rank, H 7168, top-8 of 256 experts, FP8 dispatch, BF16 combine), 8 ranks with 2 cores each,
+#      experts on the GPU (the cpu backend needs minutes per layer at this shape), every iteration
+#      also over plain MPI_Alltoallv (--baseline layer): our exchange against it, same bytes, same run;
+#   3. the gpt-oss-20b layer with one device per rank: 8 cpu ranks of 2 cores each, 64 tokens per
+#      rank, --check (bitwise against the single-process pipeline) and the layer against its parts;
+#   4. the same model, 8 ranks sharing the GPU, 128 tokens per rank, --check.
+# Logs and JSON in $OUT; layer_summary.txt has the lines that matter.
+# Usage (device tool, carry [".deps"]): OUT=$OUT bash bench/layer_device.sh
+set -u -o pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$ROOT/out}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/layer_device.log") 2>&1
+SECONDS=0
+STATUS=0
+echo "== mxep layer measurements $(date -u +%FT%TZ) on $(hostname)"
+lscpu | grep -E '^(Model name|CPU\(s\)|NUMA node\(s\))' || true
+nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no GPU visible"
+
+. "$ROOT/bench/device_env.sh" || exit 2
+BUILD=${LAYER_BUILD:-$ROOT/build-device}
+CUDA=OFF
+command -v nvcc >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1 && CUDA=ON
+if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DMXEP_WITH_CUDA=$CUDA -DMXEP_WITH_HIP=OFF \
+    -DMXEP_WITH_ZE=OFF -DCMAKE_CUDA_ARCHITECTURES="90a-real" > "$OUT/layer_configure.log" 2>&1 ||
+    { echo "configure failed:"; tail -30 "$OUT/layer_configure.log"; exit 1; }
+fi
+cmake --build "$BUILD" -j "$(nproc)" --target mxworker > "$OUT/layer_build.log" 2>&1 ||
+  { echo "build failed:"; tail -30 "$OUT/layer_build.log"; exit 1; }
+echo "built (cuda $CUDA) in ${SECONDS}s"
+W=$BUILD/worker/mxworker
+MPI="mpirun --allow-run-as-root"
+PE2="--map-by ppr:8:node:pe=2 --bind-to core"
+LINES='check layer|ranks:|tokens/s|layer latency|layer vs its parts|exchange in the layer|MPI_Alltoallv in the layer|mean over ranks|dispatch:|FAILED|error'
+
+step() { # label, timeout, mxworker bench options...
+  local label=$1 t=$2
+  shift 2
+  echo "-- $label (${SECONDS}s): mxworker bench $*"
+  timeout "$t" $MPI $PE2 -n 8 -x OMP_NUM_THREADS=2 "$W" bench --quiet --json "$OUT/layer_$label.json" "$@" \
+    > "$OUT/layer_$label.log" 2>&1 || { echo "$label: FAILED ($?)"; STATUS=1; }
+  grep -E "$LINES" "$OUT/layer_$label.log" | head -14
+}
+
+if [ "$CUDA" = ON ]; then
+  step deepep-cuda 150 --preset deepep-ll --backend cuda --iters 8 --warmup 2
+fi
+step gptoss-cpu8x2 120 --backend cpu --tokens 64 --iters 6 --warmup 2 --check
+if [ "$CUDA" = ON ] && [ "$SECONDS" -lt 420 ]; then
+  step gptoss-cuda 90 --backend cuda --tokens 128 --iters 8 --warmup 2 --check
+fi
+echo "== done: status $STATUS (${SECONDS}s)"
+grep -E "^-- |$LINES|^== done" "$OUT/layer_device.log" > "$OUT/layer_summary.txt"
+exit $STATUS
