@@ -8,7 +8,8 @@
 #      also over plain MPI_Alltoallv (--baseline layer): our exchange against it, same bytes, same run;
 #   3. the gpt-oss-20b layer with one device per rank: 8 cpu ranks of 2 cores each, 64 tokens per
 #      rank, --check (bitwise against the single-process pipeline) and the layer against its parts;
-#   4. the same model, 8 ranks sharing the GPU, 128 tokens per rank, --check.
+#   4. the same model, 8 ranks sharing the GPU, 128 tokens per rank, --check;
+#   5. (LAYER_GPU_RINGS=1) mxgpu_bench at T = 1, 8, 64 with the decode ring at 6x5 and 8x4.
 # Logs and JSON in $OUT; layer_summary.txt has the lines that matter.
 # Usage (device tool, carry [".deps"]): OUT=$OUT bash bench/layer_device.sh
 set -u -o pipefail
@@ -55,6 +56,15 @@ step gptoss-cpu8x2 120 --backend cpu --tokens 64 --iters 6 --warmup 2 --check
 if [ "$CUDA" = ON ] && [ "$SECONDS" -lt 420 ]; then
   step gptoss-cuda 90 --backend cuda --tokens 128 --iters 8 --warmup 2 --check
 fi
+# 5. (LAYER_GPU_RINGS=1, time permitting) the decode kernel's ring variants, W4A16 gpt-oss-20b layer
+if [ "$CUDA" = ON ] && [ "${LAYER_GPU_RINGS:-0}" = 1 ] && [ "$SECONDS" -lt 380 ]; then
+  cmake --build "$BUILD" -j "$(nproc)" --target mxgpu_bench >> "$OUT/layer_build.log" 2>&1 &&
+    for v in 6x5 8x4; do
+      echo "-- mxgpu_bench MXEP_CUDA_DEC=$v (${SECONDS}s)"
+      MXEP_CUDA_DEC=$v timeout 60 "$BUILD/kernels/gpu/mxgpu_bench" --tokens 1,8,64 --iters 30 2>&1 |
+        grep -E "^limits|^ +[0-9]+ +[0-9]+ +[SML] " || STATUS=1
+    done
+fi
 echo "== done: status $STATUS (${SECONDS}s)"
-grep -E "^-- |$LINES|^== done" "$OUT/layer_device.log" > "$OUT/layer_summary.txt"
+grep -E "^-- |$LINES|^limits|^ +[0-9]+ +[0-9]+ +[SML] |^== done" "$OUT/layer_device.log" > "$OUT/layer_summary.txt"
 exit $STATUS
