@@ -9,13 +9,16 @@
 #   3. the gpt-oss-20b layer with one device per rank: 8 cpu ranks of 2 cores each, 64 tokens per
 #      rank, --check (bitwise against the single-process pipeline) and the layer against its parts;
 #   4. the same model, 8 ranks sharing the GPU, 128 tokens per rank, --check;
-#   5. (LAYER_GPU_RINGS=1) mxgpu_bench at T = 1, 8, 64 with the decode ring at 6x5 and 8x4.
-# Logs and JSON in $OUT; layer_summary.txt has the lines that matter.
+#   5. (LAYER_GPU_RINGS=1) mxgpu_bench at T = 1, 8, 64 with the decode ring at 6x5, auto and 8x4;
+#   6. (LAYER_PROFILE=T,...) Nsight Compute on the GEMM kernels at those token counts (bench/gpu/device_profile.sh).
+# $OUT gets layer_device.log, layer_summary.txt (the lines that matter), the JSON of each step and
+# ncu_summary.txt; full logs stay in /tmp/mxep_layer on the machine.
 # Usage (device tool, carry [".deps"]): OUT=$OUT bash bench/layer_device.sh
 set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/out}
-mkdir -p "$OUT"
+LOGS=/tmp/mxep_layer
+mkdir -p "$OUT" "$LOGS"
 exec > >(tee "$OUT/layer_device.log") 2>&1
 SECONDS=0
 STATUS=0
@@ -29,11 +32,11 @@ CUDA=OFF
 command -v nvcc >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1 && CUDA=ON
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DMXEP_WITH_CUDA=$CUDA -DMXEP_WITH_HIP=OFF \
-    -DMXEP_WITH_ZE=OFF -DCMAKE_CUDA_ARCHITECTURES="90a-real" > "$OUT/layer_configure.log" 2>&1 ||
-    { echo "configure failed:"; tail -30 "$OUT/layer_configure.log"; exit 1; }
+    -DMXEP_WITH_ZE=OFF -DCMAKE_CUDA_ARCHITECTURES="90a-real" > "$LOGS/layer_configure.log" 2>&1 ||
+    { echo "configure failed:"; tail -30 "$LOGS/layer_configure.log"; exit 1; }
 fi
-cmake --build "$BUILD" -j "$(nproc)" --target mxworker > "$OUT/layer_build.log" 2>&1 ||
-  { echo "build failed:"; tail -30 "$OUT/layer_build.log"; exit 1; }
+cmake --build "$BUILD" -j "$(nproc)" --target mxworker > "$LOGS/layer_build.log" 2>&1 ||
+  { echo "build failed:"; tail -30 "$LOGS/layer_build.log"; exit 1; }
 echo "built (cuda $CUDA) in ${SECONDS}s"
 W=$BUILD/worker/mxworker
 MPI="mpirun --allow-run-as-root"
@@ -44,9 +47,9 @@ step() { # label, timeout, mxworker bench options...
   local label=$1 t=$2
   shift 2
   echo "-- $label (${SECONDS}s): mxworker bench $*"
-  timeout "$t" $MPI $PE2 -n 8 -x OMP_NUM_THREADS=2 "$W" bench --quiet --json "$OUT/layer_$label.json" "$@" \
-    > "$OUT/layer_$label.log" 2>&1 || { echo "$label: FAILED ($?)"; STATUS=1; }
-  grep -E "$LINES" "$OUT/layer_$label.log" | head -14
+  timeout "$t" $MPI $PE2 -n 8 -x OMP_NUM_THREADS=2 "$W" bench --quiet --json "$LOGS/layer_$label.json" "$@" \
+    > "$LOGS/layer_$label.log" 2>&1 || { echo "$label: FAILED ($?)"; STATUS=1; }
+  grep -E "$LINES" "$LOGS/layer_$label.log" | head -14
 }
 
 if [ "$CUDA" = ON ]; then
@@ -58,13 +61,19 @@ if [ "$CUDA" = ON ] && [ "$SECONDS" -lt 420 ]; then
 fi
 # 5. (LAYER_GPU_RINGS=1, time permitting) the decode kernel's ring variants, W4A16 gpt-oss-20b layer
 if [ "$CUDA" = ON ] && [ "${LAYER_GPU_RINGS:-0}" = 1 ] && [ "$SECONDS" -lt 380 ]; then
-  cmake --build "$BUILD" -j "$(nproc)" --target mxgpu_bench >> "$OUT/layer_build.log" 2>&1 &&
-    for v in 6x5 8x4; do
+  cmake --build "$BUILD" -j "$(nproc)" --target mxgpu_bench >> "$LOGS/layer_build.log" 2>&1 &&
+    for v in 6x5 auto 8x4; do
       echo "-- mxgpu_bench MXEP_CUDA_DEC=$v (${SECONDS}s)"
       MXEP_CUDA_DEC=$v timeout 60 "$BUILD/kernels/gpu/mxgpu_bench" --tokens 1,8,64 --iters 30 2>&1 |
         grep -E "^limits|^ +[0-9]+ +[0-9]+ +[SML] " || STATUS=1
     done
 fi
+if [ "$CUDA" = ON ] && [ -n "${LAYER_PROFILE:-}" ] && [ "$SECONDS" -lt 420 ]; then
+  echo "-- ncu (${SECONDS}s)"
+  OUT=$LOGS timeout $((520 - SECONDS)) bash "$ROOT/bench/gpu/device_profile.sh" ${LAYER_PROFILE//,/ } > "$OUT/ncu_summary.txt" 2>&1
+  echo "ncu: rc $? (${SECONDS}s), condensed in ncu_summary.txt"
+fi
 echo "== done: status $STATUS (${SECONDS}s)"
 grep -E "^-- |$LINES|^limits|^ +[0-9]+ +[0-9]+ +[SML] |^== done" "$OUT/layer_device.log" > "$OUT/layer_summary.txt"
+cp "$LOGS"/layer_*.json "$OUT"/ 2>/dev/null # (at most 8 files come back: two logs, these, ncu_summary.txt)
 exit $STATUS
