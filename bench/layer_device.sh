@@ -9,11 +9,16 @@
 #   3. the gpt-oss-20b layer with one device per rank: 8 cpu ranks of 2 cores each, 64 tokens per
 #      rank, --check (bitwise against the single-process pipeline) and the layer against its parts;
 #   4. the same model, 8 ranks sharing the GPU, 128 tokens per rank, --check;
-#   5. (LAYER_GPU_RINGS=1) mxgpu_bench at T = 1, 8, 64 with the decode ring at 6x5, auto and 8x4;
-#   6. (LAYER_PROFILE=T,...) Nsight Compute on the GEMM kernels at those token counts (bench/gpu/device_profile.sh).
+#   5. (rings) mxgpu_bench at LAYER_RING_T (default 1,8,64) with the decode ring at LAYER_RINGS
+#      (default 6x5 auto 8x4);
+#   6. (cluster) across hosts: launch/netns-cluster.sh, 2 hosts x 4 ranks (btl vader,tcp,self),
+#      mx_transport_bench (gpt-oss-20b bytes) and mxworker bench (cpu backend, 2 threads per rank),
+#      ours beside plain MPI_Alltoallv in the same run; skipped where network namespaces are refused;
+#   7. (profile) Nsight Compute on the GEMM kernels at LAYER_PROFILE token counts (default 1).
+# LAYER_STEPS picks the steps (default "deepep cpu8 cuda8"; also: rings cluster profile).
 # $OUT gets layer_device.log, layer_summary.txt (the lines that matter), the JSON of each step and
 # ncu_summary.txt; full logs stay in /tmp/mxep_layer on the machine.
-# Usage (device tool, carry [".deps"]): OUT=$OUT bash bench/layer_device.sh
+# Usage (device tool, carry [".deps"]): OUT=$OUT [LAYER_STEPS=...] bash bench/layer_device.sh
 set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/out}
@@ -26,7 +31,7 @@ echo "== mxep layer measurements $(date -u +%FT%TZ) on $(hostname)"
 lscpu | grep -E '^(Model name|CPU\(s\)|NUMA node\(s\))' || true
 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no GPU visible"
 
-. "$ROOT/bench/device_env.sh" || exit 2
+MXEP_DEPS_FRESH=1 . "$ROOT/bench/device_env.sh" || exit 2
 BUILD=${LAYER_BUILD:-$ROOT/build-device}
 CUDA=OFF
 command -v nvcc >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1 && CUDA=ON
@@ -52,25 +57,51 @@ step() { # label, timeout, mxworker bench options...
   grep -E "$LINES" "$LOGS/layer_$label.log" | head -14
 }
 
-if [ "$CUDA" = ON ]; then
+STEPS=" ${LAYER_STEPS:-deepep cpu8 cuda8} "
+want() { case "$STEPS" in *" $1 "*) return 0 ;; esac; return 1; }
+if [ "$CUDA" = ON ] && want deepep; then
   step deepep-cuda 150 --preset deepep-ll --backend cuda --iters 8 --warmup 2
 fi
-step gptoss-cpu8x2 120 --backend cpu --tokens 64 --iters 6 --warmup 2 --check
-if [ "$CUDA" = ON ] && [ "$SECONDS" -lt 420 ]; then
+if want cpu8; then
+  step gptoss-cpu8x2 120 --backend cpu --tokens 64 --iters 6 --warmup 2 --check
+fi
+if [ "$CUDA" = ON ] && want cuda8 && [ "$SECONDS" -lt 420 ]; then
   step gptoss-cuda 90 --backend cuda --tokens 128 --iters 8 --warmup 2 --check
 fi
-# 5. (LAYER_GPU_RINGS=1, time permitting) the decode kernel's ring variants, W4A16 gpt-oss-20b layer
-if [ "$CUDA" = ON ] && [ "${LAYER_GPU_RINGS:-0}" = 1 ] && [ "$SECONDS" -lt 380 ]; then
+# 5. the decode kernel's ring variants, W4A16 gpt-oss-20b layer
+if [ "$CUDA" = ON ] && want rings && [ "$SECONDS" -lt 380 ]; then
   cmake --build "$BUILD" -j "$(nproc)" --target mxgpu_bench >> "$LOGS/layer_build.log" 2>&1 &&
-    for v in 6x5 auto 8x4; do
+    for v in ${LAYER_RINGS:-6x5 auto 8x4}; do
       echo "-- mxgpu_bench MXEP_CUDA_DEC=$v (${SECONDS}s)"
-      MXEP_CUDA_DEC=$v timeout 60 "$BUILD/kernels/gpu/mxgpu_bench" --tokens 1,8,64 --iters 30 2>&1 |
+      MXEP_CUDA_DEC=$v timeout 60 "$BUILD/kernels/gpu/mxgpu_bench" --tokens "${LAYER_RING_T:-1,8,64}" --iters 30 2>&1 |
         grep -E "^limits|^ +[0-9]+ +[0-9]+ +[SML] " || STATUS=1
     done
 fi
-if [ "$CUDA" = ON ] && [ -n "${LAYER_PROFILE:-}" ] && [ "$SECONDS" -lt 420 ]; then
+# 6. across hosts on the simulated cluster
+if want cluster && [ "$SECONDS" -lt 400 ]; then
+  cmake --build "$BUILD" -j "$(nproc)" --target mx_transport_bench >> "$LOGS/layer_build.log" 2>&1
+  NC="$ROOT/launch/netns-cluster.sh --hosts 2 --ranks-per-host 4 --btl vader,tcp,self --timeout 100"
+  NC="$NC --env OMPI_MCA_mpi_yield_when_idle=1 --compare"
+  XL='^  mxep  |^  MPI_Alltoallv|^  speedup|layer latency|in the layer  |mean over ranks|alone  |results match|skipped|FAILED|error'
+  echo "-- cluster 2 hosts x 4 ranks: mx_transport_bench, gpt-oss-20b bytes (${SECONDS}s)"
+  $NC 'bytes per rank' -- "$BUILD/transport/mx_transport_bench" --tokens 64 --hidden 2880 --experts 32 --topk 4 \
+    --iters 30 > "$LOGS/cluster_xbench.log" 2>&1
+  echo "netns-cluster rc $?"
+  grep -E "$XL" "$LOGS/cluster_xbench.log" | head -12
+  if [ "$SECONDS" -lt 420 ]; then
+    echo "-- cluster 2 hosts x 4 ranks: mxworker bench, cpu backend (${SECONDS}s)"
+    $NC 'mxworker bench: [a-z0-9-]+' -- "$W" bench --backend cpu --tokens 32 --iters 4 --threads 2 --quiet \
+      > "$LOGS/cluster_layer.log" 2>&1
+    echo "netns-cluster rc $?"
+    grep -E "$XL" "$LOGS/cluster_layer.log" | head -12
+  fi
+fi
+# 7. Nsight Compute
+if [ "$CUDA" = ON ] && want profile && [ "$SECONDS" -lt 440 ]; then
   echo "-- ncu (${SECONDS}s)"
-  OUT=$LOGS timeout $((520 - SECONDS)) bash "$ROOT/bench/gpu/device_profile.sh" ${LAYER_PROFILE//,/ } > "$OUT/ncu_summary.txt" 2>&1
+  [ -x "$BUILD/kernels/gpu/mxgpu_bench" ] ||
+    cmake --build "$BUILD" -j "$(nproc)" --target mxgpu_bench >> "$LOGS/layer_build.log" 2>&1
+  OUT=$LOGS timeout $((530 - SECONDS)) bash "$ROOT/bench/gpu/device_profile.sh" ${LAYER_PROFILE:-1} > "$OUT/ncu_summary.txt" 2>&1
   echo "ncu: rc $? (${SECONDS}s), condensed in ncu_summary.txt"
 fi
 echo "== done: status $STATUS (${SECONDS}s)"
