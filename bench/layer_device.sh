@@ -13,9 +13,11 @@
 #      (default 6x5 auto 8x4);
 #   6. (cluster) across hosts: launch/netns-cluster.sh, 2 hosts x 4 ranks (btl vader,tcp,self),
 #      mx_transport_bench (gpt-oss-20b bytes) and mxworker bench (cpu backend, 2 threads per rank),
-#      ours beside plain MPI_Alltoallv in the same run; skipped where network namespaces are refused;
+#      ours beside plain MPI_Alltoallv in the same run; skipped where network namespaces are refused
+#      (iproute2 comes from .deps/ip when the machine has no `ip`);
 #   7. (profile) Nsight Compute on the GEMM kernels at LAYER_PROFILE token counts (default 1).
-# LAYER_STEPS picks the steps (default "deepep cpu8 cuda8"; also: rings cluster profile).
+# LAYER_STEPS picks the steps (default "deepep cpu8 cuda8"; also: rings cluster profile);
+# LAYER_CUDA=OFF builds without CUDA (faster, for the CPU-only steps).
 # $OUT gets layer_device.log, layer_summary.txt (the lines that matter), the JSON of each step and
 # ncu_summary.txt; full logs stay in /tmp/mxep_layer on the machine.
 # Usage (device tool, carry [".deps"]): OUT=$OUT [LAYER_STEPS=...] bash bench/layer_device.sh
@@ -35,6 +37,7 @@ MXEP_DEPS_FRESH=1 . "$ROOT/bench/device_env.sh" || exit 2
 BUILD=${LAYER_BUILD:-$ROOT/build-device}
 CUDA=OFF
 command -v nvcc >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1 && CUDA=ON
+[ "${LAYER_CUDA:-}" = OFF ] && CUDA=OFF
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DMXEP_WITH_CUDA=$CUDA -DMXEP_WITH_HIP=OFF \
     -DMXEP_WITH_ZE=OFF -DCMAKE_CUDA_ARCHITECTURES="90a-real" > "$LOGS/layer_configure.log" 2>&1 ||
@@ -77,7 +80,15 @@ if [ "$CUDA" = ON ] && want rings && [ "$SECONDS" -lt 380 ]; then
         grep -E "^limits|^ +[0-9]+ +[0-9]+ +[SML] " || STATUS=1
     done
 fi
-# 6. across hosts on the simulated cluster
+# 6. across hosts on the simulated cluster (iproute2 from .deps/ip when the machine lacks `ip`:
+#    unpacked into /tmp, its libraries searched after the system's)
+if want cluster && ! command -v ip >/dev/null 2>&1 && ls "$ROOT"/.deps/ip/*.deb >/dev/null 2>&1; then
+  IPP=/tmp/mxep_iproute
+  rm -rf "$IPP" && mkdir -p "$IPP" && for f in "$ROOT"/.deps/ip/*.deb; do dpkg -x "$f" "$IPP"; done
+  export PATH=$PATH:$IPP/usr/sbin:$IPP/sbin:$IPP/usr/bin:$IPP/bin
+  export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$IPP/usr/lib/x86_64-linux-gnu:$IPP/lib/x86_64-linux-gnu
+  echo "iproute2 from .deps/ip: $(ip -V 2>&1 | head -1)"
+fi
 if want cluster && [ "$SECONDS" -lt 400 ]; then
   cmake --build "$BUILD" -j "$(nproc)" --target mx_transport_bench >> "$LOGS/layer_build.log" 2>&1
   NC="$ROOT/launch/netns-cluster.sh --hosts 2 --ranks-per-host 4 --btl vader,tcp,self --timeout 100"
@@ -90,7 +101,7 @@ if want cluster && [ "$SECONDS" -lt 400 ]; then
   grep -E "$XL" "$LOGS/cluster_xbench.log" | head -12
   if [ "$SECONDS" -lt 420 ]; then
     echo "-- cluster 2 hosts x 4 ranks: mxworker bench, cpu backend (${SECONDS}s)"
-    $NC 'mxworker bench: [a-z0-9-]+' -- "$W" bench --backend cpu --tokens 32 --iters 4 --threads 2 --quiet \
+    $NC 'mxworker bench: [a-z0-9-]+' -- "$W" bench --backend cpu --tokens 32 --iters 8 --threads 2 --quiet \
       > "$LOGS/cluster_layer.log" 2>&1
     echo "netns-cluster rc $?"
     grep -E "$XL" "$LOGS/cluster_layer.log" | head -12
