@@ -97,14 +97,18 @@ if want cluster && [ "$SECONDS" -lt 400 ]; then
   echo "-- cluster 2 hosts x 4 ranks: mx_transport_bench, gpt-oss-20b bytes (${SECONDS}s)"
   $NC 'bytes per rank' -- "$BUILD/transport/mx_transport_bench" --tokens 64 --hidden 2880 --experts 32 --topk 4 \
     --iters 30 > "$LOGS/cluster_xbench.log" 2>&1
-  echo "netns-cluster rc $?"
-  grep -E "$XL" "$LOGS/cluster_xbench.log" | head -12
+  rc=$?
+  echo "netns-cluster rc $rc"
+  case $rc in 0) grep -E "$XL" "$LOGS/cluster_xbench.log" | head -12 ;; 77) tail -3 "$LOGS/cluster_xbench.log" ;;
+    *) STATUS=1; tail -40 "$LOGS/cluster_xbench.log" ;; esac
   if [ "$SECONDS" -lt 420 ]; then
     echo "-- cluster 2 hosts x 4 ranks: mxworker bench, cpu backend (${SECONDS}s)"
     $NC 'mxworker bench: [a-z0-9-]+' -- "$W" bench --backend cpu --tokens 32 --iters 8 --threads 2 --quiet \
       > "$LOGS/cluster_layer.log" 2>&1
-    echo "netns-cluster rc $?"
-    grep -E "$XL" "$LOGS/cluster_layer.log" | head -12
+    rc=$?
+    echo "netns-cluster rc $rc"
+    case $rc in 0) grep -E "$XL" "$LOGS/cluster_layer.log" | head -12 ;; 77) tail -3 "$LOGS/cluster_layer.log" ;;
+      *) STATUS=1; tail -40 "$LOGS/cluster_layer.log" ;; esac
   fi
 fi
 # 7. Nsight Compute
