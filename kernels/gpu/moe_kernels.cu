@@ -983,19 +983,16 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
 }
 
 /* Decode kernel variants for MXFP4 without big scales: register ring depth
- * (chunks in flight per lane) x CTAs per SM, picked by
- * MXEP_CUDA_DEC=6x5|8x4|12x3|auto (default 6x5: more warps, each with fewer
- * bytes in flight, was the fastest on the H100/H200 at 1 and 8 tokens; auto:
- * 12x3 for a GEMM of fewer than DEC_FEW_WARPS warps, such as GEMM2 of a
- * 1-token gpt-oss layer, whose warps stream long rows with few peers, 6x5
- * otherwise); bitwise the same results. */
-#define DEC_FEW_WARPS 1024
+ * (chunks in flight per lane) x CTAs per SM, picked by MXEP_CUDA_DEC=6x5|8x4|12x3
+ * (default 6x5: more warps, each with fewer bytes in flight, was the fastest
+ * on the H100/H200 at 1, 8 and 64 tokens; a deeper ring for only the GEMMs of
+ * few warps was slower too: bench/RESULTS.md); bitwise the same results. */
 static int dec_variant()
 {
     static int v = -1;
     if (v < 0) {
         const char *e = getenv("MXEP_CUDA_DEC");
-        v = e && !strcmp(e, "12x3") ? 0 : e && !strcmp(e, "8x4") ? 1 : e && !strcmp(e, "auto") ? 3 : 2;
+        v = e && !strcmp(e, "12x3") ? 0 : e && !strcmp(e, "8x4") ? 1 : 2;
     }
     return v;
 }
@@ -1015,9 +1012,7 @@ template <int WFMT, bool FLUSH> static int launch_dec(const mxg_gemm_params_t *p
     constexpr int D = WFMT == MXG_W_FP4 ? 12 : WFMT == MXG_W_FP8 ? 8 : 4; /* chunks in flight */
     if constexpr (WFMT == MXG_W_FP4) {
         if (!p->sc_big) {
-            int v = FLUSH ? 0 : dec_variant();
-            if (v == 3)
-                v = (long)((p->N + 15) / 16) * p->n_mtiles < DEC_FEW_WARPS ? 0 : 2;
+            const int v = FLUSH ? 0 : dec_variant();
             if (v == 1)
                 return (int)cudaLaunchKernelEx(&lc, gemm_dec<WFMT, FLUSH, false, 8, 4>, *p);
             if (v == 2)
