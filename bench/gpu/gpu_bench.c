@@ -338,35 +338,26 @@ int main(int argc, char **argv)
                 fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
                 return 1;
             }
-        double *tl = malloc(sizeof(double) * (size_t)iters);
-        for (int i = 0; i < iters; i++) {
-            CU(cudaEventRecord(e0, st));
-            if (mxi_cuda_layer(pk) != MX_OK) {
-                fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
-                return 1;
-            }
-            CU(cudaEventRecord(e1, st));
-            CU(cudaEventSynchronize(e1));
-            float ms;
-            CU(cudaEventElapsedTime(&ms, e0, e1));
-            tl[i] = ms;
-        }
-        /* back to back: PIPE layers enqueued with no host wait between them,
-         * as a model's layers are, so the GPU never idles for the launches */
+        /* one layer between two events, the host waiting after each (tl), and
+         * PIPE layers enqueued back to back with no host wait between them, as
+         * a model's layers are, so the GPU never idles for the launches (tp) */
         enum { PIPE = 10 };
-        double *tp = malloc(sizeof(double) * (size_t)iters);
-        for (int i = 0; i < iters; i++) {
-            CU(cudaEventRecord(e0, st));
-            for (int k = 0; k < PIPE; k++)
-                if (mxi_cuda_layer(pk) != MX_OK) {
-                    fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
-                    return 1;
-                }
-            CU(cudaEventRecord(e1, st));
-            CU(cudaEventSynchronize(e1));
-            float ms;
-            CU(cudaEventElapsedTime(&ms, e0, e1));
-            tp[i] = ms / PIPE;
+        double *tl = malloc(sizeof(double) * (size_t)iters), *tp = malloc(sizeof(double) * (size_t)iters);
+        for (int pass = 0; pass < 2; pass++) {
+            const int n_layers = pass ? PIPE : 1;
+            for (int i = 0; i < iters; i++) {
+                CU(cudaEventRecord(e0, st));
+                for (int k = 0; k < n_layers; k++)
+                    if (mxi_cuda_layer(pk) != MX_OK) {
+                        fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
+                        return 1;
+                    }
+                CU(cudaEventRecord(e1, st));
+                CU(cudaEventSynchronize(e1));
+                float ms;
+                CU(cudaEventElapsedTime(&ms, e0, e1));
+                (pass ? tp : tl)[i] = ms / n_layers;
+            }
         }
         int nrun = iters < 20 ? iters : 20;
         double *tr = malloc(sizeof(double) * (size_t)nrun);
