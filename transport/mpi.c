@@ -430,29 +430,33 @@ static uint64_t copy_local(mpi_ctx_t *c, const uint8_t *sbuf, const size_t *send
     return total;
 }
 
-/* A plain MPI_Alltoallv of every pair into dst. A local failure (st_in)
- * still takes part in the collective (with nothing to move), so the other
- * ranks are never left waiting. */
+/* MPI_Alltoallv into dst: every pair, or (cross_only) only the pairs on two
+ * hosts, the local ones carrying nothing. A local failure (st_in) still takes
+ * part in the collective, sending nothing (and, for every pair, receiving
+ * nothing), so the other ranks are never left waiting. */
 static mx_status_t alltoallv_into(mpi_ctx_t *c, const uint8_t *sbuf, const size_t *send_counts,
                                   const size_t *send_displs, const size_t *recv_counts, const size_t *recv_displs,
-                                  uint8_t *dst, mx_status_t st_in)
+                                  uint8_t *dst, mx_status_t st_in, int cross_only)
 {
     mx_status_t st = st_in;
-    if (st == MX_OK && !fill_int_counts(c, send_counts, send_displs, recv_counts, recv_displs, 0))
+    if (!fill_int_counts(c, send_counts, send_displs, recv_counts, recv_displs, cross_only) && st == MX_OK)
         st = mx_error_set(MX_ERR_UNSUPPORTED,
-                          "transport mpi: rank %d: a count or displacement exceeds INT_MAX bytes, which "
+                          "transport mpi: rank %d: a %scount or displacement exceeds INT_MAX bytes, which "
                           "MPI_Alltoallv cannot carry",
-                          c->rank);
+                          c->rank, cross_only ? "cross-host " : "");
     if (st != MX_OK)
-        for (int r = 0; r < c->size; r++)
-            c->scounts[r] = c->rcounts[r] = c->sdispls[r] = c->rdispls[r] = 0;
+        for (int r = 0; r < c->size; r++) {
+            c->scounts[r] = c->sdispls[r] = 0;
+            if (!cross_only)
+                c->rcounts[r] = c->rdispls[r] = 0;
+        }
     double t0 = now_ms();
     int rc = MPI_Alltoallv(sbuf, c->scounts, c->sdispls, MPI_BYTE, dst, c->rcounts, c->rdispls, MPI_BYTE, c->comm);
     c->ph.remote_ms += now_ms() - t0;
     for (int r = 0; r < c->size; r++)
         c->ph.remote_bytes += r == c->rank ? 0 : (uint64_t)c->scounts[r];
     if (rc != MPI_SUCCESS && st == MX_OK)
-        st = mpi_fail(rc, "MPI_Alltoallv");
+        st = mpi_fail(rc, cross_only ? "MPI_Alltoallv (cross-host pairs)" : "MPI_Alltoallv");
     return st;
 }
 
@@ -534,7 +538,7 @@ static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_
                 st = mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory for %zu receive bytes", cap);
             }
         }
-        st = alltoallv_into(c, sbuf, send_counts, send_displs, recv_counts, recv_displs_p, c->priv, st);
+        st = alltoallv_into(c, sbuf, send_counts, send_displs, recv_counts, recv_displs_p, c->priv, st, 0);
         if (st != MX_OK)
             return st;
         *recv_p = c->priv;
@@ -552,7 +556,7 @@ static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_
                 return st; /* (no window: this transport cannot go on; the caller agrees on the failure) */
         }
         uint8_t *mine = c->base[0] + c->hdr_bytes;
-        st = alltoallv_into(c, sbuf, send_counts, send_displs, recv_counts, recv_displs_p, mine, st);
+        st = alltoallv_into(c, sbuf, send_counts, send_displs, recv_counts, recv_displs_p, mine, st, 0);
         c->ph.local_bytes += send_counts[c->rank];
         if (st != MX_OK)
             return st;
@@ -632,29 +636,12 @@ static int mpi_zero_copy(const void *ctx)
     return c->mode == MX_EXCHANGE_SHM && !c->all_single;
 }
 
-/* The cross-host pairs of a zero-copy round: one MPI_Alltoallv (every rank of
- * the job calls it, hosts partition the ranks, so it always matches), local
- * pairs carrying nothing. A local failure (st_in) takes part with nothing. */
+/* The cross-host pairs of a zero-copy round (every rank of the job calls it,
+ * hosts partition the ranks, so it always matches). */
 static mx_status_t cross_host(mpi_ctx_t *c, const uint8_t *sbuf, const size_t *sc, const size_t *sd,
                               const size_t *rc, const size_t *rd, uint8_t *dst, mx_status_t st_in)
 {
-    if (!c->any_remote)
-        return st_in;
-    mx_status_t st = st_in;
-    if (!fill_int_counts(c, sc, sd, rc, rd, 1) && st == MX_OK)
-        st = mx_error_set(MX_ERR_UNSUPPORTED,
-                          "transport mpi: rank %d: a cross-host count or displacement exceeds INT_MAX bytes", c->rank);
-    if (st != MX_OK)
-        for (int r = 0; r < c->size; r++)
-            c->scounts[r] = c->sdispls[r] = 0;
-    double t0 = now_ms();
-    int rc2 = MPI_Alltoallv(sbuf, c->scounts, c->sdispls, MPI_BYTE, dst, c->rcounts, c->rdispls, MPI_BYTE, c->comm);
-    c->ph.remote_ms += now_ms() - t0;
-    for (int r = 0; r < c->size; r++)
-        c->ph.remote_bytes += (uint64_t)c->scounts[r];
-    if (rc2 != MPI_SUCCESS && st == MX_OK)
-        st = mpi_fail(rc2, "MPI_Alltoallv (cross-host pairs)");
-    return st;
+    return c->any_remote ? alltoallv_into(c, sbuf, sc, sd, rc, rd, dst, st_in, 1) : st_in;
 }
 
 static mx_status_t mpi_push_begin(void *ctx, const size_t *send_counts, const size_t *recv_counts, uint8_t **dst_p)

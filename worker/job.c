@@ -658,7 +658,6 @@ mx_status_t wk_layer_step(wk_job_t *job, mx_transport_h tr, int li, const uint16
     st = mx_transport_exchange_counts(tr, job->b1, job->b3);
     if ((st = wk_agree(job->comm, st, "exchanging dispatch counts")) != MX_OK)
         goto done;
-    double tp0 = wk_now_ms();
     st = mx_transport_push_begin(tr, job->b1, job->b3, job->dst);
     double tp1 = wk_now_ms();
     if (st == MX_OK)
@@ -673,8 +672,7 @@ mx_status_t wk_layer_step(wk_job_t *job, mx_transport_h tr, int li, const uint16
     double t3 = wk_now_ms();
     take_split(tr, &s.disp);
     s.disp.agree_ms = t3 - t2b;
-    s.pack_ms = s.disp.own_ms = tp2 - tp1;
-    (void)tp0;
+    s.disp.own_ms = tp2 - tp1; /* packing */
 
     /* worker side: decode, run the local experts, their outputs written where
      * the owners read them (mx_transport_pull_begin) */
@@ -740,7 +738,7 @@ mx_status_t wk_layer_step(wk_job_t *job, mx_transport_h tr, int li, const uint16
     s.compute_ms = t4 - t3;
     s.sync_ms = t4b - t4; /* waiting for the slowest rank's experts */
     s.combine_ms = t6 - t4b;
-    s.reduce_ms = s.comb.own_ms = t6 - t5;
+    s.comb.own_ms = t6 - t5; /* reducing */
     s.total_ms = t6 - t0;
     if (stats)
         *stats = s;

@@ -98,7 +98,7 @@ typedef struct {
 } wk_xchg_split_t;
 
 typedef struct {
-    double route_ms, pack_ms, dispatch_ms, compute_ms, sync_ms, combine_ms, reduce_ms, total_ms;
+    double route_ms, dispatch_ms, compute_ms, sync_ms, combine_ms, total_ms;
     wk_xchg_split_t disp, comb;           /* dispatch_ms and combine_ms, split */
     size_t dispatch_bytes, combine_bytes; /* sent by this rank */
     size_t tokens_in, assign_in;          /* received by this rank (worker side) */
