@@ -713,9 +713,10 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
      * input in that order too. Pad columns are written as zeros either way (the
      * buffers serve batches of both orders). */
     const int perm = p->cfg == MXG_CFG_S;
-    if (sch == MX_SCHEME_W4A8 || sch == MX_SCHEME_W8A8) {
+    const int quant1 = sch == MX_SCHEME_W4A8 || sch == MX_SCHEME_W8A8;
+    if (quant1 || perm) {
         mxg_quant_params_t q = {0};
-        q.mode = sch == MX_SCHEME_W4A8 ? MXG_Q_STATIC : grp ? MXG_Q_GROUP128 : MXG_Q_TOKEN;
+        q.mode = !quant1 ? MXG_Q_COPY : sch == MX_SCHEME_W4A8 ? MXG_Q_STATIC : grp ? MXG_Q_GROUP128 : MXG_Q_TOKEN;
         q.in = p->x.ptr;
         q.ld_in = K1;
         q.src_rows = p->d_a_tok;
@@ -724,35 +725,24 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
         q.K = (int)p->desc.hidden;
         q.perm_out = perm;
         q.pad_out = K1;
-        q.row_scale = sch == MX_SCHEME_W4A8 ? p->d_rs1 : p->rs1.ptr;
-        q.grp = p->grp1.ptr;
-        q.n_grp = (K1 + 127) / 128;
         q.n_rows = (int)NA;
-        KL(mxi_gpu_quant_launch(&q, p->stream), "activation quantization (GEMM1)");
-        g1.pdl = p->pdl; /* GEMM1 follows the quantizer */
+        if (quant1) {
+            q.row_scale = sch == MX_SCHEME_W4A8 ? p->d_rs1 : p->rs1.ptr;
+            q.grp = p->grp1.ptr;
+            q.n_grp = (K1 + 127) / 128;
+        }
+        KL(mxi_gpu_quant_launch(&q, p->stream),
+           quant1 ? "activation quantization (GEMM1)" : "token copy (GEMM1, decode order)");
+        g1.pdl = p->pdl; /* GEMM1 follows the quantizer / copy */
         g1.a = p->xq.ptr;
         g1.a_rows = NULL;
-        g1.a_row_scale = grp ? NULL : q.row_scale;
-        g1.a_grp_scale = grp ? p->grp1.ptr : NULL;
-        g1.a_grp_n = q.n_grp;
-        if (grp)
-            g1.flush = 1;
-    } else if (perm) {
-        mxg_quant_params_t q = {0};
-        q.mode = MXG_Q_COPY;
-        q.in = p->x.ptr;
-        q.ld_in = K1;
-        q.src_rows = p->d_a_tok;
-        q.out = p->xq.ptr;
-        q.ld_out = K1;
-        q.K = (int)p->desc.hidden;
-        q.perm_out = 1;
-        q.pad_out = K1;
-        q.n_rows = (int)NA;
-        KL(mxi_gpu_quant_launch(&q, p->stream), "token copy (GEMM1, decode order)");
-        g1.pdl = p->pdl;
-        g1.a = p->xq.ptr;
-        g1.a_rows = NULL;
+        if (quant1) {
+            g1.a_row_scale = grp ? NULL : q.row_scale;
+            g1.a_grp_scale = grp ? p->grp1.ptr : NULL;
+            g1.a_grp_n = q.n_grp;
+            if (grp)
+                g1.flush = 1;
+        }
     } else {
         g1.a = p->x.ptr;
         g1.a_rows = p->d_a_tok;
