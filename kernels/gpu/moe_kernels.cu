@@ -970,17 +970,18 @@ static int launch_tc(const mxg_gemm_params_t *p, cudaStream_t st, int zsub)
     return (int)cudaLaunchKernelEx(&lc, kern, *p);
 }
 
-/* Large-batch tile variant (MXEP_CUDA_L): 0 (default, "1x256"): one CTA per SM of 128
- * weight rows x 256 tokens; 1 ("2x128"): two CTAs per SM of 128 x 128 (the tile of each
- * token sub-tile of the 256-token m tile), each with its own 5 stages, so that one
- * CTA's waits and epilogue overlap the other's MMAs; 2 ("m64"): the M tile, 128 x 64, four
- * per m tile. Same K order and MMAs: the same bits. */
+/* Large-batch tile (MXEP_CUDA_L): 1 (default, "2x128"): two CTAs per SM of 128 weight
+ * rows x 128 tokens (one per token half of the plan's 256-token m tile), each with its
+ * own 5 stages and 128 registers per thread, so that one CTA's waits and epilogue overlap
+ * the other's MMAs; 0 ("1x256", the earlier tile): one CTA per SM of 128 x 256. Same K
+ * order and MMAs: the same bits. On an H200 the default took T = 8192 from 33% to 51%
+ * of cuBLAS's BF16 rate (tensor pipe 35% -> 50% busy; bench/RESULTS.md). */
 static int l_variant()
 {
     static int v = -1;
     if (v < 0) {
         const char *e = getenv("MXEP_CUDA_L");
-        v = e && !strcmp(e, "2x128") ? 1 : e && !strcmp(e, "m64") ? 2 : 0;
+        v = e && !strcmp(e, "1x256") ? 0 : 1;
     }
     return v;
 }
@@ -989,14 +990,12 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
 {
     if (cfg == MXG_CFG_M)
         return launch_tc<2, 1, 64, WFMT, FLUSH, ENG, 6>(p, st, 1);
-    /* large batches: 128 weight rows x 256 tokens (the flushing variant keeps a
-     * second accumulator set: two sub-tiles of 128 tokens) */
+    /* large batches: 128 weight rows x 128 tokens, two CTAs per m tile of 256 (the
+     * flushing variant keeps a second accumulator set: one CTA per SM) */
     if constexpr (FLUSH)
         return launch_tc<2, 1, 128, WFMT, FLUSH, ENG, 8>(p, st, 2);
     else if (l_variant() == 1) /* two CTAs per SM of 128 rows x 128 tokens, 5 stages each */
         return launch_tc<2, 1, 128, WFMT, FLUSH, ENG, 5, 2>(p, st, 2);
-    else if (l_variant() == 2) /* the M tile (128 x 64), four per m tile */
-        return launch_tc<2, 1, 64, WFMT, FLUSH, ENG, 6>(p, st, 4);
     else
         return launch_tc<2, 1, 256, WFMT, FLUSH, ENG, 8>(p, st, 1);
 }
