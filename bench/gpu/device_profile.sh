@@ -17,9 +17,9 @@ for T in "$@"; do
   echo "== ncu: mxgpu_bench --tokens $T (first GEMM1 + GEMM2 of the checked run)"
   timeout 100 ncu --kernel-name regex:gemm_ --launch-count 2 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    --section SchedulerStats \
+    --section SchedulerStats --section ComputeWorkloadAnalysis \
     "$B" --tokens "$T" --iters 2 > "$OUT/ncu_T$T.txt" 2>&1
   echo "ncu exit $?"
-  grep -E "gemm_(tc|dec)|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Warp Cycles Per Issued|Issued Warp Per|No Eligible|Dynamic Shared|Theoretical Occupancy|L2 Hit|Mem Busy|Max Bandwidth|Stall|stall|Waves Per SM" \
+  grep -E "gemm_(tc|dec)|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Warp Cycles Per Issued|Issued Warp Per|No Eligible|Dynamic Shared|Theoretical Occupancy|L2 Hit|Mem Busy|Max Bandwidth|Stall|stall|Waves Per SM|Tensor|Pipe" \
     "$OUT/ncu_T$T.txt" | sed 's/  */ /g' | cut -c1-160 | head -70
 done

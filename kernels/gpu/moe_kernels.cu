@@ -687,8 +687,8 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     }
 }
 
-template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST, bool BIG>
-__global__ void __launch_bounds__(NWG * 128, 1) gemm_tc(const mxg_gemm_params_t p)
+template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST, bool BIG, int MINB = 1>
+__global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params_t p)
 {
     typedef TcCfg<NWG, MT, BNT, WFMT, MAXST> C;
     constexpr int NJ = BNT / 8, NACC = BNT / 2;
@@ -935,12 +935,12 @@ __global__ void __launch_bounds__(NWG * 128, 1) gemm_tc(const mxg_gemm_params_t 
     }
 }
 
-template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST>
+template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST, int MINB = 1>
 static int launch_tc(const mxg_gemm_params_t *p, cudaStream_t st, int zsub)
 {
     typedef TcCfg<NWG, MT, BNT, WFMT, MAXST> C;
-    auto kern = WFMT == MXG_W_FP4 && !p->sc_big ? gemm_tc<NWG, MT, BNT, WFMT, FLUSH, ENG, MAXST, false>
-                                                : gemm_tc<NWG, MT, BNT, WFMT, FLUSH, ENG, MAXST, true>;
+    auto kern = WFMT == MXG_W_FP4 && !p->sc_big ? gemm_tc<NWG, MT, BNT, WFMT, FLUSH, ENG, MAXST, false, MINB>
+                                                : gemm_tc<NWG, MT, BNT, WFMT, FLUSH, ENG, MAXST, true, MINB>;
     /* The dynamic shared memory limit is an attribute of the function in the
      * current device's context: remember it per device (bit d of a mask that
      * any thread may update), not once per process. */
@@ -970,14 +970,32 @@ static int launch_tc(const mxg_gemm_params_t *p, cudaStream_t st, int zsub)
     return (int)cudaLaunchKernelEx(&lc, kern, *p);
 }
 
+/* Large-batch tile (MXEP_CUDA_L): 1 (default, "2x128"): two CTAs per SM of 128 weight
+ * rows x 128 tokens (one per token half of the plan's 256-token m tile), each with its
+ * own 5 stages and 128 registers per thread, so that one CTA's waits and epilogue overlap
+ * the other's MMAs; 0 ("1x256", the earlier tile): one CTA per SM of 128 x 256. Same K
+ * order and MMAs: the same bits. On an H200 the default took T = 8192 from 33% to 51%
+ * of cuBLAS's BF16 rate (tensor pipe 35% -> 50% busy; bench/RESULTS.md). */
+static int l_variant()
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("MXEP_CUDA_L");
+        v = e && !strcmp(e, "1x256") ? 0 : 1;
+    }
+    return v;
+}
+
 template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_params_t *p, int cfg, cudaStream_t st)
 {
     if (cfg == MXG_CFG_M)
         return launch_tc<2, 1, 64, WFMT, FLUSH, ENG, 6>(p, st, 1);
-    /* large batches: 128 weight rows x 256 tokens (the flushing variant keeps a
-     * second accumulator set: two sub-tiles of 128 tokens) */
+    /* large batches: 128 weight rows x 128 tokens, two CTAs per m tile of 256 (the
+     * flushing variant keeps a second accumulator set: one CTA per SM) */
     if constexpr (FLUSH)
         return launch_tc<2, 1, 128, WFMT, FLUSH, ENG, 8>(p, st, 2);
+    else if (l_variant() == 1) /* two CTAs per SM of 128 rows x 128 tokens, 5 stages each */
+        return launch_tc<2, 1, 128, WFMT, FLUSH, ENG, 5, 2>(p, st, 2);
     else
         return launch_tc<2, 1, 256, WFMT, FLUSH, ENG, 8>(p, st, 1);
 }

@@ -857,5 +857,10 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_cuda_threads_sharing_or_owning_instances_match_serial_runs),
         cmocka_unit_test(test_cuda_eight_processes_on_one_gpu_match_ref),
     };
+    /* MXEP_TEST_FILTER=pattern (cmocka's * and ? wildcards) runs only the
+     * matching tests, e.g. the invariance tests again under MXEP_CUDA_DEC */
+    const char *filter = getenv("MXEP_TEST_FILTER");
+    if (filter && *filter)
+        cmocka_set_test_filter(filter);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
