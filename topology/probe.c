@@ -402,6 +402,23 @@ void mx_topo_bind_device(mx_topo_proc_t *p)
         }
 }
 
+void mx_topo_apply_device(mx_topo_proc_t *p)
+{
+    if (!p || p->device_runtime != MX_GPU_RT_CUDA || p->device_index < 0)
+        return;
+    const char *env = getenv("MXEP_CUDA_DEVICE");
+    if (env && *env) {
+        char *end = NULL;
+        long v = strtol(env, &end, 10);
+        if (*end == '\0' && v >= 0 && v < p->gpu[MX_GPU_RT_CUDA].count)
+            p->device_index = (int32_t)v;
+        return;
+    }
+    char buf[16];
+    snprintf(buf, sizeof buf, "%d", (int)p->device_index);
+    setenv("MXEP_CUDA_DEVICE", buf, 1);
+}
+
 void mx_topo_proc_set_backend(mx_topo_proc_t *p, const char *backend, const char *report)
 {
     if (!p)

@@ -378,6 +378,8 @@ mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_
         st = mx_topo_locate(comm, &job->me);
     if ((st = wk_agree(comm, st, "probing the topology")) != MX_OK)
         goto fail;
+    /* this rank's GPU (local rank % GPUs of the host) for the backends the oracle probes */
+    mx_topo_apply_device(&job->me);
     mx_log_set_rank(job->rank);
     mx_log_set_host(job->me.host);
     /* threads per rank: --threads, else $OMP_NUM_THREADS, else this rank's share of its cores.

@@ -119,6 +119,15 @@ mx_status_t mx_topo_probe(mx_topo_proc_t *proc_p);
  * none -> -1/-1 (CPU). Idempotent. */
 void mx_topo_bind_device(mx_topo_proc_t *proc);
 
+/* Makes the kernel backends open the device this process is bound to. For a
+ * CUDA binding it exports MXEP_CUDA_DEVICE=device_index (the cuda backend's
+ * probe opens that ordinal; without it every rank of a host would open device
+ * 0), unless the user set MXEP_CUDA_DEVICE: then device_index takes that value
+ * when it names a device of this host (any other value is left for the
+ * backend's probe to refuse). Other runtimes are left alone (the HIP backend
+ * runs no kernels yet). Call after mx_topo_locate, before the oracle. */
+void mx_topo_apply_device(mx_topo_proc_t *proc);
+
 /* Collective over comm: fills rank, world_size, local_rank, local_size
  * (MPI_Comm_split_type(MPI_COMM_TYPE_SHARED), key = rank) and binds the device.
  * MX_ERR_TRANSPORT naming the MPI call if one fails. */

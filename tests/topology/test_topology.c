@@ -124,6 +124,38 @@ static mx_topo_proc_t fake(int rank, const char *host, int local_rank, int cuda,
     return p;
 }
 
+static void test_apply_device_exports_the_bound_cuda_ordinal_unless_the_user_chose(void **state)
+{
+    (void)state;
+    unsetenv("MXEP_CUDA_DEVICE");
+    mx_topo_proc_t p = fake(0, "a", 5, 4, 0); /* local rank 5 of a host with 4 GPUs: device 1 */
+    mx_topo_apply_device(&p);
+    assert_non_null(getenv("MXEP_CUDA_DEVICE"));
+    assert_string_equal(getenv("MXEP_CUDA_DEVICE"), "1");
+    assert_int_equal(p.device_index, 1);
+    /* the user's choice wins and the report follows it */
+    setenv("MXEP_CUDA_DEVICE", "3", 1);
+    p = fake(0, "a", 2, 4, 0);
+    mx_topo_apply_device(&p);
+    assert_string_equal(getenv("MXEP_CUDA_DEVICE"), "3");
+    assert_int_equal(p.device_index, 3);
+    /* a value naming no device of the host stays for the backend to refuse; the binding stays */
+    setenv("MXEP_CUDA_DEVICE", "9", 1);
+    p = fake(0, "a", 2, 4, 0);
+    mx_topo_apply_device(&p);
+    assert_string_equal(getenv("MXEP_CUDA_DEVICE"), "9");
+    assert_int_equal(p.device_index, 2);
+    /* no CUDA binding (HIP, or CPU only): nothing exported */
+    unsetenv("MXEP_CUDA_DEVICE");
+    p = fake(0, "a", 3, 0, 2);
+    mx_topo_apply_device(&p);
+    assert_null(getenv("MXEP_CUDA_DEVICE"));
+    p = fake(0, "a", 3, -1, 0);
+    mx_topo_apply_device(&p);
+    assert_null(getenv("MXEP_CUDA_DEVICE"));
+    mx_topo_apply_device(NULL);
+}
+
 static void test_bind_device_uses_local_rank_modulo_gpu_count(void **state)
 {
     (void)state;
@@ -259,6 +291,7 @@ int main(void)
         cmocka_unit_test(test_table_json_round_trips_through_cjson),
         cmocka_unit_test(test_table_rejects_bad_arguments),
         cmocka_unit_test(test_strings_from_the_wire_are_terminated),
+        cmocka_unit_test(test_apply_device_exports_the_bound_cuda_ordinal_unless_the_user_chose),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
