@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "cuda_internal.h"
+#include "gpu_layout.h"
 #include "gpu_ref.h"
 #include "mxep/kernels.h"
 
@@ -25,6 +26,10 @@ static const char *USAGE =
     "  --iters N       timed runs per point (default 50; median reported)\n"
     "  --seed S        (default 1)\n"
     "  --json PATH     also write the results as JSON to PATH\n"
+    "  --probe         instead of the layer: read the MXFP4 weight bytes of GEMM1 and GEMM2\n"
+    "                  (top-k and all experts) with the decode kernel's grid and nothing\n"
+    "                  else, in the packed layout and with each row group contiguous,\n"
+    "                  ring depth 6 and 12; GB/s and %% of the HBM copy\n"
     "  --help          this text\n"
     "Exit status: 0 ok, 1 a check against the reference failed or a CUDA error, 2 bad usage or no device.\n";
 
@@ -144,6 +149,68 @@ static size_t matrix_bytes(const mx_matrix_t *m)
     return m->rows * m->cols * 2;
 }
 
+/* --probe: the decode kernel's reads alone (mxi_gpu_read_probe) on GEMM1's and GEMM2's
+ * MXFP4 shapes, for the top-k experts of one token and for all experts. */
+static int read_probes(int E, int K, size_t H, size_t I, int iters, double bw)
+{
+    static const char *const names[4] = {"packed, ring 6", "packed, ring 12", "contiguous, ring 6",
+                                         "contiguous, ring 12"};
+    const struct {
+        const char *gemm;
+        size_t N, Kd;
+    } shapes[2] = {{"GEMM1", 2 * I, H}, {"GEMM2", H, I}};
+    size_t most = 0;
+    for (int s = 0; s < 2; s++) {
+        size_t b = mxg_round_up(shapes[s].N, MXG_NPAD) * mxg_round_up(shapes[s].Kd, MXG_BK) / 2;
+        most = b > most ? b : most;
+    }
+    void *w;
+    uint32_t *out;
+    CU(cudaMalloc(&w, most * (size_t)E));
+    CU(cudaMemset(w, 0x5a, most * (size_t)E));
+    CU(cudaMalloc((void **)&out, (most / 512 + 32) * (size_t)E * 4));
+    cudaEvent_t e0, e1;
+    cudaStream_t st;
+    CU(cudaEventCreate(&e0));
+    CU(cudaEventCreate(&e1));
+    CU(cudaStreamCreate(&st));
+    double *t = malloc(sizeof(double) * (size_t)iters);
+    printf("probe: the decode kernel's weight reads alone (MXFP4 pieces, no scales, no math)\n");
+    printf("%-6s %7s  %-20s %10s %9s %8s\n", "gemm", "experts", "layout", "ms", "GB/s", "%HBM");
+    for (int s = 0; s < 2; s++)
+        for (int ne = 0; ne < 2; ne++) {
+            const int n_ex = ne ? E : K;
+            const int NG = (int)(mxg_round_up(shapes[s].N, MXG_NPAD) / 16);
+            const int KC = (int)(mxg_round_up(shapes[s].Kd, MXG_BK) / MXG_BK);
+            const size_t eb = (size_t)NG * (size_t)KC * 512;
+            const double bytes = (double)eb * n_ex;
+            for (int v = 0; v < 4; v++) {
+                for (int i = 0; i < iters + 3; i++) {
+                    CU(cudaEventRecord(e0, st));
+                    int rc = mxi_gpu_read_probe(w, eb, n_ex, NG, KC, v, out, st);
+                    CU(cudaEventRecord(e1, st));
+                    CU(cudaEventSynchronize(e1));
+                    if (rc != 0) {
+                        fprintf(stderr, "mxgpu_bench: read probe launch: %s\n", cudaGetErrorString((cudaError_t)rc));
+                        return 1;
+                    }
+                    float ms;
+                    CU(cudaEventElapsedTime(&ms, e0, e1));
+                    if (i >= 3)
+                        t[i - 3] = ms;
+                }
+                const double ms = median(t, iters), gbps = bytes / (ms * 1e-3) / 1e9;
+                printf("%-6s %7d  %-20s %10.4f %9.0f %7.1f%%\n", shapes[s].gemm, n_ex, names[v], ms, gbps,
+                       100.0 * gbps / bw);
+            }
+        }
+    free(t);
+    cudaStreamDestroy(st);
+    cudaFree(w);
+    cudaFree(out);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     size_t tokens[32] = {1, 8, 64, 512, 2048, 8192};
@@ -151,12 +218,17 @@ int main(int argc, char **argv)
     size_t H = 2880, I = 2880;
     uint64_t seed = 1;
     const char *json = NULL;
+    int probe = 0;
     mx_scheme_t scheme = MX_SCHEME_W4A16;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(USAGE, stdout);
             return 0;
+        }
+        if (!strcmp(a, "--probe")) {
+            probe = 1;
+            continue;
         }
         if (!v) {
             fprintf(stderr, "mxgpu_bench: %s: unknown option or missing value\n%s", a, USAGE);
@@ -216,6 +288,8 @@ int main(int argc, char **argv)
     double bw = hbm_gbps(20);
     double tf = cublas_tflops(20);
     printf("limits: HBM copy %.0f GB/s (read+write), cuBLAS BF16 %dx%dx%d %.0f TFLOP/s\n", bw, 8192, 8192, 8192, tf);
+    if (probe)
+        return read_probes(E, K, H, I, iters, bw);
 
     mx_moe_desc_t d;
     memset(&d, 0, sizeof d);

@@ -229,6 +229,13 @@ int mxi_gpu_quant_launch(const mxg_quant_params_t *p, void *stream);
 int mxi_gpu_combine_launch(const mxg_combine_params_t *p, void *stream);
 /* BM of a tile configuration. */
 int mxi_gpu_cfg_bm(int cfg);
+/* mxgpu_bench --probe: reads n_experts matrices of NG 16-row groups x KC chunks
+ * of 512 bytes (expert_bytes apart) with the MXFP4 decode kernel's grid and
+ * nothing else; variant 0/1: the packed (chunk-major) layout with a ring of
+ * 6/12 chunks, 2/3: each row group's chunks contiguous, 6/12; out: NG * 32 *
+ * n_experts words. CUDA only (HIP builds return -1). */
+int mxi_gpu_read_probe(const void *w, size_t expert_bytes, int n_experts, int NG, int KC, int variant,
+                       uint32_t *out, void *stream);
 #ifdef __cplusplus
 }
 #endif

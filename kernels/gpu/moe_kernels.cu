@@ -1254,6 +1254,67 @@ extern "C" int mxi_gpu_gemm_launch(const mxg_gemm_params_t *p, int cfg, void *st
     return 0;
 }
 
+/* ------------------------------------------------------------ read probe (mxgpu_bench --probe) */
+
+/* Reads n_experts matrices of NG 16-row groups x KC chunks of 512 bytes (the
+ * MXFP4 decode kernel's weight pieces, scales left out) with the decode
+ * kernel's grid, warps and register ring of D chunks, and nothing else: an XOR
+ * of the words, one word written per lane. CONTIG = 0 walks the packed layout
+ * (chunk-major: a warp's consecutive chunks lie NG x 512 bytes apart); CONTIG = 1
+ * a layout where each row group's chunks follow each other. Its speed against
+ * the layer's GEMMs tells what the decode kernel loses beyond reading. */
+#if !defined(MXG_HIP)
+template <int D, bool CONTIG>
+__global__ void __launch_bounds__(128) read_probe(const uint4 *w, size_t expert_u4, int NG, int KC, uint32_t *out)
+{
+    const int lane = threadIdx.x & 31, rg = blockIdx.x * 4 + (threadIdx.x >> 5), e = blockIdx.y;
+    if (rg >= NG)
+        return;
+    const uint4 *base = w + (size_t)e * expert_u4 + lane;
+    auto at = [&](int kc) {
+        return CONTIG ? base + ((size_t)rg * KC + kc) * 32 : base + ((size_t)kc * NG + rg) * 32;
+    };
+    uint4 r[D];
+#pragma unroll
+    for (int u = 0; u < D; u++)
+        if (u < KC)
+            r[u] = __ldg(at(u));
+    uint32_t x = 0;
+    for (int kc = 0; kc < KC; kc += D) {
+#pragma unroll
+        for (int u = 0; u < D; u++)
+            if (kc + u < KC) {
+                x ^= r[u].x ^ r[u].y ^ r[u].z ^ r[u].w;
+                if (kc + u + D < KC)
+                    r[u] = __ldg(at(kc + u + D));
+            }
+    }
+    out[((size_t)e * NG + rg) * 32 + lane] = x;
+}
+#endif
+
+extern "C" int mxi_gpu_read_probe(const void *w, size_t expert_bytes, int n_experts, int NG, int KC, int variant,
+                                  uint32_t *out, void *stream)
+{
+#if !defined(MXG_HIP)
+    const dim3 grid((unsigned)((NG + 3) / 4), (unsigned)n_experts), block(128);
+    const uint4 *w4 = (const uint4 *)w;
+    const size_t eu4 = expert_bytes / 16;
+    cudaStream_t st = (cudaStream_t)stream;
+    switch (variant) {
+    case 0: read_probe<6, false><<<grid, block, 0, st>>>(w4, eu4, NG, KC, out); break;
+    case 1: read_probe<12, false><<<grid, block, 0, st>>>(w4, eu4, NG, KC, out); break;
+    case 2: read_probe<6, true><<<grid, block, 0, st>>>(w4, eu4, NG, KC, out); break;
+    case 3: read_probe<12, true><<<grid, block, 0, st>>>(w4, eu4, NG, KC, out); break;
+    default: return (int)cudaErrorInvalidValue;
+    }
+    return (int)cudaGetLastError();
+#else
+    (void)w, (void)expert_bytes, (void)n_experts, (void)NG, (void)KC, (void)variant, (void)out, (void)stream;
+    return -1; /* not built for HIP */
+#endif
+}
+
 /* Plain launch, or a programmatic dependent one when `pdl` (sm_90). */
 template <typename P>
 static int launch_simple(void (*kern)(const P), dim3 grid, dim3 block, cudaStream_t st, const P &prm, int pdl)
