@@ -244,7 +244,12 @@ int wk_cmd_bench(wk_job_t *job)
     bench_row_t row;
     memset(&row, 0, sizeof row);
     snprintf(row.host, sizeof row.host, "%s", job->me.host);
-    snprintf(row.device, sizeof row.device, "%s", job->choice.device.name);
+    /* a GPU's ordinal first (cuda:1 ...): which device of the host the rank runs on */
+    if (job->choice.device.device_index >= 0)
+        snprintf(row.device, sizeof row.device, "%.8s:%d %.100s", job->choice.backend->name,
+                 (int)job->choice.device.device_index, job->choice.device.name);
+    else
+        snprintf(row.device, sizeof row.device, "%s", job->choice.device.name);
     snprintf(row.backend, sizeof row.backend, "%s", job->choice.backend->name);
     row.experts = job->n_my;
     double start = wk_now_ms(), last_progress = start;
