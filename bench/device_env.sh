@@ -6,6 +6,7 @@
 # there, and exports PKG_CONFIG_PATH, LD_LIBRARY_PATH, CMAKE_PREFIX_PATH (and PATH when
 # pkg-config itself comes from the packages). Sets DEPS, PREFIX, LIBDIR. Needs ROOT (the
 # repository). Returns 2, with a message, when there is neither an unpacked prefix nor a .deb.
+# Defines device_build (below) for the scripts that build mxep there.
 DEPS=$ROOT/.deps
 PREFIX=$DEPS/prefix
 LIBDIR=$PREFIX/usr/lib/x86_64-linux-gnu
@@ -37,4 +38,17 @@ case ":${PKG_CONFIG_PATH:-}:" in *":$PREFIX/pc:"*) ;; *)
   [ -x "$PREFIX/bin/pkg-config" ] && export PATH=$PREFIX/bin:$PATH
   ;;
 esac
+
+# device_build BUILD CUDA LOG TARGET...: configures BUILD (Release, sm_90a, CUDA ON/OFF, no HIP or
+# Level Zero) unless it is configured already, then builds the targets; the log's tail on failure.
+device_build() {
+  local build=$1 cuda=$2 log=$3
+  shift 3
+  if [ ! -f "$build/CMakeCache.txt" ]; then
+    cmake -S "$ROOT" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMXEP_WITH_CUDA="$cuda" -DMXEP_WITH_HIP=OFF \
+      -DMXEP_WITH_ZE=OFF -DCMAKE_CUDA_ARCHITECTURES="90a-real" > "$log" 2>&1 ||
+      { echo "configure failed:"; tail -30 "$log"; return 1; }
+  fi
+  cmake --build "$build" -j "$(nproc)" --target "$@" >> "$log" 2>&1 || { echo "build failed:"; tail -30 "$log"; return 1; }
+}
 return 0

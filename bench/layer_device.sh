@@ -39,13 +39,7 @@ BUILD=${LAYER_BUILD:-$ROOT/build-device}
 CUDA=OFF
 command -v nvcc >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1 && CUDA=ON
 [ "${LAYER_CUDA:-}" = OFF ] && CUDA=OFF
-if [ ! -f "$BUILD/CMakeCache.txt" ]; then
-  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DMXEP_WITH_CUDA=$CUDA -DMXEP_WITH_HIP=OFF \
-    -DMXEP_WITH_ZE=OFF -DCMAKE_CUDA_ARCHITECTURES="90a-real" > "$LOGS/layer_configure.log" 2>&1 ||
-    { echo "configure failed:"; tail -30 "$LOGS/layer_configure.log"; exit 1; }
-fi
-cmake --build "$BUILD" -j "$(nproc)" --target mxworker > "$LOGS/layer_build.log" 2>&1 ||
-  { echo "build failed:"; tail -30 "$LOGS/layer_build.log"; exit 1; }
+device_build "$BUILD" "$CUDA" "$LOGS/layer_build.log" mxworker || exit 1
 echo "built (cuda $CUDA) in ${SECONDS}s"
 W=$BUILD/worker/mxworker
 MPI="mpirun --allow-run-as-root"

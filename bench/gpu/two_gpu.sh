@@ -28,13 +28,7 @@ NGPU=$(nvidia-smi -L | grep -c '^GPU')
 nvidia-smi topo -m 2>/dev/null | head -4
 MXEP_DEPS_FRESH=1 . "$ROOT/bench/device_env.sh" || exit 2
 BUILD=$ROOT/build-device
-if [ ! -f "$BUILD/CMakeCache.txt" ]; then
-  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DMXEP_WITH_CUDA=ON -DMXEP_WITH_HIP=OFF \
-    -DMXEP_WITH_ZE=OFF -DCMAKE_CUDA_ARCHITECTURES="90a-real" > "$LOGS/configure.log" 2>&1 ||
-    { echo "configure failed:"; tail -30 "$LOGS/configure.log"; exit 1; }
-fi
-cmake --build "$BUILD" -j "$(nproc)" --target mxworker > "$LOGS/build.log" 2>&1 ||
-  { echo "build failed:"; tail -30 "$LOGS/build.log"; exit 1; }
+device_build "$BUILD" ON "$LOGS/build.log" mxworker || exit 1
 echo "built in ${SECONDS}s"
 W=$BUILD/worker/mxworker
 MPI="mpirun --allow-run-as-root --bind-to none"
