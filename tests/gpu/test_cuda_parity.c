@@ -797,6 +797,139 @@ static int child_main(uint64_t seed)
 static char g_self[4096];
 extern char **environ;
 
+/* The other process of the next test: a layer-sized W4A16 batch and a
+ * block-scaled W8A8 one (the flushing kernels), run in each tile configuration
+ * S, M, L under the kernel variants of this process's environment; prints one
+ * line per layer with the FNV-1a hash of its outputs. Exit status 1 when the
+ * configurations disagree, 2 when something else fails. */
+static int variants_child(void)
+{
+    if (mx_backend_cuda.probe(&g_dev) != MX_OK) {
+        fprintf(stderr, "variants child: probe: %s\n", mx_error_detail());
+        return 2;
+    }
+    for (int c = 0; c < 2; c++) {
+        mx_moe_desc_t d = c == 0 ? make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 704, 2880)
+                                 : make_desc(MX_SCHEME_W8A8, MX_ACT_SILU, 2880, 704);
+        if (c == 1)
+            d.act_group = 128;
+        const int E = c == 0 ? 4 : 3;
+        const size_t T = c == 0 ? 600 : 300, H = d.hidden;
+        gref_experts_t g;
+        if (gref_experts_make(&d, E, MX_WSCALE_BLOCK, 1, 7000 + (uint64_t)c, &g) != 0)
+            return 2;
+        mx_backend_packed_t *pk = NULL;
+        if (mx_backend_cuda.prepack(&g_dev, &d, g.ex, E, &pk) != MX_OK) {
+            fprintf(stderr, "variants child: prepack: %s\n", mx_error_detail());
+            return 2;
+        }
+        batch_t b;
+        batch_make(&b, T, H, 2, E, 7100 + (uint64_t)c);
+        const size_t bytes = b.NA * H * 2;
+        uint16_t *o = malloc(bytes);
+        if (!o)
+            return 2;
+        mx_run_args_t a = args_of(&b, MX_OUT_PER_ASSIGNMENT, o, NULL);
+        uint64_t h[3];
+        for (int cfg = 0; cfg < 3; cfg++) {
+            mxi_cuda_force_cfg(pk, cfg);
+            memset(o, 0xff, bytes);
+            if (mx_backend_cuda.run(pk, &a, NULL) != MX_OK) {
+                fprintf(stderr, "variants child: run: %s\n", mx_error_detail());
+                return 2;
+            }
+            h[cfg] = 1469598103934665603ull;
+            for (size_t i = 0; i < bytes; i++)
+                h[cfg] = (h[cfg] ^ ((const uint8_t *)o)[i]) * 1099511628211ull;
+        }
+        printf("%s T=%zu: S %016llx M %016llx L %016llx\n", mx_scheme_name(d.scheme), T, (unsigned long long)h[0],
+               (unsigned long long)h[1], (unsigned long long)h[2]);
+        free(o);
+        batch_free(&b);
+        mx_backend_cuda.release(pk);
+        gref_experts_free(&g);
+        if (h[0] != h[1] || h[0] != h[2])
+            return 1;
+    }
+    return 0;
+}
+
+/* Runs `self --variants-child` with `setting` (NAME=VALUE, or NULL) added to an
+ * environment cleared of every MXEP_CUDA_* variable; its output into out. */
+static int run_variant(const char *setting, char *out, size_t cap)
+{
+    size_t n_env = 0;
+    while (environ[n_env])
+        n_env++;
+    char **envp = calloc(n_env + 2, sizeof *envp);
+    if (!envp)
+        return -1;
+    size_t k = 0;
+    for (size_t i = 0; i < n_env; i++)
+        if (strncmp(environ[i], "MXEP_CUDA_", 10) != 0)
+            envp[k++] = environ[i];
+    if (setting)
+        envp[k++] = (char *)setting;
+    int fd[2];
+    if (pipe(fd) != 0) {
+        free(envp);
+        return -1;
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fd[1], 1);
+    posix_spawn_file_actions_addclose(&fa, fd[0]);
+    char *argv[] = {g_self, (char *)"--variants-child", NULL};
+    pid_t pid;
+    int rc = posix_spawn(&pid, g_self, &fa, NULL, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    free(envp);
+    close(fd[1]);
+    size_t len = 0;
+    ssize_t r;
+    while (rc == 0 && (r = read(fd[0], out + len, cap - 1 - len)) > 0)
+        len += (size_t)r;
+    out[len] = 0;
+    close(fd[0]);
+    if (rc != 0)
+        return -1;
+    int ws = 0;
+    if (waitpid(pid, &ws, 0) != pid || !WIFEXITED(ws))
+        return -1;
+    return WEXITSTATUS(ws);
+}
+
+/* Every kernel variant the environment selects (decode ring, large-batch tile,
+ * MMA instruction, dependent launches) must give the default's bits in every
+ * tile configuration: they change the schedule, never the arithmetic. Each
+ * runs in a process of its own (the choices are read once per process). */
+static void test_cuda_kernel_variants_give_the_default_bits(void **state)
+{
+    (void)state;
+    static const char *const settings[] = {NULL, "MXEP_CUDA_DEC=8x4", "MXEP_CUDA_DEC=12x3", "MXEP_CUDA_L=1x256",
+                                           "MXEP_CUDA_MMA=sync", "MXEP_CUDA_PDL=0"};
+    static char first[4096], got[4096];
+    int bad = 0;
+    for (size_t i = 0; i < sizeof settings / sizeof settings[0]; i++) {
+        char *out = i == 0 ? first : got;
+        int rc = run_variant(settings[i], out, sizeof first);
+        const char *what = settings[i] ? settings[i] : "default";
+        if (rc != 0) {
+            printf("  %s: child exit %d (1: tile configurations differ)\n%s", what, rc, out);
+            bad++;
+        } else if (i > 0 && strcmp(first, got) != 0) {
+            /* wgmma and mma.sync need not agree (one device runs one of them) */
+            int mma = settings[i] && !strcmp(settings[i], "MXEP_CUDA_MMA=sync");
+            printf("  %s: %s the default's bits\n%s", what, mma ? "differs from (allowed)" : "DIFFERS from", got);
+            bad += !mma;
+        } else {
+            printf("  %s: S, M, L equal%s\n", what, i ? ", the default's bits" : "");
+        }
+    }
+    printf("%s", first);
+    assert_int_equal(bad, 0);
+}
+
 /* 8 processes at once on one GPU, each with its own context (the mpirun -n 8
  * case of issue 7, without MPI): every one must match the reference. */
 static void test_cuda_eight_processes_on_one_gpu_match_ref(void **state)
@@ -831,6 +964,8 @@ int main(int argc, char **argv)
 {
     if (argc == 3 && !strcmp(argv[1], "--child"))
         return child_main(strtoull(argv[2], NULL, 10));
+    if (argc == 2 && !strcmp(argv[1], "--variants-child"))
+        return variants_child();
     ssize_t nself = readlink("/proc/self/exe", g_self, sizeof g_self - 1);
     if (nself <= 0)
         snprintf(g_self, sizeof g_self, "%s", argv[0]);
@@ -856,6 +991,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_cuda_repeated_runs_with_changing_batch_sizes_match_ref_and_a_fresh_instance),
         cmocka_unit_test(test_cuda_threads_sharing_or_owning_instances_match_serial_runs),
         cmocka_unit_test(test_cuda_eight_processes_on_one_gpu_match_ref),
+        cmocka_unit_test(test_cuda_kernel_variants_give_the_default_bits),
     };
     /* MXEP_TEST_FILTER=pattern (cmocka's * and ? wildcards) runs only the
      * matching tests, e.g. the invariance tests again under MXEP_CUDA_DEC */
