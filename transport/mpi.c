@@ -109,6 +109,23 @@ static size_t round_up(size_t x, size_t a)
     return (x + a - 1) / a * a;
 }
 
+/* Grows a private buffer to hold `need` bytes (a quarter more, ALIGN-rounded,
+ * so that slowly growing rounds do not reallocate each time). Returns 0, or -1
+ * with *tried set to the size that could not be allocated (the buffer is kept). */
+static int grow_buf(uint8_t **buf, size_t *cap, size_t need, size_t *tried)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = round_up(need + need / 4, ALIGN);
+    uint8_t *p = realloc(*buf, n);
+    *tried = n;
+    if (!p)
+        return -1;
+    *buf = p;
+    *cap = n;
+    return 0;
+}
+
 static void win_close(mpi_ctx_t *c)
 {
     if (c->win_open) {
@@ -528,16 +545,9 @@ static mx_status_t mpi_exchange(void *ctx, const void *send, const size_t *send_
     int rc;
     if (c->mode == MX_EXCHANGE_ALLTOALLV) {
         mx_status_t st = MX_OK;
-        if (total > c->priv_cap) {
-            size_t cap = round_up((size_t)total + total / 4, ALIGN);
-            uint8_t *p = realloc(c->priv, cap);
-            if (p) {
-                c->priv = p;
-                c->priv_cap = cap;
-            } else {
-                st = mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory for %zu receive bytes", cap);
-            }
-        }
+        size_t cap;
+        if (grow_buf(&c->priv, &c->priv_cap, total, &cap) != 0)
+            st = mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory for %zu receive bytes", cap);
         st = alltoallv_into(c, sbuf, send_counts, send_displs, recv_counts, recv_displs_p, c->priv, st, 0);
         if (st != MX_OK)
             return st;
@@ -660,19 +670,13 @@ static mx_status_t mpi_push_begin(void *ctx, const size_t *send_counts, const si
         }
     }
     mx_status_t st = MX_OK;
-    if (staged > c->stage_cap) {
-        size_t cap = round_up(staged + staged / 4, ALIGN);
-        uint8_t *p = realloc(c->stage, cap);
-        if (p) {
-            c->stage = p;
-            c->stage_cap = cap;
-        } else {
-            /* still publish and take part: the peers are at the barrier */
-            st = mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory for %zu cross-host bytes", cap);
-            for (int r = 0; r < c->size; r++)
-                if (c->local_of_world[r] < 0)
-                    c->zsc[r] = 0;
-        }
+    size_t cap;
+    if (grow_buf(&c->stage, &c->stage_cap, staged, &cap) != 0) {
+        /* still publish and take part: the peers are at the barrier */
+        st = mx_error_set(MX_ERR_NOMEM, "transport mpi: out of memory for %zu cross-host bytes", cap);
+        for (int r = 0; r < c->size; r++)
+            if (c->local_of_world[r] < 0)
+                c->zsc[r] = 0;
     }
     double t0 = now_ms();
     mx_status_t s2 = shm_publish(c, total, 0, c->zrd, NULL, NULL);
