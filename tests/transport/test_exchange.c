@@ -41,6 +41,19 @@ static uint8_t byte_of(int src, int dst, int round, size_t i)
     return (uint8_t)(mix(((uint64_t)src * 131 + (uint64_t)dst) * 1000003u + (uint64_t)round * 7919u + i) & 0xff);
 }
 
+/* The n bytes at p received from rank src in `round` (kind: "", "push " or
+ * "pull "): 1 when each is byte_of's, else 0 after naming the first wrong one. */
+static int piece_ok(const uint8_t *p, size_t n, int src, int round, const char *kind)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != byte_of(src, g_rank, round, i)) {
+            fprintf(stderr, "rank %d %sround %d: byte %zu from rank %d wrong (seed %u)\n", g_rank, kind, round, i, src,
+                    SEED);
+            return 0;
+        }
+    return 1;
+}
+
 static int all_ok(int ok)
 {
     int all = 0;
@@ -94,12 +107,8 @@ static int run_round(mx_transport_h t, int round, size_t max)
             break;
         }
         expect_displ += rc[s];
-        for (size_t i = 0; i < rc[s]; i++)
-            if (recv[rd[s] + i] != byte_of(s, g_rank, round, i)) {
-                fprintf(stderr, "rank %d round %d: byte %zu from rank %d wrong (seed %u)\n", g_rank, round, i, s, SEED);
-                ok = 0;
-                break;
-            }
+        if (!piece_ok(recv + rd[s], rc[s], s, round, ""))
+            ok = 0;
     }
     free(send);
     free(sc);
@@ -219,12 +228,7 @@ static int push_round(mx_transport_h t, int round, size_t max)
     for (int s = 0; s < n && ok; s++) {
         ok &= rd[s] == expect;
         expect += rc[s];
-        for (size_t i = 0; i < rc[s] && ok; i++)
-            if (recv[rd[s] + i] != byte_of(s, g_rank, round, i)) {
-                fprintf(stderr, "rank %d push round %d: byte %zu from rank %d wrong (seed %u)\n", g_rank, round, i,
-                        s, SEED);
-                ok = 0;
-            }
+        ok = ok && piece_ok(recv + rd[s], rc[s], s, round, "push ");
     }
     free(sc);
     free(rc);
@@ -270,12 +274,7 @@ static int pull_round(mx_transport_h t, int round, size_t max)
             ok = 0;
             break;
         }
-        for (size_t i = 0; i < rc[s] && ok; i++)
-            if (src[s][i] != byte_of(s, g_rank, round, i)) {
-                fprintf(stderr, "rank %d pull round %d: byte %zu from rank %d wrong (seed %u)\n", g_rank, round, i,
-                        s, SEED);
-                ok = 0;
-            }
+        ok = ok && piece_ok(src[s], rc[s], s, round, "pull ");
     }
     free(sc);
     free(sd);
