@@ -16,8 +16,9 @@
 #      ours beside plain MPI_Alltoallv in the same run; skipped where network namespaces are refused
 #      (iproute2 comes from .deps/ip when the machine has no `ip`);
 #   7. (profile) Nsight Compute on the GEMM kernels at LAYER_PROFILE token counts (default 1).
-# LAYER_STEPS picks the steps (default "deepep cpu8 cuda8"; also: rings probe cluster profile;
-# probe: mxgpu_bench --probe, the decode kernel's weight reads alone);
+# LAYER_STEPS picks the steps (default "deepep cpu8 cuda8"; also: rings probe l2pf cluster profile;
+# probe: mxgpu_bench --probe, the decode kernel's weight reads alone; l2pf: the decode GEMMs'
+# L2 prefetch on and off);
 # LAYER_CUDA=OFF builds without CUDA (faster, for the CPU-only steps).
 # $OUT gets layer_device.log, layer_summary.txt (the lines that matter), the JSON of each step and
 # ncu_summary.txt; full logs stay in /tmp/mxep_layer on the machine.
@@ -80,6 +81,15 @@ fi
 if [ "$CUDA" = ON ] && want probe && [ "$SECONDS" -lt 420 ]; then
   cmake --build "$BUILD" -j "$(nproc)" --target mxgpu_bench >> "$LOGS/layer_build.log" 2>&1 &&
     timeout 90 "$BUILD/kernels/gpu/mxgpu_bench" --probe --iters 20 2>&1 | grep -E "^limits|^probe|^gemm|^GEMM" || STATUS=1
+fi
+# 5d. the decode GEMMs' L2 prefetch against none (MXEP_CUDA_L2PF=0), twice each, T = 1, 2, 8
+if [ "$CUDA" = ON ] && want l2pf && [ "$SECONDS" -lt 420 ]; then
+  cmake --build "$BUILD" -j "$(nproc)" --target mxgpu_bench >> "$LOGS/layer_build.log" 2>&1 &&
+    for v in 1 0 1 0; do
+      echo "-- mxgpu_bench MXEP_CUDA_L2PF=$v (${SECONDS}s)"
+      MXEP_CUDA_L2PF=$v timeout 60 "$BUILD/kernels/gpu/mxgpu_bench" --tokens 1,2,8 --iters 30 2>&1 |
+        grep -E "^limits|^ +[0-9]+ +[0-9]+ +[SML] " || STATUS=1
+    done
 fi
 # 6. across hosts on the simulated cluster (iproute2 from .deps/ip when the machine lacks `ip`:
 #    unpacked into /tmp, its libraries searched after the system's)

@@ -64,6 +64,9 @@ struct mx_backend_packed {
     int cc;  /* compute capability, 10 * major + minor */
     int mma; /* MXG_MMA_WGMMA on sm_90 (unless MXEP_CUDA_MMA=sync), else MXG_MMA_SYNC */
     int pdl; /* programmatic dependent launches between the layer's kernels (sm_90; MXEP_CUDA_PDL=0 turns them off) */
+    size_t l2pf_max; /* a decode-kernel GEMM whose weights take at most this many bytes prefetches them into L2
+                      * while the kernel before it runs: half the L2 with dependent launches, else 0
+                      * (MXEP_CUDA_L2PF=0 turns it off) */
     /* staged batch */
     int cfg, n_mtiles, staged;
     size_t n_tokens, n_assign;
@@ -472,6 +475,12 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
     cudaError_t err = cudaSetDevice(dev->device_index);
     if (err != cudaSuccess)
         st = cuda_fail(p->device, err, "cudaSetDevice (creating the context; out of device memory?)");
+    int l2 = 0;
+    const char *l2_env = getenv("MXEP_CUDA_L2PF");
+    if (st == MX_OK && p->pdl && !(l2_env && !strcmp(l2_env, "0")) &&
+        cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev->device_index) == cudaSuccess && l2 > 0)
+        p->l2pf_max = (size_t)l2 / 2;
+    (void)cudaGetLastError();
     if (st == MX_OK) {
         err = cudaStreamCreateWithFlags(&p->stream, cudaStreamNonBlocking);
         if (err != cudaSuccess) {
@@ -684,6 +693,8 @@ static void gemm_common(const mx_backend_packed_t *p, const gmat_t *g, mxg_gemm_
     q->n_mtiles = p->n_mtiles;
     q->flush = g->flush_w;
     q->sc_big = g->sc_big;
+    /* the decode kernel reads each m tile's expert matrix once */
+    q->l2pf = p->cfg == MXG_CFG_S && (size_t)p->n_mtiles * (g->w_es + g->sc_es) <= p->l2pf_max;
 }
 
 #define KL(call, what)                                                                                                 \

@@ -156,6 +156,8 @@ typedef struct {
     int pdl;   /* 1: launched as a programmatic dependent of the previous kernel (sm_90) */
     int flush; /* 1: float scales per 128-wide K slice (block FP8 or per-group activations) */
     int sc_big; /* MXFP4: 1 when some E8M0 scale is above 2^1 (or NaN): the decode needs a second multiply */
+    int l2pf;   /* decode kernel (S) on sm_90: before waiting for the previous kernel, each warp asks
+                 * for the rest of its weights into L2 (set where they fit half the L2: bench/RESULTS.md) */
     const uint8_t *w;
     size_t w_estride; /* bytes per expert */
     const uint8_t *sc;

@@ -151,6 +151,20 @@ __device__ __forceinline__ void griddep_launch()
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
+/* Asks for `bytes` (a multiple of 16) at `ptr` (16-byte aligned) to be brought
+ * into L2 and kept there before other lines (evict_last), without waiting. */
+__device__ __forceinline__ void prefetch_l2(const void *ptr, uint32_t bytes)
+{
+#if defined(MXG_HAVE_GRIDDEP)
+    uint64_t pol;
+    asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(pol));
+    asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;\n" ::"l"(ptr), "r"(bytes), "l"(pol)
+                 : "memory");
+#else
+    (void)ptr;
+    (void)bytes;
+#endif
+}
 /* Waits until the previous kernel of the stream has completed and its writes
  * are visible (a no-op when this kernel was not launched as a dependent). */
 __device__ __forceinline__ void griddep_wait()
@@ -518,6 +532,17 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             for (int q = 0; q < W4; q++)
                 wr[u][q] = __ldg(wsrc + (size_t)u * wstep + q);
             sr[u] = WFMT == MXG_W_FP4 ? __ldg(ssrc + (size_t)u * sstep) : 0u;
+        }
+    }
+    /* p.l2pf: the warp's chunks past the ring go to L2 now, while the kernel that
+     * produces this one's input still runs (the lanes take every 32nd chunk) */
+    if (p.l2pf) {
+        const uint8_t *wb = p.w + (size_t)e * p.w_estride + (size_t)rg * 32 * TB;
+        const uint8_t *sb = WFMT == MXG_W_FP4 ? p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 : nullptr;
+        for (int kc = D + lane; kc < KC; kc += 32) {
+            prefetch_l2(wb + (size_t)kc * NG * 32 * TB, 32 * TB);
+            if (WFMT == MXG_W_FP4)
+                prefetch_l2(sb + (size_t)kc * NG * 32, 32);
         }
     }
     griddep_wait();
