@@ -318,9 +318,10 @@ int main(int argc, char **argv)
         return 1;
     }
     printf("layer: %s swiglu_oai E=%d H=%zu I=%zu top-%d, %.1f MB of weights per expert; build+prepack %.1f s; "
-           "MMA %s (MXEP_CUDA_MMA=sync picks mma.sync), dependent launches %s\n",
+           "MMA %s%s (MXEP_CUDA_MMA=sync picks mma.sync), dependent launches %s\n",
            mx_scheme_name(scheme), E, H, I, K, expert_bytes / 1e6, (now_ms() - t0) / 1e3,
            mxi_cuda_mma(pk) == 1 ? "wgmma" : "mma.sync",
+           mxi_cuda_fp8_mma(pk) ? " on the FP8 tensor cores (MXEP_CUDA_FP8MMA=0: BF16)" : "",
            getenv("MXEP_CUDA_PDL") && !strcmp(getenv("MXEP_CUDA_PDL"), "0") ? "off" : "on where sm_90");
 
     point_t pts[32];

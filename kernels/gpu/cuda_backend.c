@@ -62,7 +62,7 @@ struct mx_backend_packed {
     pthread_mutex_t lock; /* run() of one packed object, one thread at a time */
     int force_cfg;
     int cc;  /* compute capability, 10 * major + minor */
-    int mma; /* MXG_MMA_WGMMA on sm_90 (unless MXEP_CUDA_MMA=sync), else MXG_MMA_SYNC */
+    int mma; /* MXG_MMA_WGMMA on sm_90 (unless MXEP_CUDA_MMA=sync or E4M3 tokens), else MXG_MMA_SYNC */
     int pdl; /* programmatic dependent launches between the layer's kernels (sm_90; MXEP_CUDA_PDL=0 turns them off) */
     size_t l2pf_max; /* a decode-kernel GEMM whose weights take at most this many bytes prefetches them into L2
                       * while the kernel before it runs: half the L2 with dependent launches, else 0
@@ -72,7 +72,7 @@ struct mx_backend_packed {
     size_t n_tokens, n_assign;
     mx_out_mode_t mode;
     /* device scratch */
-    dbuf_t x, meta, xq, grp1, grp2, rs1, rs2, hid, y, out;
+    dbuf_t x, meta, xq, grp1, grp2, rs1, rs2, hid, hq, y, out; /* hq: GEMM2's E4M3 input (MXG_W_FP8X) */
     /* host scratch */
     void *hmeta;
     size_t hmeta_cap;
@@ -196,14 +196,22 @@ static int cuda_supports(const mx_device_info_t *dev, const mx_moe_desc_t *desc,
 
 /* ------------------------------------------------------------ prepack */
 
-static int scheme_wfmt(mx_scheme_t s)
+/* W8A8 runs on the FP8 tensor cores (E4M3 token rows, MXG_W_FP8X) on sm_90, the
+ * only FP8 target this build compiles MMA code for, unless MXEP_CUDA_FP8MMA=0 asks
+ * for the BF16 tensor cores (E4M3 decoded exactly to BF16) as everywhere else. */
+static int scheme_wfmt(mx_scheme_t s, int cc)
 {
+    if (s == MX_SCHEME_W8A8 && cc == 90) {
+        const char *e = getenv("MXEP_CUDA_FP8MMA");
+        if (!e || strcmp(e, "0"))
+            return MXG_W_FP8X;
+    }
     return s == MX_SCHEME_W16A16 ? MXG_W_BF16 : (s == MX_SCHEME_W4A16 || s == MX_SCHEME_W4A8) ? MXG_W_FP4 : MXG_W_FP8;
 }
 
 static mx_status_t check_matrix(const mx_matrix_t *m, int wfmt, size_t rows, size_t cols, int j, const char *name)
 {
-    static const mx_wfmt_t want[3] = {MX_WFMT_BF16, MX_WFMT_MXFP4, MX_WFMT_FP8};
+    static const mx_wfmt_t want[4] = {MX_WFMT_BF16, MX_WFMT_MXFP4, MX_WFMT_FP8, MX_WFMT_FP8};
     if (m->fmt != want[wfmt] || !m->data)
         return mx_error_set(MX_ERR_INVALID, "cuda prepack: expert %d %s: format %d (data %s), expected %d", j, name,
                             (int)m->fmt, m->data ? "set" : "NULL", (int)want[wfmt]);
@@ -213,7 +221,7 @@ static mx_status_t check_matrix(const mx_matrix_t *m, int wfmt, size_t rows, siz
     if (wfmt == MXG_W_FP4 && (!m->scales || cols % 32))
         return mx_error_set(MX_ERR_INVALID, "cuda prepack: expert %d %s: MXFP4 needs E8M0 scales and cols %% 32 == 0",
                             j, name);
-    if (wfmt == MXG_W_FP8 && (!m->scales || (m->scale_kind != MX_WSCALE_BLOCK && m->scale_kind != MX_WSCALE_CHANNEL &&
+    if (mxg_wfmt_fp8(wfmt) && (!m->scales || (m->scale_kind != MX_WSCALE_BLOCK && m->scale_kind != MX_WSCALE_CHANNEL &&
                                              m->scale_kind != MX_WSCALE_TENSOR)))
         return mx_error_set(MX_ERR_INVALID,
                             "cuda prepack: expert %d %s: FP8 needs float scales (block 128x128, channel or tensor)", j,
@@ -244,7 +252,7 @@ static void pack_matrix(const mx_matrix_t *m, int wfmt, gmat_t *g, const int *ro
                             const int bit = mxg_fp4_bit(sh, j); /* little-endian step word */
                             w[o + (size_t)(bit >> 3)] |= (uint8_t)(1u << (bit & 7));
                         }
-                } else if (wfmt == MXG_W_FP8) {
+                } else if (mxg_wfmt_fp8(wfmt)) {
                     w[o] = ((const uint8_t *)m->data)[(size_t)src * cols + k];
                 } else {
                     memcpy(w + o, (const uint16_t *)m->data + (size_t)src * cols + k, 2);
@@ -257,7 +265,7 @@ static void pack_matrix(const mx_matrix_t *m, int wfmt, gmat_t *g, const int *ro
                     g->sc_big |= e8 > 128;
                 }
         }
-        if (wfmt == MXG_W_FP8) {
+        if (mxg_wfmt_fp8(wfmt)) {
             const float *s = (const float *)m->scales;
             for (int kb = 0; kb < g->wsf_kb; kb++) {
                 float v = 0.0f;
@@ -304,7 +312,7 @@ static void cuda_release(mx_backend_packed_t *p)
         (void)cudaStreamSynchronize(p->stream);
     gmat_free(&p->m1);
     gmat_free(&p->m2);
-    dbuf_t *bufs[] = {&p->x, &p->meta, &p->xq, &p->grp1, &p->grp2, &p->rs1, &p->rs2, &p->hid, &p->y, &p->out};
+    dbuf_t *bufs[] = {&p->x, &p->meta, &p->xq, &p->grp1, &p->grp2, &p->rs1, &p->rs2, &p->hid, &p->hq, &p->y, &p->out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         dbuf_free(bufs[i]);
     if (p->stream)
@@ -329,7 +337,7 @@ static mx_status_t gmat_alloc(gmat_t *g, int dev, int wfmt, int E, size_t N, siz
     g->wsf_kb = block_scales ? (g->K_pad + 127) / 128 : 1;
     g->flush_w = block_scales;
     g->sc_big = 0;
-    g->wsf_es = wfmt == MXG_W_FP8 ? (size_t)g->wsf_kb * g->N_pad : 0;
+    g->wsf_es = mxg_wfmt_fp8(wfmt) ? (size_t)g->wsf_kb * g->N_pad : 0;
     g->bias_es = (size_t)g->N_pad;
     char what[96];
     snprintf(what, sizeof what, "%s packed weights of %d experts", name, E);
@@ -381,7 +389,7 @@ static mx_status_t prepack_body(mx_backend_packed_t *p, const mx_expert_weights_
             st = check_matrix(&experts[j].down, wf, H, I, j, "down");
         if (st != MX_OK)
             return st;
-        if (wf == MXG_W_FP8) {
+        if (mxg_wfmt_fp8(wf)) {
             int b1 = experts[j].gate_up.scale_kind == MX_WSCALE_BLOCK,
                 b2 = experts[j].down.scale_kind == MX_WSCALE_BLOCK;
             if (j > 0 && (b1 != blk1 || b2 != blk2))
@@ -460,12 +468,14 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
     p->desc = *desc;
     p->n_experts = n_experts;
     p->device = dev->device_index;
-    p->wfmt = scheme_wfmt(desc->scheme);
     p->force_cfg = -1;
     p->cc = (int)dev->flags;
+    p->wfmt = scheme_wfmt(desc->scheme, p->cc);
     p->mma = p->cc == 90 ? MXG_MMA_WGMMA : MXG_MMA_SYNC;
     const char *mma_env = getenv("MXEP_CUDA_MMA");
     if (mma_env && !strcmp(mma_env, "sync"))
+        p->mma = MXG_MMA_SYNC;
+    if (p->wfmt == MXG_W_FP8X) /* E4M3 tokens: mma.sync .e4m3 in every tile (moe_kernels.cu, gemm_tc) */
         p->mma = MXG_MMA_SYNC;
     p->pdl = p->cc >= 90;
     const char *pdl_env = getenv("MXEP_CUDA_PDL");
@@ -568,6 +578,8 @@ static mx_status_t scratch_need(mx_backend_packed_t *p, size_t T, size_t NA, siz
     int quant = p->desc.scheme == MX_SCHEME_W4A8 || p->desc.scheme == MX_SCHEME_W8A8;
     if (st == MX_OK && (quant || p->cfg == MXG_CFG_S)) /* S: GEMM1 reads a permuted copy */
         st = dbuf_need(p, &p->xq, NA * K1 * 2, "quantized tokens");
+    if (st == MX_OK && p->wfmt == MXG_W_FP8X)
+        st = dbuf_need(p, &p->hq, NA * K2, "quantized hidden activations (E4M3)");
     if (st == MX_OK && quant)
         st = dbuf_need(p, &p->rs1, NA * 4, "activation scales");
     if (st == MX_OK && quant)
@@ -714,6 +726,7 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
     const int K1 = p->m1.K_pad, K2 = p->m2.K_pad;
     const mx_scheme_t sch = p->desc.scheme;
     const int grp = sch == MX_SCHEME_W8A8 && p->desc.act_group == 128;
+    const int x8 = p->wfmt == MXG_W_FP8X; /* token rows as E4M3 bytes for the FP8 tensor cores */
     mxg_gemm_params_t g1, g2;
     gemm_common(p, &p->m1, &g1);
     gemm_common(p, &p->m2, &g2);
@@ -731,7 +744,10 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
         q.in = p->x.ptr;
         q.ld_in = K1;
         q.src_rows = p->d_a_tok;
-        q.out = p->xq.ptr;
+        if (x8)
+            q.out8 = (uint8_t *)p->xq.ptr;
+        else
+            q.out = p->xq.ptr;
         q.ld_out = K1;
         q.K = (int)p->desc.hidden;
         q.perm_out = perm;
@@ -767,15 +783,21 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
     g1.ldo = K2;
     KL(mxi_gpu_gemm_launch(&g1, p->cfg, p->stream), "GEMM1 (gate_up + activation) launch");
 
-    /* GEMM2 input: the BF16 hidden activation, quantized in place where the scheme says */
-    g2.a = p->hid.ptr;
+    /* GEMM2 input: the BF16 hidden activation, quantized in place where the scheme
+     * says (into hq as E4M3 bytes for the FP8 tensor cores) */
+    g2.a = x8 ? p->hq.ptr : p->hid.ptr;
     g2.lda = K2;
     if (sch == MX_SCHEME_W4A8 || sch == MX_SCHEME_W8A8) {
         mxg_quant_params_t q = {0};
         q.mode = sch == MX_SCHEME_W4A8 ? MXG_Q_STATIC : grp ? MXG_Q_GROUP128 : MXG_Q_TOKEN;
         q.in = p->hid.ptr;
         q.ld_in = K2;
-        q.out = p->hid.ptr;
+        if (x8) {
+            q.out8 = (uint8_t *)p->hq.ptr;
+            q.pad_out = K2;
+        } else {
+            q.out = p->hid.ptr;
+        }
         q.ld_out = K2;
         q.K = (int)p->desc.inter;
         q.perm_in = q.perm_out = perm; /* in place, in the order GEMM1 wrote */
@@ -855,9 +877,14 @@ int mxi_cuda_mma(const mx_backend_packed_t *p)
 {
     return p ? p->mma : -1;
 }
+int mxi_cuda_fp8_mma(const mx_backend_packed_t *p)
+{
+    return p && p->wfmt == MXG_W_FP8X;
+}
 int mxi_cuda_force_mma(mx_backend_packed_t *p, int mma)
 {
-    if (!p || (mma != MXG_MMA_SYNC && mma != MXG_MMA_WGMMA) || (mma == MXG_MMA_WGMMA && p->cc != 90))
+    if (!p || (mma != MXG_MMA_SYNC && mma != MXG_MMA_WGMMA) ||
+        (mma == MXG_MMA_WGMMA && (p->cc != 90 || p->wfmt == MXG_W_FP8X)))
         return 0;
     p->mma = mma;
     return 1;

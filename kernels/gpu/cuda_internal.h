@@ -33,6 +33,9 @@ void mxi_cuda_force_cfg(mx_backend_packed_t *packed, int cfg);
  * for tests to pick one (returns 0 when the device cannot run it). */
 int mxi_cuda_mma(const mx_backend_packed_t *packed);
 int mxi_cuda_force_mma(mx_backend_packed_t *packed, int mma);
+/* 1 when the layer runs on the FP8 tensor cores (W8A8 on sm_90: E4M3 token rows;
+ * MXEP_CUDA_FP8MMA=0 at prepack turns it off), else 0. */
+int mxi_cuda_fp8_mma(const mx_backend_packed_t *packed);
 
 #ifdef __cplusplus
 }

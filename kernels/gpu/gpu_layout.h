@@ -3,7 +3,7 @@
  *
  * The kernels compute out^T = W . x^T: weight rows are the M side of the
  * tensor-core MMA (operand A, decoded in registers), tokens the N side (operand
- * B, BF16 in shared memory). The layout therefore gives each thread of a warp
+ * B, BF16 in shared memory; E4M3 bytes for MXG_W_FP8X). The layout therefore gives each thread of a warp
  * exactly its A-fragment registers of an m16n8k16 MMA (the same per-warp
  * fragment that wgmma m64nNk16 takes from registers on Hopper).
  *
@@ -45,7 +45,10 @@
 #define MXG_BK 64
 #define MXG_NPAD 256
 
-enum { MXG_W_BF16 = 0, MXG_W_FP4 = 1, MXG_W_FP8 = 2 };
+/* MXG_W_FP8X: FP8 weights for the FP8 tensor cores (W8A8 on sm_90: token rows
+ * are E4M3 bytes too, the MMAs m16n8k32 / m64nNk32 .e4m3); same bytes per lane as
+ * MXG_W_FP8, arranged as those MMAs' A fragments (see below). */
+enum { MXG_W_BF16 = 0, MXG_W_FP4 = 1, MXG_W_FP8 = 2, MXG_W_FP8X = 3 };
 enum { MXG_EPI_ACT = 0, MXG_EPI_OUT = 1 };
 enum { MXG_CFG_S = 0, MXG_CFG_M = 1, MXG_CFG_L = 2 };
 enum { MXG_Q_STATIC = 0, MXG_Q_TOKEN = 1, MXG_Q_GROUP128 = 2, MXG_Q_COPY = 3 };
@@ -70,7 +73,12 @@ static inline int mxg_cfg_bm(int cfg)
 /* Bytes one lane holds per 64-wide chunk of a 16-row group. */
 static inline MXG_HD size_t mxg_thread_bytes(int wfmt)
 {
-    return wfmt == MXG_W_FP4 ? 16 : wfmt == MXG_W_FP8 ? 32 : 64;
+    return wfmt == MXG_W_FP4 ? 16 : (wfmt == MXG_W_FP8 || wfmt == MXG_W_FP8X) ? 32 : 64;
+}
+/* Weights with FP8 bytes (E4M3FN), either arrangement. */
+static inline MXG_HD int mxg_wfmt_fp8(int wfmt)
+{
+    return wfmt == MXG_W_FP8 || wfmt == MXG_W_FP8X;
 }
 /* Byte offset of element (n, k) inside one expert's packed matrix of N_pad rows;
  * for MXFP4 it is the offset of the element's 32-bit step word and *shift_p
@@ -78,6 +86,14 @@ static inline MXG_HD size_t mxg_thread_bytes(int wfmt)
 static inline MXG_HD size_t mxg_w_offset(int wfmt, int N_pad, int n, int k, int *shift_p)
 {
     const int rg = n >> 4, g = n & 7, hh = (n >> 3) & 1;
+    if (wfmt == MXG_W_FP8X) {
+        /* k32 step s2 of the chunk at byte 16 s2; register r = hh + 2 kh at + 4 r holds
+         * columns 4 t .. 4 t + 3 (+ 16 kh) of the step, lower column in the low byte */
+        const int kc = k >> 6, s2 = (k >> 5) & 1, kh = (k >> 4) & 1, t4 = (k >> 2) & 3, b = k & 3;
+        *shift_p = 0;
+        return (((size_t)kc * (size_t)(N_pad >> 4) + (size_t)rg) * 32 + (size_t)(g * 4 + t4)) * 32 + (size_t)s2 * 16 +
+               (size_t)(hh + 2 * kh) * 4 + (size_t)b;
+    }
     const int kc = k >> 6, s = (k >> 4) & 3, kh = (k >> 3) & 1, t4 = (k >> 1) & 3, el = k & 1;
     const int lane = g * 4 + t4, r = hh + 2 * kh;
     const size_t base = (((size_t)kc * (size_t)(N_pad >> 4) + (size_t)rg) * 32 + (size_t)lane) * mxg_thread_bytes(wfmt);
@@ -141,6 +157,17 @@ static inline MXG_HD int mxg_tok_pos(int c)
     return (c & ~63) | (16 * t + 4 * s + 2 * kh + el);
 }
 
+/* The same for FP8 token rows (MXG_W_FP8X, decode kernel): lane quad t takes, for
+ * the chunk's two k32 steps s, columns 4t .. 4t + 3 and 16 + 4t .. 16 + 4t + 3 of
+ * the step (B fragments of m16n8k32): 16 contiguous bytes. Column c of a chunk
+ * (s = c / 32, kh = c / 16 % 2, t = c / 4 % 4, b = c % 4) is stored at byte
+ * 16 t + 8 s + 4 kh + b. */
+static inline MXG_HD int mxg_tok_pos8(int c)
+{
+    const int q = c & 63, s = q >> 5, kh = (q >> 4) & 1, t = (q >> 2) & 3, b = q & 3;
+    return (c & ~63) | (16 * t + 8 * s + 4 * kh + b);
+}
+
 /* Packed GEMM1 row n -> (activation index i, 0 gate / 1 up). */
 static inline MXG_HD int mxg_gateup_index(int n, int *up_p)
 {
@@ -168,7 +195,8 @@ typedef struct {
     const float *bias;
     size_t bias_estride; /* [N_pad] per expert (zeros when the model has none) */
     int N, N_pad, K_pad;
-    /* A: bf16 rows, lda elements apart, columns [K, K_pad) zero */
+    /* A: bf16 rows, lda elements apart, columns [K, K_pad) zero (MXG_W_FP8X: E4M3
+     * bytes, lda bytes apart) */
     const uint16_t *a;
     int lda;
     const int32_t *a_rows;    /* sorted row -> row of a; NULL: row = sorted row */
@@ -192,13 +220,16 @@ typedef struct {
  * row r at out + r * ld_out; scales per row (STATIC: read; TOKEN: written) or
  * per row and 128 group (GROUP128: written to grp[r * n_grp + g]); COPY copies
  * the BF16 values. perm_in / perm_out: the rows are in mxg_tok_pos order;
- * pad_out > K: columns [K, pad_out) of the output are written as zeros. */
+ * pad_out > K: columns [K, pad_out) of the output are written as zeros.
+ * out8 (instead of out): the E4M3 bytes themselves, ld_out bytes apart, for the
+ * FP8 tensor cores (perm_out: mxg_tok_pos8 order). */
 typedef struct {
     int mode;
     const uint16_t *in;
     int ld_in;
     const int32_t *src_rows;
     uint16_t *out;
+    uint8_t *out8;
     int ld_out;
     int K;
     float *row_scale;

@@ -1,7 +1,8 @@
 /* mxep GPU kernels, written once in the CUDA dialect and also built as HIP
  * (vendors/hip.h). Grouped expert GEMMs over all local experts of a batch in
- * one launch per GEMM, an activation quantizer (FP8 E4M3 values kept in BF16
- * registers) and the weighted combine. Layouts: gpu_layout.h.
+ * one launch per GEMM, an activation quantizer (FP8 E4M3 values kept in BF16,
+ * or as E4M3 bytes for the FP8 tensor cores) and the weighted combine. Layouts:
+ * gpu_layout.h.
  *
  * The GEMMs compute out^T = W . x^T: weight rows are the M side of the
  * tensor-core MMA, decoded from the packed format straight into A-fragment
@@ -9,6 +10,9 @@
  * 16-byte pieces XOR-swizzled by row, the layout wgmma's 128B swizzle reads).
  * On sm_90a the MMA is wgmma m64nNk16 (A from registers, B from shared
  * memory); elsewhere (sm_80+) the same fragments go through mma.sync m16n8k16.
+ * W8A8 on sm_90 (MXG_W_FP8X) keeps E4M3 token rows (64-byte rows, 64-byte
+ * swizzle) and runs mma.sync m16n8k32 .e4m3 in every tile configuration: wgmma
+ * .e4m3 summed differently and less exactly on the H100 (bench/RESULTS.md).
  * A CTA streams its weight rows through a multi-stage cp.async pipeline; on
  * sm_90 consecutive kernels of a layer are programmatic dependent launches:
  * a GEMM prefetches its first weight chunks before waiting for the kernel
@@ -17,11 +21,13 @@
  * Numerics (FORMATS.md Part 1): weights decode exactly (MXFP4 and E4M3 values
  * times power-of-two E8M0 scales are exact in BF16), FP32 accumulation in a
  * fixed K order that depends on neither the batch nor the tile shape: every
- * configuration walks K in k16 MMA steps in ascending order into one
- * accumulator per (weight row, token), with the same MMA instruction family
- * on one device (tests/gpu checks every tile configuration bitwise); per
- * 128-wide K slice flushes (block FP8 scales, per-group activations) multiply
- * the slice's partial sum by (weight factor * token factor); then the scales
+ * configuration walks K in k16 MMA steps (k32 for E4M3 tokens) in ascending
+ * order into one accumulator per (weight row, token), with the same MMA
+ * instruction family on one device (tests/gpu checks every tile configuration
+ * bitwise); per 128-wide K slice flushes (block FP8 scales, per-group
+ * activations) multiply the slice's partial sum by (weight factor * token
+ * factor), and with E4M3 tokens every slice's sum is added to the FP32
+ * accumulator on its own (factor 1 without block scales); then the scales
  * of the whole row, the bias, the activation in FP32, and BF16 rounding. */
 #if defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC__)
 #include "vendors/hip.h"
@@ -42,6 +48,9 @@
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define MXG_HAVE_WGMMA 1
 #endif
+#endif
+#if !defined(MXG_HIP) && defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 890)
+#define MXG_HAVE_FP8MMA 1 /* mma.sync m16n8k32 .e4m3 */
 #endif
 
 /* ------------------------------------------------------------ scalar helpers */
@@ -105,6 +114,18 @@ __device__ __forceinline__ float f_to_e4m3(float v)
     }
     q = fminf(q, 448.0f);
     return copysignf(q, v);
+}
+
+/* The E4M3FN byte of q, a value f_to_e4m3 returned (exact; NaN -> 0x7f). */
+__device__ __forceinline__ uint32_t e4m3_byte(float q)
+{
+    const uint32_t u = __float_as_uint(q), sg = (u >> 24) & 0x80u;
+    const float a = fabsf(q);
+    if (!(a == a))
+        return sg | 0x7fu;
+    if (a < 0.015625f) /* zero and the subnormals m * 2^-9 */
+        return sg | (uint32_t)(a * 512.0f);
+    return sg | ((((u >> 23) & 0xffu) - 120u) << 3) | ((u >> 20) & 7u);
 }
 
 /* Two E4M3FN bytes -> BF16x2 of value * 2^-120. */
@@ -260,6 +281,23 @@ __device__ __forceinline__ void mma_16816(float *c, const uint32_t a[4], uint32_
 #endif
 }
 
+/* FP8 (E4M3FN) m16n8k32: A fragment a[r] = 4 bytes of rows (g, g + 8, g, g + 8),
+ * columns 4 t .. 4 t + 3 (+ 16 for r = 2, 3); b0 / b1 = columns 4 t .. (+ 16) of token g. */
+__device__ __forceinline__ void mma_16832_e4m3(float *c, const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+#if defined(MXG_HAVE_FP8MMA)
+    asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    (void)c;
+    (void)a;
+    (void)b0;
+    (void)b1;
+#endif
+}
+
 /* Orders shared-memory writes of this thread's generic proxy (cp.async data,
  * after its wait) before reads of the async proxy (wgmma operands). */
 __device__ __forceinline__ void fence_proxy_async()
@@ -369,19 +407,22 @@ template <> struct Wgmma<256> {
     }
 };
 
+
 enum { ENG_SYNC = MXG_MMA_SYNC, ENG_WG = MXG_MMA_WGMMA };
 
 /* Tile configuration: NWG warpgroups (consumers of MT m64 weight tiles each:
  * BMW = 64 NWG MT weight rows) by BNT tokens. Shared memory: STAGES stages of
- * tokens [BNT][128 B], weights [BMW/16 groups][32 lanes][TB] and MXFP4 scales
+ * tokens [BNT][AROW], weights [BMW/16 groups][32 lanes][TB] and MXFP4 scales
  * [BMW/16][32], each kind in its own array (token tiles 1024-aligned); the
  * epilogue reuses it as [BNT][EPI_PITCH] BF16. */
 template <int NWG, int MT, int BNT, int WFMT, int MAXST> struct TcCfg {
     static constexpr int NT = NWG * 128;
     static constexpr int BMW = NWG * MT * 64;
     static constexpr int NGRP = BMW / 16;
-    static constexpr int TB = WFMT == MXG_W_FP4 ? 16 : WFMT == MXG_W_FP8 ? 32 : 64;
-    static constexpr int A_BYTES = BNT * 128;
+    static constexpr int TB = WFMT == MXG_W_FP4 ? 16 : (WFMT == MXG_W_FP8 || WFMT == MXG_W_FP8X) ? 32 : 64;
+    /* bytes of one token row per chunk: 64 BF16, or 64 E4M3 (MXG_W_FP8X) */
+    static constexpr int AROW = WFMT == MXG_W_FP8X ? 64 : 128;
+    static constexpr int A_BYTES = BNT * AROW;
     static constexpr int W_BYTES = NGRP * 32 * TB;
     static constexpr int S_BYTES = WFMT == MXG_W_FP4 ? NGRP * 32 : 0;
     static constexpr int STAGE = A_BYTES + W_BYTES + S_BYTES;
@@ -464,6 +505,11 @@ __device__ __forceinline__ void decode_step(const uint32_t *src, int s, const Fp
             a[2] = bf16x2_mul(a[2], m.m2[0][b]);
             a[3] = bf16x2_mul(a[3], m.m2[1][b]);
         }
+    } else if (WFMT == MXG_W_FP8X) { /* k32 step s: the bytes are the fragment */
+        a[0] = src[4 * s];
+        a[1] = src[4 * s + 1];
+        a[2] = src[4 * s + 2];
+        a[3] = src[4 * s + 3];
     } else if (WFMT == MXG_W_FP8) {
         const uint32_t lo = src[2 * s], hi = src[2 * s + 1];
         a[0] = bf16x2_mul(fp8x2_bits(lo & 0xffffu), 0x7b807b80u); /* * 2^120 */
@@ -504,8 +550,12 @@ template <bool B> struct BoolC {
 template <int WFMT, bool FLUSH, bool BIG, int D, int MINB>
 __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
-    constexpr int TB = WFMT == MXG_W_FP4 ? 16 : WFMT == MXG_W_FP8 ? 32 : 64;
+    constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
+    constexpr bool PART = FLUSH || X;      /* partial sums flushed per 128-wide K slice */
+    constexpr int TB = WFMT == MXG_W_FP4 ? 16 : (WFMT == MXG_W_FP8 || X) ? 32 : 64;
     constexpr int W4 = TB / 16; /* uint4 per lane per chunk */
+    constexpr int NS = X ? 2 : 4; /* MMA k steps per chunk (k32 / k16) */
+    constexpr int XH = X ? 1 : 2; /* 16-byte token pieces per lane, chunk and n8 tile */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t4 = lane & 3;
     griddep_launch();
@@ -548,7 +598,8 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     griddep_wait();
 
     /* the lane's token rows: 8 j + g of the tile, j = 0, 1, in mxg_tok_pos
-     * order (its 16 columns of a chunk are 32 contiguous bytes). Rows past the
+     * order (its 16 columns of a chunk are 32 contiguous bytes; E4M3 rows in
+     * mxg_tok_pos8 order, 16 bytes). Rows past the
      * expert's tokens read its last token instead: the MMA's columns are
      * independent and those columns are never stored. */
     const uint4 *xr[2];
@@ -556,7 +607,8 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     for (int j = 0; j < 2; j++) {
         const int m = m0 + 8 * j + g;
         const int srow = off + (m < cnt ? m : cnt - 1);
-        xr[j] = (const uint4 *)(p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda + 16 * t4);
+        xr[j] = (const uint4 *)((const uint8_t *)p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda * (X ? 1 : 2) +
+                                XH * 16 * t4);
     }
 
     float acc[2][4];
@@ -571,9 +623,9 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     auto kloop = [&](auto two_c) {
         constexpr bool TWO = decltype(two_c)::value;
         constexpr int NJ = TWO ? 2 : 1;
-        float part[FLUSH ? 2 : 1][4];
+        float part[PART ? 2 : 1][4];
 #pragma unroll
-        for (int j = 0; j < (FLUSH ? 2 : 1); j++)
+        for (int j = 0; j < (PART ? 2 : 1); j++)
 #pragma unroll
             for (int q = 0; q < 4; q++)
                 part[j][q] = 0.0f;
@@ -582,34 +634,33 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         const uint4 *wnext = wsrc + (size_t)D * wstep;
         const uint32_t *snext = WFMT == MXG_W_FP4 ? ssrc + (size_t)D * sstep : nullptr;
         /* token fragments of the current chunk, the next chunk's loaded one
-         * chunk ahead (8 uint4 per 64 columns of a row: the chunk stride) */
+         * chunk ahead (8 uint4 per 64 columns of a row, 4 for E4M3: the chunk stride) */
         const uint4 *xp[2] = {xr[0], xr[1]};
         uint4 bq[2][2][2]; /* [chunk parity][n8 tile][half]: D is even */
 #pragma unroll
-        for (int j = 0; j < NJ; j++) {
-            bq[0][j][0] = __ldg(xp[j]);
-            bq[0][j][1] = __ldg(xp[j] + 1);
-        }
+        for (int j = 0; j < NJ; j++)
+#pragma unroll
+            for (int h = 0; h < XH; h++)
+                bq[0][j][h] = __ldg(xp[j] + h);
         auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
 #pragma unroll
             for (int j = 0; j < NJ; j++)
                 if (kc + 1 < KC) {
-                    xp[j] += MXG_BK / 8;
-                    bn[j][0] = __ldg(xp[j]);
-                    bn[j][1] = __ldg(xp[j] + 1);
-                }
-            uint32_t bb[4][2][2];
+                    xp[j] += XH * 4;
 #pragma unroll
-            for (int j = 0; j < NJ; j++) {
-                bb[0][j][0] = bc[j][0].x;
-                bb[0][j][1] = bc[j][0].y;
-                bb[1][j][0] = bc[j][0].z;
-                bb[1][j][1] = bc[j][0].w;
-                bb[2][j][0] = bc[j][1].x;
-                bb[2][j][1] = bc[j][1].y;
-                bb[3][j][0] = bc[j][1].z;
-                bb[3][j][1] = bc[j][1].w;
-            }
+                    for (int h = 0; h < XH; h++)
+                        bn[j][h] = __ldg(xp[j] + h);
+                }
+            uint32_t bb[4][2][2]; /* [step][n8 tile][b0, b1] */
+#pragma unroll
+            for (int j = 0; j < NJ; j++)
+#pragma unroll
+                for (int h = 0; h < XH; h++) {
+                    bb[2 * h][j][0] = bc[j][h].x;
+                    bb[2 * h][j][1] = bc[j][h].y;
+                    bb[2 * h + 1][j][0] = bc[j][h].z;
+                    bb[2 * h + 1][j][1] = bc[j][h].w;
+                }
             Fp4Mults mm;
             if (WFMT == MXG_W_FP4)
                 fp4_mults_t<BIG>(sslot, mm);
@@ -633,23 +684,30 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
                 snext += sstep;
             wnext += wstep;
 #pragma unroll
-            for (int s = 0; s < 4; s++) {
+            for (int s = 0; s < NS; s++) {
                 uint32_t a[4];
                 decode_step<WFMT, BIG>(src, s, mm, a);
 #pragma unroll
-                for (int j = 0; j < NJ; j++)
-                    mma_16816(FLUSH ? part[FLUSH ? j : 0] : acc[j], a, bb[s][j][0], bb[s][j][1]);
+                for (int j = 0; j < NJ; j++) {
+                    float *d = PART ? part[PART ? j : 0] : acc[j];
+                    if (X)
+                        mma_16832_e4m3(d, a, bb[s][j][0], bb[s][j][1]);
+                    else
+                        mma_16816(d, a, bb[s][j][0], bb[s][j][1]);
+                }
             }
-            if (FLUSH && ((kc & 1) || kc == KC - 1)) {
+            /* the FP8 MMAs' sums go to FP32 every 128 of K (the tensor cores keep
+             * fewer bits for them), scaled by the slice's factors when FLUSH */
+            if (PART && ((kc & 1) || kc == KC - 1)) {
                 const int kb = kc >> 1, n = rg * 16 + g;
-                const float rf0 = row_factor(p, e, n, kb), rf1 = row_factor(p, e, n + 8, kb);
+                const float rf0 = FLUSH ? row_factor(p, e, n, kb) : 1.0f, rf1 = FLUSH ? row_factor(p, e, n + 8, kb) : 1.0f;
 #pragma unroll
                 for (int j = 0; j < NJ; j++)
 #pragma unroll
                     for (int el = 0; el < 2; el++) {
                         const int m = m0 + 8 * j + 2 * t4 + el;
-                        const float tf = tok_factor(p, off + (m < cnt ? m : 0), kb);
-                        float *pp = part[FLUSH ? j : 0];
+                        const float tf = FLUSH ? tok_factor(p, off + (m < cnt ? m : 0), kb) : 1.0f;
+                        float *pp = part[PART ? j : 0];
                         acc[j][el] += pp[el] * (rf0 * tf);
                         acc[j][2 + el] += pp[2 + el] * (rf1 * tf);
                         pp[el] = 0.0f;
@@ -718,6 +776,15 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
     typedef TcCfg<NWG, MT, BNT, WFMT, MAXST> C;
     constexpr int NJ = BNT / 8, NACC = BNT / 2;
     constexpr int PRE = C::STAGES - 2; /* chunks in flight */
+    constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs (k32 steps) */
+    constexpr bool PART = FLUSH || X;      /* partial sums flushed per 128-wide K slice */
+    constexpr int NS = X ? 2 : 4;          /* MMA k steps per chunk */
+    constexpr int PR = C::AROW / 16;       /* 16-byte pieces of a token row per chunk */
+    /* E4M3 tokens take mma.sync on every device: on the H100, wgmma .e4m3 (tried,
+     * bench/RESULTS.md session 14) summed differently from mma.sync .e4m3, so the
+     * tile configurations disagreed, and less exactly (4.5e-3..8.8e-3 from ref
+     * where mma.sync gave 0) */
+    static_assert(!(X && ENG == ENG_WG), "FP8 tokens run mma.sync");
 #if !defined(MXG_HAVE_WGMMA)
     if (ENG == ENG_WG) { /* never launched: the host picks wgmma only on sm_90a */
         __trap();
@@ -747,20 +814,21 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
     const uint8_t *ssrc = WFMT == MXG_W_FP4 ? p.sc + (size_t)e * p.sc_estride + (size_t)(n0 >> 4) * 32 : nullptr;
     const size_t sstep = (size_t)NG * 32;
 
-    /* the token pieces (row r, 16-byte piece c) this thread copies */
-    constexpr int A_PIECES = BNT * 8;
+    /* the token pieces (row r, 16-byte piece c) this thread copies: rows of 128
+     * bytes in the 128-byte swizzle, or (E4M3) of 64 bytes in the 64-byte one */
+    constexpr int A_PIECES = BNT * PR;
     constexpr int A_IT = (A_PIECES + C::NT - 1) / C::NT;
-    const uint16_t *a_src[A_IT];
+    const uint8_t *a_src[A_IT];
     uint32_t a_dst[A_IT];
     bool a_ok[A_IT];
 #pragma unroll
     for (int i = 0; i < A_IT; i++) {
-        const int idx = tid + i * C::NT, r = idx >> 3, c = idx & 7, m = m0 + r;
+        const int idx = tid + i * C::NT, r = idx / PR, c = idx % PR, m = m0 + r;
         a_ok[i] = idx < A_PIECES && m < cnt;
         const int srow = off + (m < cnt ? m : 0);
         const int arow = p.a_rows ? p.a_rows[srow] : srow;
-        a_src[i] = p.a + (size_t)arow * p.lda + c * 8;
-        a_dst[i] = (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4));
+        a_src[i] = (const uint8_t *)p.a + (size_t)arow * p.lda * (X ? 1 : 2) + c * 16;
+        a_dst[i] = X ? (uint32_t)(r * 64 + ((c ^ ((r >> 1) & 3)) << 4)) : (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4));
     }
     auto load_w = [&](int stage, int kc) {
         const uint8_t *src = wsrc + (size_t)kc * wstep;
@@ -780,7 +848,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
 #pragma unroll
         for (int i = 0; i < A_IT; i++)
             if (tid + i * C::NT < A_PIECES)
-                cp_async16(dst + a_dst[i], a_src[i] + kc * MXG_BK, a_ok[i]);
+                cp_async16(dst + a_dst[i], a_src[i] + (size_t)kc * C::AROW, a_ok[i]);
     };
 
     /* weights do not depend on the previous kernel: prefetch them first */
@@ -797,14 +865,14 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
     }
 
     float acc[MT][NACC];
-    float part[FLUSH ? MT : 1][FLUSH ? NACC : 1];
+    float part[PART ? MT : 1][PART ? NACC : 1];
 #pragma unroll
     for (int t = 0; t < MT; t++)
 #pragma unroll
         for (int i = 0; i < NACC; i++) {
             acc[t][i] = 0.0f;
-            if (FLUSH)
-                part[FLUSH ? t : 0][FLUSH ? i : 0] = 0.0f;
+            if (PART)
+                part[PART ? t : 0][PART ? i : 0] = 0.0f;
         }
     /* A fragment sets, one per k16 step of the chunk when MT == 1 (then three
      * steps' wgmmas stay in flight), else two */
@@ -838,7 +906,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
             if (WFMT == MXG_W_FP4)
                 fp4_mults_t<BIG>(*(const uint32_t *)(pS + stg * C::S_BYTES + grp[t] * 32 + g * 4), mm[t]);
 #pragma unroll
-        for (int s = 0; s < 4; s++) {
+        for (int s = 0; s < NS; s++) {
             const int ab = NBUF == 4 ? s : (s & 1);
 #pragma unroll
             for (int t = 0; t < MT; t++)
@@ -848,7 +916,9 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
                 const uint64_t desc = sw128_desc(a_st + 32 * s);
 #pragma unroll
                 for (int t = 0; t < MT; t++) {
-                    if constexpr (FLUSH)
+                    if constexpr (X)
+                        ; /* not instantiated (static_assert above) */
+                    else if constexpr (FLUSH)
                         Wgmma<BNT>::mma(part[t], af[ab][t], desc);
                     else
                         Wgmma<BNT>::mma(acc[t], af[ab][t], desc);
@@ -860,35 +930,43 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
                 for (int jj = 0; jj < NJ; jj += 2) {
                     uint32_t b[4];
                     const int row = 8 * (jj + (lane >> 4)) + (lane & 7), c = 2 * s + ((lane >> 3) & 1);
-                    ldmatrix_x4(b, a_st + row * 128 + ((c ^ (row & 7)) << 4));
+                    ldmatrix_x4(b, X ? a_st + row * 64 + ((c ^ ((row >> 1) & 3)) << 4)
+                                     : a_st + row * 128 + ((c ^ (row & 7)) << 4));
 #pragma unroll
                     for (int t = 0; t < MT; t++) {
-                        float *d = FLUSH ? part[FLUSH ? t : 0] : acc[t];
-                        mma_16816(d + jj * 4, af[ab][t], b[0], b[1]);
-                        mma_16816(d + (jj + 1) * 4, af[ab][t], b[2], b[3]);
+                        float *d = PART ? part[PART ? t : 0] : acc[t];
+                        if (X) {
+                            mma_16832_e4m3(d + jj * 4, af[ab][t], b[0], b[1]);
+                            mma_16832_e4m3(d + (jj + 1) * 4, af[ab][t], b[2], b[3]);
+                        } else {
+                            mma_16816(d + jj * 4, af[ab][t], b[0], b[1]);
+                            mma_16816(d + (jj + 1) * 4, af[ab][t], b[2], b[3]);
+                        }
                     }
                 }
             }
         }
-        if (FLUSH && ((kc & 1) || kc == KC - 1)) {
+        /* per 128-wide K slice: the partial sums to FP32, scaled by the slice's
+         * factors when FLUSH (the FP8 MMAs' own sums keep fewer bits) */
+        if (PART && ((kc & 1) || kc == KC - 1)) {
             if (ENG == ENG_WG) {
                 wgmma_wait<0>();
 #pragma unroll
                 for (int t = 0; t < MT; t++)
-                    reg_fence(part[FLUSH ? t : 0]);
+                    reg_fence(part[PART ? t : 0]);
             }
             const int kb = kc >> 1;
 #pragma unroll
             for (int t = 0; t < MT; t++) {
                 const int n = n0 + grp[t] * 16 + g;
-                const float rf0 = row_factor(p, e, n, kb), rf1 = row_factor(p, e, n + 8, kb);
+                const float rf0 = FLUSH ? row_factor(p, e, n, kb) : 1.0f, rf1 = FLUSH ? row_factor(p, e, n + 8, kb) : 1.0f;
 #pragma unroll
                 for (int j = 0; j < NJ; j++)
 #pragma unroll
                     for (int el = 0; el < 2; el++) {
                         const int m = m0 + 8 * j + 2 * t4 + el;
-                        const float tf = tok_factor(p, off + (m < cnt ? m : 0), kb);
-                        float *pp = part[FLUSH ? t : 0];
+                        const float tf = FLUSH ? tok_factor(p, off + (m < cnt ? m : 0), kb) : 1.0f;
+                        float *pp = part[PART ? t : 0];
                         acc[t][j * 4 + el] += pp[j * 4 + el] * (rf0 * tf);
                         acc[t][j * 4 + 2 + el] += pp[j * 4 + 2 + el] * (rf1 * tf);
                         pp[j * 4 + el] = 0.0f;
@@ -1016,8 +1094,8 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
     if (cfg == MXG_CFG_M)
         return launch_tc<2, 1, 64, WFMT, FLUSH, ENG, 6>(p, st, 1);
     /* large batches: 128 weight rows x 128 tokens, two CTAs per m tile of 256 (the
-     * flushing variant keeps a second accumulator set: one CTA per SM) */
-    if constexpr (FLUSH)
+     * flushing variant, and FP8 MMAs, keep a second accumulator set: one CTA per SM) */
+    if constexpr (FLUSH || WFMT == MXG_W_FP8X)
         return launch_tc<2, 1, 128, WFMT, FLUSH, ENG, 8>(p, st, 2);
     else if (l_variant() == 1) /* two CTAs per SM of 128 rows x 128 tokens, 5 stages each */
         return launch_tc<2, 1, 128, WFMT, FLUSH, ENG, 5, 2>(p, st, 2);
@@ -1052,7 +1130,8 @@ template <int WFMT, bool FLUSH> static int launch_dec(const mxg_gemm_params_t *p
     at[0].val.programmaticStreamSerializationAllowed = 1;
     lc.attrs = at;
     lc.numAttrs = p->pdl ? 1 : 0;
-    constexpr int D = WFMT == MXG_W_FP4 ? 12 : WFMT == MXG_W_FP8 ? 8 : 4; /* chunks in flight */
+    /* chunks in flight (FP8 tokens: 6, the registers of 8 spill) */
+    constexpr int D = WFMT == MXG_W_FP4 ? 12 : WFMT == MXG_W_FP8 ? 8 : WFMT == MXG_W_FP8X ? 6 : 4;
     if constexpr (WFMT == MXG_W_FP4) {
         if (!p->sc_big) {
             const int v = FLUSH ? 0 : dec_variant();
@@ -1070,9 +1149,13 @@ template <int WFMT, bool FLUSH> static int launch_eng(const mxg_gemm_params_t *p
 {
     if (cfg == MXG_CFG_S) /* mma.sync on every device: bitwise the same as wgmma on sm_90 (tests/gpu) */
         return launch_dec<WFMT, FLUSH>(p, st);
-    if (p->mma == MXG_MMA_WGMMA)
-        return launch_cfg<WFMT, FLUSH, ENG_WG>(p, cfg, st);
-    return launch_cfg<WFMT, FLUSH, ENG_SYNC>(p, cfg, st);
+    if constexpr (WFMT == MXG_W_FP8X) { /* mma.sync .e4m3 only (gemm_tc) */
+        return launch_cfg<WFMT, FLUSH, ENG_SYNC>(p, cfg, st);
+    } else {
+        if (p->mma == MXG_MMA_WGMMA)
+            return launch_cfg<WFMT, FLUSH, ENG_WG>(p, cfg, st);
+        return launch_cfg<WFMT, FLUSH, ENG_SYNC>(p, cfg, st);
+    }
 }
 
 #else
@@ -1091,7 +1174,7 @@ __device__ float w_elem(const mxg_gemm_params_t &p, int e, int n, int k)
             nib |= ((word >> mxg_fp4_bit(sh, j)) & 1u) << j;
         return fp4_to_f(nib) * e8m0_to_f(p.sc[(size_t)e * p.sc_estride + mxg_sc_offset(p.N_pad, n, k >> 5)]);
     }
-    if (p.wfmt == MXG_W_FP8)
+    if (p.wfmt == MXG_W_FP8 || p.wfmt == MXG_W_FP8X)
         return bf16_to_f(e4m3_to_bf16(w[o]));
     return bf16_to_f(*(const uint16_t *)(w + o));
 }
@@ -1155,10 +1238,18 @@ __global__ void quant_rows(const mxg_quant_params_t p)
     if (r >= p.n_rows)
         return;
     const uint16_t *in = p.in + (size_t)(p.src_rows ? p.src_rows[r] : r) * p.ld_in;
-    uint16_t *out = p.out + (size_t)r * p.ld_out;
+    uint16_t *out = p.out8 ? nullptr : p.out + (size_t)r * p.ld_out;
+    uint8_t *out8 = p.out8 ? p.out8 + (size_t)r * p.ld_out : nullptr;
     /* logical column k of the input / output row */
     auto at_in = [&](int k) { return in[p.perm_in ? mxg_tok_pos(k) : k]; };
     auto put = [&](int k, uint16_t v) { out[p.perm_out ? mxg_tok_pos(k) : k] = v; };
+    /* an E4M3 value q: as BF16, or as its byte (out8) */
+    auto putq = [&](int k, float q) {
+        if (out8)
+            out8[p.perm_out ? mxg_tok_pos8(k) : k] = (uint8_t)e4m3_byte(q);
+        else
+            put(k, (uint16_t)f_to_bf16(q));
+    };
     __shared__ float red[32];
     if (p.mode == MXG_Q_COPY) {
         for (int k = threadIdx.x; k < p.K; k += blockDim.x)
@@ -1188,7 +1279,7 @@ __global__ void quant_rows(const mxg_quant_params_t p)
         }
         /* in place (in == out) each thread reads and writes its own columns */
         for (int k = threadIdx.x; k < p.K; k += blockDim.x)
-            put(k, (uint16_t)f_to_bf16(f_to_e4m3(bf16_to_f(at_in(k)) / s)));
+            putq(k, f_to_e4m3(bf16_to_f(at_in(k)) / s));
     } else {
         /* one warp per 128 group, groups strided over warps */
         const int warps = blockDim.x >> 5, w = threadIdx.x >> 5, l = threadIdx.x & 31;
@@ -1202,11 +1293,11 @@ __global__ void quant_rows(const mxg_quant_params_t p)
             if (l == 0)
                 p.grp[(size_t)r * p.n_grp + gi] = s;
             for (int k = gi * 128 + l; k < gi * 128 + 128 && k < p.K; k += 32)
-                put(k, (uint16_t)f_to_bf16(f_to_e4m3(bf16_to_f(at_in(k)) / s)));
+                putq(k, f_to_e4m3(bf16_to_f(at_in(k)) / s));
         }
     }
     for (int k = p.K + (int)threadIdx.x; k < p.pad_out; k += blockDim.x)
-        put(k, 0);
+        putq(k, 0.0f);
 }
 
 /* ------------------------------------------------------------ combine */
@@ -1239,8 +1330,10 @@ static int gemm_launch_part(const mxg_gemm_params_t *p, int cfg, cudaStream_t st
 {
 #if !defined(MXG_HIP)
     /* per-slice flushes come with FP8 block scales or per-group activations (W8A8) only */
-    if (p->wfmt != MXG_W_FP8 && p->flush)
+    if (p->wfmt != MXG_W_FP8 && p->wfmt != MXG_W_FP8X && p->flush)
         return (int)cudaErrorInvalidValue;
+    if (p->wfmt == MXG_W_FP8X)
+        return p->flush ? launch_eng<MXG_W_FP8X, true>(p, cfg, st) : launch_eng<MXG_W_FP8X, false>(p, cfg, st);
     if (p->wfmt == MXG_W_FP4)
         return launch_eng<MXG_W_FP4, false>(p, cfg, st);
     if (p->wfmt == MXG_W_BF16)
@@ -1249,6 +1342,8 @@ static int gemm_launch_part(const mxg_gemm_params_t *p, int cfg, cudaStream_t st
         return launch_eng<MXG_W_FP8, true>(p, cfg, st);
     return launch_eng<MXG_W_FP8, false>(p, cfg, st);
 #else
+    if (p->wfmt == MXG_W_FP8X) /* E4M3 token rows: the host picks them on sm_90 only */
+        return (int)cudaErrorInvalidValue;
     int bm = mxi_gpu_cfg_bm(cfg);
     const int units = p->epi == MXG_EPI_ACT ? p->ldo : p->N;
     dim3 grid((units + 127) / 128, p->n_mtiles);
@@ -1375,7 +1470,10 @@ extern "C" int mxi_gpu_quant_launch(const mxg_quant_params_t *p, void *stream)
             q.src_rows = p->src_rows + base;
         else
             q.in = p->in + (size_t)base * p->ld_in;
-        q.out = p->out + (size_t)base * p->ld_out;
+        if (p->out8)
+            q.out8 = p->out8 + (size_t)base * p->ld_out;
+        else
+            q.out = p->out + (size_t)base * p->ld_out;
         if (p->row_scale)
             q.row_scale = p->row_scale + base;
         if (p->grp)

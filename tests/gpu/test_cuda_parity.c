@@ -268,10 +268,10 @@ static int all_cfgs_equal(mx_backend_packed_t *pk, mx_run_args_t a, const uint16
  * mma.sync and wgmma agree bitwise is printed (not required: one device always
  * runs one of them). Small shapes for every scheme, then layer-sized ones
  * (several weight tiles, K of 45 chunks) for W4A16 and block-scaled W8A8. */
-static void invariance_case(mx_moe_desc_t d, int E, size_t T, uint64_t seed)
+static void invariance_case(mx_moe_desc_t d, int E, size_t T, mx_wscale_t fp8s, uint64_t seed)
 {
     gref_experts_t g;
-    assert_int_equal(gref_experts_make(&d, E, MX_WSCALE_BLOCK, 1, seed, &g), 0);
+    assert_int_equal(gref_experts_make(&d, E, fp8s, 1, seed, &g), 0);
     bump_scales(&d, &g, E, seed);
     mx_backend_packed_t *pk = NULL;
     assert_int_equal(mx_backend_cuda.prepack(&g_dev, &d, g.ex, E, &pk), MX_OK);
@@ -308,10 +308,11 @@ static void invariance_case(mx_moe_desc_t d, int E, size_t T, uint64_t seed)
                          mx_scheme_name(d.scheme), prefix[q], mma, (unsigned long long)seed);
         }
     }
-    printf("  %s H=%zu I=%zu E=%d T=%zu: bitwise equal across S/M/L tiles and batches of 1, 3, 37 (seed %llu);"
+    printf("  %s%s H=%zu I=%zu E=%d T=%zu: bitwise equal across S/M/L tiles and batches of 1, 3, 37 (seed %llu);"
            " default mma %s; mma.sync %s wgmma\n",
-           mx_scheme_name(d.scheme), H, d.inter, E, T, (unsigned long long)seed, mma0 ? "wgmma" : "mma.sync",
-           mxi_cuda_force_mma(pk, 1) ? (same_as_first ? "==" : "!=") : "(no wgmma here)");
+           mx_scheme_name(d.scheme), mxi_cuda_fp8_mma(pk) ? " (FP8 tensor cores)" : "", H, d.inter, E, T,
+           (unsigned long long)seed, mma0 ? "wgmma" : "mma.sync",
+           mxi_cuda_force_mma(pk, 1) ? (same_as_first ? "==" : "!=") : "(no wgmma for this layer here)");
     free(full);
     free(part);
     free(first);
@@ -328,13 +329,19 @@ static void test_cuda_output_is_batch_invariant(void **state)
         mx_moe_desc_t d = make_desc((mx_scheme_t)s, MX_ACT_SWIGLU_OAI, 128, 128);
         if (s == MX_SCHEME_W8A8)
             d.act_group = 128;
-        invariance_case(d, 4, 300, seed + (uint64_t)s);
+        invariance_case(d, 4, 300, MX_WSCALE_BLOCK, seed + (uint64_t)s);
     }
     mx_moe_desc_t d = make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 704, 2880);
-    invariance_case(d, 4, 300, seed + 10);
+    invariance_case(d, 4, 300, MX_WSCALE_BLOCK, seed + 10);
     d = make_desc(MX_SCHEME_W8A8, MX_ACT_SILU, 2880, 704);
     d.act_group = 128;
-    invariance_case(d, 3, 200, seed + 11);
+    invariance_case(d, 3, 200, MX_WSCALE_BLOCK, seed + 11);
+    /* per-channel weight scales and per-token activation scales: no per-slice
+     * factors (on the FP8 tensor cores the slices are still summed in FP32) */
+    d.act_group = 0;
+    invariance_case(d, 3, 200, MX_WSCALE_CHANNEL, seed + 12);
+    d = make_desc(MX_SCHEME_W8A8, MX_ACT_SWIGLU_OAI, 128, 128);
+    invariance_case(d, 4, 300, MX_WSCALE_CHANNEL, seed + 13);
 }
 
 /* MXFP4 scales above 2^1 take a second BF16 multiply in the decode (a matrix
@@ -353,8 +360,48 @@ static void test_cuda_mxfp4_scales_above_two_match_ref_and_stay_invariant(void *
             assert_true(err <= tol_of(d.scheme));
         }
     mx_moe_desc_t d = make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 704, 2880);
-    invariance_case(d, 4, 300, seed++);
+    invariance_case(d, 4, 300, MX_WSCALE_BLOCK, seed++);
     g_big_scales = 0;
+}
+
+/* W8A8 on sm_90 runs on the FP8 tensor cores (E4M3 token rows, MMAs of k32,
+ * partial sums to FP32 every 128 of K); MXEP_CUDA_FP8MMA=0 at prepack keeps the
+ * BF16 tensor cores (E4M3 decoded exactly), the path of other GPUs. Both against
+ * ref in the S, M and L tile configurations, with block and per-channel weight
+ * scales, per-token and per-128-group activations, sizes that are no multiple
+ * of a chunk (T = 5, 70, 600 over 3 experts: S, M and L tiles). */
+static void test_cuda_w8a8_on_fp8_and_bf16_tensor_cores_matches_ref(void **state)
+{
+    (void)state;
+    uint64_t seed = 4700;
+    const size_t Ts[] = {5, 70, 600};
+    int fp8_seen = 0;
+    for (int path = 0; path < 2; path++) {
+        if (path == 1 && setenv("MXEP_CUDA_FP8MMA", "0", 1) != 0)
+            fail_msg("setenv failed");
+        for (int k = 0; k < 2; k++)
+            for (int grp = 0; grp < 2; grp++)
+                for (size_t i = 0; i < 3; i++) {
+                    mx_moe_desc_t d = make_desc(MX_SCHEME_W8A8, i == 1 ? MX_ACT_SWIGLU_OAI : MX_ACT_SILU, 300, 200);
+                    d.act_group = grp ? 128 : 0;
+                    gref_experts_t g;
+                    const mx_wscale_t ws = k ? MX_WSCALE_CHANNEL : MX_WSCALE_BLOCK;
+                    assert_int_equal(gref_experts_make(&d, 4, ws, 1, seed, &g), 0);
+                    mx_backend_packed_t *pk = NULL;
+                    assert_int_equal(mx_backend_cuda.prepack(&g_dev, &d, g.ex, 4, &pk), MX_OK);
+                    if (path == 1)
+                        assert_int_equal(mxi_cuda_fp8_mma(pk), 0);
+                    fp8_seen |= mxi_cuda_fp8_mma(pk);
+                    mx_backend_cuda.release(pk);
+                    gref_experts_free(&g);
+                    double err = parity_case(d, 4, Ts[i], 2, ws, MX_OUT_PER_ASSIGNMENT, seed++);
+                    assert_true(err <= tol_of(d.scheme));
+                }
+        unsetenv("MXEP_CUDA_FP8MMA");
+    }
+    printf("  W8A8 on the FP8 tensor cores: %s\n",
+           fp8_seen ? "yes (default here), and on the BF16 ones with MXEP_CUDA_FP8MMA=0"
+                    : "not on this GPU (sm_90 only): both rounds ran on the BF16 tensor cores");
 }
 
 /* The layer's kernels can be captured in a CUDA graph (no host synchronization
@@ -986,6 +1033,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_cuda_weighted_sum_matches_ref),
         cmocka_unit_test(test_cuda_output_is_batch_invariant),
         cmocka_unit_test(test_cuda_mxfp4_scales_above_two_match_ref_and_stay_invariant),
+        cmocka_unit_test(test_cuda_w8a8_on_fp8_and_bf16_tensor_cores_matches_ref),
         cmocka_unit_test(test_cuda_layer_captures_in_a_cuda_graph_and_replays_bitwise),
         cmocka_unit_test(test_cuda_token_counts_1_to_8192_match_ref),
         cmocka_unit_test(test_cuda_repeated_runs_with_changing_batch_sizes_match_ref_and_a_fresh_instance),
