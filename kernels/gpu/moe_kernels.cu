@@ -1089,15 +1089,33 @@ static int l_variant()
     return v;
 }
 
+/* Large-batch tile of the kernels that keep partial sums per 128-wide K slice (FP8
+ * block scales, per-group activations, E4M3 tokens), MXEP_CUDA_LF: 1 (default, "2x64"):
+ * two CTAs per SM of 128 weight rows x 64 tokens, 4 stages each, at most 128 registers,
+ * so that one CTA's flushes (a wgmma drain, the slice factors) overlap the other's MMAs;
+ * 0 ("1x128"): one CTA per SM of 128 x 128 with 8 stages (the accumulators and partial
+ * sums of 128 tokens need more registers than two CTAs have). Same bits. */
+static int lf_variant()
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("MXEP_CUDA_LF");
+        v = e && !strcmp(e, "1x128") ? 0 : 1;
+    }
+    return v;
+}
+
 template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_params_t *p, int cfg, cudaStream_t st)
 {
     if (cfg == MXG_CFG_M)
         return launch_tc<2, 1, 64, WFMT, FLUSH, ENG, 6>(p, st, 1);
     /* large batches: 128 weight rows x 128 tokens, two CTAs per m tile of 256 (the
-     * flushing variant, and FP8 MMAs, keep a second accumulator set: one CTA per SM) */
-    if constexpr (FLUSH || WFMT == MXG_W_FP8X)
+     * flushing kernels keep a second accumulator set: see lf_variant) */
+    if constexpr (FLUSH || WFMT == MXG_W_FP8X) {
+        if (lf_variant() == 1)
+            return launch_tc<2, 1, 64, WFMT, FLUSH, ENG, 4, 2>(p, st, 4);
         return launch_tc<2, 1, 128, WFMT, FLUSH, ENG, 8>(p, st, 2);
-    else if (l_variant() == 1) /* two CTAs per SM of 128 rows x 128 tokens, 5 stages each */
+    } else if (l_variant() == 1) /* two CTAs per SM of 128 rows x 128 tokens, 5 stages each */
         return launch_tc<2, 1, 128, WFMT, FLUSH, ENG, 5, 2>(p, st, 2);
     else
         return launch_tc<2, 1, 256, WFMT, FLUSH, ENG, 8>(p, st, 1);

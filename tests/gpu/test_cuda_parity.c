@@ -953,8 +953,14 @@ static int run_variant(const char *setting, char *out, size_t cap)
 static void test_cuda_kernel_variants_give_the_default_bits(void **state)
 {
     (void)state;
-    static const char *const settings[] = {NULL, "MXEP_CUDA_DEC=8x4", "MXEP_CUDA_DEC=12x3", "MXEP_CUDA_L=1x256",
-                                           "MXEP_CUDA_MMA=sync", "MXEP_CUDA_PDL=0", "MXEP_CUDA_L2PF=0"};
+    static const char *const settings[] = {NULL,
+                                           "MXEP_CUDA_DEC=8x4",
+                                           "MXEP_CUDA_DEC=12x3",
+                                           "MXEP_CUDA_L=1x256",
+                                           "MXEP_CUDA_LF=1x128",
+                                           "MXEP_CUDA_MMA=sync",
+                                           "MXEP_CUDA_PDL=0",
+                                           "MXEP_CUDA_L2PF=0"};
     static char first[4096], got[4096];
     int bad = 0;
     for (size_t i = 0; i < sizeof settings / sizeof settings[0]; i++) {
