@@ -1482,6 +1482,8 @@ extern "C" int mxi_gpu_quant_launch(const mxg_quant_params_t *p, void *stream)
 {
     if (p->n_rows <= 0)
         return 0;
+    if (p->out8 && (p->mode == MXG_Q_COPY || p->out)) /* bytes are E4M3 values: quantizing modes, one output */
+        return (int)cudaErrorInvalidValue;
     /* one block per row, in slices of 2^22 rows (keeps grid x threads below 2^32 for HIP) */
     const int max_rows = 1 << 22;
     for (int base = 0; base < p->n_rows; base += max_rows) {

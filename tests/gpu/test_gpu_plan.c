@@ -355,6 +355,72 @@ static void test_gpu_layout_places_every_element_once_as_mma_fragments(void **st
     }
 }
 
+/* FP8 weights for the FP8 tensor cores (MXG_W_FP8X) and the E4M3 token order of
+ * the decode kernel (mxg_tok_pos8): every element has its own byte, a lane's 16
+ * bytes of a k32 step are the m16n8k32 A fragment (register r = rows g, g+8, g, g+8
+ * and columns 4t..4t+3, +16 for r = 2, 3; lower column in the lower byte), the
+ * token order is a permutation of each 64-column chunk, and the 16 bytes lane
+ * quad t loads per chunk hold, as word 2s + kh, exactly the columns its A
+ * registers kh of step s hold (the B fragment b0 / b1 the MMA pairs them with). */
+static void test_gpu_layout_fp8x_and_the_e4m3_token_order_are_k32_fragments(void **state)
+{
+    (void)state;
+    const int N_pad = 256, K_pad = 192;
+    const size_t tb = mxg_thread_bytes(MXG_W_FP8X);
+    assert_int_equal(tb, mxg_thread_bytes(MXG_W_FP8));
+    assert_true(mxg_wfmt_fp8(MXG_W_FP8X) && mxg_wfmt_fp8(MXG_W_FP8) && !mxg_wfmt_fp8(MXG_W_FP4));
+    const size_t bytes = (size_t)K_pad / 64 * (size_t)(N_pad / 16) * 32 * tb;
+    unsigned char *seen = calloc(bytes, 1);
+    int *col_at = malloc(bytes * sizeof(int)); /* the column stored at each byte */
+    assert_non_null(seen);
+    assert_non_null(col_at);
+    for (int n = 0; n < N_pad; n++)
+        for (int k = 0; k < K_pad; k++) {
+            int sh = -1;
+            const size_t o = mxg_w_offset(MXG_W_FP8X, N_pad, n, k, &sh);
+            assert_int_equal(sh, 0);
+            assert_true(o < bytes);
+            assert_int_equal(seen[o], 0);
+            seen[o] = 1;
+            col_at[o] = k;
+            const size_t piece = o / tb, within = o % tb;
+            const int lane = (int)(piece % 32), rg = (int)((piece / 32) % (size_t)(N_pad / 16));
+            assert_int_equal(rg, n / 16);
+            assert_int_equal((int)(piece / 32 / (size_t)(N_pad / 16)), k / 64);
+            assert_int_equal(lane / 4, n % 8);
+            assert_int_equal(lane % 4, (k % 16) / 4);
+            assert_int_equal((int)(within / 16), (k % 64) / 32);                         /* k32 step */
+            assert_int_equal((int)(within % 16 / 4), (n / 8) % 2 + 2 * ((k % 32) / 16)); /* register */
+            assert_int_equal((int)(within % 4), k % 4);                                  /* byte */
+        }
+    for (size_t i = 0; i < bytes; i++)
+        assert_int_equal(seen[i], 1);
+    /* the token order: a permutation of every chunk */
+    int inv[192];
+    for (int c = 0; c < K_pad; c++)
+        inv[c] = -1;
+    for (int c = 0; c < K_pad; c++) {
+        const int q = mxg_tok_pos8(c);
+        assert_int_equal(q / 64, c / 64);
+        assert_int_equal(inv[q], -1);
+        inv[q] = c;
+    }
+    /* lane (g, t)'s A register r = hh + 2 kh of step s, byte b, and the token byte
+     * 16 t + 8 s + 4 kh + b it loads in that order, hold the same column */
+    for (int kc = 0; kc < K_pad / 64; kc++)
+        for (int lane = 0; lane < 32; lane++)
+            for (int s2 = 0; s2 < 2; s2++)
+                for (int r = 0; r < 4; r++)
+                    for (int b = 0; b < 4; b++) {
+                        const int t = lane % 4, kh = r / 2;
+                        const size_t o = ((size_t)kc * (size_t)(N_pad / 16) * 32 + (size_t)lane) * tb +
+                                         (size_t)(16 * s2 + 4 * r + b);
+                        assert_int_equal(col_at[o], inv[64 * kc + 16 * t + 8 * s2 + 4 * kh + b]);
+                    }
+    free(seen);
+    free(col_at);
+}
+
 static void test_gpu_plan_groups_offsets_tiles_and_combine_lists_for_many_layouts(void **state)
 {
     (void)state;
@@ -459,6 +525,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gpu_layout_places_every_element_once_as_mma_fragments),
+        cmocka_unit_test(test_gpu_layout_fp8x_and_the_e4m3_token_order_are_k32_fragments),
         cmocka_unit_test(test_gpu_plan_picks_tiles_by_the_busiest_expert),
         cmocka_unit_test(test_gpu_plan_check_rejects_bad_arguments_naming_them),
         cmocka_unit_test(test_gpu_plan_empty_batch_and_experts_without_tokens),
