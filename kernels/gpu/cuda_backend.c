@@ -162,6 +162,19 @@ static mx_status_t cuda_probe(mx_device_info_t *info_p)
     return MX_OK;
 }
 
+/* W8A8 runs on the FP8 tensor cores (E4M3 token rows, MXG_W_FP8X) on sm_90, the
+ * only FP8 target this build compiles MMA code for, unless MXEP_CUDA_FP8MMA=0 asks
+ * for the BF16 tensor cores (E4M3 decoded exactly to BF16) as everywhere else. */
+static int scheme_wfmt(mx_scheme_t s, int cc)
+{
+    if (s == MX_SCHEME_W8A8 && cc == 90) {
+        const char *e = getenv("MXEP_CUDA_FP8MMA");
+        if (!e || strcmp(e, "0"))
+            return MXG_W_FP8X;
+    }
+    return s == MX_SCHEME_W16A16 ? MXG_W_BF16 : (s == MX_SCHEME_W4A16 || s == MX_SCHEME_W4A8) ? MXG_W_FP4 : MXG_W_FP8;
+}
+
 static int cuda_supports(const mx_device_info_t *dev, const mx_moe_desc_t *desc, char *reason, size_t reason_len)
 {
 #define NO(...)                                                                                                        \
@@ -189,25 +202,13 @@ static int cuda_supports(const mx_device_info_t *dev, const mx_moe_desc_t *desc,
     if (desc->scheme == MX_SCHEME_W8A8 && desc->act_group != 0 && desc->act_group != 128)
         NO("W8A8 activation groups of %d (supported: per token, 128)", desc->act_group);
     if (reason && reason_len)
-        snprintf(reason, reason_len, "%s %s on %s", mx_scheme_name(desc->scheme), mx_act_name(desc->act), dev->isa);
+        snprintf(reason, reason_len, "%s %s on %s%s", mx_scheme_name(desc->scheme), mx_act_name(desc->act), dev->isa,
+                 scheme_wfmt(desc->scheme, (int)dev->flags) == MXG_W_FP8X ? " (E4M3 x E4M3 tensor cores)" : "");
     return 1;
 #undef NO
 }
 
 /* ------------------------------------------------------------ prepack */
-
-/* W8A8 runs on the FP8 tensor cores (E4M3 token rows, MXG_W_FP8X) on sm_90, the
- * only FP8 target this build compiles MMA code for, unless MXEP_CUDA_FP8MMA=0 asks
- * for the BF16 tensor cores (E4M3 decoded exactly to BF16) as everywhere else. */
-static int scheme_wfmt(mx_scheme_t s, int cc)
-{
-    if (s == MX_SCHEME_W8A8 && cc == 90) {
-        const char *e = getenv("MXEP_CUDA_FP8MMA");
-        if (!e || strcmp(e, "0"))
-            return MXG_W_FP8X;
-    }
-    return s == MX_SCHEME_W16A16 ? MXG_W_BF16 : (s == MX_SCHEME_W4A16 || s == MX_SCHEME_W4A8) ? MXG_W_FP4 : MXG_W_FP8;
-}
 
 static mx_status_t check_matrix(const mx_matrix_t *m, int wfmt, size_t rows, size_t cols, int j, const char *name)
 {

@@ -570,6 +570,19 @@ static void test_cuda_supports_declines_with_reasons(void **state)
     d = make_desc(MX_SCHEME_W16A16, MX_ACT_SILU, 64, 64);
     assert_false(mx_backend_cuda.supports(&old, &d, why, sizeof why));
     assert_non_null(strstr(why, "7.5"));
+    /* the reason names the FP8 tensor cores where W8A8 takes them (sm_90, unless MXEP_CUDA_FP8MMA=0) */
+    mx_device_info_t h = g_dev;
+    h.flags = 90;
+    d = make_desc(MX_SCHEME_W8A8, MX_ACT_SILU, 256, 256);
+    assert_true(mx_backend_cuda.supports(&h, &d, why, sizeof why));
+    assert_non_null(strstr(why, "E4M3 x E4M3 tensor cores"));
+    assert_int_equal(setenv("MXEP_CUDA_FP8MMA", "0", 1), 0);
+    assert_true(mx_backend_cuda.supports(&h, &d, why, sizeof why));
+    assert_null(strstr(why, "E4M3"));
+    unsetenv("MXEP_CUDA_FP8MMA");
+    h.flags = 89;
+    assert_true(mx_backend_cuda.supports(&h, &d, why, sizeof why));
+    assert_null(strstr(why, "E4M3"));
 }
 
 /* ------------------------------------------------------------ issue 7: ordering, scratch growth, concurrency */
