@@ -3,9 +3,10 @@
  *
  * The kernels compute out^T = W . x^T: weight rows are the M side of the
  * tensor-core MMA (operand A, decoded in registers), tokens the N side (operand
- * B, BF16 in shared memory; E4M3 bytes for MXG_W_FP8X). The layout therefore gives each thread of a warp
- * exactly its A-fragment registers of an m16n8k16 MMA (the same per-warp
- * fragment that wgmma m64nNk16 takes from registers on Hopper).
+ * B, BF16 in shared memory; E4M3 bytes for MXG_W_FP8X). The layout therefore
+ * gives each thread of a warp exactly its A-fragment registers of an m16n8k16
+ * MMA (the same per-warp fragment that wgmma m64nNk16 takes from registers on
+ * Hopper).
  *
  * A matrix [N rows = out, K cols = in] is cut into K chunks of MXG_BK = 64
  * columns (K padded with zeros to K_pad, a multiple of 64) and 16-row groups
@@ -70,10 +71,12 @@ static inline int mxg_cfg_bm(int cfg)
 #else
 #define MXG_HD
 #endif
-/* Bytes one lane holds per 64-wide chunk of a 16-row group. */
+/* Bytes one lane holds per 64-wide chunk of a 16-row group (a constant
+ * expression for the kernels' templates; mxg_thread_bytes for everyone else). */
+#define MXG_THREAD_BYTES(wfmt) ((wfmt) == MXG_W_FP4 ? 16 : ((wfmt) == MXG_W_FP8 || (wfmt) == MXG_W_FP8X) ? 32 : 64)
 static inline MXG_HD size_t mxg_thread_bytes(int wfmt)
 {
-    return wfmt == MXG_W_FP4 ? 16 : (wfmt == MXG_W_FP8 || wfmt == MXG_W_FP8X) ? 32 : 64;
+    return MXG_THREAD_BYTES(wfmt);
 }
 /* Weights with FP8 bytes (E4M3FN), either arrangement. */
 static inline MXG_HD int mxg_wfmt_fp8(int wfmt)
@@ -85,19 +88,21 @@ static inline MXG_HD int mxg_wfmt_fp8(int wfmt)
  * the element's index q (0..7) in it (its bits: mxg_fp4_bit). */
 static inline MXG_HD size_t mxg_w_offset(int wfmt, int N_pad, int n, int k, int *shift_p)
 {
-    const int rg = n >> 4, g = n & 7, hh = (n >> 3) & 1;
-    if (wfmt == MXG_W_FP8X) {
+    const int rg = n >> 4, g = n & 7, hh = (n >> 3) & 1, kc = k >> 6;
+    const int x = wfmt == MXG_W_FP8X;
+    /* lane quad t: columns 2t, 2t + 1 (+ 8) of each k16 step, or (FP8X) 4t .. 4t + 3 (+ 16) of each k32 step */
+    const int t4 = x ? (k >> 2) & 3 : (k >> 1) & 3;
+    const size_t base =
+        (((size_t)kc * (size_t)(N_pad >> 4) + (size_t)rg) * 32 + (size_t)(g * 4 + t4)) * mxg_thread_bytes(wfmt);
+    *shift_p = 0;
+    if (x) {
         /* k32 step s2 of the chunk at byte 16 s2; register r = hh + 2 kh at + 4 r holds
          * columns 4 t .. 4 t + 3 (+ 16 kh) of the step, lower column in the low byte */
-        const int kc = k >> 6, s2 = (k >> 5) & 1, kh = (k >> 4) & 1, t4 = (k >> 2) & 3, b = k & 3;
-        *shift_p = 0;
-        return (((size_t)kc * (size_t)(N_pad >> 4) + (size_t)rg) * 32 + (size_t)(g * 4 + t4)) * 32 + (size_t)s2 * 16 +
-               (size_t)(hh + 2 * kh) * 4 + (size_t)b;
+        const int s2 = (k >> 5) & 1, kh = (k >> 4) & 1, b = k & 3;
+        return base + (size_t)s2 * 16 + (size_t)(hh + 2 * kh) * 4 + (size_t)b;
     }
-    const int kc = k >> 6, s = (k >> 4) & 3, kh = (k >> 3) & 1, t4 = (k >> 1) & 3, el = k & 1;
-    const int lane = g * 4 + t4, r = hh + 2 * kh;
-    const size_t base = (((size_t)kc * (size_t)(N_pad >> 4) + (size_t)rg) * 32 + (size_t)lane) * mxg_thread_bytes(wfmt);
-    *shift_p = 0;
+    const int s = (k >> 4) & 3, kh = (k >> 3) & 1, el = k & 1;
+    const int r = hh + 2 * kh;
     if (wfmt == MXG_W_FP4) {
         *shift_p = r + 4 * el;
         return base + (size_t)s * 4;
@@ -178,10 +183,10 @@ static inline MXG_HD int mxg_gateup_index(int n, int *up_p)
 /* One grouped GEMM over all local experts: rows of A are the assignments
  * sorted by expert (expert e owns sorted rows [off[e], off[e] + cnt[e])). */
 typedef struct {
-    int wfmt;  /* MXG_W_* */
-    int mma;   /* MXG_MMA_* */
-    int pdl;   /* 1: launched as a programmatic dependent of the previous kernel (sm_90) */
-    int flush; /* 1: float scales per 128-wide K slice (block FP8 or per-group activations) */
+    int wfmt;   /* MXG_W_* */
+    int mma;    /* MXG_MMA_* */
+    int pdl;    /* 1: launched as a programmatic dependent of the previous kernel (sm_90) */
+    int flush;  /* 1: float scales per 128-wide K slice (block FP8 or per-group activations) */
     int sc_big; /* MXFP4: 1 when some E8M0 scale is above 2^1 (or NaN): the decode needs a second multiply */
     int l2pf;   /* decode kernel (S) on sm_90: before waiting for the previous kernel, each warp asks
                  * for the rest of its weights into L2 (set where they fit half the L2: bench/RESULTS.md) */
@@ -267,8 +272,8 @@ int mxi_gpu_cfg_bm(int cfg);
  * nothing else; variant 0/1: the packed (chunk-major) layout with a ring of
  * 6/12 chunks, 2/3: each row group's chunks contiguous, 6/12; out: NG * 32 *
  * n_experts words. CUDA only (HIP builds return -1). */
-int mxi_gpu_read_probe(const void *w, size_t expert_bytes, int n_experts, int NG, int KC, int variant,
-                       uint32_t *out, void *stream);
+int mxi_gpu_read_probe(const void *w, size_t expert_bytes, int n_experts, int NG, int KC, int variant, uint32_t *out,
+                       void *stream);
 #ifdef __cplusplus
 }
 #endif

@@ -407,7 +407,6 @@ template <> struct Wgmma<256> {
     }
 };
 
-
 enum { ENG_SYNC = MXG_MMA_SYNC, ENG_WG = MXG_MMA_WGMMA };
 
 /* Tile configuration: NWG warpgroups (consumers of MT m64 weight tiles each:
@@ -419,10 +418,17 @@ template <int NWG, int MT, int BNT, int WFMT, int MAXST> struct TcCfg {
     static constexpr int NT = NWG * 128;
     static constexpr int BMW = NWG * MT * 64;
     static constexpr int NGRP = BMW / 16;
-    static constexpr int TB = WFMT == MXG_W_FP4 ? 16 : (WFMT == MXG_W_FP8 || WFMT == MXG_W_FP8X) ? 32 : 64;
+    static constexpr int TB = MXG_THREAD_BYTES(WFMT);
     /* bytes of one token row per chunk: 64 BF16, or 64 E4M3 (MXG_W_FP8X) */
     static constexpr int AROW = WFMT == MXG_W_FP8X ? 64 : 128;
     static constexpr int A_BYTES = BNT * AROW;
+    /* byte of row r's 16-byte piece c in a stage's token tile: 128-byte rows in
+     * wgmma's 128-byte swizzle, or 64-byte rows (E4M3) in the 64-byte one */
+    static __device__ __forceinline__ uint32_t a_off(int r, int c)
+    {
+        return AROW == 64 ? (uint32_t)(r * 64 + ((c ^ ((r >> 1) & 3)) << 4))
+                          : (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4));
+    }
     static constexpr int W_BYTES = NGRP * 32 * TB;
     static constexpr int S_BYTES = WFMT == MXG_W_FP4 ? NGRP * 32 : 0;
     static constexpr int STAGE = A_BYTES + W_BYTES + S_BYTES;
@@ -552,7 +558,7 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
     constexpr bool PART = FLUSH || X;      /* partial sums flushed per 128-wide K slice */
-    constexpr int TB = WFMT == MXG_W_FP4 ? 16 : (WFMT == MXG_W_FP8 || X) ? 32 : 64;
+    constexpr int TB = MXG_THREAD_BYTES(WFMT);
     constexpr int W4 = TB / 16; /* uint4 per lane per chunk */
     constexpr int NS = X ? 2 : 4; /* MMA k steps per chunk (k32 / k16) */
     constexpr int XH = X ? 1 : 2; /* 16-byte token pieces per lane, chunk and n8 tile */
@@ -828,7 +834,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
         const int srow = off + (m < cnt ? m : 0);
         const int arow = p.a_rows ? p.a_rows[srow] : srow;
         a_src[i] = (const uint8_t *)p.a + (size_t)arow * p.lda * (X ? 1 : 2) + c * 16;
-        a_dst[i] = X ? (uint32_t)(r * 64 + ((c ^ ((r >> 1) & 3)) << 4)) : (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4));
+        a_dst[i] = C::a_off(r, c);
     }
     auto load_w = [&](int stage, int kc) {
         const uint8_t *src = wsrc + (size_t)kc * wstep;
@@ -916,9 +922,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
                 const uint64_t desc = sw128_desc(a_st + 32 * s);
 #pragma unroll
                 for (int t = 0; t < MT; t++) {
-                    if constexpr (X)
-                        ; /* not instantiated (static_assert above) */
-                    else if constexpr (FLUSH)
+                    if constexpr (FLUSH)
                         Wgmma<BNT>::mma(part[t], af[ab][t], desc);
                     else
                         Wgmma<BNT>::mma(acc[t], af[ab][t], desc);
@@ -930,8 +934,7 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
                 for (int jj = 0; jj < NJ; jj += 2) {
                     uint32_t b[4];
                     const int row = 8 * (jj + (lane >> 4)) + (lane & 7), c = 2 * s + ((lane >> 3) & 1);
-                    ldmatrix_x4(b, X ? a_st + row * 64 + ((c ^ ((row >> 1) & 3)) << 4)
-                                     : a_st + row * 128 + ((c ^ (row & 7)) << 4));
+                    ldmatrix_x4(b, a_st + C::a_off(row, c));
 #pragma unroll
                     for (int t = 0; t < MT; t++) {
                         float *d = PART ? part[PART ? t : 0] : acc[t];
