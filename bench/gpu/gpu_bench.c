@@ -159,9 +159,13 @@ static int read_probes(int E, int K, size_t H, size_t I, int iters, double bw)
         const char *gemm;
         size_t N, Kd;
     } shapes[2] = {{"GEMM1", 2 * I, H}, {"GEMM2", H, I}};
+    /* one expert matrix: NG 16-row groups x KC chunks of 512 bytes */
+    int NG[2], KC[2];
     size_t most = 0;
     for (int s = 0; s < 2; s++) {
-        size_t b = mxg_round_up(shapes[s].N, MXG_NPAD) * mxg_round_up(shapes[s].Kd, MXG_BK) / 2;
+        NG[s] = (int)(mxg_round_up(shapes[s].N, MXG_NPAD) / 16);
+        KC[s] = (int)(mxg_round_up(shapes[s].Kd, MXG_BK) / MXG_BK);
+        const size_t b = (size_t)NG[s] * (size_t)KC[s] * 512;
         most = b > most ? b : most;
     }
     void *w;
@@ -180,14 +184,12 @@ static int read_probes(int E, int K, size_t H, size_t I, int iters, double bw)
     for (int s = 0; s < 2; s++)
         for (int ne = 0; ne < 2; ne++) {
             const int n_ex = ne ? E : K;
-            const int NG = (int)(mxg_round_up(shapes[s].N, MXG_NPAD) / 16);
-            const int KC = (int)(mxg_round_up(shapes[s].Kd, MXG_BK) / MXG_BK);
-            const size_t eb = (size_t)NG * (size_t)KC * 512;
+            const size_t eb = (size_t)NG[s] * (size_t)KC[s] * 512;
             const double bytes = (double)eb * n_ex;
             for (int v = 0; v < 4; v++) {
                 for (int i = 0; i < iters + 3; i++) {
                     CU(cudaEventRecord(e0, st));
-                    int rc = mxi_gpu_read_probe(w, eb, n_ex, NG, KC, v, out, st);
+                    int rc = mxi_gpu_read_probe(w, eb, n_ex, NG[s], KC[s], v, out, st);
                     CU(cudaEventRecord(e1, st));
                     CU(cudaEventSynchronize(e1));
                     if (rc != 0) {
@@ -286,10 +288,12 @@ int main(int argc, char **argv)
     }
     printf("device: %s (%s, %d SMs, %.1f GiB)\n", dev.name, dev.isa, dev.cores, dev.memory / 1073741824.0);
     double bw = hbm_gbps(20);
+    if (probe) { /* reads only: the copy is its limit, no cuBLAS run */
+        printf("limits: HBM copy %.0f GB/s (read+write)\n", bw);
+        return read_probes(E, K, H, I, iters, bw);
+    }
     double tf = cublas_tflops(20);
     printf("limits: HBM copy %.0f GB/s (read+write), cuBLAS BF16 %dx%dx%d %.0f TFLOP/s\n", bw, 8192, 8192, 8192, tf);
-    if (probe)
-        return read_probes(E, K, H, I, iters, bw);
 
     mx_moe_desc_t d;
     memset(&d, 0, sizeof d);
