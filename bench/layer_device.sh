@@ -16,9 +16,11 @@
 #      ours beside plain MPI_Alltoallv in the same run; skipped where network namespaces are refused
 #      (iproute2 comes from .deps/ip when the machine has no `ip`);
 #   7. (profile) Nsight Compute on the GEMM kernels at LAYER_PROFILE token counts (default 1).
-# LAYER_STEPS picks the steps (default "deepep cpu8 cuda8"; also: rings probe l2pf cluster profile;
+# LAYER_STEPS picks the steps (default "deepep cpu8 cuda8"; also: rings probe l2pf w8a8 cluster profile;
 # probe: mxgpu_bench --probe, the decode kernel's weight reads alone; l2pf: the decode GEMMs'
-# L2 prefetch on and off);
+# L2 prefetch on and off; w8a8: the flushing kernels' large-batch tile MXEP_CUDA_LF=2x64 against
+# 1x128 for W8A8 (FP8 and BF16 tensor cores) and W8A16, T = 2048, 8192; PROFILE_ARGS passes
+# options such as --scheme W8A8 to the profile step);
 # LAYER_CUDA=OFF builds without CUDA (faster, for the CPU-only steps).
 # $OUT gets layer_device.log, layer_summary.txt (the lines that matter), the JSON of each step and
 # ncu_summary.txt; full logs stay in /tmp/mxep_layer on the machine.
@@ -89,6 +91,18 @@ if [ "$CUDA" = ON ] && want l2pf && [ "$SECONDS" -lt 420 ]; then
       echo "-- mxgpu_bench MXEP_CUDA_L2PF=$v (${SECONDS}s)"
       MXEP_CUDA_L2PF=$v timeout 60 "$BUILD/kernels/gpu/mxgpu_bench" --tokens 1,2,8 --iters 30 2>&1 |
         grep -E "^limits|^ +[0-9]+ +[0-9]+ +[SML] " || STATUS=1
+    done
+fi
+# 5e. the flushing kernels' large-batch tile (MXEP_CUDA_LF) for every scheme that flushes
+if [ "$CUDA" = ON ] && want w8a8 && [ "$SECONDS" -lt 400 ]; then
+  cmake --build "$BUILD" -j "$(nproc)" --target mxgpu_bench >> "$LOGS/layer_build.log" 2>&1 &&
+    for s in "W8A8" "W8A8 MXEP_CUDA_FP8MMA=0" "W8A16"; do
+      for v in 2x64 1x128; do
+        read -r sch setting <<< "$s"
+        echo "-- mxgpu_bench --scheme $sch ${setting:-} MXEP_CUDA_LF=$v (${SECONDS}s)"
+        env ${setting:-} MXEP_CUDA_LF=$v timeout 45 "$BUILD/kernels/gpu/mxgpu_bench" --scheme "$sch" \
+          --tokens 2048,8192 --iters 5 2>&1 | grep -E "^limits|^layer|^ +[0-9]+ +[0-9]+ +[SML] " || STATUS=1
+      done
     done
 fi
 # 6. across hosts on the simulated cluster (iproute2 from .deps/ip when the machine lacks `ip`:

@@ -1092,15 +1092,15 @@ static int l_variant()
     return v;
 }
 
-/* Large-batch tile of the kernels that keep partial sums per 128-wide K slice with
- * E4M3 tokens (W8A8 on sm_90), MXEP_CUDA_LF: 1 (default, "2x64"): two CTAs per SM of
+/* Large-batch tile of the kernels that keep partial sums per 128-wide K slice (E4M3
+ * tokens, FP8 block scales, per-group activations), MXEP_CUDA_LF: 1 (default, "2x64"): two CTAs per SM of
  * 128 weight rows x 64 tokens, 4 stages each, at most 128 registers, so that one CTA's
  * flushes overlap the other's MMAs; 0 ("1x128"): one CTA per SM of 128 x 128 with 8
  * stages (the accumulators and partial sums of 128 tokens need more registers than two
  * CTAs have). Same bits. On the H100 2x64 took W8A8 at T = 2048 / 8192 from 5.47 / 17.73
- * ms to 4.21 / 14.75 (bench/RESULTS.md). The flushing kernels with BF16 tokens (block
- * scales or per-group activations on the BF16 tensor cores) keep 1x128: 2x64 has not
- * run on a GPU for them yet. */
+ * ms to 4.21 / 14.75 (bench/RESULTS.md). BRANCH gpu-lf-all: the flushing kernels with
+ * BF16 tokens (block scales or per-group activations on the BF16 tensor cores) take it
+ * too; NOT YET RUN ON A GPU for them (LAYER_STEPS=w8a8 in bench/layer_device.sh). */
 static int lf_variant()
 {
     static int v = -1;
@@ -1118,7 +1118,7 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
     /* large batches: 128 weight rows x 128 tokens, two CTAs per m tile of 256 (the
      * flushing kernels keep a second accumulator set: see lf_variant) */
     if constexpr (FLUSH || WFMT == MXG_W_FP8X) {
-        if (WFMT == MXG_W_FP8X && lf_variant() == 1)
+        if (lf_variant() == 1)
             return launch_tc<2, 1, 64, WFMT, FLUSH, ENG, 4, 2>(p, st, 4);
         return launch_tc<2, 1, 128, WFMT, FLUSH, ENG, 8>(p, st, 2);
     } else if (l_variant() == 1) /* two CTAs per SM of 128 rows x 128 tokens, 5 stages each */
