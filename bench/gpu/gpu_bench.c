@@ -29,7 +29,11 @@ static const char *USAGE =
     "  --probe         instead of the layer: read the MXFP4 weight bytes of GEMM1 and GEMM2\n"
     "                  (top-k and all experts) with the decode kernel's grid and nothing\n"
     "                  else, in the packed layout and with each row group contiguous,\n"
-    "                  ring depth 6 and 12; GB/s and %% of the HBM copy\n"
+    "                  ring depth 6 and 12; GB/s and % of the HBM copy\n"
+    "  --trace         also, per token count, the timeline of the layer's kernels: when\n"
+    "                  their first and last CTAs started, found their input ready (past\n"
+    "                  griddepcontrol.wait) and ended, in us from the first start\n"
+    "                  (median of 9 traced layers; %globaltimer)\n"
     "  --help          this text\n"
     "Exit status: 0 ok, 1 a check against the reference failed or a CUDA error, 2 bad usage or no device.\n";
 
@@ -213,6 +217,59 @@ static int read_probes(int E, int K, size_t H, size_t I, int iters, double bw)
     return 0;
 }
 
+/* --trace: TRACE_N single layers with the kernels' notes on (mxi_gpu_trace), the
+ * device idle before each; per kernel the median of each note, in us from the
+ * layer's first CTA start, and the events' time of the same layers. */
+static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, size_t T, cudaEvent_t e0, cudaEvent_t e1)
+{
+    enum { TRACE_N = 9 };
+    static const char *const names[MXG_TR_SLOTS] = {"GEMM1 input (quantize/copy)", "GEMM1", "GEMM2 input (quantize)",
+                                                    "GEMM2", "combine"};
+    unsigned long long n[TRACE_N][MXG_TR_SLOTS][6];
+    double ev[TRACE_N];
+    for (int r = 0; r < TRACE_N; r++) {
+        CU(cudaStreamSynchronize(st));
+        int rc = mxi_gpu_trace(1, NULL);
+        if (rc == 0) {
+            CU(cudaEventRecord(e0, st));
+            if (mxi_cuda_layer(pk) != MX_OK) {
+                fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
+                return 1;
+            }
+            CU(cudaEventRecord(e1, st));
+            CU(cudaStreamSynchronize(st));
+            rc = mxi_gpu_trace(0, &n[r][0][0]);
+        }
+        if (rc != 0) {
+            fprintf(stderr, "mxgpu_bench: trace: %s\n", cudaGetErrorString((cudaError_t)rc));
+            return 1;
+        }
+        float ms;
+        CU(cudaEventElapsedTime(&ms, e0, e1));
+        ev[r] = ms * 1e3;
+    }
+    printf("trace T=%zu: us from the first CTA start, median of %d layers (events: %.1f us per layer)\n", T, TRACE_N,
+           median(ev, TRACE_N));
+    printf("  %-28s %8s %8s %8s %8s %8s %8s\n", "kernel", "start0", "start1", "ready0", "ready1", "end0", "end1");
+    for (int s = 0; s < MXG_TR_SLOTS; s++) {
+        if (n[0][s][0] == ~0ull)
+            continue; /* not in this layer */
+        double v[6];
+        for (int i = 0; i < 6; i++) {
+            double x[TRACE_N];
+            for (int r = 0; r < TRACE_N; r++) {
+                unsigned long long t0 = ~0ull;
+                for (int q = 0; q < MXG_TR_SLOTS; q++)
+                    t0 = n[r][q][0] < t0 ? n[r][q][0] : t0;
+                x[r] = n[r][s][i] >= t0 && n[r][s][i] != ~0ull ? (double)(n[r][s][i] - t0) / 1e3 : -1.0;
+            }
+            v[i] = median(x, TRACE_N);
+        }
+        printf("  %-28s %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f\n", names[s], v[0], v[1], v[2], v[3], v[4], v[5]);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     size_t tokens[32] = {1, 8, 64, 512, 2048, 8192};
@@ -220,7 +277,7 @@ int main(int argc, char **argv)
     size_t H = 2880, I = 2880;
     uint64_t seed = 1;
     const char *json = NULL;
-    int probe = 0;
+    int probe = 0, trace = 0;
     mx_scheme_t scheme = MX_SCHEME_W4A16;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -230,6 +287,10 @@ int main(int argc, char **argv)
         }
         if (!strcmp(a, "--probe")) {
             probe = 1;
+            continue;
+        }
+        if (!strcmp(a, "--trace")) {
+            trace = 1;
             continue;
         }
         if (!v) {
@@ -438,6 +499,8 @@ int main(int argc, char **argv)
                 (pass ? tp : tl)[i] = ms / n_layers;
             }
         }
+        if (trace && print_trace(st, pk, T, e0, e1))
+            return 1;
         int nrun = iters < 20 ? iters : 20;
         double *tr = malloc(sizeof(double) * (size_t)nrun);
         for (int i = 0; i < nrun; i++) {

@@ -274,6 +274,15 @@ int mxi_gpu_cfg_bm(int cfg);
  * n_experts words. CUDA only (HIP builds return -1). */
 int mxi_gpu_read_probe(const void *w, size_t expert_bytes, int n_experts, int NG, int KC, int variant, uint32_t *out,
                        void *stream);
+/* mxgpu_bench --trace: the layer's timeline. on = 1 clears the notes and turns
+ * the trace on (after the stream's earlier work: call it with the device idle);
+ * on = 0 turns it off and copies the notes into out[MXG_TR_SLOTS][6]: per slot
+ * the first and last CTA start, input ready (past griddepcontrol.wait) and end,
+ * %globaltimer ns (a slot no CTA noted keeps first = ~0, last = 0). Slots: the
+ * quantizer or copy of GEMM1's input, GEMM1, GEMM2's quantizer, GEMM2, the
+ * combine. 0 or the runtime's error code; HIP builds return -1. */
+enum { MXG_TR_Q1 = 0, MXG_TR_G1 = 1, MXG_TR_Q2 = 2, MXG_TR_G2 = 3, MXG_TR_COMB = 4, MXG_TR_SLOTS = 5 };
+int mxi_gpu_trace(int on, unsigned long long *out);
 #ifdef __cplusplus
 }
 #endif

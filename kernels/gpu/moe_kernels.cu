@@ -195,6 +195,32 @@ __device__ __forceinline__ void griddep_wait()
 #endif
 }
 
+/* ------------------------------------------------------------ timeline (mxgpu_bench --trace) */
+
+/* While the trace is on (mxi_gpu_trace), the CTAs of the layer's kernels note in
+ * mxg_tr[slot] when they started, when their input was ready (past
+ * griddepcontrol.wait) and when they ended: the first and the last of each, in
+ * %globaltimer nanoseconds. Off, each note costs one load of mxg_tr_on. Slots:
+ * MXG_TR_* (gpu_layout.h). */
+__device__ int mxg_tr_on;
+__device__ unsigned long long mxg_tr[MXG_TR_SLOTS][6];
+
+__device__ __forceinline__ void tr_note(int slot, int what)
+{
+#if !defined(MXG_HIP)
+    if (!*(volatile int *)&mxg_tr_on)
+        return;
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+    atomicMin(&mxg_tr[slot][2 * what], t);
+    atomicMax(&mxg_tr[slot][2 * what + 1], t);
+#else
+    (void)slot;
+    (void)what;
+#endif
+}
+enum { TR_START = 0, TR_READY = 1, TR_END = 2 };
+
 /* Row factor (FP8 weight scale) of packed row n for K slice kb, and token
  * factor (activation scale) of sorted row s; a flushed slice is scaled by
  * their product (computed in this order everywhere). */
@@ -564,6 +590,9 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     constexpr int XH = X ? 1 : 2; /* 16-byte token pieces per lane, chunk and n8 tile */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t4 = lane & 3;
+    const int tslot = p.epi == MXG_EPI_ACT ? MXG_TR_G1 : MXG_TR_G2;
+    if (threadIdx.x == 0)
+        tr_note(tslot, TR_START);
     griddep_launch();
     const int mt = blockIdx.y;
     const int rg = blockIdx.x * 4 + warp;
@@ -602,6 +631,8 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         }
     }
     griddep_wait();
+    if (threadIdx.x == 0)
+        tr_note(tslot, TR_READY);
 
     /* the lane's token rows: 8 j + g of the tile, j = 0, 1, in mxg_tok_pos
      * order (its 16 columns of a chunk are 32 contiguous bytes; E4M3 rows in
@@ -774,6 +805,8 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             p.out[(size_t)(off + m0 + m) * p.ldo + mxg_tok_pos(i)] = 0;
         }
     }
+    if (lane == 0)
+        tr_note(tslot, TR_END);
 }
 
 template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST, bool BIG, int MINB = 1>
@@ -806,6 +839,9 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, wi = warp & 3;
     const int g = lane >> 2, t4 = lane & 3;
     const int mt = blockIdx.y;
+    const int tslot = p.epi == MXG_EPI_ACT ? MXG_TR_G1 : MXG_TR_G2;
+    if (tid == 0)
+        tr_note(tslot, TR_START);
     griddep_launch();
     if (mt >= p.n_mtiles)
         return;
@@ -863,6 +899,8 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
         if (st < KC)
             load_w(st, st);
     griddep_wait();
+    if (tid == 0)
+        tr_note(tslot, TR_READY);
 #pragma unroll
     for (int st = 0; st < PRE; st++) {
         if (st < KC)
@@ -1039,6 +1077,8 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
             p.out[(size_t)(act ? s : p.out_rows[s]) * p.ldo + col] = ((const uint16_t *)(smem + r * C::EPI_PITCH))[cc];
         }
     }
+    if (tid == 0)
+        tr_note(tslot, TR_END);
 }
 
 template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST, int MINB = 1>
@@ -1098,9 +1138,9 @@ static int l_variant()
  * flushes overlap the other's MMAs; 0 ("1x128"): one CTA per SM of 128 x 128 with 8
  * stages (the accumulators and partial sums of 128 tokens need more registers than two
  * CTAs have). Same bits. On the H100 2x64 took W8A8 at T = 2048 / 8192 from 5.47 / 17.73
- * ms to 4.21 / 14.75 (bench/RESULTS.md). BRANCH gpu-lf-all: the flushing kernels with
- * BF16 tokens (block scales or per-group activations on the BF16 tensor cores) take it
- * too; NOT YET RUN ON A GPU for them (LAYER_STEPS=w8a8 in bench/layer_device.sh). */
+ * ms to 4.21 / 14.75 (bench/RESULTS.md). The flushing kernels with BF16 tokens (block
+ * scales or per-group activations on the BF16 tensor cores) take it too: 1.03x to 1.23x
+ * on an H200 (session 15, LAYER_STEPS=w8a8 in bench/layer_device.sh). */
 static int lf_variant()
 {
     static int v = -1;
@@ -1256,8 +1296,13 @@ __global__ void gemm_simt(const mxg_gemm_params_t p, int bm)
 
 __global__ void quant_rows(const mxg_quant_params_t p)
 {
+    const int tslot = p.src_rows ? MXG_TR_Q1 : MXG_TR_Q2; /* GEMM1's input is gathered from the token rows */
+    if (threadIdx.x == 0)
+        tr_note(tslot, TR_START);
     griddep_launch();
     griddep_wait();
+    if (threadIdx.x == 0)
+        tr_note(tslot, TR_READY);
     const int r = blockIdx.x;
     if (r >= p.n_rows)
         return;
@@ -1322,14 +1367,20 @@ __global__ void quant_rows(const mxg_quant_params_t p)
     }
     for (int k = p.K + (int)threadIdx.x; k < p.pad_out; k += blockDim.x)
         putq(k, 0.0f);
+    if (threadIdx.x == 0)
+        tr_note(tslot, TR_END);
 }
 
 /* ------------------------------------------------------------ combine */
 
 __global__ void combine_rows(const mxg_combine_params_t p)
 {
+    if (threadIdx.x == 0)
+        tr_note(MXG_TR_COMB, TR_START);
     griddep_launch();
     griddep_wait();
+    if (threadIdx.x == 0)
+        tr_note(MXG_TR_COMB, TR_READY);
     const int h = blockIdx.x * blockDim.x + threadIdx.x;
     if (h >= p.H)
         return;
@@ -1341,6 +1392,8 @@ __global__ void combine_rows(const mxg_combine_params_t p)
         }
         p.out[(size_t)t * p.H + h] = v;
     }
+    if ((threadIdx.x & 31) == 0)
+        tr_note(MXG_TR_COMB, TR_END);
 }
 
 /* ------------------------------------------------------------ launchers */
@@ -1455,6 +1508,30 @@ extern "C" int mxi_gpu_read_probe(const void *w, size_t expert_bytes, int n_expe
     return (int)cudaGetLastError();
 #else
     (void)w, (void)expert_bytes, (void)n_experts, (void)NG, (void)KC, (void)variant, (void)out, (void)stream;
+    return -1; /* not built for HIP */
+#endif
+}
+
+extern "C" int mxi_gpu_trace(int on, unsigned long long *out)
+{
+#if !defined(MXG_HIP)
+    cudaError_t err;
+    if (on) {
+        unsigned long long init[MXG_TR_SLOTS][6];
+        for (int s = 0; s < MXG_TR_SLOTS; s++)
+            for (int i = 0; i < 6; i++)
+                init[s][i] = i % 2 ? 0ull : ~0ull;
+        err = cudaMemcpyToSymbol(mxg_tr, init, sizeof init);
+    } else {
+        err = cudaMemcpyFromSymbol(out, mxg_tr, sizeof(unsigned long long) * MXG_TR_SLOTS * 6);
+    }
+    const int flag = on ? 1 : 0;
+    if (err == cudaSuccess)
+        err = cudaMemcpyToSymbol(mxg_tr_on, &flag, sizeof flag);
+    return (int)err;
+#else
+    (void)on;
+    (void)out;
     return -1; /* not built for HIP */
 #endif
 }
