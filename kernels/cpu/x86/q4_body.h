@@ -272,7 +272,7 @@ void MXI_Q4_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *co
     size_t nr = r1 - r0, nbp = 8 * m->ng;
     if (nt == 0 || nr == 0)
         return;
-    if (nt < MXI_CPU_STREAM_MAX) {
+    if (nt < MXI_CPU_Q4_STREAM_MAX) {
         for (size_t t0 = 0; t0 < nt; t0 += 4) {
             size_t tn = nt - t0 < 4 ? nt - t0 : 4;
             static const q4_stream_fn fns[2][4] = {{Q4S_R1(0), q4s_1_2_0, q4s_1_3_0, q4s_1_4_0},
