@@ -162,16 +162,20 @@ static mx_status_t cuda_probe(mx_device_info_t *info_p)
     return MX_OK;
 }
 
+/* Whether environment variable `name` is set to exactly `value`. */
+static int env_is(const char *name, const char *value)
+{
+    const char *e = getenv(name);
+    return e && !strcmp(e, value);
+}
+
 /* W8A8 runs on the FP8 tensor cores (E4M3 token rows, MXG_W_FP8X) on sm_90, the
  * only FP8 target this build compiles MMA code for, unless MXEP_CUDA_FP8MMA=0 asks
  * for the BF16 tensor cores (E4M3 decoded exactly to BF16) as everywhere else. */
 static int scheme_wfmt(mx_scheme_t s, int cc)
 {
-    if (s == MX_SCHEME_W8A8 && cc == 90) {
-        const char *e = getenv("MXEP_CUDA_FP8MMA");
-        if (!e || strcmp(e, "0"))
-            return MXG_W_FP8X;
-    }
+    if (s == MX_SCHEME_W8A8 && cc == 90 && !env_is("MXEP_CUDA_FP8MMA", "0"))
+        return MXG_W_FP8X;
     return s == MX_SCHEME_W16A16 ? MXG_W_BF16 : (s == MX_SCHEME_W4A16 || s == MX_SCHEME_W4A8) ? MXG_W_FP4 : MXG_W_FP8;
 }
 
@@ -473,22 +477,19 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
     p->cc = (int)dev->flags;
     p->wfmt = scheme_wfmt(desc->scheme, p->cc);
     p->mma = p->cc == 90 ? MXG_MMA_WGMMA : MXG_MMA_SYNC;
-    const char *mma_env = getenv("MXEP_CUDA_MMA");
-    if (mma_env && !strcmp(mma_env, "sync"))
+    if (env_is("MXEP_CUDA_MMA", "sync"))
         p->mma = MXG_MMA_SYNC;
     if (p->wfmt == MXG_W_FP8X) /* E4M3 tokens: mma.sync .e4m3 in every tile (moe_kernels.cu, gemm_tc) */
         p->mma = MXG_MMA_SYNC;
     p->pdl = p->cc >= 90;
-    const char *pdl_env = getenv("MXEP_CUDA_PDL");
-    if (pdl_env && !strcmp(pdl_env, "0"))
+    if (env_is("MXEP_CUDA_PDL", "0"))
         p->pdl = 0;
     mx_status_t st = MX_OK;
     cudaError_t err = cudaSetDevice(dev->device_index);
     if (err != cudaSuccess)
         st = cuda_fail(p->device, err, "cudaSetDevice (creating the context; out of device memory?)");
     int l2 = 0;
-    const char *l2_env = getenv("MXEP_CUDA_L2PF");
-    if (st == MX_OK && p->pdl && !(l2_env && !strcmp(l2_env, "0")) &&
+    if (st == MX_OK && p->pdl && !env_is("MXEP_CUDA_L2PF", "0") &&
         cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev->device_index) == cudaSuccess && l2 > 0)
         p->l2pf_max = (size_t)l2 / 2;
     (void)cudaGetLastError();

@@ -1238,7 +1238,7 @@ __device__ float w_elem(const mxg_gemm_params_t &p, int e, int n, int k)
             nib |= ((word >> mxg_fp4_bit(sh, j)) & 1u) << j;
         return fp4_to_f(nib) * e8m0_to_f(p.sc[(size_t)e * p.sc_estride + mxg_sc_offset(p.N_pad, n, k >> 5)]);
     }
-    if (p.wfmt == MXG_W_FP8 || p.wfmt == MXG_W_FP8X)
+    if (mxg_wfmt_fp8(p.wfmt))
         return bf16_to_f(e4m3_to_bf16(w[o]));
     return bf16_to_f(*(const uint16_t *)(w + o));
 }
@@ -1407,7 +1407,7 @@ static int gemm_launch_part(const mxg_gemm_params_t *p, int cfg, cudaStream_t st
 {
 #if !defined(MXG_HIP)
     /* per-slice flushes come with FP8 block scales or per-group activations (W8A8) only */
-    if (p->wfmt != MXG_W_FP8 && p->wfmt != MXG_W_FP8X && p->flush)
+    if (!mxg_wfmt_fp8(p->wfmt) && p->flush)
         return (int)cudaErrorInvalidValue;
     if (p->wfmt == MXG_W_FP8X)
         return p->flush ? launch_eng<MXG_W_FP8X, true>(p, cfg, st) : launch_eng<MXG_W_FP8X, false>(p, cfg, st);
