@@ -64,6 +64,8 @@ struct mx_backend_packed {
     int cc;  /* compute capability, 10 * major + minor */
     int mma; /* MXG_MMA_WGMMA on sm_90 (unless MXEP_CUDA_MMA=sync or E4M3 tokens), else MXG_MMA_SYNC */
     int pdl; /* programmatic dependent launches between the layer's kernels (sm_90; MXEP_CUDA_PDL=0 turns them off) */
+    int tokcopy; /* MXEP_CUDA_TOKCOPY=1: small batches of unquantized schemes copy the token rows into the decode
+                  * kernel's column order first (the kernel before the decode path read natural rows; same bits) */
     size_t l2pf_max; /* a decode-kernel GEMM whose weights take at most this many bytes prefetches them into L2
                       * while the kernel before it runs: half the L2 with dependent launches, else 0
                       * (MXEP_CUDA_L2PF=0 turns it off) */
@@ -484,6 +486,7 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
     p->pdl = p->cc >= 90;
     if (env_is("MXEP_CUDA_PDL", "0"))
         p->pdl = 0;
+    p->tokcopy = env_is("MXEP_CUDA_TOKCOPY", "1");
     mx_status_t st = MX_OK;
     cudaError_t err = cudaSetDevice(dev->device_index);
     if (err != cudaSuccess)
@@ -734,13 +737,16 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
     gemm_common(p, &p->m2, &g2);
 
     /* GEMM1 input. The decode kernel (S) reads token rows with their columns in
-     * mxg_tok_pos order: the quantizer writes them so, or copies them so when
-     * the scheme does not quantize; GEMM1's decode epilogue then writes GEMM2's
-     * input in that order too. Pad columns are written as zeros either way (the
-     * buffers serve batches of both orders). */
+     * mxg_tok_pos order where the quantizer writes them (so it does); the
+     * schemes that do not quantize leave the staged rows as they are and the
+     * decode kernel gathers their words itself (a_nat; MXEP_CUDA_TOKCOPY=1
+     * copies them into mxg_tok_pos order first, the same bits). GEMM1's decode
+     * epilogue writes GEMM2's input in that order. Pad columns are written as
+     * zeros either way (the buffers serve batches of both orders); the staged
+     * rows' pad columns are zeros from their allocation. */
     const int perm = p->cfg == MXG_CFG_S;
     const int quant1 = sch == MX_SCHEME_W4A8 || sch == MX_SCHEME_W8A8;
-    if (quant1 || perm) {
+    if (quant1 || (perm && p->tokcopy)) {
         mxg_quant_params_t q = {0};
         q.mode = !quant1 ? MXG_Q_COPY : sch == MX_SCHEME_W4A8 ? MXG_Q_STATIC : grp ? MXG_Q_GROUP128 : MXG_Q_TOKEN;
         q.in = p->x.ptr;
@@ -775,6 +781,7 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
     } else {
         g1.a = p->x.ptr;
         g1.a_rows = p->d_a_tok;
+        g1.a_nat = 1;
     }
     g1.lda = K1;
     g1.epi = MXG_EPI_ACT;

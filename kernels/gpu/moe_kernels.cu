@@ -204,6 +204,7 @@ __device__ __forceinline__ void griddep_wait()
  * MXG_TR_* (gpu_layout.h). */
 __device__ int mxg_tr_on;
 __device__ unsigned long long mxg_tr[MXG_TR_SLOTS][6];
+__device__ unsigned mxg_tr_sm[MXG_TR_SLOTS][MXG_TR_MAXSM]; /* CTAs started per SM */
 
 __device__ __forceinline__ void tr_note(int slot, int what)
 {
@@ -214,6 +215,12 @@ __device__ __forceinline__ void tr_note(int slot, int what)
     asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
     atomicMin(&mxg_tr[slot][2 * what], t);
     atomicMax(&mxg_tr[slot][2 * what + 1], t);
+    if (what == 0) { /* TR_START */
+        unsigned sm;
+        asm volatile("mov.u32 %0, %%smid;\n" : "=r"(sm));
+        if (sm < MXG_TR_MAXSM)
+            atomicAdd(&mxg_tr_sm[slot][sm], 1u);
+    }
 #else
     (void)slot;
     (void)what;
@@ -578,11 +585,16 @@ template <bool B> struct BoolC {
 };
 
 /* D: chunks in flight per lane (the register ring); MINB: CTAs per SM the
- * register budget is cut for. BIG: the matrix has MXFP4 scales above 2^1. */
-template <int WFMT, bool FLUSH, bool BIG, int D, int MINB>
+ * register budget is cut for. BIG: the matrix has MXFP4 scales above 2^1.
+ * NAT: the token rows are BF16 in their natural column order (GEMM1 reading
+ * the staged token rows through a_rows, with no copy kernel before it): each
+ * lane gathers its fragment words one by one (8 loads of 4 bytes per chunk and
+ * n8 tile instead of 2 of 16), the same values as from mxg_tok_pos order. */
+template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false>
 __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
+    static_assert(!(NAT && X), "E4M3 token rows are always written by the quantizer, in mxg_tok_pos8 order");
     constexpr bool PART = FLUSH || X;      /* partial sums flushed per 128-wide K slice */
     constexpr int TB = MXG_THREAD_BYTES(WFMT);
     constexpr int W4 = TB / 16; /* uint4 per lane per chunk */
@@ -639,13 +651,14 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
      * mxg_tok_pos8 order, 16 bytes). Rows past the
      * expert's tokens read its last token instead: the MMA's columns are
      * independent and those columns are never stored. */
+    /* (NAT: the lane's word t4 of the row; its words of a chunk are 8 s + 4 kh + t4) */
     const uint4 *xr[2];
 #pragma unroll
     for (int j = 0; j < 2; j++) {
         const int m = m0 + 8 * j + g;
         const int srow = off + (m < cnt ? m : cnt - 1);
         xr[j] = (const uint4 *)((const uint8_t *)p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda * (X ? 1 : 2) +
-                                XH * 16 * t4);
+                                (NAT ? 4 : XH * 16) * t4);
     }
 
     float acc[2][4];
@@ -674,20 +687,41 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
          * chunk ahead (8 uint4 per 64 columns of a row, 4 for E4M3: the chunk stride) */
         const uint4 *xp[2] = {xr[0], xr[1]};
         uint4 bq[2][2][2]; /* [chunk parity][n8 tile][half]: D is even */
+        /* tile j's token fragments of the chunk at xp[j]: half h holds steps 2h, 2h + 1 */
+        auto ldtok = [&](int j, uint4 (&dst)[2][2]) {
+            if (NAT) {
+                const uint32_t *w = (const uint32_t *)xp[j];
 #pragma unroll
-        for (int j = 0; j < NJ; j++)
+                for (int h = 0; h < 2; h++)
+                    asm volatile("ld.global.nc.b32 %0, [%4];\n\tld.global.nc.b32 %1, [%4+16];\n\t"
+                                 "ld.global.nc.b32 %2, [%4+32];\n\tld.global.nc.b32 %3, [%4+48];\n"
+                                 : "=r"(dst[j][h].x), "=r"(dst[j][h].y), "=r"(dst[j][h].z), "=r"(dst[j][h].w)
+                                 : "l"(w + 16 * h));
+            } else {
 #pragma unroll
-            for (int h = 0; h < XH; h++)
-                bq[0][j][h] = __ldg(xp[j] + h);
-        auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
+                for (int h = 0; h < XH; h++)
+                    dst[j][h] = __ldg(xp[j] + h);
+            }
+        };
+        if (!NAT) {
 #pragma unroll
             for (int j = 0; j < NJ; j++)
-                if (kc + 1 < KC) {
-                    xp[j] += XH * 4;
+                ldtok(j, bq[0]);
+        }
+        auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
+            /* the token fragments: the next chunk's, a chunk ahead; NAT: this
+             * chunk's, now (their eight loads per tile would hold as many
+             * registers across the chunk; the rows are in L1) */
 #pragma unroll
-                    for (int h = 0; h < XH; h++)
-                        bn[j][h] = __ldg(xp[j] + h);
+            for (int j = 0; j < NJ; j++) {
+                if (NAT) {
+                    ldtok(j, bc);
+                    xp[j] += XH * 4;
+                } else if (kc + 1 < KC) {
+                    xp[j] += XH * 4;
+                    ldtok(j, bn);
                 }
+            }
             uint32_t bb[4][2][2]; /* [step][n8 tile][b0, b1] */
 #pragma unroll
             for (int j = 0; j < NJ; j++)
@@ -1182,8 +1216,24 @@ static int dec_variant()
     return v;
 }
 
-/* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA. */
-template <int WFMT, bool FLUSH> static int launch_dec(const mxg_gemm_params_t *p, cudaStream_t st)
+/* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
+ * NAT: the token rows are in their natural column order (mxg_gemm_params_t.a_nat). */
+/* Experiment (MXEP_CUDA_G2SMEM=KB): GEMM2's decode CTAs reserve that much
+ * shared memory (unused), which caps how many of them one SM takes next to
+ * GEMM1's; every decode kernel then prefers the largest shared-memory carveout
+ * so that the two kinds can share an SM. 0 (default): off. */
+static int g2_smem()
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("MXEP_CUDA_G2SMEM");
+        const int kb = e ? atoi(e) : 0;
+        v = kb > 0 && kb <= 200 ? kb * 1024 : 0;
+    }
+    return v;
+}
+
+template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm_params_t *p, cudaStream_t st)
 {
     cudaLaunchConfig_t lc = {};
     lc.gridDim = dim3((unsigned)((p->N + 63) / 64), (unsigned)p->n_mtiles);
@@ -1196,17 +1246,33 @@ template <int WFMT, bool FLUSH> static int launch_dec(const mxg_gemm_params_t *p
     lc.numAttrs = p->pdl ? 1 : 0;
     /* chunks in flight (FP8 tokens: 6, the registers of 8 spill) */
     constexpr int D = WFMT == MXG_W_FP4 ? 12 : WFMT == MXG_W_FP8 ? 8 : WFMT == MXG_W_FP8X ? 6 : 4;
+    void (*kern)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, true, D, 3, NAT>;
     if constexpr (WFMT == MXG_W_FP4) {
         if (!p->sc_big) {
             const int v = FLUSH ? 0 : dec_variant();
-            if (v == 1)
-                return (int)cudaLaunchKernelEx(&lc, gemm_dec<WFMT, FLUSH, false, 8, 4>, *p);
-            if (v == 2)
-                return (int)cudaLaunchKernelEx(&lc, gemm_dec<WFMT, FLUSH, false, 6, 5>, *p);
-            return (int)cudaLaunchKernelEx(&lc, gemm_dec<WFMT, FLUSH, false, D, 3>, *p);
+            kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
+                   : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
+                            : gemm_dec<WFMT, FLUSH, false, D, 3, NAT>;
         }
     }
-    return (int)cudaLaunchKernelEx(&lc, gemm_dec<WFMT, FLUSH, true, D, 3>, *p);
+    if (const int sm = g2_smem()) {
+        cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
+        if (err == cudaSuccess && p->epi == MXG_EPI_OUT) {
+            err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, sm);
+            lc.dynamicSmemBytes = (size_t)sm;
+        }
+        if (err != cudaSuccess)
+            return (int)err;
+    }
+    return (int)cudaLaunchKernelEx(&lc, kern, *p);
+}
+template <int WFMT, bool FLUSH> static int launch_dec(const mxg_gemm_params_t *p, cudaStream_t st)
+{
+    if constexpr (WFMT != MXG_W_FP8X) {
+        if (p->a_nat)
+            return launch_dec_o<WFMT, FLUSH, true>(p, st);
+    }
+    return launch_dec_o<WFMT, FLUSH, false>(p, st);
 }
 
 template <int WFMT, bool FLUSH> static int launch_eng(const mxg_gemm_params_t *p, int cfg, cudaStream_t st)
@@ -1512,7 +1578,7 @@ extern "C" int mxi_gpu_read_probe(const void *w, size_t expert_bytes, int n_expe
 #endif
 }
 
-extern "C" int mxi_gpu_trace(int on, unsigned long long *out)
+extern "C" int mxi_gpu_trace(int on, unsigned long long *out, unsigned *sm_out)
 {
 #if !defined(MXG_HIP)
     cudaError_t err;
@@ -1522,8 +1588,13 @@ extern "C" int mxi_gpu_trace(int on, unsigned long long *out)
             for (int i = 0; i < 6; i++)
                 init[s][i] = i % 2 ? 0ull : ~0ull;
         err = cudaMemcpyToSymbol(mxg_tr, init, sizeof init);
+        static const unsigned zero[MXG_TR_SLOTS][MXG_TR_MAXSM] = {{0}};
+        if (err == cudaSuccess)
+            err = cudaMemcpyToSymbol(mxg_tr_sm, zero, sizeof zero);
     } else {
         err = cudaMemcpyFromSymbol(out, mxg_tr, sizeof(unsigned long long) * MXG_TR_SLOTS * 6);
+        if (err == cudaSuccess && sm_out)
+            err = cudaMemcpyFromSymbol(sm_out, mxg_tr_sm, sizeof(unsigned) * MXG_TR_SLOTS * MXG_TR_MAXSM);
     }
     const int flag = on ? 1 : 0;
     if (err == cudaSuccess)
@@ -1532,6 +1603,7 @@ extern "C" int mxi_gpu_trace(int on, unsigned long long *out)
 #else
     (void)on;
     (void)out;
+    (void)sm_out;
     return -1; /* not built for HIP */
 #endif
 }
