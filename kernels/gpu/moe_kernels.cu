@@ -173,18 +173,59 @@ __device__ __forceinline__ void griddep_launch()
 #endif
 }
 /* Asks for `bytes` (a multiple of 16) at `ptr` (16-byte aligned) to be brought
- * into L2 and kept there before other lines (evict_last), without waiting. */
-__device__ __forceinline__ void prefetch_l2(const void *ptr, uint32_t bytes)
+ * into L2 and kept there before other lines (evict_last; NORMAL: with the
+ * ordinary priority), without waiting. */
+template <bool NORMAL = false> __device__ __forceinline__ void prefetch_l2(const void *ptr, uint32_t bytes)
 {
 #if defined(MXG_HAVE_GRIDDEP)
     uint64_t pol;
-    asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(pol));
+    if (NORMAL)
+        asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(pol));
+    else
+        asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(pol));
     asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;\n" ::"l"(ptr), "r"(bytes), "l"(pol)
                  : "memory");
 #else
     (void)ptr;
     (void)bytes;
 #endif
+}
+/* Weight loads of the decode kernel: EF: marked first to leave L2 (and not kept
+ * in L1), so that a layer's streamed weights do not push the kernels' code,
+ * token rows and activations out of L2; otherwise plain __ldg. */
+template <bool EF> __device__ __forceinline__ uint4 ldw(const uint4 *ptr, uint64_t pol)
+{
+#if defined(MXG_HAVE_GRIDDEP)
+    if (EF) {
+        uint4 v;
+        asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
+            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+            : "l"(ptr), "l"(pol));
+        return v;
+    }
+#endif
+    (void)pol;
+    return __ldg(ptr);
+}
+template <bool EF> __device__ __forceinline__ uint32_t ldw(const uint32_t *ptr, uint64_t pol)
+{
+#if defined(MXG_HAVE_GRIDDEP)
+    if (EF) {
+        uint32_t v;
+        asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.u32 %0, [%1], %2;\n" : "=r"(v) : "l"(ptr), "l"(pol));
+        return v;
+    }
+#endif
+    (void)pol;
+    return __ldg(ptr);
+}
+__device__ __forceinline__ uint64_t policy_evict_first()
+{
+    uint64_t pol = 0;
+#if defined(MXG_HAVE_GRIDDEP)
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pol));
+#endif
+    return pol;
 }
 /* Waits until the previous kernel of the stream has completed and its writes
  * are visible (a no-op when this kernel was not launched as a dependent). */
@@ -590,7 +631,9 @@ template <bool B> struct BoolC {
  * the staged token rows through a_rows, with no copy kernel before it): each
  * lane gathers its fragment words one by one (8 loads of 4 bytes per chunk and
  * n8 tile instead of 2 of 16), the same values as from mxg_tok_pos order. */
-template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false>
+/* L2P (experiment, MXEP_CUDA_DEC=6x5f1|6x5f2): 1: weight loads marked evict_first
+ * (ldw), 2: that and the L2 prefetch at the ordinary priority instead of evict_last. */
+template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, int L2P = 0>
 __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
@@ -620,6 +663,8 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
                                : nullptr;
     const size_t sstep = (size_t)NG * 8; /* in uint32 */
 
+    constexpr bool EF = L2P != 0;
+    const uint64_t wpol = EF ? policy_evict_first() : 0;
     uint4 wr[D][W4];
     uint32_t sr[D];
 #pragma unroll
@@ -627,8 +672,8 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         if (u < KC) {
 #pragma unroll
             for (int q = 0; q < W4; q++)
-                wr[u][q] = __ldg(wsrc + (size_t)u * wstep + q);
-            sr[u] = WFMT == MXG_W_FP4 ? __ldg(ssrc + (size_t)u * sstep) : 0u;
+                wr[u][q] = ldw<EF>(wsrc + (size_t)u * wstep + q, wpol);
+            sr[u] = WFMT == MXG_W_FP4 ? ldw<EF>(ssrc + (size_t)u * sstep, wpol) : 0u;
         }
     }
     /* p.l2pf: the warp's chunks past the ring go to L2 now, while the kernel that
@@ -637,9 +682,9 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         const uint8_t *wb = p.w + (size_t)e * p.w_estride + (size_t)rg * 32 * TB;
         const uint8_t *sb = WFMT == MXG_W_FP4 ? p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 : nullptr;
         for (int kc = D + lane; kc < KC; kc += 32) {
-            prefetch_l2(wb + (size_t)kc * NG * 32 * TB, 32 * TB);
+            prefetch_l2<L2P == 2>(wb + (size_t)kc * NG * 32 * TB, 32 * TB);
             if (WFMT == MXG_W_FP4)
-                prefetch_l2(sb + (size_t)kc * NG * 32, 32);
+                prefetch_l2<L2P == 2>(sb + (size_t)kc * NG * 32, 32);
         }
     }
     griddep_wait();
@@ -747,9 +792,9 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             if (kc + D < KC) {
 #pragma unroll
                 for (int q = 0; q < W4; q++)
-                    slot[q] = __ldg(wnext + q);
+                    slot[q] = ldw<EF>(wnext + q, wpol);
                 if (WFMT == MXG_W_FP4)
-                    sslot = __ldg(snext);
+                    sslot = ldw<EF>(snext, wpol);
             }
             if (WFMT == MXG_W_FP4)
                 snext += sstep;
@@ -1211,7 +1256,11 @@ static int dec_variant()
     static int v = -1;
     if (v < 0) {
         const char *e = getenv("MXEP_CUDA_DEC");
-        v = e && !strcmp(e, "12x3") ? 0 : e && !strcmp(e, "8x4") ? 1 : 2;
+        v = e && !strcmp(e, "12x3")    ? 0
+            : e && !strcmp(e, "8x4")   ? 1
+            : e && !strcmp(e, "6x5f1") ? 3
+            : e && !strcmp(e, "6x5f2") ? 4
+                                       : 2;
     }
     return v;
 }
@@ -1252,6 +1301,8 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
             const int v = FLUSH ? 0 : dec_variant();
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
+                   : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, 1>
+                   : v == 4 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, 2>
                             : gemm_dec<WFMT, FLUSH, false, D, 3, NAT>;
         }
     }

@@ -967,6 +967,8 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
     static const char *const settings[] = {NULL,
                                            "MXEP_CUDA_DEC=8x4",
                                            "MXEP_CUDA_DEC=12x3",
+                                           "MXEP_CUDA_DEC=6x5f1",
+                                           "MXEP_CUDA_DEC=6x5f2",
                                            "MXEP_CUDA_L=1x256",
                                            "MXEP_CUDA_LF=1x128",
                                            "MXEP_CUDA_MMA=sync",
