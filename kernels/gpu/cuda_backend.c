@@ -64,8 +64,9 @@ struct mx_backend_packed {
     int cc;  /* compute capability, 10 * major + minor */
     int mma; /* MXG_MMA_WGMMA on sm_90 (unless MXEP_CUDA_MMA=sync or E4M3 tokens), else MXG_MMA_SYNC */
     int pdl; /* programmatic dependent launches between the layer's kernels (sm_90; MXEP_CUDA_PDL=0 turns them off) */
-    int tokcopy; /* MXEP_CUDA_TOKCOPY=1: small batches of unquantized schemes copy the token rows into the decode
-                  * kernel's column order first (the kernel before the decode path read natural rows; same bits) */
+    int tokcopy; /* MXEP_CUDA_TOKCOPY=1: small batches of unquantized schemes always copy the token rows into the
+                  * decode kernel's column order first (same bits) */
+    int max_cnt; /* staged batch: rows of the busiest expert */
     size_t l2pf_max; /* a decode-kernel GEMM whose weights take at most this many bytes prefetches them into L2
                       * while the kernel before it runs: half the L2 with dependent launches, else 0
                       * (MXEP_CUDA_L2PF=0 turns it off) */
@@ -631,6 +632,7 @@ static mx_status_t stage_body(mx_backend_packed_t *p, const mx_run_args_t *a)
     mxi_gpu_plan_build(a, &dims, p->in_scale, p->down_in_scale, p->force_cfg, p->hmeta, &info);
     p->cfg = info.cfg;
     p->n_mtiles = info.n_mtiles;
+    p->max_cnt = info.max_cnt;
 
     /* device buffers (grown in stream order) */
     const size_t K1 = (size_t)p->m1.K_pad;
@@ -737,16 +739,19 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
     gemm_common(p, &p->m2, &g2);
 
     /* GEMM1 input. The decode kernel (S) reads token rows with their columns in
-     * mxg_tok_pos order where the quantizer writes them (so it does); the
-     * schemes that do not quantize leave the staged rows as they are and the
-     * decode kernel gathers their words itself (a_nat; MXEP_CUDA_TOKCOPY=1
-     * copies them into mxg_tok_pos order first, the same bits). GEMM1's decode
-     * epilogue writes GEMM2's input in that order. Pad columns are written as
-     * zeros either way (the buffers serve batches of both orders); the staged
-     * rows' pad columns are zeros from their allocation. */
+     * mxg_tok_pos order: the quantizer writes them so, or, for the schemes that
+     * do not quantize, a copy kernel does. When no expert has more than 8 rows
+     * (one n8 token tile), the decode kernel gathers the words of the staged
+     * rows itself instead (a_nat): no copy kernel and no launch before GEMM1,
+     * the same bits (MXEP_CUDA_TOKCOPY=1 copies always; with two tiles the
+     * gather's loads cost more than the copy: bench/RESULTS.md, session 16).
+     * GEMM1's decode epilogue writes GEMM2's input in mxg_tok_pos order. Pad
+     * columns are written as zeros either way (the buffers serve batches of both
+     * orders); the staged rows' pad columns are zeros from their allocation. */
     const int perm = p->cfg == MXG_CFG_S;
     const int quant1 = sch == MX_SCHEME_W4A8 || sch == MX_SCHEME_W8A8;
-    if (quant1 || (perm && p->tokcopy)) {
+    const int nat = perm && !quant1 && !p->tokcopy && p->max_cnt <= 8;
+    if (quant1 || (perm && !nat)) {
         mxg_quant_params_t q = {0};
         q.mode = !quant1 ? MXG_Q_COPY : sch == MX_SCHEME_W4A8 ? MXG_Q_STATIC : grp ? MXG_Q_GROUP128 : MXG_Q_TOKEN;
         q.in = p->x.ptr;
@@ -781,7 +786,7 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
     } else {
         g1.a = p->x.ptr;
         g1.a_rows = p->d_a_tok;
-        g1.a_nat = 1;
+        g1.a_nat = nat;
     }
     g1.lda = K1;
     g1.epi = MXG_EPI_ACT;

@@ -173,16 +173,13 @@ __device__ __forceinline__ void griddep_launch()
 #endif
 }
 /* Asks for `bytes` (a multiple of 16) at `ptr` (16-byte aligned) to be brought
- * into L2 and kept there before other lines (evict_last; NORMAL: with the
- * ordinary priority), without waiting. */
-template <bool NORMAL = false> __device__ __forceinline__ void prefetch_l2(const void *ptr, uint32_t bytes)
+ * into L2 and kept there before other lines (evict_last), without waiting. (At
+ * the ordinary priority it was slower: bench/RESULTS.md, session 16.) */
+__device__ __forceinline__ void prefetch_l2(const void *ptr, uint32_t bytes)
 {
 #if defined(MXG_HAVE_GRIDDEP)
     uint64_t pol;
-    if (NORMAL)
-        asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(pol));
-    else
-        asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(pol));
+    asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(pol));
     asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;\n" ::"l"(ptr), "r"(bytes), "l"(pol)
                  : "memory");
 #else
@@ -192,7 +189,8 @@ template <bool NORMAL = false> __device__ __forceinline__ void prefetch_l2(const
 }
 /* Weight loads of the decode kernel: EF: marked first to leave L2 (and not kept
  * in L1), so that a layer's streamed weights do not push the kernels' code,
- * token rows and activations out of L2; otherwise plain __ldg. */
+ * token rows and activations out of L2 (H100, W4A16 at T = 1: the layer 19%
+ * faster; bench/RESULTS.md, session 16); otherwise plain __ldg. */
 template <bool EF> __device__ __forceinline__ uint4 ldw(const uint4 *ptr, uint64_t pol)
 {
 #if defined(MXG_HAVE_GRIDDEP)
@@ -631,9 +629,9 @@ template <bool B> struct BoolC {
  * the staged token rows through a_rows, with no copy kernel before it): each
  * lane gathers its fragment words one by one (8 loads of 4 bytes per chunk and
  * n8 tile instead of 2 of 16), the same values as from mxg_tok_pos order. */
-/* L2P (experiment, MXEP_CUDA_DEC=6x5f1|6x5f2): 1: weight loads marked evict_first
- * (ldw), 2: that and the L2 prefetch at the ordinary priority instead of evict_last. */
-template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, int L2P = 0>
+/* EF: the weight loads are marked evict_first (ldw); plain loads only in the
+ * MXEP_CUDA_DEC=6x5n variant, kept to measure against. */
+template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true>
 __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
@@ -663,7 +661,6 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
                                : nullptr;
     const size_t sstep = (size_t)NG * 8; /* in uint32 */
 
-    constexpr bool EF = L2P != 0;
     const uint64_t wpol = EF ? policy_evict_first() : 0;
     uint4 wr[D][W4];
     uint32_t sr[D];
@@ -682,9 +679,9 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         const uint8_t *wb = p.w + (size_t)e * p.w_estride + (size_t)rg * 32 * TB;
         const uint8_t *sb = WFMT == MXG_W_FP4 ? p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 : nullptr;
         for (int kc = D + lane; kc < KC; kc += 32) {
-            prefetch_l2<L2P == 2>(wb + (size_t)kc * NG * 32 * TB, 32 * TB);
+            prefetch_l2(wb + (size_t)kc * NG * 32 * TB, 32 * TB);
             if (WFMT == MXG_W_FP4)
-                prefetch_l2<L2P == 2>(sb + (size_t)kc * NG * 32, 32);
+                prefetch_l2(sb + (size_t)kc * NG * 32, 32);
         }
     }
     griddep_wait();
@@ -1256,32 +1253,13 @@ static int dec_variant()
     static int v = -1;
     if (v < 0) {
         const char *e = getenv("MXEP_CUDA_DEC");
-        v = e && !strcmp(e, "12x3")    ? 0
-            : e && !strcmp(e, "8x4")   ? 1
-            : e && !strcmp(e, "6x5f1") ? 3
-            : e && !strcmp(e, "6x5f2") ? 4
-                                       : 2;
+        v = e && !strcmp(e, "12x3") ? 0 : e && !strcmp(e, "8x4") ? 1 : e && !strcmp(e, "6x5n") ? 3 : 2;
     }
     return v;
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
  * NAT: the token rows are in their natural column order (mxg_gemm_params_t.a_nat). */
-/* Experiment (MXEP_CUDA_G2SMEM=KB): GEMM2's decode CTAs reserve that much
- * shared memory (unused), which caps how many of them one SM takes next to
- * GEMM1's; every decode kernel then prefers the largest shared-memory carveout
- * so that the two kinds can share an SM. 0 (default): off. */
-static int g2_smem()
-{
-    static int v = -1;
-    if (v < 0) {
-        const char *e = getenv("MXEP_CUDA_G2SMEM");
-        const int kb = e ? atoi(e) : 0;
-        v = kb > 0 && kb <= 200 ? kb * 1024 : 0;
-    }
-    return v;
-}
-
 template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm_params_t *p, cudaStream_t st)
 {
     cudaLaunchConfig_t lc = {};
@@ -1301,19 +1279,9 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
             const int v = FLUSH ? 0 : dec_variant();
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
-                   : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, 1>
-                   : v == 4 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, 2>
+                   : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>
                             : gemm_dec<WFMT, FLUSH, false, D, 3, NAT>;
         }
-    }
-    if (const int sm = g2_smem()) {
-        cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
-        if (err == cudaSuccess && p->epi == MXG_EPI_OUT) {
-            err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, sm);
-            lc.dynamicSmemBytes = (size_t)sm;
-        }
-        if (err != cudaSuccess)
-            return (int)err;
     }
     return (int)cudaLaunchKernelEx(&lc, kern, *p);
 }
