@@ -34,7 +34,7 @@ FIRST_T=${TOKENS%%,*}
 STATUS=0
 for r in $(seq 1 "$ROUNDS"); do
   for s in "$@"; do
-    name=${s//[^A-Za-z0-9_=.-]/_}
+    name=${s//[^A-Za-z0-9_.-]/_}
     log=$OUT/ab_${SCHEME}_${name}_r$r.log
     if [ "$s" = default ]; then env=(); else env=("$s"); fi
     env "${env[@]}" timeout 150 "$BIN" --scheme "$SCHEME" --tokens "$TOKENS" --iters "$ITERS" "${TRACE[@]}" \
