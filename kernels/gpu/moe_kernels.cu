@@ -189,8 +189,8 @@ __device__ __forceinline__ void prefetch_l2(const void *ptr, uint32_t bytes)
 }
 /* Weight loads of the decode kernel: EF: marked first to leave L2 (and not kept
  * in L1), so that a layer's streamed weights do not push the kernels' code,
- * token rows and activations out of L2 (H100, W4A16 at T = 1: the layer 19%
- * faster; bench/RESULTS.md, session 16); otherwise plain __ldg. */
+ * token rows and activations out of L2 (H100, W4A16 at T = 1..64: 12-18% less
+ * time per layer; bench/RESULTS.md, session 16); otherwise plain __ldg. */
 template <bool EF> __device__ __forceinline__ uint4 ldw(const uint4 *ptr, uint64_t pol)
 {
 #if defined(MXG_HAVE_GRIDDEP)
