@@ -226,10 +226,11 @@ static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, size_t T, cudaE
     static const char *const names[MXG_TR_SLOTS] = {"GEMM1 input (quantize/copy)", "GEMM1", "GEMM2 input (quantize)",
                                                     "GEMM2", "combine"};
     unsigned long long n[TRACE_N][MXG_TR_SLOTS][6];
+    static unsigned sm[TRACE_N][MXG_TR_SLOTS][MXG_TR_MAXSM];
     double ev[TRACE_N];
     for (int r = 0; r < TRACE_N; r++) {
         CU(cudaStreamSynchronize(st));
-        int rc = mxi_gpu_trace(1, NULL);
+        int rc = mxi_gpu_trace(1, NULL, NULL);
         if (rc == 0) {
             CU(cudaEventRecord(e0, st));
             if (mxi_cuda_layer(pk) != MX_OK) {
@@ -238,7 +239,7 @@ static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, size_t T, cudaE
             }
             CU(cudaEventRecord(e1, st));
             CU(cudaStreamSynchronize(st));
-            rc = mxi_gpu_trace(0, &n[r][0][0]);
+            rc = mxi_gpu_trace(0, &n[r][0][0], &sm[r][0][0]);
         }
         if (rc != 0) {
             fprintf(stderr, "mxgpu_bench: trace: %s\n", cudaGetErrorString((cudaError_t)rc));
@@ -250,7 +251,8 @@ static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, size_t T, cudaE
     }
     printf("trace T=%zu: us from the first CTA start, median of %d layers (events: %.1f us per layer)\n", T, TRACE_N,
            median(ev, TRACE_N));
-    printf("  %-28s %8s %8s %8s %8s %8s %8s\n", "kernel", "start0", "start1", "ready0", "ready1", "end0", "end1");
+    printf("  %-28s %8s %8s %8s %8s %8s %8s %5s %5s %5s\n", "kernel", "start0", "start1", "ready0", "ready1", "end0",
+           "end1", "CTAs", "SMs", "max");
     for (int s = 0; s < MXG_TR_SLOTS; s++) {
         if (n[0][s][0] == ~0ull)
             continue; /* not in this layer */
@@ -265,7 +267,31 @@ static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, size_t T, cudaE
             }
             v[i] = median(x, TRACE_N);
         }
-        printf("  %-28s %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f\n", names[s], v[0], v[1], v[2], v[3], v[4], v[5]);
+        /* where the CTAs ran (the median layer by SMs used): CTAs, SMs with any, most on one SM */
+        double used[TRACE_N];
+        for (int r = 0; r < TRACE_N; r++) {
+            used[r] = 0;
+            for (int k = 0; k < MXG_TR_MAXSM; k++)
+                used[r] += sm[r][s][k] > 0;
+        }
+        const double mu = median(used, TRACE_N);
+        unsigned ctas = 0, most = 0;
+        for (int r = 0; r < TRACE_N; r++) {
+            double u = 0;
+            unsigned c = 0, m = 0;
+            for (int k = 0; k < MXG_TR_MAXSM; k++) {
+                u += sm[r][s][k] > 0;
+                c += sm[r][s][k];
+                m = sm[r][s][k] > m ? sm[r][s][k] : m;
+            }
+            if (u == mu) {
+                ctas = c;
+                most = m;
+                break;
+            }
+        }
+        printf("  %-28s %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %5u %5.0f %5u\n", names[s], v[0], v[1], v[2], v[3], v[4],
+               v[5], ctas, mu, most);
     }
     return 0;
 }

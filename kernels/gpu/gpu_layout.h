@@ -278,11 +278,14 @@ int mxi_gpu_read_probe(const void *w, size_t expert_bytes, int n_experts, int NG
  * the trace on (after the stream's earlier work: call it with the device idle);
  * on = 0 turns it off and copies the notes into out[MXG_TR_SLOTS][6]: per slot
  * the first and last CTA start, input ready (past griddepcontrol.wait) and end,
- * %globaltimer ns (a slot no CTA noted keeps first = ~0, last = 0). Slots: the
- * quantizer or copy of GEMM1's input, GEMM1, GEMM2's quantizer, GEMM2, the
- * combine. 0 or the runtime's error code; HIP builds return -1. */
+ * %globaltimer ns (a slot no CTA noted keeps first = ~0, last = 0), and, when
+ * sm_out is not NULL, into sm_out[MXG_TR_SLOTS][MXG_TR_MAXSM] how many of the
+ * slot's CTAs started on each SM. Slots: the quantizer or copy of GEMM1's input,
+ * GEMM1, GEMM2's quantizer, GEMM2, the combine. 0 or the runtime's error code;
+ * HIP builds return -1. */
 enum { MXG_TR_Q1 = 0, MXG_TR_G1 = 1, MXG_TR_Q2 = 2, MXG_TR_G2 = 3, MXG_TR_COMB = 4, MXG_TR_SLOTS = 5 };
-int mxi_gpu_trace(int on, unsigned long long *out);
+enum { MXG_TR_MAXSM = 256 };
+int mxi_gpu_trace(int on, unsigned long long *out, unsigned *sm_out);
 #ifdef __cplusplus
 }
 #endif

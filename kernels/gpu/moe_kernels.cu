@@ -204,6 +204,7 @@ __device__ __forceinline__ void griddep_wait()
  * MXG_TR_* (gpu_layout.h). */
 __device__ int mxg_tr_on;
 __device__ unsigned long long mxg_tr[MXG_TR_SLOTS][6];
+__device__ unsigned mxg_tr_sm[MXG_TR_SLOTS][MXG_TR_MAXSM]; /* CTAs started per SM */
 
 __device__ __forceinline__ void tr_note(int slot, int what)
 {
@@ -214,6 +215,12 @@ __device__ __forceinline__ void tr_note(int slot, int what)
     asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
     atomicMin(&mxg_tr[slot][2 * what], t);
     atomicMax(&mxg_tr[slot][2 * what + 1], t);
+    if (what == 0) { /* TR_START */
+        unsigned sm;
+        asm volatile("mov.u32 %0, %%smid;\n" : "=r"(sm));
+        if (sm < MXG_TR_MAXSM)
+            atomicAdd(&mxg_tr_sm[slot][sm], 1u);
+    }
 #else
     (void)slot;
     (void)what;
@@ -1512,7 +1519,7 @@ extern "C" int mxi_gpu_read_probe(const void *w, size_t expert_bytes, int n_expe
 #endif
 }
 
-extern "C" int mxi_gpu_trace(int on, unsigned long long *out)
+extern "C" int mxi_gpu_trace(int on, unsigned long long *out, unsigned *sm_out)
 {
 #if !defined(MXG_HIP)
     cudaError_t err;
@@ -1522,8 +1529,13 @@ extern "C" int mxi_gpu_trace(int on, unsigned long long *out)
             for (int i = 0; i < 6; i++)
                 init[s][i] = i % 2 ? 0ull : ~0ull;
         err = cudaMemcpyToSymbol(mxg_tr, init, sizeof init);
+        static const unsigned zero[MXG_TR_SLOTS][MXG_TR_MAXSM] = {{0}};
+        if (err == cudaSuccess)
+            err = cudaMemcpyToSymbol(mxg_tr_sm, zero, sizeof zero);
     } else {
         err = cudaMemcpyFromSymbol(out, mxg_tr, sizeof(unsigned long long) * MXG_TR_SLOTS * 6);
+        if (err == cudaSuccess && sm_out)
+            err = cudaMemcpyFromSymbol(sm_out, mxg_tr_sm, sizeof(unsigned) * MXG_TR_SLOTS * MXG_TR_MAXSM);
     }
     const int flag = on ? 1 : 0;
     if (err == cudaSuccess)
@@ -1532,6 +1544,7 @@ extern "C" int mxi_gpu_trace(int on, unsigned long long *out)
 #else
     (void)on;
     (void)out;
+    (void)sm_out;
     return -1; /* not built for HIP */
 #endif
 }

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# bench/gpu/device_ab.sh: compare kernel variants (MXEP_CUDA_* settings) on the GPU in one
+# call, alternating them round by round so that drift of the machine hits every variant alike.
+# Needs a build from bench/gpu/device_run.sh (build-device/). Prints, per setting and round,
+# the layer time and its ratio to the HBM copy measured in the same bench run, and with
+# --trace the kernels' timeline at the first token count; full logs go to $OUT (or ./out).
+# Usage (repository root, on the device machine):
+#   bash bench/gpu/device_ab.sh [--scheme S] [--tokens LIST] [--iters N] [--rounds R] [--trace] \
+#        -- SETTING...        (SETTING: NAME=VALUE, or "default")
+# Example: bash bench/gpu/device_ab.sh --tokens 1,8,64 --trace -- default MXEP_CUDA_TOKCOPY=1
+set -u -o pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-$ROOT/out}
+SCHEME=W4A16 TOKENS=1,8,64 ITERS=30 ROUNDS=2 TRACE=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --scheme) SCHEME=$2; shift ;;
+    --tokens) TOKENS=$2; shift ;;
+    --iters) ITERS=$2; shift ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --trace) TRACE=(--trace) ;;
+    --) shift; break ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "device_ab.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ $# -gt 0 ] || { echo "device_ab.sh: name at least one setting after -- (see --help)" >&2; exit 2; }
+BIN=$ROOT/build-device/kernels/gpu/mxgpu_bench
+[ -x "$BIN" ] || { echo "device_ab.sh: $BIN missing: run bench/gpu/device_run.sh first" >&2; exit 2; }
+. "$ROOT/bench/device_env.sh" || exit 2
+mkdir -p "$OUT"
+FIRST_T=${TOKENS%%,*}
+STATUS=0
+for r in $(seq 1 "$ROUNDS"); do
+  for s in "$@"; do
+    name=${s//[^A-Za-z0-9_=.-]/_}
+    log=$OUT/ab_${SCHEME}_${name}_r$r.log
+    if [ "$s" = default ]; then env=(); else env=("$s"); fi
+    env "${env[@]}" timeout 150 "$BIN" --scheme "$SCHEME" --tokens "$TOKENS" --iters "$ITERS" "${TRACE[@]}" \
+      --json "$OUT/ab_${SCHEME}_${name}_r$r.json" > "$log" 2>&1
+    rc=$?
+    [ $rc = 0 ] || STATUS=1
+    echo "== $SCHEME $s, round $r (exit $rc)"
+    # T, layer_ms, %HBM, pipe_ms, pipe%HBM
+    awk '$3 ~ /^(S|M|L)$/ && $1 ~ /^[0-9]+$/ {printf "  T=%-5s layer %s ms %s HBM, pipe %s ms %s\n", $1, $4, $7, $12, $13}' "$log"
+    if [ ${#TRACE[@]} -gt 0 ]; then
+      awk -v t="trace T=$FIRST_T:" 'index($0, t) == 1 {on = 1; print "  " $0; next} on && /^  / {print "  " $0; next} {on = 0}' "$log"
+    fi
+  done
+done
+exit $STATUS
