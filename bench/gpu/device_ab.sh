@@ -7,7 +7,7 @@
 # Usage (repository root, on the device machine):
 #   bash bench/gpu/device_ab.sh [--scheme S] [--tokens LIST] [--iters N] [--rounds R] [--trace] \
 #        -- SETTING...        (SETTING: NAME=VALUE, or "default")
-# Example: bash bench/gpu/device_ab.sh --tokens 1,8,64 --trace -- default MXEP_CUDA_TOKCOPY=1
+# Example: bash bench/gpu/device_ab.sh --tokens 1,8,64 --trace -- default MXEP_CUDA_DEC=12x3
 set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$ROOT/out}
