@@ -604,8 +604,9 @@ __device__ __forceinline__ void decode_step(const uint32_t *src, int s, const Fp
 
 /* ------------------------------------------------------------ decode kernel (small batches) */
 
-/* Weights and token rows are read with __ldg (the non-coherent path): they do
- * not change while the kernel runs (token rows are the previous kernel's
+/* Weights and token rows are read through the non-coherent path (__ldg; the
+ * weights with an evict-first L2 policy, ldw): they do not change while the
+ * kernel runs (token rows are the staged batch or the previous kernel's
  * finished output). */
 
 /* Batches of at most 16 tokens per expert are bound by reading the weights.
