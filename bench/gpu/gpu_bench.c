@@ -33,7 +33,8 @@ static const char *USAGE =
     "  --trace         also, per token count, the timeline of the layer's kernels: when\n"
     "                  their first and last CTAs started, found their input ready (past\n"
     "                  griddepcontrol.wait) and ended, in us from the first start\n"
-    "                  (median of 9 traced layers; %globaltimer)\n"
+    "                  (median of 9 traced layers; %globaltimer), and where they ran:\n"
+    "                  CTAs, SMs used, most CTAs on one SM (%smid)\n"
     "  --help          this text\n"
     "Exit status: 0 ok, 1 a check against the reference failed or a CUDA error, 2 bad usage or no device.\n";
 
