@@ -268,31 +268,24 @@ static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, size_t T, cudaE
             }
             v[i] = median(x, TRACE_N);
         }
-        /* where the CTAs ran (the median layer by SMs used): CTAs, SMs with any, most on one SM */
-        double used[TRACE_N];
+        /* where the CTAs ran, in the median layer by SMs used: CTAs, SMs with any, most on one SM */
+        double used[TRACE_N], sorted[TRACE_N];
+        unsigned ctas[TRACE_N] = {0}, most[TRACE_N] = {0};
         for (int r = 0; r < TRACE_N; r++) {
             used[r] = 0;
-            for (int k = 0; k < MXG_TR_MAXSM; k++)
-                used[r] += sm[r][s][k] > 0;
-        }
-        const double mu = median(used, TRACE_N);
-        unsigned ctas = 0, most = 0;
-        for (int r = 0; r < TRACE_N; r++) {
-            double u = 0;
-            unsigned c = 0, m = 0;
             for (int k = 0; k < MXG_TR_MAXSM; k++) {
-                u += sm[r][s][k] > 0;
-                c += sm[r][s][k];
-                m = sm[r][s][k] > m ? sm[r][s][k] : m;
+                used[r] += sm[r][s][k] > 0;
+                ctas[r] += sm[r][s][k];
+                most[r] = sm[r][s][k] > most[r] ? sm[r][s][k] : most[r];
             }
-            if (u == mu) {
-                ctas = c;
-                most = m;
-                break;
-            }
+            sorted[r] = used[r];
         }
+        const double mu = median(sorted, TRACE_N); /* TRACE_N is odd: one of the layers */
+        int rm = 0;
+        while (used[rm] != mu)
+            rm++;
         printf("  %-28s %8.1f %8.1f %8.1f %8.1f %8.1f %8.1f %5u %5.0f %5u\n", names[s], v[0], v[1], v[2], v[3], v[4],
-               v[5], ctas, mu, most);
+               v[5], ctas[rm], mu, most[rm]);
     }
     return 0;
 }

@@ -244,6 +244,7 @@ __device__ __forceinline__ void griddep_wait()
 __device__ int mxg_tr_on;
 __device__ unsigned long long mxg_tr[MXG_TR_SLOTS][6];
 __device__ unsigned mxg_tr_sm[MXG_TR_SLOTS][MXG_TR_MAXSM]; /* CTAs started per SM */
+enum { TR_START = 0, TR_READY = 1, TR_END = 2 };
 
 __device__ __forceinline__ void tr_note(int slot, int what)
 {
@@ -254,7 +255,7 @@ __device__ __forceinline__ void tr_note(int slot, int what)
     asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
     atomicMin(&mxg_tr[slot][2 * what], t);
     atomicMax(&mxg_tr[slot][2 * what + 1], t);
-    if (what == 0) { /* TR_START */
+    if (what == TR_START) {
         unsigned sm;
         asm volatile("mov.u32 %0, %%smid;\n" : "=r"(sm));
         if (sm < MXG_TR_MAXSM)
@@ -265,7 +266,6 @@ __device__ __forceinline__ void tr_note(int slot, int what)
     (void)what;
 #endif
 }
-enum { TR_START = 0, TR_READY = 1, TR_END = 2 };
 
 /* Row factor (FP8 weight scale) of packed row n for K slice kb, and token
  * factor (activation scale) of sorted row s; a flushed slice is scaled by
