@@ -42,8 +42,8 @@ for r in $(seq 1 "$ROUNDS"); do
     rc=$?
     [ $rc = 0 ] || STATUS=1
     echo "== $SCHEME $s, round $r (exit $rc)"
-    # T, layer_ms, %HBM, pipe_ms, pipe%HBM
-    awk '$3 ~ /^(S|M|L)$/ && $1 ~ /^[0-9]+$/ {printf "  T=%-5s layer %s ms %s HBM, pipe %s ms %s\n", $1, $4, $7, $12, $13}' "$log"
+    # T, layer_ms, %HBM, pipe_ms, pipe%HBM, cold_ms, cold%HBM
+    awk '$3 ~ /^(S|M|L)$/ && $1 ~ /^[0-9]+$/ {printf "  T=%-5s layer %s ms %s HBM, pipe %s ms %s, cold %s ms %s\n", $1, $4, $7, $12, $13, $14, $15}' "$log"
     if [ ${#TRACE[@]} -gt 0 ]; then
       awk -v t="trace T=$FIRST_T:" 'index($0, t) == 1 {on = 1; print "  " $0; next} on && /^  / {print "  " $0; next} {on = 0}' "$log"
     fi

@@ -5,6 +5,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,17 +31,24 @@ static const char *USAGE =
     "                  (top-k and all experts) with the decode kernel's grid and nothing\n"
     "                  else, in the packed layout and with each row group contiguous,\n"
     "                  ring depth 6 and 12; GB/s and % of the HBM copy\n"
-    "  --trace         also, per token count, the timeline of the layer's kernels: when\n"
-    "                  their first and last CTAs started, found their input ready (past\n"
-    "                  griddepcontrol.wait) and ended, in us from the first start\n"
+    "  --trace         also, per token count, the timeline of the layer's kernels in cold\n"
+    "                  layers (see cold_ms below): when their first and last CTAs started,\n"
+    "                  found their input ready (past griddepcontrol.wait) and ended, in us\n"
+    "                  from the first start\n"
     "                  (median of 9 traced layers; %globaltimer), and where they ran:\n"
     "                  CTAs, SMs used, most CTAs on one SM (%smid)\n"
     "  --help          this text\n"
+    "Columns: layer_ms, one layer's kernels between two events, the host waiting after each;\n"
+    "pipe_ms, per layer of 10 enqueued back to back; cold_ms, one layer with the L2 flushed\n"
+    "before it (a read of twice its size; then the batch's uploads again) and its launches\n"
+    "queued ahead behind a host gate, so that neither the host's launch calls nor weights\n"
+    "left in L2 count; %HBM columns:\n"
+    "weight bytes per time against the HBM copy of the same run.\n"
     "Exit status: 0 ok, 1 a check against the reference failed or a CUDA error, 2 bad usage or no device.\n";
 
 typedef struct {
     size_t T;
-    double layer_ms, run_ms, pipe_ms, err, bytes, flops;
+    double layer_ms, run_ms, pipe_ms, cold_ms, err, bytes, flops;
     int n_active, cfg;
 } point_t;
 
@@ -218,10 +226,71 @@ static int read_probes(int E, int K, size_t H, size_t I, int iters, double bw)
     return 0;
 }
 
+/* Cold layers (cold_ms, --trace): the L2 is flushed before each (a read of
+ * twice its size, which leaves clean lines of another buffer: a model's next
+ * layer finds none of its weights there), the batch is staged again after the
+ * flush (its token rows and plan are fresh uploads in a model's run too), and
+ * the layer's launches are queued behind a gate, a host function that holds
+ * the stream until they all are, so that neither the host's launch calls nor
+ * weights left in L2 by the layer before count in the time between the events. */
+typedef struct {
+    void *buf;
+    size_t bytes;
+    uint32_t *sink;
+    atomic_int open;
+} cold_t;
+
+static void CUDART_CB gate_fn(void *arg)
+{
+    cold_t *c = arg;
+    const double t0 = now_ms();
+    while (!atomic_load(&c->open) && now_ms() - t0 < 10000.0) /* never longer than 10 s */
+        ;
+}
+
+static int cold_init(cold_t *c, int device)
+{
+    int l2 = 0;
+    CU(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
+    c->bytes = (size_t)(l2 > 0 ? l2 : 64 << 20) * 2;
+    c->bytes = (c->bytes + 15) & ~(size_t)15;
+    CU(cudaMalloc(&c->buf, c->bytes));
+    CU(cudaMalloc((void **)&c->sink, 4));
+    CU(cudaMemset(c->buf, 0x5a, c->bytes)); /* the XOR of its words is 0 */
+    CU(cudaDeviceSynchronize());
+    atomic_init(&c->open, 0);
+    return 0;
+}
+
+/* Enqueues the flush, the batch's uploads (a), the gate and the first event;
+ * the caller enqueues the layer and the second event, then calls cold_go. */
+static int cold_begin(cold_t *c, cudaStream_t st, cudaEvent_t e0, mx_backend_packed_t *pk, const mx_run_args_t *a)
+{
+    int rc = mxi_gpu_l2_flush(c->buf, c->bytes, 1u, c->sink, st);
+    if (rc != 0) {
+        fprintf(stderr, "mxgpu_bench: L2 flush launch: %s\n", cudaGetErrorString((cudaError_t)rc));
+        return 1;
+    }
+    if (mxi_cuda_stage(pk, a) != MX_OK) {
+        fprintf(stderr, "mxgpu_bench: stage: %s\n", mx_error_detail());
+        return 1;
+    }
+    atomic_store(&c->open, 0);
+    CU(cudaLaunchHostFunc(st, gate_fn, c));
+    CU(cudaEventRecord(e0, st));
+    return 0;
+}
+
+static void cold_go(cold_t *c)
+{
+    atomic_store(&c->open, 1);
+}
+
 /* --trace: TRACE_N single layers with the kernels' notes on (mxi_gpu_trace), the
  * device idle before each; per kernel the median of each note, in us from the
  * layer's first CTA start, and the events' time of the same layers. */
-static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, size_t T, cudaEvent_t e0, cudaEvent_t e1)
+static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, const mx_run_args_t *a, size_t T, cudaEvent_t e0,
+                       cudaEvent_t e1, cold_t *cold)
 {
     enum { TRACE_N = 9 };
     static const char *const names[MXG_TR_SLOTS] = {"GEMM1 input (quantize/copy)", "GEMM1", "GEMM2 input (quantize)",
@@ -233,13 +302,16 @@ static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, size_t T, cudaE
         CU(cudaStreamSynchronize(st));
         int rc = mxi_gpu_trace(1, NULL, NULL);
         if (rc == 0) {
-            CU(cudaEventRecord(e0, st));
-            if (mxi_cuda_layer(pk) != MX_OK) {
+            if (cold_begin(cold, st, e0, pk, a))
+                return 1;
+            mx_status_t ls = mxi_cuda_layer(pk);
+            CU(cudaEventRecord(e1, st));
+            cold_go(cold);
+            CU(cudaStreamSynchronize(st));
+            if (ls != MX_OK) {
                 fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
                 return 1;
             }
-            CU(cudaEventRecord(e1, st));
-            CU(cudaStreamSynchronize(st));
             rc = mxi_gpu_trace(0, &n[r][0][0], &sm[r][0][0]);
         }
         if (rc != 0) {
@@ -250,7 +322,7 @@ static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, size_t T, cudaE
         CU(cudaEventElapsedTime(&ms, e0, e1));
         ev[r] = ms * 1e3;
     }
-    printf("trace T=%zu: us from the first CTA start, median of %d layers (events: %.1f us per layer)\n", T, TRACE_N,
+    printf("trace T=%zu: us from the first CTA start, median of %d cold layers (events: %.1f us per layer)\n", T, TRACE_N,
            median(ev, TRACE_N));
     printf("  %-28s %8s %8s %8s %8s %8s %8s %5s %5s %5s\n", "kernel", "start0", "start1", "ready0", "ready1", "end0",
            "end1", "CTAs", "SMs", "max");
@@ -415,6 +487,9 @@ int main(int argc, char **argv)
     CU(cudaEventCreate(&e0));
     CU(cudaEventCreate(&e1));
     cudaStream_t st = (cudaStream_t)mxi_cuda_stream(pk);
+    static cold_t cold;
+    if (cold_init(&cold, dev.device_index))
+        return 1;
     double tol = (scheme == MX_SCHEME_W4A8 || scheme == MX_SCHEME_W8A8) ? 5e-3 : 2e-3;
     for (int ti = 0; ti < n_tok; ti++) {
         size_t T = tokens[ti], NA = T * (size_t)K;
@@ -503,6 +578,7 @@ int main(int argc, char **argv)
          * a model's layers are, so the GPU never idles for the launches (tp) */
         enum { PIPE = 10 };
         double *tl = malloc(sizeof(double) * (size_t)iters), *tp = malloc(sizeof(double) * (size_t)iters);
+        double *tc = malloc(sizeof(double) * (size_t)iters);
         for (int pass = 0; pass < 2; pass++) {
             const int n_layers = pass ? PIPE : 1;
             for (int i = 0; i < iters; i++) {
@@ -519,7 +595,22 @@ int main(int argc, char **argv)
                 (pass ? tp : tl)[i] = ms / n_layers;
             }
         }
-        if (trace && print_trace(st, pk, T, e0, e1))
+        for (int i = 0; i < iters; i++) { /* cold layers */
+            if (cold_begin(&cold, st, e0, pk, &a))
+                return 1;
+            mx_status_t ls = mxi_cuda_layer(pk);
+            CU(cudaEventRecord(e1, st));
+            cold_go(&cold);
+            CU(cudaEventSynchronize(e1));
+            if (ls != MX_OK) {
+                fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
+                return 1;
+            }
+            float ms;
+            CU(cudaEventElapsedTime(&ms, e0, e1));
+            tc[i] = ms;
+        }
+        if (trace && print_trace(st, pk, &a, T, e0, e1, &cold))
             return 1;
         int nrun = iters < 20 ? iters : 20;
         double *tr = malloc(sizeof(double) * (size_t)nrun);
@@ -536,7 +627,9 @@ int main(int argc, char **argv)
         p->layer_ms = median(tl, iters);
         p->run_ms = median(tr, nrun);
         p->pipe_ms = median(tp, iters);
+        p->cold_ms = median(tc, iters);
         free(tp);
+        free(tc);
         p->err = err;
         p->n_active = n_active;
         p->bytes = (double)n_active * (double)expert_bytes;
@@ -554,8 +647,9 @@ int main(int argc, char **argv)
     /* peers measured on this H100 at gpt-oss-20b shapes (issue 7), BF16 weights, ms */
     const size_t peer_T[] = {1, 8, 64, 8192};
     const double peer_grouped[] = {1.0, 1.29, 1.31, 6.2}, peer_loop[] = {1.15, 4.0, -1.0, 6.3};
-    printf("\n%6s %6s %4s %10s %10s %9s %8s %9s %8s %9s %9s %9s %8s %s\n", "T", "active", "cfg", "layer_ms", "run_ms",
-           "GB/s", "%HBM", "TFLOP/s", "%cuBLAS", "x_grouped", "x_loop", "pipe_ms", "pipe%HBM", "rel_l2");
+    printf("\n%6s %6s %4s %10s %10s %9s %8s %9s %8s %9s %9s %9s %8s %9s %8s %s\n", "T", "active", "cfg", "layer_ms",
+           "run_ms", "GB/s", "%HBM", "TFLOP/s", "%cuBLAS", "x_grouped", "x_loop", "pipe_ms", "pipe%HBM", "cold_ms",
+           "cold%HBM", "rel_l2");
     for (int i = 0; i < n_tok; i++) {
         point_t *p = &pts[i];
         double gbs = p->bytes / (p->layer_ms * 1e-3) / 1e9, tfs = p->flops / (p->layer_ms * 1e-3) / 1e12;
@@ -565,19 +659,21 @@ int main(int argc, char **argv)
                 xg = peer_grouped[j] / p->layer_ms;
                 xl = peer_loop[j] > 0 ? peer_loop[j] / p->layer_ms : -1;
             }
-        double pgbs = p->bytes / (p->pipe_ms * 1e-3) / 1e9;
-        printf("%6zu %6d %4s %10.4f %10.4f %9.0f %7.1f%% %9.1f %7.1f%% %9.2f %9.2f %9.4f %7.1f%% %.2e%s\n", p->T,
+        double pgbs = p->bytes / (p->pipe_ms * 1e-3) / 1e9, cgbs = p->bytes / (p->cold_ms * 1e-3) / 1e9;
+        printf("%6zu %6d %4s %10.4f %10.4f %9.0f %7.1f%% %9.1f %7.1f%% %9.2f %9.2f %9.4f %7.1f%% %9.4f %7.1f%% %.2e%s\n",
+               p->T,
                p->n_active,
                p->cfg == 0   ? "S"
                : p->cfg == 1 ? "M"
                              : "L",
                p->layer_ms, p->run_ms, gbs, 100.0 * gbs / bw, tfs, 100.0 * tfs / tf, xg, xl, p->pipe_ms,
-               100.0 * pgbs / bw, p->err, p->err <= tol ? "" : "  CHECK FAILED");
+               100.0 * pgbs / bw, p->cold_ms, 100.0 * cgbs / bw, p->err, p->err <= tol ? "" : "  CHECK FAILED");
     }
     printf("(layer_ms: one layer's kernels between two events, the host waiting after each; run_ms: run() with\n"
            " its copies; pipe_ms: per layer, 10 layers enqueued back to back as a model's are; x_grouped / x_loop:\n"
            " speed-up of layer_ms over torch._grouped_mm / a per-expert loop with BF16 weights, issue 7; -1 = no\n"
-           " peer figure)\n");
+           " peer figure; cold_ms: one layer with the L2 flushed before it, then its batch uploaded again and its\n"
+           " launches queued ahead, so that neither the host's launch calls nor weights left in L2 count)\n");
     if (json) {
         FILE *f = fopen(json, "w");
         if (!f) {
@@ -594,10 +690,12 @@ int main(int argc, char **argv)
             double gbs = p->bytes / (p->layer_ms * 1e-3) / 1e9, tfs = p->flops / (p->layer_ms * 1e-3) / 1e12;
             fprintf(f,
                     "%s{\"tokens\":%zu,\"active_experts\":%d,\"cfg\":%d,\"layer_ms\":%.5f,\"run_ms\":%.5f,"
-                    "\"pipe_ms\":%.5f,\"weight_gbps\":%.1f,\"hbm_ratio\":%.4f,\"pipe_hbm_ratio\":%.4f,"
+                    "\"pipe_ms\":%.5f,\"cold_ms\":%.5f,\"weight_gbps\":%.1f,\"hbm_ratio\":%.4f,\"pipe_hbm_ratio\":%.4f,"
+                    "\"cold_hbm_ratio\":%.4f,"
                     "\"tflops\":%.2f,\"cublas_ratio\":%.4f,\"rel_l2\":%.3e}",
-                    i ? "," : "", p->T, p->n_active, p->cfg, p->layer_ms, p->run_ms, p->pipe_ms, gbs, gbs / bw,
-                    p->bytes / (p->pipe_ms * 1e-3) / 1e9 / bw, tfs, tfs / tf, p->err);
+                    i ? "," : "", p->T, p->n_active, p->cfg, p->layer_ms, p->run_ms, p->pipe_ms, p->cold_ms, gbs,
+                    gbs / bw, p->bytes / (p->pipe_ms * 1e-3) / 1e9 / bw, p->bytes / (p->cold_ms * 1e-3) / 1e9 / bw, tfs,
+                    tfs / tf, p->err);
         }
         fprintf(f, "],\"check_ok\":%s}\n", bad ? "false" : "true");
         fclose(f);

@@ -24,7 +24,13 @@
  *   separate packed objects (own stream, own scratch) run concurrently.
  * - Every runtime call is checked; an allocation failure is MX_ERR_NOMEM naming
  *   the GPU, the bytes, what they were for and the memory free on the GPU
- *   (several ranks sharing one GPU each hold a context and scratch). */
+ *   (several ranks sharing one GPU each hold a context and scratch).
+ * - On sm_90 the layer's kernels are programmatic dependent launches (the first
+ *   one too when it is the quantizer / token copy): each waits
+ *   (griddepcontrol.wait) before it touches anything an earlier kernel of the
+ *   stream writes; before that it reads only the weights and the batch's plan,
+ *   which the stage's copies (never a kernel) wrote. Behind a copy, a dependent
+ *   launch waits as any launch does. */
 #include <cuda_runtime_api.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -766,6 +772,12 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
         q.perm_out = perm;
         q.pad_out = K1;
         q.n_rows = (int)NA;
+        /* the layer's first kernel, a dependent launch too: behind another layer's
+         * kernels its few blocks start while those end (T = 8, 10 layers back to
+         * back: 84.5% -> 86.5% of HBM). GEMM1 first (the gather) is not: its CTAs
+         * would hold SM room the kernel before needs (T = 1: 49% -> 47.5%;
+         * bench/RESULTS.md, session 17). It waits before reading the token rows. */
+        q.pdl = p->pdl;
         if (quant1) {
             q.row_scale = sch == MX_SCHEME_W4A8 ? p->d_rs1 : p->rs1.ptr;
             q.grp = p->grp1.ptr;

@@ -276,6 +276,11 @@ int mxi_gpu_cfg_bm(int cfg);
  * n_experts words. CUDA only (HIP builds return -1). */
 int mxi_gpu_read_probe(const void *w, size_t expert_bytes, int n_experts, int NG, int KC, int variant, uint32_t *out,
                        void *stream);
+/* mxgpu_bench: reads `bytes` of buf (a multiple of 16, on the device) on the
+ * stream with cached loads, which leaves the L2 holding clean lines of buf and
+ * nothing of what the timed work reads. Writes *sink only if the words' XOR is
+ * `never` (pass a value it is not). 0 or the runtime's error code. */
+int mxi_gpu_l2_flush(const void *buf, size_t bytes, uint32_t never, uint32_t *sink, void *stream);
 /* mxgpu_bench --trace: the layer's timeline. on = 1 clears the notes and turns
  * the trace on (after the stream's earlier work: call it with the device idle);
  * on = 0 turns it off and copies the notes into out[MXG_TR_SLOTS][6]: per slot

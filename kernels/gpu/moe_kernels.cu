@@ -107,10 +107,11 @@ __device__ __forceinline__ float f_to_e4m3(float v)
     if (a < 0.015625f) {
         q = rintf(a * 512.0f) * 0.001953125f;
     } else {
-        int ex;
-        frexpf(a, &ex); /* a = f * 2^ex, f in [0.5, 1) */
-        float quantum = ldexpf(1.0f, ex - 4);
-        q = rintf(a / quantum) * quantum;
+        /* a = f * 2^ex, f in [0.5, 1), ex = E - 126 (E: a's biased exponent, 121..255):
+         * the step is 2^(ex - 4); dividing and multiplying by powers of two is exact
+         * (both factors are normal floats, also for a = inf) */
+        const uint32_t E = __float_as_uint(a) >> 23;
+        q = rintf(a * __uint_as_float((257u - E) << 23)) * __uint_as_float((E - 3u) << 23);
     }
     q = fminf(q, 448.0f);
     return copysignf(q, v);
@@ -1598,6 +1599,29 @@ extern "C" int mxi_gpu_read_probe(const void *w, size_t expert_bytes, int n_expe
 #endif
 }
 
+/* ------------------------------------------------------------ L2 flush (mxgpu_bench) */
+
+/* Reads n16 16-byte words with plain (cached) loads, so that they take the L2
+ * with clean lines and whatever was there before goes. The XOR is stored only
+ * when it equals `never`, which the caller picks unequal to the buffer's XOR:
+ * the loads cannot be left out, and nothing is written. */
+__global__ void __launch_bounds__(256) l2_flush_read(const uint4 *buf, size_t n16, uint32_t never, uint32_t *sink)
+{
+    uint32_t x = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n16; i += (size_t)gridDim.x * blockDim.x) {
+        const uint4 v = buf[i];
+        x ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (x == never)
+        *sink = x;
+}
+
+extern "C" int mxi_gpu_l2_flush(const void *buf, size_t bytes, uint32_t never, uint32_t *sink, void *stream)
+{
+    l2_flush_read<<<1024, 256, 0, (cudaStream_t)stream>>>((const uint4 *)buf, bytes / 16, never, sink);
+    return (int)cudaGetLastError();
+}
+
 extern "C" int mxi_gpu_trace(int on, unsigned long long *out, unsigned *sm_out)
 {
 #if !defined(MXG_HIP)
@@ -1650,6 +1674,22 @@ static int launch_simple(void (*kern)(const P), dim3 grid, dim3 block, cudaStrea
 #endif
 }
 
+/* Threads per row of the quantizer / copy: a few rows (small batches) get 1024
+ * each, so that each thread quantizes a few values and the SM has the warps to
+ * hide their latency (with 256, 4 rows of 2880 took 10.5 us on the H100, with
+ * 1024 5.4 us: bench/RESULTS.md, session 17); MXEP_CUDA_QTHREADS=256 keeps 256.
+ * Every value is computed alone and the row's max is exact in any order: the
+ * same bits. */
+static int quant_threads(int n_rows)
+{
+    static int force = -1;
+    if (force < 0) {
+        const char *e = getenv("MXEP_CUDA_QTHREADS");
+        force = e && !strcmp(e, "256") ? 1 : 0;
+    }
+    return force || n_rows > 64 ? 256 : 1024;
+}
+
 extern "C" int mxi_gpu_quant_launch(const mxg_quant_params_t *p, void *stream)
 {
     if (p->n_rows <= 0)
@@ -1673,7 +1713,8 @@ extern "C" int mxi_gpu_quant_launch(const mxg_quant_params_t *p, void *stream)
             q.row_scale = p->row_scale + base;
         if (p->grp)
             q.grp = p->grp + (size_t)base * p->n_grp;
-        int rc = launch_simple(quant_rows, dim3(q.n_rows), dim3(256), (cudaStream_t)stream, q, base == 0 ? p->pdl : 0);
+        int rc = launch_simple(quant_rows, dim3(q.n_rows), dim3(quant_threads(q.n_rows)), (cudaStream_t)stream, q,
+                               base == 0 ? p->pdl : 0);
         if (rc != 0)
             return rc;
     }

@@ -973,7 +973,8 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
                                            "MXEP_CUDA_MMA=sync",
                                            "MXEP_CUDA_PDL=0",
                                            "MXEP_CUDA_L2PF=0",
-                                           "MXEP_CUDA_TOKCOPY=1"};
+                                           "MXEP_CUDA_TOKCOPY=1",
+                                           "MXEP_CUDA_QTHREADS=256"};
     static char first[4096], got[4096];
     int bad = 0;
     for (size_t i = 0; i < sizeof settings / sizeof settings[0]; i++) {
