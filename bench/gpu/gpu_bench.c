@@ -42,8 +42,8 @@ static const char *USAGE =
     "pipe_ms, per layer of 10 enqueued back to back; cold_ms, one layer with the L2 flushed\n"
     "before it (a read of twice its size; then the batch's uploads again) and its launches\n"
     "queued ahead behind a host gate, so that neither the host's launch calls nor weights\n"
-    "left in L2 count; %HBM columns:\n"
-    "weight bytes per time against the HBM copy of the same run.\n"
+    "left in L2 count. The %HBM columns: weight bytes per time against the HBM copy of the\n"
+    "same run.\n"
     "Exit status: 0 ok, 1 a check against the reference failed or a CUDA error, 2 bad usage or no device.\n";
 
 typedef struct {
