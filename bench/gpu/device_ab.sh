@@ -2,7 +2,8 @@
 # bench/gpu/device_ab.sh: compare kernel variants (MXEP_CUDA_* settings) on the GPU in one
 # call, alternating them round by round so that drift of the machine hits every variant alike.
 # Needs a build from bench/gpu/device_run.sh (build-device/). Prints, per setting and round,
-# the layer time and its ratio to the HBM copy measured in the same bench run, and with
+# the layer time and its ratio to the HBM copy measured in the same bench run (repeated,
+# pipelined and cold layers: mxgpu_bench --help), and with
 # --trace the kernels' timeline at the first token count; full logs go to $OUT (or ./out).
 # Usage (repository root, on the device machine):
 #   bash bench/gpu/device_ab.sh [--scheme S] [--tokens LIST] [--iters N] [--rounds R] [--trace] \
@@ -20,7 +21,7 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=$2; shift ;;
     --trace) TRACE=(--trace) ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "device_ab.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
