@@ -262,9 +262,11 @@ static int cold_init(cold_t *c, int device)
     return 0;
 }
 
-/* Enqueues the flush, the batch's uploads (a), the gate and the first event;
- * the caller enqueues the layer and the second event, then calls cold_go. */
-static int cold_begin(cold_t *c, cudaStream_t st, cudaEvent_t e0, mx_backend_packed_t *pk, const mx_run_args_t *a)
+/* One cold layer of the batch a: the flush, the batch's uploads, the gate,
+ * then the layer between events e0 and e1; the gate opens once all are
+ * enqueued. *ms: the events' time. 0, or 1 after printing the error. */
+static int cold_layer(cold_t *c, cudaStream_t st, mx_backend_packed_t *pk, const mx_run_args_t *a, cudaEvent_t e0,
+                      cudaEvent_t e1, float *ms)
 {
     int rc = mxi_gpu_l2_flush(c->buf, c->bytes, 1u, c->sink, st);
     if (rc != 0) {
@@ -278,12 +280,16 @@ static int cold_begin(cold_t *c, cudaStream_t st, cudaEvent_t e0, mx_backend_pac
     atomic_store(&c->open, 0);
     CU(cudaLaunchHostFunc(st, gate_fn, c));
     CU(cudaEventRecord(e0, st));
-    return 0;
-}
-
-static void cold_go(cold_t *c)
-{
+    mx_status_t ls = mxi_cuda_layer(pk);
+    CU(cudaEventRecord(e1, st));
     atomic_store(&c->open, 1);
+    CU(cudaEventSynchronize(e1));
+    if (ls != MX_OK) {
+        fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
+        return 1;
+    }
+    CU(cudaEventElapsedTime(ms, e0, e1));
+    return 0;
 }
 
 /* --trace: TRACE_N single layers with the kernels' notes on (mxi_gpu_trace), the
@@ -300,26 +306,17 @@ static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, const mx_run_ar
     double ev[TRACE_N];
     for (int r = 0; r < TRACE_N; r++) {
         CU(cudaStreamSynchronize(st));
+        float ms = 0.0f;
         int rc = mxi_gpu_trace(1, NULL, NULL);
         if (rc == 0) {
-            if (cold_begin(cold, st, e0, pk, a))
+            if (cold_layer(cold, st, pk, a, e0, e1, &ms))
                 return 1;
-            mx_status_t ls = mxi_cuda_layer(pk);
-            CU(cudaEventRecord(e1, st));
-            cold_go(cold);
-            CU(cudaStreamSynchronize(st));
-            if (ls != MX_OK) {
-                fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
-                return 1;
-            }
             rc = mxi_gpu_trace(0, &n[r][0][0], &sm[r][0][0]);
         }
         if (rc != 0) {
             fprintf(stderr, "mxgpu_bench: trace: %s\n", cudaGetErrorString((cudaError_t)rc));
             return 1;
         }
-        float ms;
-        CU(cudaEventElapsedTime(&ms, e0, e1));
         ev[r] = ms * 1e3;
     }
     printf("trace T=%zu: us from the first CTA start, median of %d cold layers (events: %.1f us per layer)\n", T, TRACE_N,
@@ -596,18 +593,9 @@ int main(int argc, char **argv)
             }
         }
         for (int i = 0; i < iters; i++) { /* cold layers */
-            if (cold_begin(&cold, st, e0, pk, &a))
-                return 1;
-            mx_status_t ls = mxi_cuda_layer(pk);
-            CU(cudaEventRecord(e1, st));
-            cold_go(&cold);
-            CU(cudaEventSynchronize(e1));
-            if (ls != MX_OK) {
-                fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
-                return 1;
-            }
             float ms;
-            CU(cudaEventElapsedTime(&ms, e0, e1));
+            if (cold_layer(&cold, st, pk, &a, e0, e1, &ms))
+                return 1;
             tc[i] = ms;
         }
         if (trace && print_trace(st, pk, &a, T, e0, e1, &cold))
