@@ -81,15 +81,22 @@ enum { MXI_CPU_LEVEL_SCALAR = 0, MXI_CPU_LEVEL_AVX2 = 1, MXI_CPU_LEVEL_AVX512 = 
 /* Token counts below this stream each weight block from memory once per row
  * group; at or above it rows are decoded into a float tile reused by all tokens. */
 #define MXI_CPU_STREAM_MAX 5
-/* The same for the MXFP4 integer kernels (AVX2, AVX-512 VNNI, and the AMX
- * level's fallback to VNNI): their streaming kernels take tokens in groups of
- * 4, each group reading the rows again (from cache after the first), and the
- * crossover lies higher than the FP32 kernels'. With 9 instead of 5 the
- * qwen3 shape went from 0.53 to 0.61 of the FMA peak at T = 64 and from 0.585
- * to 0.64 at T = 128 at AVX2, from 0.38 to 0.50 and 0.42 to 0.48 at AVX-512
- * VNNI (bench/RESULTS.md, session 15). Both routes give the same bits (the
+/* The same for the AVX2 MXFP4 integer kernel (the 16-lane ones: below). Its
+ * streaming kernels take tokens in groups of 4, each group reading the rows
+ * again (from cache after the first), and the crossover lies higher than the
+ * FP32 kernels'. With 9 instead of 5 the qwen3 shape went from 0.53 to 0.61 of
+ * the FMA peak at T = 64 and from 0.585 to 0.64 at T = 128 at AVX2
+ * (bench/RESULTS.md, session 15). Both routes give the same bits (the
  * block-exact contract). */
 #define MXI_CPU_Q4_STREAM_MAX 9
+/* The same for the 16-lane kernels (AVX-512, with or without VNNI; also the
+ * AMX level's below MXI_CPU_AMX_MIN). Session 15 gave them 9 too (the qwen3
+ * shape from 0.38 to 0.50 of the FMA peak at T = 64 with VNNI). On a 2-core
+ * Xeon VM (AVX-512 VNNI + AMX) their 4-token streaming passes beat their int16
+ * tiles up to 16 tokens: the qwen3 shape went from 0.49 to 0.57 of the 16-lane
+ * FMA peak at T = 128 and gpt-oss-20b from 0.45 to 0.53 at T = 64, with T = 256
+ * unchanged (bench/RESULTS.md, session 18). */
+#define MXI_CPU_Q4Z_STREAM_MAX 17
 
 /* One prepacked matrix [rows x cols], cols padded to kp (multiple of 32).
  * Row r lives at data + r * row_stride:

@@ -213,8 +213,9 @@ static mxi_cpu_q4_fn kernel_fn(int k)
     return mxi_cpu_q4_scalar;
 }
 
-/* c[t][r] for every kernel the CPU has, through the streaming (nt < 5) or the
- * tiled (nt >= 5) path, 24 rows per call like run() (AMX: 32) and, between
+/* c[t][r] for every kernel the CPU has, through the streaming path (nt below
+ * MXI_CPU_Q4_STREAM_MAX at AVX2, MXI_CPU_Q4Z_STREAM_MAX at 16 lanes) or the
+ * tiled one, 24 rows per call like run() (AMX: 32) and, between
  * those, calls of 21, 19 and 17 rows (AMX: 27, 17, 9: partial items). */
 static void run_levels(size_t rows, size_t cols, const uint8_t *codes, const uint8_t *scales, const float *x, size_t nt,
                        float *c_p[NK])

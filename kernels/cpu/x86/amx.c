@@ -212,7 +212,7 @@ void mxi_cpu_q4_amx(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t 
     for (size_t t = 2; even && t < nt; t++)
         even = qa[t] - qa[t - 1] == qs;
     if (!even) { /* streaming takes any rows; tiled, at most MXI_CPU_ROW_BLOCK (its scratch) */
-        const size_t step = nt < MXI_CPU_Q4_STREAM_MAX ? nr : MXI_CPU_ROW_BLOCK;
+        const size_t step = nt < MXI_CPU_Q4Z_STREAM_MAX ? nr : MXI_CPU_ROW_BLOCK;
         for (size_t a = r0; a < r1; a += step)
             mxi_cpu_q4_avx512vnni(m, a, a + step < r1 ? a + step : r1, qa, nt, c + (a - r0), ldc, tile);
         return;

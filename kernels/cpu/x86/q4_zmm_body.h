@@ -195,6 +195,7 @@ static inline __m512i q4z_sum(__m512i h, __m512i l, const int32_t *corr)
 MXI_Q4Z_STREAMS(0)
 MXI_Q4Z_STREAMS(1)
 
+#define Q4Z_SNT 4 /* tokens per streaming pass (8, in 32 registers, was slower on a Xeon VM) */
 typedef void (*q4z_stream_fn)(const mxi_cpu_mat_t *, size_t, const uint8_t *const *, float *, size_t);
 
 /* Tiled: a q-load of two rows to its 4 int16 steps (as q4_tdec, per half). */
@@ -268,9 +269,9 @@ void MXI_Q4Z_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *c
     size_t nr = r1 - r0, nbp = 8 * m->ng;
     if (nt == 0 || nr == 0)
         return;
-    if (nt < MXI_CPU_Q4_STREAM_MAX) {
-        for (size_t t0 = 0; t0 < nt; t0 += 4) {
-            size_t tn = nt - t0 < 4 ? nt - t0 : 4;
+    if (nt < MXI_CPU_Q4Z_STREAM_MAX) {
+        for (size_t t0 = 0; t0 < nt; t0 += Q4Z_SNT) {
+            size_t tn = nt - t0 < Q4Z_SNT ? nt - t0 : Q4Z_SNT;
             static const q4z_stream_fn fns[2][4] = {{q4zs_1_1_0, q4zs_1_2_0, q4zs_1_3_0, q4zs_1_4_0},
                                                     {q4zs_1_1_1, q4zs_1_2_1, q4zs_1_3_1, q4zs_1_4_1}};
             const int plain = m->ws_plain != 0;
@@ -278,7 +279,7 @@ void MXI_Q4Z_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *c
             for (; r + 2 <= nr; r += 2)
                 fns[plain][tn - 1](m, r0 + r, qa + t0, c + t0 * ldc + r, ldc);
             if (r < nr) { /* an odd last row: pair it with itself, keep one result */
-                float tmp[2 * 4];
+                float tmp[2 * Q4Z_SNT];
                 mxi_cpu_mat_t one = *m;
                 one.row_stride = 0;
                 one.scale_stride = 0;
