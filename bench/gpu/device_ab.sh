@@ -3,7 +3,7 @@
 # call, alternating them round by round so that drift of the machine hits every variant alike.
 # Needs a build from bench/gpu/device_run.sh (build-device/). Prints, per setting and round,
 # the layer time and its ratio to the HBM copy measured in the same bench run (repeated,
-# pipelined and cold layers: mxgpu_bench --help), and with
+# pipelined, cold and rotating-weights layers: mxgpu_bench --help), and with
 # --trace the kernels' timeline at the first token count; full logs go to $OUT (or ./out).
 # Usage (repository root, on the device machine):
 #   bash bench/gpu/device_ab.sh [--scheme S] [--tokens LIST] [--iters N] [--rounds R] [--trace] \
@@ -43,8 +43,9 @@ for r in $(seq 1 "$ROUNDS"); do
     rc=$?
     [ $rc = 0 ] || STATUS=1
     echo "== $SCHEME $s, round $r (exit $rc)"
-    # T, layer_ms, %HBM, pipe_ms, pipe%HBM, cold_ms, cold%HBM
-    awk '$3 ~ /^(S|M|L)$/ && $1 ~ /^[0-9]+$/ {printf "  T=%-5s layer %s ms %s HBM, pipe %s ms %s, cold %s ms %s\n", $1, $4, $7, $12, $13, $14, $15}' "$log"
+    grep -m1 '^limits' "$log" | sed 's/^/  /'
+    # T, layer_ms, %HBM, pipe_ms, pipe%HBM, cold_ms, cold%HBM, rot_ms, rot%HBM
+    awk '$3 ~ /^(S|M|L)$/ && $1 ~ /^[0-9]+$/ {printf "  T=%-5s layer %s ms %s HBM, pipe %s ms %s, cold %s ms %s, rot %s ms %s\n", $1, $4, $7, $12, $13, $14, $15, $16, $17}' "$log"
     if [ ${#TRACE[@]} -gt 0 ]; then
       awk -v t="trace T=$FIRST_T:" 'index($0, t) == 1 {on = 1; print "  " $0; next} on && /^  / {print "  " $0; next} {on = 0}' "$log"
     fi

@@ -18,8 +18,13 @@ for T in "$@"; do
   timeout 100 ncu --kernel-name regex:gemm_ --launch-count 2 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section SchedulerStats --section ComputeWorkloadAnalysis \
+    --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
     "$B" --tokens "$T" --iters 2 ${PROFILE_ARGS:-} > "$OUT/ncu_T$T.txt" 2>&1
   echo "ncu exit $?"
   grep -E "gemm_(tc|dec)|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Warp Cycles Per Issued|Issued Warp Per|No Eligible|Dynamic Shared|Theoretical Occupancy|L2 Hit|Mem Busy|Max Bandwidth|Stall|stall|Waves Per SM|Tensor|Pipe" \
-    "$OUT/ncu_T$T.txt" | sed 's/  */ /g' | cut -c1-160 | head -70
+    "$OUT/ncu_T$T.txt" | grep -v "issue_stalled" | sed 's/  */ /g' | cut -c1-160 | head -70
+  # the stall reasons (cycles per issued instruction, at least 0.05), per kernel in ncu order
+  awk '/gemm_(tc|dec)/ {print " " $1 " " $2 " " $3; next}
+       /issue_stalled_.*_per_issue_active/ && $NF + 0 >= 0.05 {sub(/smsp__average_warps_issue_stalled_/, "", $1);
+         sub(/_per_issue_active.ratio/, "", $1); print "   stall " $1 " " $NF}' "$OUT/ncu_T$T.txt" | head -60
 done

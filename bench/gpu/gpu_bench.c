@@ -31,6 +31,7 @@ static const char *USAGE =
     "                  (top-k and all experts) with the decode kernel's grid and nothing\n"
     "                  else, in the packed layout and with each row group contiguous,\n"
     "                  ring depth 6 and 12; GB/s and % of the HBM copy\n"
+    "  --copies N      packed copies of the layer's weights for rot_ms (default 4; 1: no rot_ms)\n"
     "  --trace         also, per token count, the timeline of the layer's kernels in cold\n"
     "                  layers (see cold_ms below): when their first and last CTAs started,\n"
     "                  found their input ready (past griddepcontrol.wait) and ended, in us\n"
@@ -39,7 +40,9 @@ static const char *USAGE =
     "                  CTAs, SMs used, most CTAs on one SM (%smid)\n"
     "  --help          this text\n"
     "Columns: layer_ms, one layer's kernels between two events, the host waiting after each;\n"
-    "pipe_ms, per layer of 10 enqueued back to back; cold_ms, one layer with the L2 flushed\n"
+    "pipe_ms, per layer of 10 enqueued back to back; rot_ms, the same with the layers taking\n"
+    "the --copies copies of the weights in turn (with 4, a layer reads weights last read 4\n"
+    "layers before: as in a model, none are left in L2); cold_ms, one layer with the L2 flushed\n"
     "before it (a read of twice its size; then the batch's uploads again) and its launches\n"
     "queued ahead behind a host gate, so that neither the host's launch calls nor weights\n"
     "left in L2 count. The %HBM columns: weight bytes per time against the HBM copy of the\n"
@@ -48,7 +51,7 @@ static const char *USAGE =
 
 typedef struct {
     size_t T;
-    double layer_ms, run_ms, pipe_ms, cold_ms, err, bytes, flops;
+    double layer_ms, run_ms, pipe_ms, cold_ms, rot_ms, err, bytes, flops;
     int n_active, cfg;
 } point_t;
 
@@ -362,7 +365,7 @@ static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, const mx_run_ar
 int main(int argc, char **argv)
 {
     size_t tokens[32] = {1, 8, 64, 512, 2048, 8192};
-    int n_tok = 6, E = 32, K = 4, iters = 50;
+    int n_tok = 6, E = 32, K = 4, iters = 50, copies = 4;
     size_t H = 2880, I = 2880;
     uint64_t seed = 1;
     const char *json = NULL;
@@ -413,6 +416,8 @@ int main(int argc, char **argv)
             I = (size_t)atol(v);
         else if (!strcmp(a, "--iters"))
             iters = atoi(v);
+        else if (!strcmp(a, "--copies"))
+            copies = atoi(v);
         else if (!strcmp(a, "--seed"))
             seed = (uint64_t)strtoull(v, NULL, 10);
         else if (!strcmp(a, "--json"))
@@ -427,8 +432,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (E < 1 || K < 1 || K > E || iters < 1 || H < 32 || I < 32) {
-        fprintf(stderr, "mxgpu_bench: need experts >= top-k >= 1, iters >= 1, H and I >= 32\n");
+    if (E < 1 || K < 1 || K > E || iters < 1 || H < 32 || I < 32 || copies < 1 || copies > 16) {
+        fprintf(stderr, "mxgpu_bench: need experts >= top-k >= 1, iters >= 1, H and I >= 32, copies in [1, 16]\n");
         return 2;
     }
     mx_device_info_t dev;
@@ -484,6 +489,14 @@ int main(int argc, char **argv)
     CU(cudaEventCreate(&e0));
     CU(cudaEventCreate(&e1));
     cudaStream_t st = (cudaStream_t)mxi_cuda_stream(pk);
+    /* rot_ms: the other copies of the layer enqueue on pk's stream */
+    mx_backend_packed_t *cp[16] = {pk};
+    for (int c = 1; c < copies; c++)
+        if (mx_backend_cuda.prepack(&dev, &d, g.ex, E, &cp[c]) != MX_OK ||
+            mxi_cuda_share_stream(cp[c], pk) != MX_OK) {
+            fprintf(stderr, "mxgpu_bench: copy %d of the weights (--copies): %s\n", c, mx_error_detail());
+            return 1;
+        }
     static cold_t cold;
     if (cold_init(&cold, dev.device_index))
         return 1;
@@ -592,6 +605,25 @@ int main(int argc, char **argv)
                 (pass ? tp : tl)[i] = ms / n_layers;
             }
         }
+        double *tq = malloc(sizeof(double) * (size_t)iters);
+        for (int c = 1; c < copies; c++)
+            if (mxi_cuda_stage(cp[c], &a) != MX_OK) {
+                fprintf(stderr, "mxgpu_bench: stage copy %d T=%zu: %s\n", c, T, mx_error_detail());
+                return 1;
+            }
+        for (int i = 0; i < (copies > 1 ? iters : 0); i++) { /* rotating copies, back to back */
+            CU(cudaEventRecord(e0, st));
+            for (int k = 0; k < PIPE; k++)
+                if (mxi_cuda_layer(cp[k % copies]) != MX_OK) {
+                    fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
+                    return 1;
+                }
+            CU(cudaEventRecord(e1, st));
+            CU(cudaEventSynchronize(e1));
+            float ms;
+            CU(cudaEventElapsedTime(&ms, e0, e1));
+            tq[i] = ms / PIPE;
+        }
         for (int i = 0; i < iters; i++) { /* cold layers */
             float ms;
             if (cold_layer(&cold, st, pk, &a, e0, e1, &ms))
@@ -616,6 +648,8 @@ int main(int argc, char **argv)
         p->run_ms = median(tr, nrun);
         p->pipe_ms = median(tp, iters);
         p->cold_ms = median(tc, iters);
+        p->rot_ms = copies > 1 ? median(tq, iters) : -1.0;
+        free(tq);
         free(tp);
         free(tc);
         p->err = err;
@@ -635,9 +669,9 @@ int main(int argc, char **argv)
     /* peers measured on this H100 at gpt-oss-20b shapes (issue 7), BF16 weights, ms */
     const size_t peer_T[] = {1, 8, 64, 8192};
     const double peer_grouped[] = {1.0, 1.29, 1.31, 6.2}, peer_loop[] = {1.15, 4.0, -1.0, 6.3};
-    printf("\n%6s %6s %4s %10s %10s %9s %8s %9s %8s %9s %9s %9s %8s %9s %8s %s\n", "T", "active", "cfg", "layer_ms",
-           "run_ms", "GB/s", "%HBM", "TFLOP/s", "%cuBLAS", "x_grouped", "x_loop", "pipe_ms", "pipe%HBM", "cold_ms",
-           "cold%HBM", "rel_l2");
+    printf("\n%6s %6s %4s %10s %10s %9s %8s %9s %8s %9s %9s %9s %8s %9s %8s %9s %8s %s\n", "T", "active", "cfg",
+           "layer_ms", "run_ms", "GB/s", "%HBM", "TFLOP/s", "%cuBLAS", "x_grouped", "x_loop", "pipe_ms", "pipe%HBM",
+           "cold_ms", "cold%HBM", "rot_ms", "rot%HBM", "rel_l2");
     for (int i = 0; i < n_tok; i++) {
         point_t *p = &pts[i];
         double gbs = p->bytes / (p->layer_ms * 1e-3) / 1e9, tfs = p->flops / (p->layer_ms * 1e-3) / 1e12;
@@ -648,20 +682,24 @@ int main(int argc, char **argv)
                 xl = peer_loop[j] > 0 ? peer_loop[j] / p->layer_ms : -1;
             }
         double pgbs = p->bytes / (p->pipe_ms * 1e-3) / 1e9, cgbs = p->bytes / (p->cold_ms * 1e-3) / 1e9;
-        printf("%6zu %6d %4s %10.4f %10.4f %9.0f %7.1f%% %9.1f %7.1f%% %9.2f %9.2f %9.4f %7.1f%% %9.4f %7.1f%% %.2e%s\n",
+        double rgbs = p->rot_ms > 0 ? p->bytes / (p->rot_ms * 1e-3) / 1e9 : 0.0;
+        printf("%6zu %6d %4s %10.4f %10.4f %9.0f %7.1f%% %9.1f %7.1f%% %9.2f %9.2f %9.4f %7.1f%% %9.4f %7.1f%% %9.4f "
+               "%7.1f%% %.2e%s\n",
                p->T,
                p->n_active,
                p->cfg == 0   ? "S"
                : p->cfg == 1 ? "M"
                              : "L",
                p->layer_ms, p->run_ms, gbs, 100.0 * gbs / bw, tfs, 100.0 * tfs / tf, xg, xl, p->pipe_ms,
-               100.0 * pgbs / bw, p->cold_ms, 100.0 * cgbs / bw, p->err, p->err <= tol ? "" : "  CHECK FAILED");
+               100.0 * pgbs / bw, p->cold_ms, 100.0 * cgbs / bw, p->rot_ms, 100.0 * rgbs / bw, p->err,
+               p->err <= tol ? "" : "  CHECK FAILED");
     }
     printf("(layer_ms: one layer's kernels between two events, the host waiting after each; run_ms: run() with\n"
            " its copies; pipe_ms: per layer, 10 layers enqueued back to back as a model's are; x_grouped / x_loop:\n"
            " speed-up of layer_ms over torch._grouped_mm / a per-expert loop with BF16 weights, issue 7; -1 = no\n"
            " peer figure; cold_ms: one layer with the L2 flushed before it, then its batch uploaded again and its\n"
-           " launches queued ahead, so that neither the host's launch calls nor weights left in L2 count)\n");
+           " launches queued ahead, so that neither the host's launch calls nor weights left in L2 count; rot_ms:\n"
+           " as pipe_ms, the layers taking the weight copies in turn, none left in L2; -1: --copies 1)\n");
     if (json) {
         FILE *f = fopen(json, "w");
         if (!f) {
@@ -679,15 +717,18 @@ int main(int argc, char **argv)
             fprintf(f,
                     "%s{\"tokens\":%zu,\"active_experts\":%d,\"cfg\":%d,\"layer_ms\":%.5f,\"run_ms\":%.5f,"
                     "\"pipe_ms\":%.5f,\"cold_ms\":%.5f,\"weight_gbps\":%.1f,\"hbm_ratio\":%.4f,\"pipe_hbm_ratio\":%.4f,"
-                    "\"cold_hbm_ratio\":%.4f,"
+                    "\"cold_hbm_ratio\":%.4f,\"rot_ms\":%.5f,\"rot_hbm_ratio\":%.4f,"
                     "\"tflops\":%.2f,\"cublas_ratio\":%.4f,\"rel_l2\":%.3e}",
                     i ? "," : "", p->T, p->n_active, p->cfg, p->layer_ms, p->run_ms, p->pipe_ms, p->cold_ms, gbs,
-                    gbs / bw, p->bytes / (p->pipe_ms * 1e-3) / 1e9 / bw, p->bytes / (p->cold_ms * 1e-3) / 1e9 / bw, tfs,
+                    gbs / bw, p->bytes / (p->pipe_ms * 1e-3) / 1e9 / bw, p->bytes / (p->cold_ms * 1e-3) / 1e9 / bw,
+                    p->rot_ms, p->rot_ms > 0 ? p->bytes / (p->rot_ms * 1e-3) / 1e9 / bw : -1.0, tfs,
                     tfs / tf, p->err);
         }
         fprintf(f, "],\"check_ok\":%s}\n", bad ? "false" : "true");
         fclose(f);
     }
+    for (int c = copies - 1; c >= 1; c--) /* before pk: theirs is pk's stream */
+        mx_backend_cuda.release(cp[c]);
     mx_backend_cuda.release(pk);
     gref_experts_free(&g);
     if (bad)

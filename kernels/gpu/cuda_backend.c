@@ -65,6 +65,7 @@ struct mx_backend_packed {
     gmat_t m1, m2;
     float *in_scale, *down_in_scale; /* host [E], W4A8 */
     cudaStream_t stream;
+    int stream_shared; /* the stream is another packed object's (mxi_cuda_share_stream): not destroyed here */
     pthread_mutex_t lock; /* run() of one packed object, one thread at a time */
     int force_cfg;
     int cc;  /* compute capability, 10 * major + minor */
@@ -329,7 +330,7 @@ static void cuda_release(mx_backend_packed_t *p)
     dbuf_t *bufs[] = {&p->x, &p->meta, &p->xq, &p->grp1, &p->grp2, &p->rs1, &p->rs2, &p->hid, &p->hq, &p->y, &p->out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         dbuf_free(bufs[i]);
-    if (p->stream)
+    if (p->stream && !p->stream_shared)
         (void)cudaStreamDestroy(p->stream);
     (void)cudaGetLastError(); /* release reports nothing; leave no error behind for the next call */
     pthread_mutex_destroy(&p->lock);
@@ -889,6 +890,19 @@ mx_status_t mxi_cuda_fetch(const mx_backend_packed_t *p, const mx_run_args_t *a)
 void *mxi_cuda_stream(const mx_backend_packed_t *p)
 {
     return p ? (void *)p->stream : NULL;
+}
+mx_status_t mxi_cuda_share_stream(mx_backend_packed_t *p, const mx_backend_packed_t *owner)
+{
+    if (!p || !owner || p == owner || p->device != owner->device || owner->stream_shared)
+        return mx_error_set(MX_ERR_INVALID, "cuda: share_stream needs two packed objects of one device, the owner "
+                                            "with a stream of its own");
+    CK(p->device, cudaSetDevice(p->device), "cudaSetDevice");
+    CK(p->device, cudaStreamSynchronize(p->stream), "cudaStreamSynchronize (before taking another stream)");
+    if (!p->stream_shared)
+        (void)cudaStreamDestroy(p->stream);
+    p->stream = owner->stream;
+    p->stream_shared = 1;
+    return MX_OK;
 }
 int mxi_cuda_staged_cfg(const mx_backend_packed_t *p)
 {

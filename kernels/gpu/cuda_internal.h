@@ -25,6 +25,11 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *packed);
 mx_status_t mxi_cuda_fetch(const mx_backend_packed_t *packed, const mx_run_args_t *args);
 /* The backend's stream (a cudaStream_t). */
 void *mxi_cuda_stream(const mx_backend_packed_t *packed);
+/* Makes `packed` enqueue its work on `owner`'s stream from now on (waiting for
+ * its own first), so that layers of several packed objects run back to back in
+ * one stream, as a model's do (the bench's layers with weights not in L2).
+ * Release `packed` before `owner`, whose stream it is. */
+mx_status_t mxi_cuda_share_stream(mx_backend_packed_t *packed, const mx_backend_packed_t *owner);
 /* Tile configuration of the staged batch: 0 = S (16 tokens per tile, the decode kernel), 1 = M (64), 2 = L (256). */
 int mxi_cuda_staged_cfg(const mx_backend_packed_t *packed);
 /* Forces a tile configuration for later stages (-1 = by batch); for tests of batch invariance. */

@@ -294,6 +294,22 @@ __device__ __forceinline__ float finish_value(const mxg_gemm_params_t &p, int e,
     return v + p.bias[(size_t)e * p.bias_estride + n];
 }
 
+/* The MXEP_CUDA_* kernel settings: the index in vals[0..n) of the variable's
+ * value, or dflt when it is unset or has another value; read once (*cache,
+ * -1 before). Every setting gives the same bits (tests/gpu: the variants test). */
+static int env_setting(int *cache, const char *name, const char *const *vals, int n, int dflt)
+{
+    if (*cache < 0) {
+        const char *e = getenv(name);
+        int v = dflt;
+        for (int i = 0; e && i < n; i++)
+            if (!strcmp(e, vals[i]))
+                v = i;
+        *cache = v;
+    }
+    return *cache;
+}
+
 #if !defined(MXG_HIP)
 /* ------------------------------------------------------------ tensor-core path (sm_80+, wgmma on sm_90a) */
 
@@ -633,7 +649,9 @@ template <bool B> struct BoolC {
  * n8 tile instead of 2 of 16), the same values as from mxg_tok_pos order. */
 /* EF: the weight loads are marked evict_first (ldw); plain loads only in the
  * MXEP_CUDA_DEC=6x5n variant, kept to measure against. */
-template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true>
+/* DF: each chunk's k steps are all decoded before its MMAs (more registers
+ * live, more independent work between them); otherwise step by step. */
+template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, bool DF = false>
 __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
@@ -798,10 +816,17 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             if (WFMT == MXG_W_FP4)
                 snext += sstep;
             wnext += wstep;
+            uint32_t af[DF ? NS : 1][4];
 #pragma unroll
             for (int s = 0; s < NS; s++) {
-                uint32_t a[4];
-                decode_step<WFMT, BIG>(src, s, mm, a);
+                uint32_t(&a)[4] = af[DF ? s : 0];
+                if (DF && s == 0) {
+#pragma unroll
+                    for (int s2 = 0; s2 < NS; s2++)
+                        decode_step<WFMT, BIG>(src, s2, mm, af[DF ? s2 : 0]);
+                } else if (!DF) {
+                    decode_step<WFMT, BIG>(src, s, mm, a);
+                }
 #pragma unroll
                 for (int j = 0; j < NJ; j++) {
                     float *d = PART ? part[PART ? j : 0] : acc[j];
@@ -1203,11 +1228,8 @@ static int launch_tc(const mxg_gemm_params_t *p, cudaStream_t st, int zsub)
 static int l_variant()
 {
     static int v = -1;
-    if (v < 0) {
-        const char *e = getenv("MXEP_CUDA_L");
-        v = e && !strcmp(e, "1x256") ? 0 : 1;
-    }
-    return v;
+    static const char *const vals[] = {"1x256", "2x128"};
+    return env_setting(&v, "MXEP_CUDA_L", vals, 2, 1);
 }
 
 /* Large-batch tile of the kernels that keep partial sums per 128-wide K slice (E4M3
@@ -1222,11 +1244,8 @@ static int l_variant()
 static int lf_variant()
 {
     static int v = -1;
-    if (v < 0) {
-        const char *e = getenv("MXEP_CUDA_LF");
-        v = e && !strcmp(e, "1x128") ? 0 : 1;
-    }
-    return v;
+    static const char *const vals[] = {"1x128", "2x64"};
+    return env_setting(&v, "MXEP_CUDA_LF", vals, 2, 1);
 }
 
 template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_params_t *p, int cfg, cudaStream_t st)
@@ -1253,11 +1272,8 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
 static int dec_variant()
 {
     static int v = -1;
-    if (v < 0) {
-        const char *e = getenv("MXEP_CUDA_DEC");
-        v = e && !strcmp(e, "12x3") ? 0 : e && !strcmp(e, "8x4") ? 1 : e && !strcmp(e, "6x5n") ? 3 : 2;
-    }
-    return v;
+    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "6x5d", "6x3d", "g2"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 7, 2);
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
@@ -1278,10 +1294,14 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
     void (*kern)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, true, D, 3, NAT>;
     if constexpr (WFMT == MXG_W_FP4) {
         if (!p->sc_big) {
-            const int v = FLUSH ? 0 : dec_variant();
+            int v = FLUSH ? 0 : dec_variant();
+            if (v == 6) /* g2: 6x3d for a GEMM2 of at most 2 CTAs per SM of an H100, 6x5 otherwise */
+                v = p->epi != MXG_EPI_ACT && (size_t)lc.gridDim.x * lc.gridDim.y <= 264 ? 5 : 2;
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
                    : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>
+                   : v == 4 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, true, true>
+                   : v == 5 ? gemm_dec<WFMT, FLUSH, false, 6, 3, NAT, true, true>
                             : gemm_dec<WFMT, FLUSH, false, D, 3, NAT>;
         }
     }
@@ -1682,12 +1702,9 @@ static int launch_simple(void (*kern)(const P), dim3 grid, dim3 block, cudaStrea
  * same bits. */
 static int quant_threads(int n_rows)
 {
-    static int force = -1;
-    if (force < 0) {
-        const char *e = getenv("MXEP_CUDA_QTHREADS");
-        force = e && !strcmp(e, "256") ? 1 : 0;
-    }
-    return force || n_rows > 64 ? 256 : 1024;
+    static int v = -1;
+    static const char *const vals[] = {"auto", "256"};
+    return env_setting(&v, "MXEP_CUDA_QTHREADS", vals, 2, 0) == 1 || n_rows > 64 ? 256 : 1024;
 }
 
 extern "C" int mxi_gpu_quant_launch(const mxg_quant_params_t *p, void *stream)
