@@ -583,18 +583,24 @@ int main(int argc, char **argv)
                 fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
                 return 1;
             }
-        /* one layer between two events, the host waiting after each (tl), and
+        /* one layer between two events, the host waiting after each (tl);
          * PIPE layers enqueued back to back with no host wait between them, as
-         * a model's layers are, so the GPU never idles for the launches (tp) */
+         * a model's layers are, so the GPU never idles for the launches (tp);
+         * the same over the weight copies in turn, none left in L2 (tq) */
         enum { PIPE = 10 };
         double *tl = malloc(sizeof(double) * (size_t)iters), *tp = malloc(sizeof(double) * (size_t)iters);
-        double *tc = malloc(sizeof(double) * (size_t)iters);
-        for (int pass = 0; pass < 2; pass++) {
+        double *tc = malloc(sizeof(double) * (size_t)iters), *tq = malloc(sizeof(double) * (size_t)iters);
+        for (int c = 1; c < copies; c++)
+            if (mxi_cuda_stage(cp[c], &a) != MX_OK) {
+                fprintf(stderr, "mxgpu_bench: stage copy %d T=%zu: %s\n", c, T, mx_error_detail());
+                return 1;
+            }
+        for (int pass = 0; pass < (copies > 1 ? 3 : 2); pass++) {
             const int n_layers = pass ? PIPE : 1;
             for (int i = 0; i < iters; i++) {
                 CU(cudaEventRecord(e0, st));
                 for (int k = 0; k < n_layers; k++)
-                    if (mxi_cuda_layer(pk) != MX_OK) {
+                    if (mxi_cuda_layer(cp[pass == 2 ? k % copies : 0]) != MX_OK) {
                         fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
                         return 1;
                     }
@@ -602,27 +608,8 @@ int main(int argc, char **argv)
                 CU(cudaEventSynchronize(e1));
                 float ms;
                 CU(cudaEventElapsedTime(&ms, e0, e1));
-                (pass ? tp : tl)[i] = ms / n_layers;
+                (pass == 0 ? tl : pass == 1 ? tp : tq)[i] = ms / n_layers;
             }
-        }
-        double *tq = malloc(sizeof(double) * (size_t)iters);
-        for (int c = 1; c < copies; c++)
-            if (mxi_cuda_stage(cp[c], &a) != MX_OK) {
-                fprintf(stderr, "mxgpu_bench: stage copy %d T=%zu: %s\n", c, T, mx_error_detail());
-                return 1;
-            }
-        for (int i = 0; i < (copies > 1 ? iters : 0); i++) { /* rotating copies, back to back */
-            CU(cudaEventRecord(e0, st));
-            for (int k = 0; k < PIPE; k++)
-                if (mxi_cuda_layer(cp[k % copies]) != MX_OK) {
-                    fprintf(stderr, "mxgpu_bench: layer: %s\n", mx_error_detail());
-                    return 1;
-                }
-            CU(cudaEventRecord(e1, st));
-            CU(cudaEventSynchronize(e1));
-            float ms;
-            CU(cudaEventElapsedTime(&ms, e0, e1));
-            tq[i] = ms / PIPE;
         }
         for (int i = 0; i < iters; i++) { /* cold layers */
             float ms;
