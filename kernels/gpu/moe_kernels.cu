@@ -649,9 +649,7 @@ template <bool B> struct BoolC {
  * n8 tile instead of 2 of 16), the same values as from mxg_tok_pos order. */
 /* EF: the weight loads are marked evict_first (ldw); plain loads only in the
  * MXEP_CUDA_DEC=6x5n variant, kept to measure against. */
-/* DF: each chunk's k steps are all decoded before its MMAs (more registers
- * live, more independent work between them); otherwise step by step. */
-template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, bool DF = false>
+template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true>
 __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
@@ -816,17 +814,10 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             if (WFMT == MXG_W_FP4)
                 snext += sstep;
             wnext += wstep;
-            uint32_t af[DF ? NS : 1][4];
 #pragma unroll
             for (int s = 0; s < NS; s++) {
-                uint32_t(&a)[4] = af[DF ? s : 0];
-                if (DF && s == 0) {
-#pragma unroll
-                    for (int s2 = 0; s2 < NS; s2++)
-                        decode_step<WFMT, BIG>(src, s2, mm, af[DF ? s2 : 0]);
-                } else if (!DF) {
-                    decode_step<WFMT, BIG>(src, s, mm, a);
-                }
+                uint32_t a[4];
+                decode_step<WFMT, BIG>(src, s, mm, a);
 #pragma unroll
                 for (int j = 0; j < NJ; j++) {
                     float *d = PART ? part[PART ? j : 0] : acc[j];
@@ -1272,8 +1263,8 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
 static int dec_variant()
 {
     static int v = -1;
-    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "6x5d", "6x3d", "g2"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 7, 2);
+    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 4, 2);
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
@@ -1294,14 +1285,10 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
     void (*kern)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, true, D, 3, NAT>;
     if constexpr (WFMT == MXG_W_FP4) {
         if (!p->sc_big) {
-            int v = FLUSH ? 0 : dec_variant();
-            if (v == 6) /* g2: 6x3d for a GEMM2 of at most 2 CTAs per SM of an H100, 6x5 otherwise */
-                v = p->epi != MXG_EPI_ACT && (size_t)lc.gridDim.x * lc.gridDim.y <= 264 ? 5 : 2;
+            const int v = FLUSH ? 0 : dec_variant();
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
                    : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>
-                   : v == 4 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, true, true>
-                   : v == 5 ? gemm_dec<WFMT, FLUSH, false, 6, 3, NAT, true, true>
                             : gemm_dec<WFMT, FLUSH, false, D, 3, NAT>;
         }
     }
