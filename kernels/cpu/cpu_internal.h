@@ -93,9 +93,9 @@ enum { MXI_CPU_LEVEL_SCALAR = 0, MXI_CPU_LEVEL_AVX2 = 1, MXI_CPU_LEVEL_AVX512 = 
  * AMX level's below MXI_CPU_AMX_MIN). Session 15 gave them 9 too (the qwen3
  * shape from 0.38 to 0.50 of the FMA peak at T = 64 with VNNI). On a 2-core
  * Xeon VM (AVX-512 VNNI + AMX) their 4-token streaming passes beat their int16
- * tiles up to 16 tokens: the qwen3 shape went from 0.49 to 0.57 of the 16-lane
- * FMA peak at T = 128 and gpt-oss-20b from 0.45 to 0.53 at T = 64, with T = 256
- * unchanged (bench/RESULTS.md, session 18). */
+ * tiles up to 16 tokens: the qwen3 shape went from 0.45-0.48 to 0.54-0.58 of
+ * the 16-lane FMA peak at T = 128 and gpt-oss-20b from 0.46 to 0.51-0.54 at
+ * T = 64, with T = 256 level (bench/RESULTS.md, session 18, three rounds). */
 #define MXI_CPU_Q4Z_STREAM_MAX 17
 
 /* One prepacked matrix [rows x cols], cols padded to kp (multiple of 32).

@@ -195,7 +195,6 @@ static inline __m512i q4z_sum(__m512i h, __m512i l, const int32_t *corr)
 MXI_Q4Z_STREAMS(0)
 MXI_Q4Z_STREAMS(1)
 
-#define Q4Z_SNT 4 /* tokens per streaming pass (8, in 32 registers, was slower on a Xeon VM) */
 typedef void (*q4z_stream_fn)(const mxi_cpu_mat_t *, size_t, const uint8_t *const *, float *, size_t);
 
 /* Tiled: a q-load of two rows to its 4 int16 steps (as q4_tdec, per half). */
@@ -270,8 +269,8 @@ void MXI_Q4Z_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *c
     if (nt == 0 || nr == 0)
         return;
     if (nt < MXI_CPU_Q4Z_STREAM_MAX) {
-        for (size_t t0 = 0; t0 < nt; t0 += Q4Z_SNT) {
-            size_t tn = nt - t0 < Q4Z_SNT ? nt - t0 : Q4Z_SNT;
+        for (size_t t0 = 0; t0 < nt; t0 += 4) { /* (8 per pass, in 32 registers, was slower: bench/RESULTS.md) */
+            size_t tn = nt - t0 < 4 ? nt - t0 : 4;
             static const q4z_stream_fn fns[2][4] = {{q4zs_1_1_0, q4zs_1_2_0, q4zs_1_3_0, q4zs_1_4_0},
                                                     {q4zs_1_1_1, q4zs_1_2_1, q4zs_1_3_1, q4zs_1_4_1}};
             const int plain = m->ws_plain != 0;
@@ -279,7 +278,7 @@ void MXI_Q4Z_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *c
             for (; r + 2 <= nr; r += 2)
                 fns[plain][tn - 1](m, r0 + r, qa + t0, c + t0 * ldc + r, ldc);
             if (r < nr) { /* an odd last row: pair it with itself, keep one result */
-                float tmp[2 * Q4Z_SNT];
+                float tmp[2 * 4];
                 mxi_cpu_mat_t one = *m;
                 one.row_stride = 0;
                 one.scale_stride = 0;
