@@ -649,7 +649,12 @@ template <bool B> struct BoolC {
  * n8 tile instead of 2 of 16), the same values as from mxg_tok_pos order. */
 /* EF: the weight loads are marked evict_first (ldw); plain loads only in the
  * MXEP_CUDA_DEC=6x5n variant, kept to measure against. */
-template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true>
+/* DF: each chunk's k steps are all decoded before its MMAs (more registers
+ * live, more independent work between them); otherwise step by step. */
+/* TAX: the token fragments are loaded TAX chunks further ahead than by
+ * default (NAT: 0 chunks ahead, else 1); a ring of 1 + that many buffers, so
+ * D must be a multiple of its size. */
+template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, bool DF = false, int TAX = 0>
 __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
@@ -743,10 +748,15 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
          * with chunk kc + D while there is one */
         const uint4 *wnext = wsrc + (size_t)D * wstep;
         const uint32_t *snext = WFMT == MXG_W_FP4 ? ssrc + (size_t)D * sstep : nullptr;
-        /* token fragments of the current chunk, the next chunk's loaded one
-         * chunk ahead (8 uint4 per 64 columns of a row, 4 for E4M3: the chunk stride) */
+        /* token fragments: TA chunks ahead (NAT: this chunk's, when it starts;
+         * their eight loads per tile would hold as many registers across the
+         * chunk, and the rows are in L1), in a ring of TA + 1 buffers. xp: the
+         * next chunk to load (8 uint4 per 64 columns of a row, 4 for E4M3: the
+         * chunk stride) */
+        constexpr int TA = (NAT ? 0 : 1) + TAX, NB = TA + 1;
+        static_assert(D % NB == 0, "the token fragment ring must divide the weight ring");
         const uint4 *xp[2] = {xr[0], xr[1]};
-        uint4 bq[2][2][2]; /* [chunk parity][n8 tile][half]: D is even */
+        uint4 bq[NB][2][2]; /* [chunk % NB][n8 tile][half] */
         /* tile j's token fragments of the chunk at xp[j]: half h holds steps 2h, 2h + 1 */
         auto ldtok = [&](int j, uint4 (&dst)[2][2]) {
             if (NAT) {
@@ -763,23 +773,22 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
                     dst[j][h] = __ldg(xp[j] + h);
             }
         };
-        if (!NAT) {
 #pragma unroll
-            for (int j = 0; j < NJ; j++)
-                ldtok(j, bq[0]);
-        }
+        for (int u = 0; u < TA; u++)
+            if (u < KC) {
+#pragma unroll
+                for (int j = 0; j < NJ; j++) {
+                    ldtok(j, bq[u]);
+                    xp[j] += XH * 4;
+                }
+            }
         auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
-            /* the token fragments: the next chunk's, a chunk ahead; NAT: this
-             * chunk's, now (their eight loads per tile would hold as many
-             * registers across the chunk; the rows are in L1) */
+            /* the token fragments of chunk kc + TA (bn; bc when TA is 0) */
+            if (kc + TA < KC) {
 #pragma unroll
-            for (int j = 0; j < NJ; j++) {
-                if (NAT) {
-                    ldtok(j, bc);
-                    xp[j] += XH * 4;
-                } else if (kc + 1 < KC) {
-                    xp[j] += XH * 4;
+                for (int j = 0; j < NJ; j++) {
                     ldtok(j, bn);
+                    xp[j] += XH * 4;
                 }
             }
             uint32_t bb[4][2][2]; /* [step][n8 tile][b0, b1] */
@@ -814,10 +823,17 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             if (WFMT == MXG_W_FP4)
                 snext += sstep;
             wnext += wstep;
+            uint32_t af[DF ? NS : 1][4];
 #pragma unroll
             for (int s = 0; s < NS; s++) {
-                uint32_t a[4];
-                decode_step<WFMT, BIG>(src, s, mm, a);
+                uint32_t(&a)[4] = af[DF ? s : 0];
+                if (DF && s == 0) {
+#pragma unroll
+                    for (int s2 = 0; s2 < NS; s2++)
+                        decode_step<WFMT, BIG>(src, s2, mm, af[DF ? s2 : 0]);
+                } else if (!DF) {
+                    decode_step<WFMT, BIG>(src, s, mm, a);
+                }
 #pragma unroll
                 for (int j = 0; j < NJ; j++) {
                     float *d = PART ? part[PART ? j : 0] : acc[j];
@@ -846,17 +862,16 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
                     }
             }
         };
-        static_assert(D % 2 == 0, "the token fragments alternate between two buffers");
         int kc = 0;
         for (; kc + D <= KC; kc += D) {
 #pragma unroll
             for (int u = 0; u < D; u++)
-                chunk(kc + u, wr[u], sr[u], bq[u & 1], bq[(u + 1) & 1]);
+                chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
         }
 #pragma unroll
         for (int u = 0; u < D; u++)
             if (kc + u < KC)
-                chunk(kc + u, wr[u], sr[u], bq[u & 1], bq[(u + 1) & 1]);
+                chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
     };
     if (cnt - m0 > 8)
         kloop(BoolC<true>());
@@ -1263,8 +1278,8 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
 static int dec_variant()
 {
     static int v = -1;
-    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 4, 2);
+    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "6x5d", "6x3d", "g2", "6x3t", "6x3dt", "s3dt", "6x4t", "4x5t", "n4t", "n45t"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 14, 2);
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
@@ -1285,10 +1300,25 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
     void (*kern)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, true, D, 3, NAT>;
     if constexpr (WFMT == MXG_W_FP4) {
         if (!p->sc_big) {
-            const int v = FLUSH ? 0 : dec_variant();
+            int v = FLUSH ? 0 : dec_variant();
+            const size_t ctas = (size_t)lc.gridDim.x * lc.gridDim.y;
+            if (v == 6) /* g2: 6x3d for a GEMM2 of at most 2 CTAs per SM of an H100, 6x5 otherwise */
+                v = p->epi != MXG_EPI_ACT && ctas <= 264 ? 5 : 2;
+            if (v == 9) /* s3dt: 6x3dt for a grid of at most 3 CTAs per SM of an H100, 6x5 otherwise */
+                v = ctas <= 396 ? 8 : 2;
+            if (v == 12) /* n4t: 6x4t for natural-order rows (GEMM1), 6x5 otherwise */
+                v = NAT ? 10 : 2;
+            if (v == 13) /* n45t: 4x5t for natural-order rows (GEMM1), 6x5 otherwise */
+                v = NAT ? 11 : 2;
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
                    : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>
+                   : v == 4 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, true, true>
+                   : v == 5 ? gemm_dec<WFMT, FLUSH, false, 6, 3, NAT, true, true>
+                   : v == 7 ? gemm_dec<WFMT, FLUSH, false, 6, 3, NAT, true, false, 1>
+                   : v == 8 ? gemm_dec<WFMT, FLUSH, false, 6, 3, NAT, true, true, 1>
+                   : v == 10 ? gemm_dec<WFMT, FLUSH, false, 6, 4, NAT, true, false, 1>
+                   : v == 11 ? gemm_dec<WFMT, FLUSH, false, 4, 5, NAT, true, false, NAT ? 1 : 0>
                             : gemm_dec<WFMT, FLUSH, false, D, 3, NAT>;
         }
     }

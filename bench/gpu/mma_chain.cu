@@ -1,0 +1,145 @@
+/* bench/gpu/mma_chain.cu: how many cycles one tensor-core MMA adds to a chain
+ * of MMAs that accumulate into the same registers, the bound of the decode
+ * kernel at T = 1 (each warp's K loop is one such chain of K / 16 MMAs: the
+ * results must not depend on the batch, so the sum's order is fixed).
+ *
+ * Per case, one CTA per SM of W warps; each warp runs C independent chains of
+ * N MMAs, round robin, and notes clock64() around them. Printed: cycles per
+ * MMA of one chain (latency when C = 1) and MMAs per cycle per SM.
+ *   mma.sync m16n8k16 bf16 -> f32 (the decode kernel's MMA)
+ *   wgmma m64n16k16 bf16 -> f32, A from registers, B from shared memory, each
+ *   MMA waited for before the next (sm_90a only; the large-batch kernel's)
+ * Build and run (on the GPU machine; not part of the CMake build):
+ *   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o mma_chain bench/gpu/mma_chain.cu && ./mma_chain */
+#include <cstdint>
+#include <cstdio>
+#include <cuda_runtime.h>
+
+#define CK(x)                                                                                                          \
+    do {                                                                                                               \
+        cudaError_t e_ = (x);                                                                                          \
+        if (e_ != cudaSuccess) {                                                                                       \
+            fprintf(stderr, "mma_chain: %s: %s\n", #x, cudaGetErrorString(e_));                                        \
+            return 1;                                                                                                  \
+        }                                                                                                              \
+    } while (0)
+
+template <int C> __global__ void sync_chain(int n, float *sink, long long *cyc)
+{
+    const uint32_t seed = threadIdx.x * 2654435761u;
+    uint32_t a[4] = {0x3f803f80u ^ (seed & 0x00070007u), 0x3f003f00u, 0x3e803e80u, 0x3f403f40u};
+    const uint32_t b0 = 0x3c003c00u ^ (seed & 0x00030003u), b1 = 0x3b803b80u;
+    float d[C][4];
+#pragma unroll
+    for (int c = 0; c < C; c++)
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+            d[c][q] = (float)(c + q);
+    __syncwarp();
+    const long long t0 = clock64();
+    for (int i = 0; i < n; i++) {
+#pragma unroll
+        for (int c = 0; c < C; c++)
+            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                         "{%0,%1,%2,%3};\n"
+                         : "+f"(d[c][0]), "+f"(d[c][1]), "+f"(d[c][2]), "+f"(d[c][3])
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    const long long t1 = clock64();
+    float s = 0.0f;
+#pragma unroll
+    for (int c = 0; c < C; c++)
+        s += d[c][0] + d[c][1] + d[c][2] + d[c][3];
+    sink[blockIdx.x * blockDim.x + threadIdx.x] = s;
+    if ((threadIdx.x & 31) == 0)
+        cyc[blockIdx.x * 32 + (threadIdx.x >> 5)] = t1 - t0;
+}
+
+__global__ void wgmma_chain(int n, float *sink, long long *cyc)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __shared__ __align__(1024) uint16_t bs[16 * 64];
+    for (int i = threadIdx.x; i < 16 * 64; i += blockDim.x)
+        bs[i] = (uint16_t)(0x3c00u + (i & 7));
+    __syncthreads();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+    const uint32_t addr = (uint32_t)__cvta_generic_to_shared(bs);
+    /* K-major, no swizzle: core matrices of 8 rows x 16 bytes */
+    const uint64_t desc = (uint64_t)((addr & 0x3ffff) >> 4) | ((uint64_t)(128 >> 4) << 16) | ((uint64_t)(256 >> 4) << 32);
+    uint32_t a[4] = {0x3f803f80u, 0x3f003f00u, 0x3e803e80u, 0x3f403f40u ^ (threadIdx.x & 7)};
+    float d[8];
+#pragma unroll
+    for (int q = 0; q < 8; q++)
+        d[q] = (float)q;
+    const long long t0 = clock64();
+    for (int i = 0; i < n; i++) {
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, "
+                     "{%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "n"(1));
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    }
+    const long long t1 = clock64();
+    float s = 0.0f;
+#pragma unroll
+    for (int q = 0; q < 8; q++)
+        s += d[q];
+    sink[blockIdx.x * blockDim.x + threadIdx.x] = s;
+    if ((threadIdx.x & 31) == 0)
+        cyc[blockIdx.x * 32 + (threadIdx.x >> 5)] = t1 - t0;
+#else
+    (void)n;
+    (void)sink;
+    (void)cyc;
+#endif
+}
+
+template <typename K> static int run(const char *name, K kern, int warps, int chains, int n, int sms, float *sink,
+                                     long long *cyc, long long *hc)
+{
+    kern<<<sms, 32 * warps>>>(n, sink, cyc);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    kern<<<sms, 32 * warps>>>(n, sink, cyc);
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(hc, cyc, sizeof(long long) * 32 * sms, cudaMemcpyDeviceToHost));
+    double sum = 0.0;
+    int cnt = 0;
+    for (int b = 0; b < sms; b++)
+        for (int w = 0; w < warps; w++) {
+            sum += (double)hc[b * 32 + w];
+            cnt++;
+        }
+    const double per = sum / cnt / n; /* cycles per round of C MMAs */
+    printf("%-34s warps/SM %2d chains/warp %d: %6.1f cycles per MMA of a chain, %5.3f MMAs per cycle per SM\n", name,
+           warps, chains, per, (double)warps * chains / per);
+    return 0;
+}
+
+int main(void)
+{
+    cudaDeviceProp pr;
+    CK(cudaGetDeviceProperties(&pr, 0));
+    const int sms = pr.multiProcessorCount, n = 4096;
+    printf("device: %s (sm_%d%d, %d SMs)\n", pr.name, pr.major, pr.minor, sms);
+    float *sink;
+    long long *cyc, hc[32 * 1024];
+    if (sms > 1024)
+        return 1;
+    CK(cudaMalloc(&sink, sizeof(float) * 1024 * sms));
+    CK(cudaMalloc(&cyc, sizeof(long long) * 32 * sms));
+    int rc = 0;
+    for (int w : {1, 4, 8, 16}) {
+        rc |= run("mma.sync m16n8k16 bf16", sync_chain<1>, w, 1, n, sms, sink, cyc, hc);
+        rc |= run("mma.sync m16n8k16 bf16", sync_chain<2>, w, 2, n, sms, sink, cyc, hc);
+        rc |= run("mma.sync m16n8k16 bf16", sync_chain<4>, w, 4, n, sms, sink, cyc, hc);
+    }
+    if (pr.major == 9)
+        for (int w : {4, 8, 16})
+            rc |= run("wgmma m64n16k16 bf16 (waited)", wgmma_chain, w, 1, n, sms, sink, cyc, hc);
+    return rc;
+}
