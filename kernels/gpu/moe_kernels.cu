@@ -649,12 +649,10 @@ template <bool B> struct BoolC {
  * n8 tile instead of 2 of 16), the same values as from mxg_tok_pos order. */
 /* EF: the weight loads are marked evict_first (ldw); plain loads only in the
  * MXEP_CUDA_DEC=6x5n variant, kept to measure against. */
-/* DF: each chunk's k steps are all decoded before its MMAs (more registers
- * live, more independent work between them); otherwise step by step. */
-/* TAX: the token fragments are loaded TAX chunks further ahead than by
- * default (NAT: 0 chunks ahead, else 1); a ring of 1 + that many buffers, so
- * D must be a multiple of its size. */
-template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, bool DF = false, int TAX = 0>
+/* TAX: the token fragments are loaded TAX chunks further ahead (NAT: by
+ * default at the chunk's start, else one chunk ahead); a ring of 1 + that
+ * many buffers, so D must be a multiple of its size. */
+template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0>
 __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
@@ -823,17 +821,10 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             if (WFMT == MXG_W_FP4)
                 snext += sstep;
             wnext += wstep;
-            uint32_t af[DF ? NS : 1][4];
 #pragma unroll
             for (int s = 0; s < NS; s++) {
-                uint32_t(&a)[4] = af[DF ? s : 0];
-                if (DF && s == 0) {
-#pragma unroll
-                    for (int s2 = 0; s2 < NS; s2++)
-                        decode_step<WFMT, BIG>(src, s2, mm, af[DF ? s2 : 0]);
-                } else if (!DF) {
-                    decode_step<WFMT, BIG>(src, s, mm, a);
-                }
+                uint32_t a[4];
+                decode_step<WFMT, BIG>(src, s, mm, a);
 #pragma unroll
                 for (int j = 0; j < NJ; j++) {
                     float *d = PART ? part[PART ? j : 0] : acc[j];
@@ -1272,14 +1263,16 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
 
 /* Decode kernel variants for MXFP4 without big scales: register ring depth
  * (chunks in flight per lane) x CTAs per SM, picked by MXEP_CUDA_DEC=6x5|8x4|12x3
- * (default 6x5: more warps, each with fewer bytes in flight, was the fastest
- * on the H100/H200 at 1, 8 and 64 tokens; a deeper ring for only the GEMMs of
- * few warps was slower too: bench/RESULTS.md); bitwise the same results. */
+ * (6x5: more warps, each with fewer bytes in flight, was the fastest on the
+ * H100/H200 at 1, 8 and 64 tokens; a deeper ring for only the GEMMs of few
+ * warps was slower too: bench/RESULTS.md). The default, n45t, is 6x5 except
+ * for GEMM1 gathering the staged batch (4x5, its token words a chunk ahead):
+ * 15-19% faster at T = 1 on the H100 (session 19). Bitwise the same results. */
 static int dec_variant()
 {
     static int v = -1;
-    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "6x5d", "6x3d", "g2", "6x3t", "6x3dt", "s3dt", "6x4t", "4x5t", "n4t", "n45t"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 14, 2);
+    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 5, 4);
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
@@ -1300,25 +1293,15 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
     void (*kern)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, true, D, 3, NAT>;
     if constexpr (WFMT == MXG_W_FP4) {
         if (!p->sc_big) {
-            int v = FLUSH ? 0 : dec_variant();
-            const size_t ctas = (size_t)lc.gridDim.x * lc.gridDim.y;
-            if (v == 6) /* g2: 6x3d for a GEMM2 of at most 2 CTAs per SM of an H100, 6x5 otherwise */
-                v = p->epi != MXG_EPI_ACT && ctas <= 264 ? 5 : 2;
-            if (v == 9) /* s3dt: 6x3dt for a grid of at most 3 CTAs per SM of an H100, 6x5 otherwise */
-                v = ctas <= 396 ? 8 : 2;
-            if (v == 12) /* n4t: 6x4t for natural-order rows (GEMM1), 6x5 otherwise */
-                v = NAT ? 10 : 2;
-            if (v == 13) /* n45t: 4x5t for natural-order rows (GEMM1), 6x5 otherwise */
-                v = NAT ? 11 : 2;
+            const int v = FLUSH ? 0 : dec_variant();
+            /* n45t (default): natural-order rows (GEMM1 reading the staged
+             * batch) take a ring of 4 weight chunks and their token words one
+             * chunk ahead: 96 registers, no spill, where 6x5 loads them at the
+             * chunk's start (its one-ahead copy spills); the other kernels 6x5 */
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
                    : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>
-                   : v == 4 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, true, true>
-                   : v == 5 ? gemm_dec<WFMT, FLUSH, false, 6, 3, NAT, true, true>
-                   : v == 7 ? gemm_dec<WFMT, FLUSH, false, 6, 3, NAT, true, false, 1>
-                   : v == 8 ? gemm_dec<WFMT, FLUSH, false, 6, 3, NAT, true, true, 1>
-                   : v == 10 ? gemm_dec<WFMT, FLUSH, false, 6, 4, NAT, true, false, 1>
-                   : v == 11 ? gemm_dec<WFMT, FLUSH, false, 4, 5, NAT, true, false, NAT ? 1 : 0>
+                   : v == 4 ? gemm_dec<WFMT, FLUSH, false, NAT ? 4 : 6, 5, NAT, true, NAT ? 1 : 0>
                             : gemm_dec<WFMT, FLUSH, false, D, 3, NAT>;
         }
     }

@@ -965,17 +965,10 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
 {
     (void)state;
     static const char *const settings[] = {NULL,
+                                           "MXEP_CUDA_DEC=6x5",
                                            "MXEP_CUDA_DEC=8x4",
                                            "MXEP_CUDA_DEC=12x3",
                                            "MXEP_CUDA_DEC=6x5n",
-                                           "MXEP_CUDA_DEC=6x5d",
-                                           "MXEP_CUDA_DEC=6x3d",
-                                           "MXEP_CUDA_DEC=g2",
-                                                                                      "MXEP_CUDA_DEC=6x3t",
-                                           "MXEP_CUDA_DEC=6x3dt",
-                                           "MXEP_CUDA_DEC=s3dt",
-                                           "MXEP_CUDA_DEC=n4t",
-                                           "MXEP_CUDA_DEC=n45t",
                                            "MXEP_CUDA_L=1x256",
                                            "MXEP_CUDA_LF=1x128",
                                            "MXEP_CUDA_MMA=sync",
