@@ -19,7 +19,7 @@ for T in "$@"; do
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section SchedulerStats --section ComputeWorkloadAnalysis \
     --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
-    "$B" --tokens "$T" --iters 2 ${PROFILE_ARGS:-} > "$OUT/ncu_T$T.txt" 2>&1
+    "$B" --tokens "$T" --iters 2 --copies 1 ${PROFILE_ARGS:-} > "$OUT/ncu_T$T.txt" 2>&1
   echo "ncu exit $?"
   grep -E "gemm_(tc|dec)|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Warp Cycles Per Issued|Issued Warp Per|No Eligible|Dynamic Shared|Theoretical Occupancy|L2 Hit|Mem Busy|Max Bandwidth|Stall|stall|Waves Per SM|Tensor|Pipe" \
     "$OUT/ncu_T$T.txt" | grep -v "issue_stalled" | sed 's/  */ /g' | cut -c1-160 | head -70
