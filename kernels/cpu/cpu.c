@@ -382,6 +382,16 @@ static mxi_cpu_q4_fn level_q4(int level, unsigned flags)
     return mxi_cpu_q4_scalar;
 }
 
+static mxi_cpu_qact_fn level_qact(int level)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    if (level >= MXI_CPU_LEVEL_AVX2)
+        return mxi_cpu_qact_avx2;
+#endif
+    (void)level;
+    return mxi_cpu_qact;
+}
+
 static mxi_cpu_gemm_fn level_gemm(int level)
 {
 #if defined(__x86_64__) || defined(__i386__)
@@ -544,7 +554,8 @@ struct mx_backend_packed {
     int max_threads;
     mxi_cpu_gemm_fn gemm;
     mxi_cpu_q4_fn q4;
-    int is_q4; /* MXFP4 weights: activations go in as mxi_cpu_qact rows */
+    mxi_cpu_qact_fn qact; /* MXFP4: the activation quantizer of this level */
+    int is_q4;            /* MXFP4 weights: activations go in as mxi_cpu_qact rows */
     cpu_expert_t *ex;
     uint8_t *arena; /* every packed matrix's data */
 };
@@ -767,6 +778,7 @@ static mx_status_t cpu_prepack(const mx_device_info_t *dev, const mx_moe_desc_t 
     pk->level = level;
     pk->gemm = level_gemm(level);
     pk->q4 = level_q4(level, have);
+    pk->qact = level_qact(level);
     pk->is_q4 = desc->scheme == MX_SCHEME_W4A16 || desc->scheme == MX_SCHEME_W4A8;
     pk->max_threads = omp_get_max_threads();
     pk->ex = calloc(n_experts > 0 ? (size_t)n_experts : 1, sizeof *pk->ex);
@@ -1098,7 +1110,7 @@ static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *a
                     row[k] = q_e4m3(row[k], s);
             }
             if (q4)
-                mxi_cpu_qact(row, H, nbp1, s, qa1 + i * L.qa1_bytes);
+                pk->qact(row, H, nbp1, s, qa1 + i * L.qa1_bytes);
         }
 #pragma omp for schedule(static)
         for (size_t p = 0; p < NA; p++) {
@@ -1165,7 +1177,7 @@ static mx_status_t cpu_run(const mx_backend_packed_t *pk, const mx_run_args_t *a
                     }
                 }
                 if (q4)
-                    mxi_cpu_qact(h, I, nbp2, s, qa2 + p * L.qa2_bytes);
+                    pk->qact(h, I, nbp2, s, qa2 + p * L.qa2_bytes);
             }
         }
         /* 4. down GEMM + bias -> BF16 */

@@ -95,7 +95,8 @@ enum { MXI_CPU_LEVEL_SCALAR = 0, MXI_CPU_LEVEL_AVX2 = 1, MXI_CPU_LEVEL_AVX512 = 
  * Xeon VM (AVX-512 VNNI + AMX) their 4-token streaming passes beat their int16
  * tiles up to 16 tokens: the qwen3 shape went from 0.45-0.48 to 0.54-0.58 of
  * the 16-lane FMA peak at T = 128 and gpt-oss-20b from 0.46 to 0.51-0.54 at
- * T = 64, with T = 256 level (bench/RESULTS.md, session 18, three rounds). */
+ * T = 64, with T = 256 level (bench/RESULTS.md, session 18, three rounds).
+ * Since session 19 the passes take up to 5 tokens, in passes of equal size. */
 #define MXI_CPU_Q4Z_STREAM_MAX 17
 
 /* One prepacked matrix [rows x cols], cols padded to kp (multiple of 32).
@@ -182,6 +183,12 @@ static inline size_t mxi_cpu_qact_bytes(size_t nbp)
  * activations; for W4A8, x holds the E4M3 values (exact in A, being 4-bit
  * significands within 11 binades of the block max) and s their FP8 scale. */
 void mxi_cpu_qact(const float *x, size_t cols, size_t nbp, float s, uint8_t *dst);
+#if defined(__x86_64__) || defined(__i386__)
+/* The same with AVX2 (x86/avx2.c; any level from AVX2 up), bit for bit. */
+void mxi_cpu_qact_avx2(const float *x, size_t cols, size_t nbp, float s, uint8_t *dst);
+#endif
+/* mxi_cpu_qact's signature: the quantizer run() uses at its level. */
+typedef void (*mxi_cpu_qact_fn)(const float *x, size_t cols, size_t nbp, float s, uint8_t *dst);
 
 /* Decodes block b (32 columns) of row r to floats, exactly (scalar twin of
  * the vector decoders). */

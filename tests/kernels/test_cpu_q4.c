@@ -1,8 +1,8 @@
 /* cpu backend, MXFP4 integer path (cpu_internal.h's block-exact contract):
- * the activation quantizer on crafted blocks, the kernels of every level exact
- * where the arithmetic is exact and bitwise equal otherwise (streaming and
- * tiled, E8M0 extremes), and run() on tokens with all-zero blocks, 2^20
- * outliers and NaN/Inf values. */
+ * the activation quantizer on crafted blocks (and its AVX2 twin against it),
+ * the kernels of every level exact where the arithmetic is exact and bitwise
+ * equal otherwise (streaming and tiled, E8M0 extremes), and run() on tokens
+ * with all-zero blocks, 2^20 outliers and NaN/Inf values. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -179,6 +179,58 @@ static void q4_mat_free(q4_mat_t *o)
     free(o->dscales);
 }
 
+static void test_qact_avx2_matches_the_scalar_quantizer_bit_for_bit(void **state)
+{
+    (void)state;
+    if (!cpu_level_available(MXI_CPU_LEVEL_AVX2))
+        skip();
+#if defined(__x86_64__) || defined(__i386__)
+    /* rows of 12 blocks + 4 padding ones, cols 384 or a short last block; per
+     * block a random binade (2^-140..2^100), then one of: all zero, subnormals
+     * only, a NaN, an Inf, a max that rounds up to 2^15, a 2^20 outlier */
+    const size_t nbp = 16, maxcols = 12 * 32, bytes = mxi_cpu_qact_bytes(nbp);
+    uint8_t *a = aligned_alloc(64, bytes), *b = aligned_alloc(64, bytes);
+    float x[12 * 32];
+    assert_non_null(a);
+    assert_non_null(b);
+    kt_rng_t r;
+    const uint64_t seed = 79;
+    kt_rng_seed(&r, seed);
+    for (int row = 0; row < 400; row++) {
+        for (size_t blk = 0; blk < 12; blk++) {
+            int ex = kt_rng_below(&r, 241) - 140, kind = kt_rng_below(&r, 12);
+            for (size_t k = 0; k < 32; k++)
+                x[32 * blk + k] = ldexpf(kt_rng_uniform(&r, -1.0f, 1.0f), ex - kt_rng_below(&r, 24));
+            size_t k = (size_t)kt_rng_below(&r, 32);
+            if (kind == 0)
+                memset(x + 32 * blk, 0, 32 * sizeof *x);
+            else if (kind == 1)
+                for (size_t i = 0; i < 32; i++)
+                    x[32 * blk + i] = bits_f((uint32_t)kt_rng_below(&r, 1 << 20) | (i % 2 ? 0x80000000u : 0));
+            else if (kind == 2)
+                x[32 * blk + k] = NAN;
+            else if (kind == 3)
+                x[32 * blk + k] = k % 2 ? INFINITY : -INFINITY;
+            else if (kind == 4)
+                x[32 * blk + k] = ldexpf(k % 2 ? 1.99999994f : -1.99999994f, ex);
+            else if (kind == 5)
+                x[32 * blk + k] = ldexpf(1.0f, ex + 20 < 127 ? ex + 20 : 127);
+        }
+        size_t cols = row % 3 ? maxcols : maxcols - 1 - (size_t)kt_rng_below(&r, 31);
+        float sc = row % 4 ? 1.0f : ldexpf(kt_rng_uniform(&r, 1.0f, 2.0f), kt_rng_below(&r, 21) - 10);
+        memset(a, 0x5A, bytes);
+        memset(b, 0xA5, bytes);
+        mxi_cpu_qact(x, cols, nbp, sc, a);
+        mxi_cpu_qact_avx2(x, cols, nbp, sc, b);
+        if (memcmp(a, b, bytes) != 0)
+            fail_msg("seed %llu row %d (cols %zu): AVX2 quantizer differs from the scalar one",
+                     (unsigned long long)seed, row, cols);
+    }
+    free(a);
+    free(b);
+#endif
+}
+
 /* The kernels tested: scalar, AVX2, AVX-512, AVX-512 with VNNI, AMX (each where
  * the CPU has it; the packed layout is the same for all). */
 #define NK 5
@@ -267,7 +319,7 @@ static void test_kernels_are_exact_where_the_arithmetic_is_exact(void **state)
     /* small integer activations and weights with scales 2^-1..2^1: every product,
      * block sum and running sum is a multiple of 2^-2 below 2^20, so every level
      * and path must give exactly the double-precision dot product */
-    const size_t rows = 128, cols = 2880, nts[] = {1, 2, 3, 4, 7, 12, 16, 17, 40};
+    const size_t rows = 128, cols = 2880, nts[] = {1, 2, 3, 4, 5, 6, 7, 9, 12, 14, 16, 17, 40};
     uint8_t *codes = malloc(rows * cols), *scales = malloc(rows * cols / 32);
     float *x = malloc(40 * cols * sizeof(float));
     assert_non_null(codes);
@@ -331,8 +383,8 @@ static void test_kernels_handle_e8m0_extremes_alike_on_every_level(void **state)
         }
     for (size_t i = 0; i < 21 * cols; i++)
         x[i] = kt_rng_uniform(&r, -1.0f, 1.0f) * 0x1p-100f; /* keeps 2^127 rows finite */
-    size_t nts[] = {1, 8, 21};
-    for (size_t n = 0; n < 3; n++) {
+    size_t nts[] = {1, 5, 8, 21};
+    for (size_t n = 0; n < sizeof nts / sizeof nts[0]; n++) {
         size_t nt = nts[n];
         float *c[NK];
         run_levels(rows, cols, codes, scales, x, nt, c);
@@ -514,6 +566,7 @@ int main(void)
     (void)f_bits;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qact_follows_the_contract_on_crafted_blocks),
+        cmocka_unit_test(test_qact_avx2_matches_the_scalar_quantizer_bit_for_bit),
         cmocka_unit_test(test_kernels_are_exact_where_the_arithmetic_is_exact),
         cmocka_unit_test(test_kernels_handle_e8m0_extremes_alike_on_every_level),
         cmocka_unit_test(test_zero_blocks_outliers_and_tiny_blocks_match_everywhere),

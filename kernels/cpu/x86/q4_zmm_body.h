@@ -191,7 +191,8 @@ static inline __m512i q4z_sum(__m512i h, __m512i l, const int32_t *corr)
     MXI_Q4Z_STREAM(1, 1, PLAIN)                                                                                        \
     MXI_Q4Z_STREAM(1, 2, PLAIN)                                                                                        \
     MXI_Q4Z_STREAM(1, 3, PLAIN)                                                                                        \
-    MXI_Q4Z_STREAM(1, 4, PLAIN)
+    MXI_Q4Z_STREAM(1, 4, PLAIN)                                                                                        \
+    MXI_Q4Z_STREAM(1, 5, PLAIN)
 MXI_Q4Z_STREAMS(0)
 MXI_Q4Z_STREAMS(1)
 
@@ -269,16 +270,21 @@ void MXI_Q4Z_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *c
     if (nt == 0 || nr == 0)
         return;
     if (nt < MXI_CPU_Q4Z_STREAM_MAX) {
-        for (size_t t0 = 0; t0 < nt; t0 += 4) { /* (8 per pass, in 32 registers, was slower: bench/RESULTS.md) */
-            size_t tn = nt - t0 < 4 ? nt - t0 : 4;
-            static const q4z_stream_fn fns[2][4] = {{q4zs_1_1_0, q4zs_1_2_0, q4zs_1_3_0, q4zs_1_4_0},
-                                                    {q4zs_1_1_1, q4zs_1_2_1, q4zs_1_3_1, q4zs_1_4_1}};
-            const int plain = m->ws_plain != 0;
+        /* Passes of at most 5 tokens, sizes as equal as they go (9 tokens: 5 + 4,
+         * not 4 + 4 + 1): each pass decodes the rows again, and a 1- or 2-token
+         * pass costs 0.4-0.6 of a 4-token one (the kernel at 5 tokens still fits
+         * the 32 registers; at 6 it spills, and 8 per pass was slower:
+         * bench/RESULTS.md, sessions 18 and 19) */
+        static const q4z_stream_fn fns[2][5] = {{q4zs_1_1_0, q4zs_1_2_0, q4zs_1_3_0, q4zs_1_4_0, q4zs_1_5_0},
+                                                {q4zs_1_1_1, q4zs_1_2_1, q4zs_1_3_1, q4zs_1_4_1, q4zs_1_5_1}};
+        const int plain = m->ws_plain != 0;
+        for (size_t t0 = 0, left = (nt + 4) / 5; t0 < nt; left--) {
+            size_t tn = (nt - t0 + left - 1) / left;
             size_t r = 0;
             for (; r + 2 <= nr; r += 2)
                 fns[plain][tn - 1](m, r0 + r, qa + t0, c + t0 * ldc + r, ldc);
             if (r < nr) { /* an odd last row: pair it with itself, keep one result */
-                float tmp[2 * 4];
+                float tmp[2 * 5];
                 mxi_cpu_mat_t one = *m;
                 one.row_stride = 0;
                 one.scale_stride = 0;
@@ -288,6 +294,7 @@ void MXI_Q4Z_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *c
                 for (size_t t = 0; t < tn; t++)
                     c[(t0 + t) * ldc + r] = tmp[2 * t];
             }
+            t0 += tn;
         }
         return;
     }
