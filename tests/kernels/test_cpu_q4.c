@@ -319,7 +319,7 @@ static void test_kernels_are_exact_where_the_arithmetic_is_exact(void **state)
     /* small integer activations and weights with scales 2^-1..2^1: every product,
      * block sum and running sum is a multiple of 2^-2 below 2^20, so every level
      * and path must give exactly the double-precision dot product */
-    const size_t rows = 128, cols = 2880, nts[] = {1, 2, 3, 4, 5, 6, 7, 9, 12, 14, 16, 17, 40};
+    const size_t rows = 128, cols = 2880, nts[] = {1, 2, 3, 4, 5, 6, 7, 9, 12, 14, 16, 17, 18, 40};
     uint8_t *codes = malloc(rows * cols), *scales = malloc(rows * cols / 32);
     float *x = malloc(40 * cols * sizeof(float));
     assert_non_null(codes);

@@ -218,29 +218,29 @@ static inline void q4_tdec(__m256i x, __m256i tabs, __m256i *o)
     o[3] = _mm256_blend_epi16(_mm256_srai_epi32(wl, 24), _mm256_srai_epi32(wh, 8), 0xAA);
 }
 
-/* Tiled micro-kernel: MR decoded rows x MXI_Q4_NR tokens, one group; int32
+/* Tiled micro-kernel: MR decoded rows x NR tokens, one group; int32
  * block sums in registers (vpmaddwd per step, lane j = block j), then the
  * group's FMA into the FP32 accumulators of (token u, row i) kept in
  * part[u * pstride + i * 8] between groups (storing and reloading is exact). */
-#define MXI_Q4_TMICRO(MR) MXI_Q4_TMICRO_(MR)
-#define MXI_Q4_TMICRO_(MR)                                                                                             \
-    static void q4_tmicro_##MR(const uint8_t *tw, size_t tstride, size_t wsoff, size_t g, const uint8_t *const *ap,    \
-                               size_t nbp, float *part, size_t pstride)                                                \
+#define MXI_Q4_TMICRO(MR, NR) MXI_Q4_TMICRO_(MR, NR)
+#define MXI_Q4_TMICRO_(MR, NR)                                                                                         \
+    static void q4_tmicro_##MR##_##NR(const uint8_t *tw, size_t tstride, size_t wsoff, size_t g,                       \
+                                      const uint8_t *const *ap, size_t nbp, float *part, size_t pstride)               \
     {                                                                                                                  \
-        const int16_t *w[MR], *a[MXI_Q4_NR];                                                                           \
+        const int16_t *w[MR], *a[NR];                                                                                  \
         for (int i = 0; i < MR; i++)                                                                                   \
             w[i] = (const int16_t *)(tw + (size_t)i * tstride + 512 * g);                                              \
-        for (int u = 0; u < MXI_Q4_NR; u++)                                                                            \
+        for (int u = 0; u < NR; u++)                                                                                   \
             a[u] = MXI_QACT_TQ(ap[u], nbp) + 256 * g;                                                                  \
-        __m256i s[MR][MXI_Q4_NR];                                                                                      \
-        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)                                                           \
-            _Pragma("GCC unroll 8") for (int u = 0; u < MXI_Q4_NR; u++) s[i][u] = _mm256_setzero_si256();              \
+        __m256i s[MR][NR];                                                                                             \
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) _Pragma("GCC unroll 8") for (int u = 0; u < NR; u++)      \
+            s[i][u] = _mm256_setzero_si256();                                                                          \
         _Pragma("GCC unroll 16") for (int st = 0; st < 16; st++)                                                       \
         {                                                                                                              \
             __m256i wv[MR];                                                                                            \
             _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) wv[i] =                                               \
                 _mm256_load_si256((const __m256i *)(w[i] + 16 * st));                                                  \
-            _Pragma("GCC unroll 8") for (int u = 0; u < MXI_Q4_NR; u++)                                                \
+            _Pragma("GCC unroll 8") for (int u = 0; u < NR; u++)                                                       \
             {                                                                                                          \
                 __m256i av = _mm256_load_si256((const __m256i *)(a[u] + 16 * st));                                     \
                 _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)                                                   \
@@ -253,7 +253,7 @@ static inline void q4_tdec(__m256i x, __m256i tabs, __m256i *o)
         _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)                                                           \
         {                                                                                                              \
             __m256 ws = _mm256_load_ps((const float *)(tw + (size_t)i * tstride + wsoff) + 8 * g);                     \
-            _Pragma("GCC unroll 8") for (int u = 0; u < MXI_Q4_NR; u++)                                                \
+            _Pragma("GCC unroll 8") for (int u = 0; u < NR; u++)                                                       \
             {                                                                                                          \
                 __m256 sc = _mm256_mul_ps(ws, _mm256_loadu_ps(MXI_QACT_AS(ap[u]) + 8 * g));                            \
                 float *pp = part + (size_t)u * pstride + (size_t)i * 8;                                                \
@@ -261,10 +261,28 @@ static inline void q4_tdec(__m256i x, __m256i tabs, __m256i *o)
             }                                                                                                          \
         }                                                                                                              \
     }
-MXI_Q4_TMICRO(MXI_Q4_MR)
-MXI_Q4_TMICRO(1)
-#define Q4T_CAT(MR) q4_tmicro_##MR
-#define Q4T_CAT2(MR) Q4T_CAT(MR)
+/* MR rows and one row, at MXI_Q4_NR tokens and at one: a call's last token
+ * when it is left alone (it ran at full width with the token repeated before:
+ * 2 of 12 token slots wasted at 10 tokens, 2 of 18 at 16; with 2 tokens left
+ * the full width stays, a 2-token kernel was 3-5% slower than it) */
+MXI_Q4_TMICRO(MXI_Q4_MR, MXI_Q4_NR)
+MXI_Q4_TMICRO(MXI_Q4_MR, 1)
+MXI_Q4_TMICRO(1, MXI_Q4_NR)
+MXI_Q4_TMICRO(1, 1)
+#define Q4T_CAT(MR, NR) q4_tmicro_##MR##_##NR
+#define Q4T_CAT2(MR, NR) Q4T_CAT(MR, NR)
+
+/* The last token of a call, all rows, one group. Not inlined into the caller:
+ * with it inlined there, the full-width loop ran ~30% slower. */
+static __attribute__((noinline)) void q4_ttail(const uint8_t *tw, size_t tstride, size_t wsoff, size_t g,
+                                               const uint8_t *const *ap, size_t nbp, float *part, size_t nr)
+{
+    size_t i = 0;
+    for (; i + MXI_Q4_MR <= nr; i += MXI_Q4_MR)
+        Q4T_CAT2(MXI_Q4_MR, 1)(tw + i * tstride, tstride, wsoff, g, ap, nbp, part + i * 8, nr * 8);
+    for (; i < nr; i++)
+        q4_tmicro_1_1(tw + i * tstride, tstride, wsoff, g, ap, nbp, part + i * 8, nr * 8);
+}
 
 void MXI_Q4_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
                  size_t ldc, void *tile)
@@ -317,16 +335,20 @@ void MXI_Q4_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *co
         part[k] = 0.0f;
     for (size_t g = 0; g < m->ng; g++)
         for (size_t t = 0; t < nt; t += MXI_Q4_NR) {
-            /* a short last group repeats its last token (results discarded: the
-             * partials of those rows lie past nt), so every group runs full width */
+            if (nt - t == 1) {
+                q4_ttail(tw, tstride, wsoff, g, qa + t, nbp, part + t * nr * 8, nr);
+                break;
+            }
+            /* 2 tokens left: the full width on a repeated token (partials past nt) */
             const uint8_t *ap[MXI_Q4_NR];
             for (size_t u = 0; u < MXI_Q4_NR; u++)
                 ap[u] = qa[t + u < nt ? t + u : nt - 1];
             size_t i = 0;
             for (; i + MXI_Q4_MR <= nr; i += MXI_Q4_MR)
-                Q4T_CAT2(MXI_Q4_MR)(tw + i * tstride, tstride, wsoff, g, ap, nbp, part + (t * nr + i) * 8, nr * 8);
+                Q4T_CAT2(MXI_Q4_MR, MXI_Q4_NR)
+            (tw + i * tstride, tstride, wsoff, g, ap, nbp, part + (t * nr + i) * 8, nr * 8);
             for (; i < nr; i++)
-                q4_tmicro_1(tw + i * tstride, tstride, wsoff, g, ap, nbp, part + (t * nr + i) * 8, nr * 8);
+                Q4T_CAT2(1, MXI_Q4_NR)(tw + i * tstride, tstride, wsoff, g, ap, nbp, part + (t * nr + i) * 8, nr * 8);
         }
     for (size_t t = 0; t < nt; t++)
         for (size_t i = 0; i < nr; i++)
