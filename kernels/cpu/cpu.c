@@ -321,7 +321,7 @@ unsigned mxi_cpu_detect(void)
     __cpuid_count(7, 0, a, b, c, d);
     int avx2 = (b >> 5) & 1;
     int f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
-    int vnni = (c >> 11) & 1;
+    int vnni = (c >> 11) & 1, vbmi = (c >> 1) & 1;
     int amx_bf16 = (d >> 22) & 1, amx_tile = (d >> 24) & 1, amx_int8 = (d >> 25) & 1;
     unsigned a1, b1, c1, d1;
     __cpuid_count(7, 1, a1, b1, c1, d1);
@@ -334,6 +334,8 @@ unsigned mxi_cpu_detect(void)
             flags |= MXI_CPU_HAS_AVX512BF16;
         if (vnni)
             flags |= MXI_CPU_HAS_AVX512VNNI;
+        if (vbmi)
+            flags |= MXI_CPU_HAS_AVX512VBMI;
     }
     (void)amx_bf16;
     if (amx_ok && amx_tile && amx_int8)
@@ -366,14 +368,18 @@ const char *mxi_cpu_level_name(int level)
     }
 }
 
-/* flags: what this CPU has (MXI_CPU_HAS_*): the AVX-512 level uses VNNI when present. */
+/* flags: what this CPU has (MXI_CPU_HAS_*): the AVX-512 level uses VNNI when
+ * present, and VBMI with it (VBMI alone: the plain AVX-512 kernel). */
 static mxi_cpu_q4_fn level_q4(int level, unsigned flags)
 {
 #if defined(__x86_64__) || defined(__i386__)
     if (level == MXI_CPU_LEVEL_AMX)
         return mxi_cpu_q4_amx;
-    if (level == MXI_CPU_LEVEL_AVX512)
-        return (flags & MXI_CPU_HAS_AVX512VNNI) ? mxi_cpu_q4_avx512vnni : mxi_cpu_q4_avx512;
+    if (level == MXI_CPU_LEVEL_AVX512) {
+        if (!(flags & MXI_CPU_HAS_AVX512VNNI))
+            return mxi_cpu_q4_avx512;
+        return (flags & MXI_CPU_HAS_AVX512VBMI) ? mxi_cpu_q4_avx512vbmi : mxi_cpu_q4_avx512vnni;
+    }
     if (level == MXI_CPU_LEVEL_AVX2)
         return mxi_cpu_q4_avx2;
 #endif
@@ -485,9 +491,10 @@ static mx_status_t cpu_probe(mx_device_info_t *info_p)
     char brand[96];
     cpu_brand(brand, sizeof brand);
     char feats[96];
-    snprintf(feats, sizeof feats, "%s%s%s%s%s", (flags & MXI_CPU_HAS_AVX2) ? "avx2,fma" : "no-avx2",
+    snprintf(feats, sizeof feats, "%s%s%s%s%s%s", (flags & MXI_CPU_HAS_AVX2) ? "avx2,fma" : "no-avx2",
              (flags & MXI_CPU_HAS_AVX512) ? ",avx512" : "", (flags & MXI_CPU_HAS_AVX512BF16) ? ",avx512_bf16" : "",
-             (flags & MXI_CPU_HAS_AVX512VNNI) ? ",avx512_vnni" : "", (flags & MXI_CPU_HAS_AMX) ? ",amx" : "");
+             (flags & MXI_CPU_HAS_AVX512VNNI) ? ",avx512_vnni" : "",
+             (flags & MXI_CPU_HAS_AVX512VBMI) ? ",avx512_vbmi" : "", (flags & MXI_CPU_HAS_AMX) ? ",amx" : "");
     snprintf(info.name, sizeof info.name, "%.72s (%.52s)", brand, feats);
     snprintf(info.isa, sizeof info.isa, "%s", mxi_cpu_level_name(level));
     info.device_index = -1;

@@ -68,7 +68,8 @@ enum { MXI_CPU_LEVEL_SCALAR = 0, MXI_CPU_LEVEL_AVX2 = 1, MXI_CPU_LEVEL_AVX512 = 
 /* AMX-TILE + AMX-INT8 with the OS's tile state in XCR0; on Linux the process
  * must still ask for it (mxi_cpu_amx_enable) before the first tile instruction */
 #define MXI_CPU_HAS_AMX 0x10u
-#define MXI_CPU_LEVEL_SHIFT 8 /* flags bits 8..10: 1 + the level this probe chose (0: none) */
+#define MXI_CPU_HAS_AVX512VBMI 0x20u /* vpermb (with AVX-512 F/BW/VL/DQ) */
+#define MXI_CPU_LEVEL_SHIFT 8        /* flags bits 8..10: 1 + the level this probe chose (0: none) */
 
 /* Rows of a matrix that one work item handles (multiple of 2, 3 and 4). */
 #define MXI_CPU_ROW_BLOCK 24
@@ -215,6 +216,10 @@ void mxi_cpu_q4_avx2(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t
 void mxi_cpu_q4_avx512(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
                        size_t ldc, void *tile);
 void mxi_cpu_q4_avx512vnni(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
+                           size_t ldc, void *tile);
+/* The same with VBMI too (x86/avx512vbmi.c): the AVX-512 level's choice where
+ * the CPU has both. Same results, bit for bit. */
+void mxi_cpu_q4_avx512vbmi(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
                            size_t ldc, void *tile);
 /* AMX level: AMX-INT8 tiles for nt >= MXI_CPU_AMX_MIN tokens whose rows qa[t]
  * are equally spaced (run() lays them out so), the AVX-512 VNNI kernel

@@ -231,10 +231,11 @@ static void test_qact_avx2_matches_the_scalar_quantizer_bit_for_bit(void **state
 #endif
 }
 
-/* The kernels tested: scalar, AVX2, AVX-512, AVX-512 with VNNI, AMX (each where
- * the CPU has it; the packed layout is the same for all). */
-#define NK 5
-static const char *const kname[NK] = {"scalar", "avx2", "avx512", "avx512vnni", "amx"};
+/* The kernels tested: scalar, AVX2, AVX-512, AVX-512 with VNNI, AMX, AVX-512
+ * with VNNI and VBMI (each where the CPU has it; the packed layout is the same
+ * for all). */
+#define NK 6
+static const char *const kname[NK] = {"scalar", "avx2", "avx512", "avx512vnni", "amx", "avx512vbmi"};
 
 static int kernel_level(int k)
 {
@@ -247,12 +248,15 @@ static int kernel_available(int k)
         return cpu_level_available(k);
     if (k == 4)
         return cpu_level_available(MXI_CPU_LEVEL_AMX);
-    return cpu_level_available(MXI_CPU_LEVEL_AVX512) && (mxi_cpu_detect() & MXI_CPU_HAS_AVX512VNNI);
+    unsigned need = MXI_CPU_HAS_AVX512VNNI | (k == 5 ? MXI_CPU_HAS_AVX512VBMI : 0);
+    return cpu_level_available(MXI_CPU_LEVEL_AVX512) && (mxi_cpu_detect() & need) == need;
 }
 
 static mxi_cpu_q4_fn kernel_fn(int k)
 {
 #if defined(__x86_64__) || defined(__i386__)
+    if (k == 5)
+        return mxi_cpu_q4_avx512vbmi;
     if (k == 4)
         return mxi_cpu_q4_amx;
     if (k == 3)
