@@ -140,11 +140,7 @@ float mxi_cpu_q4_ws(uint8_t b)
 
 void mxi_cpu_qact(const float *x, size_t cols, size_t nbp, float s, uint8_t *dst)
 {
-    float *as = (float *)dst;
-    int32_t *corr = (int32_t *)(dst + 4 * nbp);
-    int16_t *tq = (int16_t *)(dst + 8 * nbp);
-    int8_t *pl = (int8_t *)(dst + 72 * nbp);
-    int8_t *amx = (int8_t *)(dst + 136 * nbp);
+    const mxi_cpu_qact_out_t out = mxi_cpu_qact_out(dst, nbp);
     int16_t qb[32];
     for (size_t b = 0; b < nbp; b++) {
         size_t k0 = 32 * b, n = k0 < cols ? (cols - k0 < 32 ? cols - k0 : 32) : 0;
@@ -156,7 +152,7 @@ void mxi_cpu_qact(const float *x, size_t cols, size_t nbp, float s, uint8_t *dst
         int32_t sum = 0;
         if (mb >= 0x7F800000u) { /* Inf or NaN in the block */
             memset(qb, 0, 32 * sizeof *qb);
-            as[b] = bits_f32(0x7FC00000u);
+            out.as[b] = bits_f32(0x7FC00000u);
         } else {
             /* an all-zero block (or padding) takes e = 0: its S is 0 anyway, and a
              * normal scale keeps the FMAs off the slow subnormal path */
@@ -169,25 +165,25 @@ void mxi_cpu_qact(const float *x, size_t cols, size_t nbp, float s, uint8_t *dst
                 qb[k] = (int16_t)v;
                 sum += (int32_t)v;
             }
-            as[b] = bits_f32((uint32_t)(e - 1 + 127) << 23) * s; /* 2^(e-1) >= 2^-114: normal */
+            out.as[b] = bits_f32((uint32_t)(e - 1 + 127) << 23) * s; /* 2^(e-1) >= 2^-114: normal */
         }
-        corr[b] = 12 * sum;
+        out.corr[b] = 12 * sum;
         for (unsigned k = 0; k < 32; k++) { /* AMX rows: high bytes, then low bytes */
             int a = qb[k], lo = a & 0xFF;
-            amx[64 * b + k] = (int8_t)((a - lo) / 256);
-            amx[64 * b + 32 + k] = (int8_t)(uint8_t)lo;
+            out.amx[64 * b + k] = (int8_t)((a - lo) / 256);
+            out.amx[64 * b + 32 + k] = (int8_t)(uint8_t)lo;
         }
         /* tiled layout and planes: group g, q-load qq, dword j, byte c, nibble y */
         size_t g = b / 8, j = b % 8;
         for (unsigned qq = 0; qq < 4; qq++)
             for (unsigned c = 0; c < 4; c++) {
-                int8_t *o = pl + 512 * g + 128 * qq + 4 * j + c;
+                int8_t *o = out.pl + 512 * g + 128 * qq + 4 * j + c;
                 for (unsigned y = 0; y < 2; y++) {
                     int a = qb[8 * qq + 2 * c + y];
                     int lo = a & 0xFF, hi = (a - lo) / 256; /* a = 256 hi + lo, lo in [0, 255] */
                     o[32 * y] = (int8_t)hi;                 /* hl, hh */
                     o[64 + 32 * y] = (int8_t)(uint8_t)lo;   /* ll, lh (unsigned bytes) */
-                    tq[256 * g + 16 * (4 * qq + c) + 2 * j + y] = (int16_t)a;
+                    out.tq[256 * g + 16 * (4 * qq + c) + 2 * j + y] = (int16_t)a;
                 }
             }
     }

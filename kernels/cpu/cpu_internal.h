@@ -178,6 +178,20 @@ static inline size_t mxi_cpu_qact_bytes(size_t nbp)
 #define MXI_QACT_TQ(p, nbp) ((const int16_t *)((const uint8_t *)(p) + 8 * (nbp)))
 #define MXI_QACT_PLANES(p, nbp) ((const int8_t *)((const uint8_t *)(p) + 72 * (nbp)))
 #define MXI_QACT_AMX(p, nbp) ((const int8_t *)((const uint8_t *)(p) + 136 * (nbp)))
+/* The same parts, writable: what the quantizers fill. */
+typedef struct {
+    float *as;
+    int32_t *corr;
+    int16_t *tq;
+    int8_t *pl;
+    int8_t *amx;
+} mxi_cpu_qact_out_t;
+static inline mxi_cpu_qact_out_t mxi_cpu_qact_out(uint8_t *dst, size_t nbp)
+{
+    mxi_cpu_qact_out_t o = {(float *)(void *)dst, (int32_t *)(void *)(dst + 4 * nbp), (int16_t *)(void *)(dst + 8 * nbp),
+                            (int8_t *)(dst + 72 * nbp), (int8_t *)(dst + 136 * nbp)};
+    return o;
+}
 
 /* Quantizes x[0..cols) (cols <= 32 nbp; beyond it zero) into dst, with every
  * as_b multiplied by s (exactly, but for under- or overflow): 1 for BF16

@@ -21,11 +21,7 @@
  * T = 128 at the AVX-512 level), this one ~0.6. */
 void mxi_cpu_qact_avx2(const float *x, size_t cols, size_t nbp, float s, uint8_t *dst)
 {
-    float *as = (float *)dst;
-    int32_t *corr = (int32_t *)(dst + 4 * nbp);
-    int16_t *tq = (int16_t *)(dst + 8 * nbp);
-    int8_t *pl = (int8_t *)(dst + 72 * nbp);
-    int8_t *amx = (int8_t *)(dst + 136 * nbp);
+    const mxi_cpu_qact_out_t out = mxi_cpu_qact_out(dst, nbp);
     const __m256i absm = _mm256_set1_epi32(0x7FFFFFFF);
     /* within each 8-byte run (one q-load's elements 8q..8q+7): the even
      * elements' bytes, then the odd ones' (the planes' nibble y = 0, 1) */
@@ -56,7 +52,7 @@ void mxi_cpu_qact_avx2(const float *x, size_t cols, size_t nbp, float s, uint8_t
         if (mb >= 0x7F800000u) { /* Inf or NaN in the block */
             q0 = q1 = _mm256_setzero_si256();
             uint32_t nan = 0x7FC00000u;
-            memcpy(&as[b], &nan, sizeof nan);
+            memcpy(&out.as[b], &nan, sizeof nan);
         } else {
             int e = mb == 0 ? 0 : (int)(mb >> 23) - 127;
             e = e < -113 ? -113 : e;
@@ -75,17 +71,17 @@ void mxi_cpu_qact_avx2(const float *x, size_t cols, size_t nbp, float s, uint8_t
             uint32_t sc = (uint32_t)(e - 1 + 127) << 23; /* 2^(e-1) >= 2^-114: normal */
             float f;
             memcpy(&f, &sc, sizeof f);
-            as[b] = f * s;
+            out.as[b] = f * s;
         }
-        corr[b] = 12 * sum;
+        out.corr[b] = 12 * sum;
         /* high bytes (A >> 8, signed) and low bytes (A & 255) in element order */
         const __m256i lom = _mm256_set1_epi16(0xFF);
         __m256i hb =
             _mm256_permute4x64_epi64(_mm256_packs_epi16(_mm256_srai_epi16(q0, 8), _mm256_srai_epi16(q1, 8)), 0xD8);
         __m256i lb =
             _mm256_permute4x64_epi64(_mm256_packus_epi16(_mm256_and_si256(q0, lom), _mm256_and_si256(q1, lom)), 0xD8);
-        _mm256_storeu_si256((__m256i *)(amx + 64 * b), hb);
-        _mm256_storeu_si256((__m256i *)(amx + 64 * b + 32), lb);
+        _mm256_storeu_si256((__m256i *)(out.amx + 64 * b), hb);
+        _mm256_storeu_si256((__m256i *)(out.amx + 64 * b + 32), lb);
         /* planes: dword (q, y) of block j = bytes of elements 8q + y + {0, 2, 4, 6} */
         uint8_t ph[32], plo[32];
         int16_t qb[32];
@@ -96,12 +92,12 @@ void mxi_cpu_qact_avx2(const float *x, size_t cols, size_t nbp, float s, uint8_t
         size_t g = b / 8, j = b % 8;
         for (unsigned q = 0; q < 4; q++)
             for (unsigned y = 0; y < 2; y++) {
-                int8_t *o = pl + 512 * g + 128 * q + 32 * y + 4 * j;
+                int8_t *o = out.pl + 512 * g + 128 * q + 32 * y + 4 * j;
                 memcpy(o, ph + 8 * q + 4 * y, 4);
                 memcpy(o + 64, plo + 8 * q + 4 * y, 4);
             }
         /* tiled layout: step st = 4q + c holds elements 2 st, 2 st + 1 */
         for (unsigned st = 0; st < 16; st++)
-            memcpy(tq + 256 * g + 16 * st + 2 * j, qb + 2 * st, 4);
+            memcpy(out.tq + 256 * g + 16 * st + 2 * j, qb + 2 * st, 4);
     }
 }
