@@ -272,16 +272,27 @@ MXI_Q4_TMICRO(1, 1)
 #define Q4T_CAT(MR, NR) q4_tmicro_##MR##_##NR
 #define Q4T_CAT2(MR, NR) Q4T_CAT(MR, NR)
 
+/* One token tile of one group over all nr rows: fm on MXI_Q4_MR rows at a
+ * time, f1 on the rest (a micro-kernel pair of one width). Always inlined, so
+ * that fm and f1 are direct calls. */
+typedef void (*q4_tmicro_fn)(const uint8_t *, size_t, size_t, size_t, const uint8_t *const *, size_t, float *, size_t);
+static inline __attribute__((always_inline)) void q4_trows(q4_tmicro_fn fm, q4_tmicro_fn f1, const uint8_t *tw,
+                                                           size_t tstride, size_t wsoff, size_t g,
+                                                           const uint8_t *const *ap, size_t nbp, float *part, size_t nr)
+{
+    size_t i = 0;
+    for (; i + MXI_Q4_MR <= nr; i += MXI_Q4_MR)
+        fm(tw + i * tstride, tstride, wsoff, g, ap, nbp, part + i * 8, nr * 8);
+    for (; i < nr; i++)
+        f1(tw + i * tstride, tstride, wsoff, g, ap, nbp, part + i * 8, nr * 8);
+}
+
 /* The last token of a call, all rows, one group. Not inlined into the caller:
  * with it inlined there, the full-width loop ran ~30% slower. */
 static __attribute__((noinline)) void q4_ttail(const uint8_t *tw, size_t tstride, size_t wsoff, size_t g,
                                                const uint8_t *const *ap, size_t nbp, float *part, size_t nr)
 {
-    size_t i = 0;
-    for (; i + MXI_Q4_MR <= nr; i += MXI_Q4_MR)
-        Q4T_CAT2(MXI_Q4_MR, 1)(tw + i * tstride, tstride, wsoff, g, ap, nbp, part + i * 8, nr * 8);
-    for (; i < nr; i++)
-        q4_tmicro_1_1(tw + i * tstride, tstride, wsoff, g, ap, nbp, part + i * 8, nr * 8);
+    q4_trows(Q4T_CAT2(MXI_Q4_MR, 1), q4_tmicro_1_1, tw, tstride, wsoff, g, ap, nbp, part, nr);
 }
 
 void MXI_Q4_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
@@ -343,12 +354,8 @@ void MXI_Q4_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *co
             const uint8_t *ap[MXI_Q4_NR];
             for (size_t u = 0; u < MXI_Q4_NR; u++)
                 ap[u] = qa[t + u < nt ? t + u : nt - 1];
-            size_t i = 0;
-            for (; i + MXI_Q4_MR <= nr; i += MXI_Q4_MR)
-                Q4T_CAT2(MXI_Q4_MR, MXI_Q4_NR)
-            (tw + i * tstride, tstride, wsoff, g, ap, nbp, part + (t * nr + i) * 8, nr * 8);
-            for (; i < nr; i++)
-                Q4T_CAT2(1, MXI_Q4_NR)(tw + i * tstride, tstride, wsoff, g, ap, nbp, part + (t * nr + i) * 8, nr * 8);
+            q4_trows(Q4T_CAT2(MXI_Q4_MR, MXI_Q4_NR), Q4T_CAT2(1, MXI_Q4_NR), tw, tstride, wsoff, g, ap, nbp,
+                     part + t * nr * 8, nr);
         }
     for (size_t t = 0; t < nt; t++)
         for (size_t i = 0; i < nr; i++)

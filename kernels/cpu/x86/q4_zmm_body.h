@@ -281,6 +281,23 @@ MXI_Q4Z_TMICRO(1, 2)
 MXI_Q4Z_TMICRO(4, 1)
 MXI_Q4Z_TMICRO(1, 1)
 
+/* One token tile of one group over all np row pairs: f4 on 4 pairs at a time,
+ * f1 on the rest (a micro-kernel pair of one width). Always inlined, so that
+ * f4 and f1 are direct calls. */
+typedef void (*q4z_tmicro_fn)(const uint8_t *, size_t, size_t, size_t, const uint8_t *const *, size_t, float *,
+                              size_t);
+static inline __attribute__((always_inline)) void q4z_trows(q4z_tmicro_fn f4, q4z_tmicro_fn f1, const uint8_t *tw,
+                                                            size_t pstride_t, size_t wsoff, size_t g,
+                                                            const uint8_t *const *ap, size_t nbp, float *part,
+                                                            size_t np, size_t nr2)
+{
+    size_t i = 0;
+    for (; i + 4 <= np; i += 4)
+        f4(tw + i * pstride_t, pstride_t, wsoff, g, ap, nbp, part + 2 * i * 8, nr2 * 8);
+    for (; i < np; i++)
+        f1(tw + i * pstride_t, pstride_t, wsoff, g, ap, nbp, part + 2 * i * 8, nr2 * 8);
+}
+
 /* The last 1 or 2 tokens of a call, all row pairs, one group: they ran at full
  * width on a repeated token before, 6-12% slower at 17, 21, 25 tokens and 3-6%
  * at 18, 22, 26 (with 3 left the full width stays: the 3-token kernel was no
@@ -289,23 +306,10 @@ static __attribute__((noinline)) void q4z_ttail(const uint8_t *tw, size_t pstrid
                                                 const uint8_t *const *ap, size_t tn, size_t nbp, float *part, size_t np,
                                                 size_t nr2)
 {
-    size_t i = 0;
-    for (; i + 4 <= np; i += 4) {
-        const uint8_t *t = tw + i * pstride_t;
-        float *p = part + 2 * i * 8;
-        if (tn == 2)
-            q4z_tmicro_4_2(t, pstride_t, wsoff, g, ap, nbp, p, nr2 * 8);
-        else
-            q4z_tmicro_4_1(t, pstride_t, wsoff, g, ap, nbp, p, nr2 * 8);
-    }
-    for (; i < np; i++) {
-        const uint8_t *t = tw + i * pstride_t;
-        float *p = part + 2 * i * 8;
-        if (tn == 2)
-            q4z_tmicro_1_2(t, pstride_t, wsoff, g, ap, nbp, p, nr2 * 8);
-        else
-            q4z_tmicro_1_1(t, pstride_t, wsoff, g, ap, nbp, p, nr2 * 8);
-    }
+    if (tn == 2)
+        q4z_trows(q4z_tmicro_4_2, q4z_tmicro_1_2, tw, pstride_t, wsoff, g, ap, nbp, part, np, nr2);
+    else
+        q4z_trows(q4z_tmicro_4_1, q4z_tmicro_1_1, tw, pstride_t, wsoff, g, ap, nbp, part, np, nr2);
 }
 
 void MXI_Q4Z_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
@@ -390,11 +394,7 @@ void MXI_Q4Z_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *c
             const uint8_t *ap[Q4Z_NR];
             for (size_t u = 0; u < Q4Z_NR; u++)
                 ap[u] = qa[t + u < nt ? t + u : nt - 1];
-            size_t i = 0;
-            for (; i + 4 <= np; i += 4)
-                q4z_tmicro_4_4(tw + i * pstride_t, pstride_t, wsoff, g, ap, nbp, part + (t * nr2 + 2 * i) * 8, nr2 * 8);
-            for (; i < np; i++)
-                q4z_tmicro_1_4(tw + i * pstride_t, pstride_t, wsoff, g, ap, nbp, part + (t * nr2 + 2 * i) * 8, nr2 * 8);
+            q4z_trows(q4z_tmicro_4_4, q4z_tmicro_1_4, tw, pstride_t, wsoff, g, ap, nbp, part + t * nr2 * 8, np, nr2);
         }
     for (size_t t = 0; t < nt; t++)
         for (size_t i = 0; i < nr; i++)
