@@ -1267,7 +1267,8 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
  * H100/H200 at 1, 8 and 64 tokens; a deeper ring for only the GEMMs of few
  * warps was slower too: bench/RESULTS.md). The default, n45t, is 6x5 except
  * for GEMM1 gathering the staged batch (4x5, its token words a chunk ahead):
- * 15-19% faster at T = 1 on the H100 (session 19). Bitwise the same results. */
+ * at T = 1 on the H100, 8-10% faster cold and 18-20% with 10 layers back to
+ * back over 4 weight copies (one round, session 19). Bitwise the same results. */
 static int dec_variant()
 {
     static int v = -1;
