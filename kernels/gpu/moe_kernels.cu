@@ -1272,8 +1272,8 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
 static int dec_variant()
 {
     static int v = -1;
-    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 5, 4);
+    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t", "g35t", "a35t", "a45"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 9, 4);
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
@@ -1299,11 +1299,22 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * batch) take a ring of 4 weight chunks and their token words one
              * chunk ahead: 96 registers, no spill, where 6x5 loads them at the
              * chunk's start (its one-ahead copy spills); the other kernels 6x5 */
+            /* not yet measured (the gathering kernel as in n45t): g2t / g35t:
+             * GEMM2 loads its token fragments two chunks ahead, ring 6 at 3
+             * CTAs per SM (136 registers) or ring 3 at 5 (96); a35t: every
+             * non-gathering kernel as g35t's GEMM2; a45: every one at 4x5,
+             * fragments one chunk ahead (96 registers and no spill, where 6x5
+             * spills 24 bytes) */
+            const bool g2 = p->epi != MXG_EPI_ACT;
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
                    : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>
-                   : v == 4 ? gemm_dec<WFMT, FLUSH, false, NAT ? 4 : 6, 5, NAT, true, NAT ? 1 : 0>
-                            : gemm_dec<WFMT, FLUSH, false, D, 3, NAT>;
+                   : v == 0 ? gemm_dec<WFMT, FLUSH, false, D, 3, NAT>
+                   : NAT    ? gemm_dec<WFMT, FLUSH, false, 4, 5, NAT, true, NAT ? 1 : 0>
+                   : (v == 5 && g2)                ? gemm_dec<WFMT, FLUSH, false, 6, 3, NAT, true, NAT ? 0 : 1>
+                   : ((v == 6 && g2) || v == 7)    ? gemm_dec<WFMT, FLUSH, false, 3, 5, NAT, true, NAT ? 0 : 1>
+                   : v == 8                        ? gemm_dec<WFMT, FLUSH, false, 4, 5, NAT>
+                                                   : gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>;
         }
     }
     return (int)cudaLaunchKernelEx(&lc, kern, *p);
