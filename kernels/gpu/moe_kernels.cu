@@ -318,6 +318,81 @@ __device__ __forceinline__ uint32_t smem_u32(const void *ptr)
     return (uint32_t)__cvta_generic_to_shared(ptr);
 }
 
+/* Bulk copies into shared memory (sm_90: cp.async.bulk, counted on an
+ * mbarrier by bytes). Not used below sm_90: the host picks the kernels that
+ * call them only on sm_90 (launch_dec_o); they trap there. */
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count)
+{
+#if defined(MXG_HAVE_GRIDDEP)
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#else
+    (void)bar;
+    (void)count;
+    __trap();
+#endif
+}
+/* makes the barriers' initialization visible to the copy engine and the CTA's threads */
+__device__ __forceinline__ void mbar_init_fence()
+{
+#if defined(MXG_HAVE_GRIDDEP)
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+/* one arrival that also expects `bytes` of copies to complete on the barrier */
+__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes)
+{
+#if defined(MXG_HAVE_GRIDDEP)
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#else
+    (void)bar;
+    (void)bytes;
+#endif
+}
+/* bytes (a multiple of 16, both addresses 16-byte aligned) from global src to
+ * shared dst, completing on bar; pol: an L2 cache policy */
+__device__ __forceinline__ void bulk_g2s(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar, uint64_t pol)
+{
+#if defined(MXG_HAVE_GRIDDEP)
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, "
+                 "[%3], %4;\n" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar), "l"(pol)
+                 : "memory");
+#else
+    (void)dst;
+    (void)src;
+    (void)bytes;
+    (void)bar;
+    (void)pol;
+#endif
+}
+/* waits until phase `parity` of the barrier has completed */
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity)
+{
+#if defined(MXG_HAVE_GRIDDEP)
+    asm volatile("{\n\t.reg .pred P;\n"
+                 "WAIT_%=:\n\t"
+                 "mbarrier.try_wait.parity.shared::cta.b64 P, [%0], %1;\n\t"
+                 "@!P bra WAIT_%=;\n}\n" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+#else
+    (void)bar;
+    (void)parity;
+#endif
+}
+__device__ __forceinline__ uint4 lds128(uint32_t a)
+{
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a));
+    return v;
+}
+__device__ __forceinline__ uint32_t lds32(uint32_t a)
+{
+    uint32_t v;
+    asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(a));
+    return v;
+}
+
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid)
 {
 #if defined(MXG_HAVE_MMA)
@@ -637,6 +712,10 @@ __device__ __forceinline__ void decode_step(const uint32_t *src, int s, const Fp
  * (two when the matrix has scales above 2^1), 4 or 8 MMAs. Same K order and
  * same MMA results as the tensor-core kernels (tests/gpu compares every
  * configuration bitwise). */
+/* gemm_dec<..., SMW = true>: shared-memory bytes per K chunk of a CTA (MXFP4:
+ * 4 row groups x 32 lanes x 16 bytes, then 4 x 32 scale bytes) */
+#define MXG_DEC_SMW_CHUNK (4 * 32 * 16 + 4 * 32)
+
 template <bool B> struct BoolC {
     static constexpr bool value = B;
 };
@@ -652,7 +731,15 @@ template <bool B> struct BoolC {
 /* TAX: the token fragments are loaded TAX chunks further ahead (NAT: by
  * default at the chunk's start, else one chunk ahead); a ring of 1 + that
  * many buffers, so D must be a multiple of its size. */
-template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0>
+/* SMW (MXFP4, sm_90): the CTA's weights and scales for the whole of K come
+ * into shared memory by bulk copies issued when it starts, before the
+ * previous kernel has ended (one mbarrier per chunk; dynamic shared memory of
+ * KC * (MXG_DEC_SMW_CHUNK + 8) bytes), and the register ring is filled from
+ * there: no global weight load waits after griddep_wait. For grids of at most
+ * two CTAs per SM (GEMM2 at one token: its K loop is bound by the bytes each
+ * warp keeps in flight, bench/RESULTS.md session 20). */
+template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0,
+          bool SMW = false>
 __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
@@ -670,11 +757,41 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     griddep_launch();
     const int mt = blockIdx.y;
     const int rg = blockIdx.x * 4 + warp;
+    static_assert(!SMW || (WFMT == MXG_W_FP4 && !PART), "shared-memory weights: MXFP4 with BF16 tokens");
+    constexpr uint32_t CB = MXG_DEC_SMW_CHUNK; /* SMW: bytes per chunk (4 row groups' weights, then scales) */
+    extern __shared__ uint8_t smem_raw[];
+    const uint32_t sbase = SMW ? smem_u32(smem_raw) : 0u;
+    if constexpr (SMW) { /* the CTA's copies, before any warp may leave */
+        if (mt >= p.n_mtiles || (int)blockIdx.x * 64 >= p.N)
+            return; /* the whole CTA */
+        const int e0 = p.tile_e[mt], kc_n = p.K_pad / MXG_BK, ng = p.N_pad >> 4;
+        const uint32_t bars = sbase + (uint32_t)kc_n * CB;
+        if (threadIdx.x == 0) {
+            for (int kc = 0; kc < kc_n; kc++)
+                mbar_init(bars + 8u * (uint32_t)kc, 1u);
+            mbar_init_fence();
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            const uint64_t pol = policy_evict_first();
+            const uint8_t *wb = p.w + (size_t)e0 * p.w_estride + (size_t)blockIdx.x * 4 * 32 * TB;
+            const uint8_t *sb = p.sc + (size_t)e0 * p.sc_estride + (size_t)blockIdx.x * 4 * 32;
+            for (int kc = 0; kc < kc_n; kc++) {
+                const uint32_t bar = bars + 8u * (uint32_t)kc, dst = sbase + (uint32_t)kc * CB;
+                mbar_expect(bar, CB);
+                bulk_g2s(dst, wb + (size_t)kc * ng * 32 * TB, 4 * 32 * TB, bar, pol);
+                bulk_g2s(dst + 4 * 32 * TB, sb + (size_t)kc * ng * 32, 4 * 32, bar, pol);
+            }
+        }
+    }
     if (mt >= p.n_mtiles || rg * 16 >= p.N)
         return;
     const int e = p.tile_e[mt], m0 = p.tile_m0[mt];
     const int cnt = p.cnt[e], off = p.off[e];
     const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
+    /* SMW: the lane's piece of a chunk, its scale word, the chunks' barriers */
+    const uint32_t sw = sbase + (uint32_t)(warp * 32 + lane) * TB, ss = sbase + 4 * 32 * TB + warp * 32 + g * 4;
+    const uint32_t sbar = sbase + (uint32_t)KC * CB;
     const uint4 *wsrc = (const uint4 *)(p.w + (size_t)e * p.w_estride + ((size_t)rg * 32 + lane) * TB);
     const size_t wstep = (size_t)NG * 32 * TB / 16; /* in uint4 */
     const uint32_t *ssrc = WFMT == MXG_W_FP4
@@ -688,15 +805,23 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 #pragma unroll
     for (int u = 0; u < D; u++) {
         if (u < KC) {
+            if (SMW) {
+                mbar_wait(sbar + 8u * (uint32_t)u, 0u);
 #pragma unroll
-            for (int q = 0; q < W4; q++)
-                wr[u][q] = ldw<EF>(wsrc + (size_t)u * wstep + q, wpol);
-            sr[u] = WFMT == MXG_W_FP4 ? ldw<EF>(ssrc + (size_t)u * sstep, wpol) : 0u;
+                for (int q = 0; q < W4; q++)
+                    wr[u][q] = lds128(sw + (uint32_t)u * CB + 16u * (uint32_t)q);
+                sr[u] = lds32(ss + (uint32_t)u * CB);
+            } else {
+#pragma unroll
+                for (int q = 0; q < W4; q++)
+                    wr[u][q] = ldw<EF>(wsrc + (size_t)u * wstep + q, wpol);
+                sr[u] = WFMT == MXG_W_FP4 ? ldw<EF>(ssrc + (size_t)u * sstep, wpol) : 0u;
+            }
         }
     }
     /* p.l2pf: the warp's chunks past the ring go to L2 now, while the kernel that
      * produces this one's input still runs (the lanes take every 32nd chunk) */
-    if (p.l2pf) {
+    if (p.l2pf && !SMW) {
         const uint8_t *wb = p.w + (size_t)e * p.w_estride + (size_t)rg * 32 * TB;
         const uint8_t *sb = WFMT == MXG_W_FP4 ? p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 : nullptr;
         for (int kc = D + lane; kc < KC; kc += 32) {
@@ -811,7 +936,14 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
                 src[4 * q + 3] = slot[q].w;
             }
             /* refill the slot (its registers are copied out above) */
-            if (kc + D < KC) {
+            if (SMW && kc + D < KC) {
+                const uint32_t k2 = (uint32_t)(kc + D);
+                mbar_wait(sbar + 8u * k2, 0u);
+#pragma unroll
+                for (int q = 0; q < W4; q++)
+                    slot[q] = lds128(sw + k2 * CB + 16u * (uint32_t)q);
+                sslot = lds32(ss + k2 * CB);
+            } else if (kc + D < KC) {
 #pragma unroll
                 for (int q = 0; q < W4; q++)
                     slot[q] = ldw<EF>(wnext + q, wpol);
@@ -1272,8 +1404,28 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
 static int dec_variant()
 {
     static int v = -1;
-    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t", "g35t", "a35t", "a45"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 9, 4);
+    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t", "g35t", "a35t", "a45", "smw"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 10, 4);
+}
+
+/* The current device's compute capability (major) and SM count, read once per
+ * device. */
+static void dev_caps(int *major, int *sms)
+{
+    static std::atomic<int> cache[64][2];
+    int d = 0;
+    *major = *sms = 0;
+    if (cudaGetDevice(&d) != cudaSuccess || d < 0 || d >= 64)
+        return;
+    if (!cache[d][0].load()) {
+        int a = 0, b = 0;
+        cudaDeviceGetAttribute(&a, cudaDevAttrComputeCapabilityMajor, d);
+        cudaDeviceGetAttribute(&b, cudaDevAttrMultiProcessorCount, d);
+        cache[d][1].store(b);
+        cache[d][0].store(a);
+    }
+    *major = cache[d][0].load();
+    *sms = cache[d][1].load();
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
@@ -1306,6 +1458,26 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * fragments one chunk ahead (96 registers and no spill, where 6x5
              * spills 24 bytes) */
             const bool g2 = p->epi != MXG_EPI_ACT;
+            /* smw (not yet run on a GPU): GEMM2 with its CTAs' weights in shared
+             * memory (gemm_dec's SMW) when the grid has at most two CTAs per SM
+             * and they fit twice in an SM; the other kernels as n45t, asking for
+             * the largest shared-memory carveout so that GEMM2's CTAs find room
+             * beside GEMM1's (an SM changes its carveout only when idle) */
+            if (v == 9) {
+                cudaFuncSetAttribute(gemm_dec<WFMT, FLUSH, false, NAT ? 4 : 6, 5, NAT, true, NAT ? 1 : 0>,
+                                     cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+                int major = 0, sms = 0;
+                dev_caps(&major, &sms);
+                const size_t kc = (size_t)p->K_pad / MXG_BK, smem = kc * (MXG_DEC_SMW_CHUNK + 8);
+                const size_t ctas = (size_t)lc.gridDim.x * lc.gridDim.y;
+                if (g2 && !NAT && major == 9 && smem <= 110 * 1024 && ctas <= 2 * (size_t)sms) {
+                    void (*ks)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, false, 4, 4, NAT, true, NAT ? 0 : 2, !FLUSH>;
+                    cudaFuncSetAttribute(ks, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+                    cudaFuncSetAttribute(ks, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+                    lc.dynamicSmemBytes = smem;
+                    return (int)cudaLaunchKernelEx(&lc, ks, *p);
+                }
+            }
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
                    : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>

@@ -866,13 +866,15 @@ static int variants_child(void)
         fprintf(stderr, "variants child: probe: %s\n", mx_error_detail());
         return 2;
     }
-    for (int c = 0; c < 2; c++) {
-        mx_moe_desc_t d = c == 0 ? make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 704, 2880)
+    /* c = 2: a few tokens, so that the small grids' kernels run too (e.g.
+     * MXEP_CUDA_DEC=smw's GEMM2, taken for at most two CTAs per SM) */
+    for (int c = 0; c < 3; c++) {
+        mx_moe_desc_t d = c != 1 ? make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 704, 2880)
                                  : make_desc(MX_SCHEME_W8A8, MX_ACT_SILU, 2880, 704);
         if (c == 1)
             d.act_group = 128;
-        const int E = c == 0 ? 4 : 3;
-        const size_t T = c == 0 ? 600 : 300, H = d.hidden;
+        const int E = c != 1 ? 4 : 3;
+        const size_t T = c == 0 ? 600 : c == 1 ? 300 : 5, H = d.hidden;
         gref_experts_t g;
         if (gref_experts_make(&d, E, MX_WSCALE_BLOCK, 1, 7000 + (uint64_t)c, &g) != 0)
             return 2;
@@ -973,6 +975,7 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
                                            "MXEP_CUDA_DEC=g35t",
                                            "MXEP_CUDA_DEC=a35t",
                                            "MXEP_CUDA_DEC=a45",
+                                           "MXEP_CUDA_DEC=smw",
                                            "MXEP_CUDA_L=1x256",
                                            "MXEP_CUDA_LF=1x128",
                                            "MXEP_CUDA_MMA=sync",
