@@ -1470,8 +1470,10 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                 dev_caps(&major, &sms);
                 const size_t kc = (size_t)p->K_pad / MXG_BK, smem = kc * (MXG_DEC_SMW_CHUNK + 8);
                 const size_t ctas = (size_t)lc.gridDim.x * lc.gridDim.y;
+                /* ring of 3, tokens 2 chunks ahead: 103 registers, so that two CTAs
+                 * (2 x 13312) fit beside three of GEMM1's (3 x 12288) */
                 if (g2 && !NAT && major == 9 && smem <= 110 * 1024 && ctas <= 2 * (size_t)sms) {
-                    void (*ks)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, false, 4, 4, NAT, true, NAT ? 0 : 2, !FLUSH>;
+                    void (*ks)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, false, 3, 4, NAT, true, NAT ? 0 : 1, !FLUSH>;
                     cudaFuncSetAttribute(ks, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
                     cudaFuncSetAttribute(ks, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
                     lc.dynamicSmemBytes = smem;
