@@ -331,11 +331,13 @@ __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count)
     __trap();
 #endif
 }
-/* makes the barriers' initialization visible to the copy engine and the CTA's threads */
+/* makes the barriers' initialization visible to the copy engine (the async
+ * proxy) and, with a __syncthreads() after it, to the CTA's threads */
 __device__ __forceinline__ void mbar_init_fence()
 {
 #if defined(MXG_HAVE_GRIDDEP)
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }
 /* one arrival that also expects `bytes` of copies to complete on the barrier */
@@ -713,8 +715,13 @@ __device__ __forceinline__ void decode_step(const uint32_t *src, int s, const Fp
  * same MMA results as the tensor-core kernels (tests/gpu compares every
  * configuration bitwise). */
 /* gemm_dec<..., SMW = true>: shared-memory bytes per K chunk of a CTA (MXFP4:
- * 4 row groups x 32 lanes x 16 bytes, then 4 x 32 scale bytes) */
+ * 4 row groups x 32 lanes x 16 bytes, then 4 x 32 scale bytes; a multiple of
+ * 16, as the bulk copies' destinations must be), and the most a CTA may take
+ * (chunks and their 8-byte barriers; two CTAs per SM) */
 #define MXG_DEC_SMW_CHUNK (4 * 32 * 16 + 4 * 32)
+#define MXG_DEC_SMW_MAX (110 * 1024)
+static_assert(MXG_DEC_SMW_CHUNK % 16 == 0 && MXG_NPAD % 64 == 0,
+              "SMW: 16-byte aligned chunks; a CTA's 4 row groups never pass N_pad");
 
 template <bool B> struct BoolC {
     static constexpr bool value = B;
@@ -1428,6 +1435,47 @@ static void dev_caps(int *major, int *sms)
     *sms = cache[d][1].load();
 }
 
+/* MXEP_CUDA_DEC=smw's GEMM2 kernel: a ring of 3 chunks, tokens 2 chunks ahead:
+ * 103 registers, so that two of its CTAs (2 x 13312) fit beside three of
+ * GEMM1's (3 x 12288) in an SM's 65536 */
+#define SMW_KERNEL (gemm_dec<MXG_W_FP4, false, false, 3, 4, false, true, 1, true>)
+
+/* Whether the smw kernel can run on the current device, set up once per device:
+ * its code is sm_90 machine code (not PTX of an older target, where the bulk
+ * copies trap), it may take MXG_DEC_SMW_MAX bytes of shared memory, and it and
+ * GEMM1's decode kernels (n45t) ask for the largest carveout (an SM changes
+ * its carveout only when idle: GEMM2's CTAs must find room beside GEMM1's).
+ * *sms: the device's SM count. */
+static int smw_ready(int *sms)
+{
+    static std::atomic<unsigned long long> done, good;
+    int major = 0, dev = 0;
+    dev_caps(&major, sms);
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64)
+        return 0;
+    const unsigned long long bit = 1ull << dev;
+    if (!(done.load(std::memory_order_acquire) & bit)) {
+        const int carve = cudaSharedmemCarveoutMaxShared;
+        cudaFuncAttributes fa;
+        const bool ok =
+            major == 9 && cudaFuncGetAttributes(&fa, SMW_KERNEL) == cudaSuccess && fa.binaryVersion >= 90 &&
+            fa.ptxVersion >= 90 &&
+            cudaFuncSetAttribute(SMW_KERNEL, cudaFuncAttributeMaxDynamicSharedMemorySize, MXG_DEC_SMW_MAX) ==
+                cudaSuccess &&
+            cudaFuncSetAttribute(SMW_KERNEL, cudaFuncAttributePreferredSharedMemoryCarveout, carve) == cudaSuccess &&
+            cudaFuncSetAttribute(gemm_dec<MXG_W_FP4, false, false, 4, 5, true, true, 1>,
+                                 cudaFuncAttributePreferredSharedMemoryCarveout, carve) == cudaSuccess &&
+            cudaFuncSetAttribute(gemm_dec<MXG_W_FP4, false, false, 6, 5, false>,
+                                 cudaFuncAttributePreferredSharedMemoryCarveout, carve) == cudaSuccess;
+        if (!ok)
+            (void)cudaGetLastError(); /* leave no error behind for the next launch */
+        else
+            good.fetch_or(bit, std::memory_order_acq_rel);
+        done.fetch_or(bit, std::memory_order_acq_rel);
+    }
+    return (good.load(std::memory_order_acquire) & bit) != 0;
+}
+
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
  * NAT: the token rows are in their natural column order (mxg_gemm_params_t.a_nat). */
 template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm_params_t *p, cudaStream_t st)
@@ -1464,20 +1512,15 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * the largest shared-memory carveout so that GEMM2's CTAs find room
              * beside GEMM1's (an SM changes its carveout only when idle) */
             if (v == 9) {
-                cudaFuncSetAttribute(gemm_dec<WFMT, FLUSH, false, NAT ? 4 : 6, 5, NAT, true, NAT ? 1 : 0>,
-                                     cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-                int major = 0, sms = 0;
-                dev_caps(&major, &sms);
-                const size_t kc = (size_t)p->K_pad / MXG_BK, smem = kc * (MXG_DEC_SMW_CHUNK + 8);
-                const size_t ctas = (size_t)lc.gridDim.x * lc.gridDim.y;
-                /* ring of 3, tokens 2 chunks ahead: 103 registers, so that two CTAs
-                 * (2 x 13312) fit beside three of GEMM1's (3 x 12288) */
-                if (g2 && !NAT && major == 9 && smem <= 110 * 1024 && ctas <= 2 * (size_t)sms) {
-                    void (*ks)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, false, 3, 4, NAT, true, NAT ? 0 : 1, !FLUSH>;
-                    cudaFuncSetAttribute(ks, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-                    cudaFuncSetAttribute(ks, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-                    lc.dynamicSmemBytes = smem;
-                    return (int)cudaLaunchKernelEx(&lc, ks, *p);
+                int sms = 0;
+                const int ok = smw_ready(&sms); /* also GEMM1's carveout, once per device */
+                if constexpr (!NAT && !FLUSH) {
+                    const size_t kc = (size_t)p->K_pad / MXG_BK, smem = kc * (MXG_DEC_SMW_CHUNK + 8);
+                    const size_t ctas = (size_t)lc.gridDim.x * lc.gridDim.y;
+                    if (ok && g2 && smem <= MXG_DEC_SMW_MAX && ctas <= 2 * (size_t)sms) {
+                        lc.dynamicSmemBytes = smem;
+                        return (int)cudaLaunchKernelEx(&lc, SMW_KERNEL, *p);
+                    }
                 }
             }
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>

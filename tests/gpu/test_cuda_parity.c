@@ -866,15 +866,22 @@ static int variants_child(void)
         fprintf(stderr, "variants child: probe: %s\n", mx_error_detail());
         return 2;
     }
-    /* c = 2: a few tokens, so that the small grids' kernels run too (e.g.
-     * MXEP_CUDA_DEC=smw's GEMM2, taken for at most two CTAs per SM) */
-    for (int c = 0; c < 3; c++) {
-        mx_moe_desc_t d = c != 1 ? make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 704, 2880)
-                                 : make_desc(MX_SCHEME_W8A8, MX_ACT_SILU, 2880, 704);
+    /* a kernel that waits forever (a barrier never completed) fails the test
+     * instead of hanging it */
+    alarm(120);
+    /* c = 2, 3: few tokens, so that the small grids' kernels run too (e.g.
+     * MXEP_CUDA_DEC=smw's GEMM2, taken for at most two CTAs per SM): hidden
+     * 736 leaves the last CTA of 64 rows half empty, inter 2816 is 44 chunks
+     * (not a multiple of the ring), 24 tokens give experts 9-16 tokens (two
+     * n8 tiles), inter 96 is 2 chunks (fewer than the ring) */
+    for (int c = 0; c < 4; c++) {
+        mx_moe_desc_t d = c == 0   ? make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 704, 2880)
+                          : c == 1 ? make_desc(MX_SCHEME_W8A8, MX_ACT_SILU, 2880, 704)
+                                   : make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 736, c == 2 ? 2816 : 96);
         if (c == 1)
             d.act_group = 128;
         const int E = c != 1 ? 4 : 3;
-        const size_t T = c == 0 ? 600 : c == 1 ? 300 : 5, H = d.hidden;
+        const size_t T = c == 0 ? 600 : c == 1 ? 300 : c == 2 ? 24 : 5, H = d.hidden;
         gref_experts_t g;
         if (gref_experts_make(&d, E, MX_WSCALE_BLOCK, 1, 7000 + (uint64_t)c, &g) != 0)
             return 2;
