@@ -491,7 +491,7 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
         p->mma = MXG_MMA_SYNC;
     if (p->wfmt == MXG_W_FP8X) /* E4M3 tokens: mma.sync .e4m3 in every tile (moe_kernels.cu, gemm_tc) */
         p->mma = MXG_MMA_SYNC;
-    p->pdl = p->cc >= 90;
+    p->pdl = p->cc >= 90; /* and the kernels carry griddepcontrol: below, once the device is set */
     if (env_is("MXEP_CUDA_PDL", "0"))
         p->pdl = 0;
     p->tokcopy = env_is("MXEP_CUDA_TOKCOPY", "1");
@@ -499,6 +499,8 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
     cudaError_t err = cudaSetDevice(dev->device_index);
     if (err != cudaSuccess)
         st = cuda_fail(p->device, err, "cudaSetDevice (creating the context; out of device memory?)");
+    if (st == MX_OK && p->pdl && !mxi_gpu_has_griddep())
+        p->pdl = 0; /* a newer GPU running the compute_80 PTX: no griddepcontrol.wait in the kernels */
     int l2 = 0;
     if (st == MX_OK && p->pdl && !env_is("MXEP_CUDA_L2PF", "0") &&
         cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev->device_index) == cudaSuccess && l2 > 0)

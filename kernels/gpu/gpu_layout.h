@@ -293,6 +293,12 @@ int mxi_gpu_l2_flush(const void *buf, size_t bytes, uint32_t never, uint32_t *si
 enum { MXG_TR_Q1 = 0, MXG_TR_G1 = 1, MXG_TR_Q2 = 2, MXG_TR_G2 = 3, MXG_TR_COMB = 4, MXG_TR_SLOTS = 5 };
 enum { MXG_TR_MAXSM = 256 };
 int mxi_gpu_trace(int on, unsigned long long *out, unsigned *sm_out);
+/* 1 when the kernels the current device runs were built for sm_90 or later,
+ * so that they wait for the kernel before them (griddepcontrol.wait) and may be
+ * launched as dependents; 0 when the device runs older PTX (e.g. the
+ * compute_80 PTX JIT-compiled on a newer GPU that has no machine code in this
+ * build), where that wait compiles to nothing, and in HIP builds. */
+int mxi_gpu_has_griddep(void);
 #ifdef __cplusplus
 }
 #endif

@@ -1967,6 +1967,20 @@ extern "C" int mxi_gpu_quant_launch(const mxg_quant_params_t *p, void *stream)
     return 0;
 }
 
+extern "C" int mxi_gpu_has_griddep(void)
+{
+#if !defined(MXG_HIP)
+    cudaFuncAttributes fa;
+    if (cudaFuncGetAttributes(&fa, combine_rows) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return fa.ptxVersion >= 90 && fa.binaryVersion >= 90;
+#else
+    return 0;
+#endif
+}
+
 extern "C" int mxi_gpu_combine_launch(const mxg_combine_params_t *p, void *stream)
 {
     if (p->n_tokens == 0)
