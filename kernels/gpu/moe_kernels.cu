@@ -766,28 +766,29 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     const int rg = blockIdx.x * 4 + warp;
     static_assert(!SMW || (WFMT == MXG_W_FP4 && !PART), "shared-memory weights: MXFP4 with BF16 tokens");
     constexpr uint32_t CB = MXG_DEC_SMW_CHUNK; /* SMW: bytes per chunk (4 row groups' weights, then scales) */
+    const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
     extern __shared__ uint8_t smem_raw[];
     const uint32_t sbase = SMW ? smem_u32(smem_raw) : 0u;
+    const uint32_t sbar = sbase + (uint32_t)KC * CB; /* SMW: the chunks' barriers */
     if constexpr (SMW) { /* the CTA's copies, before any warp may leave */
         if (mt >= p.n_mtiles || (int)blockIdx.x * 64 >= p.N)
             return; /* the whole CTA */
-        const int e0 = p.tile_e[mt], kc_n = p.K_pad / MXG_BK, ng = p.N_pad >> 4;
-        const uint32_t bars = sbase + (uint32_t)kc_n * CB;
         if (threadIdx.x == 0) {
-            for (int kc = 0; kc < kc_n; kc++)
-                mbar_init(bars + 8u * (uint32_t)kc, 1u);
+            for (int kc = 0; kc < KC; kc++)
+                mbar_init(sbar + 8u * (uint32_t)kc, 1u);
             mbar_init_fence();
         }
         __syncthreads();
         if (threadIdx.x == 0) {
+            const int e0 = p.tile_e[mt];
             const uint64_t pol = policy_evict_first();
             const uint8_t *wb = p.w + (size_t)e0 * p.w_estride + (size_t)blockIdx.x * 4 * 32 * TB;
             const uint8_t *sb = p.sc + (size_t)e0 * p.sc_estride + (size_t)blockIdx.x * 4 * 32;
-            for (int kc = 0; kc < kc_n; kc++) {
-                const uint32_t bar = bars + 8u * (uint32_t)kc, dst = sbase + (uint32_t)kc * CB;
+            for (int kc = 0; kc < KC; kc++) {
+                const uint32_t bar = sbar + 8u * (uint32_t)kc, dst = sbase + (uint32_t)kc * CB;
                 mbar_expect(bar, CB);
-                bulk_g2s(dst, wb + (size_t)kc * ng * 32 * TB, 4 * 32 * TB, bar, pol);
-                bulk_g2s(dst + 4 * 32 * TB, sb + (size_t)kc * ng * 32, 4 * 32, bar, pol);
+                bulk_g2s(dst, wb + (size_t)kc * NG * 32 * TB, 4 * 32 * TB, bar, pol);
+                bulk_g2s(dst + 4 * 32 * TB, sb + (size_t)kc * NG * 32, 4 * 32, bar, pol);
             }
         }
     }
@@ -795,10 +796,8 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         return;
     const int e = p.tile_e[mt], m0 = p.tile_m0[mt];
     const int cnt = p.cnt[e], off = p.off[e];
-    const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
-    /* SMW: the lane's piece of a chunk, its scale word, the chunks' barriers */
+    /* SMW: the lane's piece of a chunk, its scale word */
     const uint32_t sw = sbase + (uint32_t)(warp * 32 + lane) * TB, ss = sbase + 4 * 32 * TB + warp * 32 + g * 4;
-    const uint32_t sbar = sbase + (uint32_t)KC * CB;
     const uint4 *wsrc = (const uint4 *)(p.w + (size_t)e * p.w_estride + ((size_t)rg * 32 + lane) * TB);
     const size_t wstep = (size_t)NG * 32 * TB / 16; /* in uint4 */
     const uint32_t *ssrc = WFMT == MXG_W_FP4
@@ -1441,8 +1440,9 @@ static void dev_caps(int *major, int *sms)
 #define SMW_KERNEL (gemm_dec<MXG_W_FP4, false, false, 3, 4, false, true, 1, true>)
 
 /* Whether the smw kernel can run on the current device, set up once per device:
- * its code is sm_90 machine code (not PTX of an older target, where the bulk
- * copies trap), it may take MXG_DEC_SMW_MAX bytes of shared memory, and it and
+ * its code is sm_90 machine code (mxi_gpu_has_griddep: not PTX of an older
+ * target, where the bulk copies trap; every kernel here is built for the same
+ * targets), it may take MXG_DEC_SMW_MAX bytes of shared memory, and it and
  * GEMM1's decode kernels (n45t) ask for the largest carveout (an SM changes
  * its carveout only when idle: GEMM2's CTAs must find room beside GEMM1's).
  * *sms: the device's SM count. */
@@ -1456,10 +1456,8 @@ static int smw_ready(int *sms)
     const unsigned long long bit = 1ull << dev;
     if (!(done.load(std::memory_order_acquire) & bit)) {
         const int carve = cudaSharedmemCarveoutMaxShared;
-        cudaFuncAttributes fa;
         const bool ok =
-            major == 9 && cudaFuncGetAttributes(&fa, SMW_KERNEL) == cudaSuccess && fa.binaryVersion >= 90 &&
-            fa.ptxVersion >= 90 &&
+            major == 9 && mxi_gpu_has_griddep() &&
             cudaFuncSetAttribute(SMW_KERNEL, cudaFuncAttributeMaxDynamicSharedMemorySize, MXG_DEC_SMW_MAX) ==
                 cudaSuccess &&
             cudaFuncSetAttribute(SMW_KERNEL, cudaFuncAttributePreferredSharedMemoryCarveout, carve) == cudaSuccess &&
