@@ -1047,6 +1047,184 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         tr_note(tslot, TR_END);
 }
 
+/* GEMM2 (no activation) of small batches with the MMA's operands swapped: the
+ * tile's 16 token rows are operand A and 8 weight rows operand B, so that each
+ * half of a 16-row group (rows 0-7, 8-15) is a warp of its own, decoding two of
+ * the four registers of each k16 step. Twice gemm_dec's warps, each with half
+ * its decode, for grids too small to hide one warp's dependent instructions
+ * (GEMM2 at T = 1: gemm_dec's 720 warps are about 1.4 per scheduler, and its
+ * time did not change with the weights already in shared memory: bench/
+ * RESULTS.md, session 21). Every output element is the same chain of MMAs over
+ * K with the same products as in gemm_dec (tests/gpu compares them bitwise).
+ * The two warps of a group load the same weight pieces; L1A: through L1 (the
+ * second finds them there), else as gemm_dec does (L1::no_allocate).
+ * CTA: 4 warps, two row groups (32 rows); D, MINB, TAX as gemm_dec's. */
+template <bool BIG, int D, int MINB, int TAX, bool L1A>
+__global__ void __launch_bounds__(128, MINB) gemm_dect(const mxg_gemm_params_t p)
+{
+    constexpr int TB = MXG_THREAD_BYTES(MXG_W_FP4);
+    static_assert(TB == 16, "one uint4 per lane and chunk");
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+    if (threadIdx.x == 0)
+        tr_note(MXG_TR_G2, TR_START);
+    griddep_launch();
+    const int mt = blockIdx.y, rg = blockIdx.x * 2 + (warp >> 1);
+    if (mt >= p.n_mtiles || rg * 16 >= p.N)
+        return;
+    const int e = p.tile_e[mt], m0 = p.tile_m0[mt];
+    const int cnt = p.cnt[e], off = p.off[e];
+    const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
+    const uint4 *wsrc = (const uint4 *)(p.w + (size_t)e * p.w_estride + ((size_t)rg * 32 + lane) * TB);
+    const size_t wstep = (size_t)NG * 32 * TB / 16; /* in uint4 */
+    const uint32_t *ssrc = (const uint32_t *)(p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 + g * 4);
+    const size_t sstep = (size_t)NG * 8; /* in uint32 */
+    const uint64_t wpol = policy_evict_first();
+    auto ldw4 = [&](const uint4 *ptr) {
+        if (L1A) {
+#if defined(MXG_HAVE_GRIDDEP)
+            uint4 v;
+            asm volatile("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
+                         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                         : "l"(ptr), "l"(wpol));
+            return v;
+#else
+            return __ldg(ptr);
+#endif
+        }
+        return ldw<true>(ptr, wpol);
+    };
+    auto ldw1 = [&](const uint32_t *ptr) {
+        if (L1A) {
+#if defined(MXG_HAVE_GRIDDEP)
+            uint32_t v;
+            asm volatile("ld.global.nc.L2::cache_hint.u32 %0, [%1], %2;\n" : "=r"(v) : "l"(ptr), "l"(wpol));
+            return v;
+#else
+            return __ldg(ptr);
+#endif
+        }
+        return ldw<true>(ptr, wpol);
+    };
+    uint4 wr[D];
+    uint32_t sr[D];
+#pragma unroll
+    for (int u = 0; u < D; u++)
+        if (u < KC) {
+            wr[u] = ldw4(wsrc + (size_t)u * wstep);
+            sr[u] = ldw1(ssrc + (size_t)u * sstep);
+        }
+    griddep_wait();
+    if (threadIdx.x == 0)
+        tr_note(MXG_TR_G2, TR_READY);
+
+    /* the lane's token rows g and 8 + g of the tile, in mxg_tok_pos order (as
+     * gemm_dec's: 32 contiguous bytes per chunk, rows past the expert's tokens
+     * reading its last one) */
+    const uint4 *xr[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const int m = m0 + 8 * j + g;
+        const int srow = off + (m < cnt ? m : cnt - 1);
+        xr[j] = (const uint4 *)((const uint8_t *)p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda * 2 + 32 * t4);
+    }
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+
+    /* H: the warp's half of the group (weight rows 8 H + 0..7, registers H and
+     * 2 + H of each step); TWO: the tile has tokens past its eighth (A's rows
+     * 8..15 are loaded; else they repeat rows 0..7, whose outputs are not stored) */
+    auto kloop = [&](auto two_c, auto h_c) {
+        constexpr bool TWO = decltype(two_c)::value;
+        constexpr int H = decltype(h_c)::value ? 1 : 0;
+        constexpr int NJ = TWO ? 2 : 1;
+        constexpr int TA = 1 + TAX, NB = TA + 1;
+        static_assert(D % NB == 0, "the token fragment ring must divide the weight ring");
+        const uint4 *wnext = wsrc + (size_t)D * wstep;
+        const uint32_t *snext = ssrc + (size_t)D * sstep;
+        const uint4 *xp[2] = {xr[0], xr[1]};
+        uint4 bq[NB][2][2]; /* [chunk % NB][token row half][16-byte piece] */
+        auto ldtok = [&](uint4 (&dst)[2][2]) {
+#pragma unroll
+            for (int j = 0; j < NJ; j++) {
+                dst[j][0] = __ldg(xp[j]);
+                dst[j][1] = __ldg(xp[j] + 1);
+                xp[j] += 8;
+            }
+        };
+#pragma unroll
+        for (int u = 0; u < TA; u++)
+            if (u < KC)
+                ldtok(bq[u]);
+        auto chunk = [&](int kc, uint4 &slot, uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
+            if (kc + TA < KC)
+                ldtok(bn);
+            Fp4Mults mm;
+            fp4_mults_t<BIG>(sslot, mm);
+            const uint32_t w[4] = {slot.x, slot.y, slot.z, slot.w};
+            if (kc + D < KC) {
+                slot = ldw4(wnext);
+                sslot = ldw1(snext);
+            }
+            wnext += wstep;
+            snext += sstep;
+#pragma unroll
+            for (int s = 0; s < 4; s++) {
+                const int b = s >> 1;
+                uint32_t b0 = bf16x2_mul(mxg_fp4_pair(w[s], H), mm.m1[H][b]);
+                uint32_t b1 = bf16x2_mul(mxg_fp4_pair(w[s], 2 + H), mm.m1[H][b]);
+                if (BIG && mm.big) {
+                    b0 = bf16x2_mul(b0, mm.m2[H][b]);
+                    b1 = bf16x2_mul(b1, mm.m2[H][b]);
+                }
+                /* A: rows g (token row half 0) and g + 8 (half 1), columns 2t and 2t + 8 */
+                const uint4 &r0 = bc[0][b], &r1 = bc[TWO ? 1 : 0][b];
+                const uint32_t a[4] = {(s & 1) ? r0.z : r0.x, (s & 1) ? r1.z : r1.x, (s & 1) ? r0.w : r0.y,
+                                       (s & 1) ? r1.w : r1.y};
+                mma_16816(acc, a, b0, b1);
+            }
+        };
+        int kc = 0;
+        for (; kc + D <= KC; kc += D) {
+#pragma unroll
+            for (int u = 0; u < D; u++)
+                chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
+        }
+#pragma unroll
+        for (int u = 0; u < D; u++)
+            if (kc + u < KC)
+                chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
+    };
+    const bool two = cnt - m0 > 8;
+    if (warp & 1) {
+        if (two)
+            kloop(BoolC<true>(), BoolC<true>());
+        else
+            kloop(BoolC<false>(), BoolC<true>());
+    } else {
+        if (two)
+            kloop(BoolC<true>(), BoolC<false>());
+        else
+            kloop(BoolC<false>(), BoolC<false>());
+    }
+
+    /* epilogue: D's rows are tokens g, g + 8 and its columns weight rows 2t, 2t + 1 of the half */
+    const int n0 = rg * 16 + 8 * (warp & 1) + 2 * t4;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int m = m0 + 8 * i + g;
+        if (m >= cnt)
+            continue;
+        const int s = off + m;
+        uint16_t *o = p.out + (size_t)p.out_rows[s] * p.ldo;
+#pragma unroll
+        for (int el = 0; el < 2; el++)
+            if (n0 + el < p.N)
+                o[n0 + el] = (uint16_t)f_to_bf16(finish_value(p, e, s, n0 + el, acc[2 * i + el]));
+    }
+    if (lane == 0)
+        tr_note(MXG_TR_G2, TR_END);
+}
+
 template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST, bool BIG, int MINB = 1>
 __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params_t p)
 {
@@ -1410,8 +1588,9 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
 static int dec_variant()
 {
     static int v = -1;
-    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t", "g35t", "a35t", "a45", "smw"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 10, 4);
+    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t", "g35t", "a35t", "a45", "smw",
+                                       "t2", "t2n", "t2t"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 13, 4);
 }
 
 /* The current device's compute capability (major) and SM count, read once per
@@ -1519,6 +1698,20 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                         lc.dynamicSmemBytes = smem;
                         return (int)cudaLaunchKernelEx(&lc, SMW_KERNEL, *p);
                     }
+                }
+            }
+            /* t2 / t2n / t2t (not yet timed): GEMM2 by gemm_dect, the MMA's
+             * operands swapped and a warp per half row group: a ring of 4 at 5
+             * CTAs per SM (96 registers, no spill), weights through L1 (t2) or
+             * not (t2n); t2t: a ring of 6, tokens two chunks ahead, at 3 CTAs
+             * per SM (153 registers); the other kernels as n45t */
+            if constexpr (!NAT && !FLUSH) {
+                if (v >= 10 && g2) {
+                    lc.gridDim.x = (unsigned)((p->N + 31) / 32);
+                    kern = v == 10   ? gemm_dect<false, 4, 5, 0, true>
+                           : v == 11 ? gemm_dect<false, 4, 5, 0, false>
+                                     : gemm_dect<false, 6, 3, 1, true>;
+                    return (int)cudaLaunchKernelEx(&lc, kern, *p);
                 }
             }
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
