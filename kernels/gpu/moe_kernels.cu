@@ -318,83 +318,6 @@ __device__ __forceinline__ uint32_t smem_u32(const void *ptr)
     return (uint32_t)__cvta_generic_to_shared(ptr);
 }
 
-/* Bulk copies into shared memory (sm_90: cp.async.bulk, counted on an
- * mbarrier by bytes). Not used below sm_90: the host picks the kernels that
- * call them only on sm_90 (launch_dec_o); they trap there. */
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count)
-{
-#if defined(MXG_HAVE_GRIDDEP)
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-#else
-    (void)bar;
-    (void)count;
-    __trap();
-#endif
-}
-/* makes the barriers' initialization visible to the copy engine (the async
- * proxy) and, with a __syncthreads() after it, to the CTA's threads */
-__device__ __forceinline__ void mbar_init_fence()
-{
-#if defined(MXG_HAVE_GRIDDEP)
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
-/* one arrival that also expects `bytes` of copies to complete on the barrier */
-__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes)
-{
-#if defined(MXG_HAVE_GRIDDEP)
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-#else
-    (void)bar;
-    (void)bytes;
-#endif
-}
-/* bytes (a multiple of 16, both addresses 16-byte aligned) from global src to
- * shared dst, completing on bar; pol: an L2 cache policy */
-__device__ __forceinline__ void bulk_g2s(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar, uint64_t pol)
-{
-#if defined(MXG_HAVE_GRIDDEP)
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, "
-                 "[%3], %4;\n" ::"r"(dst),
-                 "l"(src), "r"(bytes), "r"(bar), "l"(pol)
-                 : "memory");
-#else
-    (void)dst;
-    (void)src;
-    (void)bytes;
-    (void)bar;
-    (void)pol;
-#endif
-}
-/* waits until phase `parity` of the barrier has completed */
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity)
-{
-#if defined(MXG_HAVE_GRIDDEP)
-    asm volatile("{\n\t.reg .pred P;\n"
-                 "WAIT_%=:\n\t"
-                 "mbarrier.try_wait.parity.shared::cta.b64 P, [%0], %1;\n\t"
-                 "@!P bra WAIT_%=;\n}\n" ::"r"(bar),
-                 "r"(parity)
-                 : "memory");
-#else
-    (void)bar;
-    (void)parity;
-#endif
-}
-__device__ __forceinline__ uint4 lds128(uint32_t a)
-{
-    uint4 v;
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a));
-    return v;
-}
-__device__ __forceinline__ uint32_t lds32(uint32_t a)
-{
-    uint32_t v;
-    asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(a));
-    return v;
-}
-
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid)
 {
 #if defined(MXG_HAVE_MMA)
@@ -714,15 +637,6 @@ __device__ __forceinline__ void decode_step(const uint32_t *src, int s, const Fp
  * (two when the matrix has scales above 2^1), 4 or 8 MMAs. Same K order and
  * same MMA results as the tensor-core kernels (tests/gpu compares every
  * configuration bitwise). */
-/* gemm_dec<..., SMW = true>: shared-memory bytes per K chunk of a CTA (MXFP4:
- * 4 row groups x 32 lanes x 16 bytes, then 4 x 32 scale bytes; a multiple of
- * 16, as the bulk copies' destinations must be), and the most a CTA may take
- * (chunks and their 8-byte barriers; two CTAs per SM) */
-#define MXG_DEC_SMW_CHUNK (4 * 32 * 16 + 4 * 32)
-#define MXG_DEC_SMW_MAX (110 * 1024)
-static_assert(MXG_DEC_SMW_CHUNK % 16 == 0 && MXG_NPAD % 64 == 0,
-              "SMW: 16-byte aligned chunks; a CTA's 4 row groups never pass N_pad");
-
 template <bool B> struct BoolC {
     static constexpr bool value = B;
 };
@@ -738,15 +652,7 @@ template <bool B> struct BoolC {
 /* TAX: the token fragments are loaded TAX chunks further ahead (NAT: by
  * default at the chunk's start, else one chunk ahead); a ring of 1 + that
  * many buffers, so D must be a multiple of its size. */
-/* SMW (MXFP4, sm_90): the CTA's weights and scales for the whole of K come
- * into shared memory by bulk copies issued when it starts, before the
- * previous kernel has ended (one mbarrier per chunk; dynamic shared memory of
- * KC * (MXG_DEC_SMW_CHUNK + 8) bytes), and the register ring is filled from
- * there: no global weight load waits after griddep_wait. For grids of at most
- * two CTAs per SM (GEMM2 at one token: its K loop is bound by the bytes each
- * warp keeps in flight, bench/RESULTS.md session 20). */
-template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0,
-          bool SMW = false>
+template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0>
 __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
@@ -764,40 +670,11 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     griddep_launch();
     const int mt = blockIdx.y;
     const int rg = blockIdx.x * 4 + warp;
-    static_assert(!SMW || (WFMT == MXG_W_FP4 && !PART), "shared-memory weights: MXFP4 with BF16 tokens");
-    constexpr uint32_t CB = MXG_DEC_SMW_CHUNK; /* SMW: bytes per chunk (4 row groups' weights, then scales) */
-    const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
-    extern __shared__ uint8_t smem_raw[];
-    const uint32_t sbase = SMW ? smem_u32(smem_raw) : 0u;
-    const uint32_t sbar = sbase + (uint32_t)KC * CB; /* SMW: the chunks' barriers */
-    if constexpr (SMW) { /* the CTA's copies, before any warp may leave */
-        if (mt >= p.n_mtiles || (int)blockIdx.x * 64 >= p.N)
-            return; /* the whole CTA */
-        if (threadIdx.x == 0) {
-            for (int kc = 0; kc < KC; kc++)
-                mbar_init(sbar + 8u * (uint32_t)kc, 1u);
-            mbar_init_fence();
-        }
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            const int e0 = p.tile_e[mt];
-            const uint64_t pol = policy_evict_first();
-            const uint8_t *wb = p.w + (size_t)e0 * p.w_estride + (size_t)blockIdx.x * 4 * 32 * TB;
-            const uint8_t *sb = p.sc + (size_t)e0 * p.sc_estride + (size_t)blockIdx.x * 4 * 32;
-            for (int kc = 0; kc < KC; kc++) {
-                const uint32_t bar = sbar + 8u * (uint32_t)kc, dst = sbase + (uint32_t)kc * CB;
-                mbar_expect(bar, CB);
-                bulk_g2s(dst, wb + (size_t)kc * NG * 32 * TB, 4 * 32 * TB, bar, pol);
-                bulk_g2s(dst + 4 * 32 * TB, sb + (size_t)kc * NG * 32, 4 * 32, bar, pol);
-            }
-        }
-    }
     if (mt >= p.n_mtiles || rg * 16 >= p.N)
         return;
     const int e = p.tile_e[mt], m0 = p.tile_m0[mt];
     const int cnt = p.cnt[e], off = p.off[e];
-    /* SMW: the lane's piece of a chunk, its scale word */
-    const uint32_t sw = sbase + (uint32_t)(warp * 32 + lane) * TB, ss = sbase + 4 * 32 * TB + warp * 32 + g * 4;
+    const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
     const uint4 *wsrc = (const uint4 *)(p.w + (size_t)e * p.w_estride + ((size_t)rg * 32 + lane) * TB);
     const size_t wstep = (size_t)NG * 32 * TB / 16; /* in uint4 */
     const uint32_t *ssrc = WFMT == MXG_W_FP4
@@ -811,23 +688,15 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 #pragma unroll
     for (int u = 0; u < D; u++) {
         if (u < KC) {
-            if (SMW) {
-                mbar_wait(sbar + 8u * (uint32_t)u, 0u);
 #pragma unroll
-                for (int q = 0; q < W4; q++)
-                    wr[u][q] = lds128(sw + (uint32_t)u * CB + 16u * (uint32_t)q);
-                sr[u] = lds32(ss + (uint32_t)u * CB);
-            } else {
-#pragma unroll
-                for (int q = 0; q < W4; q++)
-                    wr[u][q] = ldw<EF>(wsrc + (size_t)u * wstep + q, wpol);
-                sr[u] = WFMT == MXG_W_FP4 ? ldw<EF>(ssrc + (size_t)u * sstep, wpol) : 0u;
-            }
+            for (int q = 0; q < W4; q++)
+                wr[u][q] = ldw<EF>(wsrc + (size_t)u * wstep + q, wpol);
+            sr[u] = WFMT == MXG_W_FP4 ? ldw<EF>(ssrc + (size_t)u * sstep, wpol) : 0u;
         }
     }
     /* p.l2pf: the warp's chunks past the ring go to L2 now, while the kernel that
      * produces this one's input still runs (the lanes take every 32nd chunk) */
-    if (p.l2pf && !SMW) {
+    if (p.l2pf) {
         const uint8_t *wb = p.w + (size_t)e * p.w_estride + (size_t)rg * 32 * TB;
         const uint8_t *sb = WFMT == MXG_W_FP4 ? p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 : nullptr;
         for (int kc = D + lane; kc < KC; kc += 32) {
@@ -942,14 +811,7 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
                 src[4 * q + 3] = slot[q].w;
             }
             /* refill the slot (its registers are copied out above) */
-            if (SMW && kc + D < KC) {
-                const uint32_t k2 = (uint32_t)(kc + D);
-                mbar_wait(sbar + 8u * k2, 0u);
-#pragma unroll
-                for (int q = 0; q < W4; q++)
-                    slot[q] = lds128(sw + k2 * CB + 16u * (uint32_t)q);
-                sslot = lds32(ss + k2 * CB);
-            } else if (kc + D < KC) {
+            if (kc + D < KC) {
 #pragma unroll
                 for (int q = 0; q < W4; q++)
                     slot[q] = ldw<EF>(wnext + q, wpol);
@@ -1045,184 +907,6 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     }
     if (lane == 0)
         tr_note(tslot, TR_END);
-}
-
-/* GEMM2 (no activation) of small batches with the MMA's operands swapped: the
- * tile's 16 token rows are operand A and 8 weight rows operand B, so that each
- * half of a 16-row group (rows 0-7, 8-15) is a warp of its own, decoding two of
- * the four registers of each k16 step. Twice gemm_dec's warps, each with half
- * its decode, for grids too small to hide one warp's dependent instructions
- * (GEMM2 at T = 1: gemm_dec's 720 warps are about 1.4 per scheduler, and its
- * time did not change with the weights already in shared memory: bench/
- * RESULTS.md, session 21). Every output element is the same chain of MMAs over
- * K with the same products as in gemm_dec (tests/gpu compares them bitwise).
- * The two warps of a group load the same weight pieces; L1A: through L1 (the
- * second finds them there), else as gemm_dec does (L1::no_allocate).
- * CTA: 4 warps, two row groups (32 rows); D, MINB, TAX as gemm_dec's. */
-template <bool BIG, int D, int MINB, int TAX, bool L1A>
-__global__ void __launch_bounds__(128, MINB) gemm_dect(const mxg_gemm_params_t p)
-{
-    constexpr int TB = MXG_THREAD_BYTES(MXG_W_FP4);
-    static_assert(TB == 16, "one uint4 per lane and chunk");
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int g = lane >> 2, t4 = lane & 3;
-    if (threadIdx.x == 0)
-        tr_note(MXG_TR_G2, TR_START);
-    griddep_launch();
-    const int mt = blockIdx.y, rg = blockIdx.x * 2 + (warp >> 1);
-    if (mt >= p.n_mtiles || rg * 16 >= p.N)
-        return;
-    const int e = p.tile_e[mt], m0 = p.tile_m0[mt];
-    const int cnt = p.cnt[e], off = p.off[e];
-    const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
-    const uint4 *wsrc = (const uint4 *)(p.w + (size_t)e * p.w_estride + ((size_t)rg * 32 + lane) * TB);
-    const size_t wstep = (size_t)NG * 32 * TB / 16; /* in uint4 */
-    const uint32_t *ssrc = (const uint32_t *)(p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 + g * 4);
-    const size_t sstep = (size_t)NG * 8; /* in uint32 */
-    const uint64_t wpol = policy_evict_first();
-    auto ldw4 = [&](const uint4 *ptr) {
-        if (L1A) {
-#if defined(MXG_HAVE_GRIDDEP)
-            uint4 v;
-            asm volatile("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
-                         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                         : "l"(ptr), "l"(wpol));
-            return v;
-#else
-            return __ldg(ptr);
-#endif
-        }
-        return ldw<true>(ptr, wpol);
-    };
-    auto ldw1 = [&](const uint32_t *ptr) {
-        if (L1A) {
-#if defined(MXG_HAVE_GRIDDEP)
-            uint32_t v;
-            asm volatile("ld.global.nc.L2::cache_hint.u32 %0, [%1], %2;\n" : "=r"(v) : "l"(ptr), "l"(wpol));
-            return v;
-#else
-            return __ldg(ptr);
-#endif
-        }
-        return ldw<true>(ptr, wpol);
-    };
-    uint4 wr[D];
-    uint32_t sr[D];
-#pragma unroll
-    for (int u = 0; u < D; u++)
-        if (u < KC) {
-            wr[u] = ldw4(wsrc + (size_t)u * wstep);
-            sr[u] = ldw1(ssrc + (size_t)u * sstep);
-        }
-    griddep_wait();
-    if (threadIdx.x == 0)
-        tr_note(MXG_TR_G2, TR_READY);
-
-    /* the lane's token rows g and 8 + g of the tile, in mxg_tok_pos order (as
-     * gemm_dec's: 32 contiguous bytes per chunk, rows past the expert's tokens
-     * reading its last one) */
-    const uint4 *xr[2];
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-        const int m = m0 + 8 * j + g;
-        const int srow = off + (m < cnt ? m : cnt - 1);
-        xr[j] = (const uint4 *)((const uint8_t *)p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda * 2 + 32 * t4);
-    }
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-
-    /* H: the warp's half of the group (weight rows 8 H + 0..7, registers H and
-     * 2 + H of each step); TWO: the tile has tokens past its eighth (A's rows
-     * 8..15 are loaded; else they repeat rows 0..7, whose outputs are not stored) */
-    auto kloop = [&](auto two_c, auto h_c) {
-        constexpr bool TWO = decltype(two_c)::value;
-        constexpr int H = decltype(h_c)::value ? 1 : 0;
-        constexpr int NJ = TWO ? 2 : 1;
-        constexpr int TA = 1 + TAX, NB = TA + 1;
-        static_assert(D % NB == 0, "the token fragment ring must divide the weight ring");
-        const uint4 *wnext = wsrc + (size_t)D * wstep;
-        const uint32_t *snext = ssrc + (size_t)D * sstep;
-        const uint4 *xp[2] = {xr[0], xr[1]};
-        uint4 bq[NB][2][2]; /* [chunk % NB][token row half][16-byte piece] */
-        auto ldtok = [&](uint4 (&dst)[2][2]) {
-#pragma unroll
-            for (int j = 0; j < NJ; j++) {
-                dst[j][0] = __ldg(xp[j]);
-                dst[j][1] = __ldg(xp[j] + 1);
-                xp[j] += 8;
-            }
-        };
-#pragma unroll
-        for (int u = 0; u < TA; u++)
-            if (u < KC)
-                ldtok(bq[u]);
-        auto chunk = [&](int kc, uint4 &slot, uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
-            if (kc + TA < KC)
-                ldtok(bn);
-            Fp4Mults mm;
-            fp4_mults_t<BIG>(sslot, mm);
-            const uint32_t w[4] = {slot.x, slot.y, slot.z, slot.w};
-            if (kc + D < KC) {
-                slot = ldw4(wnext);
-                sslot = ldw1(snext);
-            }
-            wnext += wstep;
-            snext += sstep;
-#pragma unroll
-            for (int s = 0; s < 4; s++) {
-                const int b = s >> 1;
-                uint32_t b0 = bf16x2_mul(mxg_fp4_pair(w[s], H), mm.m1[H][b]);
-                uint32_t b1 = bf16x2_mul(mxg_fp4_pair(w[s], 2 + H), mm.m1[H][b]);
-                if (BIG && mm.big) {
-                    b0 = bf16x2_mul(b0, mm.m2[H][b]);
-                    b1 = bf16x2_mul(b1, mm.m2[H][b]);
-                }
-                /* A: rows g (token row half 0) and g + 8 (half 1), columns 2t and 2t + 8 */
-                const uint4 &r0 = bc[0][b], &r1 = bc[TWO ? 1 : 0][b];
-                const uint32_t a[4] = {(s & 1) ? r0.z : r0.x, (s & 1) ? r1.z : r1.x, (s & 1) ? r0.w : r0.y,
-                                       (s & 1) ? r1.w : r1.y};
-                mma_16816(acc, a, b0, b1);
-            }
-        };
-        int kc = 0;
-        for (; kc + D <= KC; kc += D) {
-#pragma unroll
-            for (int u = 0; u < D; u++)
-                chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
-        }
-#pragma unroll
-        for (int u = 0; u < D; u++)
-            if (kc + u < KC)
-                chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
-    };
-    const bool two = cnt - m0 > 8;
-    if (warp & 1) {
-        if (two)
-            kloop(BoolC<true>(), BoolC<true>());
-        else
-            kloop(BoolC<false>(), BoolC<true>());
-    } else {
-        if (two)
-            kloop(BoolC<true>(), BoolC<false>());
-        else
-            kloop(BoolC<false>(), BoolC<false>());
-    }
-
-    /* epilogue: D's rows are tokens g, g + 8 and its columns weight rows 2t, 2t + 1 of the half */
-    const int n0 = rg * 16 + 8 * (warp & 1) + 2 * t4;
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const int m = m0 + 8 * i + g;
-        if (m >= cnt)
-            continue;
-        const int s = off + m;
-        uint16_t *o = p.out + (size_t)p.out_rows[s] * p.ldo;
-#pragma unroll
-        for (int el = 0; el < 2; el++)
-            if (n0 + el < p.N)
-                o[n0 + el] = (uint16_t)f_to_bf16(finish_value(p, e, s, n0 + el, acc[2 * i + el]));
-    }
-    if (lane == 0)
-        tr_note(MXG_TR_G2, TR_END);
 }
 
 template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST, bool BIG, int MINB = 1>
@@ -1588,69 +1272,8 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
 static int dec_variant()
 {
     static int v = -1;
-    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t", "g35t", "a35t", "a45", "smw",
-                                       "t2", "t2n", "t2t"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 13, 4);
-}
-
-/* The current device's compute capability (major) and SM count, read once per
- * device. */
-static void dev_caps(int *major, int *sms)
-{
-    static std::atomic<int> cache[64][2];
-    int d = 0;
-    *major = *sms = 0;
-    if (cudaGetDevice(&d) != cudaSuccess || d < 0 || d >= 64)
-        return;
-    if (!cache[d][0].load()) {
-        int a = 0, b = 0;
-        cudaDeviceGetAttribute(&a, cudaDevAttrComputeCapabilityMajor, d);
-        cudaDeviceGetAttribute(&b, cudaDevAttrMultiProcessorCount, d);
-        cache[d][1].store(b);
-        cache[d][0].store(a);
-    }
-    *major = cache[d][0].load();
-    *sms = cache[d][1].load();
-}
-
-/* MXEP_CUDA_DEC=smw's GEMM2 kernel: a ring of 3 chunks, tokens 2 chunks ahead:
- * 103 registers, so that two of its CTAs (2 x 13312) fit beside three of
- * GEMM1's (3 x 12288) in an SM's 65536 */
-#define SMW_KERNEL (gemm_dec<MXG_W_FP4, false, false, 3, 4, false, true, 1, true>)
-
-/* Whether the smw kernel can run on the current device, set up once per device:
- * its code is sm_90 machine code (mxi_gpu_has_griddep: not PTX of an older
- * target, where the bulk copies trap; every kernel here is built for the same
- * targets), it may take MXG_DEC_SMW_MAX bytes of shared memory, and it and
- * GEMM1's decode kernels (n45t) ask for the largest carveout (an SM changes
- * its carveout only when idle: GEMM2's CTAs must find room beside GEMM1's).
- * *sms: the device's SM count. */
-static int smw_ready(int *sms)
-{
-    static std::atomic<unsigned long long> done, good;
-    int major = 0, dev = 0;
-    dev_caps(&major, sms);
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64)
-        return 0;
-    const unsigned long long bit = 1ull << dev;
-    if (!(done.load(std::memory_order_acquire) & bit)) {
-        const int carve = cudaSharedmemCarveoutMaxShared;
-        const bool ok =
-            major == 9 && mxi_gpu_has_griddep() &&
-            cudaFuncSetAttribute(SMW_KERNEL, cudaFuncAttributeMaxDynamicSharedMemorySize, MXG_DEC_SMW_MAX) ==
-                cudaSuccess &&
-            cudaFuncSetAttribute(SMW_KERNEL, cudaFuncAttributePreferredSharedMemoryCarveout, carve) == cudaSuccess &&
-            cudaFuncSetAttribute(gemm_dec<MXG_W_FP4, false, false, 4, 5, true, true, 1>,
-                                 cudaFuncAttributePreferredSharedMemoryCarveout, carve) == cudaSuccess &&
-            cudaFuncSetAttribute(gemm_dec<MXG_W_FP4, false, false, 6, 5, false>,
-                                 cudaFuncAttributePreferredSharedMemoryCarveout, carve) == cudaSuccess;
-        if (!ok)
-            (void)cudaGetLastError(); /* leave no error behind for the next launch */
-        else
-            good.fetch_or(bit, std::memory_order_acq_rel);
-        done.fetch_or(bit, std::memory_order_acq_rel);
-    }
-    return (good.load(std::memory_order_acquire) & bit) != 0;
+    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t", "g35t", "a35t", "a45"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 9, 4);
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
@@ -1676,44 +1299,14 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * batch) take a ring of 4 weight chunks and their token words one
              * chunk ahead: 96 registers, no spill, where 6x5 loads them at the
              * chunk's start (its one-ahead copy spills); the other kernels 6x5 */
-            /* not yet measured (the gathering kernel as in n45t): g2t / g35t:
-             * GEMM2 loads its token fragments two chunks ahead, ring 6 at 3
-             * CTAs per SM (136 registers) or ring 3 at 5 (96); a35t: every
-             * non-gathering kernel as g35t's GEMM2; a45: every one at 4x5,
-             * fragments one chunk ahead (96 registers and no spill, where 6x5
-             * spills 24 bytes) */
+            /* (the gathering kernel as in n45t) g2t / g35t: GEMM2 loads its
+             * token fragments two chunks ahead, ring 6 at 3 CTAs per SM (136
+             * registers) or ring 3 at 5 (96; level with n45t on an H200, one
+             * round, session 21); a35t: every non-gathering kernel as g35t's
+             * GEMM2; a45: every one at 4x5, fragments one chunk ahead (96
+             * registers and no spill, where 6x5 spills 24 bytes); g2t, a35t
+             * and a45 not yet timed */
             const bool g2 = p->epi != MXG_EPI_ACT;
-            /* smw (not yet run on a GPU): GEMM2 with its CTAs' weights in shared
-             * memory (gemm_dec's SMW) when the grid has at most two CTAs per SM
-             * and they fit twice in an SM; the other kernels as n45t, asking for
-             * the largest shared-memory carveout so that GEMM2's CTAs find room
-             * beside GEMM1's (an SM changes its carveout only when idle) */
-            if (v == 9) {
-                int sms = 0;
-                const int ok = smw_ready(&sms); /* also GEMM1's carveout, once per device */
-                if constexpr (!NAT && !FLUSH) {
-                    const size_t kc = (size_t)p->K_pad / MXG_BK, smem = kc * (MXG_DEC_SMW_CHUNK + 8);
-                    const size_t ctas = (size_t)lc.gridDim.x * lc.gridDim.y;
-                    if (ok && g2 && smem <= MXG_DEC_SMW_MAX && ctas <= 2 * (size_t)sms) {
-                        lc.dynamicSmemBytes = smem;
-                        return (int)cudaLaunchKernelEx(&lc, SMW_KERNEL, *p);
-                    }
-                }
-            }
-            /* t2 / t2n / t2t (not yet timed): GEMM2 by gemm_dect, the MMA's
-             * operands swapped and a warp per half row group: a ring of 4 at 5
-             * CTAs per SM (96 registers, no spill), weights through L1 (t2) or
-             * not (t2n); t2t: a ring of 6, tokens two chunks ahead, at 3 CTAs
-             * per SM (153 registers); the other kernels as n45t */
-            if constexpr (!NAT && !FLUSH) {
-                if (v >= 10 && g2) {
-                    lc.gridDim.x = (unsigned)((p->N + 31) / 32);
-                    kern = v == 10   ? gemm_dect<false, 4, 5, 0, true>
-                           : v == 11 ? gemm_dect<false, 4, 5, 0, false>
-                                     : gemm_dect<false, 6, 3, 1, true>;
-                    return (int)cudaLaunchKernelEx(&lc, kern, *p);
-                }
-            }
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
                    : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>
