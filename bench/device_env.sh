@@ -4,9 +4,10 @@
 # bench/gpu/README.md). This unpacks them into .deps/prefix with dpkg -x (never into /) unless
 # that was done already (MXEP_DEPS_FRESH=1 unpacks again), points copies of their .pc files
 # there, and exports PKG_CONFIG_PATH, LD_LIBRARY_PATH, CMAKE_PREFIX_PATH (and PATH when
-# pkg-config itself comes from the packages). Sets DEPS, PREFIX, LIBDIR. Needs ROOT (the
-# repository). Returns 2, with a message, when there is neither an unpacked prefix nor a .deb.
-# Defines device_build (below) for the scripts that build mxep there.
+# pkg-config itself comes from the packages). Sets DEPS, PREFIX, LIBDIR, and ROOT (the
+# repository) when the caller has not. Returns 2, with a message, when there is neither an
+# unpacked prefix nor a .deb. Defines device_build (below) for the scripts that build mxep there.
+ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 DEPS=$ROOT/.deps
 PREFIX=$DEPS/prefix
 LIBDIR=$PREFIX/usr/lib/x86_64-linux-gnu
