@@ -652,7 +652,12 @@ template <bool B> struct BoolC {
 /* TAX: the token fragments are loaded TAX chunks further ahead (NAT: by
  * default at the chunk's start, else one chunk ahead); a ring of 1 + that
  * many buffers, so D must be a multiple of its size. */
-template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0>
+/* IDX: the token fragments of chunk kc are loaded from the row's start plus
+ * kc chunks (an immediate offset in each unrolled chunk) instead of from a
+ * pointer stepped after each load under the chunk's condition (two moves and
+ * a 64-bit add per load; MXEP_CUDA_DEC=n45i). */
+template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0,
+          bool IDX = false>
 __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
@@ -755,10 +760,11 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         static_assert(D % NB == 0, "the token fragment ring must divide the weight ring");
         const uint4 *xp[2] = {xr[0], xr[1]};
         uint4 bq[NB][2][2]; /* [chunk % NB][n8 tile][half] */
-        /* tile j's token fragments of the chunk at xp[j]: half h holds steps 2h, 2h + 1 */
-        auto ldtok = [&](int j, uint4 (&dst)[2][2]) {
+        /* tile j's token fragments of chunk kc (at xp[j], unless IDX): half h holds steps 2h, 2h + 1 */
+        auto ldtok = [&](int j, uint4 (&dst)[2][2], int kc) {
+            const uint4 *x = IDX ? xr[j] + (size_t)kc * (XH * 4) : xp[j];
             if (NAT) {
-                const uint32_t *w = (const uint32_t *)xp[j];
+                const uint32_t *w = (const uint32_t *)x;
 #pragma unroll
                 for (int h = 0; h < 2; h++)
                     asm volatile("ld.global.nc.b32 %0, [%4];\n\tld.global.nc.b32 %1, [%4+16];\n\t"
@@ -768,7 +774,7 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             } else {
 #pragma unroll
                 for (int h = 0; h < XH; h++)
-                    dst[j][h] = __ldg(xp[j] + h);
+                    dst[j][h] = __ldg(x + h);
             }
         };
 #pragma unroll
@@ -776,8 +782,9 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             if (u < KC) {
 #pragma unroll
                 for (int j = 0; j < NJ; j++) {
-                    ldtok(j, bq[u]);
-                    xp[j] += XH * 4;
+                    ldtok(j, bq[u], u);
+                    if (!IDX)
+                        xp[j] += XH * 4;
                 }
             }
         auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
@@ -785,8 +792,9 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             if (kc + TA < KC) {
 #pragma unroll
                 for (int j = 0; j < NJ; j++) {
-                    ldtok(j, bn);
-                    xp[j] += XH * 4;
+                    ldtok(j, bn, kc + TA);
+                    if (!IDX)
+                        xp[j] += XH * 4;
                 }
             }
             uint32_t bb[4][2][2]; /* [step][n8 tile][b0, b1] */
@@ -1272,8 +1280,8 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
 static int dec_variant()
 {
     static int v = -1;
-    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t", "g35t", "a35t", "a45"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 9, 4);
+    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t", "g35t", "a35t", "a45", "n45i"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 10, 4);
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
@@ -1304,8 +1312,12 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * registers) or ring 3 at 5 (96; level with n45t on an H200, one
              * round, session 21); a35t: every non-gathering kernel as g35t's
              * GEMM2; a45: every one at 4x5, fragments one chunk ahead (96
-             * registers and no spill, where 6x5 spills 24 bytes); g2t, a35t
-             * and a45 not yet timed */
+             * registers and no spill, where 6x5 spills 24 bytes); n45i: n45t
+             * with the other kernels' token fragments addressed from the
+             * row's start (gemm_dec's IDX: GEMM2's K loop 516 instructions
+             * per 6 chunks instead of 567 with one n8 tile, 588 instead of
+             * 602 with two; 56 bytes of spills instead of 24); g2t, a35t,
+             * a45 and n45i not yet timed */
             const bool g2 = p->epi != MXG_EPI_ACT;
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
@@ -1315,6 +1327,7 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                    : (v == 5 && g2)                ? gemm_dec<WFMT, FLUSH, false, 6, 3, NAT, true, NAT ? 0 : 1>
                    : ((v == 6 && g2) || v == 7)    ? gemm_dec<WFMT, FLUSH, false, 3, 5, NAT, true, NAT ? 0 : 1>
                    : v == 8                        ? gemm_dec<WFMT, FLUSH, false, 4, 5, NAT>
+                   : v == 9                        ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, true, 0, true>
                                                    : gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>;
         }
     }
