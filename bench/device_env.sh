@@ -7,7 +7,7 @@
 # pkg-config itself comes from the packages). Sets DEPS, PREFIX, LIBDIR, and ROOT (the
 # repository) when the caller has not. Returns 2, with a message, when there is neither an
 # unpacked prefix nor a .deb. Defines device_build (below) for the scripts that build mxep there.
-ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+ROOT=${ROOT:-$(CDPATH= cd -- "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 DEPS=$ROOT/.deps
 PREFIX=$DEPS/prefix
 LIBDIR=$PREFIX/usr/lib/x86_64-linux-gnu

@@ -1316,8 +1316,9 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * with the other kernels' token fragments addressed from the
              * row's start (gemm_dec's IDX: GEMM2's K loop 516 instructions
              * per 6 chunks instead of 567 with one n8 tile, 588 instead of
-             * 602 with two; 56 bytes of spills instead of 24); g2t, a35t,
-             * a45 and n45i not yet timed */
+             * 602 with two; a stack frame of 56 bytes instead of 24, spill
+             * stores / loads of 116 / 128 bytes instead of 56 / 60: ptxas);
+             * g2t, a35t, a45 and n45i not yet timed */
             const bool g2 = p->epi != MXG_EPI_ACT;
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
@@ -1327,7 +1328,7 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                    : (v == 5 && g2)                ? gemm_dec<WFMT, FLUSH, false, 6, 3, NAT, true, NAT ? 0 : 1>
                    : ((v == 6 && g2) || v == 7)    ? gemm_dec<WFMT, FLUSH, false, 3, 5, NAT, true, NAT ? 0 : 1>
                    : v == 8                        ? gemm_dec<WFMT, FLUSH, false, 4, 5, NAT>
-                   : v == 9                        ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, true, 0, true>
+                   : v == 9                        ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, true, 0, !NAT>
                                                    : gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>;
         }
     }
