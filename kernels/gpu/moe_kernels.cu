@@ -1325,11 +1325,13 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                    : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>
                    : v == 0 ? gemm_dec<WFMT, FLUSH, false, D, 3, NAT>
                    : NAT    ? gemm_dec<WFMT, FLUSH, false, 4, 5, NAT, true, NAT ? 1 : 0>
-                   : (v == 5 && g2)                ? gemm_dec<WFMT, FLUSH, false, 6, 3, NAT, true, NAT ? 0 : 1>
-                   : ((v == 6 && g2) || v == 7)    ? gemm_dec<WFMT, FLUSH, false, 3, 5, NAT, true, NAT ? 0 : 1>
-                   : v == 8                        ? gemm_dec<WFMT, FLUSH, false, 4, 5, NAT>
-                   : v == 9                        ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, true, 0, !NAT>
-                                                   : gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>;
+                   /* past here only rows in mxg_tok_pos order (NAT is false): the
+                    * kernels name it, so that no unreachable gathering kernel is built */
+                   : (v == 5 && g2)                ? gemm_dec<WFMT, FLUSH, false, 6, 3, false, true, 1>
+                   : ((v == 6 && g2) || v == 7)    ? gemm_dec<WFMT, FLUSH, false, 3, 5, false, true, 1>
+                   : v == 8                        ? gemm_dec<WFMT, FLUSH, false, 4, 5, false>
+                   : v == 9                        ? gemm_dec<WFMT, FLUSH, false, 6, 5, false, true, 0, true>
+                                                   : gemm_dec<WFMT, FLUSH, false, 6, 5, false>;
         }
     }
     return (int)cudaLaunchKernelEx(&lc, kern, *p);
