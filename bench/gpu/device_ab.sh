@@ -7,7 +7,7 @@
 # --trace the kernels' timeline at the first token count; full logs go to $OUT (or ./out).
 # Usage (repository root, on the device machine):
 #   bash bench/gpu/device_ab.sh [--scheme S] [--tokens LIST] [--iters N] [--rounds R] [--trace] \
-#        -- SETTING...        (SETTING: NAME=VALUE, or "default")
+#        -- SETTING...        (SETTING: NAME=VALUE words in one argument, or "default")
 # Example: bash bench/gpu/device_ab.sh --tokens 1,8,64 --trace -- default MXEP_CUDA_DEC=12x3
 set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -37,7 +37,7 @@ for r in $(seq 1 "$ROUNDS"); do
   for s in "$@"; do
     name=${s//[^A-Za-z0-9_.-]/_}
     log=$OUT/ab_${SCHEME}_${name}_r$r.log
-    if [ "$s" = default ]; then env=(); else env=("$s"); fi
+    if [ "$s" = default ]; then env=(); else read -ra env <<< "$s"; fi
     env "${env[@]}" timeout 150 "$BIN" --scheme "$SCHEME" --tokens "$TOKENS" --iters "$ITERS" "${TRACE[@]}" \
       --json "$OUT/ab_${SCHEME}_${name}_r$r.json" > "$log" 2>&1
     rc=$?

@@ -719,6 +719,8 @@ static void gemm_common(const mx_backend_packed_t *p, const gmat_t *g, mxg_gemm_
     q->off = p->d_off;
     q->cnt = p->d_cnt;
     q->n_mtiles = p->n_mtiles;
+    const int bm = mxi_gpu_cfg_bm(p->cfg);
+    q->tile_rows = p->max_cnt < bm ? p->max_cnt : bm;
     q->flush = g->flush_w;
     q->sc_big = g->sc_big;
     /* the decode kernel reads each m tile's expert matrix once */

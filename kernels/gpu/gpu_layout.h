@@ -214,6 +214,7 @@ typedef struct {
     const int32_t *tile_e, *tile_m0; /* per m tile */
     const int32_t *off, *cnt;        /* per expert */
     int n_mtiles;
+    int tile_rows; /* the most rows of an m tile with tokens (at most BM; the decode kernel's shared token rows) */
     /* epilogue */
     int epi, act;
     float limit, alpha;

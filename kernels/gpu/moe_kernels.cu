@@ -652,16 +652,17 @@ template <bool B> struct BoolC {
 /* TAX: the token fragments are loaded TAX chunks further ahead (NAT: by
  * default at the chunk's start, else one chunk ahead); a ring of 1 + that
  * many buffers, so D must be a multiple of its size. */
-/* IDX: the token fragments of chunk kc are loaded from the row's start plus
- * kc chunks (an immediate offset in each unrolled chunk) instead of from a
- * pointer stepped after each load under the chunk's condition (two moves and
- * a 64-bit add per load; MXEP_CUDA_DEC=n45i). */
+/* TSM: the CTA copies its tile's token rows (min(cnt - m0, 16) rows of K_pad
+ * BF16 values, mxg_tok_pos order) into dynamic shared memory once its input is
+ * ready, and the lanes read their fragments from there (MXEP_CUDA_DEC=a45s;
+ * the launch gives p.tile_rows rows of room). */
 template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0,
-          bool IDX = false>
+          bool TSM = false>
 __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
     static_assert(!(NAT && X), "E4M3 token rows are always written by the quantizer, in mxg_tok_pos8 order");
+    static_assert(!TSM || (!NAT && !X), "shared token rows: BF16 rows in mxg_tok_pos order");
     constexpr bool PART = FLUSH || X;      /* partial sums flushed per 128-wide K slice */
     constexpr int TB = MXG_THREAD_BYTES(WFMT);
     constexpr int W4 = TB / 16; /* uint4 per lane per chunk */
@@ -675,10 +676,31 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     griddep_launch();
     const int mt = blockIdx.y;
     const int rg = blockIdx.x * 4 + warp;
-    if (mt >= p.n_mtiles || rg * 16 >= p.N)
+    if (mt >= p.n_mtiles || (!TSM && rg * 16 >= p.N))
         return;
     const int e = p.tile_e[mt], m0 = p.tile_m0[mt];
     const int cnt = p.cnt[e], off = p.off[e];
+    /* TSM: every warp of the CTA, past the row groups too, copies the tile's
+     * rows (uint4 by uint4, rows tsm_u4 + 1 apart so that the 8 rows of a
+     * fragment load fall in different banks) once the input is ready */
+    extern __shared__ uint4 tsm_rows[];
+    const int tsm_u4 = p.K_pad / 8;
+    auto tsm_fill = [&]() {
+        griddep_wait();
+        const int nr = cnt - m0 < 16 ? cnt - m0 : 16;
+        if (nr > p.tile_rows)
+            __trap(); /* the launch gave room for fewer rows: a bug in the caller */
+        for (int i = threadIdx.x; i < nr * tsm_u4; i += blockDim.x) {
+            const int r = i / tsm_u4, c = i - r * tsm_u4, srow = off + m0 + r;
+            const uint4 *row = (const uint4 *)((const uint8_t *)p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda * 2);
+            tsm_rows[r * (tsm_u4 + 1) + c] = __ldg(row + c);
+        }
+        __syncthreads();
+    };
+    if (TSM && rg * 16 >= p.N) {
+        tsm_fill();
+        return;
+    }
     const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
     const uint4 *wsrc = (const uint4 *)(p.w + (size_t)e * p.w_estride + ((size_t)rg * 32 + lane) * TB);
     const size_t wstep = (size_t)NG * 32 * TB / 16; /* in uint4 */
@@ -713,6 +735,8 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     griddep_wait();
     if (threadIdx.x == 0)
         tr_note(tslot, TR_READY);
+    if (TSM)
+        tsm_fill();
 
     /* the lane's token rows: 8 j + g of the tile, j = 0, 1, in mxg_tok_pos
      * order (its 16 columns of a chunk are 32 contiguous bytes; E4M3 rows in
@@ -727,6 +751,8 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         const int srow = off + (m < cnt ? m : cnt - 1);
         xr[j] = (const uint4 *)((const uint8_t *)p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda * (X ? 1 : 2) +
                                 (NAT ? 4 : XH * 16) * t4);
+        if (TSM)
+            xr[j] = tsm_rows + (size_t)(srow - off - m0) * (tsm_u4 + 1) + XH * t4;
     }
 
     float acc[2][4];
@@ -760,9 +786,9 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         static_assert(D % NB == 0, "the token fragment ring must divide the weight ring");
         const uint4 *xp[2] = {xr[0], xr[1]};
         uint4 bq[NB][2][2]; /* [chunk % NB][n8 tile][half] */
-        /* tile j's token fragments of chunk kc (at xp[j], unless IDX): half h holds steps 2h, 2h + 1 */
-        auto ldtok = [&](int j, uint4 (&dst)[2][2], int kc) {
-            const uint4 *x = IDX ? xr[j] + (size_t)kc * (XH * 4) : xp[j];
+        /* tile j's token fragments of the chunk at xp[j]: half h holds steps 2h, 2h + 1 */
+        auto ldtok = [&](int j, uint4 (&dst)[2][2]) {
+            const uint4 *x = xp[j];
             if (NAT) {
                 const uint32_t *w = (const uint32_t *)x;
 #pragma unroll
@@ -774,7 +800,7 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             } else {
 #pragma unroll
                 for (int h = 0; h < XH; h++)
-                    dst[j][h] = __ldg(x + h);
+                    dst[j][h] = TSM ? x[h] : __ldg(x + h);
             }
         };
 #pragma unroll
@@ -782,9 +808,8 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             if (u < KC) {
 #pragma unroll
                 for (int j = 0; j < NJ; j++) {
-                    ldtok(j, bq[u], u);
-                    if (!IDX)
-                        xp[j] += XH * 4;
+                    ldtok(j, bq[u]);
+                    xp[j] += XH * 4;
                 }
             }
         auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
@@ -792,9 +817,8 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             if (kc + TA < KC) {
 #pragma unroll
                 for (int j = 0; j < NJ; j++) {
-                    ldtok(j, bn, kc + TA);
-                    if (!IDX)
-                        xp[j] += XH * 4;
+                    ldtok(j, bn);
+                    xp[j] += XH * 4;
                 }
             }
             uint32_t bb[4][2][2]; /* [step][n8 tile][b0, b1] */
@@ -1273,15 +1297,17 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
  * (chunks in flight per lane) x CTAs per SM, picked by MXEP_CUDA_DEC=6x5|8x4|12x3
  * (6x5: more warps, each with fewer bytes in flight, was the fastest on the
  * H100/H200 at 1, 8 and 64 tokens; a deeper ring for only the GEMMs of few
- * warps was slower too: bench/RESULTS.md). The default, n45t, is 6x5 except
+ * warps was slower too: bench/RESULTS.md). n45t (session 19) is 6x5 except
  * for GEMM1 gathering the staged batch (4x5, its token words a chunk ahead):
  * at T = 1 on the H100, 8-10% faster cold and 18-20% with 10 layers back to
- * back over 4 weight copies (one round, session 19). Bitwise the same results. */
+ * back over 4 weight copies. The default, a45 (session 22), takes 4x5 for
+ * every kernel: level with n45t at T = 1 and 8, and 3.8-4.0 points of the HBM
+ * copy faster at T = 64 (two rounds on an H100). Bitwise the same results. */
 static int dec_variant()
 {
     static int v = -1;
-    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t", "g35t", "a35t", "a45", "n45i"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 10, 4);
+    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t", "g35t", "a35t", "a45", "a45s"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 10, 8);
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
@@ -1303,23 +1329,23 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
     if constexpr (WFMT == MXG_W_FP4) {
         if (!p->sc_big) {
             const int v = FLUSH ? 0 : dec_variant();
-            /* n45t (default): natural-order rows (GEMM1 reading the staged
-             * batch) take a ring of 4 weight chunks and their token words one
-             * chunk ahead: 96 registers, no spill, where 6x5 loads them at the
-             * chunk's start (its one-ahead copy spills); the other kernels 6x5 */
-            /* (the gathering kernel as in n45t) g2t / g35t: GEMM2 loads its
-             * token fragments two chunks ahead, ring 6 at 3 CTAs per SM (136
-             * registers) or ring 3 at 5 (96; level with n45t on an H200, one
-             * round, session 21); a35t: every non-gathering kernel as g35t's
-             * GEMM2; a45: every one at 4x5, fragments one chunk ahead (96
-             * registers and no spill, where 6x5 spills 24 bytes); n45i: n45t
-             * with the other kernels' token fragments addressed from the
-             * row's start (gemm_dec's IDX: GEMM2's K loop 516 instructions
-             * per 6 chunks instead of 567 with one n8 tile, 588 instead of
-             * 602 with two; a stack frame of 56 bytes instead of 24, spill
-             * stores / loads of 116 / 128 bytes instead of 56 / 60: ptxas);
-             * g2t, a35t, a45 and n45i not yet timed */
+            /* a45 (default): a ring of 4 weight chunks, token fragments one
+             * chunk ahead, 5 CTAs per SM (96 registers, no spill, where 6x5
+             * spills 24 bytes); the gathering kernel (natural-order rows, GEMM1
+             * reading the staged batch) loads its token words one chunk ahead
+             * too, where 6x5 loads them at the chunk's start. n45t: the
+             * gathering kernel as a45's, the others 6x5. (The gathering kernel
+             * as in a45) g2t / g35t: GEMM2 loads its token fragments two
+             * chunks ahead, ring 6 at 3 CTAs per SM (136 registers) or ring 3
+             * at 5 (96; level with n45t on an H200, one round, session 21);
+             * a35t: every non-gathering kernel as g35t's GEMM2; a45s: a45 with
+             * the tile's token rows in shared memory (gemm_dec's TSM) where
+             * they take at most 24 KB, every kernel at a 50% carveout (two
+             * rounds on an H100, session 22: T = 1 cold +1.4-1.8 points of the
+             * HBM copy, GEMM2 1.2-1.6 us shorter; T = 8 cold -1.1 to -2.6, so
+             * not the default). g2t and a35t not yet timed */
             const bool g2 = p->epi != MXG_EPI_ACT;
+            const size_t tsm = (size_t)p->tile_rows * ((size_t)p->K_pad * 2 + 16);
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
                    : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>
@@ -1329,9 +1355,27 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                     * kernels name it, so that no unreachable gathering kernel is built */
                    : (v == 5 && g2)                ? gemm_dec<WFMT, FLUSH, false, 6, 3, false, true, 1>
                    : ((v == 6 && g2) || v == 7)    ? gemm_dec<WFMT, FLUSH, false, 3, 5, false, true, 1>
-                   : v == 8                        ? gemm_dec<WFMT, FLUSH, false, 4, 5, false>
-                   : v == 9                        ? gemm_dec<WFMT, FLUSH, false, 6, 5, false, true, 0, true>
-                                                   : gemm_dec<WFMT, FLUSH, false, 6, 5, false>;
+                   : (v == 9 && p->tile_rows > 0 && tsm <= 24576)
+                       ? gemm_dec<WFMT, FLUSH, false, 4, 5, false, true, 0, true>
+                   : v == 8 || v == 9 ? gemm_dec<WFMT, FLUSH, false, 4, 5, false>
+                                      : gemm_dec<WFMT, FLUSH, false, 6, 5, false>;
+            if (v == 9) {
+                /* every kernel of the variant asks for the same carveout, so that an
+                 * SM running GEMM1's CTAs has the room for GEMM2's beside them (an SM
+                 * changes it only when idle: bench/RESULTS.md, session 20); once per
+                 * kernel and process (bit 0: the shared-rows kernel, 1: the other) */
+                static std::atomic<unsigned> carved{0};
+                const bool shared_rows = !NAT && p->tile_rows > 0 && tsm <= 24576;
+                const unsigned bit = shared_rows ? 1u : 2u;
+                if (!(carved.load() & bit)) {
+                    cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, 50);
+                    if (err != cudaSuccess)
+                        return (int)err;
+                    carved.fetch_or(bit);
+                }
+                if (shared_rows)
+                    lc.dynamicSmemBytes = tsm;
+            }
         }
     }
     return (int)cudaLaunchKernelEx(&lc, kern, *p);

@@ -868,18 +868,20 @@ static int variants_child(void)
     }
     /* a kernel that never ends fails the test instead of hanging it */
     alarm(120);
-    /* c = 2, 3: few tokens, so that kernels of small grids run too: hidden
+    /* c = 2, 3, 4: few tokens, so that kernels of small grids run too: hidden
      * 736 leaves the last CTA of 64 rows half empty, inter 2816 is 44 chunks
      * (not a multiple of the ring), 24 tokens give experts 9-16 tokens (two
-     * n8 tiles), inter 96 is 2 chunks (fewer than the ring) */
-    for (int c = 0; c < 4; c++) {
+     * n8 tiles), inter 96 is 2 chunks (fewer than the ring); 2 tokens on both
+     * of 2 experts with inter 2880 keep the tiles' rows small enough for the
+     * shared-memory token rows (MXEP_CUDA_DEC=a45s) at a layer's K */
+    for (int c = 0; c < 5; c++) {
         mx_moe_desc_t d = c == 0   ? make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 704, 2880)
                           : c == 1 ? make_desc(MX_SCHEME_W8A8, MX_ACT_SILU, 2880, 704)
-                                   : make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 736, c == 2 ? 2816 : 96);
+                                   : make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 736, c == 2 ? 2816 : c == 3 ? 96 : 2880);
         if (c == 1)
             d.act_group = 128;
-        const int E = c != 1 ? 4 : 3;
-        const size_t T = c == 0 ? 600 : c == 1 ? 300 : c == 2 ? 24 : 5, H = d.hidden;
+        const int E = c == 1 ? 3 : c == 4 ? 2 : 4;
+        const size_t T = c == 0 ? 600 : c == 1 ? 300 : c == 2 ? 24 : c == 3 ? 5 : 2, H = d.hidden;
         gref_experts_t g;
         if (gref_experts_make(&d, E, MX_WSCALE_BLOCK, 1, 7000 + (uint64_t)c, &g) != 0)
             return 2;
@@ -919,22 +921,26 @@ static int variants_child(void)
     return 0;
 }
 
-/* Runs `self --variants-child` with `setting` (NAME=VALUE, or NULL) added to an
- * environment cleared of every MXEP_CUDA_* variable; its output into out. */
+/* Runs `self --variants-child` with `setting` (NAME=VALUE words separated by
+ * spaces, or NULL) added to an environment cleared of every MXEP_CUDA_*
+ * variable; its output into out. */
 static int run_variant(const char *setting, char *out, size_t cap)
 {
     size_t n_env = 0;
     while (environ[n_env])
         n_env++;
-    char **envp = calloc(n_env + 2, sizeof *envp);
+    char words[256];
+    snprintf(words, sizeof words, "%s", setting ? setting : "");
+    char **envp = calloc(n_env + 1 + sizeof words / 2, sizeof *envp);
     if (!envp)
         return -1;
     size_t k = 0;
     for (size_t i = 0; i < n_env; i++)
         if (strncmp(environ[i], "MXEP_CUDA_", 10) != 0)
             envp[k++] = environ[i];
-    if (setting)
-        envp[k++] = (char *)setting;
+    char *save = NULL;
+    for (char *w = strtok_r(words, " ", &save); w; w = strtok_r(NULL, " ", &save))
+        envp[k++] = w;
     int fd[2];
     if (pipe(fd) != 0) {
         free(envp);
@@ -979,8 +985,8 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
                                            "MXEP_CUDA_DEC=g2t",
                                            "MXEP_CUDA_DEC=g35t",
                                            "MXEP_CUDA_DEC=a35t",
-                                           "MXEP_CUDA_DEC=a45",
-                                           "MXEP_CUDA_DEC=n45i",
+                                           "MXEP_CUDA_DEC=n45t",
+                                           "MXEP_CUDA_DEC=a45s",
                                            "MXEP_CUDA_L=1x256",
                                            "MXEP_CUDA_LF=1x128",
                                            "MXEP_CUDA_MMA=sync",
