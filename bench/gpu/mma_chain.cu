@@ -9,11 +9,24 @@
  *   mma.sync m16n8k16 bf16 -> f32 (the decode kernel's MMA)
  *   wgmma m64n16k16 bf16 -> f32, A from registers, B from shared memory, each
  *   MMA waited for before the next (sm_90a only; the large-batch kernel's)
+ *   the decode kernel's chunk (MXFP4, one n8 token tile) with every operand in
+ *   shared memory, so that nothing waits on L2 or HBM: per 64-wide chunk and
+ *   lane a 16-byte weight piece and a scale word read one chunk ahead, two
+ *   16-byte token pieces, the decode of 4 k16 steps (gpu_layout.h's
+ *   mxg_fp4_pair and one BF16x2 multiply per register, as gemm_dec with
+ *   scales up to 2^1) and 4 chained MMAs; "ahead": the same, each chunk's A
+ *   fragments decoded during the chunk before (16 more registers). Against the
+ *   MMA chain alone (4 per chunk), it says how many cycles a chunk's own
+ *   instruction stream costs a warp at 1-4 warps per scheduler, the cost that
+ *   GEMM2 pays at T = 1 (about 330-370 cycles per chunk in the layer).
  * Build and run (on the GPU machine; not part of the CMake build):
- *   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o mma_chain bench/gpu/mma_chain.cu && ./mma_chain */
+ *   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Ikernels/gpu -o mma_chain bench/gpu/mma_chain.cu &&
+ *   ./mma_chain */
 #include <cstdint>
 #include <cstdio>
 #include <cuda_runtime.h>
+
+#include "gpu_layout.h"
 
 #define CK(x)                                                                                                          \
     do {                                                                                                               \
@@ -98,6 +111,102 @@ __global__ void wgmma_chain(int n, float *sink, long long *cyc)
 #endif
 }
 
+__device__ __forceinline__ void mma16816(float *c, const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b)
+{
+    uint32_t d;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(0x80008000u));
+    return d;
+}
+/* the A fragments of a chunk's 4 steps from a lane's piece w[4] and scale word */
+__device__ __forceinline__ void decode_chunk(const uint4 &w, uint32_t scw, uint32_t (&a)[4][4])
+{
+    uint32_t m1[2][2];
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int b = 0; b < 2; b++) {
+            const uint32_t j = (uint32_t)(h + 2 * b);
+            m1[h][b] = __byte_perm(scw, 0u, 0x4040u | j | (j << 8)) * 128u + 0x3f003f00u;
+        }
+    const uint32_t ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int st = 0; st < 4; st++) {
+        const int b = st >> 1;
+        a[st][0] = bf16x2_mul(mxg_fp4_pair(ws[st], 0), m1[0][b]);
+        a[st][1] = bf16x2_mul(mxg_fp4_pair(ws[st], 1), m1[1][b]);
+        a[st][2] = bf16x2_mul(mxg_fp4_pair(ws[st], 2), m1[0][b]);
+        a[st][3] = bf16x2_mul(mxg_fp4_pair(ws[st], 3), m1[1][b]);
+    }
+}
+
+/* MODE 0: the 4 MMAs of a chunk alone (fixed fragments); 1: the decode
+ * kernel's chunk, operands from shared memory one chunk ahead; 2: that with
+ * the A fragments decoded one chunk ahead. n chunks per warp. */
+template <int MODE> __global__ void dec_chain(int n, float *sink, long long *cyc)
+{
+    constexpr int NC = 64; /* chunks in shared memory, reused round robin */
+    __shared__ uint4 wsm[NC][32];
+    __shared__ uint32_t ssm[NC][32];
+    __shared__ uint4 tsm[NC][8];
+    for (int i = threadIdx.x; i < NC * 32; i += blockDim.x) {
+        const uint32_t h = (uint32_t)i * 2654435761u;
+        wsm[i / 32][i % 32] = make_uint4(h, h ^ 0x5a5a5a5au, h * 3u, h + 0x01234567u);
+        ssm[i / 32][i % 32] = 0x7e7f7f80u ^ (h & 0x01010101u); /* scales 2^-2 .. 2^1 */
+    }
+    for (int i = threadIdx.x; i < NC * 8; i += blockDim.x)
+        tsm[i / 8][i % 8] = make_uint4(0x3f803f80u ^ i, 0x3f003f00u, 0x3e803e80u, 0x3f403f40u);
+    __syncthreads();
+    const int lane = threadIdx.x & 31, t4 = lane & 3;
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    uint4 wn = wsm[0][lane], t0n = tsm[0][2 * t4], t1n = tsm[0][2 * t4 + 1];
+    uint32_t sn = ssm[0][lane];
+    uint32_t an[4][4];
+    if (MODE == 2)
+        decode_chunk(wn, sn, an);
+    const long long c0 = clock64();
+    for (int k = 0; k < n; k++) {
+        const int kn = (k + 1) & (NC - 1);
+        const uint4 w = wn, x0 = t0n, x1 = t1n;
+        const uint32_t sc = sn;
+        wn = wsm[kn][lane]; /* the next chunk's operands */
+        sn = ssm[kn][lane];
+        t0n = tsm[kn][2 * t4];
+        t1n = tsm[kn][2 * t4 + 1];
+        const uint32_t bb[4][2] = {{x0.x, x0.y}, {x0.z, x0.w}, {x1.x, x1.y}, {x1.z, x1.w}};
+        uint32_t a[4][4];
+        if (MODE == 0) {
+#pragma unroll
+            for (int st = 0; st < 4; st++)
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    a[st][q] = 0x3f803f80u ^ (uint32_t)(st + q);
+        } else if (MODE == 1) {
+            decode_chunk(w, sc, a);
+        } else {
+#pragma unroll
+            for (int st = 0; st < 4; st++)
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    a[st][q] = an[st][q];
+            decode_chunk(wn, sn, an);
+        }
+#pragma unroll
+        for (int st = 0; st < 4; st++)
+            mma16816(d, a[st], bb[st][0], bb[st][1]);
+    }
+    const long long c1 = clock64();
+    sink[blockIdx.x * blockDim.x + threadIdx.x] = d[0] + d[1] + d[2] + d[3];
+    if (lane == 0)
+        cyc[blockIdx.x * 32 + (threadIdx.x >> 5)] = c1 - c0;
+}
+
 template <typename K> static int run(const char *name, K kern, int warps, int chains, int n, int sms, float *sink,
                                      long long *cyc, long long *hc)
 {
@@ -114,9 +223,12 @@ template <typename K> static int run(const char *name, K kern, int warps, int ch
             sum += (double)hc[b * 32 + w];
             cnt++;
         }
-    const double per = sum / cnt / n; /* cycles per round of C MMAs */
-    printf("%-34s warps/SM %2d chains/warp %d: %6.1f cycles per MMA of a chain, %5.3f MMAs per cycle per SM\n", name,
-           warps, chains, per, (double)warps * chains / per);
+    const double per = sum / cnt / n; /* cycles per round of C MMAs (per chunk: dec_chain) */
+    if (chains == 0)
+        printf("%-34s warps/SM %2d: %6.1f cycles per chunk of a warp (4 chained MMAs)\n", name, warps, per);
+    else
+        printf("%-34s warps/SM %2d chains/warp %d: %6.1f cycles per MMA of a chain, %5.3f MMAs per cycle per SM\n",
+               name, warps, chains, per, (double)warps * chains / per);
     return 0;
 }
 
@@ -141,5 +253,10 @@ int main(void)
     if (pr.major == 9)
         for (int w : {4, 8, 16})
             rc |= run("wgmma m64n16k16 bf16 (waited)", wgmma_chain, w, 1, n, sms, sink, cyc, hc);
+    for (int w : {4, 8, 16}) {
+        rc |= run("chunk: 4 MMAs alone", dec_chain<0>, w, 0, n, sms, sink, cyc, hc);
+        rc |= run("chunk: decode + MMAs", dec_chain<1>, w, 0, n, sms, sink, cyc, hc);
+        rc |= run("chunk: decoded a chunk ahead", dec_chain<2>, w, 0, n, sms, sink, cyc, hc);
+    }
     return rc;
 }

@@ -656,8 +656,13 @@ template <bool B> struct BoolC {
  * BF16 values, mxg_tok_pos order) into dynamic shared memory once its input is
  * ready, and the lanes read their fragments from there (MXEP_CUDA_DEC=a45s;
  * the launch gives p.tile_rows rows of room). */
+/* DA: each chunk's A fragments are decoded during the chunk before (NS x 4
+ * more registers), so that a chunk's MMAs wait on nothing but each other
+ * and the decode of the next chunk fills their latency (MXEP_CUDA_DEC=a45d,
+ * d45d; bench/gpu/mma_chain.cu times the two orders with every operand in
+ * shared memory). */
 template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0,
-          bool TSM = false>
+          bool TSM = false, bool DA = false>
 __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
@@ -812,6 +817,45 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
                     xp[j] += XH * 4;
                 }
             }
+        /* a ring slot's chunk into src (and, MXFP4, its multipliers mm); then
+         * the slot refilled with the next chunk the ring takes (when `more`) */
+        auto take_slot = [&](uint4 (&slot)[W4], uint32_t &sslot, bool more, uint32_t (&src)[TB / 4], Fp4Mults &mm) {
+            if (WFMT == MXG_W_FP4)
+                fp4_mults_t<BIG>(sslot, mm);
+#pragma unroll
+            for (int q = 0; q < W4; q++) {
+                src[4 * q] = slot[q].x;
+                src[4 * q + 1] = slot[q].y;
+                src[4 * q + 2] = slot[q].z;
+                src[4 * q + 3] = slot[q].w;
+            }
+            /* refill the slot (its registers are copied out above) */
+            if (more) {
+#pragma unroll
+                for (int q = 0; q < W4; q++)
+                    slot[q] = ldw<EF>(wnext + q, wpol);
+                if (WFMT == MXG_W_FP4)
+                    sslot = ldw<EF>(snext, wpol);
+            }
+            if (WFMT == MXG_W_FP4)
+                snext += sstep;
+            wnext += wstep;
+        };
+        /* DA: a slot's chunk decoded whole into dst */
+        auto decode_slot = [&](uint4 (&slot)[W4], uint32_t &sslot, bool more, uint32_t (&dst)[NS][4]) {
+            uint32_t src[TB / 4];
+            Fp4Mults mm;
+            take_slot(slot, sslot, more, src, mm);
+#pragma unroll
+            for (int s = 0; s < NS; s++)
+                decode_step<WFMT, BIG>(src, s, mm, dst[s]);
+        };
+        /* DA: chunk 0's fragments, and its slot refilled with chunk D */
+        uint32_t an[NS][4];
+        if (DA)
+            decode_slot(wr[0], sr[0], D < KC, an);
+        /* one chunk: its token fragments, MMAs, and the decode and refill of a
+         * ring slot (DA: slot is chunk kc + 1's, else kc's) */
         auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
             /* the token fragments of chunk kc + TA (bn; bc when TA is 0) */
             if (kc + TA < KC) {
@@ -831,39 +875,32 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
                     bb[2 * h + 1][j][0] = bc[j][h].z;
                     bb[2 * h + 1][j][1] = bc[j][h].w;
                 }
+            uint32_t a[NS][4], src[TB / 4];
             Fp4Mults mm;
-            if (WFMT == MXG_W_FP4)
-                fp4_mults_t<BIG>(sslot, mm);
-            uint32_t src[TB / 4];
+            if (DA) {
+                /* this chunk's fragments were decoded during the chunk before;
+                 * `slot` is the next chunk's, decoded and refilled here */
 #pragma unroll
-            for (int q = 0; q < W4; q++) {
-                src[4 * q] = slot[q].x;
-                src[4 * q + 1] = slot[q].y;
-                src[4 * q + 2] = slot[q].z;
-                src[4 * q + 3] = slot[q].w;
-            }
-            /* refill the slot (its registers are copied out above) */
-            if (kc + D < KC) {
+                for (int s = 0; s < NS; s++)
 #pragma unroll
-                for (int q = 0; q < W4; q++)
-                    slot[q] = ldw<EF>(wnext + q, wpol);
-                if (WFMT == MXG_W_FP4)
-                    sslot = ldw<EF>(snext, wpol);
+                    for (int q = 0; q < 4; q++)
+                        a[s][q] = an[s][q];
+                if (kc + 1 < KC)
+                    decode_slot(slot, sslot, kc + 1 + D < KC, an);
+            } else {
+                take_slot(slot, sslot, kc + D < KC, src, mm);
             }
-            if (WFMT == MXG_W_FP4)
-                snext += sstep;
-            wnext += wstep;
 #pragma unroll
             for (int s = 0; s < NS; s++) {
-                uint32_t a[4];
-                decode_step<WFMT, BIG>(src, s, mm, a);
+                if (!DA)
+                    decode_step<WFMT, BIG>(src, s, mm, a[s]);
 #pragma unroll
                 for (int j = 0; j < NJ; j++) {
                     float *d = PART ? part[PART ? j : 0] : acc[j];
                     if (X)
-                        mma_16832_e4m3(d, a, bb[s][j][0], bb[s][j][1]);
+                        mma_16832_e4m3(d, a[s], bb[s][j][0], bb[s][j][1]);
                     else
-                        mma_16816(d, a, bb[s][j][0], bb[s][j][1]);
+                        mma_16816(d, a[s], bb[s][j][0], bb[s][j][1]);
                 }
             }
             /* the FP8 MMAs' sums go to FP32 every 128 of K (the tensor cores keep
@@ -886,15 +923,16 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             }
         };
         int kc = 0;
+        constexpr int SO = DA ? 1 : 0; /* the slot a chunk takes: its own, or the next chunk's */
         for (; kc + D <= KC; kc += D) {
 #pragma unroll
             for (int u = 0; u < D; u++)
-                chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
+                chunk(kc + u, wr[(u + SO) % D], sr[(u + SO) % D], bq[u % NB], bq[(u + TA) % NB]);
         }
 #pragma unroll
         for (int u = 0; u < D; u++)
             if (kc + u < KC)
-                chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
+                chunk(kc + u, wr[(u + SO) % D], sr[(u + SO) % D], bq[u % NB], bq[(u + TA) % NB]);
     };
     if (cnt - m0 > 8)
         kloop(BoolC<true>());
@@ -1306,8 +1344,9 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
 static int dec_variant()
 {
     static int v = -1;
-    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t", "g35t", "a35t", "a45", "a45s"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 10, 8);
+    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t",
+                                       "g35t", "a35t", "a45", "a45s", "a45d", "d45d"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 12, 8);
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
@@ -1343,13 +1382,17 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * they take at most 24 KB, every kernel at a 50% carveout (two
              * rounds on an H100, session 22: T = 1 cold +1.4-1.8 points of the
              * HBM copy, GEMM2 1.2-1.6 us shorter; T = 8 cold -1.1 to -2.6, so
-             * not the default). g2t and a35t not yet timed */
+             * not the default); a45d: a45 with each chunk decoded during the
+             * one before (gemm_dec's DA) at 4 CTAs per SM (room for its 16
+             * more registers), but the gathering kernel a45's; d45d: the
+             * gathering kernel so too. g2t, a35t, a45d and d45d not yet timed */
             const bool g2 = p->epi != MXG_EPI_ACT;
             const size_t tsm = (size_t)p->tile_rows * ((size_t)p->K_pad * 2 + 16);
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
                    : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>
                    : v == 0 ? gemm_dec<WFMT, FLUSH, false, D, 3, NAT>
+                   : (v == 11 || (v == 10 && !NAT)) ? gemm_dec<WFMT, FLUSH, false, 4, 4, NAT, true, NAT ? 1 : 0, false, true>
                    : NAT    ? gemm_dec<WFMT, FLUSH, false, 4, 5, NAT, true, NAT ? 1 : 0>
                    /* past here only rows in mxg_tok_pos order (NAT is false): the
                     * kernels name it, so that no unreachable gathering kernel is built */

@@ -987,6 +987,8 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
                                            "MXEP_CUDA_DEC=a35t",
                                            "MXEP_CUDA_DEC=n45t",
                                            "MXEP_CUDA_DEC=a45s",
+                                           "MXEP_CUDA_DEC=a45d",
+                                           "MXEP_CUDA_DEC=d45d",
                                            "MXEP_CUDA_L=1x256",
                                            "MXEP_CUDA_LF=1x128",
                                            "MXEP_CUDA_MMA=sync",
