@@ -113,10 +113,11 @@ __global__ void wgmma_chain(int n, float *sink, long long *cyc)
 
 __device__ __forceinline__ void mma16816(float *c, const uint32_t a[4], uint32_t b0, uint32_t b1)
 {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    /* volatile: kept between the clock64() reads, like sync_chain's */
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 __device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b)
 {
@@ -147,8 +148,10 @@ __device__ __forceinline__ void decode_chunk(const uint4 &w, uint32_t scw, uint3
 }
 
 /* MODE 0: the 4 MMAs of a chunk alone (fixed fragments); 1: the decode
- * kernel's chunk, operands from shared memory one chunk ahead; 2: that with
- * the A fragments decoded one chunk ahead. n chunks per warp. */
+ * kernel's chunk, operands from shared memory one chunk ahead; 2: the A
+ * fragments decoded one chunk ahead, from weights and scales read two chunks
+ * ahead (as gemm_dec's DA decodes a slot loaded chunks before). n chunks per
+ * warp. */
 template <int MODE> __global__ void dec_chain(int n, float *sink, long long *cyc)
 {
     constexpr int NC = 64; /* chunks in shared memory, reused round robin */
@@ -158,7 +161,7 @@ template <int MODE> __global__ void dec_chain(int n, float *sink, long long *cyc
     for (int i = threadIdx.x; i < NC * 32; i += blockDim.x) {
         const uint32_t h = (uint32_t)i * 2654435761u;
         wsm[i / 32][i % 32] = make_uint4(h, h ^ 0x5a5a5a5au, h * 3u, h + 0x01234567u);
-        ssm[i / 32][i % 32] = 0x7e7f7f80u ^ (h & 0x01010101u); /* scales 2^-2 .. 2^1 */
+        ssm[i / 32][i % 32] = 0x7d7e7f80u - (h & 0x01010101u); /* E8M0 bytes 0x7c..0x80: 2^-3 .. 2^1 */
     }
     for (int i = threadIdx.x; i < NC * 8; i += blockDim.x)
         tsm[i / 8][i % 8] = make_uint4(0x3f803f80u ^ i, 0x3f003f00u, 0x3e803e80u, 0x3f403f40u);
@@ -168,15 +171,18 @@ template <int MODE> __global__ void dec_chain(int n, float *sink, long long *cyc
     uint4 wn = wsm[0][lane], t0n = tsm[0][2 * t4], t1n = tsm[0][2 * t4 + 1];
     uint32_t sn = ssm[0][lane];
     uint32_t an[4][4];
-    if (MODE == 2)
+    if (MODE == 2) { /* chunk 0 decoded; wn / sn: chunk 1's */
         decode_chunk(wn, sn, an);
+        wn = wsm[1][lane];
+        sn = ssm[1][lane];
+    }
     const long long c0 = clock64();
     for (int k = 0; k < n; k++) {
-        const int kn = (k + 1) & (NC - 1);
+        const int kn = (k + 1) & (NC - 1), kw = MODE == 2 ? (k + 2) & (NC - 1) : kn;
         const uint4 w = wn, x0 = t0n, x1 = t1n;
         const uint32_t sc = sn;
-        wn = wsm[kn][lane]; /* the next chunk's operands */
-        sn = ssm[kn][lane];
+        wn = wsm[kw][lane]; /* the next chunk's operands (MODE 2: weights and scales two ahead) */
+        sn = ssm[kw][lane];
         t0n = tsm[kn][2 * t4];
         t1n = tsm[kn][2 * t4 + 1];
         const uint32_t bb[4][2] = {{x0.x, x0.y}, {x0.z, x0.w}, {x1.x, x1.y}, {x1.z, x1.w}};
@@ -195,7 +201,7 @@ template <int MODE> __global__ void dec_chain(int n, float *sink, long long *cyc
 #pragma unroll
                 for (int q = 0; q < 4; q++)
                     a[st][q] = an[st][q];
-            decode_chunk(wn, sn, an);
+            decode_chunk(w, sc, an); /* chunk k + 1, read during chunk k - 1 */
         }
 #pragma unroll
         for (int st = 0; st < 4; st++)

@@ -681,17 +681,18 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     griddep_launch();
     const int mt = blockIdx.y;
     const int rg = blockIdx.x * 4 + warp;
-    if (mt >= p.n_mtiles || (!TSM && rg * 16 >= p.N))
+    /* idle: a warp past the last row group (TSM: it still helps copy the rows) */
+    const bool idle = rg * 16 >= p.N;
+    if (mt >= p.n_mtiles || (!TSM && idle))
         return;
     const int e = p.tile_e[mt], m0 = p.tile_m0[mt];
     const int cnt = p.cnt[e], off = p.off[e];
-    /* TSM: every warp of the CTA, past the row groups too, copies the tile's
-     * rows (uint4 by uint4, rows tsm_u4 + 1 apart so that the 8 rows of a
-     * fragment load fall in different banks) once the input is ready */
+    /* TSM: every warp of the CTA, idle ones too, copies the tile's rows (uint4
+     * by uint4, rows tsm_u4 + 1 apart so that the 8 rows of a fragment load
+     * fall in different banks) once the input is ready (below) */
     extern __shared__ uint4 tsm_rows[];
     const int tsm_u4 = p.K_pad / 8;
     auto tsm_fill = [&]() {
-        griddep_wait();
         const int nr = cnt - m0 < 16 ? cnt - m0 : 16;
         if (nr > p.tile_rows)
             __trap(); /* the launch gave room for fewer rows: a bug in the caller */
@@ -702,10 +703,6 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         }
         __syncthreads();
     };
-    if (TSM && rg * 16 >= p.N) {
-        tsm_fill();
-        return;
-    }
     const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
     const uint4 *wsrc = (const uint4 *)(p.w + (size_t)e * p.w_estride + ((size_t)rg * 32 + lane) * TB);
     const size_t wstep = (size_t)NG * 32 * TB / 16; /* in uint4 */
@@ -719,7 +716,7 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     uint32_t sr[D];
 #pragma unroll
     for (int u = 0; u < D; u++) {
-        if (u < KC) {
+        if (u < KC && !(TSM && idle)) {
 #pragma unroll
             for (int q = 0; q < W4; q++)
                 wr[u][q] = ldw<EF>(wsrc + (size_t)u * wstep + q, wpol);
@@ -728,7 +725,7 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     }
     /* p.l2pf: the warp's chunks past the ring go to L2 now, while the kernel that
      * produces this one's input still runs (the lanes take every 32nd chunk) */
-    if (p.l2pf) {
+    if (p.l2pf && !(TSM && idle)) {
         const uint8_t *wb = p.w + (size_t)e * p.w_estride + (size_t)rg * 32 * TB;
         const uint8_t *sb = WFMT == MXG_W_FP4 ? p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 : nullptr;
         for (int kc = D + lane; kc < KC; kc += 32) {
@@ -740,8 +737,11 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     griddep_wait();
     if (threadIdx.x == 0)
         tr_note(tslot, TR_READY);
-    if (TSM)
-        tsm_fill();
+    if (TSM) {
+        tsm_fill(); /* the CTA's only barrier, reached by each of its threads */
+        if (idle)
+            return;
+    }
 
     /* the lane's token rows: 8 j + g of the tile, j = 0, 1, in mxg_tok_pos
      * order (its 16 columns of a chunk are 32 contiguous bytes; E4M3 rows in
@@ -1405,16 +1405,23 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
             if (v == 9) {
                 /* every kernel of the variant asks for the same carveout, so that an
                  * SM running GEMM1's CTAs has the room for GEMM2's beside them (an SM
-                 * changes it only when idle: bench/RESULTS.md, session 20); once per
-                 * kernel and process (bit 0: the shared-rows kernel, 1: the other) */
-                static std::atomic<unsigned> carved{0};
+                 * changes it only when idle: bench/RESULTS.md, session 20); an
+                 * attribute of the function in the current device's context, so set
+                 * once per kernel and device (bit d of carved[0]: the shared-rows
+                 * kernel, of carved[1]: the other), as launch_tc does */
+                static std::atomic<unsigned long long> carved[2];
                 const bool shared_rows = !NAT && p->tile_rows > 0 && tsm <= 24576;
-                const unsigned bit = shared_rows ? 1u : 2u;
-                if (!(carved.load() & bit)) {
-                    cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, 50);
+                std::atomic<unsigned long long> &cset = carved[shared_rows ? 0 : 1];
+                int dev = 0;
+                cudaError_t err = cudaGetDevice(&dev);
+                if (err != cudaSuccess)
+                    return (int)err;
+                const unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0ull;
+                if (!bit || !(cset.load(std::memory_order_acquire) & bit)) {
+                    err = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, 50);
                     if (err != cudaSuccess)
                         return (int)err;
-                    carved.fetch_or(bit);
+                    cset.fetch_or(bit, std::memory_order_acq_rel);
                 }
                 if (shared_rows)
                     lc.dynamicSmemBytes = tsm;

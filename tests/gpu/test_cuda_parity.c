@@ -870,7 +870,8 @@ static int variants_child(void)
     alarm(120);
     /* c = 2, 3, 4: few tokens, so that kernels of small grids run too: hidden
      * 736 leaves the last CTA of 64 rows half empty, inter 2816 is 44 chunks
-     * (not a multiple of the ring), 24 tokens give experts 9-16 tokens (two
+     * (not a multiple of the rings of 3 or 6; inter 2880, 45 chunks, is none of
+     * 4, 6 or 8), 24 tokens give experts 9-16 tokens (two
      * n8 tiles), inter 96 is 2 chunks (fewer than the ring); 2 tokens on both
      * of 2 experts with inter 2880 keep the tiles' rows small enough for the
      * shared-memory token rows (MXEP_CUDA_DEC=a45s) at a layer's K */
@@ -930,7 +931,8 @@ static int run_variant(const char *setting, char *out, size_t cap)
     while (environ[n_env])
         n_env++;
     char words[256];
-    snprintf(words, sizeof words, "%s", setting ? setting : "");
+    if (snprintf(words, sizeof words, "%s", setting ? setting : "") >= (int)sizeof words)
+        return -1; /* a setting too long to pass whole */
     char **envp = calloc(n_env + 1 + sizeof words / 2, sizeof *envp);
     if (!envp)
         return -1;
@@ -987,6 +989,8 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
                                            "MXEP_CUDA_DEC=a35t",
                                            "MXEP_CUDA_DEC=n45t",
                                            "MXEP_CUDA_DEC=a45s",
+                                           /* GEMM1 too reads copied rows from shared memory */
+                                           "MXEP_CUDA_DEC=a45s MXEP_CUDA_TOKCOPY=1",
                                            "MXEP_CUDA_DEC=a45d",
                                            "MXEP_CUDA_DEC=d45d",
                                            "MXEP_CUDA_L=1x256",
