@@ -1251,28 +1251,38 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
         tr_note(tslot, TR_END);
 }
 
+/* Sets a function attribute once per device: it belongs to the function in
+ * the current device's context, so remember it per device (bit d of `done`,
+ * which any thread may update), not once per process. */
+template <typename K>
+static cudaError_t func_attr_once(std::atomic<unsigned long long> &done, K kern, cudaFuncAttribute attr, int value)
+{
+    int dev = 0;
+    cudaError_t err = cudaGetDevice(&dev);
+    if (err != cudaSuccess)
+        return err;
+    const unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0ull;
+    if (!bit || !(done.load(std::memory_order_acquire) & bit)) {
+        err = cudaFuncSetAttribute(kern, attr, value);
+        if (err != cudaSuccess)
+            return err;
+        done.fetch_or(bit, std::memory_order_acq_rel);
+    }
+    return cudaSuccess;
+}
+
 template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST, int MINB = 1>
 static int launch_tc(const mxg_gemm_params_t *p, cudaStream_t st, int zsub)
 {
     typedef TcCfg<NWG, MT, BNT, WFMT, MAXST> C;
     auto kern = WFMT == MXG_W_FP4 && !p->sc_big ? gemm_tc<NWG, MT, BNT, WFMT, FLUSH, ENG, MAXST, false, MINB>
                                                 : gemm_tc<NWG, MT, BNT, WFMT, FLUSH, ENG, MAXST, true, MINB>;
-    /* The dynamic shared memory limit is an attribute of the function in the
-     * current device's context: remember it per device (bit d of a mask that
-     * any thread may update), not once per process. */
+    /* the dynamic shared memory limit, per device (func_attr_once) */
     static std::atomic<unsigned long long> attr_set[2];
-    std::atomic<unsigned long long> &aset = attr_set[WFMT == MXG_W_FP4 && !p->sc_big];
-    int dev = 0;
-    cudaError_t err = cudaGetDevice(&dev);
+    cudaError_t err = func_attr_once(attr_set[WFMT == MXG_W_FP4 && !p->sc_big], kern,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
     if (err != cudaSuccess)
         return (int)err;
-    const unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0ull;
-    if (!bit || !(aset.load(std::memory_order_acquire) & bit)) {
-        err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
-        if (err != cudaSuccess)
-            return (int)err;
-        aset.fetch_or(bit, std::memory_order_acq_rel);
-    }
     cudaLaunchConfig_t lc = {};
     lc.gridDim = dim3((unsigned)((p->N + C::BMW - 1) / C::BMW), (unsigned)p->n_mtiles, (unsigned)zsub);
     lc.blockDim = dim3(C::NT);
@@ -1405,24 +1415,14 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
             if (v == 9) {
                 /* every kernel of the variant asks for the same carveout, so that an
                  * SM running GEMM1's CTAs has the room for GEMM2's beside them (an SM
-                 * changes it only when idle: bench/RESULTS.md, session 20); an
-                 * attribute of the function in the current device's context, so set
-                 * once per kernel and device (bit d of carved[0]: the shared-rows
-                 * kernel, of carved[1]: the other), as launch_tc does */
+                 * changes it only when idle: bench/RESULTS.md, session 20), per kernel
+                 * (carved[0]: the shared-rows kernel, [1]: the other) and device */
                 static std::atomic<unsigned long long> carved[2];
                 const bool shared_rows = !NAT && p->tile_rows > 0 && tsm <= 24576;
-                std::atomic<unsigned long long> &cset = carved[shared_rows ? 0 : 1];
-                int dev = 0;
-                cudaError_t err = cudaGetDevice(&dev);
+                const cudaError_t err = func_attr_once(carved[shared_rows ? 0 : 1], kern,
+                                                       cudaFuncAttributePreferredSharedMemoryCarveout, 50);
                 if (err != cudaSuccess)
                     return (int)err;
-                const unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0ull;
-                if (!bit || !(cset.load(std::memory_order_acquire) & bit)) {
-                    err = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, 50);
-                    if (err != cudaSuccess)
-                        return (int)err;
-                    cset.fetch_or(bit, std::memory_order_acq_rel);
-                }
                 if (shared_rows)
                     lc.dynamicSmemBytes = tsm;
             }
