@@ -656,8 +656,8 @@ template <bool B> struct BoolC {
  * BF16 values, mxg_tok_pos order) into dynamic shared memory once its input is
  * ready, and the lanes read their fragments from there (MXEP_CUDA_DEC=a45s;
  * the launch gives p.tile_rows rows of room). */
-/* DA: each chunk's A fragments are decoded during the chunk before (NS x 4
- * more registers), so that a chunk's MMAs wait on nothing but each other
+/* DA: each chunk's A fragments are decoded during the chunk before (into the
+ * other of two buffers of NS x 4 registers), so that a chunk's MMAs wait on nothing but each other
  * and the decode of the next chunk fills their latency (MXEP_CUDA_DEC=a45d,
  * d45d; bench/gpu/mma_chain.cu times the two orders with every operand in
  * shared memory). */
@@ -850,13 +850,18 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             for (int s = 0; s < NS; s++)
                 decode_step<WFMT, BIG>(src, s, mm, dst[s]);
         };
-        /* DA: chunk 0's fragments, and its slot refilled with chunk D */
-        uint32_t an[NS][4];
+        /* DA: decoded fragments in two buffers that chunks take in turn (chunk
+         * kc's in an[kc % 2], so D is even); chunk 0's, and its slot refilled
+         * with chunk D */
+        static_assert(!DA || D % 2 == 0, "decode-ahead alternates two buffers over the ring");
+        uint32_t an[2][NS][4];
         if (DA)
-            decode_slot(wr[0], sr[0], D < KC, an);
+            decode_slot(wr[0], sr[0], D < KC, an[0]);
         /* one chunk: its token fragments, MMAs, and the decode and refill of a
-         * ring slot (DA: slot is chunk kc + 1's, else kc's) */
-        auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
+         * ring slot (DA: slot is chunk kc + 1's, decoded into anext; acur holds
+         * chunk kc's) */
+        auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2],
+                         uint32_t (&acur)[NS][4], uint32_t (&anext)[NS][4]) {
             /* the token fragments of chunk kc + TA (bn; bc when TA is 0) */
             if (kc + TA < KC) {
 #pragma unroll
@@ -875,18 +880,14 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
                     bb[2 * h + 1][j][0] = bc[j][h].z;
                     bb[2 * h + 1][j][1] = bc[j][h].w;
                 }
-            uint32_t a[NS][4], src[TB / 4];
+            uint32_t a_own[NS][4], src[TB / 4];
+            uint32_t(&a)[NS][4] = DA ? acur : a_own;
             Fp4Mults mm;
             if (DA) {
                 /* this chunk's fragments were decoded during the chunk before;
                  * `slot` is the next chunk's, decoded and refilled here */
-#pragma unroll
-                for (int s = 0; s < NS; s++)
-#pragma unroll
-                    for (int q = 0; q < 4; q++)
-                        a[s][q] = an[s][q];
                 if (kc + 1 < KC)
-                    decode_slot(slot, sslot, kc + 1 + D < KC, an);
+                    decode_slot(slot, sslot, kc + 1 + D < KC, anext);
             } else {
                 take_slot(slot, sslot, kc + D < KC, src, mm);
             }
@@ -927,12 +928,14 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         for (; kc + D <= KC; kc += D) {
 #pragma unroll
             for (int u = 0; u < D; u++)
-                chunk(kc + u, wr[(u + SO) % D], sr[(u + SO) % D], bq[u % NB], bq[(u + TA) % NB]);
+                chunk(kc + u, wr[(u + SO) % D], sr[(u + SO) % D], bq[u % NB], bq[(u + TA) % NB], an[u % 2],
+                      an[(u + 1) % 2]);
         }
 #pragma unroll
         for (int u = 0; u < D; u++)
             if (kc + u < KC)
-                chunk(kc + u, wr[(u + SO) % D], sr[(u + SO) % D], bq[u % NB], bq[(u + TA) % NB]);
+                chunk(kc + u, wr[(u + SO) % D], sr[(u + SO) % D], bq[u % NB], bq[(u + TA) % NB], an[u % 2],
+                      an[(u + 1) % 2]);
     };
     if (cnt - m0 > 8)
         kloop(BoolC<true>());
@@ -1393,8 +1396,8 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * rounds on an H100, session 22: T = 1 cold +1.4-1.8 points of the
              * HBM copy, GEMM2 1.2-1.6 us shorter; T = 8 cold -1.1 to -2.6, so
              * not the default); a45d: a45 with each chunk decoded during the
-             * one before (gemm_dec's DA) at 4 CTAs per SM (room for its 16
-             * more registers), but the gathering kernel a45's; d45d: the
+             * one before (gemm_dec's DA) at 4 CTAs per SM (120-122 registers,
+             * no spill), but the gathering kernel a45's; d45d: the
              * gathering kernel so too. g2t, a35t, a45d and d45d not yet timed */
             const bool g2 = p->epi != MXG_EPI_ACT;
             const size_t tsm = (size_t)p->tile_rows * ((size_t)p->K_pad * 2 + 16);
