@@ -687,6 +687,10 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         return;
     const int e = p.tile_e[mt], m0 = p.tile_m0[mt];
     const int cnt = p.cnt[e], off = p.off[e];
+    /* the start of sorted row srow of A */
+    auto a_row = [&](int srow) {
+        return (const uint8_t *)p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda * (X ? 1 : 2);
+    };
     /* TSM: every warp of the CTA, idle ones too, copies the tile's rows (uint4
      * by uint4, rows tsm_u4 + 1 apart so that the 8 rows of a fragment load
      * fall in different banks) once the input is ready (below) */
@@ -697,9 +701,8 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         if (nr > p.tile_rows)
             __trap(); /* the launch gave room for fewer rows: a bug in the caller */
         for (int i = threadIdx.x; i < nr * tsm_u4; i += blockDim.x) {
-            const int r = i / tsm_u4, c = i - r * tsm_u4, srow = off + m0 + r;
-            const uint4 *row = (const uint4 *)((const uint8_t *)p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda * 2);
-            tsm_rows[r * (tsm_u4 + 1) + c] = __ldg(row + c);
+            const int r = i / tsm_u4, c = i - r * tsm_u4;
+            tsm_rows[r * (tsm_u4 + 1) + c] = __ldg((const uint4 *)a_row(off + m0 + r) + c);
         }
         __syncthreads();
     };
@@ -754,10 +757,8 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
     for (int j = 0; j < 2; j++) {
         const int m = m0 + 8 * j + g;
         const int srow = off + (m < cnt ? m : cnt - 1);
-        xr[j] = (const uint4 *)((const uint8_t *)p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda * (X ? 1 : 2) +
-                                (NAT ? 4 : XH * 16) * t4);
-        if (TSM)
-            xr[j] = tsm_rows + (size_t)(srow - off - m0) * (tsm_u4 + 1) + XH * t4;
+        xr[j] = TSM ? tsm_rows + (size_t)(srow - off - m0) * (tsm_u4 + 1) + XH * t4
+                    : (const uint4 *)(a_row(srow) + (NAT ? 4 : XH * 16) * t4);
     }
 
     float acc[2][4];
@@ -1400,7 +1401,9 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * no spill), but the gathering kernel a45's; d45d: the
              * gathering kernel so too. g2t, a35t, a45d and d45d not yet timed */
             const bool g2 = p->epi != MXG_EPI_ACT;
+            /* a45s: the shared rows' bytes, and whether this GEMM takes them */
             const size_t tsm = (size_t)p->tile_rows * ((size_t)p->K_pad * 2 + 16);
+            const bool shared_rows = v == 9 && !NAT && p->tile_rows > 0 && tsm <= 24576;
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
                    : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>
@@ -1411,8 +1414,7 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                     * kernels name it, so that no unreachable gathering kernel is built */
                    : (v == 5 && g2)                ? gemm_dec<WFMT, FLUSH, false, 6, 3, false, true, 1>
                    : ((v == 6 && g2) || v == 7)    ? gemm_dec<WFMT, FLUSH, false, 3, 5, false, true, 1>
-                   : (v == 9 && p->tile_rows > 0 && tsm <= 24576)
-                       ? gemm_dec<WFMT, FLUSH, false, 4, 5, false, true, 0, true>
+                   : shared_rows ? gemm_dec<WFMT, FLUSH, false, 4, 5, false, true, 0, true>
                    : v == 8 || v == 9 ? gemm_dec<WFMT, FLUSH, false, 4, 5, false>
                                       : gemm_dec<WFMT, FLUSH, false, 6, 5, false>;
             if (v == 9) {
@@ -1421,7 +1423,6 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                  * changes it only when idle: bench/RESULTS.md, session 20), per kernel
                  * (carved[0]: the shared-rows kernel, [1]: the other) and device */
                 static std::atomic<unsigned long long> carved[2];
-                const bool shared_rows = !NAT && p->tile_rows > 0 && tsm <= 24576;
                 const cudaError_t err = func_attr_once(carved[shared_rows ? 0 : 1], kern,
                                                        cudaFuncAttributePreferredSharedMemoryCarveout, 50);
                 if (err != cudaSuccess)
