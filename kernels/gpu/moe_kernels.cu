@@ -650,20 +650,19 @@ template <bool B> struct BoolC {
 /* EF: the weight loads are marked evict_first (ldw); plain loads only in the
  * MXEP_CUDA_DEC=6x5n variant, kept to measure against. */
 /* TAX: the token fragments are loaded TAX chunks further ahead (NAT: by
- * default at the chunk's start, else one chunk ahead); a ring of 1 + that
- * many buffers, so D must be a multiple of its size. */
+ * default at the chunk's start, else one chunk ahead; -1 with TSM: at the
+ * chunk's start, from shared memory); a ring of 1 + that many buffers, so D
+ * must be a multiple of its size. */
 /* TSM: the CTA copies its tile's token rows (min(cnt - m0, 16) rows of K_pad
  * BF16 values, mxg_tok_pos order) into dynamic shared memory once its input is
  * ready, and the lanes read their fragments from there (MXEP_CUDA_DEC=a45s;
  * the launch gives p.tile_rows rows of room). */
-/* DA: each chunk's A fragments are decoded during the chunk before (into the
- * other of two buffers of NS x 4 registers), so that a chunk's MMAs wait on nothing but each other
- * and the decode of the next chunk fills their latency (MXEP_CUDA_DEC=a45d,
- * d45d; bench/gpu/mma_chain.cu times the two orders with every operand in
- * shared memory). */
+/* WPC: warps (row groups) per CTA, 4 but in the b48s variant's kernels (2:
+ * the CTAs of a small grid spread over more SMs); MINB counts CTAs of 4 warps
+ * (the register budget is the same for WPC = 2). */
 template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0,
-          bool TSM = false, bool DA = false>
-__global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
+          bool TSM = false, int WPC = 4>
+__global__ void __launch_bounds__(32 * WPC, MINB * 4 / WPC) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
     static_assert(!(NAT && X), "E4M3 token rows are always written by the quantizer, in mxg_tok_pos8 order");
@@ -680,7 +679,7 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         tr_note(tslot, TR_START);
     griddep_launch();
     const int mt = blockIdx.y;
-    const int rg = blockIdx.x * 4 + warp;
+    const int rg = blockIdx.x * WPC + warp;
     /* idle: a warp past the last row group (TSM: it still helps copy the rows) */
     const bool idle = rg * 16 >= p.N;
     if (mt >= p.n_mtiles || (!TSM && idle))
@@ -789,6 +788,7 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
          * next chunk to load (8 uint4 per 64 columns of a row, 4 for E4M3: the
          * chunk stride) */
         constexpr int TA = (NAT ? 0 : 1) + TAX, NB = TA + 1;
+        static_assert(TA >= 0 && (TA > 0 || NAT || TSM), "global token fragments are loaded ahead");
         static_assert(D % NB == 0, "the token fragment ring must divide the weight ring");
         const uint4 *xp[2] = {xr[0], xr[1]};
         uint4 bq[NB][2][2]; /* [chunk % NB][n8 tile][half] */
@@ -842,27 +842,8 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
                 snext += sstep;
             wnext += wstep;
         };
-        /* DA: a slot's chunk decoded whole into dst */
-        auto decode_slot = [&](uint4 (&slot)[W4], uint32_t &sslot, bool more, uint32_t (&dst)[NS][4]) {
-            uint32_t src[TB / 4];
-            Fp4Mults mm;
-            take_slot(slot, sslot, more, src, mm);
-#pragma unroll
-            for (int s = 0; s < NS; s++)
-                decode_step<WFMT, BIG>(src, s, mm, dst[s]);
-        };
-        /* DA: decoded fragments in two buffers that chunks take in turn (chunk
-         * kc's in an[kc % 2], so D is even); chunk 0's, and its slot refilled
-         * with chunk D */
-        static_assert(!DA || D % 2 == 0, "decode-ahead alternates two buffers over the ring");
-        uint32_t an[2][NS][4];
-        if (DA)
-            decode_slot(wr[0], sr[0], D < KC, an[0]);
-        /* one chunk: its token fragments, MMAs, and the decode and refill of a
-         * ring slot (DA: slot is chunk kc + 1's, decoded into anext; acur holds
-         * chunk kc's) */
-        auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2],
-                         uint32_t (&acur)[NS][4], uint32_t (&anext)[NS][4]) {
+        /* one chunk: its token fragments, decode, MMAs, and its ring slot's refill */
+        auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
             /* the token fragments of chunk kc + TA (bn; bc when TA is 0) */
             if (kc + TA < KC) {
 #pragma unroll
@@ -881,21 +862,12 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
                     bb[2 * h + 1][j][0] = bc[j][h].z;
                     bb[2 * h + 1][j][1] = bc[j][h].w;
                 }
-            uint32_t a_own[NS][4], src[TB / 4];
-            uint32_t(&a)[NS][4] = DA ? acur : a_own;
+            uint32_t a[NS][4], src[TB / 4];
             Fp4Mults mm;
-            if (DA) {
-                /* this chunk's fragments were decoded during the chunk before;
-                 * `slot` is the next chunk's, decoded and refilled here */
-                if (kc + 1 < KC)
-                    decode_slot(slot, sslot, kc + 1 + D < KC, anext);
-            } else {
-                take_slot(slot, sslot, kc + D < KC, src, mm);
-            }
+            take_slot(slot, sslot, kc + D < KC, src, mm);
 #pragma unroll
             for (int s = 0; s < NS; s++) {
-                if (!DA)
-                    decode_step<WFMT, BIG>(src, s, mm, a[s]);
+                decode_step<WFMT, BIG>(src, s, mm, a[s]);
 #pragma unroll
                 for (int j = 0; j < NJ; j++) {
                     float *d = PART ? part[PART ? j : 0] : acc[j];
@@ -925,18 +897,15 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
             }
         };
         int kc = 0;
-        constexpr int SO = DA ? 1 : 0; /* the slot a chunk takes: its own, or the next chunk's */
         for (; kc + D <= KC; kc += D) {
 #pragma unroll
             for (int u = 0; u < D; u++)
-                chunk(kc + u, wr[(u + SO) % D], sr[(u + SO) % D], bq[u % NB], bq[(u + TA) % NB], an[u % 2],
-                      an[(u + 1) % 2]);
+                chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
         }
 #pragma unroll
         for (int u = 0; u < D; u++)
             if (kc + u < KC)
-                chunk(kc + u, wr[(u + SO) % D], sr[(u + SO) % D], bq[u % NB], bq[(u + TA) % NB], an[u % 2],
-                      an[(u + 1) % 2]);
+                chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
     };
     if (cnt - m0 > 8)
         kloop(BoolC<true>());
@@ -1359,7 +1328,7 @@ static int dec_variant()
 {
     static int v = -1;
     static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t",
-                                       "g35t", "a35t", "a45", "a45s", "a45d", "d45d"};
+                                       "g35t", "a35t", "a45", "a45s", "a48s", "b48s"};
     return env_setting(&v, "MXEP_CUDA_DEC", vals, 12, 8);
 }
 
@@ -1370,6 +1339,7 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
     cudaLaunchConfig_t lc = {};
     lc.gridDim = dim3((unsigned)((p->N + 63) / 64), (unsigned)p->n_mtiles);
     lc.blockDim = dim3(128);
+    int wpc = 4; /* warps per CTA of the kernel taken */
     lc.stream = st;
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -1396,41 +1366,57 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * they take at most 24 KB, every kernel at a 50% carveout (two
              * rounds on an H100, session 22: T = 1 cold +1.4-1.8 points of the
              * HBM copy, GEMM2 1.2-1.6 us shorter; T = 8 cold -1.1 to -2.6, so
-             * not the default); a45d: a45 with each chunk decoded during the
-             * one before (gemm_dec's DA) at 4 CTAs per SM (120-122 registers,
-             * no spill), but the gathering kernel a45's; d45d: the
-             * gathering kernel so too. g2t, a35t, a45d and d45d not yet timed */
+             * not the default); a48s: a45s, but the kernels that take the
+             * shared rows read each chunk's token fragments from them at the
+             * chunk's start (no token ring) and keep a ring of 8 weight chunks
+             * at 4 CTAs per SM (122 registers); b48s: a48s with CTAs of 2 warps
+             * for the kernels that take the shared rows (at T = 1, GEMM2's 360
+             * CTAs of 122 registers fit beside GEMM1's, and no SM runs more
+             * than 6 of its warps, where 4-warp CTAs put 8 on 48 SMs). Session
+             * 23, one round on an H100: a48s +4 points of the HBM copy at T = 8
+             * (layer, rot), level at 64, slower at T = 1 (GEMM2's first CTA
+             * 1.4 us sooner from ready to end, but 12 of its CTAs found no room
+             * beside GEMM1's and started at 17 us); b48s not yet timed */
             const bool g2 = p->epi != MXG_EPI_ACT;
             /* a45s: the shared rows' bytes, and whether this GEMM takes them */
             const size_t tsm = (size_t)p->tile_rows * ((size_t)p->K_pad * 2 + 16);
-            const bool shared_rows = v == 9 && !NAT && p->tile_rows > 0 && tsm <= 24576;
+            const bool tsm_v = v == 9 || v == 10 || v == 11;
+            const bool shared_rows = tsm_v && !NAT && p->tile_rows > 0 && tsm <= 24576;
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
                    : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>
                    : v == 0 ? gemm_dec<WFMT, FLUSH, false, D, 3, NAT>
-                   : (v == 11 || (v == 10 && !NAT)) ? gemm_dec<WFMT, FLUSH, false, 4, 4, NAT, true, NAT ? 1 : 0, false, true>
                    : NAT    ? gemm_dec<WFMT, FLUSH, false, 4, 5, NAT, true, NAT ? 1 : 0>
                    /* past here only rows in mxg_tok_pos order (NAT is false): the
                     * kernels name it, so that no unreachable gathering kernel is built */
                    : (v == 5 && g2)                ? gemm_dec<WFMT, FLUSH, false, 6, 3, false, true, 1>
                    : ((v == 6 && g2) || v == 7)    ? gemm_dec<WFMT, FLUSH, false, 3, 5, false, true, 1>
+                   : (shared_rows && v == 11) ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true, 2>
+                   : (shared_rows && v == 10) ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true>
                    : shared_rows ? gemm_dec<WFMT, FLUSH, false, 4, 5, false, true, 0, true>
-                   : v == 8 || v == 9 ? gemm_dec<WFMT, FLUSH, false, 4, 5, false>
+                   : v == 8 || tsm_v ? gemm_dec<WFMT, FLUSH, false, 4, 5, false>
                                       : gemm_dec<WFMT, FLUSH, false, 6, 5, false>;
-            if (v == 9) {
+            if (tsm_v) {
                 /* every kernel of the variant asks for the same carveout, so that an
                  * SM running GEMM1's CTAs has the room for GEMM2's beside them (an SM
                  * changes it only when idle: bench/RESULTS.md, session 20), per kernel
-                 * (carved[0]: the shared-rows kernel, [1]: the other) and device */
-                static std::atomic<unsigned long long> carved[2];
-                const cudaError_t err = func_attr_once(carved[shared_rows ? 0 : 1], kern,
+                 * (carved[0]: the other kernel, [1 + v - 9]: the variant's shared-rows
+                 * kernel) and device */
+                static std::atomic<unsigned long long> carved[1 + 11 - 9 + 1];
+                const cudaError_t err = func_attr_once(carved[shared_rows ? 1 + v - 9 : 0], kern,
                                                        cudaFuncAttributePreferredSharedMemoryCarveout, 50);
                 if (err != cudaSuccess)
                     return (int)err;
                 if (shared_rows)
                     lc.dynamicSmemBytes = tsm;
+                if (shared_rows && v == 11)
+                    wpc = 2;
             }
         }
+    }
+    if (wpc != 4) {
+        lc.gridDim.x = (unsigned)((p->N + 16 * wpc - 1) / (16 * wpc));
+        lc.blockDim.x = (unsigned)(32 * wpc);
     }
     return (int)cudaLaunchKernelEx(&lc, kern, *p);
 }
