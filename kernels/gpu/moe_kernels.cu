@@ -657,12 +657,9 @@ template <bool B> struct BoolC {
  * BF16 values, mxg_tok_pos order) into dynamic shared memory once its input is
  * ready, and the lanes read their fragments from there (MXEP_CUDA_DEC=a45s;
  * the launch gives p.tile_rows rows of room). */
-/* WPC: warps (row groups) per CTA, 4 but in the b48s variant's kernels (2:
- * the CTAs of a small grid spread over more SMs); MINB counts CTAs of 4 warps
- * (the register budget is the same for WPC = 2). */
 template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0,
-          bool TSM = false, int WPC = 4>
-__global__ void __launch_bounds__(32 * WPC, MINB * 4 / WPC) gemm_dec(const mxg_gemm_params_t p)
+          bool TSM = false>
+__global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
     static_assert(!(NAT && X), "E4M3 token rows are always written by the quantizer, in mxg_tok_pos8 order");
@@ -679,7 +676,7 @@ __global__ void __launch_bounds__(32 * WPC, MINB * 4 / WPC) gemm_dec(const mxg_g
         tr_note(tslot, TR_START);
     griddep_launch();
     const int mt = blockIdx.y;
-    const int rg = blockIdx.x * WPC + warp;
+    const int rg = blockIdx.x * 4 + warp;
     /* idle: a warp past the last row group (TSM: it still helps copy the rows) */
     const bool idle = rg * 16 >= p.N;
     if (mt >= p.n_mtiles || (!TSM && idle))
@@ -1328,8 +1325,8 @@ static int dec_variant()
 {
     static int v = -1;
     static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t",
-                                       "g35t", "a35t", "a45", "a45s", "a48s", "b48s"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 12, 8);
+                                       "g35t", "a35t", "a45", "a45s", "a48s"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 11, 8);
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
@@ -1339,7 +1336,6 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
     cudaLaunchConfig_t lc = {};
     lc.gridDim = dim3((unsigned)((p->N + 63) / 64), (unsigned)p->n_mtiles);
     lc.blockDim = dim3(128);
-    int wpc = 4; /* warps per CTA of the kernel taken */
     lc.stream = st;
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -1369,18 +1365,17 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * not the default); a48s: a45s, but the kernels that take the
              * shared rows read each chunk's token fragments from them at the
              * chunk's start (no token ring) and keep a ring of 8 weight chunks
-             * at 4 CTAs per SM (122 registers); b48s: a48s with CTAs of 2 warps
-             * for the kernels that take the shared rows (at T = 1, GEMM2's 360
-             * CTAs of 122 registers fit beside GEMM1's, and no SM runs more
-             * than 6 of its warps, where 4-warp CTAs put 8 on 48 SMs). Session
-             * 23, one round on an H100: a48s +4 points of the HBM copy at T = 8
-             * (layer, rot), level at 64, slower at T = 1 (GEMM2's first CTA
-             * 1.4 us sooner from ready to end, but 12 of its CTAs found no room
-             * beside GEMM1's and started at 17 us); b48s not yet timed */
+             * at 4 CTAs per SM (122 registers). Session 23, one round on an
+             * H100: a48s +4 points of the HBM copy at T = 8 (layer, rot), level
+             * at 64, slower at T = 1 (GEMM2's first CTA 1.4 us sooner from
+             * ready to end, but some of its CTAs found no room beside GEMM1's
+             * and started at 17 us); the same in CTAs of 2 warps (b48s) was
+             * slower at T = 1 too: the block scheduler put up to 8 of them (16
+             * warps) on one SM, so they did not spread */
             const bool g2 = p->epi != MXG_EPI_ACT;
             /* a45s: the shared rows' bytes, and whether this GEMM takes them */
             const size_t tsm = (size_t)p->tile_rows * ((size_t)p->K_pad * 2 + 16);
-            const bool tsm_v = v == 9 || v == 10 || v == 11;
+            const bool tsm_v = v == 9 || v == 10;
             const bool shared_rows = tsm_v && !NAT && p->tile_rows > 0 && tsm <= 24576;
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
@@ -1391,7 +1386,6 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                     * kernels name it, so that no unreachable gathering kernel is built */
                    : (v == 5 && g2)                ? gemm_dec<WFMT, FLUSH, false, 6, 3, false, true, 1>
                    : ((v == 6 && g2) || v == 7)    ? gemm_dec<WFMT, FLUSH, false, 3, 5, false, true, 1>
-                   : (shared_rows && v == 11) ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true, 2>
                    : (shared_rows && v == 10) ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true>
                    : shared_rows ? gemm_dec<WFMT, FLUSH, false, 4, 5, false, true, 0, true>
                    : v == 8 || tsm_v ? gemm_dec<WFMT, FLUSH, false, 4, 5, false>
@@ -1402,21 +1396,15 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                  * changes it only when idle: bench/RESULTS.md, session 20), per kernel
                  * (carved[0]: the other kernel, [1 + v - 9]: the variant's shared-rows
                  * kernel) and device */
-                static std::atomic<unsigned long long> carved[1 + 11 - 9 + 1];
+                static std::atomic<unsigned long long> carved[1 + 10 - 9 + 1];
                 const cudaError_t err = func_attr_once(carved[shared_rows ? 1 + v - 9 : 0], kern,
                                                        cudaFuncAttributePreferredSharedMemoryCarveout, 50);
                 if (err != cudaSuccess)
                     return (int)err;
                 if (shared_rows)
                     lc.dynamicSmemBytes = tsm;
-                if (shared_rows && v == 11)
-                    wpc = 2;
             }
         }
-    }
-    if (wpc != 4) {
-        lc.gridDim.x = (unsigned)((p->N + 16 * wpc - 1) / (16 * wpc));
-        lc.blockDim.x = (unsigned)(32 * wpc);
     }
     return (int)cudaLaunchKernelEx(&lc, kern, *p);
 }
