@@ -19,6 +19,9 @@
  *   MMA chain alone (4 per chunk), it says how many cycles a chunk's own
  *   instruction stream costs a warp at 1-4 warps per scheduler, the cost that
  *   GEMM2 pays at T = 1 (about 330-370 cycles per chunk in the layer).
+ *   Measured on an H100 (bench/RESULTS.md, session 23): 169 / 254 / 425 cycles
+ *   per chunk at 4 / 8 / 16 warps per SM, issue-bound from 8 warps on; decoding
+ *   ahead gained nothing.
  * Build and run (on the GPU machine; not part of the CMake build):
  *   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Ikernels/gpu -o mma_chain bench/gpu/mma_chain.cu &&
  *   ./mma_chain */
@@ -150,7 +153,7 @@ __device__ __forceinline__ void decode_chunk(const uint4 &w, uint32_t scw, uint3
 /* MODE 0: the 4 MMAs of a chunk alone (fixed fragments); 1: the decode
  * kernel's chunk, operands from shared memory one chunk ahead; 2: the A
  * fragments decoded one chunk ahead, from weights and scales read two chunks
- * ahead (as gemm_dec's DA decodes a slot loaded chunks before). n chunks per
+ * ahead (as the DA decode kernels did, removed in session 23). n chunks per
  * warp. */
 template <int MODE> __global__ void dec_chain(int n, float *sink, long long *cyc)
 {
