@@ -657,9 +657,11 @@ template <bool B> struct BoolC {
  * BF16 values, mxg_tok_pos order) into dynamic shared memory once its input is
  * ready, and the lanes read their fragments from there (MXEP_CUDA_DEC=a45s;
  * the launch gives p.tile_rows rows of room). */
+/* WPC: warps (row groups) per CTA, 4 but in the c48s variant's kernel (2);
+ * MINB counts CTAs of 4 warps (the register budget is the same for WPC = 2). */
 template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0,
-          bool TSM = false>
-__global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
+          bool TSM = false, int WPC = 4>
+__global__ void __launch_bounds__(32 * WPC, MINB * 4 / WPC) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
     static_assert(!(NAT && X), "E4M3 token rows are always written by the quantizer, in mxg_tok_pos8 order");
@@ -676,7 +678,7 @@ __global__ void __launch_bounds__(128, MINB) gemm_dec(const mxg_gemm_params_t p)
         tr_note(tslot, TR_START);
     griddep_launch();
     const int mt = blockIdx.y;
-    const int rg = blockIdx.x * 4 + warp;
+    const int rg = blockIdx.x * WPC + warp;
     /* idle: a warp past the last row group (TSM: it still helps copy the rows) */
     const bool idle = rg * 16 >= p.N;
     if (mt >= p.n_mtiles || (!TSM && idle))
@@ -1325,8 +1327,41 @@ static int dec_variant()
 {
     static int v = -1;
     static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t",
-                                       "g35t", "a35t", "a45", "a45s", "a48s"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 11, 8);
+                                       "g35t", "a35t", "a45", "a45s", "a48s", "c48s"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 12, 8);
+}
+
+/* The dynamic shared memory a launch of kern (threads per CTA) asks for so
+ * that at most max_ctas of its CTAs fit on an SM, at least `need` bytes: the
+ * smallest such multiple of 1 KB up to 48 KB by the occupancy calculator (after
+ * the kernel's carveout is set: the calculator takes the carveout preference
+ * into account), else `need`. mxgpu_bench --trace's "max" column shows
+ * whether the cap held. Once per device (the answer
+ * depends on the device only; a race computes it twice, the same). */
+static size_t cap_ctas(void (*kern)(const mxg_gemm_params_t), int threads, size_t need, int max_ctas)
+{
+    static std::atomic<long long> cache[64]; /* bytes + 1, per device; 0: not yet */
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+        (void)cudaGetLastError();
+        return need;
+    }
+    long long c = cache[dev].load(std::memory_order_relaxed);
+    if (c == 0) {
+        size_t pick = 0;
+        for (size_t b = (need + 1023) / 1024 * 1024; b <= 48 * 1024 && !pick; b += 1024) {
+            int n = 0;
+            if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, threads, b) != cudaSuccess) {
+                (void)cudaGetLastError();
+                break;
+            }
+            if (n <= max_ctas)
+                pick = b;
+        }
+        c = (long long)pick + 1;
+        cache[dev].store(c, std::memory_order_relaxed);
+    }
+    return c > 1 && (size_t)(c - 1) >= need ? (size_t)(c - 1) : need;
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
@@ -1371,11 +1406,14 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * ready to end, but some of its CTAs found no room beside GEMM1's
              * and started at 17 us); the same in CTAs of 2 warps (b48s) was
              * slower at T = 1 too: the block scheduler put up to 8 of them (16
-             * warps) on one SM, so they did not spread */
+             * warps) on one SM, so they did not spread. c48s (not yet timed):
+             * b48s with each CTA asking for enough shared memory that at most
+             * 3 fit on an SM (cap_ctas), so that GEMM2's 360 CTAs at T = 1 fit
+             * beside GEMM1's at once, at most 6 of its warps per SM */
             const bool g2 = p->epi != MXG_EPI_ACT;
             /* a45s: the shared rows' bytes, and whether this GEMM takes them */
             const size_t tsm = (size_t)p->tile_rows * ((size_t)p->K_pad * 2 + 16);
-            const bool tsm_v = v == 9 || v == 10;
+            const bool tsm_v = v == 9 || v == 10 || v == 11;
             const bool shared_rows = tsm_v && !NAT && p->tile_rows > 0 && tsm <= 24576;
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
@@ -1386,6 +1424,7 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                     * kernels name it, so that no unreachable gathering kernel is built */
                    : (v == 5 && g2)                ? gemm_dec<WFMT, FLUSH, false, 6, 3, false, true, 1>
                    : ((v == 6 && g2) || v == 7)    ? gemm_dec<WFMT, FLUSH, false, 3, 5, false, true, 1>
+                   : (shared_rows && v == 11) ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true, 2>
                    : (shared_rows && v == 10) ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true>
                    : shared_rows ? gemm_dec<WFMT, FLUSH, false, 4, 5, false, true, 0, true>
                    : v == 8 || tsm_v ? gemm_dec<WFMT, FLUSH, false, 4, 5, false>
@@ -1396,13 +1435,18 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                  * changes it only when idle: bench/RESULTS.md, session 20), per kernel
                  * (carved[0]: the other kernel, [1 + v - 9]: the variant's shared-rows
                  * kernel) and device */
-                static std::atomic<unsigned long long> carved[1 + 10 - 9 + 1];
+                static std::atomic<unsigned long long> carved[1 + 11 - 9 + 1];
                 const cudaError_t err = func_attr_once(carved[shared_rows ? 1 + v - 9 : 0], kern,
                                                        cudaFuncAttributePreferredSharedMemoryCarveout, 50);
                 if (err != cudaSuccess)
                     return (int)err;
                 if (shared_rows)
                     lc.dynamicSmemBytes = tsm;
+                if (shared_rows && v == 11) {
+                    lc.gridDim.x = (unsigned)((p->N + 31) / 32);
+                    lc.blockDim.x = 64;
+                    lc.dynamicSmemBytes = cap_ctas(kern, 64, tsm, 3);
+                }
             }
         }
     }
