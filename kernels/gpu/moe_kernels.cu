@@ -1364,6 +1364,26 @@ static size_t cap_ctas(void (*kern)(const mxg_gemm_params_t), int threads, size_
     return c > 1 && (size_t)(c - 1) >= need ? (size_t)(c - 1) : need;
 }
 
+/* The current device's SMs (0 when unknown), once per device. */
+static int sm_count()
+{
+    static std::atomic<int> cache[64];
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    int n = cache[dev].load(std::memory_order_relaxed);
+    if (n == 0) {
+        if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return 0;
+        }
+        cache[dev].store(n, std::memory_order_relaxed);
+    }
+    return n;
+}
+
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
  * NAT: the token rows are in their natural column order (mxg_gemm_params_t.a_nat). */
 template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm_params_t *p, cudaStream_t st)
@@ -1409,12 +1429,17 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * warps) on one SM, so they did not spread. c48s (not yet timed):
              * b48s with each CTA asking for enough shared memory that at most
              * 3 fit on an SM (cap_ctas), so that GEMM2's 360 CTAs at T = 1 fit
-             * beside GEMM1's at once, at most 6 of its warps per SM */
+             * beside GEMM1's at once, at most 6 of its warps per SM; grids
+             * larger than 3 CTAs per SM take a48s's kernel */
             const bool g2 = p->epi != MXG_EPI_ACT;
             /* a45s: the shared rows' bytes, and whether this GEMM takes them */
             const size_t tsm = (size_t)p->tile_rows * ((size_t)p->K_pad * 2 + 16);
             const bool tsm_v = v == 9 || v == 10 || v == 11;
             const bool shared_rows = tsm_v && !NAT && p->tile_rows > 0 && tsm <= 24576;
+            /* c48s: the capped 2-warp CTAs only where they all fit at 3 per SM
+             * (T = 1: 360 CTAs on 132 SMs); larger grids take a48s's kernel */
+            const bool capped = shared_rows && v == 11 &&
+                                (long long)((p->N + 31) / 32) * p->n_mtiles <= 3LL * sm_count();
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
                    : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>
@@ -1424,8 +1449,8 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                     * kernels name it, so that no unreachable gathering kernel is built */
                    : (v == 5 && g2)                ? gemm_dec<WFMT, FLUSH, false, 6, 3, false, true, 1>
                    : ((v == 6 && g2) || v == 7)    ? gemm_dec<WFMT, FLUSH, false, 3, 5, false, true, 1>
-                   : (shared_rows && v == 11) ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true, 2>
-                   : (shared_rows && v == 10) ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true>
+                   : capped ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true, 2>
+                   : (shared_rows && (v == 10 || v == 11)) ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true>
                    : shared_rows ? gemm_dec<WFMT, FLUSH, false, 4, 5, false, true, 0, true>
                    : v == 8 || tsm_v ? gemm_dec<WFMT, FLUSH, false, 4, 5, false>
                                       : gemm_dec<WFMT, FLUSH, false, 6, 5, false>;
@@ -1434,15 +1459,15 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                  * SM running GEMM1's CTAs has the room for GEMM2's beside them (an SM
                  * changes it only when idle: bench/RESULTS.md, session 20), per kernel
                  * (carved[0]: the other kernel, [1 + v - 9]: the variant's shared-rows
-                 * kernel) and device */
-                static std::atomic<unsigned long long> carved[1 + 11 - 9 + 1];
-                const cudaError_t err = func_attr_once(carved[shared_rows ? 1 + v - 9 : 0], kern,
+                 * kernel, [4]: c48s's capped one) and device */
+                static std::atomic<unsigned long long> carved[5];
+                const cudaError_t err = func_attr_once(carved[capped ? 4 : shared_rows ? 1 + v - 9 : 0], kern,
                                                        cudaFuncAttributePreferredSharedMemoryCarveout, 50);
                 if (err != cudaSuccess)
                     return (int)err;
                 if (shared_rows)
                     lc.dynamicSmemBytes = tsm;
-                if (shared_rows && v == 11) {
+                if (capped) {
                     lc.gridDim.x = (unsigned)((p->N + 31) / 32);
                     lc.blockDim.x = 64;
                     lc.dynamicSmemBytes = cap_ctas(kern, 64, tsm, 3);
