@@ -1331,25 +1331,26 @@ static int dec_variant()
     return env_setting(&v, "MXEP_CUDA_DEC", vals, 12, 8);
 }
 
-/* The dynamic shared memory a launch of kern (threads per CTA) asks for so
- * that at most max_ctas of its CTAs fit on an SM, at least `need` bytes: the
- * smallest such multiple of 1 KB up to 48 KB by the occupancy calculator (after
- * the kernel's carveout is set: the calculator takes the carveout preference
- * into account), else `need`. mxgpu_bench --trace's "max" column shows
- * whether the cap held. Once per device (the answer
- * depends on the device only; a race computes it twice, the same). */
-static size_t cap_ctas(void (*kern)(const mxg_gemm_params_t), int threads, size_t need, int max_ctas)
+/* The dynamic shared memory that caps a launch of kern (threads per CTA) at
+ * max_ctas of its CTAs per SM: the smallest multiple of 1 KB up to 48 KB at
+ * which the occupancy calculator says so, asked for after the kernel's
+ * carveout is set; 0 when none does (the calculator may count the whole of an
+ * SM's shared memory rather than the carveout preference: then no size up to
+ * 48 KB caps an H100 at 3). Once per device, for the one kernel that asks
+ * (c48s's; a race computes it twice, the same). mxgpu_bench --trace's "max"
+ * column (most CTAs started on one SM) reads at most max_ctas where it held. */
+static size_t cap_ctas(void (*kern)(const mxg_gemm_params_t), int threads, int max_ctas)
 {
     static std::atomic<long long> cache[64]; /* bytes + 1, per device; 0: not yet */
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
         (void)cudaGetLastError();
-        return need;
+        return 0;
     }
     long long c = cache[dev].load(std::memory_order_relaxed);
     if (c == 0) {
         size_t pick = 0;
-        for (size_t b = (need + 1023) / 1024 * 1024; b <= 48 * 1024 && !pick; b += 1024) {
+        for (size_t b = 1024; b <= 48 * 1024 && !pick; b += 1024) {
             int n = 0;
             if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, threads, b) != cudaSuccess) {
                 (void)cudaGetLastError();
@@ -1361,7 +1362,7 @@ static size_t cap_ctas(void (*kern)(const mxg_gemm_params_t), int threads, size_
         c = (long long)pick + 1;
         cache[dev].store(c, std::memory_order_relaxed);
     }
-    return c > 1 && (size_t)(c - 1) >= need ? (size_t)(c - 1) : need;
+    return (size_t)(c - 1);
 }
 
 /* The current device's SMs (0 when unknown), once per device. */
@@ -1384,7 +1385,8 @@ static int sm_count()
     return n;
 }
 
-/* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA.
+/* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA
+ * (c48s's capped kernel: 2).
  * NAT: the token rows are in their natural column order (mxg_gemm_params_t.a_nat). */
 template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm_params_t *p, cudaStream_t st)
 {
@@ -1437,9 +1439,21 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
             const bool tsm_v = v == 9 || v == 10 || v == 11;
             const bool shared_rows = tsm_v && !NAT && p->tile_rows > 0 && tsm <= 24576;
             /* c48s: the capped 2-warp CTAs only where they all fit at 3 per SM
-             * (T = 1: 360 CTAs on 132 SMs); larger grids take a48s's kernel */
-            const bool capped = shared_rows && v == 11 &&
-                                (long long)((p->N + 31) / 32) * p->n_mtiles <= 3LL * sm_count();
+             * (T = 1: 360 CTAs on 132 SMs) and a cap was found (cap); else
+             * a48s's kernel */
+            bool capped = shared_rows && v == 11 &&
+                          (long long)((p->N + 31) / 32) * p->n_mtiles <= 3LL * sm_count();
+            size_t cap = 0;
+            if (capped) {
+                void (*ck)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true, 2>;
+                static std::atomic<unsigned long long> carved_c;
+                const cudaError_t err =
+                    func_attr_once(carved_c, ck, cudaFuncAttributePreferredSharedMemoryCarveout, 50);
+                if (err != cudaSuccess)
+                    return (int)err;
+                cap = cap_ctas(ck, 64, 3);
+                capped = cap >= tsm;
+            }
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
                    : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
                    : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>
@@ -1459,18 +1473,20 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                  * SM running GEMM1's CTAs has the room for GEMM2's beside them (an SM
                  * changes it only when idle: bench/RESULTS.md, session 20), per kernel
                  * (carved[0]: the other kernel, [1 + v - 9]: the variant's shared-rows
-                 * kernel, [4]: c48s's capped one) and device */
-                static std::atomic<unsigned long long> carved[5];
-                const cudaError_t err = func_attr_once(carved[capped ? 4 : shared_rows ? 1 + v - 9 : 0], kern,
-                                                       cudaFuncAttributePreferredSharedMemoryCarveout, 50);
-                if (err != cudaSuccess)
-                    return (int)err;
+                 * kernel; c48s's capped one is set above) and device */
+                static std::atomic<unsigned long long> carved[4];
+                if (!capped) {
+                    const cudaError_t err = func_attr_once(carved[shared_rows ? 1 + v - 9 : 0], kern,
+                                                           cudaFuncAttributePreferredSharedMemoryCarveout, 50);
+                    if (err != cudaSuccess)
+                        return (int)err;
+                }
                 if (shared_rows)
                     lc.dynamicSmemBytes = tsm;
                 if (capped) {
                     lc.gridDim.x = (unsigned)((p->N + 31) / 32);
                     lc.blockDim.x = 64;
-                    lc.dynamicSmemBytes = cap_ctas(kern, 64, tsm, 3);
+                    lc.dynamicSmemBytes = cap;
                 }
             }
         }

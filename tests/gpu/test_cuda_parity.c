@@ -994,6 +994,7 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
                                            "MXEP_CUDA_DEC=a48s",
                                            "MXEP_CUDA_DEC=a48s MXEP_CUDA_TOKCOPY=1",
                                            "MXEP_CUDA_DEC=c48s",
+                                           "MXEP_CUDA_DEC=c48s MXEP_CUDA_TOKCOPY=1",
                                            "MXEP_CUDA_L=1x256",
                                            "MXEP_CUDA_LF=1x128",
                                            "MXEP_CUDA_MMA=sync",
