@@ -817,30 +817,6 @@ __global__ void __launch_bounds__(32 * WPC, MINB * 4 / WPC) gemm_dec(const mxg_g
                     xp[j] += XH * 4;
                 }
             }
-        /* a ring slot's chunk into src (and, MXFP4, its multipliers mm); then
-         * the slot refilled with the next chunk the ring takes (when `more`) */
-        auto take_slot = [&](uint4 (&slot)[W4], uint32_t &sslot, bool more, uint32_t (&src)[TB / 4], Fp4Mults &mm) {
-            if (WFMT == MXG_W_FP4)
-                fp4_mults_t<BIG>(sslot, mm);
-#pragma unroll
-            for (int q = 0; q < W4; q++) {
-                src[4 * q] = slot[q].x;
-                src[4 * q + 1] = slot[q].y;
-                src[4 * q + 2] = slot[q].z;
-                src[4 * q + 3] = slot[q].w;
-            }
-            /* refill the slot (its registers are copied out above) */
-            if (more) {
-#pragma unroll
-                for (int q = 0; q < W4; q++)
-                    slot[q] = ldw<EF>(wnext + q, wpol);
-                if (WFMT == MXG_W_FP4)
-                    sslot = ldw<EF>(snext, wpol);
-            }
-            if (WFMT == MXG_W_FP4)
-                snext += sstep;
-            wnext += wstep;
-        };
         /* one chunk: its token fragments, decode, MMAs, and its ring slot's refill */
         auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
             /* the token fragments of chunk kc + TA (bn; bc when TA is 0) */
@@ -861,19 +837,39 @@ __global__ void __launch_bounds__(32 * WPC, MINB * 4 / WPC) gemm_dec(const mxg_g
                     bb[2 * h + 1][j][0] = bc[j][h].z;
                     bb[2 * h + 1][j][1] = bc[j][h].w;
                 }
-            uint32_t a[NS][4], src[TB / 4];
             Fp4Mults mm;
-            take_slot(slot, sslot, kc + D < KC, src, mm);
+            if (WFMT == MXG_W_FP4)
+                fp4_mults_t<BIG>(sslot, mm);
+            uint32_t src[TB / 4];
+#pragma unroll
+            for (int q = 0; q < W4; q++) {
+                src[4 * q] = slot[q].x;
+                src[4 * q + 1] = slot[q].y;
+                src[4 * q + 2] = slot[q].z;
+                src[4 * q + 3] = slot[q].w;
+            }
+            /* refill the slot (its registers are copied out above) */
+            if (kc + D < KC) {
+#pragma unroll
+                for (int q = 0; q < W4; q++)
+                    slot[q] = ldw<EF>(wnext + q, wpol);
+                if (WFMT == MXG_W_FP4)
+                    sslot = ldw<EF>(snext, wpol);
+            }
+            if (WFMT == MXG_W_FP4)
+                snext += sstep;
+            wnext += wstep;
 #pragma unroll
             for (int s = 0; s < NS; s++) {
-                decode_step<WFMT, BIG>(src, s, mm, a[s]);
+                uint32_t a[4];
+                decode_step<WFMT, BIG>(src, s, mm, a);
 #pragma unroll
                 for (int j = 0; j < NJ; j++) {
                     float *d = PART ? part[PART ? j : 0] : acc[j];
                     if (X)
-                        mma_16832_e4m3(d, a[s], bb[s][j][0], bb[s][j][1]);
+                        mma_16832_e4m3(d, a, bb[s][j][0], bb[s][j][1]);
                     else
-                        mma_16816(d, a[s], bb[s][j][0], bb[s][j][1]);
+                        mma_16816(d, a, bb[s][j][0], bb[s][j][1]);
                 }
             }
             /* the FP8 MMAs' sums go to FP32 every 128 of K (the tensor cores keep
@@ -1331,58 +1327,66 @@ static int dec_variant()
     return env_setting(&v, "MXEP_CUDA_DEC", vals, 12, 8);
 }
 
+/* value(dev) for the current device, once per device: cached in cache[dev]
+ * as value + 1 (0: not yet; a negative value is not cached, and returned as
+ * -1; a race computes it twice, the same). -1 when the device is unknown. */
+template <typename F> static long long per_device(std::atomic<long long> (&cache)[64], F value)
+{
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+        (void)cudaGetLastError();
+        return -1;
+    }
+    long long c = cache[dev].load(std::memory_order_relaxed);
+    if (c == 0) {
+        const long long v = value(dev);
+        if (v < 0)
+            return -1;
+        c = v + 1;
+        cache[dev].store(c, std::memory_order_relaxed);
+    }
+    return c - 1;
+}
+
 /* The dynamic shared memory that caps a launch of kern (threads per CTA) at
  * max_ctas of its CTAs per SM: the smallest multiple of 1 KB up to 48 KB at
  * which the occupancy calculator says so, asked for after the kernel's
  * carveout is set; 0 when none does (the calculator may count the whole of an
  * SM's shared memory rather than the carveout preference: then no size up to
  * 48 KB caps an H100 at 3). Once per device, for the one kernel that asks
- * (c48s's; a race computes it twice, the same). mxgpu_bench --trace's "max"
- * column (most CTAs started on one SM) reads at most max_ctas where it held. */
+ * (c48s's). mxgpu_bench --trace's "max" column (most CTAs started on one SM)
+ * reads at most max_ctas where it held. */
 static size_t cap_ctas(void (*kern)(const mxg_gemm_params_t), int threads, int max_ctas)
 {
-    static std::atomic<long long> cache[64]; /* bytes + 1, per device; 0: not yet */
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
-        (void)cudaGetLastError();
-        return 0;
-    }
-    long long c = cache[dev].load(std::memory_order_relaxed);
-    if (c == 0) {
-        size_t pick = 0;
-        for (size_t b = 1024; b <= 48 * 1024 && !pick; b += 1024) {
+    static std::atomic<long long> cache[64];
+    const long long b = per_device(cache, [&](int) {
+        for (size_t b = 1024; b <= 48 * 1024; b += 1024) {
             int n = 0;
             if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, threads, b) != cudaSuccess) {
                 (void)cudaGetLastError();
                 break;
             }
             if (n <= max_ctas)
-                pick = b;
+                return (long long)b;
         }
-        c = (long long)pick + 1;
-        cache[dev].store(c, std::memory_order_relaxed);
-    }
-    return (size_t)(c - 1);
+        return 0ll;
+    });
+    return b > 0 ? (size_t)b : 0;
 }
 
 /* The current device's SMs (0 when unknown), once per device. */
 static int sm_count()
 {
-    static std::atomic<int> cache[64];
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
-        (void)cudaGetLastError();
-        return 0;
-    }
-    int n = cache[dev].load(std::memory_order_relaxed);
-    if (n == 0) {
-        if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+    static std::atomic<long long> cache[64];
+    const long long n = per_device(cache, [](int dev) {
+        int v = 0;
+        if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
             (void)cudaGetLastError();
-            return 0;
+            return -1ll;
         }
-        cache[dev].store(n, std::memory_order_relaxed);
-    }
-    return n;
+        return (long long)v;
+    });
+    return n > 0 ? (int)n : 0;
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA
