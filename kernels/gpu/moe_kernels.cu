@@ -657,11 +657,13 @@ template <bool B> struct BoolC {
  * BF16 values, mxg_tok_pos order) into dynamic shared memory once its input is
  * ready, and the lanes read their fragments from there (MXEP_CUDA_DEC=a45s;
  * the launch gives p.tile_rows rows of room). */
-/* WPC: warps (row groups) per CTA, 4 but in the c48s variant's kernel (2);
- * MINB counts CTAs of 4 warps (the register budget is the same for WPC = 2). */
-template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0,
-          bool TSM = false, int WPC = 4>
-__global__ void __launch_bounds__(32 * WPC, MINB * 4 / WPC) gemm_dec(const mxg_gemm_params_t p)
+/* WPC: warps (row groups) per CTA, 4 but in the c48s / c48r variants'
+ * kernels (2); MINB counts CTAs of WPC warps. The kernels are gemm_dec (the
+ * register budget from MINB) and gemm_dec_r (at most NREG registers, CUDA's
+ * __maxnreg__, which __launch_bounds__ cannot give where the budget it
+ * derives is cut per SM sub-partition), both the body gemm_dec_body. */
+template <int WFMT, bool FLUSH, bool BIG, int D, bool NAT, bool EF, int TAX, bool TSM, int WPC>
+__device__ __forceinline__ void gemm_dec_body(const mxg_gemm_params_t &p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
     static_assert(!(NAT && X), "E4M3 token rows are always written by the quantizer, in mxg_tok_pos8 order");
@@ -945,6 +947,18 @@ __global__ void __launch_bounds__(32 * WPC, MINB * 4 / WPC) gemm_dec(const mxg_g
     }
     if (lane == 0)
         tr_note(tslot, TR_END);
+}
+template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0,
+          bool TSM = false, int WPC = 4>
+__global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params_t p)
+{
+    gemm_dec_body<WFMT, FLUSH, BIG, D, NAT, EF, TAX, TSM, WPC>(p);
+}
+template <int WFMT, bool FLUSH, bool BIG, int D, int NREG, bool NAT = false, bool EF = true, int TAX = 0,
+          bool TSM = false, int WPC = 4>
+__global__ void __maxnreg__(NREG) gemm_dec_r(const mxg_gemm_params_t p)
+{
+    gemm_dec_body<WFMT, FLUSH, BIG, D, NAT, EF, TAX, TSM, WPC>(p);
 }
 
 template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST, bool BIG, int MINB = 1>
@@ -1316,15 +1330,19 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
  * warps was slower too: bench/RESULTS.md). n45t (session 19) is 6x5 except
  * for GEMM1 gathering the staged batch (4x5, its token words a chunk ahead):
  * at T = 1 on the H100, 8-10% faster cold and 18-20% with 10 layers back to
- * back over 4 weight copies. The default, a45 (session 22), takes 4x5 for
- * every kernel: level with n45t at T = 1 and 8, and 3.8-4.0 points of the HBM
- * copy faster at T = 64 (two rounds on an H100). Bitwise the same results. */
+ * back over 4 weight copies. a45 (session 22) takes 4x5 for every kernel:
+ * level with n45t at T = 1 and 8, and 3.8-4.0 points of the HBM copy faster at
+ * T = 64 (two rounds on an H100). The default, c48s (session 24), is a45 with
+ * the token rows in shared memory for the kernels that take them (see
+ * launch_dec_o): three rounds on an H100 against a45, T = 1 cold +2.0 to +2.4
+ * points of the HBM copy, T = 8 +0.2 to +3.1 cold and +2.7 to +3.8 rot, T = 64
+ * -0.6 to -1.0 cold and level layer / rot. Bitwise the same results. */
 static int dec_variant()
 {
     static int v = -1;
     static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t",
-                                       "g35t", "a35t", "a45", "a45s", "a48s", "c48s"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 12, 8);
+                                       "g35t", "a35t", "a45", "a45s", "a48s", "c48s", "c48r"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 13, 11);
 }
 
 /* value(dev) for the current device, once per device: cached in cache[dev]
@@ -1353,12 +1371,12 @@ template <typename F> static long long per_device(std::atomic<long long> (&cache
  * which the occupancy calculator says so, asked for after the kernel's
  * carveout is set; 0 when none does (the calculator may count the whole of an
  * SM's shared memory rather than the carveout preference: then no size up to
- * 48 KB caps an H100 at 3). Once per device, for the one kernel that asks
- * (c48s's). mxgpu_bench --trace's "max" column (most CTAs started on one SM)
- * reads at most max_ctas where it held. */
-static size_t cap_ctas(void (*kern)(const mxg_gemm_params_t), int threads, int max_ctas)
+ * 48 KB caps an H100 at 3). Once per device and kernel: cache is the kernel's
+ * own (c48s's and c48r's). mxgpu_bench --trace's "max" column (most CTAs
+ * started on one SM) reads at most max_ctas where it held. */
+static size_t cap_ctas(std::atomic<long long> (&cache)[64], void (*kern)(const mxg_gemm_params_t), int threads,
+                       int max_ctas)
 {
-    static std::atomic<long long> cache[64];
     const long long b = per_device(cache, [&](int) {
         for (size_t b = 1024; b <= 48 * 1024; b += 1024) {
             int n = 0;
@@ -1409,7 +1427,7 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
     if constexpr (WFMT == MXG_W_FP4) {
         if (!p->sc_big) {
             const int v = FLUSH ? 0 : dec_variant();
-            /* a45 (default): a ring of 4 weight chunks, token fragments one
+            /* a45: a ring of 4 weight chunks, token fragments one
              * chunk ahead, 5 CTAs per SM (96 registers, no spill, where 6x5
              * spills 24 bytes); the gathering kernel (natural-order rows, GEMM1
              * reading the staged batch) loads its token words one chunk ahead
@@ -1432,30 +1450,46 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * ready to end, but some of its CTAs found no room beside GEMM1's
              * and started at 17 us); the same in CTAs of 2 warps (b48s) was
              * slower at T = 1 too: the block scheduler put up to 8 of them (16
-             * warps) on one SM, so they did not spread. c48s (not yet timed):
-             * b48s with each CTA asking for enough shared memory that at most
-             * 3 fit on an SM (cap_ctas), so that GEMM2's 360 CTAs at T = 1 fit
-             * beside GEMM1's at once, at most 6 of its warps per SM; grids
-             * larger than 3 CTAs per SM take a48s's kernel */
+             * warps) on one SM, so they did not spread. c48s (the default,
+             * session 24): b48s with each CTA asking for enough shared memory
+             * that at most 3 fit on an SM (cap_ctas), so that GEMM2's 360 CTAs
+             * at T = 1 fit beside GEMM1's, at most 6 of its warps per SM; grids
+             * larger than 3 CTAs per SM take a48s's kernel. On an H100 at T = 1
+             * the trace's max reads 3 and GEMM2's first CTA ends 1.4 us sooner
+             * than a45's, though its last CTAs still start only as GEMM1's end
+             * (17.5 us) */
             const bool g2 = p->epi != MXG_EPI_ACT;
             /* a45s: the shared rows' bytes, and whether this GEMM takes them */
             const size_t tsm = (size_t)p->tile_rows * ((size_t)p->K_pad * 2 + 16);
-            const bool tsm_v = v == 9 || v == 10 || v == 11;
+            const bool tsm_v = v >= 9 && v <= 12;
             const bool shared_rows = tsm_v && !NAT && p->tile_rows > 0 && tsm <= 24576;
             /* c48s: the capped 2-warp CTAs only where they all fit at 3 per SM
              * (T = 1: 360 CTAs on 132 SMs) and a cap was found (cap); else
              * a48s's kernel */
-            bool capped = shared_rows && v == 11 &&
+            bool capped = shared_rows && (v == 11 || v == 12) &&
                           (long long)((p->N + 31) / 32) * p->n_mtiles <= 3LL * sm_count();
             size_t cap = 0;
+            /* c48r (not yet timed): c48s's kernel with a ring of 7 weight
+             * chunks in at most 112 registers (110, no spill; a ring of 8
+             * spills 24 bytes there), so that 2 of its warps fit in an SM
+             * sub-partition's 16 K registers beside 3 of GEMM1's (96 registers
+             * each; at c48s's 122, allocated as 128, only 1 does: at T = 1 on
+             * an H100 GEMM1 puts 3 CTAs on 96 SMs, room then for 2 x 96 +
+             * 3 x 36 = 300 of GEMM2's 360 CTAs, and its trace shows the rest
+             * starting only as GEMM1's end). __launch_bounds__(64, 9) gives
+             * 96 and spills: nvcc cuts the budget for the sub-partition that
+             * would hold 5 of 18 warps */
+            void (*ck)(const mxg_gemm_params_t) = v == 12
+                                                       ? gemm_dec_r<WFMT, FLUSH, false, 7, 112, false, true, -1, true, 2>
+                                                       : gemm_dec<WFMT, FLUSH, false, 8, 8, false, true, -1, true, 2>;
             if (capped) {
-                void (*ck)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true, 2>;
-                static std::atomic<unsigned long long> carved_c;
+                static std::atomic<unsigned long long> carved_c[2];
+                static std::atomic<long long> cap_cache[2][64];
                 const cudaError_t err =
-                    func_attr_once(carved_c, ck, cudaFuncAttributePreferredSharedMemoryCarveout, 50);
+                    func_attr_once(carved_c[v == 12], ck, cudaFuncAttributePreferredSharedMemoryCarveout, 50);
                 if (err != cudaSuccess)
                     return (int)err;
-                cap = cap_ctas(ck, 64, 3);
+                cap = cap_ctas(cap_cache[v == 12], ck, 64, 3);
                 capped = cap >= tsm;
             }
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
@@ -1467,8 +1501,8 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                     * kernels name it, so that no unreachable gathering kernel is built */
                    : (v == 5 && g2)                ? gemm_dec<WFMT, FLUSH, false, 6, 3, false, true, 1>
                    : ((v == 6 && g2) || v == 7)    ? gemm_dec<WFMT, FLUSH, false, 3, 5, false, true, 1>
-                   : capped ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true, 2>
-                   : (shared_rows && (v == 10 || v == 11)) ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true>
+                   : capped ? ck
+                   : (shared_rows && v >= 10) ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true>
                    : shared_rows ? gemm_dec<WFMT, FLUSH, false, 4, 5, false, true, 0, true>
                    : v == 8 || tsm_v ? gemm_dec<WFMT, FLUSH, false, 4, 5, false>
                                       : gemm_dec<WFMT, FLUSH, false, 6, 5, false>;
@@ -1476,11 +1510,11 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                 /* every kernel of the variant asks for the same carveout, so that an
                  * SM running GEMM1's CTAs has the room for GEMM2's beside them (an SM
                  * changes it only when idle: bench/RESULTS.md, session 20), per kernel
-                 * (carved[0]: the other kernel, [1 + v - 9]: the variant's shared-rows
-                 * kernel; c48s's capped one is set above) and device */
-                static std::atomic<unsigned long long> carved[4];
+                 * (carved[0]: the other kernel, [1], [2]: the variant's shared-rows
+                 * kernel (a45s's or a48s's); the capped ones are set above) and device */
+                static std::atomic<unsigned long long> carved[3];
                 if (!capped) {
-                    const cudaError_t err = func_attr_once(carved[shared_rows ? 1 + v - 9 : 0], kern,
+                    const cudaError_t err = func_attr_once(carved[shared_rows ? (v == 9 ? 1 : 2) : 0], kern,
                                                            cudaFuncAttributePreferredSharedMemoryCarveout, 50);
                     if (err != cudaSuccess)
                         return (int)err;

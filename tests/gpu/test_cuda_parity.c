@@ -988,6 +988,8 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
                                            "MXEP_CUDA_DEC=g35t",
                                            "MXEP_CUDA_DEC=a35t",
                                            "MXEP_CUDA_DEC=n45t",
+                                           "MXEP_CUDA_DEC=a45",
+                                           "MXEP_CUDA_DEC=a45 MXEP_CUDA_TOKCOPY=1",
                                            "MXEP_CUDA_DEC=a45s",
                                            /* GEMM1 too reads copied rows from shared memory */
                                            "MXEP_CUDA_DEC=a45s MXEP_CUDA_TOKCOPY=1",
@@ -995,6 +997,8 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
                                            "MXEP_CUDA_DEC=a48s MXEP_CUDA_TOKCOPY=1",
                                            "MXEP_CUDA_DEC=c48s",
                                            "MXEP_CUDA_DEC=c48s MXEP_CUDA_TOKCOPY=1",
+                                           "MXEP_CUDA_DEC=c48r",
+                                           "MXEP_CUDA_DEC=c48r MXEP_CUDA_TOKCOPY=1",
                                            "MXEP_CUDA_L=1x256",
                                            "MXEP_CUDA_LF=1x128",
                                            "MXEP_CUDA_MMA=sync",
