@@ -657,13 +657,11 @@ template <bool B> struct BoolC {
  * BF16 values, mxg_tok_pos order) into dynamic shared memory once its input is
  * ready, and the lanes read their fragments from there (MXEP_CUDA_DEC=a45s;
  * the launch gives p.tile_rows rows of room). */
-/* WPC: warps (row groups) per CTA, 4 but in the c48s / c48r variants'
- * kernels (2); MINB counts CTAs of WPC warps. The kernels are gemm_dec (the
- * register budget from MINB) and gemm_dec_r (at most NREG registers, CUDA's
- * __maxnreg__, which __launch_bounds__ cannot give where the budget it
- * derives is cut per SM sub-partition), both the body gemm_dec_body. */
-template <int WFMT, bool FLUSH, bool BIG, int D, bool NAT, bool EF, int TAX, bool TSM, int WPC>
-__device__ __forceinline__ void gemm_dec_body(const mxg_gemm_params_t &p)
+/* WPC: warps (row groups) per CTA, 4 but in the c48s / c5s variants'
+ * kernels (2); MINB counts CTAs of WPC warps. */
+template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0,
+          bool TSM = false, int WPC = 4>
+__global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
     static_assert(!(NAT && X), "E4M3 token rows are always written by the quantizer, in mxg_tok_pos8 order");
@@ -947,18 +945,6 @@ __device__ __forceinline__ void gemm_dec_body(const mxg_gemm_params_t &p)
     }
     if (lane == 0)
         tr_note(tslot, TR_END);
-}
-template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0,
-          bool TSM = false, int WPC = 4>
-__global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params_t p)
-{
-    gemm_dec_body<WFMT, FLUSH, BIG, D, NAT, EF, TAX, TSM, WPC>(p);
-}
-template <int WFMT, bool FLUSH, bool BIG, int D, int NREG, bool NAT = false, bool EF = true, int TAX = 0,
-          bool TSM = false, int WPC = 4>
-__global__ void __maxnreg__(NREG) gemm_dec_r(const mxg_gemm_params_t p)
-{
-    gemm_dec_body<WFMT, FLUSH, BIG, D, NAT, EF, TAX, TSM, WPC>(p);
 }
 
 template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST, bool BIG, int MINB = 1>
@@ -1341,7 +1327,7 @@ static int dec_variant()
 {
     static int v = -1;
     static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t",
-                                       "g35t", "a35t", "a45", "a45s", "a48s", "c48s", "c48r"};
+                                       "g35t", "a35t", "a45", "a45s", "a48s", "c48s", "c5s"};
     return env_setting(&v, "MXEP_CUDA_DEC", vals, 13, 11);
 }
 
@@ -1372,7 +1358,7 @@ template <typename F> static long long per_device(std::atomic<long long> (&cache
  * carveout is set; 0 when none does (the calculator may count the whole of an
  * SM's shared memory rather than the carveout preference: then no size up to
  * 48 KB caps an H100 at 3). Once per device and kernel: cache is the kernel's
- * own (c48s's and c48r's). mxgpu_bench --trace's "max" column (most CTAs
+ * own (c48s's and c5s's). mxgpu_bench --trace's "max" column (most CTAs
  * started on one SM) reads at most max_ctas where it held. */
 static size_t cap_ctas(std::atomic<long long> (&cache)[64], void (*kern)(const mxg_gemm_params_t), int threads,
                        int max_ctas)
@@ -1469,18 +1455,19 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
             bool capped = shared_rows && (v == 11 || v == 12) &&
                           (long long)((p->N + 31) / 32) * p->n_mtiles <= 3LL * sm_count();
             size_t cap = 0;
-            /* c48r (not yet timed): c48s's kernel with a ring of 7 weight
-             * chunks in at most 112 registers (110, no spill; a ring of 8
-             * spills 24 bytes there), so that 2 of its warps fit in an SM
+            /* c5s (not yet timed): c48s's capped CTAs with a ring of 5 weight
+             * chunks in at most 96 registers (93, no spill; a ring of 6 spills
+             * 32 bytes there), so that 2 of its warps fit in an SM
              * sub-partition's 16 K registers beside 3 of GEMM1's (96 registers
-             * each; at c48s's 122, allocated as 128, only 1 does: at T = 1 on
-             * an H100 GEMM1 puts 3 CTAs on 96 SMs, room then for 2 x 96 +
-             * 3 x 36 = 300 of GEMM2's 360 CTAs, and its trace shows the rest
-             * starting only as GEMM1's end). __launch_bounds__(64, 9) gives
-             * 96 and spills: nvcc cuts the budget for the sub-partition that
-             * would hold 5 of 18 warps */
+             * each). At c48s's 122, allocated as 128, only 1 does: at T = 1 on
+             * an H100 GEMM1 puts 3 CTAs on 96 SMs, which leaves room for
+             * 2 x 96 + 3 x 36 = 300 of GEMM2's 360 CTAs, and c48s's trace shows
+             * the rest starting only as GEMM1's end. __launch_bounds__ cuts the
+             * budget per sub-partition (64 threads x 9 CTAs gives 96, not 112:
+             * one holds 5 of the 18 warps), and __maxnreg__ (a ring of 7 in
+             * 112) cannot sit beside it on one kernel */
             void (*ck)(const mxg_gemm_params_t) = v == 12
-                                                       ? gemm_dec_r<WFMT, FLUSH, false, 7, 112, false, true, -1, true, 2>
+                                                       ? gemm_dec<WFMT, FLUSH, false, 5, 10, false, true, -1, true, 2>
                                                        : gemm_dec<WFMT, FLUSH, false, 8, 8, false, true, -1, true, 2>;
             if (capped) {
                 static std::atomic<unsigned long long> carved_c[2];
