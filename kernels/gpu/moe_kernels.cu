@@ -1318,11 +1318,14 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
  * at T = 1 on the H100, 8-10% faster cold and 18-20% with 10 layers back to
  * back over 4 weight copies. a45 (session 22) takes 4x5 for every kernel:
  * level with n45t at T = 1 and 8, and 3.8-4.0 points of the HBM copy faster at
- * T = 64 (two rounds on an H100). The default, c48s (session 24), is a45 with
- * the token rows in shared memory for the kernels that take them (see
- * launch_dec_o): three rounds on an H100 against a45, T = 1 cold +2.0 to +2.4
- * points of the HBM copy, T = 8 +0.2 to +3.1 cold and +2.7 to +3.8 rot, T = 64
- * -0.6 to -1.0 cold and level layer / rot. Bitwise the same results. */
+ * T = 64 (two rounds on an H100). The default, c48s (session 24), keeps a45's
+ * kernels but for those that take the tile's token rows into shared memory:
+ * they read each chunk's token fragments from there, keep 8 weight chunks in
+ * flight, and at T = 1 run in capped CTAs of 2 warps (see launch_dec_o).
+ * Against a45 on an H100, points of the HBM copy: T = 1 cold +2.0 to +2.4 and
+ * rot +0.6 to +1.3, but pipe -1.3 to -2.5 (three rounds); T = 8 cold +0.2 to
+ * +3.1 and rot +2.9 to +3.8 (three rounds); T = 64 cold -0.6 to -1.0, layer
+ * and rot level (two rounds). Bitwise the same results. */
 static int dec_variant()
 {
     static int v = -1;
@@ -1368,7 +1371,7 @@ static size_t cap_ctas(std::atomic<long long> (&cache)[64], void (*kern)(const m
             int n = 0;
             if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, threads, b) != cudaSuccess) {
                 (void)cudaGetLastError();
-                break;
+                return -1ll; /* not cached: asked again at the next launch */
             }
             if (n <= max_ctas)
                 return (long long)b;
@@ -1394,7 +1397,7 @@ static int sm_count()
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA
- * (c48s's capped kernel: 2).
+ * (the capped kernels of c48s and c5s: 2).
  * NAT: the token rows are in their natural column order (mxg_gemm_params_t.a_nat). */
 template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm_params_t *p, cudaStream_t st)
 {
@@ -1441,17 +1444,17 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * that at most 3 fit on an SM (cap_ctas), so that GEMM2's 360 CTAs
              * at T = 1 fit beside GEMM1's, at most 6 of its warps per SM; grids
              * larger than 3 CTAs per SM take a48s's kernel. On an H100 at T = 1
-             * the trace's max reads 3 and GEMM2's first CTA ends 1.4 us sooner
-             * than a45's, though its last CTAs still start only as GEMM1's end
-             * (17.5 us) */
+             * the trace's max reads 3 and GEMM2's first CTA ends 1.2-1.4 us
+             * sooner than a45's, though its last CTAs still start only as
+             * GEMM1's CTAs end (GEMM2's start1 17.4-17.5 us) */
             const bool g2 = p->epi != MXG_EPI_ACT;
             /* a45s: the shared rows' bytes, and whether this GEMM takes them */
             const size_t tsm = (size_t)p->tile_rows * ((size_t)p->K_pad * 2 + 16);
             const bool tsm_v = v >= 9 && v <= 12;
             const bool shared_rows = tsm_v && !NAT && p->tile_rows > 0 && tsm <= 24576;
-            /* c48s: the capped 2-warp CTAs only where they all fit at 3 per SM
-             * (T = 1: 360 CTAs on 132 SMs) and a cap was found (cap); else
-             * a48s's kernel */
+            /* c48s and c5s: the capped 2-warp CTAs only where they all fit at 3
+             * per SM (T = 1: 360 CTAs on 132 SMs) and a cap was found (cap);
+             * else a48s's kernel */
             bool capped = shared_rows && (v == 11 || v == 12) &&
                           (long long)((p->N + 31) / 32) * p->n_mtiles <= 3LL * sm_count();
             size_t cap = 0;

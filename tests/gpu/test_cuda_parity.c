@@ -874,14 +874,17 @@ static int variants_child(void)
      * 4, 6 or 8), 24 tokens give experts 9-16 tokens (two
      * n8 tiles), inter 96 is 2 chunks (fewer than the ring); 2 tokens on both
      * of 2 experts with inter 2880 keep the tiles' rows small enough for the
-     * shared-memory token rows (MXEP_CUDA_DEC=a45s) at a layer's K */
-    for (int c = 0; c < 5; c++) {
+     * shared-memory token rows (MXEP_CUDA_DEC=a45s) at a layer's K; c = 5 is
+     * c = 4 at inter 2816 (44 chunks: a ring of 5, c5s's, ends on a partial
+     * round there, where 45 chunks are 9 whole rounds) */
+    for (int c = 0; c < 6; c++) {
         mx_moe_desc_t d = c == 0   ? make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 704, 2880)
                           : c == 1 ? make_desc(MX_SCHEME_W8A8, MX_ACT_SILU, 2880, 704)
-                                   : make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 736, c == 2 ? 2816 : c == 3 ? 96 : 2880);
+                                   : make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 736,
+                                               c == 2 || c == 5 ? 2816 : c == 3 ? 96 : 2880);
         if (c == 1)
             d.act_group = 128;
-        const int E = c == 1 ? 3 : c == 4 ? 2 : 4;
+        const int E = c == 1 ? 3 : c >= 4 ? 2 : 4;
         const size_t T = c == 0 ? 600 : c == 1 ? 300 : c == 2 ? 24 : c == 3 ? 5 : 2, H = d.hidden;
         gref_experts_t g;
         if (gref_experts_make(&d, E, MX_WSCALE_BLOCK, 1, 7000 + (uint64_t)c, &g) != 0)
@@ -995,6 +998,8 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
                                            "MXEP_CUDA_DEC=a45s MXEP_CUDA_TOKCOPY=1",
                                            "MXEP_CUDA_DEC=a48s",
                                            "MXEP_CUDA_DEC=a48s MXEP_CUDA_TOKCOPY=1",
+                                           /* the default: the same run as NULL's, kept so
+                                            * that a change of default leaves it covered */
                                            "MXEP_CUDA_DEC=c48s",
                                            "MXEP_CUDA_DEC=c48s MXEP_CUDA_TOKCOPY=1",
                                            "MXEP_CUDA_DEC=c5s",
