@@ -1455,8 +1455,8 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
             /* c48s and c5s: the capped 2-warp CTAs only where they all fit at 3
              * per SM (T = 1: 360 CTAs on 132 SMs) and a cap was found (cap);
              * else a48s's kernel */
-            bool capped = shared_rows && (v == 11 || v == 12) &&
-                          (long long)((p->N + 31) / 32) * p->n_mtiles <= 3LL * sm_count();
+            const unsigned gx2 = (unsigned)((p->N + 31) / 32); /* the capped kernels' grid.x */
+            bool capped = shared_rows && (v == 11 || v == 12) && (long long)gx2 * p->n_mtiles <= 3LL * sm_count();
             size_t cap = 0;
             /* c5s (not yet timed): c48s's capped CTAs with a ring of 5 weight
              * chunks in at most 96 registers (93, no spill; a ring of 6 spills
@@ -1512,7 +1512,7 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                 if (shared_rows)
                     lc.dynamicSmemBytes = tsm;
                 if (capped) {
-                    lc.gridDim.x = (unsigned)((p->N + 31) / 32);
+                    lc.gridDim.x = gx2;
                     lc.blockDim.x = 64;
                     lc.dynamicSmemBytes = cap;
                 }

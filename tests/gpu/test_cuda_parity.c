@@ -998,8 +998,9 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
                                            "MXEP_CUDA_DEC=a45s MXEP_CUDA_TOKCOPY=1",
                                            "MXEP_CUDA_DEC=a48s",
                                            "MXEP_CUDA_DEC=a48s MXEP_CUDA_TOKCOPY=1",
-                                           /* the default: the same run as NULL's, kept so
-                                            * that a change of default leaves it covered */
+                                           /* the default: these two repeat NULL's and
+                                            * MXEP_CUDA_TOKCOPY=1's runs, kept so that a
+                                            * change of default leaves c48s covered */
                                            "MXEP_CUDA_DEC=c48s",
                                            "MXEP_CUDA_DEC=c48s MXEP_CUDA_TOKCOPY=1",
                                            "MXEP_CUDA_DEC=c5s",
