@@ -4,7 +4,8 @@
 #      headers, pkgconf) into .deps/prefix afresh (bench/device_env.sh);
 #   2. configure and build the cuda backend, its tests and the GPU bench
 #      (sm_90a; CMake, or by hand with nvcc/gcc if the project's CMake fails);
-#   3. run the gpu-labelled tests and mxgpu_bench (gpt-oss-20b shapes, W4A16);
+#   3. run the gpu-labelled tests and mxgpu_bench (gpt-oss-20b shapes, W4A16), then, where
+#      PyTorch imports, issue 7's PyTorch peers at the same token counts (torch_peer.py);
 #   4. leave logs and JSON in $OUT (or ./out when OUT is unset).
 # Usage (from the repository root, on the device machine):
 #   bash bench/gpu/device_run.sh [--quick] [--no-tests] [--no-bench] [-- <mxgpu_bench options>]
@@ -21,7 +22,7 @@ while [ $# -gt 0 ]; do
     --no-tests) TESTS=0 ;;
     --no-bench) BENCH=0 ;;
     --) shift; BENCH_ARGS=("$@"); break ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "device_run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -91,6 +92,14 @@ if [ "$BENCH" = 1 ]; then
   rc=$?
   echo "mxgpu_bench: exit $rc"
   [ $rc = 0 ] || STATUS=1
+  # issue 7's PyTorch peers (BF16 weights), timed in this same call; their failure is reported, not fatal
+  if [ ${#BENCH_ARGS[@]} = 0 ] && python3 -c "import torch" 2>/dev/null; then
+    echo "== torch_peer.py (PyTorch peers, same call)"
+    timeout 300 python3 "$ROOT/bench/gpu/torch_peer.py" --tokens "$2" --json "$OUT/torch_peer.json" --mxep "$OUT/gpu_bench.json"
+    echo "torch_peer.py: exit $?"
+  else
+    echo "== torch_peer.py skipped (bench options given, or no PyTorch here)"
+  fi
   if [ "$QUICK" = 0 ] && [ ${#BENCH_ARGS[@]} = 0 ]; then
     for s in W8A16 W4A8; do
       echo "== mxgpu_bench --scheme $s"

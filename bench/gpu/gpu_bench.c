@@ -683,10 +683,11 @@ int main(int argc, char **argv)
     }
     printf("(layer_ms: one layer's kernels between two events, the host waiting after each; run_ms: run() with\n"
            " its copies; pipe_ms: per layer, 10 layers enqueued back to back as a model's are; x_grouped / x_loop:\n"
-           " speed-up of layer_ms over torch._grouped_mm / a per-expert loop with BF16 weights, issue 7; -1 = no\n"
-           " peer figure; cold_ms: one layer with the L2 flushed before it, then its batch uploaded again and its\n"
-           " launches queued ahead, so that neither the host's launch calls nor weights left in L2 count; rot_ms:\n"
-           " as pipe_ms, the layers taking the weight copies in turn, none left in L2; -1: --copies 1)\n");
+           " speed-up of layer_ms over torch._grouped_mm / a per-expert loop with BF16 weights, the figures issue 7\n"
+           " quotes (bench/gpu/torch_peer.py times them in the same call); -1 = no peer figure; cold_ms: one\n"
+           " layer with the L2 flushed before it, then its batch uploaded again and its launches queued ahead, so\n"
+           " that neither the host's launch calls nor weights left in L2 count; rot_ms: as pipe_ms, the layers\n"
+           " taking the weight copies in turn, none left in L2; -1: --copies 1)\n");
     if (json) {
         FILE *f = fopen(json, "w");
         if (!f) {

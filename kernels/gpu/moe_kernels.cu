@@ -657,8 +657,8 @@ template <bool B> struct BoolC {
  * BF16 values, mxg_tok_pos order) into dynamic shared memory once its input is
  * ready, and the lanes read their fragments from there (MXEP_CUDA_DEC=a45s;
  * the launch gives p.tile_rows rows of room). */
-/* WPC: warps (row groups) per CTA, 4 but in the c48s / c5s variants'
- * kernels (2); MINB counts CTAs of WPC warps. */
+/* WPC: warps (row groups) per CTA, 4 but in the c48s variant's capped
+ * kernel (2); MINB counts CTAs of WPC warps. */
 template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0,
           bool TSM = false, int WPC = 4>
 __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params_t p)
@@ -1330,8 +1330,8 @@ static int dec_variant()
 {
     static int v = -1;
     static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t",
-                                       "g35t", "a35t", "a45", "a45s", "a48s", "c48s", "c5s"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 13, 11);
+                                       "g35t", "a35t", "a45", "a45s", "a48s", "c48s"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 12, 11);
 }
 
 /* value(dev) for the current device, once per device: cached in cache[dev]
@@ -1360,9 +1360,9 @@ template <typename F> static long long per_device(std::atomic<long long> (&cache
  * which the occupancy calculator says so, asked for after the kernel's
  * carveout is set; 0 when none does (the calculator may count the whole of an
  * SM's shared memory rather than the carveout preference: then no size up to
- * 48 KB caps an H100 at 3). Once per device and kernel: cache is the kernel's
- * own (c48s's and c5s's). mxgpu_bench --trace's "max" column (most CTAs
- * started on one SM) reads at most max_ctas where it held. */
+ * 48 KB caps an H100 at 3). Once per device: cache is the kernel's own.
+ * mxgpu_bench --trace's "max" column (most CTAs started on one SM) reads at
+ * most max_ctas where it held. */
 static size_t cap_ctas(std::atomic<long long> (&cache)[64], void (*kern)(const mxg_gemm_params_t), int threads,
                        int max_ctas)
 {
@@ -1397,7 +1397,7 @@ static int sm_count()
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA
- * (the capped kernels of c48s and c5s: 2).
+ * (the capped kernel of c48s: 2).
  * NAT: the token rows are in their natural column order (mxg_gemm_params_t.a_nat). */
 template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm_params_t *p, cudaStream_t st)
 {
@@ -1450,36 +1450,26 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
             const bool g2 = p->epi != MXG_EPI_ACT;
             /* a45s: the shared rows' bytes, and whether this GEMM takes them */
             const size_t tsm = (size_t)p->tile_rows * ((size_t)p->K_pad * 2 + 16);
-            const bool tsm_v = v >= 9 && v <= 12;
+            const bool tsm_v = v >= 9 && v <= 11;
             const bool shared_rows = tsm_v && !NAT && p->tile_rows > 0 && tsm <= 24576;
-            /* c48s and c5s: the capped 2-warp CTAs only where they all fit at 3
-             * per SM (T = 1: 360 CTAs on 132 SMs) and a cap was found (cap);
-             * else a48s's kernel */
-            const unsigned gx2 = (unsigned)((p->N + 31) / 32); /* the capped kernels' grid.x */
-            bool capped = shared_rows && (v == 11 || v == 12) && (long long)gx2 * p->n_mtiles <= 3LL * sm_count();
+            /* c48s: the capped 2-warp CTAs only where they all fit at 3 per SM
+             * (T = 1: 360 CTAs on 132 SMs) and a cap was found (cap); else
+             * a48s's kernel. (c5s, the same with a ring of 5 chunks in 93
+             * registers so that every CTA fits beside GEMM1's from the start,
+             * did start them all at 1.4 us on an H100 but was 1.5 points of the
+             * HBM copy slower at T = 1: removed, bench/RESULTS.md session 25) */
+            const unsigned gx2 = (unsigned)((p->N + 31) / 32); /* the capped kernel's grid.x */
+            bool capped = shared_rows && v == 11 && (long long)gx2 * p->n_mtiles <= 3LL * sm_count();
             size_t cap = 0;
-            /* c5s (not yet timed): c48s's capped CTAs with a ring of 5 weight
-             * chunks in at most 96 registers (93, no spill; a ring of 6 spills
-             * 32 bytes there), so that 2 of its warps fit in an SM
-             * sub-partition's 16 K registers beside 3 of GEMM1's (96 registers
-             * each). At c48s's 122, allocated as 128, only 1 does: at T = 1 on
-             * an H100 GEMM1 puts 3 CTAs on 96 SMs, which leaves room for
-             * 2 x 96 + 3 x 36 = 300 of GEMM2's 360 CTAs, and c48s's trace shows
-             * the rest starting only as GEMM1's end. __launch_bounds__ cuts the
-             * budget per sub-partition (64 threads x 9 CTAs gives 96, not 112:
-             * one holds 5 of the 18 warps), and __maxnreg__ (a ring of 7 in
-             * 112) cannot sit beside it on one kernel */
-            void (*ck)(const mxg_gemm_params_t) = v == 12
-                                                       ? gemm_dec<WFMT, FLUSH, false, 5, 10, false, true, -1, true, 2>
-                                                       : gemm_dec<WFMT, FLUSH, false, 8, 8, false, true, -1, true, 2>;
+            void (*ck)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, false, 8, 8, false, true, -1, true, 2>;
             if (capped) {
-                static std::atomic<unsigned long long> carved_c[2];
-                static std::atomic<long long> cap_cache[2][64];
+                static std::atomic<unsigned long long> carved_c;
+                static std::atomic<long long> cap_cache[64];
                 const cudaError_t err =
-                    func_attr_once(carved_c[v == 12], ck, cudaFuncAttributePreferredSharedMemoryCarveout, 50);
+                    func_attr_once(carved_c, ck, cudaFuncAttributePreferredSharedMemoryCarveout, 50);
                 if (err != cudaSuccess)
                     return (int)err;
-                cap = cap_ctas(cap_cache[v == 12], ck, 64, 3);
+                cap = cap_ctas(cap_cache, ck, 64, 3);
                 capped = cap >= tsm;
             }
             kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>

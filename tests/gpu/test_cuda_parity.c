@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "cuda_internal.h"
+#include "gpu_layout.h"
 #include "gpu_ref.h"
 #include "mxep/kernels.h"
 
@@ -875,8 +876,8 @@ static int variants_child(void)
      * n8 tiles), inter 96 is 2 chunks (fewer than the ring); 2 tokens on both
      * of 2 experts with inter 2880 keep the tiles' rows small enough for the
      * shared-memory token rows (MXEP_CUDA_DEC=a45s) at a layer's K; c = 5 is
-     * c = 4 at inter 2816 (44 chunks: a ring of 5, c5s's, ends on a partial
-     * round there, where 45 chunks are 9 whole rounds) */
+     * c = 4 at inter 2816 (44 chunks: a ring of 8, c48s's, ends on a partial
+     * round there, as at 45) */
     for (int c = 0; c < 6; c++) {
         mx_moe_desc_t d = c == 0   ? make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 704, 2880)
                           : c == 1 ? make_desc(MX_SCHEME_W8A8, MX_ACT_SILU, 2880, 704)
@@ -1003,8 +1004,6 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
                                             * change of default leaves c48s covered */
                                            "MXEP_CUDA_DEC=c48s",
                                            "MXEP_CUDA_DEC=c48s MXEP_CUDA_TOKCOPY=1",
-                                           "MXEP_CUDA_DEC=c5s",
-                                           "MXEP_CUDA_DEC=c5s MXEP_CUDA_TOKCOPY=1",
                                            "MXEP_CUDA_L=1x256",
                                            "MXEP_CUDA_LF=1x128",
                                            "MXEP_CUDA_MMA=sync",
@@ -1036,6 +1035,72 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
 
 /* 8 processes at once on one GPU, each with its own context (the mpirun -n 8
  * case of issue 7, without MPI): every one must match the reference. */
+/* The default decode kernel (MXEP_CUDA_DEC=c48s) runs GEMM2 of a one-token
+ * gpt-oss-20b layer (4 experts, H = I = 2880) in CTAs of 2 warps, at most 3
+ * started on any SM (cap_ctas in moe_kernels.cu), where that grid fits at 3
+ * per SM; else in CTAs of 4 warps. Read from the layer's trace: how many of
+ * GEMM2's CTAs started, and on which SMs. Also checked against ref. */
+static void test_cuda_one_token_gemm2_runs_capped_two_warp_ctas(void **state)
+{
+    (void)state;
+    const char *dec = getenv("MXEP_CUDA_DEC");
+    if ((dec && *dec && strcmp(dec, "c48s") != 0) || !mxi_gpu_has_griddep()) {
+        printf("  skipped: MXEP_CUDA_DEC=%s or a device without sm_90 machine code\n", dec ? dec : "");
+        skip();
+    }
+    int dev = 0, sms = 0;
+    assert_int_equal(cudaGetDevice(&dev), cudaSuccess);
+    assert_int_equal(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), cudaSuccess);
+    mx_moe_desc_t d = make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 2880, 2880);
+    const int E = 4, K = 4;
+    gref_experts_t g;
+    assert_int_equal(gref_experts_make(&d, E, MX_WSCALE_BLOCK, 1, 12000, &g), 0);
+    mx_backend_packed_t *pk = NULL;
+    if (mx_backend_cuda.prepack(&g_dev, &d, g.ex, E, &pk) != MX_OK)
+        fail_msg("prepack: %s", mx_error_detail());
+    batch_t b;
+    batch_make(&b, 1, d.hidden, K, E, 12001);
+    const size_t n = b.NA * d.hidden;
+    uint16_t *o = malloc(n * 2);
+    assert_non_null(o);
+    unsigned long long notes[MXG_TR_SLOTS][6];
+    static unsigned per_sm[MXG_TR_SLOTS][MXG_TR_MAXSM];
+    for (int rep = 0; rep < 2; rep++) { /* the first run also sets the kernels' attributes */
+        memset(o, 0xff, n * 2);
+        assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
+        assert_int_equal(mxi_gpu_trace(1, NULL, NULL), 0);
+        if (run_into(pk, &b, MX_OUT_PER_ASSIGNMENT, o) != MX_OK)
+            fail_msg("run: %s", mx_error_detail());
+        assert_int_equal(mxi_gpu_trace(0, &notes[0][0], &per_sm[0][0]), 0);
+    }
+    assert_int_equal(mxi_cuda_staged_cfg(pk), 0);
+    unsigned total = 0, most = 0;
+    int used = 0;
+    for (int i = 0; i < MXG_TR_MAXSM; i++) {
+        const unsigned c = per_sm[MXG_TR_G2][i];
+        total += c;
+        most = c > most ? c : most;
+        used += c > 0;
+    }
+    const unsigned capped_grid = (2880 + 31) / 32 * E; /* 2-warp CTAs of 32 rows, one tile per expert */
+    const int fits = capped_grid <= 3u * (unsigned)sms;
+    printf("  GEMM2 at T=1: %u CTAs on %d of %d SMs, at most %u on one (expected: %s)\n", total, used, sms, most,
+           fits ? "360 CTAs of 2 warps, at most 3 per SM" : "180 CTAs of 4 warps");
+    if (fits) {
+        assert_int_equal(total, capped_grid);
+        assert_true(most <= 3);
+    } else {
+        assert_int_equal(total, capped_grid / 2);
+    }
+    const double err = ref_err(&d, &g, &b, MX_OUT_PER_ASSIGNMENT, o);
+    printf("  rel L2 against ref %.3g\n", err);
+    assert_true(err >= 0.0 && err <= tol_of(d.scheme));
+    free(o);
+    mx_backend_cuda.release(pk);
+    batch_free(&b);
+    gref_experts_free(&g);
+}
+
 static void test_cuda_eight_processes_on_one_gpu_match_ref(void **state)
 {
     (void)state;
@@ -1097,6 +1162,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_cuda_threads_sharing_or_owning_instances_match_serial_runs),
         cmocka_unit_test(test_cuda_eight_processes_on_one_gpu_match_ref),
         cmocka_unit_test(test_cuda_kernel_variants_give_the_default_bits),
+        cmocka_unit_test(test_cuda_one_token_gemm2_runs_capped_two_warp_ctas),
     };
     /* MXEP_TEST_FILTER=pattern (cmocka's * and ? wildcards) runs only the
      * matching tests, e.g. the invariance tests again under MXEP_CUDA_DEC */
