@@ -395,6 +395,9 @@ static void route_free(route_t *r)
     memset(r, 0, sizeof *r);
 }
 
+/* T tokens' top-k distinct experts and weights: the rule and generator of
+ * mxbench's batch_make (bench/mxbench.c), so the batches touch experts alike;
+ * not the same draws, since mxbench draws its activations from the seed first. */
 static int route_make(const model_t *md, int T, uint64_t seed, route_t *r)
 {
     memset(r, 0, sizeof *r);
