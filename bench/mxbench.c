@@ -21,6 +21,7 @@
 #include "mxep/moe.h"
 #include "mxep/quant.h"
 #include "mxep/status.h"
+#include "bench_rand.h"
 
 static const char *USAGE = "usage: mxbench kernels [options]\n"
                            "\n"
@@ -70,20 +71,6 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static float rng_uniform(uint64_t *s, float lo, float hi)
-{
-    float u = (float)((rng_next(s) >> 40) + 1) / 16777217.0f; /* (0, 1) */
-    return lo + (hi - lo) * u;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -337,12 +324,12 @@ static int make_matrix(experts_t *ex, uint64_t *s, mx_scheme_t scheme, size_t ro
         if (!q || !sc)
             return -1;
         for (size_t i = 0; i < rows * cols / 2; i += 8) {
-            uint64_t r = rng_next(s);
+            uint64_t r = bench_rng_next(s);
             memcpy(q + i, &r, rows * cols / 2 - i < 8 ? rows * cols / 2 - i : 8);
         }
         int e = 127 + (int)floorf(log2f(target / 3.2f));
         for (size_t i = 0; i < rows * cols / 32; i++)
-            sc[i] = (uint8_t)(e + (int)(rng_next(s) % 3) - 1);
+            sc[i] = (uint8_t)(e + (int)(bench_rng_next(s) % 3) - 1);
         m->data = q;
         m->scales = sc;
     } else if (scheme == MX_SCHEME_W16A16) {
@@ -352,7 +339,7 @@ static int make_matrix(experts_t *ex, uint64_t *s, mx_scheme_t scheme, size_t ro
         if (!d)
             return -1;
         for (size_t i = 0; i < rows * cols; i++)
-            d[i] = mx_quant_bf16_from_f32(rng_uniform(s, -1.7f, 1.7f) * target);
+            d[i] = mx_quant_bf16_from_f32(bench_rng_uniform(s, -1.7f, 1.7f) * target);
         m->data = d;
     } else {
         m->fmt = MX_WFMT_FP8;
@@ -363,12 +350,12 @@ static int make_matrix(experts_t *ex, uint64_t *s, mx_scheme_t scheme, size_t ro
         if (!q || !sc)
             return -1;
         for (size_t i = 0; i < rows * cols; i++) {
-            uint8_t b = (uint8_t)(rng_next(s) & 0xFF);
+            uint8_t b = (uint8_t)(bench_rng_next(s) & 0xFF);
             uint8_t mag = (uint8_t)(0x28 + (b & 0x7F) % 0x30); /* |v| in [2^-2, 2^4): no NaN codes */
             q[i] = (uint8_t)((b & 0x80) | mag);
         }
         for (size_t i = 0; i < nsc; i++)
-            sc[i] = target / 3.0f * rng_uniform(s, 0.8f, 1.25f);
+            sc[i] = target / 3.0f * bench_rng_uniform(s, 0.8f, 1.25f);
         m->data = q;
         m->scales = sc;
     }
@@ -393,9 +380,9 @@ static int experts_make(const model_t *md, mx_scheme_t scheme, uint64_t seed, ex
         if (!b1 || !b2)
             return -1;
         for (size_t i = 0; i < 2 * md->I; i++)
-            b1[i] = rng_uniform(&s, -0.1f, 0.1f);
+            b1[i] = bench_rng_uniform(&s, -0.1f, 0.1f);
         for (size_t i = 0; i < md->H; i++)
-            b2[i] = rng_uniform(&s, -0.1f, 0.1f);
+            b2[i] = bench_rng_uniform(&s, -0.1f, 0.1f);
         w->gate_up_bias = b1;
         w->down_bias = b2;
         w->input_scale = 1.0f / 448.0f;
@@ -438,26 +425,10 @@ static int batch_make(const model_t *md, size_t T, uint64_t seed, batch_t *b)
     }
     uint64_t s = seed * 31 + T;
     for (size_t i = 0; i < T * md->H; i++)
-        b->x[i] = mx_quant_bf16_from_f32(rng_uniform(&s, -1.0f, 1.0f));
-    for (size_t t = 0; t < T; t++) {
-        float sum = 0.0f;
-        for (size_t j = 0; j < k; j++) {
-            int e, dup;
-            do {
-                e = (int)(rng_next(&s) % (uint64_t)md->n_experts);
-                dup = 0;
-                for (size_t q = 0; q < j; q++)
-                    dup |= b->expert[t * k + q] == e;
-            } while (dup);
-            b->tok[t * k + j] = (int32_t)t;
-            b->expert[t * k + j] = e;
-            b->weight[t * k + j] = rng_uniform(&s, 0.1f, 1.0f);
-            sum += b->weight[t * k + j];
-            used[e] = 1;
-        }
-        for (size_t j = 0; j < k; j++)
-            b->weight[t * k + j] /= sum;
-    }
+        b->x[i] = mx_quant_bf16_from_f32(bench_rng_uniform(&s, -1.0f, 1.0f));
+    bench_route_draw(&s, T, k, md->n_experts, b->expert, b->weight, used);
+    for (size_t i = 0; i < NA; i++)
+        b->tok[i] = (int32_t)(i / k);
     for (int e = 0; e < md->n_experts; e++)
         b->active += used[e];
     free(used);

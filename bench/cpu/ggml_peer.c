@@ -34,6 +34,8 @@
 #include "ggml-cpu.h"
 #include "ggml.h"
 
+#include "../bench_rand.h"
+
 #ifndef GGML_PEER_COMMIT
 #define GGML_PEER_COMMIT "unknown"
 #endif
@@ -115,19 +117,6 @@ static const char USAGE[] =
     "2 bad usage.\n";
 
 /* ------------------------------------------------------------------ small helpers */
-
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static float rng_uniform(uint64_t *s, float lo, float hi)
-{
-    return lo + (hi - lo) * (float)((rng_next(s) >> 40) * (1.0 / 16777216.0));
-}
 
 static double now_s(void)
 {
@@ -225,8 +214,8 @@ static void fill_mxfp4(uint8_t *p, size_t n_blocks, uint64_t *s)
     for (size_t b = 0; b < n_blocks; b++) {
         uint8_t *blk = p + b * BLOCK_BYTES;
         /* true scale 2^(e-127) in 2^-8..2^-4 */
-        blk[0] = (uint8_t)(119 + rng_next(s) % 5);
-        uint64_t r0 = rng_next(s), r1 = rng_next(s);
+        blk[0] = (uint8_t)(119 + bench_rng_next(s) % 5);
+        uint64_t r0 = bench_rng_next(s), r1 = bench_rng_next(s);
         memcpy(blk + 1, &r0, 8);
         memcpy(blk + 9, &r1, 8);
     }
@@ -302,11 +291,11 @@ static int layer_make(const model_t *md, uint64_t seed, int want_repack, layer_t
         if (!L->h_gate_b || !L->h_up_b || !L->h_down_b)
             return -1;
         for (size_t i = 0; i < E * I; i++) {
-            L->h_gate_b[i] = rng_uniform(&s, -0.1f, 0.1f);
-            L->h_up_b[i] = rng_uniform(&s, -0.1f, 0.1f);
+            L->h_gate_b[i] = bench_rng_uniform(&s, -0.1f, 0.1f);
+            L->h_up_b[i] = bench_rng_uniform(&s, -0.1f, 0.1f);
         }
         for (size_t i = 0; i < E * H; i++)
-            L->h_down_b[i] = rng_uniform(&s, -0.1f, 0.1f);
+            L->h_down_b[i] = bench_rng_uniform(&s, -0.1f, 0.1f);
     }
 
     struct ggml_init_params ip = {ggml_tensor_overhead() * 8, NULL, true};
@@ -395,9 +384,9 @@ static void route_free(route_t *r)
     memset(r, 0, sizeof *r);
 }
 
-/* T tokens' top-k distinct experts and weights: the rule and generator of
- * mxbench's batch_make (bench/mxbench.c), so the batches touch experts alike;
- * not the same draws, since mxbench draws its activations from the seed first. */
+/* T tokens' top-k distinct experts and weights, drawn as mxbench draws them
+ * (bench_route_draw); not the same draws, since mxbench draws its activations
+ * from the seed first. */
 static int route_make(const model_t *md, int T, uint64_t seed, route_t *r)
 {
     memset(r, 0, sizeof *r);
@@ -410,24 +399,7 @@ static int route_make(const model_t *md, int T, uint64_t seed, route_t *r)
         return -1;
     }
     uint64_t s = seed * 31 + (uint64_t)T;
-    for (size_t t = 0; t < (size_t)T; t++) {
-        float sum = 0.0f;
-        for (size_t j = 0; j < k; j++) {
-            int e, dup;
-            do {
-                e = (int)(rng_next(&s) % (uint64_t)md->E);
-                dup = 0;
-                for (size_t q = 0; q < j; q++)
-                    dup |= r->ids[t * k + q] == e;
-            } while (dup);
-            r->ids[t * k + j] = e;
-            r->w[t * k + j] = rng_uniform(&s, 0.1f, 1.0f);
-            sum += r->w[t * k + j];
-            used[e] = 1;
-        }
-        for (size_t j = 0; j < k; j++)
-            r->w[t * k + j] /= sum;
-    }
+    bench_route_draw(&s, (size_t)T, k, md->E, r->ids, r->w, used);
     for (int e = 0; e < md->E; e++)
         r->active += used[e];
     free(used);
@@ -460,7 +432,7 @@ static int check_dequant(const layer_t *L)
     int bad = !a || !b;
     uint64_t s = 99;
     for (int r = 0; r < 16 && !bad; r++) {
-        const uint8_t *row = L->h_gate + (rng_next(&s) % ((size_t)md->E * (size_t)md->I)) * row_gu;
+        const uint8_t *row = L->h_gate + (bench_rng_next(&s) % ((size_t)md->E * (size_t)md->I)) * row_gu;
         dequant_row(row, md->H, a);
         tt->to_float(row, b, md->H);
         bad |= memcmp(a, b, (size_t)md->H * sizeof *a) != 0;
@@ -585,7 +557,7 @@ static int run_case(const opts_t *o, ggml_backend_t be, layer_t *L, int T, resul
         uint64_t s = o->seed * 131 + (uint64_t)T;
         /* normal-ish: sum of three uniforms, standard deviation 0.5 */
         for (size_t i = 0; i < (size_t)T * (size_t)H; i++)
-            x[i] = 0.5f * (rng_uniform(&s, -1.0f, 1.0f) + rng_uniform(&s, -1.0f, 1.0f) + rng_uniform(&s, -1.0f, 1.0f));
+            x[i] = 0.5f * (bench_rng_uniform(&s, -1.0f, 1.0f) + bench_rng_uniform(&s, -1.0f, 1.0f) + bench_rng_uniform(&s, -1.0f, 1.0f));
     }
 
     /* inputs: allocated up front so that the graph allocator leaves them alone */

@@ -1491,7 +1491,7 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                  * SM running GEMM1's CTAs has the room for GEMM2's beside them (an SM
                  * changes it only when idle: bench/RESULTS.md, session 20), per kernel
                  * (carved[0]: the other kernel, [1], [2]: the variant's shared-rows
-                 * kernel (a45s's or a48s's); the capped ones are set above) and device */
+                 * kernel (a45s's or a48s's); the capped one is set above) and device */
                 static std::atomic<unsigned long long> carved[3];
                 if (!capped) {
                     const cudaError_t err = func_attr_once(carved[shared_rows ? (v == 9 ? 1 : 2) : 0], kern,

@@ -1033,8 +1033,6 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
     assert_int_equal(bad, 0);
 }
 
-/* 8 processes at once on one GPU, each with its own context (the mpirun -n 8
- * case of issue 7, without MPI): every one must match the reference. */
 /* The default decode kernel (MXEP_CUDA_DEC=c48s) runs GEMM2 of a one-token
  * gpt-oss-20b layer (4 experts, H = I = 2880) in CTAs of 2 warps, at most 3
  * started on any SM (cap_ctas in moe_kernels.cu), where that grid fits at 3
@@ -1101,6 +1099,8 @@ static void test_cuda_one_token_gemm2_runs_capped_two_warp_ctas(void **state)
     gref_experts_free(&g);
 }
 
+/* 8 processes at once on one GPU, each with its own context (the mpirun -n 8
+ * case of issue 7, without MPI): every one must match the reference. */
 static void test_cuda_eight_processes_on_one_gpu_match_ref(void **state)
 {
     (void)state;
