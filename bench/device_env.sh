@@ -41,15 +41,22 @@ case ":${PKG_CONFIG_PATH:-}:" in *":$PREFIX/pc:"*) ;; *)
 esac
 
 # device_build BUILD CUDA LOG TARGET...: configures BUILD (Release, sm_90a, CUDA ON/OFF, no HIP or
-# Level Zero) unless it is configured already, then builds the targets; the log's tail on failure.
+# Level Zero) from $DEVICE_SRC (default: this repository) unless it is configured already, then
+# builds the targets; the log's tail on failure.
 device_build() {
   local build=$1 cuda=$2 log=$3
   shift 3
   if [ ! -f "$build/CMakeCache.txt" ]; then
-    cmake -S "$ROOT" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMXEP_WITH_CUDA="$cuda" -DMXEP_WITH_HIP=OFF \
+    cmake -S "${DEVICE_SRC:-$ROOT}" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMXEP_WITH_CUDA="$cuda" -DMXEP_WITH_HIP=OFF \
       -DMXEP_WITH_ZE=OFF -DCMAKE_CUDA_ARCHITECTURES="90a-real" > "$log" 2>&1 ||
       { echo "configure failed:"; tail -30 "$log"; return 1; }
   fi
   cmake --build "$build" -j "$(nproc)" --target "$@" >> "$log" 2>&1 || { echo "build failed:"; tail -30 "$log"; return 1; }
+}
+# device_build_base SRC LOG: the mxgpu_bench of another source tree SRC (bench/gpu/base_src.sh)
+# in $ROOT/build-base (device_run.sh --base, for device_ab.sh's `base` setting).
+device_build_base() {
+  [ -f "$1/CMakeLists.txt" ] || { echo "device_build_base: $1 holds no source tree (bench/gpu/base_src.sh)"; return 1; }
+  DEVICE_SRC=$1 device_build "$ROOT/build-base" ON "$2" mxgpu_bench
 }
 return 0

@@ -8,21 +8,27 @@
 #      PyTorch imports, issue 7's PyTorch peers at the same token counts (torch_peer.py);
 #   4. leave logs and JSON in $OUT (or ./out when OUT is unset).
 # Usage (from the repository root, on the device machine):
-#   bash bench/gpu/device_run.sh [--quick] [--no-tests] [--no-bench] [-- <mxgpu_bench options>]
+#   bash bench/gpu/device_run.sh [--quick] [--no-tests] [--no-bench] [--base DIR] [-- <mxgpu_bench options>]
+# --base DIR also builds the mxgpu_bench of another revision's source tree DIR (made here by
+# bench/gpu/base_src.sh, carried as .base) into build-base/, alongside the main build, for
+# device_ab.sh's `base` setting.
 # MXEP_HAND_BUILD=1 skips CMake and builds the GPU parts with nvcc/gcc directly.
 # Exit status: 0 when the build, the tests and the bench's reference check all passed.
 set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$ROOT/out}
-QUICK=0 TESTS=1 BENCH=1
+QUICK=0 TESTS=1 BENCH=1 BASE=
 BENCH_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --no-tests) TESTS=0 ;;
     --no-bench) BENCH=0 ;;
+    --base) [ $# -ge 2 ] || { echo "device_run.sh: --base needs a directory (see --help)" >&2; exit 2; }
+            BASE=$(cd "$2" 2>/dev/null && pwd) || { echo "device_run.sh: --base $2: no such directory" >&2; exit 2; }
+            shift ;;
     --) shift; BENCH_ARGS=("$@"); break ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "device_run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -43,6 +49,12 @@ echo "pkg-config: $(command -v pkg-config); cjson $(pkg-config --modversion libc
 # ---------------------------------------------------------------- 2. build
 BUILD=$ROOT/build-device
 STATUS=0
+BASE_PID=
+if [ -n "$BASE" ]; then
+  echo "base: $(cat "$BASE/BASE_REVISION" 2>/dev/null || echo "$BASE (no BASE_REVISION)"), building into build-base/"
+  device_build_base "$BASE" "$OUT/base_build.log" &
+  BASE_PID=$!
+fi
 BIN_TEST= BIN_BENCH=
 if [ "${MXEP_HAND_BUILD:-0}" != 1 ] && cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DMXEP_WITH_CUDA=ON -DMXEP_WITH_HIP=OFF \
       -DCMAKE_CUDA_ARCHITECTURES="90a-real;80-virtual" > "$OUT/cmake_configure.log" 2>&1 &&
@@ -70,6 +82,10 @@ else
   ) > "$OUT/hand_build.log" 2>&1 || { echo "hand build failed:"; tail -30 "$OUT/hand_build.log"; exit 1; }
   BIN_TEST=$HB/test_cuda_parity
   BIN_BENCH=$HB/mxgpu_bench
+fi
+
+if [ -n "$BASE_PID" ]; then
+  if wait "$BASE_PID"; then echo "built the base's mxgpu_bench in build-base/"; else echo "base build failed"; STATUS=1; fi
 fi
 
 # ---------------------------------------------------------------- 3. tests and bench
