@@ -7,12 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <omp.h>
 
 #include "mxep/coordinator.h"
 #include "mxep/quant.h"
+#include "bench_time.h"
 
 static const char *USAGE = "usage: coord_bench [options]\n"
                            "\n"
@@ -47,13 +47,6 @@ static const char *USAGE = "usage: coord_bench [options]\n"
                            "  --json FILE   also write the figures as JSON to FILE ('-' = stdout)\n"
                            "  --help        this text\n";
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static uint64_t rng = 0x2545F4914F6CDD1Dull;
 static double unit(void)
 {
@@ -82,12 +75,6 @@ static int parse_size(const char *flag, const char *v, size_t lo, size_t hi, siz
     }
     *out = (size_t)x;
     return 0;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 /* ---------------------------------------------------------------- the layer state */
@@ -316,14 +303,14 @@ static int time_stage(bench_t *b, stage_t s, int fast, int nth, double *ms)
         return -1;
     }
     for (size_t i = 0; i < b->iters; i++) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         if (run_stage(b, s, NULL, NULL) != 0) {
             free(t);
             return -1;
         }
-        t[i] = (now_s() - t0) * 1e3;
+        t[i] = (bench_now_s() - t0) * 1e3;
     }
-    qsort(t, b->iters, sizeof *t, cmp_d);
+    qsort(t, b->iters, sizeof *t, bench_cmp_double);
     *ms = t[b->iters / 2];
     free(t);
     mx_coord_fast_paths_set(1);

@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <omp.h>
@@ -22,6 +21,7 @@
 #include "mxep/quant.h"
 #include "mxep/status.h"
 #include "bench_rand.h"
+#include "bench_time.h"
 
 static const char *USAGE = "usage: mxbench kernels [options]\n"
                            "\n"
@@ -63,27 +63,6 @@ static const char *USAGE = "usage: mxbench kernels [options]\n"
                            "(amx: AMX-INT8 tiles for MXFP4 weights; only on request).\n"
                            "Progress goes to stderr, the table to stdout. Exit status: 0 ok, 1 a check\n"
                            "failed or a backend error, 2 bad usage.\n";
-
-/* ------------------------------------------------------------------ small helpers */
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /* ------------------------------------------------------------------ machine peaks */
 
@@ -216,7 +195,7 @@ static double measure_read_bw(int threads, size_t *bytes_p)
     int avx2 = __builtin_cpu_supports("avx2");
     double best = 0.0;
     for (int pass = 0; pass < 5; pass++) {
-        double t0 = now_s(), sum = 0.0;
+        double t0 = bench_now_s(), sum = 0.0;
 #pragma omp parallel num_threads(threads) reduction(+ : sum)
         {
             int nt = omp_get_num_threads(), id = omp_get_thread_num();
@@ -228,7 +207,7 @@ static double measure_read_bw(int threads, size_t *bytes_p)
             sum += read_sum_scalar(buf + lo, len);
 #endif
         }
-        double dt = now_s() - t0;
+        double dt = bench_now_s() - t0;
         g_sink = sum;
         double gbps = (double)(n * sizeof(float)) / dt / 1e9;
         if (gbps > best)
@@ -246,7 +225,7 @@ static double measure_fma_peak(int threads, int width)
     long iters = 20000000L / (width > 1 ? 1 : 4);
     double best = 0.0;
     for (int pass = 0; pass < 3; pass++) {
-        double t0 = now_s(), sink = 0.0;
+        double t0 = bench_now_s(), sink = 0.0;
 #pragma omp parallel num_threads(threads) reduction(+ : sink)
         {
             float seed = (float)(omp_get_thread_num() + 1);
@@ -261,7 +240,7 @@ static double measure_fma_peak(int threads, int width)
             sink += fma_chain_scalar(iters, seed);
 #endif
         }
-        double dt = now_s() - t0;
+        double dt = bench_now_s() - t0;
         g_sink = sink;
         double gf = 2.0 * (double)iters * FMA_ACC * width * threads / dt / 1e9;
         if (gf > best)
@@ -511,20 +490,20 @@ static double time_runs(const be_t *b, const batch_t *bt, int nb, uint16_t *out,
     for (int i = 0; i < 2; i++)
         if (be_run(b, &bt[i % nb], bt[i % nb].n_tokens, bt[i % nb].n_assign, out, ws, threads) != MX_OK)
             return -1.0;
-    double start = now_s();
+    double start = bench_now_s();
     int n = 0;
     for (; n < iters; n++) {
         const batch_t *bn = &bt[(n + 2) % nb];
-        double t0 = now_s();
+        double t0 = bench_now_s();
         if (be_run(b, bn, bn->n_tokens, bn->n_assign, out, ws, threads) != MX_OK)
             return -1.0;
-        t[n] = (now_s() - t0) * 1e3;
-        if (n >= 2 && now_s() - start > 3.0) {
+        t[n] = (bench_now_s() - t0) * 1e3;
+        if (n >= 2 && bench_now_s() - start > 3.0) {
             n++;
             break;
         }
     }
-    return median(t, n);
+    return bench_median(t, n);
 }
 
 /* ------------------------------------------------------------------ options */

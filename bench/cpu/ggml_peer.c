@@ -26,7 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "ggml-alloc.h"
@@ -35,6 +34,7 @@
 #include "ggml.h"
 
 #include "../bench_rand.h"
+#include "../bench_time.h"
 
 #ifndef GGML_PEER_COMMIT
 #define GGML_PEER_COMMIT "unknown"
@@ -117,25 +117,6 @@ static const char USAGE[] =
     "2 bad usage.\n";
 
 /* ------------------------------------------------------------------ small helpers */
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static void *xmalloc(size_t n)
 {
@@ -453,18 +434,12 @@ static int ref_token(const layer_t *L, const float *x_in, const int32_t *ids, co
     float *row = xmalloc((size_t)(H > I ? H : I) * sizeof *row);
     double *a = xmalloc((size_t)I * sizeof *a);
     float *x = xmalloc((size_t)H * sizeof *x), *af = xmalloc((size_t)I * sizeof *af);
-    int bad = !row || !a || !x || !af;
-    if (!bad) {
-        memcpy(x, x_in, (size_t)H * sizeof *x);
-        bad = q8 && q8_round_trip(x, H);
-    }
-    if (bad) {
-        free(row);
-        free(a);
-        free(x);
-        free(af);
-        return -1;
-    }
+    int rc = -1;
+    if (!row || !a || !x || !af)
+        goto done;
+    memcpy(x, x_in, (size_t)H * sizeof *x);
+    if (q8 && q8_round_trip(x, H))
+        goto done;
     for (int h = 0; h < H; h++)
         out[h] = 0.0;
     for (int j = 0; j < md->k; j++) {
@@ -493,13 +468,8 @@ static int ref_token(const layer_t *L, const float *x_in, const int32_t *ids, co
         if (q8) { /* ggml hands the activation to the down matmul as F32, quantized to Q8_0 */
             for (int i = 0; i < I; i++)
                 af[i] = (float)a[i];
-            if (q8_round_trip(af, I)) {
-                free(row);
-                free(a);
-                free(x);
-                free(af);
-                return -1;
-            }
+            if (q8_round_trip(af, I))
+                goto done;
             for (int i = 0; i < I; i++)
                 a[i] = af[i];
         }
@@ -513,11 +483,13 @@ static int ref_token(const layer_t *L, const float *x_in, const int32_t *ids, co
             out[h] += (double)w[j] * d;
         }
     }
+    rc = 0;
+done:
     free(row);
     free(a);
     free(x);
     free(af);
-    return 0;
+    return rc;
 }
 
 /* ------------------------------------------------------------------ one case */
@@ -655,12 +627,12 @@ static int run_case(const opts_t *o, ggml_backend_t be, layer_t *L, int T, resul
         const route_t *r = &routes[i % nb];
         ggml_backend_tensor_set(tids, r->ids, 0, ggml_nbytes(tids));
         ggml_backend_tensor_set(tw, r->w, 0, ggml_nbytes(tw));
-        double t0 = now_s();
+        double t0 = bench_now_s();
         if (ggml_backend_graph_compute(be, gf) != GGML_STATUS_SUCCESS) {
             fprintf(stderr, "ggml_peer: graph compute failed\n");
             goto done;
         }
-        double t1 = now_s();
+        double t1 = bench_now_s();
         if (i >= 2) {
             t_ms[res->runs++] = (t1 - t0) * 1e3;
             if (res->runs == 1)
@@ -669,7 +641,7 @@ static int run_case(const opts_t *o, ggml_backend_t be, layer_t *L, int T, resul
                 break;
         }
     }
-    res->ms = median(t_ms, res->runs);
+    res->ms = bench_median(t_ms, res->runs);
     double active_sum = 0.0;
     for (int i = 0; i < nb; i++)
         active_sum += routes[i].active;

@@ -9,12 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cuda_internal.h"
 #include "gpu_layout.h"
 #include "gpu_ref.h"
 #include "mxep/kernels.h"
+#include "../bench_time.h"
 
 static const char *USAGE =
     "usage: mxgpu_bench [options]\n"
@@ -55,23 +55,9 @@ typedef struct {
     int n_active, cfg;
 } point_t;
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 static double now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+    return 1e3 * bench_now_s();
 }
 
 #define CU(call)                                                                                                       \
@@ -105,7 +91,7 @@ static double hbm_gbps(int iters)
         CU(cudaEventElapsedTime(&ms, e0, e1));
         t[i] = ms;
     }
-    double ms = median(t, iters);
+    double ms = bench_median(t, iters);
     free(t);
     cudaFree(a);
     cudaFree(b);
@@ -147,7 +133,7 @@ static double cublas_tflops(int iters)
         if (i >= 3)
             t[i - 3] = ms;
     }
-    double ms = median(t, iters);
+    double ms = bench_median(t, iters);
     free(t);
     cublasDestroy(h);
     cudaFree(A);
@@ -217,7 +203,7 @@ static int read_probes(int E, int K, size_t H, size_t I, int iters, double bw)
                     if (i >= 3)
                         t[i - 3] = ms;
                 }
-                const double ms = median(t, iters), gbps = bytes / (ms * 1e-3) / 1e9;
+                const double ms = bench_median(t, iters), gbps = bytes / (ms * 1e-3) / 1e9;
                 printf("%-6s %7d  %-20s %10.4f %9.0f %7.1f%%\n", shapes[s].gemm, n_ex, names[v], ms, gbps,
                        100.0 * gbps / bw);
             }
@@ -323,7 +309,7 @@ static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, const mx_run_ar
         ev[r] = ms * 1e3;
     }
     printf("trace T=%zu: us from the first CTA start, median of %d cold layers (events: %.1f us per layer)\n", T, TRACE_N,
-           median(ev, TRACE_N));
+           bench_median(ev, TRACE_N));
     printf("  %-28s %8s %8s %8s %8s %8s %8s %5s %5s %5s\n", "kernel", "start0", "start1", "ready0", "ready1", "end0",
            "end1", "CTAs", "SMs", "max");
     for (int s = 0; s < MXG_TR_SLOTS; s++) {
@@ -338,7 +324,7 @@ static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, const mx_run_ar
                     t0 = n[r][q][0] < t0 ? n[r][q][0] : t0;
                 x[r] = n[r][s][i] >= t0 && n[r][s][i] != ~0ull ? (double)(n[r][s][i] - t0) / 1e3 : -1.0;
             }
-            v[i] = median(x, TRACE_N);
+            v[i] = bench_median(x, TRACE_N);
         }
         /* where the CTAs ran, in the median layer by SMs used: CTAs, SMs with any, most on one SM */
         double used[TRACE_N], sorted[TRACE_N];
@@ -352,7 +338,7 @@ static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, const mx_run_ar
             }
             sorted[r] = used[r];
         }
-        const double mu = median(sorted, TRACE_N); /* TRACE_N is odd: one of the layers */
+        const double mu = bench_median(sorted, TRACE_N); /* TRACE_N is odd: one of the layers */
         int rm = 0;
         while (used[rm] != mu)
             rm++;
@@ -631,11 +617,11 @@ int main(int argc, char **argv)
         }
         point_t *p = &pts[ti];
         p->T = T;
-        p->layer_ms = median(tl, iters);
-        p->run_ms = median(tr, nrun);
-        p->pipe_ms = median(tp, iters);
-        p->cold_ms = median(tc, iters);
-        p->rot_ms = copies > 1 ? median(tq, iters) : -1.0;
+        p->layer_ms = bench_median(tl, iters);
+        p->run_ms = bench_median(tr, nrun);
+        p->pipe_ms = bench_median(tp, iters);
+        p->cold_ms = bench_median(tc, iters);
+        p->rot_ms = copies > 1 ? bench_median(tq, iters) : -1.0;
         free(tq);
         free(tp);
         free(tc);
