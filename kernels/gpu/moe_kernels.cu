@@ -1004,30 +1004,38 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
 #pragma unroll
     for (int i = 0; i < A_IT; i++) {
         const int idx = tid + i * C::NT, r = idx / PR, c = idx % PR, m = m0 + r;
-        a_ok[i] = idx < A_PIECES && m < cnt;
+        a_ok[i] = (A_PIECES % C::NT == 0 || idx < A_PIECES) && m < cnt;
         const int srow = off + (m < cnt ? m : 0);
         const int arow = p.a_rows ? p.a_rows[srow] : srow;
         a_src[i] = (const uint8_t *)p.a + (size_t)arow * p.lda * (X ? 1 : 2) + c * 16;
         a_dst[i] = C::a_off(r, c);
     }
+    /* the weight (and scale) pieces: a fixed count per thread, so that the copies
+     * are straight-line code (a loop from tid took ~30 instructions and three
+     * branches per chunk for one copy) */
+    constexpr int W_PIECES = C::W_BYTES / 16, W_IT = (W_PIECES + C::NT - 1) / C::NT;
+    constexpr int S_PIECES = C::S_BYTES / 16, S_IT = (S_PIECES + C::NT - 1) / C::NT;
     auto load_w = [&](int stage, int kc) {
-        const uint8_t *src = wsrc + (size_t)kc * wstep;
-        const uint32_t dst = sW + stage * C::W_BYTES;
+        const uint8_t *src = wsrc + (size_t)kc * wstep + tid * 16;
+        const uint32_t dst = sW + stage * C::W_BYTES + tid * 16;
 #pragma unroll
-        for (int idx = tid; idx < C::W_BYTES / 16; idx += C::NT)
-            cp_async16(dst + idx * 16, src + idx * 16, true);
+        for (int i = 0; i < W_IT; i++)
+            if (W_PIECES % C::NT == 0 || tid + i * C::NT < W_PIECES)
+                cp_async16(dst + i * C::NT * 16, src + i * C::NT * 16, true);
         if (WFMT == MXG_W_FP4) {
-            const uint8_t *ss = ssrc + (size_t)kc * sstep;
-            const uint32_t sd = sS + stage * C::S_BYTES;
-            for (int idx = tid; idx < C::S_BYTES / 16; idx += C::NT)
-                cp_async16(sd + idx * 16, ss + idx * 16, true);
+            const uint8_t *ss = ssrc + (size_t)kc * sstep + tid * 16;
+            const uint32_t sd = sS + stage * C::S_BYTES + tid * 16;
+#pragma unroll
+            for (int i = 0; i < S_IT; i++)
+                if (S_PIECES % C::NT == 0 || tid + i * C::NT < S_PIECES)
+                    cp_async16(sd + i * C::NT * 16, ss + i * C::NT * 16, true);
         }
     };
     auto load_a = [&](int stage, int kc) {
         const uint32_t dst = sA + stage * C::A_BYTES;
 #pragma unroll
         for (int i = 0; i < A_IT; i++)
-            if (tid + i * C::NT < A_PIECES)
+            if (A_PIECES % C::NT == 0 || tid + i * C::NT < A_PIECES)
                 cp_async16(dst + a_dst[i], a_src[i] + (size_t)kc * C::AROW, a_ok[i]);
     };
 
