@@ -1079,6 +1079,29 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
         if (ENG == ENG_WG)
             fence_proxy_async();
         __syncthreads();
+        /* wgmma: the lane's weight words of the chunk (MXFP4 16 bytes, FP8 32) and
+         * its scale word into registers at once, ahead of the copies and the MMAs
+         * (read step by step, each load waited behind the previous step's wgmma
+         * fence, the asm's memory clobber: one shared-memory latency per step;
+         * mma.sync keeps the step-by-step reads, its 2x128 tile would spill) */
+        constexpr bool HOIST = ENG == ENG_WG && C::TB <= 32;
+        uint32_t wv[MT][HOIST ? C::TB / 4 : 1], scw[MT];
+        if constexpr (HOIST) {
+            const int hs = kc % C::STAGES;
+            const uint8_t *hw = pW + hs * C::W_BYTES;
+#pragma unroll
+            for (int t = 0; t < MT; t++) {
+                scw[t] = WFMT == MXG_W_FP4 ? *(const uint32_t *)(pS + hs * C::S_BYTES + grp[t] * 32 + g * 4) : 0u;
+#pragma unroll
+                for (int q = 0; q < C::TB / 16; q++) {
+                    const uint4 v = *(const uint4 *)(hw + (grp[t] * 32 + lane) * C::TB + 16 * q);
+                    wv[t][4 * q] = v.x;
+                    wv[t][4 * q + 1] = v.y;
+                    wv[t][4 * q + 2] = v.z;
+                    wv[t][4 * q + 3] = v.w;
+                }
+            }
+        }
         {
             const int nk = kc + PRE; /* into the stage of chunk kc - 2, whose MMAs are complete */
             if (nk < KC) {
@@ -1094,13 +1117,14 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
 #pragma unroll
         for (int t = 0; t < MT; t++)
             if (WFMT == MXG_W_FP4)
-                fp4_mults_t<BIG>(*(const uint32_t *)(pS + stg * C::S_BYTES + grp[t] * 32 + g * 4), mm[t]);
+                fp4_mults_t<BIG>(HOIST ? scw[t] : *(const uint32_t *)(pS + stg * C::S_BYTES + grp[t] * 32 + g * 4), mm[t]);
 #pragma unroll
         for (int s = 0; s < NS; s++) {
             const int ab = NBUF == 4 ? s : (s & 1);
 #pragma unroll
             for (int t = 0; t < MT; t++)
-                decode_step<WFMT, BIG>((const uint32_t *)(wst + (grp[t] * 32 + lane) * C::TB), s, mm[t], af[ab][t]);
+                decode_step<WFMT, BIG>(HOIST ? wv[t] : (const uint32_t *)(wst + (grp[t] * 32 + lane) * C::TB), s, mm[t],
+                                       af[ab][t]);
             if (ENG == ENG_WG) {
                 wgmma_fence();
                 const uint64_t desc = sw128_desc(a_st + 32 * s);
