@@ -1301,7 +1301,8 @@ static int launch_tc(const mxg_gemm_params_t *p, cudaStream_t st, int zsub)
  * own 5 stages and 128 registers per thread, so that one CTA's waits and epilogue overlap
  * the other's MMAs; 0 ("1x256", the earlier tile): one CTA per SM of 128 x 256. Same K
  * order and MMAs: the same bits. On an H200 the default took T = 8192 from 33% to 51%
- * of cuBLAS's BF16 rate (tensor pipe 35% -> 50% busy; bench/RESULTS.md). */
+ * of cuBLAS's BF16 rate (tensor pipe 35% -> 50% busy; bench/RESULTS.md); with the
+ * straight-line copies and one weight load per chunk (session 27) 54-58% on an H200. */
 static int l_variant()
 {
     static int v = -1;
