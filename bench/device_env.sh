@@ -40,6 +40,22 @@ case ":${PKG_CONFIG_PATH:-}:" in *":$PREFIX/pc:"*) ;; *)
   ;;
 esac
 
+# prebuilt_env: for the binaries of bench/gpu/prebuild.sh, built on the Debian machine. Puts this
+# machine's CUDA library folders on LD_LIBRARY_PATH and checks that .prebuilt's binaries find
+# every library they need (returns 1, naming what is missing, when not).
+prebuilt_env() {
+  local d f missing
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -d "$d" ] && case ":${LD_LIBRARY_PATH:-}:" in *":$d:"*) ;; *) export LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} ;; esac
+  done
+  for f in "$ROOT/.prebuilt/mxgpu_bench" "$ROOT/.prebuilt/test_cuda_parity" "$ROOT/.prebuilt/base/mxgpu_bench"; do
+    case "$f" in */base/*) [ -e "$f" ] || continue ;; esac
+    [ -x "$f" ] || { echo "prebuilt_env: $f missing: run bench/gpu/prebuild.sh here and carry .prebuilt"; return 1; }
+    missing=$(ldd "$f" 2>&1 | grep "not found")
+    [ -z "$missing" ] || { echo "prebuilt_env: $f cannot run here, libraries not found:"; echo "$missing"; return 1; }
+  done
+}
+
 # device_build BUILD CUDA LOG TARGET...: configures BUILD (Release, sm_90a, CUDA ON/OFF, no HIP or
 # Level Zero) from $DEVICE_SRC (default: this repository) unless it is configured already, then
 # builds the targets; the log's tail on failure.

@@ -8,16 +8,18 @@
 #      PyTorch imports, issue 7's PyTorch peers at the same token counts (torch_peer.py);
 #   4. leave logs and JSON in $OUT (or ./out when OUT is unset).
 # Usage (from the repository root, on the device machine):
-#   bash bench/gpu/device_run.sh [--quick] [--no-tests] [--no-bench] [--base DIR] [-- <mxgpu_bench options>]
+#   bash bench/gpu/device_run.sh [--quick] [--no-tests] [--no-bench] [--base DIR | --prebuilt] [-- <mxgpu_bench options>]
 # --base DIR also builds the mxgpu_bench of another revision's source tree DIR (made here by
 # bench/gpu/base_src.sh, carried as .base) into build-base/, alongside the main build, for
 # device_ab.sh's `base` setting.
+# --prebuilt runs .prebuilt/'s test and bench (bench/gpu/prebuild.sh, built on the Debian machine
+# and carried with .deps) instead of building them here.
 # MXEP_HAND_BUILD=1 skips CMake and builds the GPU parts with nvcc/gcc directly.
 # Exit status: 0 when the build, the tests and the bench's reference check all passed.
 set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$ROOT/out}
-QUICK=0 TESTS=1 BENCH=1 BASE=
+QUICK=0 TESTS=1 BENCH=1 BASE= PREBUILT=0
 BENCH_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,12 +29,15 @@ while [ $# -gt 0 ]; do
     --base) [ $# -ge 2 ] || { echo "device_run.sh: --base needs a directory (see --help)" >&2; exit 2; }
             BASE=$(cd "$2" 2>/dev/null && pwd) || { echo "device_run.sh: --base $2: no such directory" >&2; exit 2; }
             shift ;;
+    --prebuilt) PREBUILT=1 ;;
     --) shift; BENCH_ARGS=("$@"); break ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "device_run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+[ "$PREBUILT" = 1 ] && [ -n "$BASE" ] &&
+  { echo "device_run.sh: --base builds here, --prebuilt builds nothing: give one (prebuild.sh --base REV prebuilds the base)" >&2; exit 2; }
 mkdir -p "$OUT"
 LOG=$OUT/device_run.log
 exec > >(tee "$LOG") 2>&1
@@ -56,7 +61,12 @@ if [ -n "$BASE" ]; then
   BASE_PID=$!
 fi
 BIN_TEST= BIN_BENCH=
-if [ "${MXEP_HAND_BUILD:-0}" != 1 ] && cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DMXEP_WITH_CUDA=ON -DMXEP_WITH_HIP=OFF \
+if [ "$PREBUILT" = 1 ]; then
+  prebuilt_env || exit 2
+  BIN_TEST=$ROOT/.prebuilt/test_cuda_parity
+  BIN_BENCH=$ROOT/.prebuilt/mxgpu_bench
+  echo "prebuilt: $(cat "$ROOT/.prebuilt/REVISION")"
+elif [ "${MXEP_HAND_BUILD:-0}" != 1 ] && cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DMXEP_WITH_CUDA=ON -DMXEP_WITH_HIP=OFF \
       -DCMAKE_CUDA_ARCHITECTURES="90a-real;80-virtual" > "$OUT/cmake_configure.log" 2>&1 &&
    cmake --build "$BUILD" -j "$NPROC" --target test_cuda_parity mxgpu_bench > "$OUT/cmake_build.log" 2>&1; then
   BIN_TEST=$BUILD/tests/gpu/test_cuda_parity
