@@ -329,6 +329,16 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool v
     (void)valid;
 #endif
 }
+/* PIECES contiguous 16-byte pieces to shared memory by a CTA of NT threads:
+ * thread tid copies pieces tid + i NT (a count fixed at compile time); dst and
+ * src are its first piece's places (the start + 16 tid) */
+template <int PIECES, int NT> __device__ __forceinline__ void copy_pieces(uint32_t dst, const uint8_t *src, int tid)
+{
+#pragma unroll
+    for (int i = 0; i < (PIECES + NT - 1) / NT; i++)
+        if (PIECES % NT == 0 || tid + i * NT < PIECES)
+            cp_async16(dst + i * NT * 16, src + i * NT * 16, true);
+}
 __device__ __forceinline__ void cp_async_commit()
 {
 #if defined(MXG_HAVE_MMA)
@@ -1010,26 +1020,15 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
         a_src[i] = (const uint8_t *)p.a + (size_t)arow * p.lda * (X ? 1 : 2) + c * 16;
         a_dst[i] = C::a_off(r, c);
     }
-    /* the weight (and scale) pieces: a fixed count per thread, so that the copies
-     * are straight-line code (a loop from tid took ~30 instructions and three
-     * branches per chunk for one copy) */
-    constexpr int W_PIECES = C::W_BYTES / 16, W_IT = (W_PIECES + C::NT - 1) / C::NT;
-    constexpr int S_PIECES = C::S_BYTES / 16, S_IT = (S_PIECES + C::NT - 1) / C::NT;
+    /* the weight (and scale) pieces: a fixed count per thread (copy_pieces), so
+     * that the copies are straight-line code (a loop from tid took ~30
+     * instructions and three branches per chunk for one copy) */
     auto load_w = [&](int stage, int kc) {
-        const uint8_t *src = wsrc + (size_t)kc * wstep + tid * 16;
-        const uint32_t dst = sW + stage * C::W_BYTES + tid * 16;
-#pragma unroll
-        for (int i = 0; i < W_IT; i++)
-            if (W_PIECES % C::NT == 0 || tid + i * C::NT < W_PIECES)
-                cp_async16(dst + i * C::NT * 16, src + i * C::NT * 16, true);
-        if (WFMT == MXG_W_FP4) {
-            const uint8_t *ss = ssrc + (size_t)kc * sstep + tid * 16;
-            const uint32_t sd = sS + stage * C::S_BYTES + tid * 16;
-#pragma unroll
-            for (int i = 0; i < S_IT; i++)
-                if (S_PIECES % C::NT == 0 || tid + i * C::NT < S_PIECES)
-                    cp_async16(sd + i * C::NT * 16, ss + i * C::NT * 16, true);
-        }
+        copy_pieces<C::W_BYTES / 16, C::NT>(sW + stage * C::W_BYTES + tid * 16, wsrc + (size_t)kc * wstep + tid * 16,
+                                            tid);
+        if (WFMT == MXG_W_FP4)
+            copy_pieces<C::S_BYTES / 16, C::NT>(sS + stage * C::S_BYTES + tid * 16,
+                                                ssrc + (size_t)kc * sstep + tid * 16, tid);
     };
     auto load_a = [&](int stage, int kc) {
         const uint32_t dst = sA + stage * C::A_BYTES;
@@ -1117,7 +1116,8 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
 #pragma unroll
         for (int t = 0; t < MT; t++)
             if (WFMT == MXG_W_FP4)
-                fp4_mults_t<BIG>(HOIST ? scw[t] : *(const uint32_t *)(pS + stg * C::S_BYTES + grp[t] * 32 + g * 4), mm[t]);
+                fp4_mults_t<BIG>(HOIST ? scw[t] : *(const uint32_t *)(pS + stg * C::S_BYTES + grp[t] * 32 + g * 4),
+                                 mm[t]);
 #pragma unroll
         for (int s = 0; s < NS; s++) {
             const int ab = NBUF == 4 ? s : (s & 1);
