@@ -11,6 +11,10 @@
 #include <immintrin.h>
 #include <string.h>
 
+#ifndef MXI_GEMM_ZMM /* 1: the tiled path 16 lanes wide (avx512.c; MXI_DEF_MICROZ) */
+#define MXI_GEMM_ZMM 0
+#endif
+
 #include "../cpu_internal.h"
 
 static inline float hsum8(__m256 v)
@@ -257,6 +261,7 @@ typedef void (*stream_fn)(const mxi_cpu_mat_t *, size_t, const float *const *, f
         _Pragma("GCC unroll 8") for (int i = 0; i < MXI_MR; i++) _Pragma("GCC unroll 8") for (int t = 0; t < NRV; t++) \
             _mm256_store_ps(part + ((size_t)t * nr + (size_t)i) * 8, acc[i][t]);                                       \
     }
+#if !MXI_GEMM_ZMM
 MXI_DEF_MICRO(micro_full, MXI_NR)
 /* MR rows x 1..3 tokens: the last token group of a batch (nt not a multiple of
  * NR) runs only its real tokens (repeating the last one cost up to NR-1 tokens'
@@ -264,6 +269,49 @@ MXI_DEF_MICRO(micro_full, MXI_NR)
 MXI_DEF_MICRO(micro_n1, 1)
 MXI_DEF_MICRO(micro_n2, 2)
 MXI_DEF_MICRO(micro_n3, 3)
+#endif
+
+#if MXI_GEMM_ZMM
+/* The same sums 16 lanes wide (AVX-512 level): a zmm holds rows 2p and 2p + 1
+ * of a row pair, each in its own 8 lanes, so every lane does exactly the FMAs
+ * of its 8-lane accumulator (bitwise the same results). The slab holds pair
+ * p's chunk c (8 columns) of both rows as 16 floats at w + p * ldp + 16 c;
+ * the accumulators of (token t, rows 2p, 2p + 1) are the 16 adjacent floats at
+ * part + (t * nr + 2p) * 8. MXI_ZMP pairs x NRV tokens per call. */
+#ifndef MXI_ZMP
+#define MXI_ZMP 4
+#endif
+#define MXI_DEF_MICROZ(NAME, MP, NRV)                                                                                  \
+    static void NAME(const float *w, size_t ldp, size_t k0, size_t k1, const float *const *a, float *part, size_t nr)  \
+    {                                                                                                                  \
+        __m512 acc[MP][NRV];                                                                                           \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MP; i++) _Pragma("GCC unroll 8") for (int t = 0; t < NRV; t++)     \
+            acc[i][t] = _mm512_loadu_ps(part + ((size_t)t * nr + 2 * (size_t)i) * 8);                                 \
+        const float *ap[NRV];                                                                                          \
+        for (int t = 0; t < NRV; t++)                                                                                  \
+            ap[t] = a[t] + k0;                                                                                         \
+        size_t n = k1 - k0;                                                                                            \
+        for (size_t k = 0; k < n; k += 8) {                                                                            \
+            __m512 wv[MP];                                                                                             \
+            _Pragma("GCC unroll 8") for (int i = 0; i < MP; i++) wv[i] = _mm512_load_ps(w + (size_t)i * ldp + 2 * k);  \
+            _Pragma("GCC unroll 8") for (int t = 0; t < NRV; t++)                                                      \
+            {                                                                                                          \
+                __m512 av = _mm512_broadcast_f32x8(_mm256_loadu_ps(ap[t] + k));                                        \
+                _Pragma("GCC unroll 8") for (int i = 0; i < MP; i++) acc[i][t] = _mm512_fmadd_ps(av, wv[i], acc[i][t]); \
+            }                                                                                                          \
+        }                                                                                                              \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MP; i++) _Pragma("GCC unroll 8") for (int t = 0; t < NRV; t++)     \
+            _mm512_storeu_ps(part + ((size_t)t * nr + 2 * (size_t)i) * 8, acc[i][t]);                                  \
+    }
+MXI_DEF_MICROZ(microz_full, MXI_ZMP, MXI_NR)
+MXI_DEF_MICROZ(microz_n1, MXI_ZMP, 1)
+MXI_DEF_MICROZ(microz_n2, MXI_ZMP, 2)
+MXI_DEF_MICROZ(microz_n3, MXI_ZMP, 3)
+MXI_DEF_MICROZ(microz_1_full, 1, MXI_NR)
+MXI_DEF_MICROZ(microz_1_n1, 1, 1)
+MXI_DEF_MICROZ(microz_1_n2, 1, 2)
+MXI_DEF_MICROZ(microz_1_n3, 1, 3)
+#endif
 
 static void micro_one(const float *w, size_t k0, size_t k1, const float *a, float *part)
 {
@@ -334,11 +382,22 @@ void MXI_GEMM_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const float *co
                     _mm_prefetch((const char *)m->scales + (r0 + nr + i) * m->scale_stride, _MM_HINT_T0);
                 }
             }
+#if MXI_GEMM_ZMM
+            /* rows of a pair interleaved chunk by chunk (MXI_DEF_MICROZ); an odd
+             * last row stays whole, at its own place */
+            size_t cstep = 8;
+            if (i < nr / 2 * 2) {
+                w = tile + (i / 2) * 2 * MXI_KC + 8 * (i & 1);
+                cstep = 16;
+            }
+#else
+            const size_t cstep = 8;
+#endif
             for (size_t b = k0 / 32; b < k1 / 32; b++) {
                 __m256 v[4];
                 dec4(m->fmt, row, m->scale_off, slow, b, v);
                 for (int j = 0; j < 4; j++)
-                    _mm256_store_ps(w + (b * 32 - k0) + 8 * (size_t)j, v[j]);
+                    _mm256_store_ps(w + ((b * 32 - k0) / 8 + (size_t)j) * cstep, v[j]);
             }
         }
         for (size_t t = 0; t < nt; t += MXI_NR) {
@@ -349,6 +408,21 @@ void MXI_GEMM_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const float *co
             for (size_t u = 0; u < MXI_NR; u++)
                 ap[u] = a[t + u < nt ? t + u : nt - 1];
             size_t i = 0, left = nt - t;
+#if MXI_GEMM_ZMM
+            {
+                typedef void (*microz_fn)(const float *, size_t, size_t, size_t, const float *const *, float *, size_t);
+                const int v = left >= MXI_NR || left > 3 ? 0 : 4 - (int)left; /* full, n3, n2, n1 */
+                static const microz_fn fz[4] = {microz_full, microz_n3, microz_n2, microz_n1};
+                static const microz_fn f1[4] = {microz_1_full, microz_1_n3, microz_1_n2, microz_1_n1};
+                const size_t np = nr / 2;
+                size_t q = 0;
+                for (; q + MXI_ZMP <= np; q += MXI_ZMP)
+                    fz[v](tile + q * 2 * MXI_KC, 2 * MXI_KC, k0, k1, ap, part + (t * nr + 2 * q) * 8, nr);
+                for (; q < np; q++)
+                    f1[v](tile + q * 2 * MXI_KC, 2 * MXI_KC, k0, k1, ap, part + (t * nr + 2 * q) * 8, nr);
+                i = 2 * np;
+            }
+#else
             if (left >= MXI_NR || left > 3)
                 for (; i + MXI_MR <= nr; i += MXI_MR)
                     micro_full(tile + i * MXI_KC, MXI_KC, k0, k1, ap, part + (t * nr + i) * 8, nr);
@@ -361,6 +435,7 @@ void MXI_GEMM_NAME(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const float *co
             else
                 for (; i + MXI_MR <= nr; i += MXI_MR)
                     micro_n1(tile + i * MXI_KC, MXI_KC, k0, k1, ap, part + (t * nr + i) * 8, nr);
+#endif
             for (; i < nr; i++)
                 for (size_t u = 0; u < MXI_NR && t + u < nt; u++)
                     micro_one(tile + i * MXI_KC, k0, k1, ap[u], part + ((t + u) * nr + i) * 8);
