@@ -286,18 +286,19 @@ MXI_DEF_MICRO(micro_n3, 3)
     {                                                                                                                  \
         __m512 acc[MP][NRV];                                                                                           \
         _Pragma("GCC unroll 8") for (int i = 0; i < MP; i++) _Pragma("GCC unroll 8") for (int t = 0; t < NRV; t++)     \
-            acc[i][t] = _mm512_loadu_ps(part + ((size_t)t * nr + 2 * (size_t)i) * 8);                                 \
+            acc[i][t] = _mm512_loadu_ps(part + ((size_t)t * nr + 2 * (size_t)i) * 8);                                  \
         const float *ap[NRV];                                                                                          \
         for (int t = 0; t < NRV; t++)                                                                                  \
             ap[t] = a[t] + k0;                                                                                         \
         size_t n = k1 - k0;                                                                                            \
         for (size_t k = 0; k < n; k += 8) {                                                                            \
             __m512 wv[MP];                                                                                             \
-            _Pragma("GCC unroll 8") for (int i = 0; i < MP; i++) wv[i] = _mm512_load_ps(w + (size_t)i * ldp + 2 * k);  \
+            _Pragma("GCC unroll 8") for (int i = 0; i < MP; i++) wv[i] = _mm512_loadu_ps(w + (size_t)i * ldp + 2 * k); \
             _Pragma("GCC unroll 8") for (int t = 0; t < NRV; t++)                                                      \
             {                                                                                                          \
                 __m512 av = _mm512_broadcast_f32x8(_mm256_loadu_ps(ap[t] + k));                                        \
-                _Pragma("GCC unroll 8") for (int i = 0; i < MP; i++) acc[i][t] = _mm512_fmadd_ps(av, wv[i], acc[i][t]); \
+                _Pragma("GCC unroll 8") for (int i = 0; i < MP; i++) acc[i][t] =                                       \
+                    _mm512_fmadd_ps(av, wv[i], acc[i][t]);                                                             \
             }                                                                                                          \
         }                                                                                                              \
         _Pragma("GCC unroll 8") for (int i = 0; i < MP; i++) _Pragma("GCC unroll 8") for (int t = 0; t < NRV; t++)     \
