@@ -1082,7 +1082,10 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
          * its scale word into registers at once, ahead of the copies and the MMAs
          * (read step by step, each load waited behind the previous step's wgmma
          * fence, the asm's memory clobber: one shared-memory latency per step;
-         * mma.sync keeps the step-by-step reads, its 2x128 tile would spill) */
+         * mma.sync keeps the step-by-step reads, its 2x128 tile would spill).
+         * hs / hw are stg / wst below, computed here apart: declaring those
+         * before the copies changes the mma.sync kernels' register allocation
+         * (W8A8's 2x64 tile spilled 8 instructions instead of 5) */
         constexpr bool HOIST = ENG == ENG_WG && C::TB <= 32;
         uint32_t wv[MT][HOIST ? C::TB / 4 : 1], scw[MT];
         if constexpr (HOIST) {
