@@ -31,19 +31,16 @@ command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ] ||
 [ -n "$BASE_REV" ] && { git -C "$ROOT" rev-parse --verify --quiet "$BASE_REV^{commit}" >/dev/null ||
   { echo "prebuild.sh: '$BASE_REV' is not a revision of $ROOT" >&2; exit 2; }; }
 
-# build SRC BUILD TARGET...: configure once (Release, CUDA on, sm_90a + compute_80), then build
+# build SRC BUILD TARGET...: bench/device_build.sh's device_build (configure once, then build), here
+# with sm_90a + compute_80 like device_run.sh's own build, its log in BUILD/prebuild.log
+. "$ROOT/bench/device_build.sh"
 build() {
-  local src=$1 b=$2 log=$2/prebuild.log
+  local src=$1 b=$2
   shift 2
   mkdir -p "$b"
-  if [ ! -f "$b/CMakeCache.txt" ]; then
-    cmake -S "$src" -B "$b" -DCMAKE_BUILD_TYPE=Release -DMXEP_WITH_CUDA=ON -DMXEP_WITH_HIP=OFF -DMXEP_WITH_ZE=OFF \
-      -DCMAKE_CUDA_ARCHITECTURES="90a-real;80-virtual" > "$log" 2>&1 ||
-      { echo "prebuild.sh: configuring $src failed:" >&2; tail -20 "$log" >&2; return 1; }
-  fi
-  echo "prebuild.sh: building $* from $src in $b (log $log)"
-  cmake --build "$b" -j "$JOBS" --target "$@" >> "$log" 2>&1 ||
-    { echo "prebuild.sh: build failed in $b:" >&2; tail -30 "$log" >&2; return 1; }
+  echo "prebuild.sh: building $* from $src in $b (log $b/prebuild.log)"
+  DEVICE_SRC=$src DEVICE_CUDA_ARCHS="90a-real;80-virtual" DEVICE_JOBS=$JOBS device_build "$b" ON "$b/prebuild.log" "$@" ||
+    { echo "prebuild.sh: building in $b failed (above)" >&2; return 1; }
 }
 
 OUTD=$ROOT/.prebuilt
