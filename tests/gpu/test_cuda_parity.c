@@ -916,11 +916,33 @@ static int variants_child(void)
         }
         printf("%s T=%zu: S %016llx M %016llx L %016llx\n", mx_scheme_name(d.scheme), T, (unsigned long long)h[0],
                (unsigned long long)h[1], (unsigned long long)h[2]);
+        /* the weighted sum too, added to nonzero sums (the combine kernel after
+         * each configuration's GEMM2) */
+        uint64_t hw[3];
+        float *of = malloc(T * H * 4);
+        if (!of)
+            return 2;
+        mx_run_args_t aw = args_of(&b, MX_OUT_WEIGHTED_SUM, NULL, of);
+        for (int cfg = 0; cfg < 3; cfg++) {
+            mxi_cuda_force_cfg(pk, cfg);
+            for (size_t i = 0; i < T * H; i++)
+                of[i] = (float)((int)(i % 7) - 3) * 0.125f;
+            if (mx_backend_cuda.run(pk, &aw, NULL) != MX_OK) {
+                fprintf(stderr, "variants child: run (weighted sum): %s\n", mx_error_detail());
+                return 2;
+            }
+            hw[cfg] = 1469598103934665603ull;
+            for (size_t i = 0; i < T * H * 4; i++)
+                hw[cfg] = (hw[cfg] ^ ((const uint8_t *)of)[i]) * 1099511628211ull;
+        }
+        printf("%s T=%zu weighted sum: S %016llx M %016llx L %016llx\n", mx_scheme_name(d.scheme), T,
+               (unsigned long long)hw[0], (unsigned long long)hw[1], (unsigned long long)hw[2]);
+        free(of);
         free(o);
         batch_free(&b);
         mx_backend_cuda.release(pk);
         gref_experts_free(&g);
-        if (h[0] != h[1] || h[0] != h[2])
+        if (h[0] != h[1] || h[0] != h[2] || hw[0] != hw[1] || hw[0] != hw[2])
             return 1;
     }
     return 0;
