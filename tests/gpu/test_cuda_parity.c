@@ -856,6 +856,15 @@ static int child_main(uint64_t seed)
 static char g_self[4096];
 extern char **environ;
 
+/* FNV-1a of n bytes. */
+static uint64_t fnv1a(const void *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ ((const uint8_t *)p)[i]) * 1099511628211ull;
+    return h;
+}
+
 /* The other process of the next test: a layer-sized W4A16 batch and a
  * block-scaled W8A8 one (the flushing kernels), run in each tile configuration
  * S, M, L under the kernel variants of this process's environment; prints one
@@ -910,9 +919,7 @@ static int variants_child(void)
                 fprintf(stderr, "variants child: run: %s\n", mx_error_detail());
                 return 2;
             }
-            h[cfg] = 1469598103934665603ull;
-            for (size_t i = 0; i < bytes; i++)
-                h[cfg] = (h[cfg] ^ ((const uint8_t *)o)[i]) * 1099511628211ull;
+            h[cfg] = fnv1a(o, bytes);
         }
         printf("%s T=%zu: S %016llx M %016llx L %016llx\n", mx_scheme_name(d.scheme), T, (unsigned long long)h[0],
                (unsigned long long)h[1], (unsigned long long)h[2]);
@@ -931,9 +938,7 @@ static int variants_child(void)
                 fprintf(stderr, "variants child: run (weighted sum): %s\n", mx_error_detail());
                 return 2;
             }
-            hw[cfg] = 1469598103934665603ull;
-            for (size_t i = 0; i < T * H * 4; i++)
-                hw[cfg] = (hw[cfg] ^ ((const uint8_t *)of)[i]) * 1099511628211ull;
+            hw[cfg] = fnv1a(of, T * H * 4);
         }
         printf("%s T=%zu weighted sum: S %016llx M %016llx L %016llx\n", mx_scheme_name(d.scheme), T,
                (unsigned long long)hw[0], (unsigned long long)hw[1], (unsigned long long)hw[2]);
