@@ -77,6 +77,10 @@ struct mx_backend_packed {
     size_t l2pf_max; /* a decode-kernel GEMM whose weights take at most this many bytes prefetches them into L2
                       * while the kernel before it runs: half the L2 with dependent launches, else 0
                       * (MXEP_CUDA_L2PF=0 turns it off) */
+    /* MXEP_CUDA_DEC=c48v (GEMM2 overlapping GEMM1): the flags, 4 words per m tile,
+     * zeros between layers (sm_90 with dependent launches), and the layers that took it */
+    uint32_t *wave;
+    long wave_layers;
     /* staged batch */
     int cfg, n_mtiles, staged;
     size_t n_tokens, n_assign;
@@ -327,6 +331,8 @@ static void cuda_release(mx_backend_packed_t *p)
         (void)cudaStreamSynchronize(p->stream);
     gmat_free(&p->m1);
     gmat_free(&p->m2);
+    if (p->wave)
+        cudaFree(p->wave);
     dbuf_t *bufs[] = {&p->x, &p->meta, &p->xq, &p->grp1, &p->grp2, &p->rs1, &p->rs2, &p->hid, &p->hq, &p->y, &p->out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         dbuf_free(bufs[i]);
@@ -512,6 +518,17 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
             p->stream = NULL;
             st = cuda_fail(p->device, err, "cudaStreamCreateWithFlags");
         }
+    }
+    if (st == MX_OK && p->pdl) {
+        /* 16 KB whatever the variant: no allocation inside a layer (CUDA graphs) */
+        const size_t wb = (size_t)MXG_WAVE_MAX_MTILES * 4 * sizeof(uint32_t);
+        st = dev_alloc(p->device, (void **)&p->wave, wb, "the c48v layer flags");
+        if (st != MX_OK)
+            p->wave = NULL;
+        if (st == MX_OK && (err = cudaMemsetAsync(p->wave, 0, wb, p->stream)) == cudaSuccess)
+            err = cudaStreamSynchronize(p->stream);
+        if (st == MX_OK && err != cudaSuccess)
+            st = cuda_fail(p->device, err, "zeroing the c48v layer flags");
     }
     if (st == MX_OK && n_experts > 0)
         st = prepack_body(p, experts);
@@ -812,6 +829,10 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
     g1.alpha = p->desc.swiglu_alpha;
     g1.out = p->hid.ptr;
     g1.ldo = K2;
+    /* MXEP_CUDA_DEC=c48v: GEMM2 overlapping GEMM1 through flags (moe_kernels.cu);
+     * GEMM1 then is no dependent launch and GEMM2 is (nat), GEMM2's input is
+     * GEMM1's output unquantized (nat: no quantizing scheme) */
+    const int wave = nat && p->wave && mxi_gpu_wave_plan(&g1, &g2, p->pdl, p->wave);
     KL(mxi_gpu_gemm_launch(&g1, p->cfg, p->stream), "GEMM1 (gate_up + activation) launch");
 
     /* GEMM2 input: the BF16 hidden activation, quantized in place where the scheme
@@ -849,7 +870,15 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
     g2.out = p->y.ptr;
     g2.ldo = (int)p->desc.hidden;
     g2.out_rows = p->d_out_rows;
-    KL(mxi_gpu_gemm_launch(&g2, p->cfg, p->stream), "GEMM2 (down + bias) launch");
+    const int rc2 = mxi_gpu_gemm_launch(&g2, p->cfg, p->stream);
+    if (rc2 != 0) {
+        /* GEMM1 counts its row groups in the flags, which only GEMM2 resets */
+        if (wave)
+            (void)cudaMemsetAsync(p->wave, 0, (size_t)MXG_WAVE_MAX_MTILES * 4 * sizeof(uint32_t), p->stream);
+        return cuda_fail(p->device, (cudaError_t)rc2, "GEMM2 (down + bias) launch");
+    }
+    if (wave)
+        ((mx_backend_packed_t *)p)->wave_layers++; /* run() holds the lock; the bench and tests call it alone */
 
     if (p->mode == MX_OUT_WEIGHTED_SUM) {
         mxg_combine_params_t c = {0};
@@ -888,6 +917,27 @@ mx_status_t mxi_cuda_fetch(const mx_backend_packed_t *p, const mx_run_args_t *a)
         return cuda_fail(p->device, err, what);
     if (serr != cudaSuccess)
         return cuda_fail(p->device, serr, "cudaStreamSynchronize (the layer's kernels and copies)");
+    return MX_OK;
+}
+
+mx_status_t mxi_cuda_wave_state(const mx_backend_packed_t *p, long *layers_p, int *flags_zero_p)
+{
+    if (!p || !layers_p)
+        return mx_error_set(MX_ERR_INVALID, "cuda wave state: NULL argument");
+    *layers_p = p->wave_layers;
+    if (!flags_zero_p)
+        return MX_OK;
+    *flags_zero_p = 1;
+    if (!p->wave)
+        return MX_OK;
+    uint32_t f[MXG_WAVE_MAX_MTILES * 4];
+    CK(p->device, cudaSetDevice(p->device), "cudaSetDevice");
+    CK(p->device, cudaMemcpyAsync(f, p->wave, sizeof f, cudaMemcpyDeviceToHost, p->stream),
+       "cudaMemcpyAsync (c48v flags)");
+    CK(p->device, cudaStreamSynchronize(p->stream), "cudaStreamSynchronize (c48v flags)");
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (f[i] != 0)
+            *flags_zero_p = 0;
     return MX_OK;
 }
 

@@ -221,7 +221,20 @@ typedef struct {
     uint16_t *out;
     int ldo;
     const int32_t *out_rows; /* EPI_OUT: sorted row -> output row */
+    /* GEMM2 overlapping GEMM1 (MXEP_CUDA_DEC=c48v, decode kernel; mxi_gpu_wave_plan
+     * sets these, 0 otherwise). wave 1 (GEMM1): each warp runs row group r, then
+     * wave_rg + r, and after each adds 1 to wave_flags[4 m tile + pass]. wave 2
+     * (GEMM2): no griddepcontrol.wait; it waits until flag 0 of its m tile reaches
+     * wave_rg (its first wave_kc K chunks are written), runs them, waits for flag
+     * 1 and runs the rest; flag 2 counts its CTAs past that wait, and the last
+     * one of the m tile sets the tile's three flags back to 0. */
+    int wave, wave_rg, wave_kc;
+    size_t wave_smem;       /* GEMM2: the dynamic shared memory of its launch (capping its CTAs per SM) */
+    uint32_t *wave_flags;   /* [4 * n_mtiles] on the device, 0 between layers */
 } mxg_gemm_params_t;
+
+/* The most m tiles of a layer that takes the c48v pair (the flag buffer holds 4 words each). */
+enum { MXG_WAVE_MAX_MTILES = 1024 };
 
 /* Activation quantization to E4M3 values (kept as BF16 for the MMA):
  * rows sorted; input row r is in[src_rows ? src_rows[r] : r] (ld_in), output
@@ -300,6 +313,13 @@ int mxi_gpu_trace(int on, unsigned long long *out, unsigned *sm_out);
  * compute_80 PTX JIT-compiled on a newer GPU that has no machine code in this
  * build), where that wait compiles to nothing, and in HIP builds. */
 int mxi_gpu_has_griddep(void);
+/* MXEP_CUDA_DEC=c48v: 1 when GEMM1 (g1, the gathering decode kernel) and GEMM2
+ * (g2, the capped shared-rows kernel) of a small batch can overlap through the
+ * flags at `flags` (see mxg_gemm_params_t.wave), and then sets both's wave
+ * fields; 0 otherwise (other variants, shapes, devices; HIP builds). g2 as
+ * gemm_common leaves it, pdl telling whether GEMM2 will be a dependent launch.
+ * Call it on the device of the launch, before GEMM1's. */
+int mxi_gpu_wave_plan(mxg_gemm_params_t *g1, mxg_gemm_params_t *g2, int pdl, uint32_t *flags);
 #ifdef __cplusplus
 }
 #endif

@@ -629,6 +629,46 @@ __device__ __forceinline__ void decode_step(const uint32_t *src, int s, const Fp
     }
 }
 
+/* ------------------------------------------------------------ GEMM2 overlapping GEMM1 (c48v) */
+
+/* The CTA's barrier: bar.sync 0 (all threads at this instruction) or, NA, the
+ * form that its threads may reach from different places in the code. */
+template <bool NA> __device__ __forceinline__ void cta_sync()
+{
+    if (NA)
+        asm volatile("barrier.sync 0;\n" ::: "memory");
+    else
+        __syncthreads();
+}
+/* GEMM1 (wave 1): the warp's row group of this pass is written; lane 0 counts it
+ * in the m tile's flag after every lane's stores (mxg_gemm_params_t.wave). */
+__device__ __forceinline__ void wave_count(const mxg_gemm_params_t &p, int mt, int pass, int lane)
+{
+    __threadfence();
+    __syncwarp();
+    if (lane == 0) {
+        __threadfence();
+        atomicAdd(p.wave_flags + 4 * mt + pass, 1u);
+    }
+}
+/* GEMM2 (wave 2): thread 0 waits until flag f of the m tile counts every GEMM1
+ * warp of that pass (acquire), then the CTA meets (each of its threads calls it). */
+__device__ __forceinline__ void wave_wait(const mxg_gemm_params_t &p, int mt, int f)
+{
+    if (threadIdx.x == 0) {
+        const uint32_t *flag = p.wave_flags + 4 * mt + f;
+        const uint32_t want = (uint32_t)p.wave_rg;
+        for (;;) {
+            uint32_t v;
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+            if (v >= want)
+                break;
+        }
+        __threadfence();
+    }
+    cta_sync<true>();
+}
+
 /* ------------------------------------------------------------ decode kernel (small batches) */
 
 /* Weights and token rows are read through the non-coherent path (__ldg; the
@@ -670,12 +710,14 @@ template <bool B> struct BoolC {
 /* WPC: warps (row groups) per CTA, 4 but in the c48s variant's capped
  * kernel (2); MINB counts CTAs of WPC warps. */
 template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0,
-          bool TSM = false, int WPC = 4>
+          bool TSM = false, int WPC = 4, int WV = 0>
 __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
     static_assert(!(NAT && X), "E4M3 token rows are always written by the quantizer, in mxg_tok_pos8 order");
     static_assert(!TSM || (!NAT && !X), "shared token rows: BF16 rows in mxg_tok_pos order");
+    static_assert(WV != 1 || (NAT && WFMT == MXG_W_FP4 && !FLUSH && WPC == 2), "c48v's GEMM1: the gathering kernel");
+    static_assert(WV != 2 || (TSM && WFMT == MXG_W_FP4 && !FLUSH), "c48v's GEMM2: the shared-rows kernel");
     constexpr bool PART = FLUSH || X;      /* partial sums flushed per 128-wide K slice */
     constexpr int TB = MXG_THREAD_BYTES(WFMT);
     constexpr int W4 = TB / 16; /* uint4 per lane per chunk */
@@ -688,273 +730,316 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
         tr_note(tslot, TR_START);
     griddep_launch();
     const int mt = blockIdx.y;
-    const int rg = blockIdx.x * WPC + warp;
-    /* idle: a warp past the last row group (TSM: it still helps copy the rows) */
-    const bool idle = rg * 16 >= p.N;
-    if (mt >= p.n_mtiles || (!TSM && idle))
-        return;
-    const int e = p.tile_e[mt], m0 = p.tile_m0[mt];
-    const int cnt = p.cnt[e], off = p.off[e];
-    /* the start of sorted row srow of A */
-    auto a_row = [&](int srow) {
-        return (const uint8_t *)p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda * (X ? 1 : 2);
-    };
-    /* TSM: every warp of the CTA, idle ones too, copies the tile's rows (uint4
-     * by uint4, rows tsm_u4 + 1 apart so that the 8 rows of a fragment load
-     * fall in different banks) once the input is ready (below) */
-    extern __shared__ uint4 tsm_rows[];
-    const int tsm_u4 = p.K_pad / 8;
-    auto tsm_fill = [&]() {
-        const int nr = cnt - m0 < 16 ? cnt - m0 : 16;
-        if (nr > p.tile_rows)
-            __trap(); /* the launch gave room for fewer rows: a bug in the caller */
-        for (int i = threadIdx.x; i < nr * tsm_u4; i += blockDim.x) {
-            const int r = i / tsm_u4, c = i - r * tsm_u4;
-            tsm_rows[r * (tsm_u4 + 1) + c] = __ldg((const uint4 *)a_row(off + m0 + r) + c);
-        }
-        __syncthreads();
-    };
-    const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
-    const uint4 *wsrc = (const uint4 *)(p.w + (size_t)e * p.w_estride + ((size_t)rg * 32 + lane) * TB);
-    const size_t wstep = (size_t)NG * 32 * TB / 16; /* in uint4 */
-    const uint32_t *ssrc = WFMT == MXG_W_FP4
-                               ? (const uint32_t *)(p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 + g * 4)
-                               : nullptr;
-    const size_t sstep = (size_t)NG * 8; /* in uint32 */
-
-    const uint64_t wpol = EF ? policy_evict_first() : 0;
-    uint4 wr[D][W4];
-    uint32_t sr[D];
-#pragma unroll
-    for (int u = 0; u < D; u++) {
-        if (u < KC && !(TSM && idle)) {
-#pragma unroll
-            for (int q = 0; q < W4; q++)
-                wr[u][q] = ldw<EF>(wsrc + (size_t)u * wstep + q, wpol);
-            sr[u] = WFMT == MXG_W_FP4 ? ldw<EF>(ssrc + (size_t)u * sstep, wpol) : 0u;
-        }
-    }
-    /* p.l2pf: the warp's chunks past the ring go to L2 now, while the kernel that
-     * produces this one's input still runs (the lanes take every 32nd chunk) */
-    if (p.l2pf && !(TSM && idle)) {
-        const uint8_t *wb = p.w + (size_t)e * p.w_estride + (size_t)rg * 32 * TB;
-        const uint8_t *sb = WFMT == MXG_W_FP4 ? p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 : nullptr;
-        for (int kc = D + lane; kc < KC; kc += 32) {
-            prefetch_l2(wb + (size_t)kc * NG * 32 * TB, 32 * TB);
-            if (WFMT == MXG_W_FP4)
-                prefetch_l2(sb + (size_t)kc * NG * 32, 32);
-        }
-    }
-    griddep_wait();
-    if (threadIdx.x == 0)
-        tr_note(tslot, TR_READY);
-    if (TSM) {
-        tsm_fill(); /* the CTA's only barrier, reached by each of its threads */
-        if (idle)
+    /* WV 1: the warp's two row groups in turn, each counted in its pass's flag */
+    for (int pass = 0; pass < (WV == 1 ? 2 : 1); pass++) {
+        const int rg = blockIdx.x * WPC + warp + (WV == 1 ? pass * p.wave_rg : 0);
+        /* idle: a warp past the last row group (TSM: it still helps copy the rows) */
+        const bool idle = rg * 16 >= p.N;
+        if (mt >= p.n_mtiles || (!TSM && idle)) {
+            if constexpr (WV == 1) {
+                if (mt < p.n_mtiles) { /* counted all the same */
+                    wave_count(p, mt, pass, lane);
+                    continue;
+                }
+            }
             return;
-    }
-
-    /* the lane's token rows: 8 j + g of the tile, j = 0, 1, in mxg_tok_pos
-     * order (its 16 columns of a chunk are 32 contiguous bytes; E4M3 rows in
-     * mxg_tok_pos8 order, 16 bytes). Rows past the
-     * expert's tokens read its last token instead: the MMA's columns are
-     * independent and those columns are never stored. */
-    /* (NAT: the lane's word t4 of the row; its words of a chunk are 8 s + 4 kh + t4) */
-    const uint4 *xr[2];
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-        const int m = m0 + 8 * j + g;
-        const int srow = off + (m < cnt ? m : cnt - 1);
-        xr[j] = TSM ? tsm_rows + (size_t)(srow - off - m0) * (tsm_u4 + 1) + XH * t4
-                    : (const uint4 *)(a_row(srow) + (NAT ? 4 : XH * 16) * t4);
-    }
-
-    float acc[2][4];
-#pragma unroll
-    for (int j = 0; j < 2; j++)
-#pragma unroll
-        for (int q = 0; q < 4; q++)
-            acc[j][q] = 0.0f;
-
-    /* The K loop, compiled once for one n8 token tile and once for two (the
-     * second tile has tokens: warp-uniform), so that neither pays for the other. */
-    auto kloop = [&](auto two_c) {
-        constexpr bool TWO = decltype(two_c)::value;
-        constexpr int NJ = TWO ? 2 : 1;
-        float part[PART ? 2 : 1][4];
-#pragma unroll
-        for (int j = 0; j < (PART ? 2 : 1); j++)
-#pragma unroll
-            for (int q = 0; q < 4; q++)
-                part[j][q] = 0.0f;
-        /* one chunk: token fragments, decode, MMAs, the ring slot's refill
-         * with chunk kc + D while there is one */
-        const uint4 *wnext = wsrc + (size_t)D * wstep;
-        const uint32_t *snext = WFMT == MXG_W_FP4 ? ssrc + (size_t)D * sstep : nullptr;
-        /* token fragments: TA chunks ahead (NAT: this chunk's, when it starts;
-         * their eight loads per tile would hold as many registers across the
-         * chunk, and the rows are in L1), in a ring of TA + 1 buffers. xp: the
-         * next chunk to load (8 uint4 per 64 columns of a row, 4 for E4M3: the
-         * chunk stride) */
-        constexpr int TA = (NAT ? 0 : 1) + TAX, NB = TA + 1;
-        static_assert(TA >= 0 && (TA > 0 || NAT || TSM), "global token fragments are loaded ahead");
-        static_assert(D % NB == 0, "the token fragment ring must divide the weight ring");
-        const uint4 *xp[2] = {xr[0], xr[1]};
-        uint4 bq[NB][2][2]; /* [chunk % NB][n8 tile][half] */
-        /* tile j's token fragments of the chunk at xp[j]: half h holds steps 2h, 2h + 1 */
-        auto ldtok = [&](int j, uint4 (&dst)[2][2]) {
-            const uint4 *x = xp[j];
-            if (NAT) {
-                const uint32_t *w = (const uint32_t *)x;
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-                    asm volatile("ld.global.nc.b32 %0, [%4];\n\tld.global.nc.b32 %1, [%4+16];\n\t"
-                                 "ld.global.nc.b32 %2, [%4+32];\n\tld.global.nc.b32 %3, [%4+48];\n"
-                                 : "=r"(dst[j][h].x), "=r"(dst[j][h].y), "=r"(dst[j][h].z), "=r"(dst[j][h].w)
-                                 : "l"(w + 16 * h));
-            } else {
-#pragma unroll
-                for (int h = 0; h < XH; h++)
-                    dst[j][h] = TSM ? x[h] : __ldg(x + h);
+        }
+        const int e = p.tile_e[mt], m0 = p.tile_m0[mt];
+        const int cnt = p.cnt[e], off = p.off[e];
+        /* the start of sorted row srow of A */
+        auto a_row = [&](int srow) {
+            return (const uint8_t *)p.a + (size_t)(p.a_rows ? p.a_rows[srow] : srow) * p.lda * (X ? 1 : 2);
+        };
+        /* TSM: every warp of the CTA, idle ones too, copies the tile's rows (uint4
+         * by uint4, rows tsm_u4 + 1 apart so that the 8 rows of a fragment load
+         * fall in different banks) once the input is ready (below): their uint4
+         * columns [c0, c1) (WV 2: in two parts, through L2, since GEMM1 writes
+         * them while this kernel runs) */
+        extern __shared__ uint4 tsm_rows[];
+        const int tsm_u4 = p.K_pad / 8;
+        auto tsm_fill = [&](int c0, int c1) {
+            const int nr = cnt - m0 < 16 ? cnt - m0 : 16;
+            if (nr > p.tile_rows)
+                __trap(); /* the launch gave room for fewer rows: a bug in the caller */
+            const int wc = c1 - c0;
+            for (int i = threadIdx.x; i < nr * wc; i += blockDim.x) {
+                const int r = i / wc, c = c0 + (i - r * wc);
+                const uint4 *src = (const uint4 *)a_row(off + m0 + r) + c;
+                tsm_rows[r * (tsm_u4 + 1) + c] = WV == 2 ? __ldcg(src) : __ldg(src);
+            }
+            cta_sync<WV == 2>();
+        };
+        /* WV 2: the second part of the rows once flag 1 says GEMM1 wrote them
+         * (every thread of the CTA, the idle warp at its own place: cta_sync),
+         * then counted in flag 2; the m tile's last CTA resets its flags */
+        auto wave_part2 = [&]() {
+            wave_wait(p, mt, 1);
+            tsm_fill(p.wave_kc * 8, tsm_u4);
+            if (threadIdx.x == 0 && atomicAdd(p.wave_flags + 4 * mt + 2, 1u) == gridDim.x - 1) {
+                atomicExch(p.wave_flags + 4 * mt, 0u);
+                atomicExch(p.wave_flags + 4 * mt + 1, 0u);
+                atomicExch(p.wave_flags + 4 * mt + 2, 0u);
             }
         };
+        const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
+        const uint4 *wsrc = (const uint4 *)(p.w + (size_t)e * p.w_estride + ((size_t)rg * 32 + lane) * TB);
+        const size_t wstep = (size_t)NG * 32 * TB / 16; /* in uint4 */
+        const uint32_t *ssrc = WFMT == MXG_W_FP4
+                                   ? (const uint32_t *)(p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 + g * 4)
+                                   : nullptr;
+        const size_t sstep = (size_t)NG * 8; /* in uint32 */
+
+        const uint64_t wpol = EF ? policy_evict_first() : 0;
+        uint4 wr[D][W4];
+        uint32_t sr[D];
 #pragma unroll
-        for (int u = 0; u < TA; u++)
-            if (u < KC) {
-#pragma unroll
-                for (int j = 0; j < NJ; j++) {
-                    ldtok(j, bq[u]);
-                    xp[j] += XH * 4;
-                }
-            }
-        /* one chunk: its token fragments, decode, MMAs, and its ring slot's refill */
-        auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
-            /* the token fragments of chunk kc + TA (bn; bc when TA is 0) */
-            if (kc + TA < KC) {
-#pragma unroll
-                for (int j = 0; j < NJ; j++) {
-                    ldtok(j, bn);
-                    xp[j] += XH * 4;
-                }
-            }
-            uint32_t bb[4][2][2]; /* [step][n8 tile][b0, b1] */
-#pragma unroll
-            for (int j = 0; j < NJ; j++)
-#pragma unroll
-                for (int h = 0; h < XH; h++) {
-                    bb[2 * h][j][0] = bc[j][h].x;
-                    bb[2 * h][j][1] = bc[j][h].y;
-                    bb[2 * h + 1][j][0] = bc[j][h].z;
-                    bb[2 * h + 1][j][1] = bc[j][h].w;
-                }
-            Fp4Mults mm;
-            if (WFMT == MXG_W_FP4)
-                fp4_mults_t<BIG>(sslot, mm);
-            uint32_t src[TB / 4];
-#pragma unroll
-            for (int q = 0; q < W4; q++) {
-                src[4 * q] = slot[q].x;
-                src[4 * q + 1] = slot[q].y;
-                src[4 * q + 2] = slot[q].z;
-                src[4 * q + 3] = slot[q].w;
-            }
-            /* refill the slot (its registers are copied out above) */
-            if (kc + D < KC) {
+        for (int u = 0; u < D; u++) {
+            if (u < KC && !(TSM && idle)) {
 #pragma unroll
                 for (int q = 0; q < W4; q++)
-                    slot[q] = ldw<EF>(wnext + q, wpol);
+                    wr[u][q] = ldw<EF>(wsrc + (size_t)u * wstep + q, wpol);
+                sr[u] = WFMT == MXG_W_FP4 ? ldw<EF>(ssrc + (size_t)u * sstep, wpol) : 0u;
+            }
+        }
+        /* p.l2pf: the warp's chunks past the ring go to L2 now, while the kernel that
+         * produces this one's input still runs (the lanes take every 32nd chunk) */
+        if (p.l2pf && !(TSM && idle)) {
+            const uint8_t *wb = p.w + (size_t)e * p.w_estride + (size_t)rg * 32 * TB;
+            const uint8_t *sb = WFMT == MXG_W_FP4 ? p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 : nullptr;
+            for (int kc = D + lane; kc < KC; kc += 32) {
+                prefetch_l2(wb + (size_t)kc * NG * 32 * TB, 32 * TB);
                 if (WFMT == MXG_W_FP4)
-                    sslot = ldw<EF>(snext, wpol);
+                    prefetch_l2(sb + (size_t)kc * NG * 32, 32);
             }
-            if (WFMT == MXG_W_FP4)
-                snext += sstep;
-            wnext += wstep;
+        }
+        if constexpr (WV == 2) {
+            if (p.wave_kc % D != 0 || KC < p.wave_kc + D)
+                __trap(); /* the second part must start a round of the ring: a bug in the caller */
+            wave_wait(p, mt, 0); /* instead of griddep_wait: GEMM1 still runs */
+        } else {
+            griddep_wait();
+        }
+        if (threadIdx.x == 0)
+            tr_note(tslot, TR_READY);
+        if (TSM) {
+            /* the CTA's only barrier (WV 2: one of four, with wave_wait's and wave_part2's), reached by
+             * each of its threads */
+            tsm_fill(0, WV == 2 ? p.wave_kc * 8 : tsm_u4);
+            if (idle) {
+                if constexpr (WV == 2)
+                    wave_part2();
+                return;
+            }
+        }
+
+        /* the lane's token rows: 8 j + g of the tile, j = 0, 1, in mxg_tok_pos
+         * order (its 16 columns of a chunk are 32 contiguous bytes; E4M3 rows in
+         * mxg_tok_pos8 order, 16 bytes). Rows past the
+         * expert's tokens read its last token instead: the MMA's columns are
+         * independent and those columns are never stored. */
+        /* (NAT: the lane's word t4 of the row; its words of a chunk are 8 s + 4 kh + t4) */
+        const uint4 *xr[2];
 #pragma unroll
-            for (int s = 0; s < NS; s++) {
-                uint32_t a[4];
-                decode_step<WFMT, BIG>(src, s, mm, a);
+        for (int j = 0; j < 2; j++) {
+            const int m = m0 + 8 * j + g;
+            const int srow = off + (m < cnt ? m : cnt - 1);
+            xr[j] = TSM ? tsm_rows + (size_t)(srow - off - m0) * (tsm_u4 + 1) + XH * t4
+                        : (const uint4 *)(a_row(srow) + (NAT ? 4 : XH * 16) * t4);
+        }
+
+        float acc[2][4];
 #pragma unroll
-                for (int j = 0; j < NJ; j++) {
-                    float *d = PART ? part[PART ? j : 0] : acc[j];
-                    if (X)
-                        mma_16832_e4m3(d, a, bb[s][j][0], bb[s][j][1]);
-                    else
-                        mma_16816(d, a, bb[s][j][0], bb[s][j][1]);
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                acc[j][q] = 0.0f;
+
+        /* The K loop, compiled once for one n8 token tile and once for two (the
+         * second tile has tokens: warp-uniform), so that neither pays for the other. */
+        auto kloop = [&](auto two_c) {
+            constexpr bool TWO = decltype(two_c)::value;
+            constexpr int NJ = TWO ? 2 : 1;
+            float part[PART ? 2 : 1][4];
+#pragma unroll
+            for (int j = 0; j < (PART ? 2 : 1); j++)
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    part[j][q] = 0.0f;
+            /* one chunk: token fragments, decode, MMAs, the ring slot's refill
+             * with chunk kc + D while there is one */
+            const uint4 *wnext = wsrc + (size_t)D * wstep;
+            const uint32_t *snext = WFMT == MXG_W_FP4 ? ssrc + (size_t)D * sstep : nullptr;
+            /* token fragments: TA chunks ahead (NAT: this chunk's, when it starts;
+             * their eight loads per tile would hold as many registers across the
+             * chunk, and the rows are in L1), in a ring of TA + 1 buffers. xp: the
+             * next chunk to load (8 uint4 per 64 columns of a row, 4 for E4M3: the
+             * chunk stride) */
+            constexpr int TA = (NAT ? 0 : 1) + TAX, NB = TA + 1;
+            static_assert(TA >= 0 && (TA > 0 || NAT || TSM), "global token fragments are loaded ahead");
+            static_assert(D % NB == 0, "the token fragment ring must divide the weight ring");
+            const uint4 *xp[2] = {xr[0], xr[1]};
+            uint4 bq[NB][2][2]; /* [chunk % NB][n8 tile][half] */
+            /* tile j's token fragments of the chunk at xp[j]: half h holds steps 2h, 2h + 1 */
+            auto ldtok = [&](int j, uint4 (&dst)[2][2]) {
+                const uint4 *x = xp[j];
+                if (NAT) {
+                    const uint32_t *w = (const uint32_t *)x;
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                        asm volatile("ld.global.nc.b32 %0, [%4];\n\tld.global.nc.b32 %1, [%4+16];\n\t"
+                                     "ld.global.nc.b32 %2, [%4+32];\n\tld.global.nc.b32 %3, [%4+48];\n"
+                                     : "=r"(dst[j][h].x), "=r"(dst[j][h].y), "=r"(dst[j][h].z), "=r"(dst[j][h].w)
+                                     : "l"(w + 16 * h));
+                } else {
+#pragma unroll
+                    for (int h = 0; h < XH; h++)
+                        dst[j][h] = TSM ? x[h] : __ldg(x + h);
                 }
-            }
-            /* the FP8 MMAs' sums go to FP32 every 128 of K (the tensor cores keep
-             * fewer bits for them), scaled by the slice's factors when FLUSH */
-            if (PART && ((kc & 1) || kc == KC - 1)) {
-                const int kb = kc >> 1, n = rg * 16 + g;
-                const float rf0 = FLUSH ? row_factor(p, e, n, kb) : 1.0f, rf1 = FLUSH ? row_factor(p, e, n + 8, kb) : 1.0f;
+            };
+#pragma unroll
+            for (int u = 0; u < TA; u++)
+                if (u < KC) {
+#pragma unroll
+                    for (int j = 0; j < NJ; j++) {
+                        ldtok(j, bq[u]);
+                        xp[j] += XH * 4;
+                    }
+                }
+            /* one chunk: its token fragments, decode, MMAs, and its ring slot's refill */
+            auto chunk = [&](int kc, uint4 (&slot)[W4], uint32_t &sslot, uint4 (&bc)[2][2], uint4 (&bn)[2][2]) {
+                /* the token fragments of chunk kc + TA (bn; bc when TA is 0) */
+                if (kc + TA < KC) {
+#pragma unroll
+                    for (int j = 0; j < NJ; j++) {
+                        ldtok(j, bn);
+                        xp[j] += XH * 4;
+                    }
+                }
+                uint32_t bb[4][2][2]; /* [step][n8 tile][b0, b1] */
 #pragma unroll
                 for (int j = 0; j < NJ; j++)
 #pragma unroll
-                    for (int el = 0; el < 2; el++) {
-                        const int m = m0 + 8 * j + 2 * t4 + el;
-                        const float tf = FLUSH ? tok_factor(p, off + (m < cnt ? m : 0), kb) : 1.0f;
-                        float *pp = part[PART ? j : 0];
-                        acc[j][el] += pp[el] * (rf0 * tf);
-                        acc[j][2 + el] += pp[2 + el] * (rf1 * tf);
-                        pp[el] = 0.0f;
-                        pp[2 + el] = 0.0f;
+                    for (int h = 0; h < XH; h++) {
+                        bb[2 * h][j][0] = bc[j][h].x;
+                        bb[2 * h][j][1] = bc[j][h].y;
+                        bb[2 * h + 1][j][0] = bc[j][h].z;
+                        bb[2 * h + 1][j][1] = bc[j][h].w;
                     }
+                Fp4Mults mm;
+                if (WFMT == MXG_W_FP4)
+                    fp4_mults_t<BIG>(sslot, mm);
+                uint32_t src[TB / 4];
+#pragma unroll
+                for (int q = 0; q < W4; q++) {
+                    src[4 * q] = slot[q].x;
+                    src[4 * q + 1] = slot[q].y;
+                    src[4 * q + 2] = slot[q].z;
+                    src[4 * q + 3] = slot[q].w;
+                }
+                /* refill the slot (its registers are copied out above) */
+                if (kc + D < KC) {
+#pragma unroll
+                    for (int q = 0; q < W4; q++)
+                        slot[q] = ldw<EF>(wnext + q, wpol);
+                    if (WFMT == MXG_W_FP4)
+                        sslot = ldw<EF>(snext, wpol);
+                }
+                if (WFMT == MXG_W_FP4)
+                    snext += sstep;
+                wnext += wstep;
+#pragma unroll
+                for (int s = 0; s < NS; s++) {
+                    uint32_t a[4];
+                    decode_step<WFMT, BIG>(src, s, mm, a);
+#pragma unroll
+                    for (int j = 0; j < NJ; j++) {
+                        float *d = PART ? part[PART ? j : 0] : acc[j];
+                        if (X)
+                            mma_16832_e4m3(d, a, bb[s][j][0], bb[s][j][1]);
+                        else
+                            mma_16816(d, a, bb[s][j][0], bb[s][j][1]);
+                    }
+                }
+                /* the FP8 MMAs' sums go to FP32 every 128 of K (the tensor cores keep
+                 * fewer bits for them), scaled by the slice's factors when FLUSH */
+                if (PART && ((kc & 1) || kc == KC - 1)) {
+                    const int kb = kc >> 1, n = rg * 16 + g;
+                    const float rf0 = FLUSH ? row_factor(p, e, n, kb) : 1.0f, rf1 = FLUSH ? row_factor(p, e, n + 8, kb) : 1.0f;
+#pragma unroll
+                    for (int j = 0; j < NJ; j++)
+#pragma unroll
+                        for (int el = 0; el < 2; el++) {
+                            const int m = m0 + 8 * j + 2 * t4 + el;
+                            const float tf = FLUSH ? tok_factor(p, off + (m < cnt ? m : 0), kb) : 1.0f;
+                            float *pp = part[PART ? j : 0];
+                            acc[j][el] += pp[el] * (rf0 * tf);
+                            acc[j][2 + el] += pp[2 + el] * (rf1 * tf);
+                            pp[el] = 0.0f;
+                            pp[2 + el] = 0.0f;
+                        }
+                }
+            };
+            int kc = 0;
+            for (; kc + D <= KC; kc += D) {
+                if constexpr (WV == 2) {
+                    if (kc == p.wave_kc)
+                        wave_part2();
+                }
+#pragma unroll
+                for (int u = 0; u < D; u++)
+                    chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
             }
-        };
-        int kc = 0;
-        for (; kc + D <= KC; kc += D) {
 #pragma unroll
             for (int u = 0; u < D; u++)
-                chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
-        }
-#pragma unroll
-        for (int u = 0; u < D; u++)
-            if (kc + u < KC)
-                chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
-    };
-    if (cnt - m0 > 8)
-        kloop(BoolC<true>());
-    else
-        kloop(BoolC<false>());
+                if (kc + u < KC)
+                    chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
+        };
+        if (cnt - m0 > 8)
+            kloop(BoolC<true>());
+        else
+            kloop(BoolC<false>());
 
-    /* epilogue: straight to global (a handful of values per lane) */
-    const bool act = p.epi == MXG_EPI_ACT;
-    const int n = rg * 16 + g;
+        /* epilogue: straight to global (a handful of values per lane) */
+        const bool act = p.epi == MXG_EPI_ACT;
+        const int n = rg * 16 + g;
 #pragma unroll
-    for (int j = 0; j < 2; j++)
+        for (int j = 0; j < 2; j++)
 #pragma unroll
-        for (int el = 0; el < 2; el++) {
-            const int m = m0 + 8 * j + 2 * t4 + el;
-            if (m >= cnt)
-                continue;
-            const int s = off + m;
-            const float v0 = finish_value(p, e, s, n, acc[j][el]);
-            const float v1 = finish_value(p, e, s, n + 8, acc[j][2 + el]);
-            if (act) {
-                /* GEMM2's input, for the decode kernel again: mxg_tok_pos order */
-                const int i = rg * 8 + g;
-                if (i < p.ldo)
-                    p.out[(size_t)s * p.ldo + mxg_tok_pos(i)] =
-                        (uint16_t)f_to_bf16(act_apply(p.act, v0, v1, p.limit, p.alpha));
-            } else {
-                uint16_t *o = p.out + (size_t)p.out_rows[s] * p.ldo;
-                if (n < p.N)
-                    o[n] = (uint16_t)f_to_bf16(v0);
-                if (n + 8 < p.N)
-                    o[n + 8] = (uint16_t)f_to_bf16(v1);
+            for (int el = 0; el < 2; el++) {
+                const int m = m0 + 8 * j + 2 * t4 + el;
+                if (m >= cnt)
+                    continue;
+                const int s = off + m;
+                const float v0 = finish_value(p, e, s, n, acc[j][el]);
+                const float v1 = finish_value(p, e, s, n + 8, acc[j][2 + el]);
+                if (act) {
+                    /* GEMM2's input, for the decode kernel again: mxg_tok_pos order */
+                    const int i = rg * 8 + g;
+                    if (i < p.ldo)
+                        p.out[(size_t)s * p.ldo + mxg_tok_pos(i)] =
+                            (uint16_t)f_to_bf16(act_apply(p.act, v0, v1, p.limit, p.alpha));
+                } else {
+                    uint16_t *o = p.out + (size_t)p.out_rows[s] * p.ldo;
+                    if (n < p.N)
+                        o[n] = (uint16_t)f_to_bf16(v0);
+                    if (n + 8 < p.N)
+                        o[n + 8] = (uint16_t)f_to_bf16(v1);
+                }
+            }
+        /* the activation columns past the last row group, up to ldo, are zeros
+         * (GEMM2's padded K); the warp of the last row group writes them */
+        if (act && rg == (p.N >> 4) - 1) {
+            const int i0 = p.N >> 1, npad = p.ldo - i0, ntok = cnt - m0 < 16 ? cnt - m0 : 16;
+            for (int idx = lane; idx < ntok * npad; idx += 32) {
+                const int m = idx / npad, i = i0 + idx % npad;
+                p.out[(size_t)(off + m0 + m) * p.ldo + mxg_tok_pos(i)] = 0;
             }
         }
-    /* the activation columns past the last row group, up to ldo, are zeros
-     * (GEMM2's padded K); the warp of the last row group writes them */
-    if (act && rg == (p.N >> 4) - 1) {
-        const int i0 = p.N >> 1, npad = p.ldo - i0, ntok = cnt - m0 < 16 ? cnt - m0 : 16;
-        for (int idx = lane; idx < ntok * npad; idx += 32) {
-            const int m = idx / npad, i = i0 + idx % npad;
-            p.out[(size_t)(off + m0 + m) * p.ldo + mxg_tok_pos(i)] = 0;
-        }
+        if (lane == 0)
+            tr_note(tslot, TR_END);
+        if constexpr (WV == 1)
+            wave_count(p, mt, pass, lane);
     }
-    if (lane == 0)
-        tr_note(tslot, TR_END);
 }
 
 template <int NWG, int MT, int BNT, int WFMT, bool FLUSH, int ENG, int MAXST, bool BIG, int MINB = 1>
@@ -1366,8 +1451,8 @@ static int dec_variant()
 {
     static int v = -1;
     static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t",
-                                       "g35t", "a35t", "a45", "a45s", "a48s", "c48s"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 12, 11);
+                                       "g35t", "a35t", "a45", "a45s", "a48s", "c48s", "c48v"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 13, 11);
 }
 
 /* value(dev) for the current device, once per device: cached in cache[dev]
@@ -1432,11 +1517,55 @@ static int sm_count()
     return n > 0 ? (int)n : 0;
 }
 
+/* MXEP_CUDA_DEC=c48v (session 29, rewritten in session 30): c48s, but where a
+ * small batch's GEMM1 gathers the staged rows and GEMM2 takes the capped
+ * shared-rows kernel, GEMM2 overlaps GEMM1 (mxg_gemm_params_t.wave). At T = 1
+ * GEMM2 ends about 11 us after GEMM1's last CTA, and no change to its own
+ * chunk took more than 1 us off that (bench/RESULTS.md, session 29): what is
+ * left is its chain of K chunks, so it should start before GEMM1 ends. GEMM1
+ * runs in CTAs of 2 warps, each warp two row groups in turn: first one of the
+ * 8 wave_kc per expert that make GEMM2's first wave_kc K chunks, then one of
+ * the rest; GEMM2 runs its first wave_kc chunks once the first pass of its m
+ * tile is counted, and the rest after the second. No deadlock: GEMM2's CTAs
+ * start only once every GEMM1 CTA has (griddep_launch at its start), and
+ * GEMM1 waits for nothing. Same K order and MMAs: the same bits. */
+static void (*wave_g1())(const mxg_gemm_params_t)
+{
+    return gemm_dec<MXG_W_FP4, false, false, 8, 6, true, true, 1, false, 2, 1>;
+}
+static void (*wave_g2())(const mxg_gemm_params_t)
+{
+    return gemm_dec<MXG_W_FP4, false, false, 8, 8, false, true, -1, true, 2, 2>;
+}
+static int launch_wave(const mxg_gemm_params_t *p, cudaStream_t st)
+{
+    cudaLaunchConfig_t lc = {};
+    lc.blockDim = dim3(64);
+    lc.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    lc.attrs = at;
+    lc.numAttrs = p->pdl ? 1 : 0;
+    if (p->wave == 1) {
+        lc.gridDim = dim3((unsigned)(p->wave_rg / 2), (unsigned)p->n_mtiles);
+        return (int)cudaLaunchKernelEx(&lc, wave_g1(), *p);
+    }
+    lc.gridDim = dim3((unsigned)((p->N + 31) / 32), (unsigned)p->n_mtiles);
+    lc.dynamicSmemBytes = p->wave_smem;
+    return (int)cudaLaunchKernelEx(&lc, wave_g2(), *p);
+}
+
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA
  * (the capped kernel of c48s: 2).
  * NAT: the token rows are in their natural column order (mxg_gemm_params_t.a_nat). */
 template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm_params_t *p, cudaStream_t st)
 {
+    if (p->wave) {
+        if (WFMT != MXG_W_FP4 || FLUSH || NAT != (p->wave == 1))
+            return (int)cudaErrorInvalidValue; /* mxi_gpu_wave_plan sets it on these only */
+        return launch_wave(p, st);
+    }
     cudaLaunchConfig_t lc = {};
     lc.gridDim = dim3((unsigned)((p->N + 63) / 64), (unsigned)p->n_mtiles);
     lc.blockDim = dim3(128);
@@ -1486,7 +1615,7 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
             const bool g2 = p->epi != MXG_EPI_ACT;
             /* a45s: the shared rows' bytes, and whether this GEMM takes them */
             const size_t tsm = (size_t)p->tile_rows * ((size_t)p->K_pad * 2 + 16);
-            const bool tsm_v = v >= 9 && v <= 11;
+            const bool tsm_v = v >= 9; /* a45s, a48s, c48s, c48v */
             const bool shared_rows = tsm_v && !NAT && p->tile_rows > 0 && tsm <= 24576;
             /* c48s: the capped 2-warp CTAs only where they all fit at 3 per SM
              * (T = 1: 360 CTAs on 132 SMs) and a cap was found (cap); else
@@ -1495,7 +1624,7 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * did start them all at 1.4 us on an H100 but was 1.5 points of the
              * HBM copy slower at T = 1: removed, bench/RESULTS.md session 25) */
             const unsigned gx2 = (unsigned)((p->N + 31) / 32); /* the capped kernel's grid.x */
-            bool capped = shared_rows && v == 11 && (long long)gx2 * p->n_mtiles <= 3LL * sm_count();
+            bool capped = shared_rows && v >= 11 && (long long)gx2 * p->n_mtiles <= 3LL * sm_count();
             size_t cap = 0;
             void (*ck)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, false, 8, 8, false, true, -1, true, 2>;
             if (capped) {
@@ -1773,6 +1902,55 @@ static int gemm_launch_part(const mxg_gemm_params_t *p, int cfg, cudaStream_t st
     dim3 grid((units + 127) / 128, p->n_mtiles);
     gemm_simt<<<grid, 128, 0, st>>>(*p, bm);
     return (int)cudaGetLastError();
+#endif
+}
+
+extern "C" int mxi_gpu_wave_plan(mxg_gemm_params_t *g1, mxg_gemm_params_t *g2, int pdl, uint32_t *flags)
+{
+#if !defined(MXG_HIP)
+    if (!flags || dec_variant() != 12 || !pdl || g1->pdl || !g1->a_nat || g1->epi != MXG_EPI_ACT)
+        return 0;
+    if (g1->wfmt != MXG_W_FP4 || g2->wfmt != MXG_W_FP4 || g1->sc_big || g2->sc_big || g1->flush || g2->flush)
+        return 0;
+    if (g1->n_mtiles <= 0 || g1->n_mtiles > MXG_WAVE_MAX_MTILES || g2->n_mtiles != g1->n_mtiles ||
+        g1->ldo != g2->K_pad)
+        return 0;
+    /* the first pass: half of GEMM2's chunks, rounded up to its ring (8), so
+     * that the second part starts a round of the main loop (gemm_dec traps
+     * otherwise); GEMM1's row group r writes GEMM2's K chunk r / 8 */
+    const int KC2 = g2->K_pad / MXG_BK, kc = ((KC2 + 1) / 2 + 7) / 8 * 8;
+    const int ngr1 = (g1->N + 15) / 16;
+    if (KC2 < kc + 8 || ngr1 <= 8 * kc || ngr1 > 16 * kc)
+        return 0;
+    /* GEMM2 as c48s's capped kernel takes it (launch_dec_o): the tile's rows in
+     * at most 24 KB, at most 3 CTAs per SM */
+    const size_t tsm = (size_t)g2->tile_rows * ((size_t)g2->K_pad * 2 + 16);
+    const long long gx2 = (g2->N + 31) / 32;
+    if (g2->tile_rows <= 0 || tsm > 24576 || gx2 * g2->n_mtiles > 3LL * sm_count())
+        return 0;
+    static std::atomic<unsigned long long> carved[2];
+    if (func_attr_once(carved[0], wave_g1(), cudaFuncAttributePreferredSharedMemoryCarveout, 50) != cudaSuccess ||
+        func_attr_once(carved[1], wave_g2(), cudaFuncAttributePreferredSharedMemoryCarveout, 50) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    static std::atomic<long long> cap_cache[64];
+    const size_t cap = cap_ctas(cap_cache, wave_g2(), 64, 3);
+    if (cap == 0 || cap < tsm)
+        return 0;
+    g1->wave = 1;
+    g2->wave = 2;
+    g1->wave_rg = g2->wave_rg = 8 * kc;
+    g1->wave_kc = g2->wave_kc = kc;
+    g1->wave_flags = g2->wave_flags = flags;
+    g2->wave_smem = cap;
+    return 1;
+#else
+    (void)g1;
+    (void)g2;
+    (void)pdl;
+    (void)flags;
+    return 0;
 #endif
 }
 
