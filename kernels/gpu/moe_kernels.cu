@@ -652,7 +652,12 @@ __device__ __forceinline__ void wave_count(const mxg_gemm_params_t &p, int mt, i
     }
 }
 /* GEMM2 (wave 2): thread 0 waits until flag f of the m tile counts every GEMM1
- * warp of that pass (acquire), then the CTA meets (each of its threads calls it). */
+ * warp of that pass, then the CTA meets (each of its threads calls it). The
+ * spin reads relaxed and sleeps between reads, and one fence after it makes the
+ * acquire: an ld.acquire in the loop compiles to an L1 invalidation per read
+ * (CCTL.IVALL), which took GEMM1's cached token rows from every SM it shares
+ * and doubled GEMM1's time at T = 1 (H100, bench/RESULTS.md, session 30). The
+ * rows GEMM1 writes are read through L2 (tsm_fill), never L1. */
 __device__ __forceinline__ void wave_wait(const mxg_gemm_params_t &p, int mt, int f)
 {
     if (threadIdx.x == 0) {
@@ -660,9 +665,10 @@ __device__ __forceinline__ void wave_wait(const mxg_gemm_params_t &p, int mt, in
         const uint32_t want = (uint32_t)p.wave_rg;
         for (;;) {
             uint32_t v;
-            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
+            asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
             if (v >= want)
                 break;
+            __nanosleep(64);
         }
         __threadfence();
     }
