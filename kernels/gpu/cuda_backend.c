@@ -77,7 +77,7 @@ struct mx_backend_packed {
     size_t l2pf_max; /* a decode-kernel GEMM whose weights take at most this many bytes prefetches them into L2
                       * while the kernel before it runs: half the L2 with dependent launches, else 0
                       * (MXEP_CUDA_L2PF=0 turns it off) */
-    /* MXEP_CUDA_DEC=c48v (GEMM2 overlapping GEMM1): the flags, 4 words per m tile,
+    /* MXEP_CUDA_DEC=c48v (GEMM2 overlapping GEMM1): the flags (MXG_WAVE_WORDS),
      * zeros between layers (sm_90 with dependent launches), and the layers that took it */
     uint32_t *wave;
     long wave_layers;
@@ -521,10 +521,8 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
     }
     if (st == MX_OK && p->pdl) {
         /* 16 KB whatever the variant: no allocation inside a layer (CUDA graphs) */
-        const size_t wb = (size_t)MXG_WAVE_MAX_MTILES * 4 * sizeof(uint32_t);
+        const size_t wb = MXG_WAVE_WORDS * sizeof(uint32_t);
         st = dev_alloc(p->device, (void **)&p->wave, wb, "the c48v layer flags");
-        if (st != MX_OK)
-            p->wave = NULL;
         if (st == MX_OK && (err = cudaMemsetAsync(p->wave, 0, wb, p->stream)) == cudaSuccess)
             err = cudaStreamSynchronize(p->stream);
         if (st == MX_OK && err != cudaSuccess)
@@ -874,7 +872,7 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
     if (rc2 != 0) {
         /* GEMM1 counts its row groups in the flags, which only GEMM2 resets */
         if (wave)
-            (void)cudaMemsetAsync(p->wave, 0, (size_t)MXG_WAVE_MAX_MTILES * 4 * sizeof(uint32_t), p->stream);
+            (void)cudaMemsetAsync(p->wave, 0, MXG_WAVE_WORDS * sizeof(uint32_t), p->stream);
         return cuda_fail(p->device, (cudaError_t)rc2, "GEMM2 (down + bias) launch");
     }
     if (wave)
@@ -930,7 +928,7 @@ mx_status_t mxi_cuda_wave_state(const mx_backend_packed_t *p, long *layers_p, in
     *flags_zero_p = 1;
     if (!p->wave)
         return MX_OK;
-    uint32_t f[MXG_WAVE_MAX_MTILES * 4];
+    uint32_t f[MXG_WAVE_WORDS];
     CK(p->device, cudaSetDevice(p->device), "cudaSetDevice");
     CK(p->device, cudaMemcpyAsync(f, p->wave, sizeof f, cudaMemcpyDeviceToHost, p->stream),
        "cudaMemcpyAsync (c48v flags)");

@@ -223,18 +223,19 @@ typedef struct {
     const int32_t *out_rows; /* EPI_OUT: sorted row -> output row */
     /* GEMM2 overlapping GEMM1 (MXEP_CUDA_DEC=c48v, decode kernel; mxi_gpu_wave_plan
      * sets these, 0 otherwise). wave 1 (GEMM1): each warp runs row group r, then
-     * wave_rg + r, and after each adds 1 to wave_flags[4 m tile + pass]. wave 2
+     * wave_rg + r, and after each adds 1 to flag `pass` of its m tile. wave 2
      * (GEMM2): no griddepcontrol.wait; it waits until flag 0 of its m tile reaches
      * wave_rg (its first wave_kc K chunks are written), runs them, waits for flag
      * 1 and runs the rest; flag 2 counts its CTAs past that wait, and the last
      * one of the m tile sets the tile's three flags back to 0. */
     int wave, wave_rg, wave_kc;
     size_t wave_smem;       /* GEMM2: the dynamic shared memory of its launch (capping its CTAs per SM) */
-    uint32_t *wave_flags;   /* [4 * n_mtiles] on the device, 0 between layers */
+    uint32_t *wave_flags;   /* [MXG_WAVE_TILE_WORDS * n_mtiles] on the device, 0 between layers */
 } mxg_gemm_params_t;
 
-/* The most m tiles of a layer that takes the c48v pair (the flag buffer holds 4 words each). */
-enum { MXG_WAVE_MAX_MTILES = 1024 };
+/* The c48v flag buffer: MXG_WAVE_TILE_WORDS words per m tile (3 used), for at
+ * most MXG_WAVE_MAX_MTILES m tiles of a layer that takes the pair. */
+enum { MXG_WAVE_TILE_WORDS = 4, MXG_WAVE_MAX_MTILES = 1024, MXG_WAVE_WORDS = MXG_WAVE_TILE_WORDS * MXG_WAVE_MAX_MTILES };
 
 /* Activation quantization to E4M3 values (kept as BF16 for the MMA):
  * rows sorted; input row r is in[src_rows ? src_rows[r] : r] (ld_in), output

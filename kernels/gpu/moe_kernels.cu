@@ -310,6 +310,31 @@ static int env_setting(int *cache, const char *name, const char *const *vals, in
     return *cache;
 }
 
+/* Plain launch, or a programmatic dependent one when `pdl` (sm_90), with smem
+ * bytes of dynamic shared memory. */
+template <typename P>
+static int launch_simple(void (*kern)(const P), dim3 grid, dim3 block, cudaStream_t st, const P &prm, int pdl,
+                         size_t smem = 0)
+{
+#if !defined(MXG_HIP)
+    cudaLaunchConfig_t lc = {};
+    lc.gridDim = grid;
+    lc.blockDim = block;
+    lc.dynamicSmemBytes = smem;
+    lc.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    lc.attrs = at;
+    lc.numAttrs = pdl ? 1 : 0;
+    return (int)cudaLaunchKernelEx(&lc, kern, prm);
+#else
+    (void)pdl;
+    kern<<<grid, block, smem, st>>>(prm);
+    return (int)cudaGetLastError();
+#endif
+}
+
 #if !defined(MXG_HIP)
 /* ------------------------------------------------------------ tensor-core path (sm_80+, wgmma on sm_90a) */
 
@@ -640,6 +665,11 @@ template <bool NA> __device__ __forceinline__ void cta_sync()
     else
         __syncthreads();
 }
+/* Flag f of m tile mt (mxg_gemm_params_t.wave: 0, 1 the passes of GEMM1, 2 GEMM2's CTAs). */
+__device__ __forceinline__ uint32_t *wave_flag(const mxg_gemm_params_t &p, int mt, int f)
+{
+    return p.wave_flags + MXG_WAVE_TILE_WORDS * mt + f;
+}
 /* GEMM1 (wave 1): the warp's row group of this pass is written; lane 0 counts it
  * in the m tile's flag after every lane's stores (mxg_gemm_params_t.wave). */
 __device__ __forceinline__ void wave_count(const mxg_gemm_params_t &p, int mt, int pass, int lane)
@@ -648,7 +678,7 @@ __device__ __forceinline__ void wave_count(const mxg_gemm_params_t &p, int mt, i
     __syncwarp();
     if (lane == 0) {
         __threadfence();
-        atomicAdd(p.wave_flags + 4 * mt + pass, 1u);
+        atomicAdd(wave_flag(p, mt, pass), 1u);
     }
 }
 /* GEMM2 (wave 2): thread 0 waits until flag f of the m tile counts every GEMM1
@@ -661,7 +691,7 @@ __device__ __forceinline__ void wave_count(const mxg_gemm_params_t &p, int mt, i
 __device__ __forceinline__ void wave_wait(const mxg_gemm_params_t &p, int mt, int f)
 {
     if (threadIdx.x == 0) {
-        const uint32_t *flag = p.wave_flags + 4 * mt + f;
+        const uint32_t *flag = wave_flag(p, mt, f);
         const uint32_t want = (uint32_t)p.wave_rg;
         for (;;) {
             uint32_t v;
@@ -781,10 +811,9 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
         auto wave_part2 = [&]() {
             wave_wait(p, mt, 1);
             tsm_fill(p.wave_kc * 8, tsm_u4);
-            if (threadIdx.x == 0 && atomicAdd(p.wave_flags + 4 * mt + 2, 1u) == gridDim.x - 1) {
-                atomicExch(p.wave_flags + 4 * mt, 0u);
-                atomicExch(p.wave_flags + 4 * mt + 1, 0u);
-                atomicExch(p.wave_flags + 4 * mt + 2, 0u);
+            if (threadIdx.x == 0 && atomicAdd(wave_flag(p, mt, 2), 1u) == gridDim.x - 1) {
+                for (int f = 0; f < 3; f++)
+                    atomicExch(wave_flag(p, mt, f), 0u);
             }
         };
         const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
@@ -1523,6 +1552,27 @@ static int sm_count()
     return n > 0 ? (int)n : 0;
 }
 
+/* The decode kernel's shared token rows (gemm_dec's TSM): a tile's bytes, and
+ * whether a launch may take them (at most 24 KB). */
+static size_t tsm_bytes(const mxg_gemm_params_t *p)
+{
+    return (size_t)p->tile_rows * ((size_t)p->K_pad * 2 + 16);
+}
+static bool tsm_fits(const mxg_gemm_params_t *p)
+{
+    return p->tile_rows > 0 && tsm_bytes(p) <= 24576;
+}
+/* c48s's capped kernel (CTAs of 2 warps, at most 3 per SM): its grid.x, and
+ * whether all of its CTAs fit at once (T = 1: 360 CTAs on 132 SMs). */
+static unsigned capped_gx(const mxg_gemm_params_t *p)
+{
+    return (unsigned)((p->N + 31) / 32);
+}
+static bool capped_fits(const mxg_gemm_params_t *p)
+{
+    return (long long)capped_gx(p) * p->n_mtiles <= 3LL * sm_count();
+}
+
 /* MXEP_CUDA_DEC=c48v (session 29, rewritten in session 30): c48s, but where a
  * small batch's GEMM1 gathers the staged rows and GEMM2 takes the capped
  * shared-rows kernel, GEMM2 overlaps GEMM1 (mxg_gemm_params_t.wave). At T = 1
@@ -1545,21 +1595,11 @@ static void (*wave_g2())(const mxg_gemm_params_t)
 }
 static int launch_wave(const mxg_gemm_params_t *p, cudaStream_t st)
 {
-    cudaLaunchConfig_t lc = {};
-    lc.blockDim = dim3(64);
-    lc.stream = st;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    lc.attrs = at;
-    lc.numAttrs = p->pdl ? 1 : 0;
-    if (p->wave == 1) {
-        lc.gridDim = dim3((unsigned)(p->wave_rg / 2), (unsigned)p->n_mtiles);
-        return (int)cudaLaunchKernelEx(&lc, wave_g1(), *p);
-    }
-    lc.gridDim = dim3((unsigned)((p->N + 31) / 32), (unsigned)p->n_mtiles);
-    lc.dynamicSmemBytes = p->wave_smem;
-    return (int)cudaLaunchKernelEx(&lc, wave_g2(), *p);
+    if (p->wave == 1)
+        return launch_simple(wave_g1(), dim3((unsigned)(p->wave_rg / 2), (unsigned)p->n_mtiles), dim3(64), st, *p,
+                             p->pdl);
+    return launch_simple(wave_g2(), dim3(capped_gx(p), (unsigned)p->n_mtiles), dim3(64), st, *p, p->pdl,
+                         p->wave_smem);
 }
 
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA
@@ -1620,17 +1660,16 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * GEMM1's CTAs end (GEMM2's start1 17.4-17.5 us) */
             const bool g2 = p->epi != MXG_EPI_ACT;
             /* a45s: the shared rows' bytes, and whether this GEMM takes them */
-            const size_t tsm = (size_t)p->tile_rows * ((size_t)p->K_pad * 2 + 16);
+            const size_t tsm = tsm_bytes(p);
             const bool tsm_v = v >= 9; /* a45s, a48s, c48s, c48v */
-            const bool shared_rows = tsm_v && !NAT && p->tile_rows > 0 && tsm <= 24576;
+            const bool shared_rows = tsm_v && !NAT && tsm_fits(p);
             /* c48s: the capped 2-warp CTAs only where they all fit at 3 per SM
              * (T = 1: 360 CTAs on 132 SMs) and a cap was found (cap); else
              * a48s's kernel. (c5s, the same with a ring of 5 chunks in 93
              * registers so that every CTA fits beside GEMM1's from the start,
              * did start them all at 1.4 us on an H100 but was 1.5 points of the
              * HBM copy slower at T = 1: removed, bench/RESULTS.md session 25) */
-            const unsigned gx2 = (unsigned)((p->N + 31) / 32); /* the capped kernel's grid.x */
-            bool capped = shared_rows && v >= 11 && (long long)gx2 * p->n_mtiles <= 3LL * sm_count();
+            bool capped = shared_rows && v >= 11 && capped_fits(p);
             size_t cap = 0;
             void (*ck)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, false, 8, 8, false, true, -1, true, 2>;
             if (capped) {
@@ -1673,7 +1712,7 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                 if (shared_rows)
                     lc.dynamicSmemBytes = tsm;
                 if (capped) {
-                    lc.gridDim.x = gx2;
+                    lc.gridDim.x = capped_gx(p);
                     lc.blockDim.x = 64;
                     lc.dynamicSmemBytes = cap;
                 }
@@ -1930,9 +1969,7 @@ extern "C" int mxi_gpu_wave_plan(mxg_gemm_params_t *g1, mxg_gemm_params_t *g2, i
         return 0;
     /* GEMM2 as c48s's capped kernel takes it (launch_dec_o): the tile's rows in
      * at most 24 KB, at most 3 CTAs per SM */
-    const size_t tsm = (size_t)g2->tile_rows * ((size_t)g2->K_pad * 2 + 16);
-    const long long gx2 = (g2->N + 31) / 32;
-    if (g2->tile_rows <= 0 || tsm > 24576 || gx2 * g2->n_mtiles > 3LL * sm_count())
+    if (!tsm_fits(g2) || !capped_fits(g2))
         return 0;
     static std::atomic<unsigned long long> carved[2];
     if (func_attr_once(carved[0], wave_g1(), cudaFuncAttributePreferredSharedMemoryCarveout, 50) != cudaSuccess ||
@@ -1942,7 +1979,7 @@ extern "C" int mxi_gpu_wave_plan(mxg_gemm_params_t *g1, mxg_gemm_params_t *g2, i
     }
     static std::atomic<long long> cap_cache[64];
     const size_t cap = cap_ctas(cap_cache, wave_g2(), 64, 3);
-    if (cap == 0 || cap < tsm)
+    if (cap == 0 || cap < tsm_bytes(g2))
         return 0;
     g1->wave = 1;
     g2->wave = 2;
@@ -2093,28 +2130,6 @@ extern "C" int mxi_gpu_trace(int on, unsigned long long *out, unsigned *sm_out)
     (void)out;
     (void)sm_out;
     return -1; /* not built for HIP */
-#endif
-}
-
-/* Plain launch, or a programmatic dependent one when `pdl` (sm_90). */
-template <typename P>
-static int launch_simple(void (*kern)(const P), dim3 grid, dim3 block, cudaStream_t st, const P &prm, int pdl)
-{
-#if !defined(MXG_HIP)
-    cudaLaunchConfig_t lc = {};
-    lc.gridDim = grid;
-    lc.blockDim = block;
-    lc.stream = st;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    lc.attrs = at;
-    lc.numAttrs = pdl ? 1 : 0;
-    return (int)cudaLaunchKernelEx(&lc, kern, prm);
-#else
-    (void)pdl;
-    kern<<<grid, block, 0, st>>>(prm);
-    return (int)cudaGetLastError();
 #endif
 }
 
