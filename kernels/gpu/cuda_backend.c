@@ -73,6 +73,8 @@ struct mx_backend_packed {
     int pdl; /* programmatic dependent launches between the layer's kernels (sm_90; MXEP_CUDA_PDL=0 turns them off) */
     int tokcopy; /* MXEP_CUDA_TOKCOPY=1: small batches of unquantized schemes always copy the token rows into the
                   * decode kernel's column order first (same bits) */
+    int pf2; /* MXEP_CUDA_PF2=1 / 2: GEMM1 of a gathering decode layer asks for GEMM2's weights into L2 (at its
+              * CTAs' start / after their first warp's K loop) where GEMM2 takes l2pf; 0 (the default) not */
     int max_cnt; /* staged batch: rows of the busiest expert */
     size_t l2pf_max; /* a decode-kernel GEMM whose weights take at most this many bytes prefetches them into L2
                       * while the kernel before it runs: half the L2 with dependent launches, else 0
@@ -501,6 +503,7 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
     if (env_is("MXEP_CUDA_PDL", "0"))
         p->pdl = 0;
     p->tokcopy = env_is("MXEP_CUDA_TOKCOPY", "1");
+    p->pf2 = env_is("MXEP_CUDA_PF2", "1") ? 1 : env_is("MXEP_CUDA_PF2", "2") ? 2 : 0;
     mx_status_t st = MX_OK;
     cudaError_t err = cudaSetDevice(dev->device_index);
     if (err != cudaSuccess)
@@ -831,6 +834,13 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
      * GEMM1 then is no dependent launch and GEMM2 is (nat), GEMM2's input is
      * GEMM1's output unquantized (nat: no quantizing scheme) */
     const int wave = nat && p->wave && mxi_gpu_wave_plan(&g1, &g2, p->pdl, p->wave);
+    if (nat && !wave && p->pf2 && g2.l2pf) {
+        g1.pf2 = p->pf2;
+        g1.pf2_w = p->m2.w;
+        g1.pf2_w_es = p->m2.w_es;
+        g1.pf2_sc = p->m2.sc;
+        g1.pf2_sc_es = p->m2.sc_es;
+    }
     KL(mxi_gpu_gemm_launch(&g1, p->cfg, p->stream), "GEMM1 (gate_up + activation) launch");
 
     /* GEMM2 input: the BF16 hidden activation, quantized in place where the scheme

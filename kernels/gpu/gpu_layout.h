@@ -231,6 +231,13 @@ typedef struct {
     int wave, wave_rg, wave_kc;
     size_t wave_smem;       /* GEMM2: the dynamic shared memory of its launch (capping its CTAs per SM) */
     uint32_t *wave_flags;   /* [MXG_WAVE_TILE_WORDS * n_mtiles] on the device, 0 between layers */
+    /* GEMM1 of the decode kernel (gathering, S) when GEMM2 takes l2pf (MXEP_CUDA_PF2=1 or 2): the CTAs
+     * of an expert's first m tile ask, each for its share, for that expert's GEMM2 weights and scales
+     * (pf2_w / pf2_sc, pf2_w_es / pf2_sc_es bytes per expert) into L2 at evict_last: 1 at the CTA's
+     * start, 2 once its first warp's K loop is done; 0 never */
+    int pf2;
+    const uint8_t *pf2_w, *pf2_sc;
+    size_t pf2_w_es, pf2_sc_es;
 } mxg_gemm_params_t;
 
 /* The c48v flag buffer: MXG_WAVE_TILE_WORDS words per m tile (3 used), for at

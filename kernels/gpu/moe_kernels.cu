@@ -188,6 +188,22 @@ __device__ __forceinline__ void prefetch_l2(const void *ptr, uint32_t bytes)
     (void)bytes;
 #endif
 }
+/* pf2 (mxg_gemm_params_t): CTA blockIdx.x's share of expert e's GEMM2 weights
+ * and scales into L2, in bulk prefetches of at most 16 KB by the warp's lanes
+ * (a few per CTA: issuing many small ones held GEMM1 back, bench/RESULTS.md
+ * session 28). The byte counts are multiples of 16, so every piece is too. */
+__device__ __forceinline__ void pf2_issue(const mxg_gemm_params_t &p, int e, int lane)
+{
+    auto part = [&](const uint8_t *base, size_t bytes) {
+        const size_t per = ((bytes + gridDim.x - 1) / gridDim.x + 15) & ~(size_t)15;
+        const size_t b0 = (size_t)blockIdx.x * per, b1 = b0 + per < bytes ? b0 + per : bytes;
+        for (size_t o = b0 + (size_t)lane * 16384; o < b1; o += 32 * 16384)
+            prefetch_l2(base + o, (uint32_t)(b1 - o < 16384 ? b1 - o : 16384));
+    };
+    part(p.pf2_w + (size_t)e * p.pf2_w_es, p.pf2_w_es);
+    if (p.pf2_sc)
+        part(p.pf2_sc + (size_t)e * p.pf2_sc_es, p.pf2_sc_es);
+}
 /* Weight loads of the decode kernel: EF: marked first to leave L2 (and not kept
  * in L1), so that a layer's streamed weights do not push the kernels' code,
  * token rows and activations out of L2 (H100, W4A16 at T = 1..64: 12-18% less
@@ -766,6 +782,10 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
         tr_note(tslot, TR_START);
     griddep_launch();
     const int mt = blockIdx.y;
+    if constexpr (NAT && WV == 0) {
+        if (p.pf2 == 1 && warp == 0 && mt < p.n_mtiles && p.tile_m0[mt] == 0)
+            pf2_issue(p, p.tile_e[mt], lane);
+    }
     /* WV 1: the warp's two row groups in turn, each counted in its pass's flag */
     for (int pass = 0; pass < (WV == 1 ? 2 : 1); pass++) {
         const int rg = blockIdx.x * WPC + warp + (WV == 1 ? pass * p.wave_rg : 0);
@@ -1033,6 +1053,10 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
             kloop(BoolC<true>());
         else
             kloop(BoolC<false>());
+        if constexpr (NAT && WV == 0) {
+            if (p.pf2 == 2 && warp == 0 && m0 == 0)
+                pf2_issue(p, e, lane);
+        }
 
         /* epilogue: straight to global (a handful of values per lane) */
         const bool act = p.epi == MXG_EPI_ACT;

@@ -1096,6 +1096,9 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
                                            "MXEP_CUDA_MMA=sync",
                                            "MXEP_CUDA_PDL=0",
                                            "MXEP_CUDA_L2PF=0",
+                                           /* GEMM1 asks for GEMM2's weights into L2 */
+                                           "MXEP_CUDA_PF2=1",
+                                           "MXEP_CUDA_PF2=2",
                                            "MXEP_CUDA_TOKCOPY=1",
                                            "MXEP_CUDA_QTHREADS=256"};
     static char first[4096], got[4096];
