@@ -10,7 +10,7 @@
 #      rank, --check (bitwise against the single-process pipeline) and the layer against its parts;
 #   4. the same model, 8 ranks sharing the GPU, 128 tokens per rank, --check;
 #   5. (rings) mxgpu_bench at LAYER_RING_T (default 1,8,64) with the decode ring at LAYER_RINGS
-#      (default 6x5 8x4);
+#      (default c48s a45);
 #   6. (cluster) across hosts: launch/netns-cluster.sh, 2 hosts x 4 ranks (btl vader,tcp,self),
 #      mx_transport_bench (gpt-oss-20b bytes) and mxworker bench (cpu backend, 2 threads per rank),
 #      ours beside plain MPI_Alltoallv in the same run; skipped where network namespaces are refused
@@ -72,7 +72,7 @@ fi
 # 5. the decode kernel's ring variants, W4A16 gpt-oss-20b layer
 if [ "$CUDA" = ON ] && want rings && [ "$SECONDS" -lt 380 ]; then
   cmake --build "$BUILD" -j "$(nproc)" --target mxgpu_bench >> "$LOGS/layer_build.log" 2>&1 &&
-    for v in ${LAYER_RINGS:-6x5 8x4}; do
+    for v in ${LAYER_RINGS:-c48s a45}; do
       echo "-- mxgpu_bench MXEP_CUDA_DEC=$v (${SECONDS}s)"
       MXEP_CUDA_DEC=$v timeout 60 "$BUILD/kernels/gpu/mxgpu_bench" --tokens "${LAYER_RING_T:-1,8,64}" --iters 30 2>&1 |
         grep -E "^limits|^ +[0-9]+ +[0-9]+ +[SML] " || STATUS=1

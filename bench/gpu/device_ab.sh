@@ -13,7 +13,7 @@
 #        [--prebuilt] -- SETTING...  (SETTING: NAME=VALUE words in one argument, or "default"; a first
 #                              word "base" runs build-base/'s mxgpu_bench, another revision's
 #                              build: bench/gpu/base_src.sh, device_run.sh --base)
-# Example: bash bench/gpu/device_ab.sh --tokens 1,8,64 --trace -- default MXEP_CUDA_DEC=12x3
+# Example: bash bench/gpu/device_ab.sh --tokens 1,8,64 --trace -- default MXEP_CUDA_DEC=a45
 #          bash bench/gpu/device_ab.sh --tokens 8192 --rounds 3 -- base default
 set -u -o pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)

@@ -73,16 +73,10 @@ struct mx_backend_packed {
     int pdl; /* programmatic dependent launches between the layer's kernels (sm_90; MXEP_CUDA_PDL=0 turns them off) */
     int tokcopy; /* MXEP_CUDA_TOKCOPY=1: small batches of unquantized schemes always copy the token rows into the
                   * decode kernel's column order first (same bits) */
-    int pf2; /* MXEP_CUDA_PF2=1 / 2: GEMM1 of a gathering decode layer asks for GEMM2's weights into L2 (at its
-              * CTAs' start / after their first warp's K loop) where GEMM2 takes l2pf; 0 (the default) not */
     int max_cnt; /* staged batch: rows of the busiest expert */
     size_t l2pf_max; /* a decode-kernel GEMM whose weights take at most this many bytes prefetches them into L2
                       * while the kernel before it runs: half the L2 with dependent launches, else 0
                       * (MXEP_CUDA_L2PF=0 turns it off) */
-    /* MXEP_CUDA_DEC=c48v (GEMM2 overlapping GEMM1): the flags (MXG_WAVE_WORDS),
-     * zeros between layers (sm_90 with dependent launches), and the layers that took it */
-    uint32_t *wave;
-    long wave_layers;
     /* staged batch */
     int cfg, n_mtiles, staged;
     size_t n_tokens, n_assign;
@@ -333,8 +327,6 @@ static void cuda_release(mx_backend_packed_t *p)
         (void)cudaStreamSynchronize(p->stream);
     gmat_free(&p->m1);
     gmat_free(&p->m2);
-    if (p->wave)
-        cudaFree(p->wave);
     dbuf_t *bufs[] = {&p->x, &p->meta, &p->xq, &p->grp1, &p->grp2, &p->rs1, &p->rs2, &p->hid, &p->hq, &p->y, &p->out};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         dbuf_free(bufs[i]);
@@ -503,7 +495,6 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
     if (env_is("MXEP_CUDA_PDL", "0"))
         p->pdl = 0;
     p->tokcopy = env_is("MXEP_CUDA_TOKCOPY", "1");
-    p->pf2 = env_is("MXEP_CUDA_PF2", "1") ? 1 : env_is("MXEP_CUDA_PF2", "2") ? 2 : 0;
     mx_status_t st = MX_OK;
     cudaError_t err = cudaSetDevice(dev->device_index);
     if (err != cudaSuccess)
@@ -521,15 +512,6 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
             p->stream = NULL;
             st = cuda_fail(p->device, err, "cudaStreamCreateWithFlags");
         }
-    }
-    if (st == MX_OK && p->pdl) {
-        /* 16 KB whatever the variant: no allocation inside a layer (CUDA graphs) */
-        const size_t wb = MXG_WAVE_WORDS * sizeof(uint32_t);
-        st = dev_alloc(p->device, (void **)&p->wave, wb, "the c48v layer flags");
-        if (st == MX_OK && (err = cudaMemsetAsync(p->wave, 0, wb, p->stream)) == cudaSuccess)
-            err = cudaStreamSynchronize(p->stream);
-        if (st == MX_OK && err != cudaSuccess)
-            st = cuda_fail(p->device, err, "zeroing the c48v layer flags");
     }
     if (st == MX_OK && n_experts > 0)
         st = prepack_body(p, experts);
@@ -830,17 +812,6 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
     g1.alpha = p->desc.swiglu_alpha;
     g1.out = p->hid.ptr;
     g1.ldo = K2;
-    /* MXEP_CUDA_DEC=c48v: GEMM2 overlapping GEMM1 through flags (moe_kernels.cu);
-     * GEMM1 then is no dependent launch and GEMM2 is (nat), GEMM2's input is
-     * GEMM1's output unquantized (nat: no quantizing scheme) */
-    const int wave = nat && p->wave && mxi_gpu_wave_plan(&g1, &g2, p->pdl, p->wave);
-    if (nat && !wave && p->pf2 && g2.l2pf) {
-        g1.pf2 = p->pf2;
-        g1.pf2_w = p->m2.w;
-        g1.pf2_w_es = p->m2.w_es;
-        g1.pf2_sc = p->m2.sc;
-        g1.pf2_sc_es = p->m2.sc_es;
-    }
     KL(mxi_gpu_gemm_launch(&g1, p->cfg, p->stream), "GEMM1 (gate_up + activation) launch");
 
     /* GEMM2 input: the BF16 hidden activation, quantized in place where the scheme
@@ -878,15 +849,7 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
     g2.out = p->y.ptr;
     g2.ldo = (int)p->desc.hidden;
     g2.out_rows = p->d_out_rows;
-    const int rc2 = mxi_gpu_gemm_launch(&g2, p->cfg, p->stream);
-    if (rc2 != 0) {
-        /* GEMM1 counts its row groups in the flags, which only GEMM2 resets */
-        if (wave)
-            (void)cudaMemsetAsync(p->wave, 0, MXG_WAVE_WORDS * sizeof(uint32_t), p->stream);
-        return cuda_fail(p->device, (cudaError_t)rc2, "GEMM2 (down + bias) launch");
-    }
-    if (wave)
-        ((mx_backend_packed_t *)p)->wave_layers++; /* run() holds the lock; the bench and tests call it alone */
+    KL(mxi_gpu_gemm_launch(&g2, p->cfg, p->stream), "GEMM2 (down + bias) launch");
 
     if (p->mode == MX_OUT_WEIGHTED_SUM) {
         mxg_combine_params_t c = {0};
@@ -925,27 +888,6 @@ mx_status_t mxi_cuda_fetch(const mx_backend_packed_t *p, const mx_run_args_t *a)
         return cuda_fail(p->device, err, what);
     if (serr != cudaSuccess)
         return cuda_fail(p->device, serr, "cudaStreamSynchronize (the layer's kernels and copies)");
-    return MX_OK;
-}
-
-mx_status_t mxi_cuda_wave_state(const mx_backend_packed_t *p, long *layers_p, int *flags_zero_p)
-{
-    if (!p || !layers_p)
-        return mx_error_set(MX_ERR_INVALID, "cuda wave state: NULL argument");
-    *layers_p = p->wave_layers;
-    if (!flags_zero_p)
-        return MX_OK;
-    *flags_zero_p = 1;
-    if (!p->wave)
-        return MX_OK;
-    uint32_t f[MXG_WAVE_WORDS];
-    CK(p->device, cudaSetDevice(p->device), "cudaSetDevice");
-    CK(p->device, cudaMemcpyAsync(f, p->wave, sizeof f, cudaMemcpyDeviceToHost, p->stream),
-       "cudaMemcpyAsync (c48v flags)");
-    CK(p->device, cudaStreamSynchronize(p->stream), "cudaStreamSynchronize (c48v flags)");
-    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
-        if (f[i] != 0)
-            *flags_zero_p = 0;
     return MX_OK;
 }
 

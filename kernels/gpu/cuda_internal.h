@@ -23,10 +23,6 @@ mx_status_t mxi_cuda_stage(const mx_backend_packed_t *packed, const mx_run_args_
 mx_status_t mxi_cuda_layer(const mx_backend_packed_t *packed);
 /* Copies the outputs of the staged batch into args and waits for the stream. */
 mx_status_t mxi_cuda_fetch(const mx_backend_packed_t *packed, const mx_run_args_t *args);
-/* MXEP_CUDA_DEC=c48v: how many layers of `packed` ran GEMM2 overlapping GEMM1
- * (*layers_p) and, when flags_zero_p is not NULL, whether every flag of that
- * pair reads 0 now, as it must between layers (waits for the stream). */
-mx_status_t mxi_cuda_wave_state(const mx_backend_packed_t *packed, long *layers_p, int *flags_zero_p);
 /* The backend's stream (a cudaStream_t). */
 void *mxi_cuda_stream(const mx_backend_packed_t *packed);
 /* Makes `packed` enqueue its work on `owner`'s stream from now on (waiting for

@@ -221,28 +221,7 @@ typedef struct {
     uint16_t *out;
     int ldo;
     const int32_t *out_rows; /* EPI_OUT: sorted row -> output row */
-    /* GEMM2 overlapping GEMM1 (MXEP_CUDA_DEC=c48v, decode kernel; mxi_gpu_wave_plan
-     * sets these, 0 otherwise). wave 1 (GEMM1): each warp runs row group r, then
-     * wave_rg + r, and after each adds 1 to flag `pass` of its m tile. wave 2
-     * (GEMM2): no griddepcontrol.wait; it waits until flag 0 of its m tile reaches
-     * wave_rg (its first wave_kc K chunks are written), runs them, waits for flag
-     * 1 and runs the rest; flag 2 counts its CTAs past that wait, and the last
-     * one of the m tile sets the tile's three flags back to 0. */
-    int wave, wave_rg, wave_kc;
-    size_t wave_smem;       /* GEMM2: the dynamic shared memory of its launch (capping its CTAs per SM) */
-    uint32_t *wave_flags;   /* [MXG_WAVE_TILE_WORDS * n_mtiles] on the device, 0 between layers */
-    /* GEMM1 of the decode kernel (gathering, S) when GEMM2 takes l2pf (MXEP_CUDA_PF2=1 or 2): the CTAs
-     * of an expert's first m tile ask, each for its share, for that expert's GEMM2 weights and scales
-     * (pf2_w / pf2_sc, pf2_w_es / pf2_sc_es bytes per expert) into L2 at evict_last: 1 at the CTA's
-     * start, 2 once its first warp's K loop is done; 0 never */
-    int pf2;
-    const uint8_t *pf2_w, *pf2_sc;
-    size_t pf2_w_es, pf2_sc_es;
 } mxg_gemm_params_t;
-
-/* The c48v flag buffer: MXG_WAVE_TILE_WORDS words per m tile (3 used), for at
- * most MXG_WAVE_MAX_MTILES m tiles of a layer that takes the pair. */
-enum { MXG_WAVE_TILE_WORDS = 4, MXG_WAVE_MAX_MTILES = 1024, MXG_WAVE_WORDS = MXG_WAVE_TILE_WORDS * MXG_WAVE_MAX_MTILES };
 
 /* Activation quantization to E4M3 values (kept as BF16 for the MMA):
  * rows sorted; input row r is in[src_rows ? src_rows[r] : r] (ld_in), output
@@ -321,13 +300,6 @@ int mxi_gpu_trace(int on, unsigned long long *out, unsigned *sm_out);
  * compute_80 PTX JIT-compiled on a newer GPU that has no machine code in this
  * build), where that wait compiles to nothing, and in HIP builds. */
 int mxi_gpu_has_griddep(void);
-/* MXEP_CUDA_DEC=c48v: 1 when GEMM1 (g1, the gathering decode kernel) and GEMM2
- * (g2, the capped shared-rows kernel) of a small batch can overlap through the
- * flags at `flags` (see mxg_gemm_params_t.wave), and then sets both's wave
- * fields; 0 otherwise (other variants, shapes, devices; HIP builds). g2 as
- * gemm_common leaves it, pdl telling whether GEMM2 will be a dependent launch.
- * Call it on the device of the launch, before GEMM1's. */
-int mxi_gpu_wave_plan(mxg_gemm_params_t *g1, mxg_gemm_params_t *g2, int pdl, uint32_t *flags);
 #ifdef __cplusplus
 }
 #endif

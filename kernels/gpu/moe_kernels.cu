@@ -188,51 +188,34 @@ __device__ __forceinline__ void prefetch_l2(const void *ptr, uint32_t bytes)
     (void)bytes;
 #endif
 }
-/* pf2 (mxg_gemm_params_t): CTA blockIdx.x's share of expert e's GEMM2 weights
- * and scales into L2, in bulk prefetches of at most 16 KB by the warp's lanes
- * (a few per CTA: issuing many small ones held GEMM1 back, bench/RESULTS.md
- * session 28). The byte counts are multiples of 16, so every piece is too. */
-__device__ __forceinline__ void pf2_issue(const mxg_gemm_params_t &p, int e, int lane)
-{
-    auto part = [&](const uint8_t *base, size_t bytes) {
-        const size_t per = ((bytes + gridDim.x - 1) / gridDim.x + 15) & ~(size_t)15;
-        const size_t b0 = (size_t)blockIdx.x * per, b1 = b0 + per < bytes ? b0 + per : bytes;
-        for (size_t o = b0 + (size_t)lane * 16384; o < b1; o += 32 * 16384)
-            prefetch_l2(base + o, (uint32_t)(b1 - o < 16384 ? b1 - o : 16384));
-    };
-    part(p.pf2_w + (size_t)e * p.pf2_w_es, p.pf2_w_es);
-    if (p.pf2_sc)
-        part(p.pf2_sc + (size_t)e * p.pf2_sc_es, p.pf2_sc_es);
-}
-/* Weight loads of the decode kernel: EF: marked first to leave L2 (and not kept
- * in L1), so that a layer's streamed weights do not push the kernels' code,
- * token rows and activations out of L2 (H100, W4A16 at T = 1..64: 12-18% less
- * time per layer; bench/RESULTS.md, session 16); otherwise plain __ldg. */
-template <bool EF> __device__ __forceinline__ uint4 ldw(const uint4 *ptr, uint64_t pol)
+/* Weight loads of the decode kernel, marked first to leave L2 (and not kept in
+ * L1), so that a layer's streamed weights do not push the kernels' code, token
+ * rows and activations out of L2 (H100, W4A16 at T = 1..64: 12-18% less time
+ * per layer; bench/RESULTS.md, session 16); plain __ldg where that policy is
+ * not built (pre-sm_90 PTX, HIP). */
+__device__ __forceinline__ uint4 ldw(const uint4 *ptr, uint64_t pol)
 {
 #if defined(MXG_HAVE_GRIDDEP)
-    if (EF) {
-        uint4 v;
-        asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
-            : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-            : "l"(ptr), "l"(pol));
-        return v;
-    }
-#endif
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(ptr), "l"(pol));
+    return v;
+#else
     (void)pol;
     return __ldg(ptr);
+#endif
 }
-template <bool EF> __device__ __forceinline__ uint32_t ldw(const uint32_t *ptr, uint64_t pol)
+__device__ __forceinline__ uint32_t ldw(const uint32_t *ptr, uint64_t pol)
 {
 #if defined(MXG_HAVE_GRIDDEP)
-    if (EF) {
-        uint32_t v;
-        asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.u32 %0, [%1], %2;\n" : "=r"(v) : "l"(ptr), "l"(pol));
-        return v;
-    }
-#endif
+    uint32_t v;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.u32 %0, [%1], %2;\n" : "=r"(v) : "l"(ptr), "l"(pol));
+    return v;
+#else
     (void)pol;
     return __ldg(ptr);
+#endif
 }
 __device__ __forceinline__ uint64_t policy_evict_first()
 {
@@ -670,57 +653,6 @@ __device__ __forceinline__ void decode_step(const uint32_t *src, int s, const Fp
     }
 }
 
-/* ------------------------------------------------------------ GEMM2 overlapping GEMM1 (c48v) */
-
-/* The CTA's barrier: bar.sync 0 (all threads at this instruction) or, NA, the
- * form that its threads may reach from different places in the code. */
-template <bool NA> __device__ __forceinline__ void cta_sync()
-{
-    if (NA)
-        asm volatile("barrier.sync 0;\n" ::: "memory");
-    else
-        __syncthreads();
-}
-/* Flag f of m tile mt (mxg_gemm_params_t.wave: 0, 1 the passes of GEMM1, 2 GEMM2's CTAs). */
-__device__ __forceinline__ uint32_t *wave_flag(const mxg_gemm_params_t &p, int mt, int f)
-{
-    return p.wave_flags + MXG_WAVE_TILE_WORDS * mt + f;
-}
-/* GEMM1 (wave 1): the warp's row group of this pass is written; lane 0 counts it
- * in the m tile's flag after every lane's stores (mxg_gemm_params_t.wave). */
-__device__ __forceinline__ void wave_count(const mxg_gemm_params_t &p, int mt, int pass, int lane)
-{
-    __threadfence();
-    __syncwarp();
-    if (lane == 0) {
-        __threadfence();
-        atomicAdd(wave_flag(p, mt, pass), 1u);
-    }
-}
-/* GEMM2 (wave 2): thread 0 waits until flag f of the m tile counts every GEMM1
- * warp of that pass, then the CTA meets (each of its threads calls it). The
- * spin reads relaxed and sleeps between reads, and one fence after it makes the
- * acquire: an ld.acquire in the loop compiles to an L1 invalidation per read
- * (CCTL.IVALL), which took GEMM1's cached token rows from every SM it shares
- * and doubled GEMM1's time at T = 1 (H100, bench/RESULTS.md, session 30). The
- * rows GEMM1 writes are read through L2 (tsm_fill), never L1. */
-__device__ __forceinline__ void wave_wait(const mxg_gemm_params_t &p, int mt, int f)
-{
-    if (threadIdx.x == 0) {
-        const uint32_t *flag = wave_flag(p, mt, f);
-        const uint32_t want = (uint32_t)p.wave_rg;
-        for (;;) {
-            uint32_t v;
-            asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(flag) : "memory");
-            if (v >= want)
-                break;
-            __nanosleep(64);
-        }
-        __threadfence();
-    }
-    cta_sync<true>();
-}
-
 /* ------------------------------------------------------------ decode kernel (small batches) */
 
 /* Weights and token rows are read through the non-coherent path (__ldg; the
@@ -749,27 +681,23 @@ template <bool B> struct BoolC {
  * the staged token rows through a_rows, with no copy kernel before it): each
  * lane gathers its fragment words one by one (8 loads of 4 bytes per chunk and
  * n8 tile instead of 2 of 16), the same values as from mxg_tok_pos order. */
-/* EF: the weight loads are marked evict_first (ldw); plain loads only in the
- * MXEP_CUDA_DEC=6x5n variant, kept to measure against. */
 /* TAX: the token fragments are loaded TAX chunks further ahead (NAT: by
  * default at the chunk's start, else one chunk ahead; -1 with TSM: at the
  * chunk's start, from shared memory); a ring of 1 + that many buffers, so D
  * must be a multiple of its size. */
 /* TSM: the CTA copies its tile's token rows (min(cnt - m0, 16) rows of K_pad
  * BF16 values, mxg_tok_pos order) into dynamic shared memory once its input is
- * ready, and the lanes read their fragments from there (MXEP_CUDA_DEC=a45s;
- * the launch gives p.tile_rows rows of room). */
+ * ready, and the lanes read their fragments from there (the launch gives
+ * p.tile_rows rows of room). */
 /* WPC: warps (row groups) per CTA, 4 but in the c48s variant's capped
  * kernel (2); MINB counts CTAs of WPC warps. */
-template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, bool EF = true, int TAX = 0,
-          bool TSM = false, int WPC = 4, int WV = 0>
+template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, int TAX = 0, bool TSM = false,
+          int WPC = 4>
 __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
     static_assert(!(NAT && X), "E4M3 token rows are always written by the quantizer, in mxg_tok_pos8 order");
     static_assert(!TSM || (!NAT && !X), "shared token rows: BF16 rows in mxg_tok_pos order");
-    static_assert(WV != 1 || (NAT && WFMT == MXG_W_FP4 && !FLUSH && WPC == 2), "c48v's GEMM1: the gathering kernel");
-    static_assert(WV != 2 || (TSM && WFMT == MXG_W_FP4 && !FLUSH), "c48v's GEMM2: the shared-rows kernel");
     constexpr bool PART = FLUSH || X;      /* partial sums flushed per 128-wide K slice */
     constexpr int TB = MXG_THREAD_BYTES(WFMT);
     constexpr int W4 = TB / 16; /* uint4 per lane per chunk */
@@ -782,24 +710,12 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
         tr_note(tslot, TR_START);
     griddep_launch();
     const int mt = blockIdx.y;
-    if constexpr (NAT && WV == 0) {
-        if (p.pf2 == 1 && warp == 0 && mt < p.n_mtiles && p.tile_m0[mt] == 0)
-            pf2_issue(p, p.tile_e[mt], lane);
-    }
-    /* WV 1: the warp's two row groups in turn, each counted in its pass's flag */
-    for (int pass = 0; pass < (WV == 1 ? 2 : 1); pass++) {
-        const int rg = blockIdx.x * WPC + warp + (WV == 1 ? pass * p.wave_rg : 0);
+    {
+        const int rg = blockIdx.x * WPC + warp;
         /* idle: a warp past the last row group (TSM: it still helps copy the rows) */
         const bool idle = rg * 16 >= p.N;
-        if (mt >= p.n_mtiles || (!TSM && idle)) {
-            if constexpr (WV == 1) {
-                if (mt < p.n_mtiles) { /* counted all the same */
-                    wave_count(p, mt, pass, lane);
-                    continue;
-                }
-            }
+        if (mt >= p.n_mtiles || (!TSM && idle))
             return;
-        }
         const int e = p.tile_e[mt], m0 = p.tile_m0[mt];
         const int cnt = p.cnt[e], off = p.off[e];
         /* the start of sorted row srow of A */
@@ -808,33 +724,18 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
         };
         /* TSM: every warp of the CTA, idle ones too, copies the tile's rows (uint4
          * by uint4, rows tsm_u4 + 1 apart so that the 8 rows of a fragment load
-         * fall in different banks) once the input is ready (below): their uint4
-         * columns [c0, c1) (WV 2: in two parts, through L2, since GEMM1 writes
-         * them while this kernel runs) */
+         * fall in different banks) once the input is ready (below) */
         extern __shared__ uint4 tsm_rows[];
         const int tsm_u4 = p.K_pad / 8;
-        auto tsm_fill = [&](int c0, int c1) {
+        auto tsm_fill = [&]() {
             const int nr = cnt - m0 < 16 ? cnt - m0 : 16;
             if (nr > p.tile_rows)
                 __trap(); /* the launch gave room for fewer rows: a bug in the caller */
-            const int wc = c1 - c0;
-            for (int i = threadIdx.x; i < nr * wc; i += blockDim.x) {
-                const int r = i / wc, c = c0 + (i - r * wc);
-                const uint4 *src = (const uint4 *)a_row(off + m0 + r) + c;
-                tsm_rows[r * (tsm_u4 + 1) + c] = WV == 2 ? __ldcg(src) : __ldg(src);
+            for (int i = threadIdx.x; i < nr * tsm_u4; i += blockDim.x) {
+                const int r = i / tsm_u4, c = i - r * tsm_u4;
+                tsm_rows[r * (tsm_u4 + 1) + c] = __ldg((const uint4 *)a_row(off + m0 + r) + c);
             }
-            cta_sync<WV == 2>();
-        };
-        /* WV 2: the second part of the rows once flag 1 says GEMM1 wrote them
-         * (every thread of the CTA, the idle warp at its own place: cta_sync),
-         * then counted in flag 2; the m tile's last CTA resets its flags */
-        auto wave_part2 = [&]() {
-            wave_wait(p, mt, 1);
-            tsm_fill(p.wave_kc * 8, tsm_u4);
-            if (threadIdx.x == 0 && atomicAdd(wave_flag(p, mt, 2), 1u) == gridDim.x - 1) {
-                for (int f = 0; f < 3; f++)
-                    atomicExch(wave_flag(p, mt, f), 0u);
-            }
+            __syncthreads();
         };
         const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
         const uint4 *wsrc = (const uint4 *)(p.w + (size_t)e * p.w_estride + ((size_t)rg * 32 + lane) * TB);
@@ -844,7 +745,7 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
                                    : nullptr;
         const size_t sstep = (size_t)NG * 8; /* in uint32 */
 
-        const uint64_t wpol = EF ? policy_evict_first() : 0;
+        const uint64_t wpol = policy_evict_first();
         uint4 wr[D][W4];
         uint32_t sr[D];
 #pragma unroll
@@ -852,8 +753,8 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
             if (u < KC && !(TSM && idle)) {
 #pragma unroll
                 for (int q = 0; q < W4; q++)
-                    wr[u][q] = ldw<EF>(wsrc + (size_t)u * wstep + q, wpol);
-                sr[u] = WFMT == MXG_W_FP4 ? ldw<EF>(ssrc + (size_t)u * sstep, wpol) : 0u;
+                    wr[u][q] = ldw(wsrc + (size_t)u * wstep + q, wpol);
+                sr[u] = WFMT == MXG_W_FP4 ? ldw(ssrc + (size_t)u * sstep, wpol) : 0u;
             }
         }
         /* p.l2pf: the warp's chunks past the ring go to L2 now, while the kernel that
@@ -867,24 +768,14 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
                     prefetch_l2(sb + (size_t)kc * NG * 32, 32);
             }
         }
-        if constexpr (WV == 2) {
-            if (p.wave_kc % D != 0 || KC < p.wave_kc + D)
-                __trap(); /* the second part must start a round of the ring: a bug in the caller */
-            wave_wait(p, mt, 0); /* instead of griddep_wait: GEMM1 still runs */
-        } else {
-            griddep_wait();
-        }
+        griddep_wait();
         if (threadIdx.x == 0)
             tr_note(tslot, TR_READY);
         if (TSM) {
-            /* the CTA's only barrier (WV 2: one of four, with wave_wait's and wave_part2's), reached by
-             * each of its threads */
-            tsm_fill(0, WV == 2 ? p.wave_kc * 8 : tsm_u4);
-            if (idle) {
-                if constexpr (WV == 2)
-                    wave_part2();
+            /* the CTA's only barrier, reached by each of its threads */
+            tsm_fill();
+            if (idle)
                 return;
-            }
         }
 
         /* the lane's token rows: 8 j + g of the tile, j = 0, 1, in mxg_tok_pos
@@ -995,9 +886,9 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
                 if (kc + D < KC) {
 #pragma unroll
                     for (int q = 0; q < W4; q++)
-                        slot[q] = ldw<EF>(wnext + q, wpol);
+                        slot[q] = ldw(wnext + q, wpol);
                     if (WFMT == MXG_W_FP4)
-                        sslot = ldw<EF>(snext, wpol);
+                        sslot = ldw(snext, wpol);
                 }
                 if (WFMT == MXG_W_FP4)
                     snext += sstep;
@@ -1036,10 +927,6 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
             };
             int kc = 0;
             for (; kc + D <= KC; kc += D) {
-                if constexpr (WV == 2) {
-                    if (kc == p.wave_kc)
-                        wave_part2();
-                }
 #pragma unroll
                 for (int u = 0; u < D; u++)
                     chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
@@ -1053,10 +940,6 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
             kloop(BoolC<true>());
         else
             kloop(BoolC<false>());
-        if constexpr (NAT && WV == 0) {
-            if (p.pf2 == 2 && warp == 0 && m0 == 0)
-                pf2_issue(p, e, lane);
-        }
 
         /* epilogue: straight to global (a handful of values per lane) */
         const bool act = p.epi == MXG_EPI_ACT;
@@ -1096,8 +979,6 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
         }
         if (lane == 0)
             tr_note(tslot, TR_END);
-        if constexpr (WV == 1)
-            wave_count(p, mt, pass, lane);
     }
 }
 
@@ -1489,29 +1370,28 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
         return launch_tc<2, 1, 256, WFMT, FLUSH, ENG, 8>(p, st, 1);
 }
 
-/* Decode kernel variants for MXFP4 without big scales: register ring depth
- * (chunks in flight per lane) x CTAs per SM, picked by MXEP_CUDA_DEC=6x5|8x4|12x3
- * (6x5: more warps, each with fewer bytes in flight, was the fastest on the
- * H100/H200 at 1, 8 and 64 tokens; a deeper ring for only the GEMMs of few
- * warps was slower too: bench/RESULTS.md). n45t (session 19) is 6x5 except
- * for GEMM1 gathering the staged batch (4x5, its token words a chunk ahead):
- * at T = 1 on the H100, 8-10% faster cold and 18-20% with 10 layers back to
- * back over 4 weight copies. a45 (session 22) takes 4x5 for every kernel:
- * level with n45t at T = 1 and 8, and 3.8-4.0 points of the HBM copy faster at
- * T = 64 (two rounds on an H100). The default, c48s (session 24), keeps a45's
- * kernels but for those that take the tile's token rows into shared memory:
- * they read each chunk's token fragments from there, keep 8 weight chunks in
- * flight, and at T = 1 run in capped CTAs of 2 warps (see launch_dec_o).
- * Against a45 on an H100, points of the HBM copy: T = 1 cold +2.0 to +2.4 and
- * rot +0.6 to +1.3, but pipe -1.3 to -2.5 (three rounds); T = 8 cold +0.2 to
- * +3.1 and rot +2.9 to +3.8 (three rounds); T = 64 cold -0.6 to -1.0, layer
- * and rot level (two rounds). Bitwise the same results. */
+/* Decode kernels for MXFP4 without big scales, picked by MXEP_CUDA_DEC:
+ * a45 (session 22): every kernel a ring of 4 weight chunks at 5 CTAs of 4
+ * warps per SM (96 registers, no spill), token fragments one chunk ahead (the
+ * gathering GEMM1: its token words). a48s (session 23): a45, but the kernels
+ * whose tile's token rows fit 24 KB take them into shared memory once (TSM)
+ * and read each chunk's fragments from there, with 8 weight chunks in flight
+ * at 4 CTAs per SM. c48s (session 24, the default): a48s, but where all of such
+ * a GEMM's CTAs fit at 3 per SM (T = 1: GEMM2's 360 on 132 SMs) it runs in
+ * CTAs of 2 warps capped at 3 per SM by their shared memory, so that they sit
+ * beside GEMM1's from the start. Against a45 on an H100, points of the HBM
+ * copy: T = 1 cold +2.0 to +2.4, T = 8 cold +0.2 to +3.1, T = 64 cold -0.6 to
+ * -1.0 (bench/RESULTS.md). Bitwise the same results. The other variants that
+ * sessions 12-31 measured (rings of 6-12 at 3-5 CTAs per SM, plain weight
+ * loads, tokens two chunks ahead, the operands swapped, GEMM2 overlapping
+ * GEMM1 (c48v), GEMM1 asking for GEMM2's weights into L2 (MXEP_CUDA_PF2)) all
+ * lost and were removed in session 32; bench/RESULTS.md keeps their figures. */
+enum { DEC_A45 = 0, DEC_A48S = 1, DEC_C48S = 2 };
 static int dec_variant()
 {
     static int v = -1;
-    static const char *const vals[] = {"12x3", "8x4", "6x5", "6x5n", "n45t", "g2t",
-                                       "g35t", "a35t", "a45", "a45s", "a48s", "c48s", "c48v"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 13, 11);
+    static const char *const vals[] = {"a45", "a48s", "c48s"};
+    return env_setting(&v, "MXEP_CUDA_DEC", vals, 3, DEC_C48S);
 }
 
 /* value(dev) for the current device, once per device: cached in cache[dev]
@@ -1597,45 +1477,11 @@ static bool capped_fits(const mxg_gemm_params_t *p)
     return (long long)capped_gx(p) * p->n_mtiles <= 3LL * sm_count();
 }
 
-/* MXEP_CUDA_DEC=c48v (session 29, rewritten in session 30): c48s, but where a
- * small batch's GEMM1 gathers the staged rows and GEMM2 takes the capped
- * shared-rows kernel, GEMM2 overlaps GEMM1 (mxg_gemm_params_t.wave). At T = 1
- * GEMM2 ends about 11 us after GEMM1's last CTA, and no change to its own
- * chunk took more than 1 us off that (bench/RESULTS.md, session 29): what is
- * left is its chain of K chunks, so it should start before GEMM1 ends. GEMM1
- * runs in CTAs of 2 warps, each warp two row groups in turn: first one of the
- * 8 wave_kc per expert that make GEMM2's first wave_kc K chunks, then one of
- * the rest; GEMM2 runs its first wave_kc chunks once the first pass of its m
- * tile is counted, and the rest after the second. No deadlock: GEMM2's CTAs
- * start only once every GEMM1 CTA has (griddep_launch at its start), and
- * GEMM1 waits for nothing. Same K order and MMAs: the same bits. */
-static void (*wave_g1())(const mxg_gemm_params_t)
-{
-    return gemm_dec<MXG_W_FP4, false, false, 8, 6, true, true, 1, false, 2, 1>;
-}
-static void (*wave_g2())(const mxg_gemm_params_t)
-{
-    return gemm_dec<MXG_W_FP4, false, false, 8, 8, false, true, -1, true, 2, 2>;
-}
-static int launch_wave(const mxg_gemm_params_t *p, cudaStream_t st)
-{
-    if (p->wave == 1)
-        return launch_simple(wave_g1(), dim3((unsigned)(p->wave_rg / 2), (unsigned)p->n_mtiles), dim3(64), st, *p,
-                             p->pdl);
-    return launch_simple(wave_g2(), dim3(capped_gx(p), (unsigned)p->n_mtiles), dim3(64), st, *p, p->pdl,
-                         p->wave_smem);
-}
-
 /* Small batches (MXG_CFG_S): the decode kernel, 4 warps of 16 rows per CTA
- * (the capped kernel of c48s: 2).
+ * (c48s's capped kernel: 2).
  * NAT: the token rows are in their natural column order (mxg_gemm_params_t.a_nat). */
 template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm_params_t *p, cudaStream_t st)
 {
-    if (p->wave) {
-        if (WFMT != MXG_W_FP4 || FLUSH || NAT != (p->wave == 1))
-            return (int)cudaErrorInvalidValue; /* mxi_gpu_wave_plan sets it on these only */
-        return launch_wave(p, st);
-    }
     cudaLaunchConfig_t lc = {};
     lc.gridDim = dim3((unsigned)((p->N + 63) / 64), (unsigned)p->n_mtiles);
     lc.blockDim = dim3(128);
@@ -1649,53 +1495,22 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
     constexpr int D = WFMT == MXG_W_FP4 ? 12 : WFMT == MXG_W_FP8 ? 8 : WFMT == MXG_W_FP8X ? 6 : 4;
     void (*kern)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, true, D, 3, NAT>;
     if constexpr (WFMT == MXG_W_FP4) {
-        if (!p->sc_big) {
-            const int v = FLUSH ? 0 : dec_variant();
-            /* a45: a ring of 4 weight chunks, token fragments one
-             * chunk ahead, 5 CTAs per SM (96 registers, no spill, where 6x5
-             * spills 24 bytes); the gathering kernel (natural-order rows, GEMM1
-             * reading the staged batch) loads its token words one chunk ahead
-             * too, where 6x5 loads them at the chunk's start. n45t: the
-             * gathering kernel as a45's, the others 6x5. (The gathering kernel
-             * as in a45) g2t / g35t: GEMM2 loads its token fragments two
-             * chunks ahead, ring 6 at 3 CTAs per SM (136 registers) or ring 3
-             * at 5 (96; level with n45t on an H200, one round, session 21);
-             * a35t: every non-gathering kernel as g35t's GEMM2; a45s: a45 with
-             * the tile's token rows in shared memory (gemm_dec's TSM) where
-             * they take at most 24 KB, every kernel at a 50% carveout (two
-             * rounds on an H100, session 22: T = 1 cold +1.4-1.8 points of the
-             * HBM copy, GEMM2 1.2-1.6 us shorter; T = 8 cold -1.1 to -2.6, so
-             * not the default); a48s: a45s, but the kernels that take the
-             * shared rows read each chunk's token fragments from them at the
-             * chunk's start (no token ring) and keep a ring of 8 weight chunks
-             * at 4 CTAs per SM (122 registers). Session 23, one round on an
-             * H100: a48s +4 points of the HBM copy at T = 8 (layer, rot), level
-             * at 64, slower at T = 1 (GEMM2's first CTA 1.4 us sooner from
-             * ready to end, but some of its CTAs found no room beside GEMM1's
-             * and started at 17 us); the same in CTAs of 2 warps (b48s) was
-             * slower at T = 1 too: the block scheduler put up to 8 of them (16
-             * warps) on one SM, so they did not spread. c48s (the default,
-             * session 24): b48s with each CTA asking for enough shared memory
-             * that at most 3 fit on an SM (cap_ctas), so that GEMM2's 360 CTAs
-             * at T = 1 fit beside GEMM1's, at most 6 of its warps per SM; grids
-             * larger than 3 CTAs per SM take a48s's kernel. On an H100 at T = 1
-             * the trace's max reads 3 and GEMM2's first CTA ends 1.2-1.4 us
-             * sooner than a45's, though its last CTAs still start only as
-             * GEMM1's CTAs end (GEMM2's start1 17.4-17.5 us) */
-            const bool g2 = p->epi != MXG_EPI_ACT;
-            /* a45s: the shared rows' bytes, and whether this GEMM takes them */
+        if (FLUSH) {
+            if (!p->sc_big)
+                kern = gemm_dec<WFMT, FLUSH, false, D, 3, NAT>;
+        } else if (!p->sc_big) {
+            const int v = dec_variant();
+            /* a48s / c48s: this GEMM takes its tile's token rows into shared memory */
             const size_t tsm = tsm_bytes(p);
-            const bool tsm_v = v >= 9; /* a45s, a48s, c48s, c48v */
-            const bool shared_rows = tsm_v && !NAT && tsm_fits(p);
-            /* c48s: the capped 2-warp CTAs only where they all fit at 3 per SM
-             * (T = 1: 360 CTAs on 132 SMs) and a cap was found (cap); else
-             * a48s's kernel. (c5s, the same with a ring of 5 chunks in 93
-             * registers so that every CTA fits beside GEMM1's from the start,
-             * did start them all at 1.4 us on an H100 but was 1.5 points of the
-             * HBM copy slower at T = 1: removed, bench/RESULTS.md session 25) */
-            bool capped = shared_rows && v >= 11 && capped_fits(p);
+            const bool shared_rows = v != DEC_A45 && !NAT && tsm_fits(p);
+            /* c48s: the capped 2-warp CTAs only where they all fit at 3 per SM and
+             * a cap was found; else a48s's kernel. (c5s, the same with a ring of
+             * 5 chunks in 93 registers so that every CTA fits beside GEMM1's from
+             * the start, did start them all at 1.4 us on an H100 but was 1.5
+             * points of the HBM copy slower at T = 1: bench/RESULTS.md session 25) */
+            bool capped = shared_rows && v == DEC_C48S && capped_fits(p);
             size_t cap = 0;
-            void (*ck)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, false, 8, 8, false, true, -1, true, 2>;
+            void (*ck)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, false, 8, 8, false, -1, true, 2>;
             if (capped) {
                 static std::atomic<unsigned long long> carved_c;
                 static std::atomic<long long> cap_cache[64];
@@ -1706,29 +1521,21 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                 cap = cap_ctas(cap_cache, ck, 64, 3);
                 capped = cap >= tsm;
             }
-            kern = v == 1   ? gemm_dec<WFMT, FLUSH, false, 8, 4, NAT>
-                   : v == 2 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT>
-                   : v == 3 ? gemm_dec<WFMT, FLUSH, false, 6, 5, NAT, false>
-                   : v == 0 ? gemm_dec<WFMT, FLUSH, false, D, 3, NAT>
-                   : NAT    ? gemm_dec<WFMT, FLUSH, false, 4, 5, NAT, true, NAT ? 1 : 0>
+            kern = NAT           ? gemm_dec<WFMT, FLUSH, false, 4, 5, NAT, NAT ? 1 : 0>
                    /* past here only rows in mxg_tok_pos order (NAT is false): the
                     * kernels name it, so that no unreachable gathering kernel is built */
-                   : (v == 5 && g2)                ? gemm_dec<WFMT, FLUSH, false, 6, 3, false, true, 1>
-                   : ((v == 6 && g2) || v == 7)    ? gemm_dec<WFMT, FLUSH, false, 3, 5, false, true, 1>
-                   : capped ? ck
-                   : (shared_rows && v >= 10) ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, true, -1, true>
-                   : shared_rows ? gemm_dec<WFMT, FLUSH, false, 4, 5, false, true, 0, true>
-                   : v == 8 || tsm_v ? gemm_dec<WFMT, FLUSH, false, 4, 5, false>
-                                      : gemm_dec<WFMT, FLUSH, false, 6, 5, false>;
-            if (tsm_v) {
-                /* every kernel of the variant asks for the same carveout, so that an
-                 * SM running GEMM1's CTAs has the room for GEMM2's beside them (an SM
-                 * changes it only when idle: bench/RESULTS.md, session 20), per kernel
-                 * (carved[0]: the other kernel, [1], [2]: the variant's shared-rows
-                 * kernel (a45s's or a48s's); the capped one is set above) and device */
-                static std::atomic<unsigned long long> carved[3];
+                   : capped      ? ck
+                   : shared_rows ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, -1, true>
+                                 : gemm_dec<WFMT, FLUSH, false, 4, 5, false>;
+            if (v != DEC_A45) {
+                /* every kernel of a48s and c48s asks for the same carveout, so that
+                 * an SM running GEMM1's CTAs has the room for GEMM2's beside them (an
+                 * SM changes it only when idle: bench/RESULTS.md, session 20), per
+                 * kernel (carved[0]: the ones without shared rows, [1]: a48s's
+                 * shared-rows kernel; the capped one is set above) and device */
+                static std::atomic<unsigned long long> carved[2];
                 if (!capped) {
-                    const cudaError_t err = func_attr_once(carved[shared_rows ? (v == 9 ? 1 : 2) : 0], kern,
+                    const cudaError_t err = func_attr_once(carved[shared_rows ? 1 : 0], kern,
                                                            cudaFuncAttributePreferredSharedMemoryCarveout, 50);
                     if (err != cudaSuccess)
                         return (int)err;
@@ -1971,53 +1778,6 @@ static int gemm_launch_part(const mxg_gemm_params_t *p, int cfg, cudaStream_t st
     dim3 grid((units + 127) / 128, p->n_mtiles);
     gemm_simt<<<grid, 128, 0, st>>>(*p, bm);
     return (int)cudaGetLastError();
-#endif
-}
-
-extern "C" int mxi_gpu_wave_plan(mxg_gemm_params_t *g1, mxg_gemm_params_t *g2, int pdl, uint32_t *flags)
-{
-#if !defined(MXG_HIP)
-    if (!flags || dec_variant() != 12 || !pdl || g1->pdl || !g1->a_nat || g1->epi != MXG_EPI_ACT)
-        return 0;
-    if (g1->wfmt != MXG_W_FP4 || g2->wfmt != MXG_W_FP4 || g1->sc_big || g2->sc_big || g1->flush || g2->flush)
-        return 0;
-    if (g1->n_mtiles <= 0 || g1->n_mtiles > MXG_WAVE_MAX_MTILES || g2->n_mtiles != g1->n_mtiles ||
-        g1->ldo != g2->K_pad)
-        return 0;
-    /* the first pass: half of GEMM2's chunks, rounded up to its ring (8), so
-     * that the second part starts a round of the main loop (gemm_dec traps
-     * otherwise); GEMM1's row group r writes GEMM2's K chunk r / 8 */
-    const int KC2 = g2->K_pad / MXG_BK, kc = ((KC2 + 1) / 2 + 7) / 8 * 8;
-    const int ngr1 = (g1->N + 15) / 16;
-    if (KC2 < kc + 8 || ngr1 <= 8 * kc || ngr1 > 16 * kc)
-        return 0;
-    /* GEMM2 as c48s's capped kernel takes it (launch_dec_o): the tile's rows in
-     * at most 24 KB, at most 3 CTAs per SM */
-    if (!tsm_fits(g2) || !capped_fits(g2))
-        return 0;
-    static std::atomic<unsigned long long> carved[2];
-    if (func_attr_once(carved[0], wave_g1(), cudaFuncAttributePreferredSharedMemoryCarveout, 50) != cudaSuccess ||
-        func_attr_once(carved[1], wave_g2(), cudaFuncAttributePreferredSharedMemoryCarveout, 50) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return 0;
-    }
-    static std::atomic<long long> cap_cache[64];
-    const size_t cap = cap_ctas(cap_cache, wave_g2(), 64, 3);
-    if (cap == 0 || cap < tsm_bytes(g2))
-        return 0;
-    g1->wave = 1;
-    g2->wave = 2;
-    g1->wave_rg = g2->wave_rg = 8 * kc;
-    g1->wave_kc = g2->wave_kc = kc;
-    g1->wave_flags = g2->wave_flags = flags;
-    g2->wave_smem = cap;
-    return 1;
-#else
-    (void)g1;
-    (void)g2;
-    (void)pdl;
-    (void)flags;
-    return 0;
 #endif
 }
 
