@@ -179,6 +179,25 @@ static int env_is(const char *name, const char *value)
     return e && !strcmp(e, value);
 }
 
+mx_status_t mxi_cuda_check_settings(void)
+{
+    static const struct {
+        const char *name, *vals[2], *dflt;
+    } own[] = {{"MXEP_CUDA_MMA", {"sync", "auto"}, "auto"}, {"MXEP_CUDA_PDL", {"0", "1"}, "1"},
+               {"MXEP_CUDA_TOKCOPY", {"0", "1"}, "0"},     {"MXEP_CUDA_L2PF", {"0", "1"}, "1"},
+               {"MXEP_CUDA_FP8MMA", {"0", "1"}, "1"}};
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) {
+        const char *e = getenv(own[i].name);
+        if (e && *e && strcmp(e, own[i].vals[0]) != 0 && strcmp(e, own[i].vals[1]) != 0)
+            return mx_error_set(MX_ERR_INVALID, "cuda: %s='%s': expected %s or %s (default %s)", own[i].name, e,
+                                own[i].vals[0], own[i].vals[1], own[i].dflt);
+    }
+    char msg[256];
+    if (mxi_gpu_check_settings(msg, sizeof msg) != 0)
+        return mx_error_set(MX_ERR_INVALID, "cuda: %s", msg);
+    return MX_OK;
+}
+
 /* W8A8 runs on the FP8 tensor cores (E4M3 token rows, MXG_W_FP8X) on sm_90, the
  * only FP8 target this build compiles MMA code for, unless MXEP_CUDA_FP8MMA=0 asks
  * for the BF16 tensor cores (E4M3 decoded exactly to BF16) as everywhere else. */
@@ -473,6 +492,9 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
     char why[MX_REASON_MAX];
     if (!cuda_supports(dev, desc, why, sizeof why))
         return mx_error_set(MX_ERR_UNSUPPORTED, "cuda prepack: layer not supported: %s", why);
+    mx_status_t cst = mxi_cuda_check_settings();
+    if (cst != MX_OK)
+        return cst;
     mx_backend_packed_t *p = calloc(1, sizeof *p);
     if (!p)
         return mx_error_set(MX_ERR_NOMEM, "cuda prepack: %zu bytes", sizeof *p);

@@ -36,6 +36,7 @@
 #include "vendors/cuda.h"
 #endif
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -293,20 +294,54 @@ __device__ __forceinline__ float finish_value(const mxg_gemm_params_t &p, int e,
     return v + p.bias[(size_t)e * p.bias_estride + n];
 }
 
-/* The MXEP_CUDA_* kernel settings: the index in vals[0..n) of the variable's
- * value, or dflt when it is unset or has another value; read once (*cache,
- * -1 before). Every setting gives the same bits (tests/gpu: the variants test). */
-static int env_setting(int *cache, const char *name, const char *const *vals, int n, int dflt)
+/* The MXEP_CUDA_* kernel settings read here and the values each takes (the
+ * default last); every one gives the same bits (tests/gpu: the variants test).
+ * mxi_gpu_check_settings refuses any other value. */
+enum { SET_L = 0, SET_LF = 1, SET_DEC = 2, SET_QTHREADS = 3, SET_COUNT = 4 };
+struct GpuSetting {
+    const char *name;
+    const char *vals[3];
+    int n;
+};
+static const GpuSetting g_settings[SET_COUNT] = {{"MXEP_CUDA_L", {"1x256", "2x128"}, 2},
+                                                 {"MXEP_CUDA_LF", {"1x128", "2x64"}, 2},
+                                                 {"MXEP_CUDA_DEC", {"a45", "a48s", "c48s"}, 3},
+                                                 {"MXEP_CUDA_QTHREADS", {"256", "auto"}, 2}};
+/* The index in its vals of setting `which`'s value, or its default (the last)
+ * when it is unset, empty or another value; read once (*cache, -1 before). */
+static int env_setting(int *cache, int which)
 {
     if (*cache < 0) {
-        const char *e = getenv(name);
-        int v = dflt;
-        for (int i = 0; e && i < n; i++)
-            if (!strcmp(e, vals[i]))
+        const GpuSetting &g = g_settings[which];
+        const char *e = getenv(g.name);
+        int v = g.n - 1;
+        for (int i = 0; e && i < g.n; i++)
+            if (!strcmp(e, g.vals[i]))
                 v = i;
         *cache = v;
     }
     return *cache;
+}
+
+extern "C" int mxi_gpu_check_settings(char *msg, size_t cap)
+{
+    for (int k = 0; k < SET_COUNT; k++) {
+        const GpuSetting &g = g_settings[k];
+        const char *e = getenv(g.name);
+        if (!e || !*e)
+            continue;
+        int ok = 0;
+        for (int i = 0; i < g.n; i++)
+            ok |= !strcmp(e, g.vals[i]);
+        if (!ok) {
+            if (msg && cap)
+                snprintf(msg, cap, "%s='%s': expected %s%s%s%s%s (default %s)", g.name, e, g.vals[0],
+                         g.n > 2 ? ", " : " or ", g.vals[1], g.n > 2 ? " or " : "", g.n > 2 ? g.vals[2] : "",
+                         g.vals[g.n - 1]);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* Plain launch, or a programmatic dependent one when `pdl` (sm_90), with smem
@@ -1334,8 +1369,7 @@ static int launch_tc(const mxg_gemm_params_t *p, cudaStream_t st, int zsub)
 static int l_variant()
 {
     static int v = -1;
-    static const char *const vals[] = {"1x256", "2x128"};
-    return env_setting(&v, "MXEP_CUDA_L", vals, 2, 1);
+    return env_setting(&v, SET_L);
 }
 
 /* Large-batch tile of the kernels that keep partial sums per 128-wide K slice (E4M3
@@ -1350,8 +1384,7 @@ static int l_variant()
 static int lf_variant()
 {
     static int v = -1;
-    static const char *const vals[] = {"1x128", "2x64"};
-    return env_setting(&v, "MXEP_CUDA_LF", vals, 2, 1);
+    return env_setting(&v, SET_LF);
 }
 
 template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_params_t *p, int cfg, cudaStream_t st)
@@ -1390,8 +1423,7 @@ enum { DEC_A45 = 0, DEC_A48S = 1, DEC_C48S = 2 };
 static int dec_variant()
 {
     static int v = -1;
-    static const char *const vals[] = {"a45", "a48s", "c48s"};
-    return env_setting(&v, "MXEP_CUDA_DEC", vals, 3, DEC_C48S);
+    return env_setting(&v, SET_DEC);
 }
 
 /* value(dev) for the current device, once per device: cached in cache[dev]
@@ -1926,8 +1958,7 @@ extern "C" int mxi_gpu_trace(int on, unsigned long long *out, unsigned *sm_out)
 static int quant_threads(int n_rows)
 {
     static int v = -1;
-    static const char *const vals[] = {"auto", "256"};
-    return env_setting(&v, "MXEP_CUDA_QTHREADS", vals, 2, 0) == 1 || n_rows > 64 ? 256 : 1024;
+    return env_setting(&v, SET_QTHREADS) == 0 || n_rows > 64 ? 256 : 1024;
 }
 
 extern "C" int mxi_gpu_quant_launch(const mxg_quant_params_t *p, void *stream)

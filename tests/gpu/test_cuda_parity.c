@@ -551,6 +551,22 @@ static void test_cuda_prepack_rejects_wrong_shapes_and_formats(void **state)
     assert_int_equal(mx_backend_cuda.prepack(&g_dev, &d, g.ex, 2, &pk), MX_ERR_INVALID);
     assert_non_null(strstr(mx_error_detail(), "input_scale"));
     gref_experts_free(&g);
+    /* a kernel setting out of range (mxi_cuda_check_settings), with nothing allocated */
+    d.scheme = MX_SCHEME_W4A16;
+    assert_int_equal(gref_experts_make(&d, 2, MX_WSCALE_NONE, 0, 7002, &g), 0);
+    const char *was = getenv("MXEP_CUDA_DEC");
+    char keep[64] = "";
+    if (was)
+        snprintf(keep, sizeof keep, "%s", was);
+    setenv("MXEP_CUDA_DEC", "6x5", 1);
+    assert_int_equal(mx_backend_cuda.prepack(&g_dev, &d, g.ex, 2, &pk), MX_ERR_INVALID);
+    assert_non_null(strstr(mx_error_detail(), "MXEP_CUDA_DEC='6x5'"));
+    assert_ptr_equal(pk, (mx_backend_packed_t *)0x1);
+    if (was)
+        setenv("MXEP_CUDA_DEC", keep, 1);
+    else
+        unsetenv("MXEP_CUDA_DEC");
+    gref_experts_free(&g);
 }
 
 static void test_cuda_supports_declines_with_reasons(void **state)
