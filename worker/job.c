@@ -366,6 +366,54 @@ static mx_status_t load_layer(wk_job_t *job, int layer, wk_layer_t *L, const int
     return MX_OK;
 }
 
+int wk_host_threads(int host_cpus, int n_dev, int n_cpu, int on_device)
+{
+    const int n = n_dev + n_cpu;
+    int share = n > 0 ? host_cpus / n : host_cpus;
+    if (share < 1)
+        share = 1;
+    if (n_dev <= 0 || n_cpu <= 0)
+        return share;
+    const int dev = share < WK_DEVICE_RANK_THREADS ? share : WK_DEVICE_RANK_THREADS;
+    if (on_device)
+        return dev;
+    const int cpu = (host_cpus - n_dev * dev) / n_cpu;
+    return cpu > share ? cpu : share;
+}
+
+/* Collective over job->comm. Where every rank of a host shares its CPUs (shared: this rank
+ * was given no thread count and is not bound to a subset of them) and the host holds ranks on
+ * devices beside ranks on its CPUs, the threads are split again by wk_host_threads: a GPU
+ * rank's host work (staging, router, combine) takes 0.5 ms of a 30 ms heterogeneous layer
+ * with 1 or 2 threads, while the CPU ranks are the slowest of the layer (bench/RESULTS.md,
+ * session 32). Ranks of other hosts, or where any rank of the host has its own count, keep
+ * theirs. */
+static mx_status_t host_share_threads(wk_job_t *job, int shared)
+{
+    MPI_Comm host;
+    int rc = MPI_Comm_split_type(job->comm, MPI_COMM_TYPE_SHARED, job->rank, MPI_INFO_NULL, &host);
+    if (rc != MPI_SUCCESS)
+        return mx_error_set(MX_ERR_TRANSPORT, "MPI_Comm_split_type(MPI_COMM_TYPE_SHARED) failed (%d)", rc);
+    const int on_device = job->choice.device.device_index >= 0;
+    int mine[3] = {on_device, !on_device, shared}, sum[3] = {0, 0, 0}, n = 0;
+    rc = MPI_Allreduce(mine, sum, 3, MPI_INT, MPI_SUM, host);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_size(host, &n);
+    MPI_Comm_free(&host);
+    if (rc != MPI_SUCCESS)
+        return mx_error_set(MX_ERR_TRANSPORT, "MPI_Allreduce over the host's ranks failed (%d)", rc);
+    if (sum[2] != n || sum[0] == 0 || sum[1] == 0)
+        return MX_OK;
+    const int t = wk_host_threads(job->me.host_cpus, sum[0], sum[1], on_device);
+    MX_LOG_D("worker", "%d threads (was %d): %d device and %d CPU ranks share the host's %d CPUs", t,
+             job->n_threads, sum[0], sum[1], job->me.host_cpus);
+    job->n_threads = t;
+    omp_set_num_threads(t);
+    if (!on_device)
+        job->choice.device.cores = t;
+    return MX_OK;
+}
+
 mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_job_t *job)
 {
     memset(job, 0, sizeof *job);
@@ -390,12 +438,17 @@ mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_
     const char *omp_env = getenv("OMP_NUM_THREADS");
     if (!job->n_threads && omp_env && atoi(omp_env) > 0)
         job->n_threads = atoi(omp_env);
+    /* an unbound rank given no count shares the host's CPUs with the other ranks there (and
+     * again once the backends are chosen: host_share_threads) */
+    int shared_host = 0;
     if (!job->n_threads) {
         int ls = job->me.local_size > 0 ? job->me.local_size : 1;
         int cores = job->me.cores;
         /* an unbound rank sees every CPU of the host: share them */
-        if (cores >= job->me.host_cpus && job->me.host_cpus > 0)
+        if (cores >= job->me.host_cpus && job->me.host_cpus > 0) {
             cores = job->me.host_cpus / ls;
+            shared_host = 1;
+        }
         job->n_threads = cores;
         if (job->n_threads < 1)
             job->n_threads = 1;
@@ -425,6 +478,9 @@ mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_
         MX_LOG_D("worker", "backend %s chosen: %s", job->choice.backend->name, job->choice.reason);
     }
     if ((st = wk_agree(comm, st, "choosing a backend")) != MX_OK)
+        goto fail;
+    st = host_share_threads(job, shared_host);
+    if ((st = wk_agree(comm, st, "sharing the host's CPUs")) != MX_OK)
         goto fail;
     /* the transport(s) of --transport; info creates them too, to print the path they chose */
     /* the copies within a host run on the calling thread: on the 16-core host of the GPU machine

@@ -141,6 +141,13 @@ typedef struct {
  * succeeded; otherwise every rank returns the first failing rank's status and
  * rank 0 prints "mxworker: rank R failed while PHASE: detail". */
 mx_status_t wk_agree(MPI_Comm comm, mx_status_t st, const char *phase);
+/* Host threads a rank on a device (GPU) takes where the host's ranks share its CPUs. */
+#define WK_DEVICE_RANK_THREADS 2
+/* Threads of a rank on a host of host_cpus CPUs shared by n_dev ranks on devices and n_cpu
+ * ranks on the CPUs (on_device: this rank is one of the former): the even share (at least 1)
+ * unless both kinds are there; then a device rank takes WK_DEVICE_RANK_THREADS (or the share,
+ * if smaller) and the CPU ranks split the rest, never below the share. */
+int wk_host_threads(int host_cpus, int n_dev, int n_cpu, int on_device);
 
 /* Collective: options + model, consistency check, placement, oracle, transport,
  * experts (load_experts = 0: no experts, for info). On failure everything is
