@@ -57,7 +57,9 @@ static const char usage_model[] =
     "                       bench and info also take 'both': layers over MPI, UCX beside it\n"
     "  --backend NAME       force a kernel backend (ref, cpu, cuda, ...); default: the oracle\n"
     "                       (or $MXEP_BACKEND). An unusable forced backend is an error\n"
-    "  --threads N          threads per rank (default: the rank's cores / ranks on its host)\n"
+    "  --threads N          threads per rank (default: $OMP_NUM_THREADS, else the rank's cores\n"
+    "                       / ranks on its host; where those ranks share the host's CPUs and\n"
+    "                       some run on a GPU, a GPU rank takes 2 and the CPU ranks the rest)\n"
     "  --timeout S          abort the whole job if it has not finished after S seconds (a last\n"
     "                       resort against a hang; default 0 = no limit)\n";
 
