@@ -181,17 +181,6 @@ static int env_is(const char *name, const char *value)
 
 mx_status_t mxi_cuda_check_settings(void)
 {
-    static const struct {
-        const char *name, *vals[2], *dflt;
-    } own[] = {{"MXEP_CUDA_MMA", {"sync", "auto"}, "auto"}, {"MXEP_CUDA_PDL", {"0", "1"}, "1"},
-               {"MXEP_CUDA_TOKCOPY", {"0", "1"}, "0"},     {"MXEP_CUDA_L2PF", {"0", "1"}, "1"},
-               {"MXEP_CUDA_FP8MMA", {"0", "1"}, "1"}};
-    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) {
-        const char *e = getenv(own[i].name);
-        if (e && *e && strcmp(e, own[i].vals[0]) != 0 && strcmp(e, own[i].vals[1]) != 0)
-            return mx_error_set(MX_ERR_INVALID, "cuda: %s='%s': expected %s or %s (default %s)", own[i].name, e,
-                                own[i].vals[0], own[i].vals[1], own[i].dflt);
-    }
     char msg[256];
     if (mxi_gpu_check_settings(msg, sizeof msg) != 0)
         return mx_error_set(MX_ERR_INVALID, "cuda: %s", msg);

@@ -23,8 +23,8 @@ mx_status_t mxi_cuda_stage(const mx_backend_packed_t *packed, const mx_run_args_
 mx_status_t mxi_cuda_layer(const mx_backend_packed_t *packed);
 /* Copies the outputs of the staged batch into args and waits for the stream. */
 mx_status_t mxi_cuda_fetch(const mx_backend_packed_t *packed, const mx_run_args_t *args);
-/* The backend's MXEP_CUDA_* settings (README) and the kernels' (moe_kernels.cu):
- * MX_OK when each is unset, empty or one of the values it takes, else
+/* The backend's MXEP_CUDA_* settings (README) and the kernels', one table in
+ * moe_kernels.cu (mxi_gpu_check_settings): MX_OK when each is unset, empty or one of the values it takes, else
  * MX_ERR_INVALID naming the variable, its value and the values it takes, so
  * that a misspelt or retired value is an error rather than a quiet default.
  * prepack calls it; it needs no device. */

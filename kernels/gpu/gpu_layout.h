@@ -270,9 +270,10 @@ int mxi_gpu_quant_launch(const mxg_quant_params_t *p, void *stream);
 int mxi_gpu_combine_launch(const mxg_combine_params_t *p, void *stream);
 /* BM of a tile configuration. */
 int mxi_gpu_cfg_bm(int cfg);
-/* The kernels' MXEP_CUDA_* settings (MXEP_CUDA_DEC, _L, _LF, _QTHREADS): 0 when
- * each is unset, empty or one of the values it takes; else -1, and msg (cap
- * bytes) names the variable, its value and the values it takes. */
+/* The MXEP_CUDA_* settings of the kernels (MXEP_CUDA_DEC, _L, _LF, _QTHREADS)
+ * and of the cuda backend (_MMA, _PDL, _TOKCOPY, _L2PF, _FP8MMA): 0 when each is
+ * unset, empty or one of the values it takes; else -1, and msg (cap bytes)
+ * names the variable, its value and the values it takes. */
 int mxi_gpu_check_settings(char *msg, size_t cap);
 /* mxgpu_bench --probe: reads n_experts matrices of NG 16-row groups x KC chunks
  * of 512 bytes (expert_bytes apart) with the MXFP4 decode kernel's grid and

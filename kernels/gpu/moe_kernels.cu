@@ -294,10 +294,11 @@ __device__ __forceinline__ float finish_value(const mxg_gemm_params_t &p, int e,
     return v + p.bias[(size_t)e * p.bias_estride + n];
 }
 
-/* The MXEP_CUDA_* kernel settings read here and the values each takes (the
- * default last); every one gives the same bits (tests/gpu: the variants test).
- * mxi_gpu_check_settings refuses any other value. */
-enum { SET_L = 0, SET_LF = 1, SET_DEC = 2, SET_QTHREADS = 3, SET_COUNT = 4 };
+/* The MXEP_CUDA_* settings and the values each takes (the default last):
+ * those read here (env_setting; every one gives the same bits, tests/gpu: the
+ * variants test), then the cuda backend's (cuda_backend.c reads them).
+ * mxi_gpu_check_settings refuses any other value of any of them. */
+enum { SET_L = 0, SET_LF = 1, SET_DEC = 2, SET_QTHREADS = 3, SET_COUNT = 9 };
 struct GpuSetting {
     const char *name;
     const char *vals[3];
@@ -306,7 +307,12 @@ struct GpuSetting {
 static const GpuSetting g_settings[SET_COUNT] = {{"MXEP_CUDA_L", {"1x256", "2x128"}, 2},
                                                  {"MXEP_CUDA_LF", {"1x128", "2x64"}, 2},
                                                  {"MXEP_CUDA_DEC", {"a45", "a48s", "c48s"}, 3},
-                                                 {"MXEP_CUDA_QTHREADS", {"256", "auto"}, 2}};
+                                                 {"MXEP_CUDA_QTHREADS", {"256", "auto"}, 2},
+                                                 {"MXEP_CUDA_MMA", {"sync", "auto"}, 2},
+                                                 {"MXEP_CUDA_PDL", {"0", "1"}, 2},
+                                                 {"MXEP_CUDA_TOKCOPY", {"1", "0"}, 2},
+                                                 {"MXEP_CUDA_L2PF", {"0", "1"}, 2},
+                                                 {"MXEP_CUDA_FP8MMA", {"0", "1"}, 2}};
 /* The index in its vals of setting `which`'s value, or its default (the last)
  * when it is unset, empty or another value; read once (*cache, -1 before). */
 static int env_setting(int *cache, int which)
@@ -334,10 +340,15 @@ extern "C" int mxi_gpu_check_settings(char *msg, size_t cap)
         for (int i = 0; i < g.n; i++)
             ok |= !strcmp(e, g.vals[i]);
         if (!ok) {
-            if (msg && cap)
-                snprintf(msg, cap, "%s='%s': expected %s%s%s%s%s (default %s)", g.name, e, g.vals[0],
-                         g.n > 2 ? ", " : " or ", g.vals[1], g.n > 2 ? " or " : "", g.n > 2 ? g.vals[2] : "",
-                         g.vals[g.n - 1]);
+            if (msg && cap) {
+                /* "NAME='value': expected a, b or c (default c)" */
+                size_t len = (size_t)snprintf(msg, cap, "%s='%s': expected ", g.name, e);
+                for (int i = 0; i < g.n && len < cap; i++)
+                    len += (size_t)snprintf(msg + len, cap - len, "%s%s", i == 0 ? "" : i == g.n - 1 ? " or " : ", ",
+                                            g.vals[i]);
+                if (len < cap)
+                    snprintf(msg + len, cap - len, " (default %s)", g.vals[g.n - 1]);
+            }
             return -1;
         }
     }
