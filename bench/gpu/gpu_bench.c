@@ -355,6 +355,9 @@ int main(int argc, char **argv)
     size_t H = 2880, I = 2880;
     uint64_t seed = 1;
     const char *json = NULL;
+    /* line by line, so that a log of stdout and stderr together keeps their order
+     * (an error after the device and limits lines reads after them) */
+    setvbuf(stdout, NULL, _IOLBF, 0);
     int probe = 0, trace = 0;
     mx_scheme_t scheme = MX_SCHEME_W4A16;
     for (int i = 1; i < argc; i++) {
