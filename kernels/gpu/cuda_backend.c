@@ -83,6 +83,9 @@ struct mx_backend_packed {
     mx_out_mode_t mode;
     /* device scratch */
     dbuf_t x, meta, xq, grp1, grp2, rs1, rs2, hid, hq, y, out; /* hq: GEMM2's E4M3 input (MXG_W_FP8X) */
+    /* GEMM2's K segments in the tensor-core tiles (M, L): each CTA's first-segment sums
+     * (mxg_gemm_params_t.stash) */
+    dbuf_t stash;
     /* host scratch */
     void *hmeta;
     size_t hmeta_cap;
@@ -335,7 +338,8 @@ static void cuda_release(mx_backend_packed_t *p)
         (void)cudaStreamSynchronize(p->stream);
     gmat_free(&p->m1);
     gmat_free(&p->m2);
-    dbuf_t *bufs[] = {&p->x, &p->meta, &p->xq, &p->grp1, &p->grp2, &p->rs1, &p->rs2, &p->hid, &p->hq, &p->y, &p->out};
+    dbuf_t *bufs[] = {&p->x,   &p->meta, &p->xq, &p->grp1, &p->grp2,  &p->rs1,
+                      &p->rs2, &p->hid,  &p->hq, &p->y,    &p->out, &p->stash};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         dbuf_free(bufs[i]);
     if (p->stream && !p->stream_shared)
@@ -586,9 +590,23 @@ static mx_status_t dbuf_need(mx_backend_packed_t *p, dbuf_t *b, size_t bytes, co
     return MX_OK;
 }
 
+/* GEMM2's K-segment stash (the tensor-core tiles): FP32 sums for every CTA's
+ * tile, 128 output columns by the plan's tile rows; for reserve (any_cfg), the
+ * most tiles NA assignments can take (each expert's last tile partly filled)
+ * in the largest tile (256 rows). */
+static size_t stash_bytes(const mx_backend_packed_t *p, size_t NA, int any_cfg)
+{
+    const size_t cols = ((size_t)p->desc.hidden + 127) / 128 * 128;
+    const size_t rows = any_cfg ? NA + ((size_t)p->n_experts + 1) * 256
+                                : (size_t)p->n_mtiles * (size_t)mxi_gpu_cfg_bm(p->cfg);
+    return cols * rows * sizeof(float);
+}
+
 /* Every device scratch buffer a batch of T tokens and NA assignments needs
- * (dev_bytes of metadata; weighted_sum adds the FP32 output). */
-static mx_status_t scratch_need(mx_backend_packed_t *p, size_t T, size_t NA, size_t dev_bytes, int weighted_sum)
+ * (dev_bytes of metadata; weighted_sum adds the FP32 output) in the staged
+ * tile configuration, or (any_cfg: reserve) in whichever a batch takes. */
+static mx_status_t scratch_need(mx_backend_packed_t *p, size_t T, size_t NA, size_t dev_bytes, int weighted_sum,
+                                int any_cfg)
 {
     const size_t H = p->desc.hidden;
     const size_t K1 = (size_t)p->m1.K_pad, K2 = (size_t)p->m2.K_pad;
@@ -602,10 +620,12 @@ static mx_status_t scratch_need(mx_backend_packed_t *p, size_t T, size_t NA, siz
     if (st == MX_OK && weighted_sum)
         st = dbuf_need(p, &p->out, T * H * 4, "weighted sum");
     int quant = p->desc.scheme == MX_SCHEME_W4A8 || p->desc.scheme == MX_SCHEME_W8A8;
-    if (st == MX_OK && (quant || p->cfg == MXG_CFG_S)) /* S: GEMM1 reads a permuted copy */
+    if (st == MX_OK && (quant || any_cfg || p->cfg == MXG_CFG_S)) /* S: GEMM1 reads a permuted copy */
         st = dbuf_need(p, &p->xq, NA * K1 * 2, "quantized tokens");
     if (st == MX_OK && p->wfmt == MXG_W_FP8X)
         st = dbuf_need(p, &p->hq, NA * K2, "quantized hidden activations (E4M3)");
+    if (st == MX_OK && (any_cfg || p->cfg != MXG_CFG_S) && mxg_kseg((int)(K2 / MXG_BK)) > 0)
+        st = dbuf_need(p, &p->stash, stash_bytes(p, NA, any_cfg), "K segment stash");
     if (st == MX_OK && quant)
         st = dbuf_need(p, &p->rs1, NA * 4, "activation scales");
     if (st == MX_OK && quant)
@@ -656,7 +676,7 @@ static mx_status_t stage_body(mx_backend_packed_t *p, const mx_run_args_t *a)
 
     /* device buffers (grown in stream order) */
     const size_t K1 = (size_t)p->m1.K_pad;
-    st = scratch_need(p, T, NA, dims.dev_bytes, a->mode == MX_OUT_WEIGHTED_SUM);
+    st = scratch_need(p, T, NA, dims.dev_bytes, a->mode == MX_OUT_WEIGHTED_SUM, 0);
     if (st != MX_OK)
         return st;
     mxg_plan_views_t dv;
@@ -856,6 +876,13 @@ mx_status_t mxi_cuda_layer(const mx_backend_packed_t *p)
             g2.flush = 1;
     }
     g2.pdl = p->pdl;
+    /* GEMM2 sums its K in two segments (mxg_kseg), the same in every tile configuration:
+     * at one token per expert the decode kernel runs them in parallel */
+    g2.kseg = mxg_kseg(K2 / MXG_BK);
+    if (g2.kseg > 0 && p->cfg != MXG_CFG_S) {
+        g2.stash = p->stash.ptr;
+        g2.stash_floats = p->stash.cap / sizeof(float);
+    }
     g2.epi = MXG_EPI_OUT;
     g2.out = p->y.ptr;
     g2.ldo = (int)p->desc.hidden;
@@ -1001,7 +1028,7 @@ static mx_status_t cuda_reserve(mx_backend_packed_t *p, size_t max_tokens, size_
         }
     }
     if (st == MX_OK)
-        st = scratch_need(p, max_tokens, max_assign, dims.dev_bytes, 1);
+        st = scratch_need(p, max_tokens, max_assign, dims.dev_bytes, 1, 1);
     if (st == MX_OK) {
         err = cudaStreamSynchronize(p->stream);
         if (err != cudaSuccess)

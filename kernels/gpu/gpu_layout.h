@@ -180,6 +180,19 @@ static inline MXG_HD int mxg_gateup_index(int n, int *up_p)
     return (n >> 4) * 8 + (n & 7);
 }
 
+/* K segments: a GEMM whose K is cut sums K chunks [0, kseg) and [kseg, KC) (KC =
+ * K_pad / MXG_BK) each in K order from zero and adds the two sums, in every tile
+ * configuration, so that a configuration may run the two segments in parallel
+ * (the decode kernel at one token per expert does: two warps per row group) and
+ * still give the others' bits. kseg is a multiple of 24 chunks, so that it starts
+ * a group of every decode kernel's register ring (4, 6, 8 or 12 chunks) and a
+ * 128-wide K slice; 0 (one segment) when K has at most 24 chunks (1536). */
+static inline MXG_HD int mxg_kseg(int KC)
+{
+    const int k = 24 * ((KC + 24) / 48);
+    return k > 0 && k < KC ? k : 0;
+}
+
 /* One grouped GEMM over all local experts: rows of A are the assignments
  * sorted by expert (expert e owns sorted rows [off[e], off[e] + cnt[e])). */
 typedef struct {
@@ -190,6 +203,12 @@ typedef struct {
     int sc_big; /* MXFP4: 1 when some E8M0 scale is above 2^1 (or NaN): the decode needs a second multiply */
     int l2pf;   /* decode kernel (S) on sm_90: before waiting for the previous kernel, each warp asks
                  * for the rest of its weights into L2 (set where they fit half the L2: bench/RESULTS.md) */
+    int kseg;   /* first K chunk of the second K segment (mxg_kseg), 0: one segment */
+    /* the tensor-core kernels (M, L) with kseg: each CTA keeps its first segment's sums in its
+     * slot of stash (the CTA's tile of FP32, slots in launch order: stash_floats at least the grid's
+     * CTAs times the tile) */
+    float *stash;
+    size_t stash_floats;
     const uint8_t *w;
     size_t w_estride; /* bytes per expert */
     const uint8_t *sc;

@@ -735,12 +735,20 @@ template <bool B> struct BoolC {
  * BF16 values, mxg_tok_pos order) into dynamic shared memory once its input is
  * ready, and the lanes read their fragments from there (the launch gives
  * p.tile_rows rows of room). */
-/* WPC: warps (row groups) per CTA, 4 but in the c48s variant's capped
- * kernel (2); MINB counts CTAs of WPC warps. */
+/* WPC: row groups per CTA, 4 but in the c48s variant's capped kernel (2);
+ * MINB counts CTAs of WPC x KS warps. */
+/* K segments (p.kseg, mxg_kseg): KS = 1, a warp sums both segments, the first
+ * kept aside once its last chunk is in (the point starts a group of D chunks);
+ * KS = 2 (the capped kernel, shared rows only), a row group is two warps, one
+ * per segment, and the first adds the second's sums, passed through shared
+ * memory after the token rows (the launch gives the room). Either way each
+ * value is first segment + second segment: the same bits. */
 template <int WFMT, bool FLUSH, bool BIG, int D, int MINB, bool NAT = false, int TAX = 0, bool TSM = false,
-          int WPC = 4>
-__global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params_t p)
+          int WPC = 4, int KS = 1>
+__global__ void __launch_bounds__(32 * WPC * KS, MINB) gemm_dec(const mxg_gemm_params_t p)
 {
+    static_assert(KS == 1 || (KS == 2 && TSM), "segments in parallel only in the shared-rows kernel");
+    static_assert(24 % D == 0, "a K segment starts a group of D chunks (mxg_kseg: multiples of 24)");
     constexpr bool X = WFMT == MXG_W_FP8X; /* E4M3 tokens, FP8 MMAs */
     static_assert(!(NAT && X), "E4M3 token rows are always written by the quantizer, in mxg_tok_pos8 order");
     static_assert(!TSM || (!NAT && !X), "shared token rows: BF16 rows in mxg_tok_pos order");
@@ -749,7 +757,7 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
     constexpr int W4 = TB / 16; /* uint4 per lane per chunk */
     constexpr int NS = X ? 2 : 4; /* MMA k steps per chunk (k32 / k16) */
     constexpr int XH = X ? 1 : 2; /* 16-byte token pieces per lane, chunk and n8 tile */
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) % WPC, seg = (threadIdx.x >> 5) / WPC;
     const int g = lane >> 2, t4 = lane & 3;
     const int tslot = p.epi == MXG_EPI_ACT ? MXG_TR_G1 : MXG_TR_G2;
     if (threadIdx.x == 0)
@@ -783,13 +791,20 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
             }
             __syncthreads();
         };
-        const int KC = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
-        const uint4 *wsrc = (const uint4 *)(p.w + (size_t)e * p.w_estride + ((size_t)rg * 32 + lane) * TB);
+        /* this warp's chunks: [kb0, kb0 + KC) (KS = 2: its segment; the loops below
+         * count from kb0); KS = 1: ksl, where the second segment starts (0: none) */
+        const int KCA = p.K_pad / MXG_BK, NG = p.N_pad >> 4;
+        const int kb0 = KS == 1 || seg == 0 ? 0 : p.kseg;
+        const int KC = KS == 1 ? KCA : seg == 0 ? p.kseg : KCA - p.kseg;
+        const int ksl = KS == 1 && !NAT ? p.kseg : 0; /* (NAT: GEMM1's gather, one segment) */
         const size_t wstep = (size_t)NG * 32 * TB / 16; /* in uint4 */
+        const size_t sstep = (size_t)NG * 8;            /* in uint32 */
+        const uint4 *wsrc = (const uint4 *)(p.w + (size_t)e * p.w_estride + ((size_t)rg * 32 + lane) * TB) +
+                            (size_t)kb0 * wstep;
         const uint32_t *ssrc = WFMT == MXG_W_FP4
-                                   ? (const uint32_t *)(p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 + g * 4)
+                                   ? (const uint32_t *)(p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 + g * 4) +
+                                         (size_t)kb0 * sstep
                                    : nullptr;
-        const size_t sstep = (size_t)NG * 8; /* in uint32 */
 
         const uint64_t wpol = policy_evict_first();
         uint4 wr[D][W4];
@@ -808,7 +823,7 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
         if (p.l2pf && !(TSM && idle)) {
             const uint8_t *wb = p.w + (size_t)e * p.w_estride + (size_t)rg * 32 * TB;
             const uint8_t *sb = WFMT == MXG_W_FP4 ? p.sc + (size_t)e * p.sc_estride + (size_t)rg * 32 : nullptr;
-            for (int kc = D + lane; kc < KC; kc += 32) {
+            for (int kc = kb0 + D + lane; kc < kb0 + KC; kc += 32) {
                 prefetch_l2(wb + (size_t)kc * NG * 32 * TB, 32 * TB);
                 if (WFMT == MXG_W_FP4)
                     prefetch_l2(sb + (size_t)kc * NG * 32, 32);
@@ -820,7 +835,7 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
         if (TSM) {
             /* the CTA's only barrier, reached by each of its threads */
             tsm_fill();
-            if (idle)
+            if (idle && KS == 1)
                 return;
         }
 
@@ -835,7 +850,7 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
         for (int j = 0; j < 2; j++) {
             const int m = m0 + 8 * j + g;
             const int srow = off + (m < cnt ? m : cnt - 1);
-            xr[j] = TSM ? tsm_rows + (size_t)(srow - off - m0) * (tsm_u4 + 1) + XH * t4
+            xr[j] = TSM ? tsm_rows + (size_t)(srow - off - m0) * (tsm_u4 + 1) + XH * t4 + (size_t)kb0 * XH * 4
                         : (const uint4 *)(a_row(srow) + (NAT ? 4 : XH * 16) * t4);
         }
 
@@ -845,6 +860,23 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
 #pragma unroll
             for (int q = 0; q < 4; q++)
                 acc[j][q] = 0.0f;
+        /* KS = 1: at chunk ksl the first segment is summed (its last 128-wide slice
+         * flushed); its sums wait in shared memory, the lane's 8 values 32 words
+         * apart (in registers they cost the K loops spills: up to 112 bytes, and in
+         * the shared-rows kernels' two-tile loop 4 loads and stores per ring round) */
+        __shared__ float first_s[KS == 1 && !NAT ? WPC * 8 * 32 : 1];
+        auto first = [&](int j, int q) -> float & { return first_s[(warp * 8 + 4 * j + q) * 32 + lane]; };
+        auto seg_end = [&](int kc) {
+            if (KS == 1 && !NAT && kc == ksl && kc > 0) {
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+#pragma unroll
+                    for (int q = 0; q < 4; q++) {
+                        first(j, q) = acc[j][q];
+                        acc[j][q] = 0.0f;
+                    }
+            }
+        };
 
         /* The K loop, compiled once for one n8 token tile and once for two (the
          * second tile has tokens: warp-uniform), so that neither pays for the other. */
@@ -955,8 +987,9 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
                 /* the FP8 MMAs' sums go to FP32 every 128 of K (the tensor cores keep
                  * fewer bits for them), scaled by the slice's factors when FLUSH */
                 if (PART && ((kc & 1) || kc == KC - 1)) {
-                    const int kb = kc >> 1, n = rg * 16 + g;
-                    const float rf0 = FLUSH ? row_factor(p, e, n, kb) : 1.0f, rf1 = FLUSH ? row_factor(p, e, n + 8, kb) : 1.0f;
+                    const int kb = (kb0 + kc) >> 1, n = rg * 16 + g; /* kb0 is even */
+                    const float rf0 = FLUSH ? row_factor(p, e, n, kb) : 1.0f,
+                                rf1 = FLUSH ? row_factor(p, e, n + 8, kb) : 1.0f;
 #pragma unroll
                     for (int j = 0; j < NJ; j++)
 #pragma unroll
@@ -973,19 +1006,47 @@ __global__ void __launch_bounds__(32 * WPC, MINB) gemm_dec(const mxg_gemm_params
             };
             int kc = 0;
             for (; kc + D <= KC; kc += D) {
+                seg_end(kc);
 #pragma unroll
                 for (int u = 0; u < D; u++)
                     chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
             }
+            seg_end(kc);
 #pragma unroll
             for (int u = 0; u < D; u++)
                 if (kc + u < KC)
                     chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
         };
-        if (cnt - m0 > 8)
+        if (KS > 1 && idle) {
+        } else if (cnt - m0 > 8)
             kloop(BoolC<true>());
         else
             kloop(BoolC<false>());
+        if (KS == 1 && !NAT && ksl > 0) {
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    acc[j][q] = first(j, q) + acc[j][q];
+        }
+        if constexpr (KS == 2) {
+            /* the second segment's sums, to the first's warp through shared memory */
+            float *sums = (float *)(tsm_rows + (size_t)p.tile_rows * (tsm_u4 + 1));
+            if (seg == 1 && !idle)
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+#pragma unroll
+                    for (int q = 0; q < 4; q++)
+                        sums[(warp * 32 + lane) * 8 + 4 * j + q] = acc[j][q];
+            __syncthreads();
+            if (seg == 1 || idle)
+                return;
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    acc[j][q] = acc[j][q] + sums[(warp * 32 + lane) * 8 + 4 * j + q];
+        }
 
         /* epilogue: straight to global (a handful of values per lane) */
         const bool act = p.epi == MXG_EPI_ACT;
@@ -1123,7 +1184,11 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
             load_a(st, st);
         cp_async_commit();
     }
-
+    /* K segments (p.kseg > 0, mxg_kseg): the first segment's sums wait in this
+     * CTA's slot of the stash (the tile's FP32 sums), the second's start from zero */
+    constexpr int SLOT_F4 = C::NT * MT * NACC / 4; /* float4 per CTA */
+    auto stash_slot = []() { return blockIdx.x + gridDim.x * (blockIdx.y + (size_t)gridDim.y * blockIdx.z); };
+    const int KSEG = p.kseg;
     float acc[MT][NACC];
     float part[PART ? MT : 1][PART ? NACC : 1];
 #pragma unroll
@@ -1144,127 +1209,170 @@ __global__ void __launch_bounds__(NWG * 128, MINB) gemm_tc(const mxg_gemm_params
     for (int t = 0; t < MT; t++)
         grp[t] = (wg * MT + t) * 4 + wi;
 
-    for (int kc = 0; kc < KC; kc++) {
-        cp_async_wait<PRE - 1>();
-        if (ENG == ENG_WG)
-            fence_proxy_async();
-        __syncthreads();
-        /* wgmma: the lane's weight words of the chunk (MXFP4 16 bytes, FP8 32) and
-         * its scale word into registers at once, ahead of the copies and the MMAs
-         * (read step by step, each load waited behind the previous step's wgmma
-         * fence, the asm's memory clobber: one shared-memory latency per step;
-         * mma.sync keeps the step-by-step reads, its 2x128 tile would spill).
-         * hs / hw are stg / wst below, computed here apart: declaring those
-         * before the copies changes the mma.sync kernels' register allocation
-         * (W8A8's 2x64 tile spilled 8 instructions instead of 5) */
-        constexpr bool HOIST = ENG == ENG_WG && C::TB <= 32;
-        uint32_t wv[MT][HOIST ? C::TB / 4 : 1], scw[MT];
-        if constexpr (HOIST) {
-            const int hs = kc % C::STAGES;
-            const uint8_t *hw = pW + hs * C::W_BYTES;
-#pragma unroll
-            for (int t = 0; t < MT; t++) {
-                scw[t] = WFMT == MXG_W_FP4 ? *(const uint32_t *)(pS + hs * C::S_BYTES + grp[t] * 32 + g * 4) : 0u;
-#pragma unroll
-                for (int q = 0; q < C::TB / 16; q++) {
-                    const uint4 v = *(const uint4 *)(hw + (grp[t] * 32 + lane) * C::TB + 16 * q);
-                    wv[t][4 * q] = v.x;
-                    wv[t][4 * q + 1] = v.y;
-                    wv[t][4 * q + 2] = v.z;
-                    wv[t][4 * q + 3] = v.w;
-                }
-            }
-        }
-        {
-            const int nk = kc + PRE; /* into the stage of chunk kc - 2, whose MMAs are complete */
-            if (nk < KC) {
-                load_w(nk % C::STAGES, nk);
-                load_a(nk % C::STAGES, nk);
-            }
-            cp_async_commit();
-        }
-        const int stg = kc % C::STAGES;
-        const uint32_t a_st = sA + stg * C::A_BYTES;
-        const uint8_t *wst = pW + stg * C::W_BYTES;
-        Fp4Mults mm[MT];
-#pragma unroll
-        for (int t = 0; t < MT; t++)
-            if (WFMT == MXG_W_FP4)
-                fp4_mults_t<BIG>(HOIST ? scw[t] : *(const uint32_t *)(pS + stg * C::S_BYTES + grp[t] * 32 + g * 4),
-                                 mm[t]);
-#pragma unroll
-        for (int s = 0; s < NS; s++) {
-            const int ab = NBUF == 4 ? s : (s & 1);
-#pragma unroll
-            for (int t = 0; t < MT; t++)
-                decode_step<WFMT, BIG>(HOIST ? wv[t] : (const uint32_t *)(wst + (grp[t] * 32 + lane) * C::TB), s, mm[t],
-                                       af[ab][t]);
-            if (ENG == ENG_WG) {
-                wgmma_fence();
-                const uint64_t desc = sw128_desc(a_st + 32 * s);
+    /* The K loop runs to the segment's end (one pass when KSEG is 0). The stash
+     * sits between two passes, not in the loop: a branch to it inside the loop
+     * made nvcc recompute addresses there (wgmma 2x128 tile: 188 instructions
+     * per chunk against 157; 10-12% slower layers at T >= 256 on an H100,
+     * bench/RESULTS.md session 33), and kc >= 0 keeps its stage arithmetic
+     * unsigned as before. */
+    int kc = 0, kend = KSEG > 0 ? KSEG : KC;
+    for (;;) {
+        for (; kc < kend; kc++) {
+            __builtin_assume(kc >= 0);
+            cp_async_wait<PRE - 1>();
+            if (ENG == ENG_WG)
+                fence_proxy_async();
+            __syncthreads();
+            /* wgmma: the lane's weight words of the chunk (MXFP4 16 bytes, FP8 32) and
+             * its scale word into registers at once, ahead of the copies and the MMAs
+             * (read step by step, each load waited behind the previous step's wgmma
+             * fence, the asm's memory clobber: one shared-memory latency per step;
+             * mma.sync keeps the step-by-step reads, its 2x128 tile would spill).
+             * hs / hw are stg / wst below, computed here apart: declaring those
+             * before the copies changes the mma.sync kernels' register allocation
+             * (W8A8's 2x64 tile spilled 8 instructions instead of 5) */
+            constexpr bool HOIST = ENG == ENG_WG && C::TB <= 32;
+            uint32_t wv[MT][HOIST ? C::TB / 4 : 1], scw[MT];
+            if constexpr (HOIST) {
+                const int hs = kc % C::STAGES;
+                const uint8_t *hw = pW + hs * C::W_BYTES;
 #pragma unroll
                 for (int t = 0; t < MT; t++) {
-                    if constexpr (FLUSH)
-                        Wgmma<BNT>::mma(part[t], af[ab][t], desc);
-                    else
-                        Wgmma<BNT>::mma(acc[t], af[ab][t], desc);
-                }
-                wgmma_commit();
-                wgmma_wait<NBUF - 1>();
-            } else {
+                    scw[t] = WFMT == MXG_W_FP4 ? *(const uint32_t *)(pS + hs * C::S_BYTES + grp[t] * 32 + g * 4) : 0u;
 #pragma unroll
-                for (int jj = 0; jj < NJ; jj += 2) {
-                    uint32_t b[4];
-                    const int row = 8 * (jj + (lane >> 4)) + (lane & 7), c = 2 * s + ((lane >> 3) & 1);
-                    ldmatrix_x4(b, a_st + C::a_off(row, c));
+                    for (int q = 0; q < C::TB / 16; q++) {
+                        const uint4 v = *(const uint4 *)(hw + (grp[t] * 32 + lane) * C::TB + 16 * q);
+                        wv[t][4 * q] = v.x;
+                        wv[t][4 * q + 1] = v.y;
+                        wv[t][4 * q + 2] = v.z;
+                        wv[t][4 * q + 3] = v.w;
+                    }
+                }
+            }
+            {
+                const int nk = kc + PRE; /* into the stage of chunk kc - 2, whose MMAs are complete */
+                if (nk < KC) {
+                    load_w(nk % C::STAGES, nk);
+                    load_a(nk % C::STAGES, nk);
+                }
+                cp_async_commit();
+            }
+            const int stg = kc % C::STAGES;
+            const uint32_t a_st = sA + stg * C::A_BYTES;
+            const uint8_t *wst = pW + stg * C::W_BYTES;
+            Fp4Mults mm[MT];
+#pragma unroll
+            for (int t = 0; t < MT; t++)
+                if (WFMT == MXG_W_FP4)
+                    fp4_mults_t<BIG>(HOIST ? scw[t] : *(const uint32_t *)(pS + stg * C::S_BYTES + grp[t] * 32 + g * 4),
+                                     mm[t]);
+#pragma unroll
+            for (int s = 0; s < NS; s++) {
+                const int ab = NBUF == 4 ? s : (s & 1);
+#pragma unroll
+                for (int t = 0; t < MT; t++)
+                    decode_step<WFMT, BIG>(HOIST ? wv[t] : (const uint32_t *)(wst + (grp[t] * 32 + lane) * C::TB), s,
+                                           mm[t], af[ab][t]);
+                if (ENG == ENG_WG) {
+                    wgmma_fence();
+                    const uint64_t desc = sw128_desc(a_st + 32 * s);
 #pragma unroll
                     for (int t = 0; t < MT; t++) {
-                        float *d = PART ? part[PART ? t : 0] : acc[t];
-                        if (X) {
-                            mma_16832_e4m3(d + jj * 4, af[ab][t], b[0], b[1]);
-                            mma_16832_e4m3(d + (jj + 1) * 4, af[ab][t], b[2], b[3]);
-                        } else {
-                            mma_16816(d + jj * 4, af[ab][t], b[0], b[1]);
-                            mma_16816(d + (jj + 1) * 4, af[ab][t], b[2], b[3]);
+                        if constexpr (FLUSH)
+                            Wgmma<BNT>::mma(part[t], af[ab][t], desc);
+                        else
+                            Wgmma<BNT>::mma(acc[t], af[ab][t], desc);
+                    }
+                    wgmma_commit();
+                    wgmma_wait<NBUF - 1>();
+                } else {
+#pragma unroll
+                    for (int jj = 0; jj < NJ; jj += 2) {
+                        uint32_t b[4];
+                        const int row = 8 * (jj + (lane >> 4)) + (lane & 7), c = 2 * s + ((lane >> 3) & 1);
+                        ldmatrix_x4(b, a_st + C::a_off(row, c));
+#pragma unroll
+                        for (int t = 0; t < MT; t++) {
+                            float *d = PART ? part[PART ? t : 0] : acc[t];
+                            if (X) {
+                                mma_16832_e4m3(d + jj * 4, af[ab][t], b[0], b[1]);
+                                mma_16832_e4m3(d + (jj + 1) * 4, af[ab][t], b[2], b[3]);
+                            } else {
+                                mma_16816(d + jj * 4, af[ab][t], b[0], b[1]);
+                                mma_16816(d + (jj + 1) * 4, af[ab][t], b[2], b[3]);
+                            }
                         }
                     }
                 }
             }
-        }
-        /* per 128-wide K slice: the partial sums to FP32, scaled by the slice's
-         * factors when FLUSH (the FP8 MMAs' own sums keep fewer bits) */
-        if (PART && ((kc & 1) || kc == KC - 1)) {
-            if (ENG == ENG_WG) {
-                wgmma_wait<0>();
+            /* per 128-wide K slice: the partial sums to FP32, scaled by the slice's
+             * factors when FLUSH (the FP8 MMAs' own sums keep fewer bits) */
+            if (PART && ((kc & 1) || kc == KC - 1)) {
+                if (ENG == ENG_WG) {
+                    wgmma_wait<0>();
 #pragma unroll
-                for (int t = 0; t < MT; t++)
-                    reg_fence(part[PART ? t : 0]);
+                    for (int t = 0; t < MT; t++)
+                        reg_fence(part[PART ? t : 0]);
+                }
+                const int kb = kc >> 1;
+#pragma unroll
+                for (int t = 0; t < MT; t++) {
+                    const int n = n0 + grp[t] * 16 + g;
+                    const float rf0 = FLUSH ? row_factor(p, e, n, kb) : 1.0f,
+                                rf1 = FLUSH ? row_factor(p, e, n + 8, kb) : 1.0f;
+#pragma unroll
+                    for (int j = 0; j < NJ; j++)
+#pragma unroll
+                        for (int el = 0; el < 2; el++) {
+                            const int m = m0 + 8 * j + 2 * t4 + el;
+                            const float tf = FLUSH ? tok_factor(p, off + (m < cnt ? m : 0), kb) : 1.0f;
+                            float *pp = part[PART ? t : 0];
+                            acc[t][j * 4 + el] += pp[j * 4 + el] * (rf0 * tf);
+                            acc[t][j * 4 + 2 + el] += pp[j * 4 + 2 + el] * (rf1 * tf);
+                            pp[j * 4 + el] = 0.0f;
+                            pp[j * 4 + 2 + el] = 0.0f;
+                        }
+                }
             }
-            const int kb = kc >> 1;
-#pragma unroll
-            for (int t = 0; t < MT; t++) {
-                const int n = n0 + grp[t] * 16 + g;
-                const float rf0 = FLUSH ? row_factor(p, e, n, kb) : 1.0f, rf1 = FLUSH ? row_factor(p, e, n + 8, kb) : 1.0f;
-#pragma unroll
-                for (int j = 0; j < NJ; j++)
-#pragma unroll
-                    for (int el = 0; el < 2; el++) {
-                        const int m = m0 + 8 * j + 2 * t4 + el;
-                        const float tf = FLUSH ? tok_factor(p, off + (m < cnt ? m : 0), kb) : 1.0f;
-                        float *pp = part[PART ? t : 0];
-                        acc[t][j * 4 + el] += pp[j * 4 + el] * (rf0 * tf);
-                        acc[t][j * 4 + 2 + el] += pp[j * 4 + 2 + el] * (rf1 * tf);
-                        pp[j * 4 + el] = 0.0f;
-                        pp[j * 4 + 2 + el] = 0.0f;
-                    }
-            }
         }
+        if (kend == KC)
+            break;
+        /* the first segment's sums to the stash (PART: flushed at its last slice) */
+        if (ENG == ENG_WG) {
+            wgmma_wait<0>();
+#pragma unroll
+            for (int t = 0; t < MT; t++)
+                reg_fence(acc[t]);
+        }
+        float4 *dst = (float4 *)p.stash + stash_slot() * SLOT_F4 + tid;
+#pragma unroll
+        for (int t = 0; t < MT; t++)
+#pragma unroll
+            for (int i = 0; i < NACC; i += 4) {
+                __stcg(dst + (size_t)(t * NACC + i) / 4 * C::NT,
+                       make_float4(acc[t][i], acc[t][i + 1], acc[t][i + 2], acc[t][i + 3]));
+                acc[t][i] = acc[t][i + 1] = acc[t][i + 2] = acc[t][i + 3] = 0.0f;
+            }
+        kend = KC;
     }
     if (ENG == ENG_WG) {
         wgmma_wait<0>();
 #pragma unroll
         for (int t = 0; t < MT; t++)
             reg_fence(acc[t]);
+    }
+    if (KSEG > 0) { /* first segment + second segment */
+        const float4 *src = (const float4 *)p.stash + stash_slot() * SLOT_F4 + tid;
+#pragma unroll
+        for (int t = 0; t < MT; t++)
+#pragma unroll
+            for (int i = 0; i < NACC; i += 4) {
+                const float4 f = __ldcg(src + (size_t)(t * NACC + i) / 4 * C::NT);
+                acc[t][i] = f.x + acc[t][i];
+                acc[t][i + 1] = f.y + acc[t][i + 1];
+                acc[t][i + 2] = f.z + acc[t][i + 2];
+                acc[t][i + 3] = f.w + acc[t][i + 3];
+            }
     }
     cp_async_wait<0>();
     __syncthreads(); /* every warp is done with the stages: the epilogue reuses them */
@@ -1359,6 +1467,8 @@ static int launch_tc(const mxg_gemm_params_t *p, cudaStream_t st, int zsub)
         return (int)err;
     cudaLaunchConfig_t lc = {};
     lc.gridDim = dim3((unsigned)((p->N + C::BMW - 1) / C::BMW), (unsigned)p->n_mtiles, (unsigned)zsub);
+    if (p->kseg > 0 && (size_t)lc.gridDim.x * lc.gridDim.y * lc.gridDim.z * C::BMW * BNT > p->stash_floats)
+        return (int)cudaErrorInvalidValue; /* a stash slot per CTA */
     lc.blockDim = dim3(C::NT);
     lc.dynamicSmemBytes = C::SMEM;
     lc.stream = st;
@@ -1400,8 +1510,9 @@ static int lf_variant()
 
 template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_params_t *p, int cfg, cudaStream_t st)
 {
-    if (cfg == MXG_CFG_M)
-        return launch_tc<2, 1, 64, WFMT, FLUSH, ENG, 6>(p, st, 1);
+    if (cfg == MXG_CFG_M) /* (FP8 block scales on wgmma: bounded to two CTAs per SM, 128 registers, as
+                           * before the K segments: their code took it to 138) */
+        return launch_tc<2, 1, 64, WFMT, FLUSH, ENG, 6, FLUSH && WFMT == MXG_W_FP8 && ENG == ENG_WG ? 2 : 1>(p, st, 1);
     /* large batches: 128 weight rows x 128 tokens, two CTAs per m tile of 256 (the
      * flushing kernels keep a second accumulator set: see lf_variant) */
     if constexpr (FLUSH || WFMT == MXG_W_FP8X) {
@@ -1425,7 +1536,9 @@ template <int WFMT, bool FLUSH, int ENG> static int launch_cfg(const mxg_gemm_pa
  * CTAs of 2 warps capped at 3 per SM by their shared memory, so that they sit
  * beside GEMM1's from the start. Against a45 on an H100, points of the HBM
  * copy: T = 1 cold +2.0 to +2.4, T = 8 cold +0.2 to +3.1, T = 64 cold -0.6 to
- * -1.0 (bench/RESULTS.md). Bitwise the same results. The other variants that
+ * -1.0 (bench/RESULTS.md). Bitwise the same results. Where GEMM2's K is cut in
+ * two segments (mxg_kseg, every tile configuration), the capped kernel's row
+ * groups are two warps each, one per segment (session 33). The other variants that
  * sessions 12-31 measured (rings of 6-12 at 3-5 CTAs per SM, plain weight
  * loads, tokens two chunks ahead, the operands swapped, GEMM2 overlapping
  * GEMM1 (c48v), GEMM1 asking for GEMM2's weights into L2 (MXEP_CUDA_PF2)) all
@@ -1551,18 +1664,27 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
              * 5 chunks in 93 registers so that every CTA fits beside GEMM1's from
              * the start, did start them all at 1.4 us on an H100 but was 1.5
              * points of the HBM copy slower at T = 1: bench/RESULTS.md session 25) */
+            /* With K segments (p->kseg) its row groups are two warps each, one per
+             * segment (CTAs of 4 warps, 120 registers: 4 fit an SM by registers, so
+             * the shared memory alone caps them at 3 where a cap is found): at T = 1
+             * GEMM2 then ends 2.7-3.0 us sooner on an H100 (bench/RESULTS.md, session 32). */
+            const int ks2 = p->kseg > 0;
             bool capped = shared_rows && v == DEC_C48S && capped_fits(p);
             size_t cap = 0;
-            void (*ck)(const mxg_gemm_params_t) = gemm_dec<WFMT, FLUSH, false, 8, 8, false, -1, true, 2>;
+            const size_t sums = ks2 ? (size_t)2 * 32 * 8 * sizeof(float) : 0; /* KS = 2: second segment's sums */
+            void (*ck)(const mxg_gemm_params_t) = ks2 ? gemm_dec<WFMT, FLUSH, false, 8, 4, false, -1, true, 2, 2>
+                                                      : gemm_dec<WFMT, FLUSH, false, 8, 8, false, -1, true, 2>;
             if (capped) {
-                static std::atomic<unsigned long long> carved_c;
-                static std::atomic<long long> cap_cache[64];
+                static std::atomic<unsigned long long> carved_c[2];
+                static std::atomic<long long> cap_cache[2][64];
                 const cudaError_t err =
-                    func_attr_once(carved_c, ck, cudaFuncAttributePreferredSharedMemoryCarveout, 50);
+                    func_attr_once(carved_c[ks2], ck, cudaFuncAttributePreferredSharedMemoryCarveout, 50);
                 if (err != cudaSuccess)
                     return (int)err;
-                cap = cap_ctas(cap_cache, ck, 64, 3);
-                capped = cap >= tsm;
+                cap = cap_ctas(cap_cache[ks2], ck, 64 << ks2, 3);
+                if (ks2 && cap < tsm + sums)
+                    cap = tsm + sums; /* no cap found, or too small: the registers cap it at 4 */
+                capped = cap >= tsm + sums;
             }
             kern = NAT           ? gemm_dec<WFMT, FLUSH, false, 4, 5, NAT, NAT ? 1 : 0>
                    /* past here only rows in mxg_tok_pos order (NAT is false): the
@@ -1587,7 +1709,7 @@ template <int WFMT, bool FLUSH, bool NAT> static int launch_dec_o(const mxg_gemm
                     lc.dynamicSmemBytes = tsm;
                 if (capped) {
                     lc.gridDim.x = capped_gx(p);
-                    lc.blockDim.x = 64;
+                    lc.blockDim.x = 64 << ks2;
                     lc.dynamicSmemBytes = cap;
                 }
             }
@@ -1665,8 +1787,12 @@ __global__ void gemm_simt(const mxg_gemm_params_t p, int bm)
         const uint16_t *arow = p.a + (size_t)(p.a_rows ? p.a_rows[s] : s) * p.lda;
         float v[2];
         for (int r = 0; r < (act ? 2 : 1); r++) {
-            float acc = 0.0f, part = 0.0f;
+            float acc = 0.0f, part = 0.0f, first = 0.0f;
             for (int k = 0; k < p.K_pad; k++) {
+                if (p.kseg > 0 && k == p.kseg * MXG_BK) { /* K segments, as the MMA kernels sum them */
+                    first = acc;
+                    acc = 0.0f;
+                }
                 const float x = bf16_to_f(arow[k]) * w_elem(p, e, rows[r], k);
                 if (p.flush)
                     part += x;
@@ -1677,7 +1803,7 @@ __global__ void gemm_simt(const mxg_gemm_params_t p, int bm)
                     part = 0.0f;
                 }
             }
-            v[r] = finish_value(p, e, s, rows[r], acc);
+            v[r] = finish_value(p, e, s, rows[r], p.kseg > 0 ? first + acc : acc);
         }
         if (act)
             p.out[(size_t)s * p.ldo + u] = (uint16_t)f_to_bf16(act_apply(p.act, v[0], v[1], p.limit, p.alpha));
@@ -1803,6 +1929,11 @@ static int gemm_launch_part(const mxg_gemm_params_t *p, int cfg, cudaStream_t st
 #if !defined(MXG_HIP)
     /* per-slice flushes come with FP8 block scales or per-group activations (W8A8) only */
     if (!mxg_wfmt_fp8(p->wfmt) && p->flush)
+        return (int)cudaErrorInvalidValue;
+    /* K segments: where mxg_kseg puts them, never in GEMM1's gather, and the
+     * tensor-core tiles with their stash */
+    if (p->kseg != 0 && (p->kseg != mxg_kseg(p->K_pad / MXG_BK) || p->a_nat ||
+                         (cfg != MXG_CFG_S && !p->stash)))
         return (int)cudaErrorInvalidValue;
     if (p->wfmt == MXG_W_FP8X)
         return p->flush ? launch_eng<MXG_W_FP8X, true>(p, cfg, st) : launch_eng<MXG_W_FP8X, false>(p, cfg, st);

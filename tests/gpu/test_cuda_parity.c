@@ -902,16 +902,21 @@ static int variants_child(void)
      * of 2 experts with inter 2880 keep the tiles' rows small enough for the
      * shared-memory token rows (MXEP_CUDA_DEC=a48s, c48s) at a layer's K; c = 5 is
      * c = 4 at inter 2816 (44 chunks: a ring of 8, c48s's, ends on a partial
-     * round there, as at 45) */
-    for (int c = 0; c < 6; c++) {
+     * round there, as at 45). GEMM2 sums K in two segments where inter has
+     * more than 24 chunks (mxg_kseg: c = 0, 2, 4, 5, 6, 7; at c = 4 and 5 the
+     * capped kernel runs them in parallel); c = 6, 7: the flushing kernels with
+     * segments, W8A8 with per-group activations and W8A16 with block scales */
+    for (int c = 0; c < 8; c++) {
         mx_moe_desc_t d = c == 0   ? make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 704, 2880)
                           : c == 1 ? make_desc(MX_SCHEME_W8A8, MX_ACT_SILU, 2880, 704)
+                          : c == 6 ? make_desc(MX_SCHEME_W8A8, MX_ACT_SILU, 704, 2880)
+                          : c == 7 ? make_desc(MX_SCHEME_W8A16, MX_ACT_SILU, 704, 2880)
                                    : make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 736,
                                                c == 2 || c == 5 ? 2816 : c == 3 ? 96 : 2880);
-        if (c == 1)
+        if (c == 1 || c == 6)
             d.act_group = 128;
-        const int E = c == 1 ? 3 : c >= 4 ? 2 : 4;
-        const size_t T = c == 0 ? 600 : c == 1 ? 300 : c == 2 ? 24 : c == 3 ? 5 : 2, H = d.hidden;
+        const int E = c == 1 || c >= 6 ? 3 : c >= 4 ? 2 : 4;
+        const size_t T = c == 0 ? 600 : c == 1 || c >= 6 ? 300 : c == 2 ? 24 : c == 3 ? 5 : 2, H = d.hidden;
         gref_experts_t g;
         if (gref_experts_make(&d, E, MX_WSCALE_BLOCK, 1, 7000 + (uint64_t)c, &g) != 0)
             return 2;
@@ -1067,9 +1072,9 @@ static void test_cuda_kernel_variants_give_the_default_bits(void **state)
 }
 
 /* The default decode kernel (MXEP_CUDA_DEC=c48s) runs GEMM2 of a one-token
- * gpt-oss-20b layer (4 experts, H = I = 2880) in CTAs of 2 warps, at most 3
- * started on any SM (cap_ctas in moe_kernels.cu), where that grid fits at 3
- * per SM; else in CTAs of 4 warps. Read from the layer's trace: how many of
+ * gpt-oss-20b layer (4 experts, H = I = 2880) in CTAs of 2 row groups (4 warps:
+ * one per K segment), at most 3 started on any SM (cap_ctas in moe_kernels.cu),
+ * where that grid fits at 3 per SM; else in CTAs of 4 row groups. Read from the layer's trace: how many of
  * GEMM2's CTAs started, and on which SMs. Also checked against ref. */
 static void test_cuda_one_token_gemm2_runs_capped_two_warp_ctas(void **state)
 {
@@ -1116,7 +1121,7 @@ static void test_cuda_one_token_gemm2_runs_capped_two_warp_ctas(void **state)
     const unsigned capped_grid = (2880 + 31) / 32 * E; /* 2-warp CTAs of 32 rows, one tile per expert */
     const int fits = capped_grid <= 3u * (unsigned)sms;
     printf("  GEMM2 at T=1: %u CTAs on %d of %d SMs, at most %u on one (expected: %s)\n", total, used, sms, most,
-           fits ? "360 CTAs of 2 warps, at most 3 per SM" : "180 CTAs of 4 warps");
+           fits ? "360 CTAs of 2 row groups, at most 3 per SM" : "180 CTAs of 4 row groups");
     if (fits) {
         assert_int_equal(total, capped_grid);
         assert_true(most <= 3);
