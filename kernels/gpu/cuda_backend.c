@@ -593,11 +593,11 @@ static mx_status_t dbuf_need(mx_backend_packed_t *p, dbuf_t *b, size_t bytes, co
 /* GEMM2's K-segment stash (the tensor-core tiles): FP32 sums for every CTA's
  * tile, 128 output columns by the plan's tile rows; for reserve (any_cfg), the
  * most tiles NA assignments can take (each expert's last tile partly filled)
- * in the largest tile (256 rows). */
+ * in the largest tile (L). */
 static size_t stash_bytes(const mx_backend_packed_t *p, size_t NA, int any_cfg)
 {
     const size_t cols = ((size_t)p->desc.hidden + 127) / 128 * 128;
-    const size_t rows = any_cfg ? NA + ((size_t)p->n_experts + 1) * 256
+    const size_t rows = any_cfg ? NA + ((size_t)p->n_experts + 1) * (size_t)mxi_gpu_cfg_bm(MXG_CFG_L)
                                 : (size_t)p->n_mtiles * (size_t)mxi_gpu_cfg_bm(p->cfg);
     return cols * rows * sizeof(float);
 }

@@ -833,7 +833,8 @@ __global__ void __launch_bounds__(32 * WPC * KS, MINB) gemm_dec(const mxg_gemm_p
         if (threadIdx.x == 0)
             tr_note(tslot, TR_READY);
         if (TSM) {
-            /* the CTA's only barrier, reached by each of its threads */
+            /* a barrier reached by each of the CTA's threads (the only one but with KS = 2,
+             * whose idle warps stay for the segment sums' barrier) */
             tsm_fill();
             if (idle && KS == 1)
                 return;
@@ -1017,11 +1018,12 @@ __global__ void __launch_bounds__(32 * WPC * KS, MINB) gemm_dec(const mxg_gemm_p
                 if (kc + u < KC)
                     chunk(kc + u, wr[u], sr[u], bq[u % NB], bq[(u + TA) % NB]);
         };
-        if (KS > 1 && idle) {
-        } else if (cnt - m0 > 8)
-            kloop(BoolC<true>());
-        else
-            kloop(BoolC<false>());
+        if (KS == 1 || !idle) { /* (KS = 2: an idle row group's warps only meet the others at the barrier below) */
+            if (cnt - m0 > 8)
+                kloop(BoolC<true>());
+            else
+                kloop(BoolC<false>());
+        }
         if (KS == 1 && !NAT && ksl > 0) {
 #pragma unroll
             for (int j = 0; j < 2; j++)
