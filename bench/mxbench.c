@@ -68,31 +68,11 @@ static const char *USAGE = "usage: mxbench kernels [options]\n"
 /* ------------------------------------------------------------------ machine peaks */
 
 #if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2"))) static double read_sum_avx2(const float *p, size_t n)
-{
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    size_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
-        a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
-        a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
-        a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
-    }
-    __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    float t[8];
-    _mm256_storeu_ps(t, s);
-    double r = 0;
-    for (int k = 0; k < 8; k++)
-        r += t[k];
-    for (; i < n; i++)
-        r += p[i];
-    return r;
-}
-
-/* The same over NS equal parts of [p, p + n) read side by side, 128 bytes of
- * each in turn: a kernel streaming several weight rows at once keeps that many
- * streams in flight, which a core's prefetchers may serve faster than one. */
-__attribute__((target("avx2"))) static double read_sum_avx2_streams(const float *p, size_t n, int ns)
+/* The sum of [p, p + n) read as NS equal parts side by side, 128 bytes of each
+ * in turn (NS = 1: one stream): a kernel streaming several weight rows at once
+ * keeps that many streams in flight, which a core's prefetchers may serve
+ * faster than one. */
+__attribute__((target("avx2"))) static double read_sum_avx2(const float *p, size_t n, int ns)
 {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     const size_t part = n / (size_t)ns & ~(size_t)31;
@@ -236,9 +216,7 @@ static double measure_read_bw(int threads, size_t *bytes_p, double *best1, doubl
             size_t chunk = (n / (size_t)nt) & ~(size_t)31, lo = (size_t)id * chunk;
             size_t len = id == nt - 1 ? n - lo : chunk;
 #if defined(__x86_64__) || defined(__i386__)
-            sum += !avx2 ? read_sum_scalar(buf + lo, len)
-                   : ns > 1 ? read_sum_avx2_streams(buf + lo, len, ns)
-                            : read_sum_avx2(buf + lo, len);
+            sum += avx2 ? read_sum_avx2(buf + lo, len, ns) : read_sum_scalar(buf + lo, len);
 #else
             sum += read_sum_scalar(buf + lo, len);
 #endif
