@@ -205,7 +205,6 @@ static double measure_read_bw(int threads, size_t *bytes_p, double *best1, doubl
         buf[i] = (float)(i & 1023) * 0.001f + 1.0f; /* first touch by its reader */
     __builtin_cpu_init();
     int avx2 = __builtin_cpu_supports("avx2");
-    double best = 0.0;
     *best1 = *bestn = 0.0;
     for (int pass = 0; pass < 6; pass++) {
         const int ns = pass & 1 ? RB_STREAMS : 1;
@@ -224,8 +223,6 @@ static double measure_read_bw(int threads, size_t *bytes_p, double *best1, doubl
         double dt = bench_now_s() - t0;
         g_sink = sum;
         double gbps = (double)(n * sizeof(float)) / dt / 1e9;
-        if (gbps > best)
-            best = gbps;
         double *pb = ns > 1 ? bestn : best1;
         if (gbps > *pb)
             *pb = gbps;
@@ -233,7 +230,7 @@ static double measure_read_bw(int threads, size_t *bytes_p, double *best1, doubl
     free(buf);
     *bytes_p = n * sizeof(float);
     (void)avx2;
-    return best;
+    return *best1 > *bestn ? *best1 : *bestn;
 }
 
 /* GFLOP/s of independent FMA chains; width 16 (AVX-512), 8 (AVX2) or 1. */
