@@ -85,6 +85,11 @@ static int cmd_make(int argc, char **argv)
             usage(stdout);
             return 0;
         }
+        if (strcmp(a, "--preset") != 0 && strcmp(a, "--out") != 0 && strcmp(a, "--layers") != 0 &&
+            strcmp(a, "--seed") != 0 && strcmp(a, "--shard-bytes") != 0 && strcmp(a, "--experts") != 0) {
+            fprintf(stderr, "mxckpt make: unknown option '%s' (see mxckpt --help)\n", a);
+            return 2;
+        }
         if (!v) {
             fprintf(stderr, "mxckpt make: %s needs a value\n", a);
             return 2;
@@ -113,7 +118,7 @@ static int cmd_make(int argc, char **argv)
             if (parse_u64(a, v, &experts))
                 return 2;
             if (!experts || experts > 1 << 20) {
-                fprintf(stderr, "mxckpt make: --experts must be positive\n");
+                fprintf(stderr, "mxckpt make: --experts %" PRIu64 ": expected 1 .. %d\n", experts, 1 << 20);
                 return 2;
             }
         } else {
@@ -428,7 +433,11 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "inspect") == 0)
         return cmd_inspect(argc - 2, argv + 2);
     if (strcmp(argv[1], "fuzz-seeds") == 0) {
-        if (argc != 3) {
+        if (argc == 3 && (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
+            usage(stdout);
+            return 0;
+        }
+        if (argc != 3 || argv[2][0] == '-') {
             fprintf(stderr, "mxckpt fuzz-seeds: one directory expected\n");
             return 2;
         }

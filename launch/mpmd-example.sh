@@ -19,7 +19,7 @@ cores adds --oversubscribe (without a hostfile).
 Example (2 GPUs and 6 CPU ranks on one box):
   launch/mpmd-example.sh --gpu-ranks 2 --cpu-ranks 6 -- bench --preset tiny
 On a cluster, give a hostfile that lists the GPU hosts first:
-  launch/mpmd-example.sh --hostfile hosts --gpu-ranks 8 --cpu-ranks 16 -- run --checkpoint /shared/model
+  launch/mpmd-example.sh --hostfile hosts --gpu-ranks 8 --cpu-ranks 16 -- run --model /shared/model --input x.safetensors --output y.safetensors
 USAGE
 }
 
@@ -55,8 +55,11 @@ done
 if [ -z "$gpu" ]; then
     gpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 fi
-[[ $gpu =~ ^[0-9]+$ ]] || die "--gpu-ranks '$gpu': expected a whole number"
-[[ $cpu =~ ^[0-9]+$ ]] || die "--cpu-ranks '$cpu': expected a whole number"
+[[ $gpu =~ ^[0-9]{1,9}$ ]] || die "--gpu-ranks '$gpu': expected a whole number (0 to 999999999)"
+[[ $cpu =~ ^[0-9]{1,9}$ ]] || die "--cpu-ranks '$cpu': expected a whole number (0 to 999999999)"
+gpu=$((10#$gpu))
+cpu=$((10#$cpu))
+[ -z "$hostfile" ] || { [ -f "$hostfile" ] && [ -r "$hostfile" ]; } || die "--hostfile '$hostfile': cannot read the file"
 [ $((gpu + cpu)) -ge 1 ] || die "no ranks: --gpu-ranks and --cpu-ranks are both 0"
 
 cmd=(mpirun)

@@ -1,4 +1,5 @@
 /* mxworker subcommands: bench, run, info (all collective). */
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -52,13 +53,21 @@ static mx_status_t write_json_file(const char *path, cJSON *root)
     FILE *f = fopen(tmp, "w");
     mx_status_t st = MX_OK;
     if (!f)
-        st = mx_error_set(MX_ERR_IO, "--json %s: cannot create it", path);
+        st = mx_error_set(MX_ERR_IO, "--json %s: cannot create %s: %s", path, tmp, strerror(errno));
     else {
         int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-        ok = (fclose(f) == 0) && ok;
-        if (!ok || rename(tmp, path) != 0) {
+        int err = ok ? 0 : errno;
+        if (fclose(f) != 0 && ok) {
+            ok = 0;
+            err = errno;
+        }
+        if (ok && rename(tmp, path) != 0) {
+            ok = 0;
+            err = errno;
+        }
+        if (!ok) {
             unlink(tmp);
-            st = mx_error_set(MX_ERR_IO, "--json %s: writing failed", path);
+            st = mx_error_set(MX_ERR_IO, "--json %s: writing failed: %s (nothing written)", path, strerror(err));
         }
     }
     free(text);
@@ -656,10 +665,8 @@ int wk_cmd_bench(wk_job_t *job)
                 cJSON_AddNumberToObject(t2, "exchange_alone_combine_ms", max_iso2_c);
                 cJSON_AddNumberToObject(t2, "speedup_vs_alltoallv", iso2 > 0 ? plain / iso2 : 0);
             }
-            st = write_json_file(o->json, root);
+            st = write_json_file(o->json, root); /* a failure is printed by wk_agree below */
             cJSON_Delete(root);
-            if (st != MX_OK)
-                fprintf(stderr, "mxworker: %s\n", mx_error_detail());
         }
     }
     free(rows);

@@ -263,6 +263,12 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
             if (i + 1 >= argc)
                 return fail(msg, msg_len, "%s needs a value (mxworker %s --help)", name, cmdname);
             val = argv[++i];
+            /* `--json --quiet`: the next option is not this one's value (write --json=--quiet for a file so named) */
+            if (strncmp(val, "--", 2) == 0 && val[2])
+                return fail(msg, msg_len,
+                            "%s needs a value, got the option '%s' (mxworker %s --help; %s=VALUE if "
+                            "the value starts with --)",
+                            name, val, cmdname, name);
         }
         long x = 0;
         int r = 0;

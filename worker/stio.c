@@ -1,9 +1,11 @@
 /* mxworker run: reading `hidden_states` from a safetensors file and writing the
  * layer output (temporary file + rename: nothing half-written). */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -21,6 +23,11 @@ mx_status_t wk_st_read_hidden(const char *path, wk_hidden_t *h_p)
     uint16_t *out = NULL;
     void *raw = NULL;
     uint8_t len8[8];
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        st = mx_error_set(MX_ERR_IO, "--input %s: not a regular file (expected a safetensors file)", path);
+        goto done;
+    }
     if (fseek(f, 0, SEEK_END) != 0) {
         st = mx_error_set(MX_ERR_IO, "--input %s: cannot seek", path);
         goto done;
@@ -74,13 +81,24 @@ mx_status_t wk_st_read_hidden(const char *path, wk_hidden_t *h_p)
     }
     double d0 = cJSON_GetArrayItem(sh, 0)->valuedouble, d1 = cJSON_GetArrayItem(sh, 1)->valuedouble;
     double o0 = cJSON_GetArrayItem(off, 0)->valuedouble, o1 = cJSON_GetArrayItem(off, 1)->valuedouble;
-    if (d0 < 0 || d1 < 1 || d0 > 1e9 || d1 > 1e7 || o0 < 0 || o1 < o0) {
+    /* integers only, and the data inside the file (compared as doubles: a cast of an
+     * offset near 2^64 to uint64_t would wrap 8 + hlen + o1 around to a small number) */
+    double avail = (double)((uint64_t)fsize - 8 - hlen);
+    if (d0 < 0 || d1 < 1 || d0 > 1e9 || d1 > 1e7 || o0 < 0 || o1 < o0 || d0 != floor(d0) || d1 != floor(d1) ||
+        o0 != floor(o0) || o1 != floor(o1)) {
         st = mx_error_set(MX_ERR_FORMAT, "--input %s: bad shape or data_offsets of 'hidden_states'", path);
         goto done;
     }
     size_t rows = (size_t)d0, cols = (size_t)d1, esz = is_bf16 ? 2 : 4;
     size_t nbytes = rows * cols * esz;
-    if ((size_t)(o1 - o0) != nbytes || 8 + hlen + (uint64_t)o1 > (uint64_t)fsize) {
+    if (o1 > avail) {
+        st = mx_error_set(MX_ERR_FORMAT,
+                          "--input %s: 'hidden_states' [%zu x %zu] %s needs %zu bytes at data_offsets [%.0f, %.0f], "
+                          "past the end of the file's %.0f data bytes (truncated?)",
+                          path, rows, cols, dt->valuestring, nbytes, o0, o1, avail);
+        goto done;
+    }
+    if ((size_t)(o1 - o0) != nbytes) {
         st = mx_error_set(MX_ERR_FORMAT,
                           "--input %s: 'hidden_states' [%zu x %zu] %s needs %zu bytes; data_offsets give %.0f, "
                           "file has %ld",
@@ -146,10 +164,16 @@ mx_status_t wk_st_write_output(const char *path, const uint16_t *hidden, size_t 
              (b_h == 0 || fwrite(hidden, 1, b_h, f) == b_h) && (b_i == 0 || fwrite(topk_ids, 1, b_i, f) == b_i) &&
              (b_w == 0 || fwrite(topk_weights, 1, b_w, f) == b_w);
     ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    int err = errno;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-        err = err ? err : errno;
+    int err = ok ? 0 : errno;
+    if (fclose(f) != 0 && ok) {
+        ok = 0;
+        err = errno;
+    }
+    if (ok && rename(tmp, path) != 0) {
+        ok = 0;
+        err = errno;
+    }
+    if (!ok) {
         unlink(tmp);
         return mx_error_set(MX_ERR_IO, "--output %s: writing failed: %s (nothing written)", path, strerror(err));
     }

@@ -32,6 +32,12 @@ check make-missing-flags 2 "$mx" make --preset tiny
 has make-missing-flags "required"
 check make-bad-layers 2 "$mx" make --preset tiny --layers x --seed 1 --out "$tmp/a"
 has make-bad-layers "--layers 'x'"
+check make-unknown-option 2 "$mx" make --preset tiny --layers 1 --seed 1 --out "$tmp/a" --bogus
+has make-unknown-option "unknown option '--bogus'"
+check make-experts-range 2 "$mx" make --preset tiny --layers 1 --seed 1 --out "$tmp/a" --experts 2000000
+has make-experts-range "expected 1 .. 1048576"
+check fuzz-seeds-help 0 "$mx" fuzz-seeds --help
+[ ! -e ./--help ] || { echo "FAIL fuzz-seeds-help wrote ./--help"; fails=$((fails + 1)); }
 check make-bad-preset 1 "$mx" make --preset gpt-oss-7b --layers 1 --seed 1 --out "$tmp/a"
 has make-bad-preset "gpt-oss-7b"
 [ ! -e "$tmp/a" ] || { echo "FAIL make-bad-preset left $tmp/a"; fails=$((fails + 1)); }

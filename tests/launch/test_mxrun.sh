@@ -99,6 +99,12 @@ expect_error bad_hostfile_slots_names_line 2 "badhosts:1: 'slots=two'" "${U[@]}"
 printf '# nothing\n\n' >"$tmp/emptyhosts"
 expect_error empty_hostfile_is_refused 2 "no host in the file" "${U[@]}" "$mxrun" --hostfile "$tmp/emptyhosts" -n 2 --dry-run -- prog
 expect_error missing_hostfile_is_refused 2 "cannot read the file" "${U[@]}" "$mxrun" --hostfile "$tmp/nope" -n 2 --dry-run -- prog
+printf 'nodeA slots=010\n' >"$tmp/zerohosts"
+expect_line hostfile_leading_zeros_are_decimal \
+    '{"argv": ["mpirun", "-n", "9", "--hostfile", "'"$tmp"'/zerohosts", "--bind-to", "core", "prog"], "np": 9, "slots": 10, "oversubscribed": false, "bind": "core"}' \
+    "${U[@]}" "$mxrun" --hostfile "$tmp/zerohosts" -n 09 --dry-run --json -- prog
+expect_error directory_as_hostfile_is_refused 2 "cannot read the file" "${U[@]}" "$mxrun" --hostfile "$tmp" -n 2 --dry-run -- prog
+expect_error huge_rank_count_is_refused 2 "from 1 to 999999999" "${U[@]}" "$mxrun" -n 99999999999999999999 --dry-run -- prog
 expect_error missing_np_is_refused 2 "give -n N" "${U[@]}" "$mxrun" --dry-run -- prog
 expect_error zero_ranks_is_refused 2 "-n '0'" "${U[@]}" "$mxrun" -n 0 --dry-run -- prog
 expect_error non_numeric_ranks_is_refused 2 "-n 'x4'" "${U[@]}" "$mxrun" -n x4 --dry-run -- prog
@@ -119,6 +125,8 @@ expect_line mpmd_gpu_and_cpu_ranks \
 expect_line mpmd_cpu_only \
     "mpirun --allow-run-as-root -n 1 /opt/mxworker info --backend cpu" \
     env MXRUN_UID=0 "$launch/mpmd-example.sh" --gpu-ranks 0 --cpu-ranks 1 --mxworker /opt/mxworker --dry-run -- info
+expect_error mpmd_bad_rank_count_is_refused 2 "--gpu-ranks '99999999999999999999'" "$launch/mpmd-example.sh" --gpu-ranks 99999999999999999999 --cpu-ranks 1 --dry-run -- info
+expect_error mpmd_missing_hostfile_is_refused 2 "cannot read the file" "$launch/mpmd-example.sh" --hostfile "$tmp/nope" --gpu-ranks 0 --cpu-ranks 1 --dry-run -- info
 expect_error mpmd_without_ranks_is_refused 2 "no ranks" "$launch/mpmd-example.sh" --gpu-ranks 0 --cpu-ranks 0 --dry-run -- info
 
 # One real run: 2 ranks each print their rank; the line goes to stderr.

@@ -22,6 +22,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "mxep/serve.h"
 
 enum { HID = 64, LAYERS = 4, SLOW_LAYER = 2, FAIL_LAYER = 3, SEED = 20261123 };
@@ -672,6 +674,37 @@ static void test_client_without_server_times_out(void **state)
     mx_client_destroy(c);
 }
 
+/* Runs cmd (its stderr dropped) and parses its whole stdout as one JSON value;
+ * *rc_p gets the exit status. NULL when stdout is not JSON. */
+static cJSON *run_json(const char *cmd, int *rc_p)
+{
+    char full[1200], buf[4096];
+    snprintf(full, sizeof full, "%s 2>/dev/null", cmd);
+    FILE *p = popen(full, "r");
+    assert_non_null(p);
+    size_t n = fread(buf, 1, sizeof buf - 1, p);
+    buf[n] = 0;
+    const int st = pclose(p);
+    *rc_p = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return cJSON_Parse(buf);
+}
+
+/* mxclient --json: a failure is one {"ok": false, "status", "message"} object
+ * too, and a path with quotes and backslashes stays valid JSON. */
+static void check_json_failure(const char *cmd, int want_rc, const char *want_status)
+{
+    int rc = -1;
+    cJSON *o = run_json(cmd, &rc);
+    assert_int_equal(rc, want_rc);
+    assert_non_null(o);
+    assert_true(cJSON_IsFalse(cJSON_GetObjectItem(o, "ok")));
+    const cJSON *st = cJSON_GetObjectItem(o, "status"), *msg = cJSON_GetObjectItem(o, "message");
+    assert_true(cJSON_IsString(st) && cJSON_IsString(msg));
+    assert_string_equal(st->valuestring, want_status);
+    assert_true(strlen(msg->valuestring) > 0);
+    cJSON_Delete(o);
+}
+
 /* mxclient (the CLI) against the in-process server: safetensors F32 in,
  * safetensors BF16 out, compared with the reference. */
 static void test_mxclient_cli_sends_safetensors_and_writes_the_reply(void **state)
@@ -709,6 +742,30 @@ static void test_mxclient_cli_sends_safetensors_and_writes_the_reply(void **stat
     assert_int_equal(fread(got, 2, T * HID, fp), T * HID);
     fclose(fp);
     assert_memory_equal(got, ref, sizeof got);
+    /* --json with an output path that JSON must escape */
+    char odd[160];
+    snprintf(odd, sizeof odd, "/tmp/mxep-test-mxclient-%ld-o\"q\\x.bin", (long)getpid());
+    snprintf(cmd, sizeof cmd, "%s --url %s --input %s --layer 1 --output '%s' --json", MXCLIENT_PATH, f.url, in, odd);
+    int jrc = -1;
+    cJSON *jo = run_json(cmd, &jrc);
+    assert_int_equal(jrc, 0);
+    assert_non_null(jo);
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(jo, "ok")));
+    assert_true(cJSON_IsString(cJSON_GetObjectItem(jo, "output")));
+    assert_string_equal(cJSON_GetObjectItem(jo, "output")->valuestring, odd);
+    cJSON_Delete(jo);
+    assert_int_equal(access(odd, F_OK), 0);
+    unlink(odd);
+    /* --json failures: the server refuses (layer 3), no directory for the output,
+     * no server at all (a timeout) */
+    snprintf(cmd, sizeof cmd, "%s --url %s --input %s --layer 3 --json", MXCLIENT_PATH, f.url, in);
+    check_json_failure(cmd, 1, "MX_ERR_INTERNAL"); /* the test server has no layer 3 loaded */
+    snprintf(cmd, sizeof cmd, "%s --url %s --input %s --layer 1 --output /nonexistent-dir/y.bin --json", MXCLIENT_PATH,
+             f.url, in);
+    check_json_failure(cmd, 2, "MX_ERR_IO");
+    snprintf(cmd, sizeof cmd, "%s --url tcp://127.0.0.1:%d --input %s --timeout-ms 300 --json", MXCLIENT_PATH,
+             free_tcp_port(), in);
+    check_json_failure(cmd, 1, "MX_ERR_TIMEOUT");
     /* A refused request: exit status 1, nothing written. */
     unlink(out);
     snprintf(cmd, sizeof cmd, "%s --url %s --input %s --layer 3 --output %s 2>/dev/null >/dev/null", MXCLIENT_PATH,

@@ -116,6 +116,11 @@ static void test_opts_errors_name_the_flag_and_what_was_expected(void **state)
     expect_error(8, a17, "uniform is an option of mxworker bench");
     const char *a18[] = {"mxworker", "--seed", "-1"};
     expect_error(3, a18, "--seed '-1'");
+    /* a value-taking flag does not swallow the next option as its value */
+    const char *a19[] = {"mxworker", "bench", "--json", "--quiet"};
+    expect_error(4, a19, "--json needs a value, got the option '--quiet'");
+    const char *a20[] = {"mxworker", "run", "--model", "--input", "x", "--output", "y"};
+    expect_error(7, a20, "--model needs a value, got the option '--input'");
 }
 
 static void test_opts_serve_needs_listen_and_takes_layers_and_max_tokens(void **state)

@@ -1,5 +1,6 @@
 /* mxworker run's safetensors I/O: round trip, F32 input, malformed inputs
  * rejected with the file named, output never half-written. Seed 77. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -117,7 +118,20 @@ static void test_stio_rejects_malformed_inputs_naming_the_file(void **state)
                MX_ERR_FORMAT, "needs 32 bytes");
     expect_bad("offs.st", "{\"hidden_states\":{\"dtype\":\"BF16\",\"shape\":[2,2],\"data_offsets\":[0,6]}}", 8,
                MX_ERR_FORMAT, "needs 8 bytes");
+    /* data_offsets past the file's end (near 2^64, where 8 + header + offset as an
+     * integer would wrap around to a small number) and fractional numbers */
+    expect_bad("wrap.st",
+               "{\"hidden_states\":{\"dtype\":\"BF16\",\"shape\":[2,2],"
+               "\"data_offsets\":[18446744073709551608,18446744073709551616]}}",
+               8, MX_ERR_FORMAT, "past the end of the file");
+    expect_bad("far.st", "{\"hidden_states\":{\"dtype\":\"BF16\",\"shape\":[2,2],\"data_offsets\":[1e30,1e30]}}", 8,
+               MX_ERR_FORMAT, "data_offsets");
+    expect_bad("frac.st", "{\"hidden_states\":{\"dtype\":\"BF16\",\"shape\":[1.5,2],\"data_offsets\":[0,6]}}", 8,
+               MX_ERR_FORMAT, "bad shape or data_offsets");
     wk_hidden_t in = {0, 0, NULL};
+    /* a directory is not an input file */
+    assert_int_equal(wk_st_read_hidden(dir, &in), MX_ERR_IO);
+    assert_non_null(strstr(mx_error_detail(), "not a regular file"));
     assert_int_equal(wk_st_read_hidden("/nonexistent/mxep/in.st", &in), MX_ERR_IO);
     assert_non_null(strstr(mx_error_detail(), "/nonexistent/mxep/in.st"));
     char path[300];
@@ -146,6 +160,9 @@ static void test_stio_write_into_missing_dir_fails_and_leaves_nothing(void **sta
     assert_int_equal(wk_st_write_output(path, h, 2, 2, ids, w, 1), MX_ERR_IO);
     assert_non_null(strstr(mx_error_detail(), "missing/out.st"));
     assert_int_equal(access(path, F_OK), -1);
+    /* an existing directory as the output: the reason is the rename's, not a stale errno */
+    assert_int_equal(wk_st_write_output(dir, h, 2, 2, ids, w, 1), MX_ERR_IO);
+    assert_non_null(strstr(mx_error_detail(), strerror(EISDIR)));
 }
 
 int main(void)

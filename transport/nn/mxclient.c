@@ -206,6 +206,19 @@ static int write_output(const char *path, const uint16_t *out, size_t t, size_t 
     return 0;
 }
 
+/* --json: one {"ok": false, "status": ..., "message": ...} object on stdout. */
+static void json_fail(const char *status, const char *message)
+{
+    cJSON *o = cJSON_CreateObject();
+    char *text = NULL;
+    if (o && cJSON_AddFalseToObject(o, "ok") && cJSON_AddStringToObject(o, "status", status) &&
+        cJSON_AddStringToObject(o, "message", message))
+        text = cJSON_PrintUnformatted(o);
+    printf("%s\n", text ? text : "{\"ok\": false}");
+    cJSON_free(text);
+    cJSON_Delete(o);
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -259,7 +272,7 @@ int main(int argc, char **argv)
             errno = 0;
             long x = strtol(v, &end, 10);
             if (errno || !end || *end || end == v || x < 0 || x > 1000000000L) {
-                fprintf(stderr, "mxclient: error: %s '%s': expected a whole number >= 0\n", a, v);
+                fprintf(stderr, "mxclient: error: %s '%s': expected a whole number from 0 to 1000000000\n", a, v);
                 return 2;
             }
             *lval = x;
@@ -316,12 +329,22 @@ int main(int argc, char **argv)
         t = len / row;
         h = (size_t)hidden;
         payload = data;
+        if (t > MX_SERVE_WIRE_MAX_TOKENS) {
+            fprintf(stderr,
+                    "mxclient: error: '%s' holds %zu rows of %ld %s values: expected at most %u (the protocol's "
+                    "limit; split the batch)\n",
+                    input, t, hidden, dtype_s, MX_SERVE_WIRE_MAX_TOKENS);
+            free(data);
+            return 2;
+        }
     }
 
     mx_client_h client = NULL;
     mx_status_t st = mx_client_create(url, (int)timeout_ms, &client);
     if (st != MX_OK) {
         fprintf(stderr, "mxclient: error: %s\n", mx_error_detail());
+        if (json)
+            json_fail(mx_status_str(st), mx_error_detail());
         free(data);
         return 1;
     }
@@ -333,18 +356,14 @@ int main(int argc, char **argv)
         st = mx_client_request(client, (int)layer, dtype, t, h, payload, &reply);
         if (st != MX_OK) {
             fprintf(stderr, "mxclient: error: %s: %s\n", mx_status_str(st), mx_error_detail());
+            if (json)
+                json_fail(mx_status_str(st), mx_error_detail());
             rc = 1;
             break;
         }
         if (reply.status != MX_OK) {
-            if (json) {
-                cJSON *m = cJSON_CreateString(reply.message);
-                char *ms = m ? cJSON_PrintUnformatted(m) : NULL;
-                printf("{\"ok\": false, \"status\": \"%s\", \"message\": %s}\n", mx_status_str(reply.status),
-                       ms ? ms : "\"\"");
-                cJSON_free(ms);
-                cJSON_Delete(m);
-            }
+            if (json)
+                json_fail(mx_status_str(reply.status), reply.message);
             fprintf(stderr, "mxclient: the server refused the request: %s: %s\n", mx_status_str(reply.status),
                     reply.message);
             rc = 1;
@@ -352,20 +371,30 @@ int main(int argc, char **argv)
         }
         lat[r] = reply.latency_ms;
     }
-    if (rc == 0 && !lat)
+    if (rc == 0 && !lat) {
+        fprintf(stderr, "mxclient: error: out of memory for %ld latencies\n", repeat);
+        if (json)
+            json_fail(mx_status_str(MX_ERR_NOMEM), "out of memory for the latencies of --repeat");
         rc = 1;
-    if (rc == 0 && output && write_output(output, reply.out, reply.n_tokens, reply.hidden) != 0)
+    }
+    if (rc == 0 && output && write_output(output, reply.out, reply.n_tokens, reply.hidden) != 0) {
+        if (json)
+            json_fail(mx_status_str(MX_ERR_IO), "cannot write the output file (see stderr)");
         rc = 2;
+    }
     if (rc == 0) {
         qsort(lat, (size_t)repeat, sizeof(double), cmp_double);
         double mn = lat[0], md = lat[repeat / 2], mxl = lat[repeat - 1];
-        if (json)
+        if (json) {
+            cJSON *o = output ? cJSON_CreateString(output) : cJSON_CreateNull();
+            char *os = o ? cJSON_PrintUnformatted(o) : NULL;
             printf("{\"ok\": true, \"layer\": %ld, \"tokens\": %zu, \"hidden\": %zu, \"dtype\": \"%s\", \"requests\": "
                    "%ld, "
-                   "\"latency_ms\": {\"min\": %.3f, \"median\": %.3f, \"max\": %.3f}, \"output\": %s%s%s}\n",
-                   layer, t, h, dtype == MX_SERVE_WIRE_BF16 ? "bf16" : "f32", repeat, mn, md, mxl, output ? "\"" : "",
-                   output ? output : "null", output ? "\"" : "");
-        else
+                   "\"latency_ms\": {\"min\": %.3f, \"median\": %.3f, \"max\": %.3f}, \"output\": %s}\n",
+                   layer, t, h, dtype == MX_SERVE_WIRE_BF16 ? "bf16" : "f32", repeat, mn, md, mxl, os ? os : "null");
+            cJSON_free(os);
+            cJSON_Delete(o);
+        } else
             printf("mxclient: layer %ld, %zu tokens x %zu: %ld request(s), latency min %.3f ms, median %.3f ms, max "
                    "%.3f ms%s%s\n",
                    layer, t, h, repeat, mn, md, mxl, output ? ", output written to " : "", output ? output : "");

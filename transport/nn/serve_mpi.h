@@ -3,7 +3,7 @@
  * what `mxworker serve --listen URL` calls on EVERY rank of the job.
  *
  *   rank 0                                    ranks 1..R-1
- *   mx_serve_create(url) ... mx_serve_run     wait for a command (MPI_Bcast)
+ *   mx_serve_create(url) ... mx_serve_run     wait for a command (MPI_Ibcast, tested every 1 ms)
  *     per request: Bcast {RUN, layer, T}  ->  Scatterv of the token rows
  *       (even contiguous split, the first T % R ranks one more row)
  *       layer(layer, my rows)  on every rank, collectively
