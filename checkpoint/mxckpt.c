@@ -64,7 +64,8 @@ static int parse_u64(const char *flag, const char *text, uint64_t *v_p)
         fprintf(stderr, "mxckpt: %s needs a non-negative integer\n", flag);
         return -1;
     }
-    unsigned long long v = strtoull(text, &end, 0);
+    /* decimal, or hex after 0x (010 is ten, not octal eight) */
+    unsigned long long v = strtoull(text, &end, (text[0] == '0' && (text[1] == 'x' || text[1] == 'X')) ? 16 : 10);
     if (errno || *end) {
         fprintf(stderr, "mxckpt: %s '%s': expected a non-negative integer\n", flag, text);
         return -1;

@@ -283,7 +283,8 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
         } else if (strcmp(name, "--seed") == 0) {
             char *end = NULL;
             errno = 0;
-            unsigned long long s = strtoull(val, &end, 0);
+            /* decimal, or hex after 0x (010 is ten, not octal eight) */
+            unsigned long long s = strtoull(val, &end, (val[0] == '0' && (val[1] == 'x' || val[1] == 'X')) ? 16 : 10);
             if (errno || !end || *end || end == val || val[0] == '-')
                 return fail(msg, msg_len, "--seed '%s': expected a non-negative integer", val);
             o->seed = s;

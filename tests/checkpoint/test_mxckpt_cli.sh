@@ -36,6 +36,10 @@ check make-unknown-option 2 "$mx" make --preset tiny --layers 1 --seed 1 --out "
 has make-unknown-option "unknown option '--bogus'"
 check make-experts-range 2 "$mx" make --preset tiny --layers 1 --seed 1 --out "$tmp/a" --experts 2000000
 has make-experts-range "expected 1 .. 1048576"
+check make-leading-zero-is-decimal 0 "$mx" make --preset tiny --layers 010 --seed 1 --out "$tmp/z10"
+[ -f "$tmp/z10/config.json" ] && grep -qE '"num_hidden_layers":[[:space:]]*10,' "$tmp/z10/config.json" ||
+  { echo "FAIL make-leading-zero-is-decimal: not 10 layers"; fails=$((fails + 1)); }
+rm -rf "$tmp/z10"
 check fuzz-seeds-help 0 "$mx" fuzz-seeds --help
 [ ! -e ./--help ] || { echo "FAIL fuzz-seeds-help wrote ./--help"; fails=$((fails + 1)); }
 check make-bad-preset 1 "$mx" make --preset gpt-oss-7b --layers 1 --seed 1 --out "$tmp/a"

@@ -66,6 +66,10 @@ static void test_opts_run_parses_input_output_and_layer(void **state)
     assert_int_equal(o.combine, MX_COMBINE_REDUCE);
     assert_int_equal(o.router, MX_ROUTER_EXPERT_CHOICE);
     assert_int_equal(o.seed, 16);
+    /* a leading zero is decimal, not octal */
+    const char *argv2[] = {"mxworker", "bench", "--seed", "010"};
+    assert_int_equal(parse(&o, msg, sizeof msg, 4, argv2), 0);
+    assert_int_equal(o.seed, 10);
 }
 
 static void expect_error(int argc, const char **argv, const char *needle)
