@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,9 +40,19 @@ static void usage(FILE *f)
                "  mxckpt --help\n");
 }
 
-static void progress(double fraction, void *arg)
+/* SIGINT / SIGTERM / SIGHUP during make: the write stops at its next 1% (the
+ * temporary directory removed), then the signal is raised again. */
+static volatile sig_atomic_t g_signal;
+static void on_signal(int sig)
+{
+    g_signal = sig;
+}
+
+static int progress(double fraction, void *arg)
 {
     (void)arg;
+    if (g_signal)
+        return 1;
     static int tty = -1, last = -1;
     if (tty < 0)
         tty = isatty(2);
@@ -54,6 +65,7 @@ static void progress(double fraction, void *arg)
     }
     last = pct;
     fflush(stderr);
+    return 0;
 }
 
 static int parse_u64(const char *flag, const char *text, uint64_t *v_p)
@@ -135,7 +147,24 @@ static int cmd_make(int argc, char **argv)
         fprintf(stderr, "mxckpt make: --layers %" PRIu64 ": expected 1 .. 4096\n", layers);
         return 2;
     }
+    static const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+    struct sigaction sa, old[3];
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < 3; i++)
+        sigaction(sigs[i], &sa, &old[i]);
     mx_status_t st = mx_synth_write_ex(preset, (int)layers, (int)experts, seed, out, (size_t)shard, progress, NULL);
+    for (int i = 0; i < 3; i++)
+        sigaction(sigs[i], &old[i], NULL);
+    if (g_signal) {
+        if (st == MX_OK) /* the signal came after the last write: the directory stays, complete */
+            fprintf(stderr, "mxckpt: wrote %s (complete before the signal came)\n", out);
+        else
+            fprintf(stderr, "\nmxckpt make: %s: stopped, nothing written\n", strsignal(g_signal));
+        raise(g_signal); /* the default action now: the caller sees the signal */
+        return 1;
+    }
     if (st) {
         fprintf(stderr, "\nmxckpt make: %s: %s\n", mx_status_str(st), mx_error_detail());
         return 1;

@@ -1088,7 +1088,7 @@ static void remove_tree(const char *dir)
 }
 
 mx_status_t mx_synth_write_ex(const char *preset, int n_layers, int n_experts, uint64_t seed, const char *out_dir,
-                              size_t shard_bytes, void (*progress)(double fraction, void *arg), void *arg)
+                              size_t shard_bytes, int (*progress)(double fraction, void *arg), void *arg)
 {
     const mxi_preset_t *p;
     int E;
@@ -1167,13 +1167,21 @@ mx_status_t mx_synth_write_ex(const char *preset, int n_layers, int n_experts, u
                     done += per;
                     if (progress && (double)done / (double)total - last >= 0.01) {
                         last = (double)done / (double)total;
-                        progress(last, arg);
+                        if (progress(last, arg)) {
+                            st = mx_error_set(MX_ERR_IO, "%s: stopped by the caller at %.0f%% (nothing written)",
+                                              out_dir, 100.0 * last);
+                            goto fail;
+                        }
                     }
                 }
             }
             if (progress && (double)done / (double)total - last >= 0.01) {
                 last = (double)done / (double)total;
-                progress(last, arg);
+                if (progress(last, arg)) {
+                    st = mx_error_set(MX_ERR_IO, "%s: stopped by the caller at %.0f%% (nothing written)", out_dir,
+                                      100.0 * last);
+                    goto fail;
+                }
             }
         }
         int bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
@@ -1203,7 +1211,7 @@ mx_status_t mx_synth_write_ex(const char *preset, int n_layers, int n_experts, u
         goto fail;
     }
     if (progress)
-        progress(1.0, arg);
+        (void)progress(1.0, arg); /* done: written and renamed, nothing left to stop */
     free(text);
     free(buf);
     free(pl.t);
@@ -1221,7 +1229,7 @@ fail:
 }
 
 mx_status_t mx_synth_write(const char *preset, int n_layers, uint64_t seed, const char *out_dir, size_t shard_bytes,
-                           void (*progress)(double fraction, void *arg), void *arg)
+                           int (*progress)(double fraction, void *arg), void *arg)
 {
     return mx_synth_write_ex(preset, n_layers, 0, seed, out_dir, shard_bytes, progress, arg);
 }

@@ -127,15 +127,17 @@ mx_status_t mx_synth_experts(const mx_model_config_t *config, uint64_t seed, int
                              int n_ids, mx_expert_set_h *set_p);
 /* Writes a real checkpoint directory (config.json + safetensors, sharded past
  * shard_bytes; 0 = default 4 GiB). Writes into a temporary name and renames,
- * so nothing half-written is left on failure. `progress` may be NULL. */
+ * so nothing half-written is left on failure. `progress` may be NULL; it is
+ * called at every 1% of the bytes, and a non-zero return stops the write
+ * (MX_ERR_IO, the temporary directory removed: e.g. on a signal). */
 mx_status_t mx_synth_write(const char *preset, int n_layers, uint64_t seed, const char *out_dir, size_t shard_bytes,
-                           void (*progress)(double fraction, void *arg), void *arg);
+                           int (*progress)(double fraction, void *arg), void *arg);
 /* The same with fewer experts than the preset (n_experts = 0: the preset's).
  * Expert j has the same bytes whatever n_experts is (for fast tests of the big
  * presets); top_k and router groups shrink to fit when needed. */
 mx_status_t mx_synth_config_ex(const char *preset, int n_layers, int n_experts, mx_model_config_t *config_p);
 mx_status_t mx_synth_write_ex(const char *preset, int n_layers, int n_experts, uint64_t seed, const char *out_dir,
-                              size_t shard_bytes, void (*progress)(double fraction, void *arg), void *arg);
+                              size_t shard_bytes, int (*progress)(double fraction, void *arg), void *arg);
 
 #ifdef __cplusplus
 }

@@ -73,5 +73,20 @@ has inspect-broken-json '"ok":	false'
 check inspect-missing 1 "$mx" inspect "$tmp/none"
 has inspect-missing "not a checkpoint directory"
 
+# SIGTERM while writing: the write stops, nothing is left (not even DIR.tmp-PID), the
+# signal is the exit status
+"$mx" make --preset gpt-oss-20b --layers 4 --seed 1 --out "$tmp/big" 2>"$tmp/big.err" &
+pid=$!
+for _ in $(seq 600); do grep -q "writing" "$tmp/big.err" 2>/dev/null && break; sleep 0.1; done
+kill -TERM "$pid"
+wait "$pid"
+rc=$?
+if [ "$rc" -ne 143 ] || ls -d "$tmp"/big.tmp-* "$tmp/big" >/dev/null 2>&1 || ! grep -q "stopped, nothing written" "$tmp/big.err"; then
+  echo "FAIL make-sigterm: exit $rc (expected 143), left: $(ls -d "$tmp"/big* 2>/dev/null | tr '\n' ' ')"
+  cat "$tmp/big.err"; fails=$((fails + 1))
+else
+  echo "ok   make-sigterm"
+fi
+
 if [ "$fails" -ne 0 ]; then echo "$fails failures"; exit 1; fi
 echo "all passed"

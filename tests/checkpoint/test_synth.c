@@ -378,11 +378,20 @@ static void test_synth_write_refuses_existing_dir_and_leaves_nothing_on_failure(
     assert_non_null(strstr(mx_error_detail(), "does not match"));
 }
 
-static void progress_count(double f, void *arg)
+static int progress_count(double f, void *arg)
 {
     int *calls = arg;
     assert_true(f >= 0.0 && f <= 1.0);
     (*calls)++;
+    return 0;
+}
+
+/* Stops the write at its third report. */
+static int progress_stop(double f, void *arg)
+{
+    (void)f;
+    int *calls = arg;
+    return ++*calls >= 3;
 }
 
 static void test_synth_write_reports_progress_up_to_one(void **state)
@@ -393,6 +402,16 @@ static void test_synth_write_reports_progress_up_to_one(void **state)
     assert_int_equal(mx_synth_write_ex("qwen3-moe-fp8", 1, 2, 5, d, 0, progress_count, &calls), MX_OK);
     assert_true(calls >= 2);
     ck_rmtree(d);
+    /* a non-zero return stops the write: an error naming it, and neither the
+     * directory nor its temporary one is left */
+    calls = 0;
+    assert_int_equal(mx_synth_write_ex("qwen3-moe-fp8", 1, 2, 5, d, 0, progress_stop, &calls), MX_ERR_IO);
+    assert_int_equal(calls, 3);
+    assert_non_null(strstr(mx_error_detail(), "stopped by the caller"));
+    assert_int_not_equal(access(d, F_OK), 0);
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", d, (long)getpid());
+    assert_int_not_equal(access(tmp, F_OK), 0);
     free(d);
 }
 
