@@ -244,8 +244,11 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
                 if (o->cmd == WK_CMD_INFO || o->cmd == WK_CMD_SERVE)
                     return fail(msg, msg_len, "--check is not an option of mxworker %s", cmdname);
                 o->check = 1;
-            } else
+            } else {
+                if (o->cmd != WK_CMD_BENCH) /* the progress line is bench's */
+                    return fail(msg, msg_len, "--quiet is an option of mxworker bench, not of mxworker %s", cmdname);
                 o->quiet = 1;
+            }
             continue;
         }
         static const char *const valued[] = {

@@ -123,6 +123,8 @@ static void test_opts_errors_name_the_flag_and_what_was_expected(void **state)
     /* a value-taking flag does not swallow the next option as its value */
     const char *a19[] = {"mxworker", "bench", "--json", "--quiet"};
     expect_error(4, a19, "--json needs a value, got the option '--quiet'");
+    const char *a21[] = {"mxworker", "info", "--quiet"};
+    expect_error(3, a21, "--quiet is an option of mxworker bench, not of mxworker info");
     const char *a20[] = {"mxworker", "run", "--model", "--input", "x", "--output", "y"};
     expect_error(7, a20, "--model needs a value, got the option '--input'");
 }
