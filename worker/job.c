@@ -181,6 +181,11 @@ static mx_status_t model_config(const wk_opts_t *o, mx_ckpt_h *ckpt_p, mx_model_
         st = mx_synth_config_ex("deepseek-fp8", n_layers, o->experts, cfg);
         if (st != MX_OK)
             return mx_error_prefix(st, "--preset deepep-ll (built on deepseek-fp8): ");
+        if (o->experts && cfg->hidden == 7168 && cfg->router.top_k != 8)
+            return mx_error_set(MX_ERR_INVALID,
+                                "--preset deepep-ll --experts %d: so few experts leave the router top-%d, and DeepEP's "
+                                "low-latency shape routes top-8: give more experts",
+                                o->experts, cfg->router.top_k);
         if (cfg->hidden != 7168 || (!o->experts && cfg->n_experts != 256) || cfg->router.top_k != 8)
             return mx_error_set(MX_ERR_UNSUPPORTED,
                                 "--preset deepep-ll: the deepseek-fp8 preset has H %zu, %d experts, top-%d; "

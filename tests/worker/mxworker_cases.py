@@ -289,6 +289,8 @@ def case_errors(args, n):
     refused(args, [w, "bench", "--frobnicate"], n, must=("unknown option '--frobnicate'",))
     refused(args, [w, "run", "--preset", "tiny"], n, must=("--input",))
     refused(args, [w, "bench", "--preset", "no-such-model"], n, must=("no-such-model",))
+    refused(args, [w, "bench", "--preset", "deepep-ll", "--experts", "4", "--iters", "1"], n,
+            must=("--experts 4", "top-8: give more experts"))
     refused(args, [w, "bench", "--preset", "tiny", "--backend", "no-such-backend", "--iters", "1"], n,
             must=("no-such-backend",))
     # the last resort against a hang: the whole job ends, with a message, soon after --timeout
