@@ -166,6 +166,35 @@ static int parse_long(const char *flag, const char *v, long lo, long hi, long *o
     return 0;
 }
 
+/* --listen: the transports nanomsg binds (tcp, ws: HOST:PORT with a port of
+ * 1..65535, HOST possibly * or an interface; ipc, inproc: a name), so that a
+ * malformed address is a bad command line, not a failed job. */
+static int listen_url_ok(const char *u)
+{
+    static const char *const named[] = {"ipc://", "inproc://"}, *const hosted[] = {"tcp://", "ws://"};
+    for (int i = 0; i < 2; i++)
+        if (strncmp(u, named[i], strlen(named[i])) == 0)
+            return u[strlen(named[i])] != 0;
+    for (int i = 0; i < 2; i++) {
+        if (strncmp(u, hosted[i], strlen(hosted[i])) != 0)
+            continue;
+        const char *h = u + strlen(hosted[i]), *end = h + strcspn(h, "/"); /* ws may have a path */
+        const char *c = end;
+        while (c > h && c[-1] != ':')
+            c--;
+        if (c <= h + 1 || c == end || end - c > 5) /* no host, no port, or too long a port */
+            return 0;
+        long port = 0;
+        for (const char *d = c; d < end; d++) {
+            if (*d < '0' || *d > '9')
+                return 0;
+            port = 10 * port + (*d - '0');
+        }
+        return port >= 1 && port <= 65535;
+    }
+    return 0;
+}
+
 int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len, int print_help)
 {
     memset(o, 0, sizeof *o);
@@ -356,8 +385,11 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
                 return fail(msg, msg_len, "--baseline '%s': expected layer or alone", val);
         } else if (strcmp(name, "--listen") == 0) {
             serve_only = 1;
-            if (!val[0])
-                return fail(msg, msg_len, "--listen needs a nanomsg address (tcp://HOST:PORT, ipc:///path)");
+            if (!listen_url_ok(val))
+                return fail(msg, msg_len,
+                            "--listen '%s': expected a nanomsg address: tcp://HOST:PORT or ws://HOST:PORT (PORT 1 .. "
+                            "65535), ipc:///path or inproc://name",
+                            val);
             o->listen = val;
         } else if (strcmp(name, "--max-tokens") == 0) {
             serve_only = 1;

@@ -162,7 +162,21 @@ static void test_opts_serve_needs_listen_and_takes_layers_and_max_tokens(void **
     const char *e5[] = {"mxworker", "bench", "--listen", "ipc:///x"};
     expect_error(4, e5, "--listen is an option of mxworker serve, not of mxworker bench");
     const char *e6[] = {"mxworker", "serve", "--listen", ""};
-    expect_error(4, e6, "--listen needs a nanomsg address");
+    expect_error(4, e6, "--listen '': expected a nanomsg address");
+    /* a malformed address is a bad command line (exit 2), not a failed job */
+    const char *bad[] = {
+        "bogus://x", "tcp://127.0.0.1:99999", "tcp://127.0.0.1", "tcp://:5555", "ipc://", "tcp://h:55a5", "5555"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *eb[] = {"mxworker", "serve", "--listen", bad[i]};
+        expect_error(4, eb, "expected a nanomsg address: tcp://HOST:PORT");
+    }
+    const char *good[] = {"tcp://*:5555", "tcp://[::1]:1",  "ipc:///tmp/mxep.sock",
+                          "inproc://x",   "ws://h:65535/p", "tcp://eth0;127.0.0.1:5555"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        const char *eg[] = {"mxworker", "serve", "--listen", good[i]};
+        assert_int_equal(parse(&o, msg, sizeof msg, 4, eg), 0);
+        assert_string_equal(o.listen, good[i]);
+    }
     const char *e7[] = {"mxworker", "serve", "--listen", "ipc:///x", "--json", "j"};
     expect_error(6, e7, "--json is not an option of mxworker serve");
     const char *e8[] = {"mxworker", "serve", "--listen", "ipc:///x", "--preset", "deepep-ll"};
