@@ -766,6 +766,14 @@ static void test_mxclient_cli_sends_safetensors_and_writes_the_reply(void **stat
     snprintf(cmd, sizeof cmd, "%s --url tcp://127.0.0.1:%d --input %s --timeout-ms 300 --json", MXCLIENT_PATH,
              free_tcp_port(), in);
     check_json_failure(cmd, 1, "MX_ERR_TIMEOUT");
+    /* flags of the other input format are refused, not ignored (exit 2, before connecting) */
+    snprintf(cmd, sizeof cmd, "%s --url %s --input %s --hidden 64 2>/dev/null", MXCLIENT_PATH, f.url, in);
+    int frc = system(cmd);
+    assert_true(WIFEXITED(frc) && WEXITSTATUS(frc) == 2);
+    snprintf(cmd, sizeof cmd, "%s --url %s --input %s --format raw --hidden 64 --tensor x 2>/dev/null", MXCLIENT_PATH,
+             f.url, in);
+    frc = system(cmd);
+    assert_true(WIFEXITED(frc) && WEXITSTATUS(frc) == 2);
     /* A refused request: exit status 1, nothing written. */
     unlink(out);
     snprintf(cmd, sizeof cmd, "%s --url %s --input %s --layer 3 --output %s 2>/dev/null >/dev/null", MXCLIENT_PATH,

@@ -227,9 +227,9 @@ static int cmp_double(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-    const char *url = NULL, *input = NULL, *format = NULL, *dtype_s = "bf16", *tensor = NULL, *output = NULL;
+    const char *url = NULL, *input = NULL, *format = NULL, *dtype_s = NULL, *tensor = NULL, *output = NULL;
     long hidden = 0, layer = 0, repeat = 1, timeout_ms = 30000;
-    int json = 0;
+    int json = 0, hidden_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **sval = NULL;
@@ -252,9 +252,10 @@ int main(int argc, char **argv)
             sval = &tensor;
         else if (strcmp(a, "--output") == 0)
             sval = &output;
-        else if (strcmp(a, "--hidden") == 0)
+        else if (strcmp(a, "--hidden") == 0) {
             lval = &hidden;
-        else if (strcmp(a, "--layer") == 0)
+            hidden_given = 1;
+        } else if (strcmp(a, "--layer") == 0)
             lval = &layer;
         else if (strcmp(a, "--repeat") == 0)
             lval = &repeat;
@@ -291,6 +292,14 @@ int main(int argc, char **argv)
         format ? strcmp(format, "safetensors") == 0 : (ilen > 12 && strcmp(input + ilen - 12, ".safetensors") == 0);
     if (format && !is_st && strcmp(format, "raw") != 0)
         return usage_error("--format '%s': expected raw or safetensors", format);
+    /* flags of the other format would be ignored: refuse them instead */
+    if (is_st && (dtype_s || hidden_given))
+        return usage_error("%s applies to raw input; a safetensors file gives its tensor's dtype and shape",
+                           dtype_s ? "--dtype" : "--hidden");
+    if (!dtype_s)
+        dtype_s = "bf16";
+    if (!is_st && tensor)
+        return usage_error("%s", "--tensor applies to safetensors input; raw input has no tensor names");
 
     unsigned char *data = NULL;
     size_t len = 0;
