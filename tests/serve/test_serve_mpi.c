@@ -103,11 +103,15 @@ static void *client_main(void *p)
         for (int i = 0; i < 5 * HID; i++)
             x[i] = 0x3f80;
         mx_client_reply_t rep = {0};
-        char want[32];
+        char want[32], rows[64];
         snprintf(want, sizeof want, "rank %d:", g_size - 1);
+        /* and where that rank's rows sit in the request (the even split, the first 5 % size one more) */
+        const int p = g_size - 1, q = 5 / g_size, rm = 5 % g_size;
+        const int start = p * q + (p < rm ? p : rm), cnt = q + (p < rm);
+        snprintf(rows, sizeof rows, "request rows %d..%d ", start, start + cnt - 1);
         mx_status_t st = mx_client_request(c, FAIL_LAYER, MX_SERVE_WIRE_BF16, 5, HID, x, &rep);
         if (st != MX_OK || rep.status != MX_ERR_NO_DEVICE || !strstr(rep.message, want) ||
-            !strstr(rep.message, "device of this rank is gone")) {
+            !strstr(rep.message, "device of this rank is gone") || (cnt > 0 && !strstr(rep.message, rows))) {
             fprintf(stderr, "FAIL failing layer: %s / %s '%s' (want MX_ERR_NO_DEVICE naming '%s')\n", mx_status_str(st),
                     mx_status_str(rep.status), rep.message, want);
             a->failures++;

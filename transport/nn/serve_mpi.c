@@ -54,6 +54,9 @@ static mx_status_t run_one(job_t *j, int layer, size_t t, const uint16_t *x, uin
         mx_error_clear();
         size_t first = (size_t)j->rank * q + ((size_t)j->rank < r ? (size_t)j->rank : r);
         st = j->layer(layer, j->x_local, mine, first, t, j->hidden, j->out_local, j->arg);
+        if (st != MX_OK && mine > 0) /* the detail counts this rank's rows from 0: say where they are */
+            st = mx_error_prefix(st, "request rows %zu..%zu (token i here is row %zu + i): ", first, first + mine - 1,
+                                 first);
         MPI_Gatherv(j->out_local, j->counts[j->rank], MPI_UINT16_T, out, j->counts, j->displs, MPI_UINT16_T, 0,
                     j->comm);
     } else if (st == MX_OK) {
