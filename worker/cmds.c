@@ -55,20 +55,9 @@ static mx_status_t write_json_file(const char *path, cJSON *root)
     if (!f)
         st = mx_error_set(MX_ERR_IO, "--json %s: cannot create %s: %s", path, tmp, strerror(errno));
     else {
-        int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-        int err = ok ? 0 : errno;
-        if (fclose(f) != 0 && ok) {
-            ok = 0;
-            err = errno;
-        }
-        if (ok && rename(tmp, path) != 0) {
-            ok = 0;
-            err = errno;
-        }
-        if (!ok) {
-            unlink(tmp);
+        const int err = wk_file_commit(f, fputs(text, f) >= 0 && fputc('\n', f) != EOF, tmp, path);
+        if (err)
             st = mx_error_set(MX_ERR_IO, "--json %s: writing failed: %s (nothing written)", path, strerror(err));
-        }
     }
     free(text);
     return st;

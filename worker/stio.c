@@ -164,18 +164,20 @@ mx_status_t wk_st_write_output(const char *path, const uint16_t *hidden, size_t 
              (b_h == 0 || fwrite(hidden, 1, b_h, f) == b_h) && (b_i == 0 || fwrite(topk_ids, 1, b_i, f) == b_i) &&
              (b_w == 0 || fwrite(topk_weights, 1, b_w, f) == b_w);
     ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    int err = ok ? 0 : errno;
-    if (fclose(f) != 0 && ok) {
-        ok = 0;
-        err = errno;
-    }
-    if (ok && rename(tmp, path) != 0) {
-        ok = 0;
-        err = errno;
-    }
-    if (!ok) {
-        unlink(tmp);
+    const int err = wk_file_commit(f, ok, tmp, path);
+    if (err)
         return mx_error_set(MX_ERR_IO, "--output %s: writing failed: %s (nothing written)", path, strerror(err));
-    }
     return MX_OK;
+}
+
+int wk_file_commit(FILE *f, int ok, const char *tmp, const char *path)
+{
+    int err = ok ? 0 : errno ? errno : EIO;
+    if (fclose(f) != 0 && !err)
+        err = errno;
+    if (!err && rename(tmp, path) != 0)
+        err = errno;
+    if (err)
+        unlink(tmp);
+    return err;
 }

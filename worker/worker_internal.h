@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <mpi.h>
 
@@ -184,6 +185,11 @@ mx_status_t wk_st_read_hidden(const char *path, wk_hidden_t *h_p);
  * through a temporary file + rename. */
 mx_status_t wk_st_write_output(const char *path, const uint16_t *hidden, size_t rows, size_t cols,
                                const int32_t *topk_ids, const float *topk_weights, size_t k);
+/* The end of a write through a temporary file: closes f (tmp, its writes all
+ * went well when ok; call it right after them, errno still theirs) and renames
+ * tmp to path. 0 when path holds the file; else tmp is removed and the result
+ * is the errno of the first call that failed. */
+int wk_file_commit(FILE *f, int ok, const char *tmp, const char *path);
 
 /* ---------------------------------------------------------------- subcommands (collective) */
 int wk_cmd_bench(wk_job_t *job);
