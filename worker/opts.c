@@ -166,6 +166,17 @@ static int parse_long(const char *flag, const char *v, long lo, long hi, long *o
     return 0;
 }
 
+/* An option of one subcommand only (WK_CMD_* want, -1 for any) given to another: 2
+ * and the message naming both, else 0. */
+static int scope_fail(char *msg, size_t len, const char *name, int want, int cmd, const char *cmdname)
+{
+    static const char *const names[] = {[WK_CMD_BENCH] = "bench", [WK_CMD_RUN] = "run", [WK_CMD_SERVE] = "serve"};
+    if (want < 0 || want == cmd)
+        return 0;
+    return fail(msg, len, "%s%s is an option of mxworker %s, not of mxworker %s", name,
+                strcmp(name, "--router") == 0 ? " uniform" : "", names[want], cmdname);
+}
+
 /* --listen: the transports nanomsg binds (tcp, ws: HOST:PORT with a port of
  * 1..65535, HOST possibly * or an interface; ipc, inproc: a name), so that a
  * malformed address is a bad command line, not a failed job. */
@@ -274,9 +285,9 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
                     return fail(msg, msg_len, "--check is not an option of mxworker %s", cmdname);
                 o->check = 1;
             } else {
-                if (o->cmd != WK_CMD_BENCH) /* the progress line is bench's */
-                    return fail(msg, msg_len, "--quiet is an option of mxworker bench, not of mxworker %s", cmdname);
-                o->quiet = 1;
+                o->quiet = 1; /* the progress line is bench's */
+                if (scope_fail(msg, msg_len, name, WK_CMD_BENCH, o->cmd, cmdname))
+                    return 2;
             }
             continue;
         }
@@ -304,7 +315,7 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
         }
         long x = 0;
         int r = 0;
-        int bench_only = 0, run_only = 0, serve_only = 0;
+        int only = -1; /* the subcommand this option belongs to, -1: any */
         if (strcmp(name, "--model") == 0)
             o->model_dir = val;
         else if (strcmp(name, "--preset") == 0)
@@ -325,25 +336,25 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
             o->layer = (int)x;
         } else if (strcmp(name, "--layers") == 0) {
             if (o->cmd != WK_CMD_SERVE)
-                bench_only = 1;
+                only = WK_CMD_BENCH;
             r = parse_long(name, val, 1, 1 << 20, &x, msg, msg_len);
             o->layers = (int)x;
             layers_set = 1;
         } else if (strcmp(name, "--tokens") == 0) {
-            bench_only = 1;
+            only = WK_CMD_BENCH;
             r = parse_long(name, val, 0, 1L << 24, &x, msg, msg_len);
             o->tokens = x;
         } else if (strcmp(name, "--tokens-total") == 0) {
-            bench_only = 1;
+            only = WK_CMD_BENCH;
             r = parse_long(name, val, 0, 1L << 30, &x, msg, msg_len);
             o->tokens_total = x;
         } else if (strcmp(name, "--iters") == 0) {
-            bench_only = 1;
+            only = WK_CMD_BENCH;
             r = parse_long(name, val, 1, 1000000, &x, msg, msg_len);
             o->iters = (int)x;
             iters_set = 1;
         } else if (strcmp(name, "--warmup") == 0) {
-            bench_only = 1;
+            only = WK_CMD_BENCH;
             r = parse_long(name, val, 0, 1000000, &x, msg, msg_len);
             o->warmup = (int)x;
         } else if (strcmp(name, "--threads") == 0) {
@@ -376,7 +387,7 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
                             "(-DMXEP_WITH_UCX=ON) or use --transport mpi",
                             val);
         } else if (strcmp(name, "--baseline") == 0) {
-            bench_only = 1;
+            only = WK_CMD_BENCH;
             if (strcasecmp(val, "layer") == 0)
                 o->baseline = WK_BASELINE_LAYER;
             else if (strcasecmp(val, "alone") == 0)
@@ -384,7 +395,7 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
             else
                 return fail(msg, msg_len, "--baseline '%s': expected layer or alone", val);
         } else if (strcmp(name, "--listen") == 0) {
-            serve_only = 1;
+            only = WK_CMD_SERVE;
             if (!listen_url_ok(val))
                 return fail(msg, msg_len,
                             "--listen '%s': expected a nanomsg address: tcp://HOST:PORT or ws://HOST:PORT (PORT 1 .. "
@@ -392,13 +403,13 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
                             val);
             o->listen = val;
         } else if (strcmp(name, "--max-tokens") == 0) {
-            serve_only = 1;
+            only = WK_CMD_SERVE;
             r = parse_long(name, val, 1, 65536, &x, msg, msg_len);
             o->max_tokens = x;
         } else if (strcmp(name, "--router") == 0) {
             mx_router_kind_t k;
             if (strcasecmp(val, "uniform") == 0) {
-                bench_only = 1;
+                only = WK_CMD_BENCH;
                 o->router = WK_ROUTER_UNIFORM;
             } else if (mx_router_parse(val, &k) == MX_OK)
                 o->router = (int)k;
@@ -424,23 +435,18 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
                 return fail(msg, msg_len, "--json is not an option of mxworker serve (replies go to the clients)");
             o->json = val;
         } else if (strcmp(name, "--input") == 0) {
-            run_only = 1;
+            only = WK_CMD_RUN;
             o->input = val;
         } else if (strcmp(name, "--output") == 0) {
-            run_only = 1;
+            only = WK_CMD_RUN;
             o->output = val;
         } else
             return fail(msg, msg_len, "unknown option '%s' for mxworker %s (mxworker %s --help)", name, cmdname,
                         cmdname);
         if (r)
             return r;
-        if (bench_only && o->cmd != WK_CMD_BENCH)
-            return fail(msg, msg_len, "%s%s is an option of mxworker bench, not of mxworker %s", name,
-                        strcmp(name, "--router") == 0 ? " uniform" : "", cmdname);
-        if (run_only && o->cmd != WK_CMD_RUN)
-            return fail(msg, msg_len, "%s is an option of mxworker run, not of mxworker %s", name, cmdname);
-        if (serve_only && o->cmd != WK_CMD_SERVE)
-            return fail(msg, msg_len, "%s is an option of mxworker serve, not of mxworker %s", name, cmdname);
+        if (scope_fail(msg, msg_len, name, only, o->cmd, cmdname))
+            return 2;
     }
     if (o->tokens >= 0 && o->tokens_total >= 0)
         return fail(msg, msg_len, "--tokens (per rank) and --tokens-total exclude each other: give one");
