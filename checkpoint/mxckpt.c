@@ -98,8 +98,13 @@ static int cmd_make(int argc, char **argv)
             usage(stdout);
             return 0;
         }
-        if (strcmp(a, "--preset") != 0 && strcmp(a, "--out") != 0 && strcmp(a, "--layers") != 0 &&
-            strcmp(a, "--seed") != 0 && strcmp(a, "--shard-bytes") != 0 && strcmp(a, "--experts") != 0) {
+        enum { O_PRESET, O_OUT, O_LAYERS, O_SEED, O_SHARD, O_EXPERTS, O_COUNT };
+        static const char *const names[O_COUNT] = {"--preset", "--out",         "--layers",
+                                                   "--seed",   "--shard-bytes", "--experts"};
+        int o = 0;
+        while (o < O_COUNT && strcmp(a, names[o]) != 0)
+            o++;
+        if (o == O_COUNT) { /* before the value: a stray word is no option's value */
             fprintf(stderr, "mxckpt make: unknown option '%s' (see mxckpt --help)\n", a);
             return 2;
         }
@@ -108,35 +113,32 @@ static int cmd_make(int argc, char **argv)
             return 2;
         }
         i++;
-        if (strcmp(a, "--preset") == 0)
+        if (o == O_PRESET)
             preset = v;
-        else if (strcmp(a, "--out") == 0)
+        else if (o == O_OUT)
             out = v;
-        else if (strcmp(a, "--layers") == 0) {
+        else if (o == O_LAYERS) {
             if (parse_u64(a, v, &layers))
                 return 2;
             have_layers = 1;
-        } else if (strcmp(a, "--seed") == 0) {
+        } else if (o == O_SEED) {
             if (parse_u64(a, v, &seed))
                 return 2;
             have_seed = 1;
-        } else if (strcmp(a, "--shard-bytes") == 0) {
+        } else if (o == O_SHARD) {
             if (parse_u64(a, v, &shard))
                 return 2;
             if (!shard) {
                 fprintf(stderr, "mxckpt make: --shard-bytes must be positive\n");
                 return 2;
             }
-        } else if (strcmp(a, "--experts") == 0) {
+        } else { /* O_EXPERTS */
             if (parse_u64(a, v, &experts))
                 return 2;
             if (!experts || experts > 1 << 20) {
                 fprintf(stderr, "mxckpt make: --experts %" PRIu64 ": expected 1 .. %d\n", experts, 1 << 20);
                 return 2;
             }
-        } else {
-            fprintf(stderr, "mxckpt make: unknown option '%s' (see mxckpt --help)\n", a);
-            return 2;
         }
     }
     if (!preset || !out || !have_layers || !have_seed) {

@@ -228,8 +228,8 @@ static int cmp_double(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     const char *url = NULL, *input = NULL, *format = NULL, *dtype_s = NULL, *tensor = NULL, *output = NULL;
-    long hidden = 0, layer = 0, repeat = 1, timeout_ms = 30000;
-    int json = 0, hidden_given = 0;
+    long hidden = -1, layer = 0, repeat = 1, timeout_ms = 30000; /* hidden -1: not given */
+    int json = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **sval = NULL;
@@ -252,10 +252,9 @@ int main(int argc, char **argv)
             sval = &tensor;
         else if (strcmp(a, "--output") == 0)
             sval = &output;
-        else if (strcmp(a, "--hidden") == 0) {
+        else if (strcmp(a, "--hidden") == 0)
             lval = &hidden;
-            hidden_given = 1;
-        } else if (strcmp(a, "--layer") == 0)
+        else if (strcmp(a, "--layer") == 0)
             lval = &layer;
         else if (strcmp(a, "--repeat") == 0)
             lval = &repeat;
@@ -293,7 +292,7 @@ int main(int argc, char **argv)
     if (format && !is_st && strcmp(format, "raw") != 0)
         return usage_error("--format '%s': expected raw or safetensors", format);
     /* flags of the other format would be ignored: refuse them instead */
-    if (is_st && (dtype_s || hidden_given))
+    if (is_st && (dtype_s || hidden >= 0))
         return usage_error("%s applies to raw input; a safetensors file gives its tensor's dtype and shape",
                            dtype_s ? "--dtype" : "--hidden");
     if (!dtype_s)
