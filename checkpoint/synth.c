@@ -1087,6 +1087,19 @@ static void remove_tree(const char *dir)
     rmdir(dir);
 }
 
+/* mx_synth_write's progress: reported at every 1% more of the bytes (*last: the
+ * fraction reported last); MX_ERR_IO when the callback asks to stop. */
+static mx_status_t report_progress(int (*progress)(double fraction, void *arg), void *arg, size_t done, size_t total,
+                                   double *last, const char *out_dir)
+{
+    if (!progress || (double)done / (double)total - *last < 0.01)
+        return MX_OK;
+    *last = (double)done / (double)total;
+    if (progress(*last, arg))
+        return mx_error_set(MX_ERR_IO, "%s: stopped by the caller at %.0f%% (nothing written)", out_dir, 100.0 * *last);
+    return MX_OK;
+}
+
 mx_status_t mx_synth_write_ex(const char *preset, int n_layers, int n_experts, uint64_t seed, const char *out_dir,
                               size_t shard_bytes, int (*progress)(double fraction, void *arg), void *arg)
 {
@@ -1165,24 +1178,12 @@ mx_status_t mx_synth_write_ex(const char *preset, int n_layers, int n_experts, u
                     if ((st = write_all(f, buf, per, path)))
                         goto fail;
                     done += per;
-                    if (progress && (double)done / (double)total - last >= 0.01) {
-                        last = (double)done / (double)total;
-                        if (progress(last, arg)) {
-                            st = mx_error_set(MX_ERR_IO, "%s: stopped by the caller at %.0f%% (nothing written)",
-                                              out_dir, 100.0 * last);
-                            goto fail;
-                        }
-                    }
+                    if ((st = report_progress(progress, arg, done, total, &last, out_dir)))
+                        goto fail;
                 }
             }
-            if (progress && (double)done / (double)total - last >= 0.01) {
-                last = (double)done / (double)total;
-                if (progress(last, arg)) {
-                    st = mx_error_set(MX_ERR_IO, "%s: stopped by the caller at %.0f%% (nothing written)", out_dir,
-                                      100.0 * last);
-                    goto fail;
-                }
-            }
+            if ((st = report_progress(progress, arg, done, total, &last, out_dir)))
+                goto fail;
         }
         int bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
         if (fclose(f) != 0 || bad) {
