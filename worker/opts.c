@@ -121,7 +121,7 @@ static const char usage_serve[] =
     "split over all ranks as `run` splits them, so a reply equals `mxworker run` of the same\n"
     "tokens (bitwise with --combine exact). Clients: mxclient, or include/mxep/serve.h.\n"
     "Requests from several clients are taken one at a time; bad requests get an error reply\n"
-    "and the server goes on. SIGTERM or SIGINT (to the ranks, or through mpirun) answers the\n"
+    "and the server goes on. SIGTERM or SIGINT (to any rank, or through mpirun) answers the\n"
     "requests already received, then every rank exits 0.\n"
     "\n"
     "  --listen URL         address rank 0 binds (required)\n"

@@ -103,6 +103,11 @@ typedef struct {
     uint64_t max_requests; /* return after this many replies; 0 = serve until stopped */
     mx_serve_compute_fn compute;
     void *compute_arg;
+    /* optional: asked each time the loop looks for a stop request (before each
+     * request, and every poll_ms while idle); non-zero stops it as
+     * mx_serve_stop() does (mx_serve_mpi_run: a signal that reached another rank) */
+    int (*stop_poll)(void *arg);
+    void *stop_poll_arg;
 } mx_serve_config_t;
 
 typedef struct mx_serve *mx_serve_h;

@@ -2,8 +2,9 @@
  * batches (BF16 and F32, token counts below and above the rank count) and
  * checks every reply against the layer computed in-process; a layer that fails
  * on the last rank only must come back as an error reply naming that rank;
- * then SIGTERM goes to EVERY rank (as mpirun forwards it) and all ranks must
- * return MX_OK. Exit 0 on success. Usage: mpiexec -n N test_serve_mpi */
+ * then SIGTERM goes to EVERY rank (as mpirun forwards it), or with --signal-last
+ * to the last rank alone (a `kill` of one follower), and all ranks must return
+ * MX_OK. Exit 0 on success. Usage: mpiexec -n N test_serve_mpi [--signal-last] */
 #include <arpa/inet.h>
 #include <mpi.h>
 #include <netinet/in.h>
@@ -61,6 +62,7 @@ static mx_status_t layer_fn(int layer, const uint16_t *x, size_t n, size_t first
 typedef struct {
     char url[64];
     pid_t *pids;
+    int signal_last; /* SIGTERM to the last rank only */
     int failures;
 } client_arg_t;
 
@@ -125,7 +127,7 @@ static void *client_main(void *p)
         mx_client_reply_fini(&rep);
         mx_client_destroy(c);
     }
-    for (int r = 0; r < g_size; r++) /* as mpirun does on SIGTERM */
+    for (int r = a->signal_last ? g_size - 1 : 0; r < g_size; r++) /* as mpirun does on SIGTERM, or one rank */
         kill(a->pids[r], SIGTERM);
     return NULL;
 }
@@ -141,7 +143,7 @@ int main(int argc, char **argv)
     pid_t me = getpid();
     pid_t *pids = calloc((size_t)g_size, sizeof(pid_t));
     MPI_Gather(&me, (int)sizeof me, MPI_BYTE, pids, (int)sizeof me, MPI_BYTE, 0, MPI_COMM_WORLD);
-    client_arg_t ca = {.pids = pids};
+    client_arg_t ca = {.pids = pids, .signal_last = argc > 1 && !strcmp(argv[1], "--signal-last")};
     mx_serve_config_t cfg = {.hidden = HID, .n_layers = LAYERS, .max_tokens = 256, .poll_ms = 20};
     pthread_t th;
     if (g_rank == 0) {
@@ -173,7 +175,10 @@ int main(int argc, char **argv)
     int any = 0;
     MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     if (g_rank == 0)
-        printf("test_serve_mpi: %s\n", any ? "FAILED" : "every reply correct, SIGTERM stopped every rank");
+        printf("test_serve_mpi: %s\n", any ? "FAILED"
+                                       : ca.signal_last
+                                           ? "every reply correct, SIGTERM to the last rank stopped every rank"
+                                           : "every reply correct, SIGTERM stopped every rank");
     free(pids);
     MPI_Finalize();
     return any ? 1 : 0;

@@ -337,6 +337,19 @@ def children(pid):
     return out
 
 
+def mpi_rank(pid):
+    """the MPI rank of a rank process, from its environment (Open MPI / PMIx set it), or -1"""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+    except OSError:
+        return -1
+    for k in (b"OMPI_COMM_WORLD_RANK", b"PMIX_RANK", b"PMI_RANK"):
+        if k in env and env[k].isdigit():
+            return int(env[k])
+    return -1
+
+
 class Server:
     """mpiexec -n N mxworker serve, output to files; stopped by SIGTERM; never left running"""
 
@@ -389,7 +402,8 @@ def case_serve(args, n):
     """mxworker serve on n ranks: concurrent mxclient requests (BF16 and F32, several sizes and two layers)
     each equal bitwise to `mxworker run` on one rank; bad requests get error replies and the server
     goes on; another server on a busy address is refused; SIGTERM to the ranks (as mpirun forwards
-    it) drains and every rank exits 0, and SIGTERM to mpirun ends the job too, all in bounded time."""
+    it) drains and every rank exits 0, SIGTERM to mpirun ends the job too, and SIGTERM to one follower
+    alone (a `kill` of that process) stops the whole job as well, all in bounded time."""
     if not args.mxclient:
         raise Fail("the serve case needs --mxclient")
     H, E = model_hidden(args, [])
@@ -497,6 +511,27 @@ def case_serve(args, n):
         if "mxworker serve: stopped after 0 requests" not in o:
             raise Fail(f"SIGTERM to mpiexec: rank 0 did not stop cleanly:\n{o}\n{e}")
         print(f"[{time.time() - t0:5.1f}s] SIGTERM to mpiexec: the job ended, rank 0 drained")
+    finally:
+        srv.kill()
+    if n < 2:
+        return
+    # SIGTERM to the last rank alone: it asks rank 0 to stop, the job drains and every rank exits 0
+    srv = Server(args, n, url, [], "one")
+    try:
+        srv.wait_listening()
+        follower = [r for r in children(srv.p.pid) if mpi_rank(r) == n - 1]
+        if len(follower) != 1:
+            raise Fail(f"rank {n - 1} not found among mpirun's children {children(srv.p.pid)}")
+        t0 = time.time()
+        os.kill(follower[0], signal.SIGTERM)
+        rc = srv.wait(30)
+        if rc is None:
+            raise Fail(f"SIGTERM to rank {n - 1} alone: the job did not end within 30 s")
+        o, e = srv.text()
+        if rc != 0 or "mxworker serve: stopped after 0 requests" not in o:
+            raise Fail(f"SIGTERM to rank {n - 1} alone: mpiexec exited {rc} (expected 0 after rank 0 drained):\n"
+                       f"{o}\n{e}")
+        print(f"[{time.time() - t0:5.1f}s] SIGTERM to rank {n - 1} alone: every rank exited 0")
     finally:
         srv.kill()
 

@@ -7,10 +7,17 @@
 #include "serve_mpi.h"
 
 enum { CMD_RUN = 1, CMD_STOP = 2, CMD_FAIL = 3 };
+/* A follower that got SIGTERM/SIGINT tells rank 0 with one message of this tag
+ * on the job's control communicator (a duplicate of comm, so that nothing the
+ * layer sends on comm can take it); rank 0's loop then drains and stops all. */
+enum { TAG_STOP_ASK = 1 };
 
 typedef struct {
-    MPI_Comm comm;
+    MPI_Comm comm, ctl; /* ctl: the stop requests (TAG_STOP_ASK) */
     int rank, size;
+    int stop_asks; /* rank 0: stop requests received */
+    int stop_sent; /* a follower: it sent its one stop request */
+    MPI_Request stop_req;
     size_t hidden;
     mx_serve_layer_fn layer;
     void *arg;
@@ -81,10 +88,10 @@ static mx_status_t run_one(job_t *j, int layer, size_t t, const uint16_t *x, uin
  * (a blocking and a non-blocking broadcast may not be matched), and the followers
  * poll it with a 1 ms sleep, so an idle server does not keep a core per rank busy
  * spinning inside MPI. */
-static void cmd_bcast(long long cmd[3], MPI_Comm comm, int is_root)
+static void cmd_bcast(job_t *j, long long cmd[3], int is_root)
 {
     MPI_Request req;
-    MPI_Ibcast(cmd, 3, MPI_LONG_LONG, 0, comm, &req);
+    MPI_Ibcast(cmd, 3, MPI_LONG_LONG, 0, j->comm, &req);
     if (is_root) {
         MPI_Wait(&req, MPI_STATUS_IGNORE);
         return;
@@ -94,9 +101,31 @@ static void cmd_bcast(long long cmd[3], MPI_Comm comm, int is_root)
         MPI_Test(&req, &done, MPI_STATUS_IGNORE);
         if (done)
             return;
+        /* a signal here (mpirun forwards it to every rank; a `kill` reaches one):
+         * the follower asks rank 0 to stop the job, once, and goes on following */
+        if (!j->stop_sent && mx_serve_signal_received()) {
+            MPI_Isend(&j->rank, 1, MPI_INT, 0, TAG_STOP_ASK, j->ctl, &j->stop_req);
+            j->stop_sent = 1;
+        }
         struct timespec nap = {0, 1000000};
         nanosleep(&nap, NULL);
     }
+}
+
+/* rank 0's stop poll (mx_serve_config_t.stop_poll): has a follower asked? */
+static int leader_stop_poll(void *arg)
+{
+    job_t *j = arg;
+    int flag = 0;
+    MPI_Status ms;
+    MPI_Iprobe(MPI_ANY_SOURCE, TAG_STOP_ASK, j->ctl, &flag, &ms);
+    if (!flag)
+        return 0;
+    int who = -1;
+    MPI_Recv(&who, 1, MPI_INT, ms.MPI_SOURCE, TAG_STOP_ASK, j->ctl, MPI_STATUS_IGNORE);
+    j->stop_asks++;
+    MX_LOG_I("serve", "rank %d got SIGTERM or SIGINT: stopping every rank", ms.MPI_SOURCE);
+    return 1;
 }
 
 /* rank 0's compute callback: tell the followers, then run. */
@@ -105,7 +134,7 @@ static mx_status_t leader_compute(int layer, size_t t, size_t h, const uint16_t 
     job_t *j = arg;
     (void)h;
     long long cmd[3] = {CMD_RUN, layer, (long long)t};
-    cmd_bcast(cmd, j->comm, 1);
+    cmd_bcast(j, cmd, 1);
     return run_one(j, layer, t, x, out);
 }
 
@@ -115,6 +144,8 @@ mx_status_t mx_serve_mpi_run(MPI_Comm comm, const mx_serve_config_t *config, mx_
     job_t j;
     memset(&j, 0, sizeof j);
     j.comm = comm;
+    j.ctl = MPI_COMM_NULL;
+    j.stop_req = MPI_REQUEST_NULL;
     j.layer = layer;
     j.arg = arg;
     MPI_Comm_rank(comm, &j.rank);
@@ -130,6 +161,8 @@ mx_status_t mx_serve_mpi_run(MPI_Comm comm, const mx_serve_config_t *config, mx_
         cfg = *config;
         cfg.compute = leader_compute;
         cfg.compute_arg = &j;
+        cfg.stop_poll = j.size > 1 ? leader_stop_poll : NULL;
+        cfg.stop_poll_arg = &j;
         st = mx_serve_create(&cfg, &server);
     }
     /* The followers learn H, or the leader's failure. */
@@ -154,6 +187,7 @@ mx_status_t mx_serve_mpi_run(MPI_Comm comm, const mx_serve_config_t *config, mx_
         return st;
     }
     j.hidden = (size_t)setup[1];
+    MPI_Comm_dup(comm, &j.ctl);
     j.counts = calloc((size_t)j.size, sizeof(int));
     j.displs = calloc((size_t)j.size, sizeof(int));
     int ok = j.counts && j.displs, all = 0;
@@ -165,13 +199,13 @@ mx_status_t mx_serve_mpi_run(MPI_Comm comm, const mx_serve_config_t *config, mx_
     if (j.rank == 0) {
         st = mx_serve_run(server);
         long long cmd[3] = {st == MX_OK ? CMD_STOP : CMD_FAIL, (long long)st, 0};
-        cmd_bcast(cmd, comm, 1);
+        cmd_bcast(&j, cmd, 1);
         if (stats_p)
             mx_serve_stats(server, stats_p);
     } else {
         for (;;) {
             long long cmd[3];
-            cmd_bcast(cmd, comm, 0);
+            cmd_bcast(&j, cmd, 0);
             if (cmd[0] == CMD_STOP)
                 break;
             if (cmd[0] == CMD_FAIL) {
@@ -181,7 +215,18 @@ mx_status_t mx_serve_mpi_run(MPI_Comm comm, const mx_serve_config_t *config, mx_
             (void)run_one(&j, (int)cmd[1], (size_t)cmd[2], NULL, NULL);
         }
     }
+    /* every stop request sent is received before the communicator goes (more
+     * than one follower may have been signalled, or one after rank 0 stopped) */
+    int sent = j.stop_sent, total = 0;
+    MPI_Reduce(&sent, &total, 1, MPI_INT, MPI_SUM, 0, j.ctl);
+    if (j.rank == 0)
+        for (int who; j.stop_asks < total; j.stop_asks++)
+            MPI_Recv(&who, 1, MPI_INT, MPI_ANY_SOURCE, TAG_STOP_ASK, j.ctl, MPI_STATUS_IGNORE);
+    else if (sent)
+        MPI_Wait(&j.stop_req, MPI_STATUS_IGNORE);
 done:
+    if (j.ctl != MPI_COMM_NULL)
+        MPI_Comm_free(&j.ctl);
     if (server)
         mx_serve_destroy(server);
     free(j.counts);

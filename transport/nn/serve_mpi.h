@@ -11,6 +11,9 @@
  *       (MINLOC: the failing rank Bcasts its error detail for the reply)
  *   stop (mx_serve_stop / SIGTERM / max_requests): the loop drains, then
  *     Bcast {STOP}                        ->  return MX_OK
+ *   a follower that gets SIGTERM/SIGINT while it waits sends rank 0 one
+ *     message on a duplicate of comm; rank 0's loop (mx_serve_config_t.stop_poll)
+ *     takes it as its own stop
  *
  * The `layer` callback is collective: it is called on every rank with that
  * rank's slice, global tokens [first, first + n_local) of t_global (n_local may
@@ -19,7 +22,7 @@
  * dispatch, experts, combine), writing out_local [n_local x hidden] BF16.
  * Call mx_serve_signals_install() on every rank first: mpirun forwards SIGTERM
  * to all ranks, and the followers must not die from it (they wait for rank 0's
- * STOP). If rank 0 cannot listen (address busy), every rank returns that error. */
+ * STOP); a signal to one follower alone stops the job too. If rank 0 cannot listen (address busy), every rank returns that error. */
 #ifndef MXEP_SERVE_MPI_H
 #define MXEP_SERVE_MPI_H
 
@@ -35,7 +38,7 @@ typedef mx_status_t (*mx_serve_layer_fn)(int layer, const uint16_t *x_local, siz
                                          size_t t_global, size_t hidden, uint16_t *out_local, void *arg);
 
 /* Collective over comm. config is read on rank 0 only (url, hidden, n_layers,
- * max_tokens, poll_ms, max_requests; its compute/compute_arg are ignored);
+ * max_tokens, poll_ms, max_requests; its compute and stop_poll are ignored);
  * other ranks may pass NULL. Returns MX_OK after a stop, or the error that
  * ended the job (the same status on every rank). stats_p (may be NULL) gets
  * rank 0's counts on rank 0. */

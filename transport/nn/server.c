@@ -242,7 +242,7 @@ static void handle(struct mx_serve *s, const void *msg, size_t len)
 
 static int stop_requested(struct mx_serve *s)
 {
-    return atomic_load(&s->stop) || g_signal_received;
+    return atomic_load(&s->stop) || g_signal_received || (s->cfg.stop_poll && s->cfg.stop_poll(s->cfg.stop_poll_arg));
 }
 
 mx_status_t mx_serve_run(mx_serve_h s)
