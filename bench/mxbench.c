@@ -57,6 +57,13 @@ static const char *USAGE = "usage: mxbench kernels [options]\n"
                            "                         (default 1): successive runs then touch different experts,\n"
                            "                         so a last-level cache larger than one batch's weights does\n"
                            "                         not serve them; weightMB is the mean over the N batches\n"
+                           "  --paired               also read a fresh window of the bandwidth buffer (2x the\n"
+                           "                         last-level cache, 64 to 256 MiB) right before each timed\n"
+                           "                         run, and print the median of those reads (pGB/s) and of\n"
+                           "                         each run's GB/s over the read before it (bw%p): a ratio\n"
+                           "                         that a machine whose bandwidth drifts during the run (a\n"
+                           "                         shared VM) does not move as much; the runs then always\n"
+                           "                         find their weights out of the cache\n"
                            "  --json FILE            also write one JSON record per case to FILE\n"
                            "  -h, --help             this text\n"
                            "\n"
@@ -182,55 +189,94 @@ static float fma_chain_scalar(long iters, float seed)
 
 static volatile double g_sink;
 
+/* The read-bandwidth buffer: 8x the last-level cache, 256 MiB to 1 GiB, first
+ * touched by the threads that read it. Kept for --paired's reads of one window
+ * of it before each timed run. */
+enum { RB_STREAMS = 8 };
+typedef struct {
+    float *buf;
+    size_t n;    /* floats */
+    size_t win;  /* floats per --paired window: 2x the last-level cache, 64 to 256 MiB */
+    size_t next; /* the next window to read */
+    int threads;
+    int streams; /* the pattern that read fastest at the start: 1 or RB_STREAMS */
+} rbuf_t;
+
+/* GB/s of one streaming read of [buf + lo, + n) by the buffer's threads, each its
+ * part as `ns` streams side by side (ns = 1: one stream) */
+static double read_pass(const rbuf_t *r, size_t lo, size_t n, int ns)
+{
+    int avx2 = 0;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    avx2 = __builtin_cpu_supports("avx2");
+#endif
+    double t0 = bench_now_s(), sum = 0.0;
+#pragma omp parallel num_threads(r->threads) reduction(+ : sum)
+    {
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        size_t chunk = (n / (size_t)nt) & ~(size_t)31, o = lo + (size_t)id * chunk;
+        size_t len = id == nt - 1 ? n - (size_t)id * chunk : chunk;
+#if defined(__x86_64__) || defined(__i386__)
+        sum += avx2 ? read_sum_avx2(r->buf + o, len, ns) : read_sum_scalar(r->buf + o, len);
+#else
+        sum += read_sum_scalar(r->buf + o, len);
+#endif
+    }
+    double dt = bench_now_s() - t0;
+    g_sink = sum;
+    (void)avx2;
+    return (double)(n * sizeof(float)) / dt / 1e9;
+}
+
 /* GB/s of a streaming read with `threads` threads: the best of 6 passes, which
  * alternate between one stream per thread and RB_STREAMS streams side by side
  * (best1 / bestn: each pattern's best). A single stream per core read less than
  * the cpu backend's own kernels on a 2.1 GHz Xeon (ratios up to 1.18 against it,
- * bench/RESULTS.md session 35), so it alone was no limit. */
-enum { RB_STREAMS = 8 };
-static double measure_read_bw(int threads, size_t *bytes_p, double *best1, double *bestn)
+ * bench/RESULTS.md session 35), so it alone was no limit. 0 when out of memory. */
+static double measure_read_bw(rbuf_t *r, int threads, double *best1, double *bestn)
 {
+    memset(r, 0, sizeof *r);
     long llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
     size_t bytes = llc > 0 ? (size_t)llc * 8 : 0;
     if (bytes < ((size_t)256 << 20))
         bytes = (size_t)256 << 20;
     if (bytes > ((size_t)1 << 30))
         bytes = (size_t)1 << 30;
-    size_t n = bytes / sizeof(float);
-    float *buf = aligned_alloc(64, n * sizeof(float));
-    if (!buf)
+    size_t win = llc > 0 ? (size_t)llc * 2 : 0;
+    if (win < ((size_t)64 << 20))
+        win = (size_t)64 << 20;
+    if (win > ((size_t)256 << 20)) /* (a VM may report its host's whole L3) */
+        win = (size_t)256 << 20;
+    if (win > bytes / 4)
+        win = bytes / 4;
+    r->n = bytes / sizeof(float);
+    r->win = win / sizeof(float);
+    r->threads = threads;
+    r->buf = aligned_alloc(64, r->n * sizeof(float));
+    if (!r->buf)
         return 0.0;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (size_t i = 0; i < n; i++)
-        buf[i] = (float)(i & 1023) * 0.001f + 1.0f; /* first touch by its reader */
-    __builtin_cpu_init();
-    int avx2 = __builtin_cpu_supports("avx2");
+    for (size_t i = 0; i < r->n; i++)
+        r->buf[i] = (float)(i & 1023) * 0.001f + 1.0f; /* first touch by its reader */
     *best1 = *bestn = 0.0;
     for (int pass = 0; pass < 6; pass++) {
         const int ns = pass & 1 ? RB_STREAMS : 1;
-        double t0 = bench_now_s(), sum = 0.0;
-#pragma omp parallel num_threads(threads) reduction(+ : sum)
-        {
-            int nt = omp_get_num_threads(), id = omp_get_thread_num();
-            size_t chunk = (n / (size_t)nt) & ~(size_t)31, lo = (size_t)id * chunk;
-            size_t len = id == nt - 1 ? n - lo : chunk;
-#if defined(__x86_64__) || defined(__i386__)
-            sum += avx2 ? read_sum_avx2(buf + lo, len, ns) : read_sum_scalar(buf + lo, len);
-#else
-            sum += read_sum_scalar(buf + lo, len);
-#endif
-        }
-        double dt = bench_now_s() - t0;
-        g_sink = sum;
-        double gbps = (double)(n * sizeof(float)) / dt / 1e9;
-        double *pb = ns > 1 ? bestn : best1;
+        double gbps = read_pass(r, 0, r->n, ns), *pb = ns > 1 ? bestn : best1;
         if (gbps > *pb)
             *pb = gbps;
     }
-    free(buf);
-    *bytes_p = n * sizeof(float);
-    (void)avx2;
+    r->streams = *best1 > *bestn ? 1 : RB_STREAMS;
     return *best1 > *bestn ? *best1 : *bestn;
+}
+
+/* --paired: GB/s of a read of the buffer's next window (the windows take turns,
+ * so none is in the last-level cache when it is read), in the start's pattern */
+static double read_window(rbuf_t *r)
+{
+    const size_t nw = r->n / r->win;
+    const size_t w = r->next++ % (nw ? nw : 1);
+    return read_pass(r, w * r->win, r->win, r->streams);
 }
 
 /* GFLOP/s of independent FMA chains; width 16 (AVX-512), 8 (AVX2) or 1. */
@@ -494,28 +540,49 @@ static double rel_l2(const uint16_t *a, const uint16_t *r, size_t n)
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
+/* --paired: each timed run right after a read of the bandwidth buffer's next
+ * window; the medians of those reads' GB/s and of each run's weight GB/s over the
+ * read just before it (per_expert: canonical weight bytes per active expert). */
+typedef struct {
+    rbuf_t *rb;
+    size_t per_expert;
+    double bw, ratio; /* out */
+} paired_t;
+
 /* Times `iters` runs after 2 warm-ups, run i taking batch bt[i % nb]; returns
- * the median in ms (< 0 on error). */
-static double time_runs(const be_t *b, const batch_t *bt, int nb, uint16_t *out, void *ws, int threads, int iters)
+ * the median in ms (< 0 on error). pr (may be NULL): paired reads, as above. */
+static double time_runs(const be_t *b, const batch_t *bt, int nb, uint16_t *out, void *ws, int threads, int iters,
+                        paired_t *pr)
 {
-    double t[256];
+    double t[256], pbw[256], rat[256];
     if (iters > 256)
         iters = 256;
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
+        if (pr)
+            (void)read_window(pr->rb);
         if (be_run(b, &bt[i % nb], bt[i % nb].n_tokens, bt[i % nb].n_assign, out, ws, threads) != MX_OK)
             return -1.0;
+    }
     double start = bench_now_s();
     int n = 0;
     for (; n < iters; n++) {
         const batch_t *bn = &bt[(n + 2) % nb];
+        if (pr)
+            pbw[n] = read_window(pr->rb);
         double t0 = bench_now_s();
         if (be_run(b, bn, bn->n_tokens, bn->n_assign, out, ws, threads) != MX_OK)
             return -1.0;
         t[n] = (bench_now_s() - t0) * 1e3;
+        if (pr)
+            rat[n] = (double)pr->per_expert * bn->active / (t[n] * 1e-3) / 1e9 / pbw[n];
         if (n >= 2 && bench_now_s() - start > 3.0) {
             n++;
             break;
         }
+    }
+    if (pr) {
+        pr->bw = bench_median(pbw, n);
+        pr->ratio = bench_median(rat, n);
     }
     return bench_median(t, n);
 }
@@ -529,7 +596,7 @@ typedef struct {
     size_t tokens[32];
     int n_tokens;
     const char *backend;
-    int threads, iters, ref_peer_max, check, rotate;
+    int threads, iters, ref_peer_max, check, rotate, paired;
     uint64_t seed;
     const char *json;
 } opts_t;
@@ -703,6 +770,8 @@ static int parse_opts(int argc, char **argv, opts_t *o)
             o->json = v;
         } else if (!strcmp(a, "--no-check")) {
             o->check = 0;
+        } else if (!strcmp(a, "--paired")) {
+            o->paired = 1;
         } else {
             fprintf(stderr, "mxbench kernels: unknown option '%s' (see --help)\n", a);
             return -1;
@@ -829,16 +898,31 @@ static int cmd_kernels(int argc, char **argv)
         width = 1;
 #endif
     fprintf(stderr, "mxbench: measuring read bandwidth and FMA peak with %d threads...\n", threads);
-    size_t rb_bytes = 0;
+    rbuf_t rbuf;
     double rb1 = 0.0, rbn = 0.0;
-    double read_bw = measure_read_bw(threads, &rb_bytes, &rb1, &rbn);
+    double read_bw = measure_read_bw(&rbuf, threads, &rb1, &rbn);
+    const size_t rb_bytes = rbuf.n * sizeof(float);
+    if (read_bw <= 0.0) {
+        fprintf(stderr, "mxbench: out of memory for the %zu MiB read-bandwidth buffer\n", rb_bytes >> 20);
+        return 1;
+    }
     double fma_peak = measure_fma_peak(threads, width);
     printf("# backend %s on %s, isa %s, %d threads\n", ops->name, dev.name, dev.isa, threads);
     printf("# measured: read bandwidth %.1f GB/s (%zu MiB buffer; 1 stream per thread %.1f, %d streams %.1f), FP32 FMA "
            "peak %.1f GFLOP/s (%d-lane FMA)\n",
            read_bw, rb_bytes >> 20, rb1, RB_STREAMS, rbn, fma_peak, width);
-    printf("%-14s %-7s %6s %6s %9s %9s %8s %9s %7s %7s %9s\n", "model", "scheme", "tokens", "active", "ms", "weightMB",
+    if (!o.paired) { /* the buffer is read again only for --paired */
+        free(rbuf.buf);
+        rbuf.buf = NULL;
+    }
+    if (o.paired)
+        printf("# paired: before each timed run a read of one %zu MiB window of that buffer, %d stream%s per thread\n",
+               rbuf.win * sizeof(float) >> 20, rbuf.streams, rbuf.streams > 1 ? "s" : "");
+    printf("%-14s %-7s %6s %6s %9s %9s %8s %9s %7s %7s %9s", "model", "scheme", "tokens", "active", "ms", "weightMB",
            "GB/s", "GFLOP/s", "bw%", "fma%", "relL2");
+    if (o.paired)
+        printf(" %8s %7s", "pGB/s", "bw%p");
+    printf("\n");
 
     jbuf_t j = {0};
     int failed = 0;
@@ -862,6 +946,8 @@ static int cmd_kernels(int argc, char **argv)
             if (experts_make(md, sc, o.seed, &ex)) {
                 fprintf(stderr, "mxbench: out of memory making experts\n");
                 experts_free(&ex);
+                free(j.buf);
+                free(rbuf.buf);
                 return 1;
             }
             be_t b, rb;
@@ -938,7 +1024,8 @@ static int cmd_kernels(int argc, char **argv)
                     free(rws);
                 }
                 fprintf(stderr, "mxbench: %s %s T=%zu: timing %s...\n", md->name, mx_scheme_name(sc), T, ops->name);
-                double ms = time_runs(&b, bts, nb, out, ws, threads, o.iters);
+                paired_t pr = {.rb = &rbuf, .per_expert = per_expert};
+                double ms = time_runs(&b, bts, nb, out, ws, threads, o.iters, o.paired ? &pr : NULL);
                 if (ms < 0) {
                     fprintf(stderr, "mxbench: %s run failed: %s\n", ops->name, mx_error_detail());
                     failed = 1;
@@ -946,19 +1033,26 @@ static int cmd_kernels(int argc, char **argv)
                 double bytes = (double)per_expert * active_sum / nb;
                 double flops = 2.0 * (double)bt.n_assign * 3.0 * (double)md->H * (double)md->I;
                 double gbps = bytes / (ms * 1e-3) / 1e9, gflops = flops / (ms * 1e-3) / 1e9;
-                printf("%-14s %-7s %6zu %6d %9.3f %9.1f %8.2f %9.2f %7.2f %7.2f %9.2e\n", md->name, mx_scheme_name(sc),
-                       T, (int)(active_sum / nb + 0.5), ms, bytes / 1e6, gbps, gflops, gbps / read_bw,
-                       gflops / fma_peak, err);
+                printf("%-14s %-7s %6zu %6d %9.3f %9.1f %8.2f %9.2f %7.2f %7.2f %9.2e", md->name, mx_scheme_name(sc), T,
+                       (int)(active_sum / nb + 0.5), ms, bytes / 1e6, gbps, gflops, gbps / read_bw, gflops / fma_peak,
+                       err);
+                if (o.paired)
+                    printf(" %8.2f %7.2f", pr.bw, pr.ratio);
+                printf("\n");
                 fflush(stdout);
                 jprintf(&j,
                         "%s  {\"model\": \"%s\", \"backend\": \"%s\", \"isa\": \"%s\", \"scheme\": \"%s\", "
                         "\"tokens\": %zu, \"top_k\": %d, \"active_experts\": %d, \"threads\": %d, \"ms\": %.6g, "
                         "\"weight_bytes\": %.0f, \"gbps\": %.6g, \"gflops\": %.6g, \"read_bw_gbps\": %.6g, "
                         "\"fma_peak_gflops\": %.6g, \"read_bw_ratio\": %.4g, \"fma_peak_ratio\": %.4g, "
-                        "\"rel_l2_vs_ref\": %.4g}",
+                        "\"rel_l2_vs_ref\": %.4g",
                         j.n++ ? ",\n" : "", md->name, ops->name, dev.isa, mx_scheme_name(sc), T, md->top_k, bt.active,
                         threads, jnum(ms), bytes, jnum(gbps), jnum(gflops), read_bw, fma_peak, jnum(gbps / read_bw),
                         jnum(gflops / fma_peak), err);
+                if (o.paired)
+                    jprintf(&j, ", \"read_bw_paired_gbps\": %.6g, \"read_bw_ratio_paired\": %.4g", jnum(pr.bw),
+                            jnum(pr.ratio));
+                jprintf(&j, "}");
                 /* the ref backend as a peer, small T only */
                 if (have_ref && (int)T <= o.ref_peer_max) {
                     size_t rwsz = ref->workspace_size(rb.packed, T, bt.n_assign);
@@ -966,7 +1060,7 @@ static int cmd_kernels(int argc, char **argv)
                     if (rws) {
                         fprintf(stderr, "mxbench: %s %s T=%zu: timing ref (peer)...\n", md->name, mx_scheme_name(sc),
                                 T);
-                        double rms = time_runs(&rb, &bt, 1, out, rws, 1, o.iters < 3 ? o.iters : 3);
+                        double rms = time_runs(&rb, &bt, 1, out, rws, 1, o.iters < 3 ? o.iters : 3, NULL);
                         double rg = bytes / (rms * 1e-3) / 1e9, rf = flops / (rms * 1e-3) / 1e9;
                         printf("%-14s %-7s %6zu %6d %9.3f %9.1f %8.2f %9.2f %7.2f %7.2f %9s  (ref peer)\n", md->name,
                                mx_scheme_name(sc), T, bt.active, rms, bytes / 1e6, rg, rf, rg / read_bw, rf / fma_peak,
@@ -995,6 +1089,7 @@ static int cmd_kernels(int argc, char **argv)
     if (o.json && json_write(o.json, &j))
         failed = 1;
     free(j.buf);
+    free(rbuf.buf);
     return failed ? 1 : 0;
 }
 
