@@ -76,8 +76,8 @@ typedef struct {
     mx_scheme_t scheme;
     mx_act_t act;
     mx_gateup_order_t order;
-    size_t hidden; /* H */
-    size_t inter;  /* I */
+    size_t hidden;      /* H */
+    size_t inter;       /* I */
     float swiglu_limit; /* gpt-oss: 7.0 */
     float swiglu_alpha; /* gpt-oss: 1.702 */
     int act_group;      /* W8A8 activation scale granularity: 0 = per token, 128 = per 128 group */
@@ -85,19 +85,19 @@ typedef struct {
 
 /* Routers (FORMATS.md Part 1, Part 2 section 7). */
 typedef enum {
-    MX_ROUTER_TOPK_SOFTMAX = 0,     /* gpt-oss: top-k of logits, softmax over the k */
-    MX_ROUTER_SOFTMAX_TOPK = 1,     /* softmax over E, top-k, renormalize if `renormalize` */
-    MX_ROUTER_SIGMOID_GROUPED = 2,  /* DeepSeek-V3: sigmoid + correction bias + grouped top-k */
-    MX_ROUTER_EXPERT_CHOICE = 3,    /* each expert takes its top-C tokens of the whole batch */
-    MX_ROUTER_GEMMA4 = 4,           /* Gemma 4: RMSNorm'd, scaled input; softmax over E, top-k, renormalize,
-                                       x per_expert_scale (FORMATS.md Part 2 section 6) */
+    MX_ROUTER_TOPK_SOFTMAX = 0,    /* gpt-oss: top-k of logits, softmax over the k */
+    MX_ROUTER_SOFTMAX_TOPK = 1,    /* softmax over E, top-k, renormalize if `renormalize` */
+    MX_ROUTER_SIGMOID_GROUPED = 2, /* DeepSeek-V3: sigmoid + correction bias + grouped top-k */
+    MX_ROUTER_EXPERT_CHOICE = 3,   /* each expert takes its top-C tokens of the whole batch */
+    MX_ROUTER_GEMMA4 = 4,          /* Gemma 4: RMSNorm'd, scaled input; softmax over E, top-k, renormalize,
+                                      x per_expert_scale (FORMATS.md Part 2 section 6) */
     MX_ROUTER_COUNT
 } mx_router_kind_t;
 
 typedef struct {
     mx_router_kind_t kind;
     int top_k;
-    int renormalize;        /* SOFTMAX_TOPK: norm_topk_prob */
+    int renormalize;         /* SOFTMAX_TOPK: norm_topk_prob */
     int n_group, topk_group; /* SIGMOID_GROUPED */
     float scaling_factor;    /* SIGMOID_GROUPED: routed_scaling_factor (1 if none) */
     float capacity_factor;   /* EXPERT_CHOICE */
@@ -107,7 +107,8 @@ typedef struct {
 #define MX_NAME_MAX 64
 typedef struct {
     char model_type[MX_NAME_MAX];   /* "gpt_oss", "qwen3_moe", "deepseek_v3", "gemma4", ... */
-    char quant_method[MX_NAME_MAX]; /* normalized: "gpt_oss_mxfp4", "mxfp4", "fp8_block", "fp8_channel", "w_mxfp4_a_fp8", "none" */
+    char quant_method[MX_NAME_MAX]; /* normalized: "gpt_oss_mxfp4", "mxfp4", "fp8_block", "fp8_channel",
+                                       "w_mxfp4_a_fp8", "none" */
     int n_layers;
     int n_experts;
     size_t hidden; /* H */
@@ -118,13 +119,21 @@ typedef struct {
                            epsilon of the Gemma 4 router's input RMSNorm */
 } mx_model_config_t;
 
-const char *mx_scheme_name(mx_scheme_t scheme);   /* "W4A16", ... */
-const char *mx_act_name(mx_act_t act);            /* "silu", "swiglu_oai", "gelu_tanh" */
-const char *mx_router_name(mx_router_kind_t kind); /* "topk_softmax", "softmax_topk", "sigmoid_grouped", "expert_choice", "gemma4" */
+const char *mx_scheme_name(mx_scheme_t scheme); /* "W4A16", ... */
+const char *mx_act_name(mx_act_t act);          /* "silu", "swiglu_oai", "gelu_tanh" */
+const char *mx_router_name(
+    mx_router_kind_t kind); /* "topk_softmax", "softmax_topk", "sigmoid_grouped", "expert_choice", "gemma4" */
 /* Parse the names above (case-insensitive); MX_ERR_INVALID naming the text otherwise. */
 mx_status_t mx_scheme_parse(const char *text, mx_scheme_t *scheme_p);
 mx_status_t mx_act_parse(const char *text, mx_act_t *act_p);
 mx_status_t mx_router_parse(const char *text, mx_router_kind_t *kind_p);
+
+/* What every backend's supports() checks first, the description's own sense:
+ * a known scheme, activation and gate/up order; 1 <= H, I <= max_dim; H and I
+ * multiples of 32 for the MXFP4 schemes (W4A16, W4A8); W8A8's act_group 0 (per
+ * token) or 128; swiglu_oai's limit and alpha above 0. 1 when all hold; else 0
+ * and, when reason_len > 0, the first that fails with the value found. */
+int mx_moe_desc_check(const mx_moe_desc_t *desc, size_t max_dim, char *reason, size_t reason_len);
 
 #ifdef __cplusplus
 }

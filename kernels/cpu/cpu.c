@@ -501,43 +501,10 @@ static mx_status_t cpu_probe(mx_device_info_t *info_p)
     return MX_OK;
 }
 
-static int decline(char *reason, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int decline(char *reason, size_t len, const char *fmt, ...)
-{
-    if (reason && len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(reason, len, fmt, ap);
-        va_end(ap);
-    }
-    return 0;
-}
-
 static int cpu_supports(const mx_device_info_t *dev, const mx_moe_desc_t *desc, char *reason, size_t reason_len)
 {
     (void)dev;
-    if (!desc)
-        return decline(reason, reason_len, "no layer description");
-    if ((int)desc->scheme < 0 || desc->scheme >= MX_SCHEME_COUNT)
-        return decline(reason, reason_len, "unknown scheme %d", (int)desc->scheme);
-    if ((int)desc->act < 0 || desc->act >= MX_ACT_COUNT)
-        return decline(reason, reason_len, "unknown activation %d", (int)desc->act);
-    if (desc->order != MX_GATEUP_HALVES && desc->order != MX_GATEUP_INTERLEAVED)
-        return decline(reason, reason_len, "unknown gate/up order %d", (int)desc->order);
-    if (desc->hidden == 0 || desc->inter == 0)
-        return decline(reason, reason_len, "empty layer: H=%zu I=%zu", desc->hidden, desc->inter);
-    if ((desc->scheme == MX_SCHEME_W4A16 || desc->scheme == MX_SCHEME_W4A8) && (desc->hidden % 32 || desc->inter % 32))
-        return decline(reason, reason_len, "%s: MXFP4 weights need H and I multiples of 32 (H=%zu I=%zu)",
-                       mx_scheme_name(desc->scheme), desc->hidden, desc->inter);
-    if (desc->scheme == MX_SCHEME_W8A8 && desc->act_group != 0 && desc->act_group != 128)
-        return decline(reason, reason_len, "W8A8: activation group %d not supported (0 = per token, or 128)",
-                       desc->act_group);
-    if (desc->act == MX_ACT_SWIGLU_OAI && !(desc->swiglu_limit > 0.0f && desc->swiglu_alpha > 0.0f))
-        return decline(reason, reason_len, "swiglu_oai needs swiglu_limit > 0 and swiglu_alpha > 0 (got %g, %g)",
-                       (double)desc->swiglu_limit, (double)desc->swiglu_alpha);
-    if (desc->hidden > ((size_t)1 << 24) || desc->inter > ((size_t)1 << 24))
-        return decline(reason, reason_len, "layer too large: H=%zu I=%zu (max 2^24)", desc->hidden, desc->inter);
-    return 1;
+    return mx_moe_desc_check(desc, (size_t)1 << 24, reason, reason_len);
 }
 
 /* ------------------------------------------------------------------ prepack */

@@ -65,15 +65,15 @@ struct mx_backend_packed {
     gmat_t m1, m2;
     float *in_scale, *down_in_scale; /* host [E], W4A8 */
     cudaStream_t stream;
-    int stream_shared; /* the stream is another packed object's (mxi_cuda_share_stream): not destroyed here */
+    int stream_shared;    /* the stream is another packed object's (mxi_cuda_share_stream): not destroyed here */
     pthread_mutex_t lock; /* run() of one packed object, one thread at a time */
     int force_cfg;
     int cc;  /* compute capability, 10 * major + minor */
     int mma; /* MXG_MMA_WGMMA on sm_90 (unless MXEP_CUDA_MMA=sync or E4M3 tokens), else MXG_MMA_SYNC */
     int pdl; /* programmatic dependent launches between the layer's kernels (sm_90; MXEP_CUDA_PDL=0 turns them off) */
-    int tokcopy; /* MXEP_CUDA_TOKCOPY=1: small batches of unquantized schemes always copy the token rows into the
-                  * decode kernel's column order first (same bits) */
-    int max_cnt; /* staged batch: rows of the busiest expert */
+    int tokcopy;     /* MXEP_CUDA_TOKCOPY=1: small batches of unquantized schemes always copy the token rows into the
+                      * decode kernel's column order first (same bits) */
+    int max_cnt;     /* staged batch: rows of the busiest expert */
     size_t l2pf_max; /* a decode-kernel GEMM whose weights take at most this many bytes prefetches them into L2
                       * while the kernel before it runs: half the L2 with dependent launches, else 0
                       * (MXEP_CUDA_L2PF=0 turns it off) */
@@ -208,24 +208,13 @@ static int cuda_supports(const mx_device_info_t *dev, const mx_moe_desc_t *desc,
             snprintf(reason, reason_len, __VA_ARGS__);                                                                 \
         return 0;                                                                                                      \
     } while (0)
-    if (!dev || !desc)
-        NO("no device or no layer description");
+    if (!dev)
+        NO("no device");
     if (dev->flags < 80)
         NO("compute capability %u.%u < 8.0 (needs BF16 mma.sync)", dev->flags / 10, dev->flags % 10);
-    if ((int)desc->scheme < 0 || desc->scheme >= MX_SCHEME_COUNT)
-        NO("unknown scheme %d", (int)desc->scheme);
-    if ((int)desc->act < 0 || desc->act >= MX_ACT_COUNT)
-        NO("unknown activation %d", (int)desc->act);
-    if (desc->order != MX_GATEUP_HALVES && desc->order != MX_GATEUP_INTERLEAVED)
-        NO("unknown gate/up order");
-    if (desc->hidden == 0 || desc->inter == 0)
-        NO("empty layer (H=%zu, I=%zu)", desc->hidden, desc->inter);
-    if (desc->hidden > (1u << 20) || desc->inter > (1u << 20))
-        NO("H or I above 2^20");
-    if ((desc->scheme == MX_SCHEME_W4A16 || desc->scheme == MX_SCHEME_W4A8) && (desc->hidden % 32 || desc->inter % 32))
-        NO("MXFP4 needs H and I multiples of 32 (H=%zu, I=%zu)", desc->hidden, desc->inter);
-    if (desc->scheme == MX_SCHEME_W8A8 && desc->act_group != 0 && desc->act_group != 128)
-        NO("W8A8 activation groups of %d (supported: per token, 128)", desc->act_group);
+    /* the description's own sense; H and I up to 2^20 on this backend */
+    if (!mx_moe_desc_check(desc, (size_t)1 << 20, reason, reason_len))
+        return 0;
     if (reason && reason_len)
         snprintf(reason, reason_len, "%s %s on %s%s", mx_scheme_name(desc->scheme), mx_act_name(desc->act), dev->isa,
                  scheme_wfmt(desc->scheme, (int)dev->flags) == MXG_W_FP8X ? " (E4M3 x E4M3 tensor cores)" : "");
@@ -248,7 +237,7 @@ static mx_status_t check_matrix(const mx_matrix_t *m, int wfmt, size_t rows, siz
         return mx_error_set(MX_ERR_INVALID, "cuda prepack: expert %d %s: MXFP4 needs E8M0 scales and cols %% 32 == 0",
                             j, name);
     if (mxg_wfmt_fp8(wfmt) && (!m->scales || (m->scale_kind != MX_WSCALE_BLOCK && m->scale_kind != MX_WSCALE_CHANNEL &&
-                                             m->scale_kind != MX_WSCALE_TENSOR)))
+                                              m->scale_kind != MX_WSCALE_TENSOR)))
         return mx_error_set(MX_ERR_INVALID,
                             "cuda prepack: expert %d %s: FP8 needs float scales (block 128x128, channel or tensor)", j,
                             name);
@@ -338,8 +327,8 @@ static void cuda_release(mx_backend_packed_t *p)
         (void)cudaStreamSynchronize(p->stream);
     gmat_free(&p->m1);
     gmat_free(&p->m2);
-    dbuf_t *bufs[] = {&p->x,   &p->meta, &p->xq, &p->grp1, &p->grp2,  &p->rs1,
-                      &p->rs2, &p->hid,  &p->hq, &p->y,    &p->out, &p->stash};
+    dbuf_t *bufs[] = {&p->x,   &p->meta, &p->xq, &p->grp1, &p->grp2, &p->rs1,
+                      &p->rs2, &p->hid,  &p->hq, &p->y,    &p->out,  &p->stash};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         dbuf_free(bufs[i]);
     if (p->stream && !p->stream_shared)

@@ -157,45 +157,12 @@ static mx_status_t ref_probe(mx_device_info_t *info_p)
     return MX_OK;
 }
 
-static int decline(char *reason, size_t len, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
-static int decline(char *reason, size_t len, const char *fmt, ...)
-{
-    if (reason && len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(reason, len, fmt, ap);
-        va_end(ap);
-    }
-    return 0;
-}
-
+/* The description's own sense is all ref needs: it runs every scheme and size
+ * the format allows (mx_moe_desc_check, H and I up to 2^24). */
 static int ref_supports(const mx_device_info_t *dev, const mx_moe_desc_t *d, char *reason, size_t reason_len)
 {
     (void)dev;
-    if (!d)
-        return decline(reason, reason_len, "no layer description");
-    if ((unsigned)d->scheme >= MX_SCHEME_COUNT)
-        return decline(reason, reason_len, "unknown scheme %d", (int)d->scheme);
-    if ((unsigned)d->act >= MX_ACT_COUNT)
-        return decline(reason, reason_len, "unknown activation %d", (int)d->act);
-    if (d->order != MX_GATEUP_HALVES && d->order != MX_GATEUP_INTERLEAVED)
-        return decline(reason, reason_len, "unknown gate/up order %d", (int)d->order);
-    if (d->hidden == 0 || d->inter == 0 || d->hidden > ((size_t)1 << 24) || d->inter > ((size_t)1 << 24))
-        return decline(reason, reason_len, "H=%zu I=%zu: expected 1..2^24 each", d->hidden, d->inter);
-    if ((d->scheme == MX_SCHEME_W4A16 || d->scheme == MX_SCHEME_W4A8) &&
-        (d->hidden % MX_MXFP4_BLOCK || d->inter % MX_MXFP4_BLOCK))
-        return decline(reason, reason_len, "%s needs H and I multiples of 32 (MXFP4 blocks), got H=%zu I=%zu",
-                       mx_scheme_name(d->scheme), d->hidden, d->inter);
-    if (d->scheme == MX_SCHEME_W8A8 && d->act_group != 0 && d->act_group != REF_ACT_GROUP)
-        return decline(reason, reason_len, "W8A8 act_group %d: expected 0 (per token) or 128", d->act_group);
-    if (d->act == MX_ACT_SWIGLU_OAI && !(d->swiglu_limit > 0.0f && d->swiglu_alpha > 0.0f))
-        return decline(reason, reason_len, "swiglu_oai needs swiglu_limit > 0 and swiglu_alpha > 0 (got %g, %g)",
-                       (double)d->swiglu_limit, (double)d->swiglu_alpha);
-    return 1;
+    return mx_moe_desc_check(d, (size_t)1 << 24, reason, reason_len);
 }
 
 /* ------------------------------------------------------------------ prepack */

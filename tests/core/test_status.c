@@ -73,6 +73,81 @@ static void test_names_parse_round_trip(void **state)
     assert_int_equal(untouched, MX_SCHEME_W8A8);
     assert_non_null(strstr(mx_error_detail(), "W3A7"));
     assert_int_equal(mx_scheme_parse(NULL, &untouched), MX_ERR_INVALID);
+    /* a refused name's error lists every accepted one */
+    mx_router_kind_t rk = MX_ROUTER_TOPK_SOFTMAX;
+    assert_int_equal(mx_router_parse("top2", &rk), MX_ERR_INVALID);
+    for (int r = 0; r < MX_ROUTER_COUNT; r++)
+        if (!strstr(mx_error_detail(), mx_router_name((mx_router_kind_t)r)))
+            fail_msg("'%s' does not name router %s", mx_error_detail(), mx_router_name((mx_router_kind_t)r));
+    mx_act_t ak = MX_ACT_SILU;
+    assert_int_equal(mx_act_parse("relu", &ak), MX_ERR_INVALID);
+    for (int a = 0; a < MX_ACT_COUNT; a++)
+        if (!strstr(mx_error_detail(), mx_act_name((mx_act_t)a)))
+            fail_msg("'%s' does not name activation %s", mx_error_detail(), mx_act_name((mx_act_t)a));
+}
+
+/* mx_moe_desc_check: every rule, each failure named with the value found, and
+ * nothing written past reason_len */
+static void test_moe_desc_check_names_what_fails(void **state)
+{
+    (void)state;
+    const mx_moe_desc_t good = {.scheme = MX_SCHEME_W4A16,
+                                .act = MX_ACT_SWIGLU_OAI,
+                                .order = MX_GATEUP_INTERLEAVED,
+                                .hidden = 2880,
+                                .inter = 2880,
+                                .swiglu_limit = 7.0f,
+                                .swiglu_alpha = 1.702f};
+    char why[256];
+    assert_int_equal(mx_moe_desc_check(&good, 4096, why, sizeof why), 1);
+    assert_int_equal(mx_moe_desc_check(&good, 4096, NULL, 0), 1);
+    struct {
+        mx_moe_desc_t d;
+        size_t max_dim;
+        const char *want;
+    } bad[] = {
+        {good, 2048, "H=2880 I=2880: expected 1..2048 each"},
+        {good, 4096, NULL}, /* scheme 9 */
+        {good, 4096, NULL}, /* activation 7 */
+        {good, 4096, NULL}, /* order 3 */
+        {good, 4096, "H=0 I=2880"},
+        {good, 4096, "W4A8 needs H and I multiples of 32 (MXFP4 blocks), got H=2880 I=2890"},
+        {good, 4096, "W8A8 activation groups of 64 (act_group 64): expected 0 (per token) or 128"},
+        {good, 4096, "swiglu_oai needs swiglu_limit > 0 and swiglu_alpha > 0 (got 0, 1.702)"},
+        {good, 4096, "swiglu_alpha > 0 (got 7, -1)"},
+    };
+    bad[1].d.scheme = (mx_scheme_t)9, bad[1].want = "unknown scheme 9";
+    bad[2].d.act = (mx_act_t)7, bad[2].want = "unknown activation 7";
+    bad[3].d.order = (mx_gateup_order_t)3, bad[3].want = "unknown gate/up order 3";
+    bad[4].d.hidden = 0;
+    bad[5].d.scheme = MX_SCHEME_W4A8, bad[5].d.inter = 2890;
+    bad[6].d.scheme = MX_SCHEME_W8A8, bad[6].d.act_group = 64;
+    bad[7].d.swiglu_limit = 0.0f;
+    bad[8].d.swiglu_alpha = -1.0f;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memset(why, 'x', sizeof why);
+        assert_int_equal(mx_moe_desc_check(&bad[i].d, bad[i].max_dim, why, sizeof why), 0);
+        if (!strstr(why, bad[i].want))
+            fail_msg("case %zu: reason '%s' lacks '%s'", i, why, bad[i].want);
+        assert_int_equal(mx_moe_desc_check(&bad[i].d, bad[i].max_dim, NULL, 0), 0);
+    }
+    /* the same rules hold elsewhere: W8A8 per 128, BF16 weights any size, other activations no SwiGLU params */
+    mx_moe_desc_t d = good;
+    d.scheme = MX_SCHEME_W8A8, d.act_group = 128;
+    assert_int_equal(mx_moe_desc_check(&d, 4096, why, sizeof why), 1);
+    d = good;
+    d.scheme = MX_SCHEME_W16A16, d.hidden = 33, d.inter = 7;
+    assert_int_equal(mx_moe_desc_check(&d, 4096, why, sizeof why), 1);
+    d = good;
+    d.act = MX_ACT_SILU, d.swiglu_limit = 0.0f, d.swiglu_alpha = 0.0f;
+    assert_int_equal(mx_moe_desc_check(&d, 4096, why, sizeof why), 1);
+    assert_int_equal(mx_moe_desc_check(NULL, 4096, why, sizeof why), 0);
+    assert_non_null(strstr(why, "no layer description"));
+    /* a short buffer holds a cut, terminated reason */
+    char tiny[8];
+    memset(tiny, 'x', sizeof tiny);
+    assert_int_equal(mx_moe_desc_check(&bad[7].d, 4096, tiny, sizeof tiny), 0);
+    assert_string_equal(tiny, "swiglu_");
 }
 
 int main(void)
@@ -82,6 +157,7 @@ int main(void)
         cmocka_unit_test(test_error_set_returns_status_and_keeps_detail),
         cmocka_unit_test(test_error_detail_truncates_long_messages),
         cmocka_unit_test(test_names_parse_round_trip),
+        cmocka_unit_test(test_moe_desc_check_names_what_fails),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -580,6 +580,14 @@ static void test_cuda_supports_declines_with_reasons(void **state)
     d = make_desc(MX_SCHEME_W4A16, MX_ACT_SILU, 80, 256);
     assert_false(mx_backend_cuda.supports(&g_dev, &d, why, sizeof why));
     assert_non_null(strstr(why, "multiples of 32"));
+    /* SwiGLU-OAI without its clamp (ref and cpu refuse it too: mx_moe_desc_check) */
+    d = make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 256, 256);
+    d.swiglu_limit = 0.0f;
+    assert_false(mx_backend_cuda.supports(&g_dev, &d, why, sizeof why));
+    assert_non_null(strstr(why, "swiglu_limit"));
+    d = make_desc(MX_SCHEME_W16A16, MX_ACT_SILU, (size_t)1 << 21, 256);
+    assert_false(mx_backend_cuda.supports(&g_dev, &d, why, sizeof why));
+    assert_non_null(strstr(why, "expected 1..1048576"));
     mx_device_info_t old = g_dev;
     old.flags = 75;
     d = make_desc(MX_SCHEME_W16A16, MX_ACT_SILU, 64, 64);
