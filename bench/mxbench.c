@@ -70,7 +70,8 @@ static const char *USAGE = "usage: mxbench kernels [options]\n"
                            "Environment: MXEP_CPU_ISA=scalar|avx2|avx512|amx caps the cpu backend's ISA level\n"
                            "(amx: AMX-INT8 tiles for MXFP4 weights; only on request).\n"
                            "Progress goes to stderr, the table to stdout. Exit status: 0 ok, 1 a check\n"
-                           "failed or a backend error, 2 bad usage.\n";
+                           "failed or a backend error, 2 bad usage (found before anything is measured,\n"
+                           "a --json path that cannot be written included).\n";
 
 /* ------------------------------------------------------------------ machine peaks */
 
@@ -729,17 +730,19 @@ static int parse_opts(int argc, char **argv, opts_t *o)
             o->backend = v;
         } else if (!strcmp(a, "--threads")) {
             NEED_VALUE
-            if (parse_pos(v, a, 4096, &x) || x == 0) {
-                if (x == 0)
-                    fprintf(stderr, "mxbench: --threads must be >= 1\n");
+            if (parse_pos(v, a, 4096, &x))
+                return -1;
+            if (x == 0) {
+                fprintf(stderr, "mxbench: --threads must be >= 1\n");
                 return -1;
             }
             o->threads = (int)x;
         } else if (!strcmp(a, "--iters")) {
             NEED_VALUE
-            if (parse_pos(v, a, 256, &x) || x == 0) {
-                if (x == 0)
-                    fprintf(stderr, "mxbench: --iters must be >= 1\n");
+            if (parse_pos(v, a, 256, &x))
+                return -1;
+            if (x == 0) {
+                fprintf(stderr, "mxbench: --iters must be >= 1\n");
                 return -1;
             }
             o->iters = (int)x;
@@ -749,15 +752,12 @@ static int parse_opts(int argc, char **argv, opts_t *o)
                 return -1;
             o->ref_peer_max = (int)x;
         } else if (!strcmp(a, "--rotate")) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "mxbench: --rotate needs a value\n");
-                return 2;
-            }
-            char *end;
-            long x = strtol(argv[++i], &end, 10);
-            if (*end || x < 1 || x > 64) {
+            NEED_VALUE
+            if (parse_pos(v, a, 64, &x))
+                return -1;
+            if (x == 0) {
                 fprintf(stderr, "mxbench: --rotate must be 1..64\n");
-                return 2;
+                return -1;
             }
             o->rotate = (int)x;
         } else if (!strcmp(a, "--seed")) {
@@ -777,6 +777,13 @@ static int parse_opts(int argc, char **argv, opts_t *o)
             return -1;
         }
 #undef NEED_VALUE
+    }
+    if ((set_models && !o->n_models) || (set_schemes && !o->n_schemes) || (set_tokens && !o->n_tokens)) {
+        fprintf(stderr, "mxbench: --%s: an empty list\n",
+                set_models && !o->n_models     ? "model"
+                : set_schemes && !o->n_schemes ? "scheme"
+                                               : "tokens");
+        return -1;
     }
     if (!set_models)
         for (int i = 0; i < N_MODELS; i++)
@@ -866,6 +873,17 @@ static int cmd_kernels(int argc, char **argv)
     }
     if (pr < 0)
         return 2;
+    if (o.json) { /* a path that cannot be written fails now, not after the run */
+        char tmp[4096];
+        FILE *f = snprintf(tmp, sizeof tmp, "%s.tmp", o.json) < (int)sizeof tmp ? fopen(tmp, "w") : NULL;
+        if (!f) {
+            fprintf(stderr, "mxbench: --json %s: cannot create %s.tmp: %s\n", o.json, o.json,
+                    strlen(o.json) + 5 > sizeof tmp ? "path too long" : strerror(errno));
+            return 2;
+        }
+        fclose(f);
+        remove(tmp);
+    }
     const mx_backend_ops_t *ops = mx_backend_find(o.backend);
     if (!ops) {
         fprintf(stderr, "mxbench: --backend '%s': no such backend in this build (registered:", o.backend);
