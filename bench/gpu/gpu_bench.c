@@ -4,6 +4,7 @@
  * Checks the output against the CPU reference before timing. */
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#include <errno.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -308,8 +309,8 @@ static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, const mx_run_ar
         }
         ev[r] = ms * 1e3;
     }
-    printf("trace T=%zu: us from the first CTA start, median of %d cold layers (events: %.1f us per layer)\n", T, TRACE_N,
-           bench_median(ev, TRACE_N));
+    printf("trace T=%zu: us from the first CTA start, median of %d cold layers (events: %.1f us per layer)\n", T,
+           TRACE_N, bench_median(ev, TRACE_N));
     printf("  %-28s %8s %8s %8s %8s %8s %8s %5s %5s %5s\n", "kernel", "start0", "start1", "ready0", "ready1", "end0",
            "end1", "CTAs", "SMs", "max");
     for (int s = 0; s < MXG_TR_SLOTS; s++) {
@@ -348,6 +349,20 @@ static int print_trace(cudaStream_t st, mx_backend_packed_t *pk, const mx_run_ar
     return 0;
 }
 
+/* A whole decimal integer in [lo, hi] for option `opt`, else 0 after the message. */
+static int num_arg(const char *opt, const char *v, long long lo, long long hi, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi) {
+        fprintf(stderr, "mxgpu_bench: %s '%s': expected an integer %lld..%lld\n", opt, v, lo, hi);
+        return 0;
+    }
+    *out = x;
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     size_t tokens[32] = {1, 8, 64, 512, 2048, 8192};
@@ -379,37 +394,52 @@ int main(int argc, char **argv)
             return 2;
         }
         i++;
+        long long x = 0;
         if (!strcmp(a, "--tokens")) {
             n_tok = 0;
-            for (char *s = (char *)v; *s && n_tok < 32;) {
+            for (const char *s = v;;) {
                 char *end;
+                errno = 0;
                 long t = strtol(s, &end, 10);
-                if (end == s || t <= 0) {
-                    fprintf(stderr, "mxgpu_bench: --tokens %s: expected positive integers separated by commas\n", v);
+                if (errno || end == s || t <= 0 || t > (1L << 20) || (*end && *end != ',') || n_tok == 32) {
+                    fprintf(stderr,
+                            "mxgpu_bench: --tokens %s: expected at most 32 integers 1..%ld separated by commas\n", v,
+                            1L << 20);
                     return 2;
                 }
                 tokens[n_tok++] = (size_t)t;
-                s = *end == ',' ? end + 1 : end;
-                if (*end && *end != ',') {
-                    fprintf(stderr, "mxgpu_bench: --tokens %s: expected positive integers separated by commas\n", v);
-                    return 2;
-                }
+                if (!*end)
+                    break;
+                s = end + 1;
             }
-        } else if (!strcmp(a, "--experts"))
-            E = atoi(v);
-        else if (!strcmp(a, "--top-k"))
-            K = atoi(v);
-        else if (!strcmp(a, "--hidden"))
-            H = (size_t)atol(v);
-        else if (!strcmp(a, "--inter"))
-            I = (size_t)atol(v);
-        else if (!strcmp(a, "--iters"))
-            iters = atoi(v);
-        else if (!strcmp(a, "--copies"))
-            copies = atoi(v);
-        else if (!strcmp(a, "--seed"))
-            seed = (uint64_t)strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--json"))
+        } else if (!strcmp(a, "--experts")) {
+            if (!num_arg(a, v, 1, 1 << 16, &x))
+                return 2;
+            E = (int)x;
+        } else if (!strcmp(a, "--top-k")) {
+            if (!num_arg(a, v, 1, 1 << 10, &x))
+                return 2;
+            K = (int)x;
+        } else if (!strcmp(a, "--iters")) {
+            if (!num_arg(a, v, 1, 100000, &x))
+                return 2;
+            iters = (int)x;
+        } else if (!strcmp(a, "--copies")) {
+            if (!num_arg(a, v, 1, 16, &x))
+                return 2;
+            copies = (int)x;
+        } else if (!strcmp(a, "--hidden") || !strcmp(a, "--inter")) {
+            if (!num_arg(a, v, 32, 1 << 20, &x))
+                return 2;
+            if (!strcmp(a, "--hidden"))
+                H = (size_t)x;
+            else
+                I = (size_t)x;
+        } else if (!strcmp(a, "--seed")) {
+            if (!num_arg(a, v, 0, 1LL << 62, &x))
+                return 2;
+            seed = (uint64_t)x;
+        } else if (!strcmp(a, "--json"))
             json = v;
         else if (!strcmp(a, "--scheme")) {
             if (mx_scheme_parse(v, &scheme) != MX_OK) {
@@ -421,8 +451,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (E < 1 || K < 1 || K > E || iters < 1 || H < 32 || I < 32 || copies < 1 || copies > 16) {
-        fprintf(stderr, "mxgpu_bench: need experts >= top-k >= 1, iters >= 1, H and I >= 32, copies in [1, 16]\n");
+    if (K > E) {
+        fprintf(stderr, "mxgpu_bench: --top-k %d is more than --experts %d\n", K, E);
         return 2;
     }
     mx_device_info_t dev;
@@ -481,8 +511,7 @@ int main(int argc, char **argv)
     /* rot_ms: the other copies of the layer enqueue on pk's stream */
     mx_backend_packed_t *cp[16] = {pk};
     for (int c = 1; c < copies; c++)
-        if (mx_backend_cuda.prepack(&dev, &d, g.ex, E, &cp[c]) != MX_OK ||
-            mxi_cuda_share_stream(cp[c], pk) != MX_OK) {
+        if (mx_backend_cuda.prepack(&dev, &d, g.ex, E, &cp[c]) != MX_OK || mxi_cuda_share_stream(cp[c], pk) != MX_OK) {
             fprintf(stderr, "mxgpu_bench: copy %d of the weights (--copies): %s\n", c, mx_error_detail());
             return 1;
         }
@@ -661,8 +690,7 @@ int main(int argc, char **argv)
         double rgbs = p->rot_ms > 0 ? p->bytes / (p->rot_ms * 1e-3) / 1e9 : 0.0;
         printf("%6zu %6d %4s %10.4f %10.4f %9.0f %7.1f%% %9.1f %7.1f%% %9.2f %9.2f %9.4f %7.1f%% %9.4f %7.1f%% %9.4f "
                "%7.1f%% %.2e%s\n",
-               p->T,
-               p->n_active,
+               p->T, p->n_active,
                p->cfg == 0   ? "S"
                : p->cfg == 1 ? "M"
                              : "L",
@@ -698,8 +726,7 @@ int main(int argc, char **argv)
                     "\"tflops\":%.2f,\"cublas_ratio\":%.4f,\"rel_l2\":%.3e}",
                     i ? "," : "", p->T, p->n_active, p->cfg, p->layer_ms, p->run_ms, p->pipe_ms, p->cold_ms, gbs,
                     gbs / bw, p->bytes / (p->pipe_ms * 1e-3) / 1e9 / bw, p->bytes / (p->cold_ms * 1e-3) / 1e9 / bw,
-                    p->rot_ms, p->rot_ms > 0 ? p->bytes / (p->rot_ms * 1e-3) / 1e9 / bw : -1.0, tfs,
-                    tfs / tf, p->err);
+                    p->rot_ms, p->rot_ms > 0 ? p->bytes / (p->rot_ms * 1e-3) / 1e9 / bw : -1.0, tfs, tfs / tf, p->err);
         }
         fprintf(f, "],\"check_ok\":%s}\n", bad ? "false" : "true");
         fclose(f);

@@ -3,23 +3,7 @@
 # usage: test_mxckpt_cli.sh MXCKPT
 set -u
 mx="$1"
-tmp="$(mktemp -d "${TMPDIR:-/tmp}/mxep-cli-XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-check() { # check NAME EXPECTED_RC COMMAND... ; output in $tmp/out
-  local name="$1" want="$2"
-  shift 2
-  "$@" >"$tmp/out" 2>&1
-  local rc=$?
-  if [ "$rc" -ne "$want" ]; then
-    echo "FAIL $name: exit $rc, expected $want"; cat "$tmp/out"; fails=$((fails + 1))
-  else
-    echo "ok   $name"
-  fi
-}
-has() { # has NAME TEXT: the last output contains TEXT
-  if ! grep -qF -- "$2" "$tmp/out"; then echo "FAIL $1: output lacks '$2'"; cat "$tmp/out"; fails=$((fails + 1)); fi
-}
+. "$(dirname "$0")/../cli_check.sh"
 
 check help 0 "$mx" --help
 has help "mxckpt make --preset NAME --layers N --seed S --out DIR"
@@ -88,5 +72,4 @@ else
   echo "ok   make-sigterm"
 fi
 
-if [ "$fails" -ne 0 ]; then echo "$fails failures"; exit 1; fi
-echo "all passed"
+cli_done

@@ -1,29 +1,12 @@
 #!/usr/bin/env bash
-# mxbench's command line: --help, and bad options refused (exit 2, the option named)
-# before anything is measured (no "measuring" line: a bad value never costs a run).
-# usage: test_mxbench_cli.sh MXBENCH
+# The benchmarks' command lines: --help, and bad options refused (exit 2, the option
+# named) before anything is measured (mxbench: no "measuring" line, so a bad value never
+# costs a run; mxgpu_bench: before it looks for a device, so these need none).
+# usage: test_bench_cli.sh MXBENCH [MXGPU_BENCH]
 set -u
 mx="$1"
-tmp="$(mktemp -d "${TMPDIR:-/tmp}/mxep-bench-cli-XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-check() { # check NAME EXPECTED_RC COMMAND... ; output in $tmp/out
-  local name="$1" want="$2"
-  shift 2
-  timeout 60 "$@" >"$tmp/out" 2>&1
-  local rc=$?
-  if [ "$rc" -ne "$want" ]; then
-    echo "FAIL $name: exit $rc, expected $want"; cat "$tmp/out"; fails=$((fails + 1))
-  else
-    echo "ok   $name"
-  fi
-}
-has() { # has NAME TEXT: the last output contains TEXT
-  if ! grep -qF -- "$2" "$tmp/out"; then echo "FAIL $1: output lacks '$2'"; cat "$tmp/out"; fails=$((fails + 1)); fi
-}
-lacks() { # lacks NAME TEXT
-  if grep -qF -- "$2" "$tmp/out"; then echo "FAIL $1: output has '$2'"; cat "$tmp/out"; fails=$((fails + 1)); fi
-}
+gpu="${2:-}"
+. "$(dirname "$0")/../cli_check.sh"
 refused() { # refused NAME TEXT ARGS...: exit 2 naming TEXT, nothing measured
   local name="$1" text="$2"
   shift 2
@@ -59,8 +42,27 @@ refused json-unwritable "--json $tmp/no/such/dir/r.json: cannot create" --json "
 [ -e "$tmp/no" ] && { echo "FAIL json-unwritable: created $tmp/no"; fails=$((fails + 1)); }
 refused backend-bogus "no such backend" --backend nosuch
 
-if [ "$fails" -ne 0 ]; then
-  echo "$fails failed"
-  exit 1
+if [ -n "$gpu" ]; then
+  gpu_refused() { # gpu_refused NAME TEXT ARGS...: exit 2 naming TEXT, before the device probe
+    local name="gpu-$1" text="$2"
+    shift 2
+    check "$name" 2 "$gpu" "$@"
+    has "$name" "$text"
+    lacks "$name" "cuda:"
+  }
+  check gpu-help 0 "$gpu" --help
+  has gpu-help "--copies N"
+  gpu_refused experts-suffix "--experts '32abc': expected an integer 1..65536" --experts 32abc
+  gpu_refused iters-zero "--iters '0'" --iters 0
+  gpu_refused hidden-fraction "--hidden '2880.5'" --hidden 2880.5
+  gpu_refused seed-negative "--seed '-1'" --seed -1
+  gpu_refused copies-big "--copies '17': expected an integer 1..16" --copies 17
+  gpu_refused tokens-empty-item "--tokens 1,,8" --tokens 1,,8
+  gpu_refused tokens-trailing "--tokens 1,8," --tokens 1,8,
+  gpu_refused tokens-zero "--tokens 0" --tokens 0
+  gpu_refused topk-over-experts "--top-k 5 is more than --experts 4" --top-k 5 --experts 4
+  gpu_refused scheme-bogus "--scheme W3A3" --scheme W3A3
+  gpu_refused unknown-option "--bogus: unknown option" --bogus 1
 fi
-echo "all passed"
+
+cli_done
