@@ -312,6 +312,37 @@ def case_errors(args, n):
         script = (f'if [ "${{OMPI_COMM_WORLD_RANK:-0}}" = "{last}" ]; then exec {w} bench --model /nonexistent/mxep '
                   f'--iters 1; else exec {w} bench --preset tiny --iters 1; fi')
         refused(args, ["sh", "-c", script], n, must=(f"rank {last} failed", "/nonexistent/mxep"))
+        # a rank that dies mid-job (SIGKILL: no handler runs): the whole job ends soon, non-zero, the rank named
+        cmd = mpi_cmd(args, [w, "bench", "--preset", "tiny", "--iters", "1000000", "--quiet"], n)
+        print(f"[start] {' '.join(cmd)}")
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            t0 = time.time()
+            victim = []
+            while not victim and time.time() - t0 < 30 and p.poll() is None:
+                time.sleep(0.5)
+                victim = [c for c in children(p.pid) if mpi_rank(c) == last]
+            if not victim:
+                raise Fail(f"rank {last} of the bench not found under mpirun (exit {p.poll()})")
+            time.sleep(1.0)  # inside the timed loop
+            t0 = time.time()
+            os.kill(victim[0], signal.SIGKILL)
+            try:
+                out, _ = p.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                raise Fail(f"rank {last} killed: the job did not end within 30 s (a hang)")
+            if p.returncode == 0 or f"rank {last}" not in out:
+                raise Fail(f"rank {last} killed: exit {p.returncode}, expected non-zero naming rank {last}:\n{out}")
+            print(f"[{time.time() - t0:5.1f}s] rank {last} killed mid-bench: the job ended, exit {p.returncode}")
+        finally:
+            if p.poll() is None:
+                for c in children(p.pid):
+                    try:
+                        os.kill(c, signal.SIGKILL)
+                    except OSError:
+                        pass
+                p.kill()
+                p.wait()
 
 
 def free_tcp_port():
