@@ -88,6 +88,9 @@ int mxi_hip_arch_supports(const mxi_hip_arch_t *a, const mx_moe_desc_t *desc, ch
         NO("%s: not a CDNA target this backend knows (gfx90a, gfx940-942, gfx950)", a->arch);
     if (!a->mfma_bf16)
         NO("%s: no BF16 matrix cores", a->arch);
+    /* the description's own sense, as every backend (H and I up to 2^20, as the cuda backend) */
+    if (!mx_moe_desc_check(desc, (size_t)1 << 20, reason, reason_len))
+        return 0;
     int fp8_act = desc->scheme == MX_SCHEME_W4A8 || desc->scheme == MX_SCHEME_W8A8;
     int fp8_w = desc->scheme == MX_SCHEME_W8A16 || desc->scheme == MX_SCHEME_W8A8;
     if ((fp8_act || fp8_w) && !a->fp8)

@@ -17,6 +17,9 @@ static mx_moe_desc_t desc_of(mx_scheme_t s)
     memset(&d, 0, sizeof d);
     d.scheme = s;
     d.act = MX_ACT_SWIGLU_OAI;
+    d.order = MX_GATEUP_INTERLEAVED;
+    d.swiglu_limit = 7.0f;
+    d.swiglu_alpha = 1.702f;
     d.hidden = d.inter = 2880;
     return d;
 }
@@ -87,6 +90,16 @@ static void test_hip_fp8_schemes_are_declined_for_fnuz_and_for_gfx90a(void **sta
     assert_int_equal(mxi_hip_arch_parse("gfx1100", &a), MX_OK);
     assert_false(mxi_hip_arch_supports(&a, &d, why, sizeof why));
     assert_non_null(strstr(why, "gfx1100"));
+    /* a description no backend can run is named as such, not as this arch's shortcoming */
+    assert_int_equal(mxi_hip_arch_parse("gfx942", &a), MX_OK);
+    d = desc_of(MX_SCHEME_W4A16);
+    d.inter = 2890;
+    assert_false(mxi_hip_arch_supports(&a, &d, why, sizeof why));
+    assert_non_null(strstr(why, "multiples of 32"));
+    d = desc_of(MX_SCHEME_W4A16);
+    d.swiglu_limit = 0.0f;
+    assert_false(mxi_hip_arch_supports(&a, &d, why, sizeof why));
+    assert_non_null(strstr(why, "swiglu_limit"));
 }
 
 static void test_hip_probe_without_amd_gpu_reports_no_device(void **state)
