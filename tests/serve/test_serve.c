@@ -633,6 +633,43 @@ static void test_serve_stop_drains_the_request_in_flight(void **state)
     mx_serve_destroy(f.server);
 }
 
+/* The stop poll (mx_serve_config_t.stop_poll, how mx_serve_mpi_run hears of a signal
+ * on another rank): asked before each request and every poll_ms while idle; its first
+ * non-zero answer stops the loop, and it is not asked again after that. */
+static int g_polls;
+static int stop_on_third_poll(void *arg)
+{
+    (void)arg;
+    return ++g_polls >= 3;
+}
+
+static void test_serve_stop_poll_stops_the_loop(void **state)
+{
+    (void)state;
+    char url[64];
+    int port = free_tcp_port();
+    assert_true(port > 0);
+    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", port);
+    mx_serve_config_t cfg = {.url = url,
+                             .hidden = HID,
+                             .n_layers = LAYERS,
+                             .poll_ms = 20,
+                             .compute = compute_cb,
+                             .stop_poll = stop_on_third_poll};
+    mx_serve_h srv = NULL;
+    assert_int_equal(mx_serve_create(&cfg, &srv), MX_OK);
+    g_polls = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(mx_serve_run(srv), MX_OK); /* idle: three polls, 20 ms apart */
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    assert_int_equal(g_polls, 3);
+    const double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    if (ms > 5000.0)
+        fail_msg("the loop took %.0f ms to stop after the poll said so", ms);
+    mx_serve_destroy(srv);
+}
+
 static void test_serve_create_refuses_bad_config_and_busy_address(void **state)
 {
     (void)state;
@@ -831,6 +868,7 @@ int main(void)
         cmocka_unit_test(test_serve_client_that_disconnects_mid_request_leaves_server_serving),
         cmocka_unit_test(test_serve_message_over_the_transport_limit_is_cut_and_serving_continues),
         cmocka_unit_test(test_serve_stop_drains_the_request_in_flight),
+        cmocka_unit_test(test_serve_stop_poll_stops_the_loop),
         cmocka_unit_test(test_serve_create_refuses_bad_config_and_busy_address),
         cmocka_unit_test(test_client_without_server_times_out),
         cmocka_unit_test(test_mxclient_cli_sends_safetensors_and_writes_the_reply),
