@@ -834,10 +834,16 @@ static double jnum(double v)
     return isfinite(v) ? v : -1.0;
 }
 
+/* PATH.tmp, which --json writes before renaming it to PATH; 0 when it does not fit */
+static int json_tmp(const char *path, char *tmp, size_t cap)
+{
+    return snprintf(tmp, cap, "%s.tmp", path) < (int)cap;
+}
+
 static int json_write(const char *path, const jbuf_t *j)
 {
     char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+    if (!json_tmp(path, tmp, sizeof tmp)) {
         fprintf(stderr, "mxbench: --json path too long\n");
         return -1;
     }
@@ -875,10 +881,10 @@ static int cmd_kernels(int argc, char **argv)
         return 2;
     if (o.json) { /* a path that cannot be written fails now, not after the run */
         char tmp[4096];
-        FILE *f = snprintf(tmp, sizeof tmp, "%s.tmp", o.json) < (int)sizeof tmp ? fopen(tmp, "w") : NULL;
+        FILE *f = json_tmp(o.json, tmp, sizeof tmp) ? fopen(tmp, "w") : NULL;
         if (!f) {
             fprintf(stderr, "mxbench: --json %s: cannot create %s.tmp: %s\n", o.json, o.json,
-                    strlen(o.json) + 5 > sizeof tmp ? "path too long" : strerror(errno));
+                    json_tmp(o.json, tmp, sizeof tmp) ? strerror(errno) : "path too long");
             return 2;
         }
         fclose(f);
