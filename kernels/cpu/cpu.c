@@ -9,7 +9,6 @@
  * The GEMM kernel is picked once per prepack from the CPU's ISA level; see
  * cpu_internal.h for the numerics contract that makes it batch invariant. */
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -19,7 +19,6 @@
  * gigabytes for gpt-oss); a row is decoded once per chunk of up to REF_CHUNK
  * assignments of one expert. This file is built with -ffp-contract=off. */
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
