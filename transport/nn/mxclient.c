@@ -2,6 +2,7 @@
  * serve) and writes the layer output. See --help and docs/PROTOCOL.md. */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,20 @@ static int usage_error(const char *fmt, const char *arg)
     fprintf(stderr, "mxclient: error: ");
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\nmxclient: run \"mxclient --help\" for usage\n");
+    return 2;
+}
+
+/* A raw input the batch cannot be made of: the message, the file's bytes freed, exit 2. */
+static int input_error(unsigned char *data, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int input_error(unsigned char *data, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "mxclient: error: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    free(data);
     return 2;
 }
 
@@ -326,25 +341,18 @@ int main(int argc, char **argv)
             free(data);
             return usage_error("%s", "raw input needs --hidden H (1..65536)");
         }
-        if (len == 0 || len % row) {
-            fprintf(stderr,
-                    "mxclient: error: '%s' has %zu bytes: expected a whole number (>= 1) of rows of %ld %s "
-                    "values (%zu bytes)\n",
-                    input, len, hidden, dtype_s, row);
-            free(data);
-            return 2;
-        }
+        if (len == 0 || len % row)
+            return input_error(
+                data, "'%s' has %zu bytes: expected a whole number (>= 1) of rows of %ld %s values (%zu bytes)", input,
+                len, hidden, dtype_s, row);
         t = len / row;
         h = (size_t)hidden;
         payload = data;
-        if (t > MX_SERVE_WIRE_MAX_TOKENS) {
-            fprintf(stderr,
-                    "mxclient: error: '%s' holds %zu rows of %ld %s values: expected at most %u (the protocol's "
-                    "limit; split the batch)\n",
-                    input, t, hidden, dtype_s, MX_SERVE_WIRE_MAX_TOKENS);
-            free(data);
-            return 2;
-        }
+        if (t > MX_SERVE_WIRE_MAX_TOKENS)
+            return input_error(data,
+                               "'%s' holds %zu rows of %ld %s values: expected at most %u (the protocol's limit; "
+                               "split the batch)",
+                               input, t, hidden, dtype_s, MX_SERVE_WIRE_MAX_TOKENS);
     }
 
     mx_client_h client = NULL;
