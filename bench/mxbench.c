@@ -201,17 +201,13 @@ typedef struct {
     size_t next; /* the next window to read */
     int threads;
     int streams; /* the pattern that read fastest at the start: 1 or RB_STREAMS */
+    int avx2;    /* the reads take AVX2 loads (cpuid, asked once) */
 } rbuf_t;
 
 /* GB/s of one streaming read of [buf + lo, + n) by the buffer's threads, each its
  * part as `ns` streams side by side (ns = 1: one stream) */
 static double read_pass(const rbuf_t *r, size_t lo, size_t n, int ns)
 {
-    int avx2 = 0;
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    avx2 = __builtin_cpu_supports("avx2");
-#endif
     double t0 = bench_now_s(), sum = 0.0;
 #pragma omp parallel num_threads(r->threads) reduction(+ : sum)
     {
@@ -219,14 +215,13 @@ static double read_pass(const rbuf_t *r, size_t lo, size_t n, int ns)
         size_t chunk = (n / (size_t)nt) & ~(size_t)31, o = lo + (size_t)id * chunk;
         size_t len = id == nt - 1 ? n - (size_t)id * chunk : chunk;
 #if defined(__x86_64__) || defined(__i386__)
-        sum += avx2 ? read_sum_avx2(r->buf + o, len, ns) : read_sum_scalar(r->buf + o, len);
+        sum += r->avx2 ? read_sum_avx2(r->buf + o, len, ns) : read_sum_scalar(r->buf + o, len);
 #else
         sum += read_sum_scalar(r->buf + o, len);
 #endif
     }
     double dt = bench_now_s() - t0;
     g_sink = sum;
-    (void)avx2;
     return (double)(n * sizeof(float)) / dt / 1e9;
 }
 
@@ -254,6 +249,10 @@ static double measure_read_bw(rbuf_t *r, int threads, double *best1, double *bes
     r->n = bytes / sizeof(float);
     r->win = win / sizeof(float);
     r->threads = threads;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    r->avx2 = __builtin_cpu_supports("avx2");
+#endif
     r->buf = aligned_alloc(64, r->n * sizeof(float));
     if (!r->buf)
         return 0.0;
