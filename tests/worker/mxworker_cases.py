@@ -335,14 +335,7 @@ def case_errors(args, n):
                 raise Fail(f"rank {last} killed: exit {p.returncode}, expected non-zero naming rank {last}:\n{out}")
             print(f"[{time.time() - t0:5.1f}s] rank {last} killed mid-bench: the job ended, exit {p.returncode}")
         finally:
-            if p.poll() is None:
-                for c in children(p.pid):
-                    try:
-                        os.kill(c, signal.SIGKILL)
-                    except OSError:
-                        pass
-                p.kill()
-                p.wait()
+            kill_job(p)
 
 
 def free_tcp_port():
@@ -366,6 +359,18 @@ def children(pid):
             except (OSError, ValueError, IndexError):
                 pass
     return out
+
+
+def kill_job(p):
+    """an mpirun still running: its rank processes and itself killed, waited for"""
+    if p.poll() is None:
+        for c in children(p.pid):
+            try:
+                os.kill(c, signal.SIGKILL)
+            except OSError:
+                pass
+        p.kill()
+        p.wait()
 
 
 def mpi_rank(pid):
@@ -414,14 +419,7 @@ class Server:
             return None
 
     def kill(self):
-        if self.p.poll() is None:
-            for c in children(self.p.pid):
-                try:
-                    os.kill(c, signal.SIGKILL)
-                except OSError:
-                    pass
-            self.p.kill()
-            self.p.wait()
+        kill_job(self.p)
 
 
 def client(args, url, inp, out, extra=(), timeout_ms=20000):
