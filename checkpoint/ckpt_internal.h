@@ -9,6 +9,10 @@
 
 #define MXI_ST_HEADER_MAX ((uint64_t)100 * 1000 * 1000) /* safetensors' limit */
 
+/* 64-bit FNV-1a of a NUL-terminated string: the name table's hash, and the synthetic
+ * models' seed of a family name (so the generated values depend on it). */
+uint64_t mxi_fnv1a(const char *s);
+
 /* ---------------------------------------------------------------- name table (open addressing) */
 typedef struct {
     size_t cap;        /* power of two */

@@ -67,7 +67,7 @@ mx_status_t mx_st_dtype_parse(const char *text, mx_st_dtype_t *dtype_p)
 }
 
 /* ---------------------------------------------------------------- name table */
-static uint64_t fnv1a(const char *s)
+uint64_t mxi_fnv1a(const char *s)
 {
     uint64_t h = 1469598103934665603ull;
     for (; *s; s++)
@@ -104,7 +104,7 @@ void mxi_names_fini(mxi_names_t *t)
 
 int mxi_names_put(mxi_names_t *t, const char *key, int val, int *old_p)
 {
-    size_t i = fnv1a(key) & (t->cap - 1);
+    size_t i = mxi_fnv1a(key) & (t->cap - 1);
     while (t->keys[i]) {
         if (strcmp(t->keys[i], key) == 0) {
             if (old_p)
@@ -122,7 +122,7 @@ int mxi_names_get(const mxi_names_t *t, const char *key)
 {
     if (!t->cap)
         return -1;
-    size_t i = fnv1a(key) & (t->cap - 1);
+    size_t i = mxi_fnv1a(key) & (t->cap - 1);
     while (t->keys[i]) {
         if (strcmp(t->keys[i], key) == 0)
             return t->vals[i];

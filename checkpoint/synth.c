@@ -234,14 +234,6 @@ static inline uint64_t rnd(uint64_t key, uint64_t ctr)
     return mix64(key + (ctr + 1) * 0x9E3779B97F4A7C15ull);
 }
 
-static uint64_t str_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 1099511628211ull;
-    return h;
-}
-
 enum {
     T_GU = 1, /* fused gate_up (gpt-oss) or gate (2-D) */
     T_UP = 2,
@@ -260,7 +252,7 @@ enum {
 
 static uint64_t key_of(const mxi_preset_t *p, uint64_t seed, int layer, int expert, int tensor)
 {
-    uint64_t k = mix64(str_hash(p->family) ^ mix64(seed + 0x1234567ull));
+    uint64_t k = mix64(mxi_fnv1a(p->family) ^ mix64(seed + 0x1234567ull));
     k = mix64(k ^ ((uint64_t)(uint32_t)layer * 0xD6E8FEB86659FD93ull));
     k = mix64(k ^ ((uint64_t)(uint32_t)(expert + 1) * 0xA0761D6478BD642Full));
     return mix64(k ^ ((uint64_t)(uint32_t)tensor * 0xE7037ED1A0B428DBull));
