@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,9 @@ struct mx_ckpt {
 /* ---------------------------------------------------------------- small helpers */
 static mx_status_t read_text(const char *path, char **text_p, size_t *len_p)
 {
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) /* a FIFO would block the read, a folder has no size */
+        return mx_error_set(MX_ERR_IO, "%s: not a regular file (expected a JSON file)", path);
     FILE *f = fopen(path, "rb");
     if (!f)
         return mx_error_set(MX_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
@@ -298,6 +302,14 @@ mx_status_t mx_ckpt_open(const char *dir, mx_ckpt_h *ckpt_p)
     if ((st = open_tensors(ck)))
         goto fail;
     detect_layout(ck);
+    /* blocks + scales are MXFP4 whatever the config says: the original OpenAI
+     * checkpoint's config has no quantization_config at all */
+    if (strcmp(ck->cfg.quant_method, "none") == 0 &&
+        (ck->layout == MXI_LAYOUT_OPENAI_ORIGINAL || ck->layout == MXI_LAYOUT_GPT_OSS_FUSED)) {
+        snprintf(ck->cfg.quant_method, sizeof ck->cfg.quant_method, "%s",
+                 strcmp(ck->cfg.model_type, "gpt_oss") == 0 ? "gpt_oss_mxfp4" : "mxfp4");
+        ck->cfg.moe.scheme = MX_SCHEME_W4A16;
+    }
     free(text);
     free(path);
     *ckpt_p = ck;
@@ -426,6 +438,17 @@ static float scalar_at(const mx_st_tensor_t *t, size_t i)
 }
 
 static const mx_st_dtype_t float_dtypes[2] = {MX_ST_F32, MX_ST_BF16};
+
+/* A scale value read from tensor t at index i: finite and > 0 (POS) or >= 0;
+ * anything else (NaN, an infinity, a negative) would only show later as NaN
+ * or sign-flipped outputs. */
+static mx_status_t check_scale(const mx_st_tensor_t *t, size_t i, float v, int pos)
+{
+    if (isfinite(v) && (pos ? v > 0.0f : v >= 0.0f))
+        return MX_OK;
+    return mx_error_set(MX_ERR_FORMAT, "%s: tensor '%s' value %zu is %g, expected a finite scale %s 0", t->file,
+                        t->name, i, (double)v, pos ? ">" : ">=");
+}
 
 /* ---------------------------------------------------------------- router */
 void mx_router_weights_fini(mx_router_weights_t *r)
@@ -652,6 +675,7 @@ typedef struct {
     const mx_st_tensor_t *bias_t;
     const uint8_t *bias_data;
     float input_scale;
+    const char *name; /* the weight tensor's name (messages) */
 } msrc_t;
 
 static float scale_at(const msrc_t *s, size_t i)
@@ -708,11 +732,21 @@ static mx_status_t stacked_kind(mx_ckpt_h ck, const msrc_t *src, int n, mx_wscal
     return MX_OK;
 }
 
-/* Copies `n` sources stacked by rows into the canonical matrix m (allocated). */
-static void stack_into(mx_matrix_t *m, const msrc_t *src, int n, float *bias_out)
+/* The index in its whole tensor of value i of a source's scales (bias: 1). */
+static size_t src_index(const msrc_t *s, int bias, size_t i)
+{
+    const mx_st_tensor_t *t = bias ? s->bias_t : s->scale_t;
+    const uint8_t *d = bias ? s->bias_data : s->scale_data;
+    return (size_t)(d - t->data) / (t->dtype == MX_ST_F32 ? 4 : 2) + i;
+}
+
+/* Copies `n` sources stacked by rows into the canonical matrix m (allocated);
+ * FP8 scales must be finite and >= 0, biases finite (named otherwise). */
+static mx_status_t stack_into(mx_matrix_t *m, const msrc_t *src, int n, float *bias_out)
 {
     uint8_t *d = (uint8_t *)m->data;
     size_t off = 0, soff = 0, row0 = 0;
+    mx_status_t st;
     for (int i = 0; i < n; i++) {
         size_t db, sb;
         mxi_matrix_bytes(src[i].fmt, src[i].sk, src[i].rows, src[i].cols, &db, &sb);
@@ -723,21 +757,31 @@ static void stack_into(mx_matrix_t *m, const msrc_t *src, int n, float *bias_out
             soff += sb;
         } else if (m->fmt == MX_WFMT_FP8) {
             float *fs = (float *)m->scales;
+            const size_t ns = m->scale_kind == MX_WSCALE_CHANNEL ? (src[i].sk == MX_WSCALE_CHANNEL ? src[i].rows : 1)
+                                                                 : sb / sizeof(float);
+            for (size_t k = 0; k < ns; k++)
+                if ((st = check_scale(src[i].scale_t, src_index(&src[i], 0, k), scale_at(&src[i], k), 0)))
+                    return st;
             if (m->scale_kind == MX_WSCALE_CHANNEL) {
                 for (size_t r = 0; r < src[i].rows; r++)
                     fs[row0 + r] = scale_at(&src[i], src[i].sk == MX_WSCALE_CHANNEL ? r : 0);
             } else {
-                size_t ns = sb / sizeof(float);
                 for (size_t k = 0; k < ns; k++)
                     fs[soff + k] = scale_at(&src[i], k);
                 soff += ns;
             }
         }
         if (bias_out && src[i].bias_t)
-            for (size_t r = 0; r < src[i].rows; r++)
-                bias_out[row0 + r] = bias_at(&src[i], r);
+            for (size_t r = 0; r < src[i].rows; r++) {
+                const float b = bias_at(&src[i], r);
+                if (!isfinite(b))
+                    return mx_error_set(MX_ERR_FORMAT, "%s: tensor '%s' value %zu is %g, expected a finite bias",
+                                        src[i].bias_t->file, src[i].bias_t->name, src_index(&src[i], 1, r), (double)b);
+                bias_out[row0 + r] = b;
+            }
         row0 += src[i].rows;
     }
+    return MX_OK;
 }
 
 static mx_status_t fill_expert(mx_ckpt_h ck, mx_expert_set_h set, int i, const msrc_t *gu, int n_gu, const msrc_t *dn)
@@ -750,6 +794,18 @@ static mx_status_t fill_expert(mx_ckpt_h ck, mx_expert_set_h set, int i, const m
     size_t rows = 0;
     for (int k = 0; k < n_gu; k++)
         rows += gu[k].rows;
+    /* with a quantization_config, every expert in the format of its scheme: a mix would
+     * only be refused by the backend's prepack, by a rank-local index */
+    const mx_wfmt_t want = mx_scheme_wfmt(ck->cfg.moe.scheme);
+    for (int k = 0; k <= n_gu && strcmp(ck->cfg.quant_method, "none") != 0; k++) {
+        const msrc_t *x = k < n_gu ? &gu[k] : dn;
+        if (x->fmt != want)
+            return mx_error_set(MX_ERR_FORMAT,
+                                "%s: expert %d: tensor '%s' holds %s weights; the config's scheme %s "
+                                "(quant_method %s) needs %s",
+                                ck->dir, set->ids[i], x->name ? x->name : "?", mx_wfmt_name(x->fmt),
+                                mx_scheme_name(ck->cfg.moe.scheme), ck->cfg.quant_method, mx_wfmt_name(want));
+    }
     w->gate_up = (mx_matrix_t){gu[0].fmt, sk, rows, gu[0].cols, NULL, NULL};
     w->down = (mx_matrix_t){dn->fmt, dn->sk, dn->rows, dn->cols, NULL, NULL};
     int gub = gu[0].bias_t != NULL, dnb = dn->bias_t != NULL;
@@ -759,8 +815,9 @@ static mx_status_t fill_expert(mx_ckpt_h ck, mx_expert_set_h set, int i, const m
                                 ck->dir, set->ids[i]);
     if ((st = mxi_expert_alloc(set, i, gub, dnb)))
         return st;
-    stack_into(&w->gate_up, gu, n_gu, (float *)w->gate_up_bias);
-    stack_into(&w->down, dn, 1, (float *)w->down_bias);
+    if ((st = stack_into(&w->gate_up, gu, n_gu, (float *)w->gate_up_bias)) ||
+        (st = stack_into(&w->down, dn, 1, (float *)w->down_bias)))
+        return st;
     float in = 0.0f;
     for (int k = 0; k < n_gu; k++)
         if (gu[k].input_scale > in)
@@ -808,14 +865,12 @@ static mx_status_t input_scale_of(mx_ckpt_h ck, const char *P, const char *suffi
     if (st)
         return st;
     size_t n = t->nbytes / (t->dtype == MX_ST_F32 ? 4 : 2);
-    if (n == (size_t)E)
-        *v_p = scalar_at(t, (size_t)j);
-    else if (n == 1)
-        *v_p = scalar_at(t, 0);
-    else
+    if (n != (size_t)E && n != 1)
         return mx_error_set(MX_ERR_FORMAT, "%s: tensor '%s' has %zu values, expected %d (one per expert) or 1", t->file,
                             t->name, n, E);
-    return MX_OK;
+    const size_t at = n == 1 ? 0 : (size_t)j;
+    *v_p = scalar_at(t, at);
+    return check_scale(t, at, *v_p, 1);
 }
 
 static mx_status_t load_fused_mxfp4(mx_ckpt_h ck, int layer, const char *P, const char *const nm[6], const char *in_gu,
@@ -830,10 +885,12 @@ static mx_status_t load_fused_mxfp4(mx_ckpt_h ck, int layer, const char *P, cons
     mx_status_t st;
     int64_t d_gb[4] = {E, 2 * I, H / 32, 16}, d_gs[3] = {E, 2 * I, H / 32}, d_gbias[2] = {E, 2 * I};
     int64_t d_db[4] = {E, H, I / 32, 16}, d_ds[3] = {E, H, I / 32}, d_dbias[2] = {E, H};
+    /* gpt-oss has expert biases: one missing would only change the numbers */
+    const int bias = strcmp(ck->cfg.model_type, "gpt_oss") == 0;
     if ((st = fused(ck, layer, P, nm[0], 1, 4, d_gb, &gb)) || (st = fused(ck, layer, P, nm[1], 1, 3, d_gs, &gs)) ||
-        (st = fused(ck, layer, P, nm[2], 0, 2, d_gbias, &gbias)) ||
+        (st = fused(ck, layer, P, nm[2], bias, 2, d_gbias, &gbias)) ||
         (st = fused(ck, layer, P, nm[3], 1, 4, d_db, &db)) || (st = fused(ck, layer, P, nm[4], 1, 3, d_ds, &ds)) ||
-        (st = fused(ck, layer, P, nm[5], 0, 2, d_dbias, &dbias)))
+        (st = fused(ck, layer, P, nm[5], bias, 2, d_dbias, &dbias)))
         return st;
     if ((st = expect_dtype(gb, 1, u8_dtypes, "U8 (packed E2M1 pairs)")) ||
         (st = expect_dtype(db, 1, u8_dtypes, "U8 (packed E2M1 pairs)")) ||
@@ -853,7 +910,8 @@ static mx_status_t load_fused_mxfp4(mx_ckpt_h ck, int layer, const char *P, cons
                      slice(gs, j, (int)E),
                      gbias,
                      gbias ? slice(gbias, j, (int)E) : NULL,
-                     0.0f};
+                     0.0f,
+                     gb->name};
         msrc_t dn = {MX_WFMT_MXFP4,
                      MX_WSCALE_E8M0_32,
                      (size_t)H,
@@ -863,7 +921,8 @@ static mx_status_t load_fused_mxfp4(mx_ckpt_h ck, int layer, const char *P, cons
                      slice(ds, j, (int)E),
                      dbias,
                      dbias ? slice(dbias, j, (int)E) : NULL,
-                     0.0f};
+                     0.0f,
+                     db->name};
         if ((in_gu && (st = input_scale_of(ck, P, in_gu, j, (int)E, &gu.input_scale))) ||
             (in_dn && (st = input_scale_of(ck, P, in_dn, j, (int)E, &dn.input_scale))) ||
             (st = fill_expert(ck, set, i, &gu, 1, &dn)))
@@ -872,13 +931,59 @@ static mx_status_t load_fused_mxfp4(mx_ckpt_h ck, int layer, const char *P, cons
     return MX_OK;
 }
 
-/* The format of one [rows x cols] weight (tensor w, expert slice wd) and its
- * scale tensor s (expert slice sd, `s_lead` leading dims to skip). */
+/* Whether scale tensor s (lead_e: its leading dimension of lead_e experts, 0 =
+ * a per-expert tensor) has the shape of scale kind sk for a [rows x cols]
+ * weight: per tensor [] or ones, per channel [rows] or [rows, 1], 128x128
+ * blocks [ceil(rows/128), ceil(cols/128)], MXFP4 [rows, cols/32]; *want gets
+ * that shape in words. */
+static int scale_shape_ok(const mx_st_tensor_t *s, int64_t lead_e, mx_wscale_t sk, size_t rows, size_t cols, char *want,
+                          size_t cap)
+{
+    const int lead = lead_e ? 1 : 0, nd = s->ndim - lead;
+    const int64_t *sh = s->shape + lead, R = (int64_t)rows, rb = (int64_t)((rows + 127) / 128),
+                  cb = (int64_t)((cols + 127) / 128);
+    char e[40] = "";
+    if (lead)
+        snprintf(e, sizeof e, "%lld, ", (long long)lead_e);
+    int ok = nd >= 0 && (!lead || s->shape[0] == lead_e);
+    switch (sk) {
+    case MX_WSCALE_TENSOR:
+        snprintf(want, cap, "[%s1] (per tensor)", e);
+        for (int i = 0; ok && i < nd; i++)
+            ok = sh[i] == 1;
+        break;
+    case MX_WSCALE_CHANNEL:
+        snprintf(want, cap, "[%s%lld] or [%s%lld, 1] (per channel)", e, (long long)R, e, (long long)R);
+        ok = ok && ((nd == 1 && sh[0] == R) || (nd == 2 && sh[0] == R && sh[1] == 1));
+        break;
+    case MX_WSCALE_BLOCK:
+        snprintf(want, cap, "[%s%lld, %lld] (128x128 blocks)", e, (long long)rb, (long long)cb);
+        ok = ok && nd == 2 && sh[0] == rb && sh[1] == cb;
+        break;
+    default: /* MXFP4 */
+        snprintf(want, cap, "[%s%lld, %lld] (one E8M0 per 32 columns)", e, (long long)R, (long long)(cols / 32));
+        ok = ok && nd == 2 && sh[0] == R && sh[1] == (int64_t)(cols / 32);
+        break;
+    }
+    return ok;
+}
+
+static mx_status_t scale_shape_error(const mx_st_tensor_t *s, const char *want)
+{
+    char a[160];
+    shape_str(s->shape, s->ndim, a, sizeof a);
+    return mx_error_set(MX_ERR_FORMAT, "%s: scale tensor '%s' has shape %s, expected %s", s->file, s->name, a, want);
+}
+
+/* The format of one [rows x cols] weight (tensor w) and its scale tensor s
+ * (n_scales values per expert; lead_e: s holds lead_e experts along its first
+ * dimension, 0 = s is the expert's own). */
 static mx_status_t classify(mx_ckpt_h ck, const mx_st_tensor_t *w, const mx_st_tensor_t *s, size_t rows, size_t cols,
-                            size_t n_scales, msrc_t *m)
+                            size_t n_scales, int64_t lead_e, msrc_t *m)
 {
     m->rows = rows;
     m->cols = cols;
+    char want[160] = "";
     if (w->dtype == MX_ST_BF16) {
         m->fmt = MX_WFMT_BF16;
         m->sk = MX_WSCALE_NONE;
@@ -895,20 +1000,32 @@ static mx_status_t classify(mx_ckpt_h ck, const mx_st_tensor_t *w, const mx_st_t
             return st;
         size_t nb = ((rows + 127) / 128) * ((cols + 127) / 128);
         int block_pref = strcmp(ck->cfg.quant_method, "fp8_block") == 0;
+        /* the kinds whose count matches, in order of preference; the first whose shape matches */
+        mx_wscale_t cand[4];
+        int nc = 0;
         if (n_scales == 1)
-            m->sk = MX_WSCALE_TENSOR;
-        else if (block_pref && n_scales == nb)
-            m->sk = MX_WSCALE_BLOCK;
-        else if (n_scales == rows)
-            m->sk = MX_WSCALE_CHANNEL;
-        else if (n_scales == nb)
-            m->sk = MX_WSCALE_BLOCK;
-        else
+            cand[nc++] = MX_WSCALE_TENSOR;
+        if (block_pref && n_scales == nb)
+            cand[nc++] = MX_WSCALE_BLOCK;
+        if (n_scales == rows)
+            cand[nc++] = MX_WSCALE_CHANNEL;
+        if (!block_pref && n_scales == nb)
+            cand[nc++] = MX_WSCALE_BLOCK;
+        if (nc == 0)
             return mx_error_set(MX_ERR_FORMAT,
                                 "%s: scale tensor '%s' has %zu values per expert; expected 1 (per tensor), %zu (per "
                                 "channel) or %zu (128x128 blocks)",
                                 s->file, s->name, n_scales, rows, nb);
-        return MX_OK;
+        char first[160] = "";
+        for (int c = 0; c < nc; c++) {
+            if (scale_shape_ok(s, lead_e, cand[c], rows, cols, want, sizeof want)) {
+                m->sk = cand[c];
+                return MX_OK;
+            }
+            if (c == 0)
+                snprintf(first, sizeof first, "%s", want);
+        }
+        return scale_shape_error(s, first);
     }
     if (w->dtype == MX_ST_U8) {
         m->fmt = MX_WFMT_MXFP4;
@@ -919,6 +1036,8 @@ static mx_status_t classify(mx_ckpt_h ck, const mx_st_tensor_t *w, const mx_st_t
         if (!s || (s->dtype != MX_ST_U8 && s->dtype != MX_ST_F8_E8M0) || n_scales != rows * (cols / 32))
             return mx_error_set(MX_ERR_FORMAT, "%s: MXFP4 tensor '%s' needs a U8/F8_E8M0 scale tensor of %zu bytes",
                                 w->file, w->name, rows * (cols / 32));
+        if (!scale_shape_ok(s, lead_e, MX_WSCALE_E8M0_32, rows, cols, want, sizeof want))
+            return scale_shape_error(s, want);
         return MX_OK;
     }
     return mx_error_set(MX_ERR_FORMAT, "%s: expert weight '%s' is %s, expected BF16, F8_E4M3 or U8 (MXFP4)", w->file,
@@ -974,9 +1093,10 @@ static mx_status_t load_w13(mx_ckpt_h ck, int layer, const char *P, mx_expert_se
         for (int k = 0; k < 2; k++) {
             memset(&m[k], 0, sizeof m[k]);
             size_t ns = s[k] ? elem_count(s[k]) / (size_t)E : 0;
-            if ((st = classify(ck, w[k], s[k], rows[k], cols[k], ns, &m[k])))
+            if ((st = classify(ck, w[k], s[k], rows[k], cols[k], ns, E, &m[k])))
                 return st;
             m[k].data = slice(w[k], j, (int)E);
+            m[k].name = w[k]->name;
             m[k].scale_t = s[k];
             m[k].scale_data = s[k] ? slice(s[k], j, (int)E) : NULL;
             m[k].bias_t = b[k];
@@ -1034,7 +1154,8 @@ static mx_status_t load_3d_halves(mx_ckpt_h ck, int layer, const char *P, mx_exp
                             NULL,
                             b[k],
                             b[k] ? slice(b[k], j, (int)E) : NULL,
-                            0.0f};
+                            0.0f,
+                            w[k]->name};
         }
         if ((st = fill_expert(ck, set, i, &m[0], 1, &m[1])))
             return st;
@@ -1060,9 +1181,10 @@ static mx_status_t source_2d(mx_ckpt_h ck, int layer, const char *P, int j, cons
         s = find(ck, name);
     }
     memset(m, 0, sizeof *m);
-    if ((st = classify(ck, w, s, rows, cols, s ? elem_count(s) : 0, m)))
+    if ((st = classify(ck, w, s, rows, cols, s ? elem_count(s) : 0, 0, m)))
         return st;
     m->data = w->data;
+    m->name = w->name;
     m->scale_t = s;
     m->scale_data = s ? s->data : NULL;
     snprintf(name, sizeof name, "%s.bias", base);
@@ -1083,6 +1205,8 @@ static mx_status_t source_2d(mx_ckpt_h ck, int layer, const char *P, int j, cons
             return mx_error_set(MX_ERR_FORMAT, "%s: tensor '%s' has %zu values, expected 1 (static per-tensor scale)",
                                 in->file, in->name, elem_count(in));
         m->input_scale = scalar_at(in, 0);
+        if ((st = check_scale(in, 0, m->input_scale, 1)))
+            return st;
     }
     return MX_OK;
 }
@@ -1114,14 +1238,21 @@ mx_status_t mx_ckpt_load_experts(mx_ckpt_h ck, int layer, const int *expert_ids,
     mx_status_t st = check_layer(ck, layer);
     if (st)
         return st;
+    uint8_t *seen = calloc((size_t)ck->cfg.n_experts + 1, 1); /* one pass: n_ids may be 2^20 */
+    if (!seen)
+        return mx_error_set(MX_ERR_NOMEM, "mx_ckpt_load_experts: %d experts", ck->cfg.n_experts);
     for (int i = 0; i < n_ids; i++) {
-        if (expert_ids[i] < 0 || expert_ids[i] >= ck->cfg.n_experts)
-            return mx_error_set(MX_ERR_INVALID, "expert id %d out of range (the model has %d experts)", expert_ids[i],
-                                ck->cfg.n_experts);
-        for (int k = 0; k < i; k++)
-            if (expert_ids[k] == expert_ids[i])
-                return mx_error_set(MX_ERR_INVALID, "expert id %d listed twice", expert_ids[i]);
+        const int id = expert_ids[i];
+        if (id < 0 || id >= ck->cfg.n_experts || seen[id]) {
+            free(seen);
+            if (id < 0 || id >= ck->cfg.n_experts)
+                return mx_error_set(MX_ERR_INVALID, "expert id %d out of range (the model has %d experts)", id,
+                                    ck->cfg.n_experts);
+            return mx_error_set(MX_ERR_INVALID, "expert id %d listed twice", id);
+        }
+        seen[id] = 1;
     }
+    free(seen);
     mx_expert_set_h set;
     if ((st = mxi_expert_set_create(expert_ids, n_ids, &set)))
         return st;

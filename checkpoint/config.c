@@ -84,10 +84,35 @@ static int starts(const char *s, const char *prefix)
     return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
-static const char *str_of(const cJSON *o, const char *key)
+/* String field `key` of object o (`in`: where o is, for the message), NULL
+ * when absent or null; any other type sets *st (the first error wins) and
+ * gives NULL, so that a field of the wrong type is refused, not taken as absent. */
+static const char *str_of(const cJSON *o, const char *key, const char *src, const char *in, mx_status_t *st)
 {
     const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
-    return cJSON_IsString(v) ? v->valuestring : NULL;
+    if (!v || cJSON_IsNull(v))
+        return NULL;
+    if (cJSON_IsString(v))
+        return v->valuestring;
+    if (*st == MX_OK)
+        *st = mx_error_set(MX_ERR_FORMAT, "%s: \"%s\"%s%s must be a string", src, key, in ? " in " : "", in ? in : "");
+    return NULL;
+}
+
+/* Integer field `key` of object o: dflt when absent or null; a value that is not
+ * a whole number in [lo, hi] sets *st (the first error wins) and gives dflt. */
+static int int_of(const cJSON *o, const char *key, int dflt, int lo, int hi, const char *src, const char *in,
+                  mx_status_t *st)
+{
+    const cJSON *v = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
+    if (!v || cJSON_IsNull(v))
+        return dflt;
+    if (cJSON_IsNumber(v) && floor(v->valuedouble) == v->valuedouble && v->valuedouble >= lo && v->valuedouble <= hi)
+        return (int)v->valuedouble;
+    if (*st == MX_OK)
+        *st = mx_error_set(MX_ERR_FORMAT, "%s: \"%s\"%s%s must be an integer in [%d, %d]", src, key, in ? " in " : "",
+                           in ? in : "", lo, hi);
+    return dflt;
 }
 
 static void set_quant(mx_model_config_t *m, const char *method, mx_scheme_t scheme, int act_group)
@@ -109,21 +134,22 @@ static mx_status_t norm_compressed_tensors(const cJSON *q, const char *src, mx_m
     if (!cJSON_IsObject(w))
         return mx_error_set(MX_ERR_FORMAT, "%s: compressed-tensors group '%s' has no \"weights\" object", src,
                             g->string ? g->string : "?");
-    const cJSON *bits = cJSON_GetObjectItemCaseSensitive(w, "num_bits");
-    const char *type = str_of(w, "type");
-    const char *strat = str_of(w, "strategy");
-    int nb = cJSON_IsNumber(bits) ? bits->valueint : 0;
+    mx_status_t st = MX_OK;
+    const char *type = str_of(w, "type", src, "weights", &st);
+    const char *strat = str_of(w, "strategy", src, "weights", &st);
+    int nb = int_of(w, "num_bits", 0, 1, 64, src, "weights", &st);
     int act = cJSON_IsObject(a);
     int act_group = 0;
     int act_static = 0;
     if (act) {
-        const char *as = str_of(a, "strategy");
+        const char *as = str_of(a, "strategy", src, "input_activations", &st);
         const cJSON *dyn = cJSON_GetObjectItemCaseSensitive(a, "dynamic");
-        const cJSON *gs = cJSON_GetObjectItemCaseSensitive(a, "group_size");
         act_static = cJSON_IsFalse(dyn);
         if (as && strcmp(as, "group") == 0)
-            act_group = cJSON_IsNumber(gs) ? gs->valueint : 128;
+            act_group = int_of(a, "group_size", 128, 1, 1 << 20, src, "input_activations", &st);
     }
+    if (st)
+        return st;
     if (nb == 8 && type && strcmp(type, "float") == 0 && strat) {
         mx_scheme_t s = act ? MX_SCHEME_W8A8 : MX_SCHEME_W8A16;
         if (strcmp(strat, "channel") == 0)
@@ -140,10 +166,10 @@ static mx_status_t norm_compressed_tensors(const cJSON *q, const char *src, mx_m
         return MX_OK;
     }
     if (nb == 4 && type && strcmp(type, "float") == 0) {
-        const cJSON *gs = cJSON_GetObjectItemCaseSensitive(w, "group_size");
-        if (!cJSON_IsNumber(gs) || gs->valueint != 32)
-            return mx_error_set(MX_ERR_UNSUPPORTED,
-                                "%s: compressed-tensors 4-bit float weights need group_size 32 (MXFP4)", src);
+        if (int_of(w, "group_size", 0, 0, 1 << 20, src, "weights", &st) != 32 || st)
+            return st ? st
+                      : mx_error_set(MX_ERR_UNSUPPORTED,
+                                     "%s: compressed-tensors 4-bit float weights need group_size 32 (MXFP4)", src);
         if (act && act_static)
             set_quant(m, "w_mxfp4_a_fp8", MX_SCHEME_W4A8, 0);
         else
@@ -168,8 +194,11 @@ static mx_status_t norm_quark(const cJSON *q, const char *src, mx_model_config_t
     const cJSON *in = cJSON_GetObjectItemCaseSensitive(g, "input_tensors");
     if (cJSON_IsArray(in))
         in = cJSON_GetArrayItem(in, 0);
-    const char *wd = str_of(w, "dtype");
-    const char *id = cJSON_IsObject(in) ? str_of(in, "dtype") : NULL;
+    mx_status_t st = MX_OK;
+    const char *wd = str_of(w, "dtype", src, "global_quant_config.weight", &st);
+    const char *id = cJSON_IsObject(in) ? str_of(in, "dtype", src, "global_quant_config.input_tensors", &st) : NULL;
+    if (st)
+        return st;
     if (!wd)
         return mx_error_set(MX_ERR_FORMAT, "%s: quark global_quant_config.weight.dtype missing", src);
     if (strcmp(wd, "fp4") == 0 || strcmp(wd, "mxfp4") == 0) {
@@ -183,7 +212,9 @@ static mx_status_t norm_quark(const cJSON *q, const char *src, mx_model_config_t
         return MX_OK;
     }
     if (strcmp(wd, "fp8_e4m3") == 0) {
-        const char *qs = str_of(w, "qscheme");
+        const char *qs = str_of(w, "qscheme", src, "global_quant_config.weight", &st);
+        if (st)
+            return st;
         mx_scheme_t s = id ? MX_SCHEME_W8A8 : MX_SCHEME_W8A16;
         if (qs && strcmp(qs, "per_channel") == 0)
             set_quant(m, "fp8_channel", s, 0);
@@ -203,7 +234,10 @@ static mx_status_t norm_quant(const cfgsrc_t *c, const char *src, mx_model_confi
     }
     if (!cJSON_IsObject(q))
         return mx_error_set(MX_ERR_FORMAT, "%s: \"quantization_config\" must be an object", src);
-    const char *qm = str_of(q, "quant_method");
+    mx_status_t st = MX_OK;
+    const char *qm = str_of(q, "quant_method", src, "quantization_config", &st);
+    if (st)
+        return st;
     if (!qm)
         return mx_error_set(MX_ERR_FORMAT, "%s: quantization_config has no string \"quant_method\"", src);
     if (strcasecmp(qm, "mxfp4") == 0) {
@@ -216,18 +250,22 @@ static mx_status_t norm_quant(const cfgsrc_t *c, const char *src, mx_model_confi
     }
     if (strcasecmp(qm, "fp8") == 0) {
         const cJSON *bs = cJSON_GetObjectItemCaseSensitive(q, "weight_block_size");
-        const char *fmt = str_of(q, "fmt");
-        const char *as = str_of(q, "activation_scheme");
+        const char *fmt = str_of(q, "fmt", src, "quantization_config", &st);
+        const char *as = str_of(q, "activation_scheme", src, "quantization_config", &st);
+        if (st)
+            return st;
         if (fmt && strcmp(fmt, "e4m3") != 0)
             return mx_error_set(MX_ERR_UNSUPPORTED, "%s: fp8 fmt '%s' (expected e4m3)", src, fmt);
         int dyn = !as || strcmp(as, "dynamic") == 0;
         if (as && !dyn && strcmp(as, "static") != 0)
             return mx_error_set(MX_ERR_FORMAT, "%s: activation_scheme '%s' (expected dynamic or static)", src, as);
         if (bs) {
-            if (!cJSON_IsArray(bs) || cJSON_GetArraySize(bs) != 2 || !cJSON_IsNumber(cJSON_GetArrayItem(bs, 0)) ||
-                !cJSON_IsNumber(cJSON_GetArrayItem(bs, 1)))
-                return mx_error_set(MX_ERR_FORMAT, "%s: weight_block_size must be [rows, cols]", src);
-            int b0 = cJSON_GetArrayItem(bs, 0)->valueint, b1 = cJSON_GetArrayItem(bs, 1)->valueint;
+            const cJSON *r = cJSON_GetArrayItem(bs, 0), *k = cJSON_GetArrayItem(bs, 1);
+            if (!cJSON_IsArray(bs) || cJSON_GetArraySize(bs) != 2 || !cJSON_IsNumber(r) || !cJSON_IsNumber(k) ||
+                floor(r->valuedouble) != r->valuedouble || floor(k->valuedouble) != k->valuedouble ||
+                fabs(r->valuedouble) > 1e9 || fabs(k->valuedouble) > 1e9)
+                return mx_error_set(MX_ERR_FORMAT, "%s: weight_block_size must be [rows, cols] (two integers)", src);
+            int b0 = (int)r->valuedouble, b1 = (int)k->valuedouble;
             if (b0 != 128 || b1 != 128)
                 return mx_error_set(MX_ERR_UNSUPPORTED, "%s: weight_block_size [%d, %d] (mxep supports [128, 128])",
                                     src, b0, b1);
@@ -286,9 +324,11 @@ mx_status_t mx_ckpt_config_parse(const char *json, size_t len, const char *sourc
         }
         c.text = tc;
     }
-    const char *mt = str_of(root, "model_type");
+    const char *mt = str_of(root, "model_type", src, NULL, &st);
     if (!mt && c.text)
-        mt = str_of(c.text, "model_type");
+        mt = str_of(c.text, "model_type", src, "text_config", &st);
+    if (st)
+        goto out;
     if (mt && strlen(mt) >= sizeof m.model_type) {
         st = mx_error_set(MX_ERR_FORMAT, "%s: model_type '%.40s...' is too long", src, mt);
         goto out;
@@ -340,10 +380,13 @@ mx_status_t mx_ckpt_config_parse(const char *json, size_t len, const char *sourc
         m.moe.act = MX_ACT_SILU;
         m.moe.order = MX_GATEUP_HALVES;
     } else {
-        const cJSON *ha = get(&c, "hidden_act");
-        if (!ha)
-            ha = get(&c, "hidden_activation");
-        const char *a = cJSON_IsString(ha) ? ha->valuestring : NULL;
+        const char *ha_key = get(&c, "hidden_act") ? "hidden_act" : "hidden_activation";
+        const cJSON *ha = get(&c, ha_key);
+        if (ha && !cJSON_IsString(ha)) {
+            st = mx_error_set(MX_ERR_FORMAT, "%s: \"%s\" must be a string", src, ha_key);
+            goto out;
+        }
+        const char *a = ha ? ha->valuestring : NULL;
         m.moe.order = MX_GATEUP_HALVES;
         if (a && (strcmp(a, "silu") == 0 || strcmp(a, "swish") == 0))
             m.moe.act = MX_ACT_SILU;
@@ -363,7 +406,11 @@ mx_status_t mx_ckpt_config_parse(const char *json, size_t len, const char *sourc
     m.router.scaling_factor = 1.0f;
     m.router.capacity_factor = 0.0f;
     const cJSON *sf = get(&c, "scoring_func");
-    const char *scoring = cJSON_IsString(sf) ? sf->valuestring : NULL;
+    if (sf && !cJSON_IsString(sf)) {
+        st = mx_error_set(MX_ERR_FORMAT, "%s: \"scoring_func\" must be a string (softmax or sigmoid)", src);
+        goto out;
+    }
+    const char *scoring = sf ? sf->valuestring : NULL;
     /* rms_norm_eps: read for every model (0 when absent); the Gemma 4 router
      * normalizes its input with it (HF Gemma4TextConfig default 1e-6). */
     m.rms_norm_eps = starts(m.model_type, "gemma4") ? 1e-6f : 0.0f;

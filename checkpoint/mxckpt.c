@@ -29,11 +29,16 @@ static void usage(FILE *f)
     for (int i = 0; i < n; i++)
         fprintf(f, " %s", names[i]);
     fprintf(f, "\n"
-               "  mxckpt inspect DIR [--json]\n"
+               "  mxckpt inspect DIR [--json] [--all]\n"
                "      Opens DIR strictly (safetensors headers, index, config.json) and prints the model type,\n"
                "      normalized quantization and scheme, router, activation, expert layout, sizes and\n"
-               "      anything suspicious. --json prints one JSON object on stdout. Exit status 1 if the\n"
-               "      checkpoint cannot be opened, 0 otherwise (warnings included).\n"
+               "      anything suspicious. It loads the router and the first and last expert of every layer\n"
+               "      (each load checks shapes, dtypes, the scheme's format and scale and bias values);\n"
+               "      --all loads every expert of every layer that has experts, one at a time, so it reads the\n"
+               "      whole checkpoint (progress on stderr). --json prints one JSON object on stdout. Exit\n"
+               "      status 1 if the checkpoint cannot be opened or (--all) an expert of a layer with experts\n"
+               "      cannot be loaded, 0 otherwise (warnings included; layers without experts, such as\n"
+               "      DeepSeek's first dense layers, are a warning).\n"
                "  mxckpt fuzz-seeds DIR\n"
                "      Writes the fuzz seed corpus (safetensors headers, index and config of every preset)\n"
                "      into the existing directory DIR (scripts/fuzz.sh uses it).\n"
@@ -145,6 +150,10 @@ static int cmd_make(int argc, char **argv)
         fprintf(stderr, "mxckpt make: --preset, --layers, --seed and --out are required (see mxckpt --help)\n");
         return 2;
     }
+    if (!*out) {
+        fprintf(stderr, "mxckpt make: --out '': expected a directory path\n");
+        return 2;
+    }
     if (layers < 1 || layers > 4096) {
         fprintf(stderr, "mxckpt make: --layers %" PRIu64 ": expected 1 .. 4096\n", layers);
         return 2;
@@ -207,13 +216,75 @@ static const char *wscale_name(mx_wscale_t s)
     return (unsigned)s < 5 ? n[s] : "?";
 }
 
+/* Warnings for the MXFP4 scales of a loaded set that are 0xFF (NaN: a defined code,
+ * which the loader takes) and, for FP8, any scale the loader would have refused. */
+static void scale_warnings(report_t *r, int L, mx_expert_set_h set)
+{
+    const mx_expert_weights_t *w = mx_expert_set_weights(set);
+    for (int i = 0; i < mx_expert_set_count(set); i++) {
+        const mx_matrix_t *ms[2] = {&w[i].gate_up, &w[i].down};
+        for (int k = 0; k < 2; k++) {
+            size_t db, sb, bad = 0;
+            mxi_matrix_bytes(ms[k]->fmt, ms[k]->scale_kind, ms[k]->rows, ms[k]->cols, &db, &sb);
+            if (ms[k]->fmt == MX_WFMT_MXFP4) {
+                for (size_t b = 0; b < sb; b++)
+                    bad += ((const uint8_t *)ms[k]->scales)[b] == 0xFF;
+            } else if (ms[k]->fmt == MX_WFMT_FP8) {
+                for (size_t b = 0; b < sb / sizeof(float); b++) {
+                    float v = ((const float *)ms[k]->scales)[b];
+                    bad += !(v > 0.0f) || isinf(v);
+                }
+            }
+            if (bad)
+                warn(r, "layer %d expert %d %s: %zu scales are NaN, zero, negative or infinite", L,
+                     mx_expert_set_ids(set)[i], k ? "down" : "gate_up", bad);
+        }
+    }
+}
+
+/* What the report says about the experts: the first loaded one's. */
+typedef struct {
+    size_t bytes;
+    const char *fmt, *scale;
+    float in_scale;
+    int bias;
+} summary_t;
+
+static void summarize(const mx_expert_weights_t *w, summary_t *s)
+{
+    size_t a, b, d, e;
+    mxi_matrix_bytes(w->gate_up.fmt, w->gate_up.scale_kind, w->gate_up.rows, w->gate_up.cols, &a, &b);
+    mxi_matrix_bytes(w->down.fmt, w->down.scale_kind, w->down.rows, w->down.cols, &d, &e);
+    s->bytes = a + b + d + e;
+    s->fmt = wfmt_name(w->gate_up.fmt);
+    s->scale = wscale_name(w->gate_up.scale_kind);
+    s->in_scale = w->input_scale;
+    s->bias = w->gate_up_bias != NULL;
+}
+
+/* --all: layers done, on stderr (a line per 10% when stderr is not a terminal). */
+static void inspect_progress(int done, int total)
+{
+    static int tty = -1, last = -1;
+    if (tty < 0)
+        tty = isatty(2);
+    const int pct = (int)(100.0 * done / (total > 0 ? total : 1));
+    if (tty)
+        fprintf(stderr, "\rmxckpt inspect: layer %d of %d (%d%%)%s", done, total, pct, done == total ? "\n" : "");
+    else if (pct / 10 != last / 10 || done == total)
+        fprintf(stderr, "mxckpt inspect: layer %d of %d (%d%%)\n", done, total, pct);
+    last = pct;
+}
+
 static int cmd_inspect(int argc, char **argv)
 {
     const char *dir = NULL;
-    int json = 0;
+    int json = 0, all = 0;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0)
             json = 1;
+        else if (strcmp(argv[i], "--all") == 0)
+            all = 1;
         else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
@@ -264,20 +335,47 @@ static int cmd_inspect(int argc, char **argv)
     int moe_layers = 0, first_bad = -1;
     int g_seen[2] = {0, 0}, g_layers[2] = {0, 0}; /* gemma4 router.scale, router.per_expert_scale */
     float g_min[2] = {0.0f, 0.0f}, g_max[2] = {0.0f, 0.0f};
-    char first_err[600] = "";
-    size_t expert_bytes = 0;
-    const char *gu_fmt = "", *gu_scale = "";
-    float in_scale = 0.0f;
-    int has_bias = 0;
+    char first_err[600] = "", first_expert_err[700] = "";
+    long bad_experts = 0;
+    if (all) {
+        signal(SIGINT, on_signal);
+        signal(SIGTERM, on_signal);
+    }
+    summary_t sum = {0, "", "", 0.0f, 0};
     for (int L = 0; L < c->n_layers && strcmp(layout, "none") != 0; L++) {
         int ids[2] = {0, c->n_experts - 1};
         mx_expert_set_h set;
         st = mx_ckpt_load_experts(ck, L, ids, c->n_experts > 1 ? 2 : 1, &set);
         if (st) {
-            if (first_bad < 0) {
-                first_bad = L;
-                snprintf(first_err, sizeof first_err, "%s", mx_error_detail());
+            char err[600];
+            snprintf(err, sizeof err, "%s", mx_error_detail());
+            /* --all: a layer where some expert loads has experts, and the others are broken;
+             * one where none does has none (a dense layer) or is broken whole: a warning */
+            int loaded = 0;
+            long bad_here = 0;
+            char err_here[700] = "";
+            for (int j = 0; all && j < c->n_experts; j++) {
+                mx_expert_set_h one;
+                if (mx_ckpt_load_experts(ck, L, &j, 1, &one) == MX_OK) {
+                    loaded++;
+                    if (!sum.bytes)
+                        summarize(mx_expert_set_weights(one), &sum);
+                    scale_warnings(&r, L, one);
+                    mx_expert_set_destroy(one);
+                } else if (!bad_here++)
+                    snprintf(err_here, sizeof err_here, "layer %d expert %d: %s", L, j, mx_error_detail());
             }
+            if (loaded) {
+                moe_layers++;
+                if (!bad_experts)
+                    snprintf(first_expert_err, sizeof first_expert_err, "%s", err_here);
+                bad_experts += bad_here;
+            } else if (first_bad < 0) {
+                first_bad = L;
+                snprintf(first_err, sizeof first_err, "%s", err);
+            }
+            if (all)
+                inspect_progress(L + 1, c->n_layers);
             continue;
         }
         moe_layers++;
@@ -286,42 +384,35 @@ static int cmd_inspect(int argc, char **argv)
             warn(&r, "layer %d: %d of %d experts have no weights (first: expert %d)", L, missing, c->n_experts,
                  first_missing);
         const mx_expert_weights_t *w = mx_expert_set_weights(set);
-        if (!expert_bytes) {
-            size_t a, b, d, e;
-            mxi_matrix_bytes(w->gate_up.fmt, w->gate_up.scale_kind, w->gate_up.rows, w->gate_up.cols, &a, &b);
-            mxi_matrix_bytes(w->down.fmt, w->down.scale_kind, w->down.rows, w->down.cols, &d, &e);
-            expert_bytes = a + b + d + e;
-            gu_fmt = wfmt_name(w->gate_up.fmt);
-            gu_scale = wscale_name(w->gate_up.scale_kind);
-            in_scale = w->input_scale;
-            has_bias = w->gate_up_bias != NULL;
-        }
+        if (!sum.bytes)
+            summarize(w, &sum);
         if (c->moe.scheme == MX_SCHEME_W4A8 && (w->input_scale <= 0.0f || w->down_input_scale <= 0.0f))
             warn(&r, "layer %d: W4A8 scheme but expert 0 has no static input scale", L);
         if ((c->moe.scheme == MX_SCHEME_W4A16 || c->moe.scheme == MX_SCHEME_W4A8) && w->gate_up.fmt != MX_WFMT_MXFP4)
             warn(&r, "layer %d: config says %s but the experts are %s", L, c->quant_method, wfmt_name(w->gate_up.fmt));
         if ((c->moe.scheme == MX_SCHEME_W8A8 || c->moe.scheme == MX_SCHEME_W8A16) && w->gate_up.fmt != MX_WFMT_FP8)
             warn(&r, "layer %d: config says %s but the experts are %s", L, c->quant_method, wfmt_name(w->gate_up.fmt));
-        for (int i = 0; i < mx_expert_set_count(set); i++) {
-            const mx_matrix_t *ms[2] = {&w[i].gate_up, &w[i].down};
-            for (int k = 0; k < 2; k++) {
-                size_t db, sb, bad = 0;
-                mxi_matrix_bytes(ms[k]->fmt, ms[k]->scale_kind, ms[k]->rows, ms[k]->cols, &db, &sb);
-                if (ms[k]->fmt == MX_WFMT_MXFP4) {
-                    for (size_t b = 0; b < sb; b++)
-                        bad += ((const uint8_t *)ms[k]->scales)[b] == 0xFF;
-                } else if (ms[k]->fmt == MX_WFMT_FP8) {
-                    for (size_t b = 0; b < sb / sizeof(float); b++) {
-                        float v = ((const float *)ms[k]->scales)[b];
-                        bad += !(v > 0.0f) || isinf(v);
-                    }
-                }
-                if (bad)
-                    warn(&r, "layer %d expert %d %s: %zu scales are NaN, zero, negative or infinite", L,
-                         mx_expert_set_ids(set)[i], k ? "down" : "gate_up", bad);
-            }
-        }
+        scale_warnings(&r, L, set);
         mx_expert_set_destroy(set);
+        for (int j = 1; all && j < c->n_experts - 1; j++) { /* --all: the others, one at a time */
+            if (g_signal) {
+                fprintf(stderr, "mxckpt inspect: stopped by signal %d\n", (int)g_signal);
+                mx_ckpt_close(ck);
+                cJSON_Delete(r.warnings);
+                return 1;
+            }
+            mx_expert_set_h one;
+            if (mx_ckpt_load_experts(ck, L, &j, 1, &one) != MX_OK) {
+                if (!bad_experts++)
+                    snprintf(first_expert_err, sizeof first_expert_err, "layer %d expert %d: %s", L, j,
+                             mx_error_detail());
+                continue;
+            }
+            scale_warnings(&r, L, one);
+            mx_expert_set_destroy(one);
+        }
+        if (all)
+            inspect_progress(L + 1, c->n_layers);
         mx_router_weights_t rw;
         if (mx_ckpt_load_router(ck, L, &rw) == MX_OK) {
             if (c->router.kind == MX_ROUTER_SIGMOID_GROUPED && !rw.correction_bias)
@@ -357,13 +448,17 @@ static int cmd_inspect(int argc, char **argv)
     if (first_bad >= 0)
         warn(&r, "%d of %d layers have no loadable experts; first: layer %d: %s", c->n_layers - moe_layers, c->n_layers,
              first_bad, first_err);
-    if (c->moe.scheme == MX_SCHEME_W4A8 && in_scale <= 0.0f && moe_layers)
+    if (c->moe.scheme == MX_SCHEME_W4A8 && sum.in_scale <= 0.0f && moe_layers)
         warn(&r, "W4A8 checkpoint without static input scales");
+    if (bad_experts)
+        warn(&r, "%ld experts cannot be loaded; first: %s", bad_experts, first_expert_err);
 
     if (json) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "dir", dir);
-        cJSON_AddBoolToObject(o, "ok", 1);
+        cJSON_AddBoolToObject(o, "ok", bad_experts == 0);
+        cJSON_AddBoolToObject(o, "all_experts_loaded", all);
+        cJSON_AddNumberToObject(o, "experts_not_loadable", (double)bad_experts);
         cJSON_AddStringToObject(o, "model_type", c->model_type);
         cJSON_AddStringToObject(o, "quant_method", c->quant_method);
         cJSON_AddStringToObject(o, "scheme", mx_scheme_name(c->moe.scheme));
@@ -399,10 +494,10 @@ static int cmd_inspect(int argc, char **argv)
         cJSON_AddNumberToObject(o, "hidden", (double)c->hidden);
         cJSON_AddNumberToObject(o, "intermediate", (double)c->inter);
         cJSON_AddStringToObject(o, "layout", layout);
-        cJSON_AddStringToObject(o, "weight_format", gu_fmt);
-        cJSON_AddStringToObject(o, "weight_scales", gu_scale);
-        cJSON_AddBoolToObject(o, "expert_biases", has_bias);
-        cJSON_AddNumberToObject(o, "bytes_per_expert", (double)expert_bytes);
+        cJSON_AddStringToObject(o, "weight_format", sum.fmt);
+        cJSON_AddStringToObject(o, "weight_scales", sum.scale);
+        cJSON_AddBoolToObject(o, "expert_biases", sum.bias);
+        cJSON_AddNumberToObject(o, "bytes_per_expert", (double)sum.bytes);
         cJSON_AddNumberToObject(o, "files", mx_ckpt_file_count(ck));
         cJSON_AddNumberToObject(o, "tensors", nt);
         cJSON_AddNumberToObject(o, "total_bytes", (double)total);
@@ -436,22 +531,25 @@ static int cmd_inspect(int argc, char **argv)
                 printf("%-15s%s in %d layers, values %g .. %g\n", k ? "  expert scale" : "  input scale",
                        k ? "router.per_expert_scale" : "router.scale", g_layers[k], g_seen[k] ? g_min[k] : 0.0,
                        g_seen[k] ? g_max[k] : 0.0);
-        printf("layers         %d (%d with loadable experts)\n", c->n_layers, moe_layers);
+        printf("layers         %d (%d with loadable experts; %s)\n", c->n_layers, moe_layers,
+               all ? "--all: every expert tried" : "first and last expert of each loaded, --all for every one");
         printf("experts        %d, hidden %zu, intermediate %zu\n", c->n_experts, c->hidden, c->inter);
-        printf("layout         %s: %s weights, %s scales%s\n", layout, gu_fmt, gu_scale,
-               has_bias ? ", with biases" : "");
-        printf("per expert     %.2f MiB\n", (double)expert_bytes / (1024.0 * 1024.0));
+        printf("layout         %s: %s weights, %s scales%s\n", layout, sum.fmt, sum.scale,
+               sum.bias ? ", with biases" : "");
+        printf("per expert     %.2f MiB\n", (double)sum.bytes / (1024.0 * 1024.0));
         printf("files          %d, %d tensors, %.2f GiB\n", mx_ckpt_file_count(ck), nt,
                (double)total / (1024.0 * 1024.0 * 1024.0));
         int nw = cJSON_GetArraySize(r.warnings);
         if (!nw)
             printf("warnings       none\n");
+        if (bad_experts)
+            fprintf(stderr, "mxckpt inspect: %ld experts cannot be loaded (exit status 1)\n", bad_experts);
         for (int i = 0; i < nw; i++)
             printf("warning        %s\n", cJSON_GetArrayItem(r.warnings, i)->valuestring);
     }
     cJSON_Delete(r.warnings);
     mx_ckpt_close(ck);
-    return 0;
+    return bad_experts ? 1 : 0;
 }
 
 int main(int argc, char **argv)

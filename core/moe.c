@@ -13,6 +13,14 @@ const char *mx_scheme_name(mx_scheme_t s)
 {
     return (unsigned)s < MX_SCHEME_COUNT ? scheme_names[s] : "?";
 }
+mx_wfmt_t mx_scheme_wfmt(mx_scheme_t s)
+{
+    return s == MX_SCHEME_W16A16 ? MX_WFMT_BF16 : s == MX_SCHEME_W4A16 || s == MX_SCHEME_W4A8 ? MX_WFMT_MXFP4 : MX_WFMT_FP8;
+}
+const char *mx_wfmt_name(mx_wfmt_t f)
+{
+    return f == MX_WFMT_BF16 ? "BF16" : f == MX_WFMT_MXFP4 ? "MXFP4" : f == MX_WFMT_FP8 ? "FP8" : "?";
+}
 const char *mx_act_name(mx_act_t a)
 {
     return (unsigned)a < MX_ACT_COUNT ? act_names[a] : "?";

@@ -120,6 +120,9 @@ typedef struct {
 } mx_model_config_t;
 
 const char *mx_scheme_name(mx_scheme_t scheme); /* "W4A16", ... */
+/* The weight format a scheme's experts are stored in (W16A16: BF16, W4A*: MXFP4, W8A*: FP8). */
+mx_wfmt_t mx_scheme_wfmt(mx_scheme_t scheme);
+const char *mx_wfmt_name(mx_wfmt_t fmt); /* "BF16", "MXFP4", "FP8" */
 const char *mx_act_name(mx_act_t act);          /* "silu", "swiglu_oai", "gelu_tanh" */
 const char *mx_router_name(
     mx_router_kind_t kind); /* "topk_softmax", "softmax_topk", "sigmoid_grouped", "expert_choice", "gemma4" */

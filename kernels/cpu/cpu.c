@@ -565,12 +565,10 @@ static mx_status_t check_matrix(const mx_matrix_t *m, mx_scheme_t scheme, size_t
                             m->rows, m->cols, rows, cols);
     if (!m->data)
         return mx_error_set(MX_ERR_INVALID, "cpu prepack: expert %d %s has no data", e, name);
-    mx_wfmt_t want = scheme == MX_SCHEME_W16A16                                ? MX_WFMT_BF16
-                     : (scheme == MX_SCHEME_W4A16 || scheme == MX_SCHEME_W4A8) ? MX_WFMT_MXFP4
-                                                                               : MX_WFMT_FP8;
+    mx_wfmt_t want = mx_scheme_wfmt(scheme);
     if (m->fmt != want)
-        return mx_error_set(MX_ERR_INVALID, "cpu prepack: expert %d %s has weight format %d, scheme %s expects %d", e,
-                            name, (int)m->fmt, mx_scheme_name(scheme), (int)want);
+        return mx_error_set(MX_ERR_INVALID, "cpu prepack: expert %d %s is %s, expected %s for scheme %s", e, name,
+                            mx_wfmt_name(m->fmt), mx_wfmt_name(want), mx_scheme_name(scheme));
     if (want == MX_WFMT_MXFP4 && (m->scale_kind != MX_WSCALE_E8M0_32 || !m->scales))
         return mx_error_set(MX_ERR_INVALID, "cpu prepack: expert %d %s: MXFP4 needs E8M0 scales per 32", e, name);
     if (want == MX_WFMT_FP8 && (!m->scales || (m->scale_kind != MX_WSCALE_BLOCK && m->scale_kind != MX_WSCALE_CHANNEL &&

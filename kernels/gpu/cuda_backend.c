@@ -228,8 +228,8 @@ static mx_status_t check_matrix(const mx_matrix_t *m, int wfmt, size_t rows, siz
 {
     static const mx_wfmt_t want[4] = {MX_WFMT_BF16, MX_WFMT_MXFP4, MX_WFMT_FP8, MX_WFMT_FP8};
     if (m->fmt != want[wfmt] || !m->data)
-        return mx_error_set(MX_ERR_INVALID, "cuda prepack: expert %d %s: format %d (data %s), expected %d", j, name,
-                            (int)m->fmt, m->data ? "set" : "NULL", (int)want[wfmt]);
+        return mx_error_set(MX_ERR_INVALID, "cuda prepack: expert %d %s is %s (data %s), expected %s", j, name,
+                            mx_wfmt_name(m->fmt), m->data ? "set" : "NULL", mx_wfmt_name(want[wfmt]));
     if (m->rows != rows || m->cols != cols)
         return mx_error_set(MX_ERR_INVALID, "cuda prepack: expert %d %s: shape %zux%zu, expected %zux%zu", j, name,
                             m->rows, m->cols, rows, cols);

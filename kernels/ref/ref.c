@@ -51,27 +51,6 @@ typedef struct {
 
 /* ------------------------------------------------------------------ checks */
 
-static int scheme_wfmt(mx_scheme_t s)
-{
-    switch (s) {
-    case MX_SCHEME_W16A16:
-        return MX_WFMT_BF16;
-    case MX_SCHEME_W4A16:
-    case MX_SCHEME_W4A8:
-        return MX_WFMT_MXFP4;
-    case MX_SCHEME_W8A16:
-    case MX_SCHEME_W8A8:
-        return MX_WFMT_FP8;
-    default:
-        return -1;
-    }
-}
-
-static const char *wfmt_name(int f)
-{
-    return f == MX_WFMT_BF16 ? "BF16" : f == MX_WFMT_MXFP4 ? "MXFP4" : f == MX_WFMT_FP8 ? "FP8" : "?";
-}
-
 static size_t cdiv(size_t a, size_t b)
 {
     return (a + b - 1) / b;
@@ -110,10 +89,10 @@ static size_t scale_bytes(const mx_matrix_t *m)
 static mx_status_t check_matrix(const mx_moe_desc_t *d, const mx_matrix_t *m, size_t rows, size_t cols, int e,
                                 const char *what)
 {
-    int want = scheme_wfmt(d->scheme);
-    if ((int)m->fmt != want)
+    mx_wfmt_t want = mx_scheme_wfmt(d->scheme);
+    if (m->fmt != want)
         return mx_error_set(MX_ERR_INVALID, "ref prepack: expert %d %s is %s, expected %s for scheme %s", e, what,
-                            wfmt_name((int)m->fmt), wfmt_name(want), mx_scheme_name(d->scheme));
+                            mx_wfmt_name(m->fmt), mx_wfmt_name(want), mx_scheme_name(d->scheme));
     if (m->rows != rows || m->cols != cols)
         return mx_error_set(MX_ERR_INVALID, "ref prepack: expert %d %s is [%zu x %zu], expected [%zu x %zu]", e, what,
                             m->rows, m->cols, rows, cols);
@@ -136,7 +115,7 @@ static mx_status_t check_matrix(const mx_moe_desc_t *d, const mx_matrix_t *m, si
         return mx_error_set(MX_ERR_INVALID,
                             "ref prepack: expert %d %s: scale kind %d does not fit %s [%zu x %zu] (expected NONE for "
                             "BF16, E8M0_32 with cols %% 32 == 0 for MXFP4, BLOCK/CHANNEL/TENSOR for FP8)",
-                            e, what, (int)m->scale_kind, wfmt_name((int)m->fmt), rows, cols);
+                            e, what, (int)m->scale_kind, mx_wfmt_name(m->fmt), rows, cols);
     if (m->scale_kind != MX_WSCALE_NONE && !m->scales)
         return mx_error_set(MX_ERR_INVALID, "ref prepack: expert %d %s has no scales", e, what);
     return MX_OK;

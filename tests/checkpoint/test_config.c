@@ -333,6 +333,57 @@ static void test_config_missing_or_bad_fields_are_format_errors(void **state)
     assert_int_equal(parse("[]", &c), MX_ERR_FORMAT);
 }
 
+/* A field present with the wrong type is refused, naming it: before, a string field
+ * that was not a string (or a fraction where an integer belongs) was read as absent
+ * or truncated, and e.g. "scoring_func": 1 silently gave DeepSeek a softmax router. */
+static void test_config_fields_of_the_wrong_type_are_refused_naming_them(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *json, *names;
+    } cases[] = {
+        {"{\"model_type\":\"deepseek_v3\"," GPT_OSS_BASE ",\"scoring_func\":1}", "\"scoring_func\" must be a string"},
+        {"{\"model_type\":\"deepseek_v3\"," GPT_OSS_BASE ",\"scoring_func\":[\"sigmoid\"]}",
+         "\"scoring_func\" must be a string"},
+        {"{\"model_type\":5," GPT_OSS_BASE "}", "\"model_type\" must be a string"},
+        {"{\"text_config\":{\"model_type\":true}," GPT_OSS_BASE "}", "\"model_type\" in text_config must be a string"},
+        {"{\"model_type\":\"foo\"," GPT_OSS_BASE ",\"hidden_act\":7}", "\"hidden_act\" must be a string"},
+        {"{\"model_type\":\"qwen3_moe\"," GPT_OSS_BASE ",\"quantization_config\":{\"quant_method\":\"fp8\","
+         "\"fmt\":5}}",
+         "\"fmt\" in quantization_config must be a string"},
+        {"{\"model_type\":\"qwen3_moe\"," GPT_OSS_BASE ",\"quantization_config\":{\"quant_method\":\"fp8\","
+         "\"activation_scheme\":[\"static\"]}}",
+         "\"activation_scheme\" in quantization_config must be a string"},
+        {"{\"model_type\":\"qwen3_moe\"," GPT_OSS_BASE ",\"quantization_config\":{\"quant_method\":\"fp8\","
+         "\"weight_block_size\":[128.9,128]}}",
+         "weight_block_size must be [rows, cols] (two integers)"},
+        {"{\"model_type\":\"qwen3_moe\"," GPT_OSS_BASE ",\"quantization_config\":{\"quant_method\":7}}",
+         "\"quant_method\" in quantization_config must be a string"},
+        {"{\"model_type\":\"qwen3_moe\"," GPT_OSS_BASE ",\"quantization_config\":{\"quant_method\":"
+         "\"compressed-tensors\",\"config_groups\":{\"g\":{\"weights\":{\"num_bits\":8.5,\"type\":\"float\","
+         "\"strategy\":\"channel\"}}}}}",
+         "\"num_bits\" in weights must be an integer"},
+        {"{\"model_type\":\"qwen3_moe\"," GPT_OSS_BASE ",\"quantization_config\":{\"quant_method\":"
+         "\"compressed-tensors\",\"config_groups\":{\"g\":{\"weights\":{\"num_bits\":8,\"type\":\"float\","
+         "\"strategy\":3}}}}}",
+         "\"strategy\" in weights must be a string"},
+        {"{\"model_type\":\"qwen3_moe\"," GPT_OSS_BASE ",\"quantization_config\":{\"quant_method\":\"quark\","
+         "\"global_quant_config\":{\"weight\":{\"dtype\":4}}}}",
+         "\"dtype\" in global_quant_config.weight must be a string"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mx_model_config_t c;
+        mx_status_t st = parse(cases[i].json, &c);
+        if (st != MX_ERR_FORMAT || !strstr(mx_error_detail(), cases[i].names) || !strstr(mx_error_detail(), "cfg.json"))
+            fail_msg("case %zu: %s: got %s '%s', expected a format error with '%s'", i, cases[i].json,
+                     mx_status_str(st), mx_error_detail(), cases[i].names);
+    }
+    /* null stays "absent", as before */
+    mx_model_config_t c;
+    assert_int_equal(parse("{\"model_type\":\"qwen3_moe\"," GPT_OSS_BASE ",\"scoring_func\":null}", &c), MX_OK);
+    assert_int_equal(c.router.kind, MX_ROUTER_SOFTMAX_TOPK);
+}
+
 static void test_config_unknown_activation_is_unsupported(void **state)
 {
     (void)state;
@@ -361,6 +412,7 @@ int main(void)
         cmocka_unit_test(test_config_gemma4_bad_epsilon_or_scoring_is_refused),
         cmocka_unit_test(test_config_unknown_quant_method_is_an_error_naming_it),
         cmocka_unit_test(test_config_missing_or_bad_fields_are_format_errors),
+        cmocka_unit_test(test_config_fields_of_the_wrong_type_are_refused_naming_them),
         cmocka_unit_test(test_config_unknown_activation_is_unsupported),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -7,7 +7,10 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -196,6 +199,14 @@ static void test_gpt_oss_fused_hand_bytes_load_interleaved_with_bf16_biases(void
     mx_router_weights_fini(&r);
     mx_ckpt_close(ck);
     free(d);
+    /* gpt-oss without its down_proj_bias: refused, named (it loaded without one: other numbers) */
+    d = make_ckpt("gptoss_nobias", gpt_oss_cfg, t, 7);
+    ck = open_ok(d);
+    s = NULL;
+    assert_int_equal(mx_ckpt_load_experts(ck, 0, &one, 1, &s), MX_ERR_FORMAT);
+    assert_non_null(strstr(mx_error_detail(), "missing tensor 'model.layers.0.mlp.experts.down_proj_bias'"));
+    mx_ckpt_close(ck);
+    free(d);
 }
 
 static void test_openai_original_names_load_like_gpt_oss(void **state)
@@ -218,6 +229,9 @@ static void test_openai_original_names_load_like_gpt_oss(void **state)
                         t, 8);
     mx_ckpt_h ck = open_ok(d);
     assert_string_equal(mx_ckpt_layout_name(ck), "openai_original");
+    /* blocks + scales with no quantization_config (as the original config.json): MXFP4, W4A16 */
+    assert_int_equal(mx_ckpt_config(ck)->moe.scheme, MX_SCHEME_W4A16);
+    assert_string_equal(mx_ckpt_config(ck)->quant_method, "gpt_oss_mxfp4");
     int one = 1;
     mx_expert_set_h s = load_ok(ck, 0, &one, 1);
     check_gpt_oss_expert1(&mx_expert_set_weights(s)[0]);
@@ -261,8 +275,9 @@ static void test_gpt_oss_fused_rejects_wrong_shape_and_missing_tensor(void **sta
          gu_blocks,
          sizeof gu_blocks},
         {"model.layers.0.mlp.experts.gate_up_proj_scales", "U8", 3, {E2, 2 * II, HH / 32}, gu_scales, sizeof gu_scales},
+        {"model.layers.0.mlp.experts.gate_up_proj_bias", "BF16", 2, {E2, 2 * II}, gu_bias, sizeof gu_bias},
     };
-    d = make_ckpt("gptoss-missing", gpt_oss_cfg, t2, 2);
+    d = make_ckpt("gptoss-missing", gpt_oss_cfg, t2, 3);
     ck = open_ok(d);
     assert_int_equal(mx_ckpt_load_experts(ck, 0, &one, 1, &s), MX_ERR_FORMAT);
     assert_non_null(strstr(mx_error_detail(), "missing tensor 'model.layers.0.mlp.experts.down_proj_blocks'"));
@@ -686,6 +701,184 @@ static void test_checkpoint_without_experts_says_so(void **state)
     free(d);
 }
 
+/* ---------------------------------------------------------------- values and shapes of scales and biases */
+/* Per-expert 2-D FP8 (Qwen names), E = 2, H = 32, I = 16, per-channel scales [rows, 1],
+ * static input scales and biases; `bad` damages one thing of expert 1 (0: none). A
+ * NaN, infinite or negative scale, a non-finite bias, a transposed scale tensor:
+ * each loaded as it was (the values only showed as NaN or sign-flipped outputs, the
+ * shape check counted elements only); now refused, naming the tensor. */
+enum { QE = 2, QH = 32, QI = 16 };
+static mx_status_t load_damaged_fp8(int bad, const char *tag)
+{
+    static uint8_t g[QE][QI][QH], u[QE][QI][QH], dn[QE][QH][QI];
+    static float gs[QE][QI], us[QE][QI], ds[QE][QH], in[QE], db[QE][QH];
+    ck_fill(g, sizeof g, 31);
+    ck_fill(u, sizeof u, 32);
+    ck_fill(dn, sizeof dn, 33);
+    for (int e = 0; e < QE; e++) {
+        for (int r = 0; r < QI; r++)
+            gs[e][r] = us[e][r] = 0.01f * (float)(r + 1);
+        for (int r = 0; r < QH; r++) {
+            ds[e][r] = 0.02f * (float)(r + 1);
+            db[e][r] = (float)r;
+        }
+        in[e] = 0.5f;
+    }
+    if (bad == 1)
+        ds[1][5] = NAN;
+    if (bad == 2)
+        ds[1][7] = -0.25f;
+    if (bad == 3)
+        ds[1][0] = INFINITY;
+    if (bad == 4)
+        in[1] = -1.0f;
+    if (bad == 5)
+        db[1][3] = INFINITY;
+    static uint16_t dn16[QH][QI]; /* 7: expert 1's down_proj in BF16, not the config's FP8 */
+    ck_fill(dn16, sizeof dn16, 34);
+
+    ck_tensor_t t[QE * 9];
+    char names[QE * 9][96];
+    int n = 0;
+    for (int e = 0; e < QE; e++) {
+        static const char *const what[9] = {"gate_proj.weight",      "gate_proj.weight_scale", "up_proj.weight",
+                                            "up_proj.weight_scale",  "down_proj.weight",       "down_proj.weight_scale",
+                                            "gate_proj.input_scale", "up_proj.input_scale",    "down_proj.bias"};
+        const void *data[9] = {g[e], gs[e], u[e], us[e], dn[e], ds[e], &in[e], &in[e], db[e]};
+        const size_t bytes[9] = {sizeof g[e], sizeof gs[e], sizeof u[e], sizeof us[e], sizeof dn[e], sizeof ds[e], 4,
+                                 4,           sizeof db[e]};
+        for (int k = 0; k < 9; k++) {
+            snprintf(names[n], sizeof names[n], "model.layers.0.mlp.experts.%d.%s", e, what[k]);
+            ck_tensor_t x = {names[n], k % 2 == 0 && k < 6 ? "F8_E4M3" : "F32", 2, {0, 0}, data[k], bytes[k]};
+            if (k == 0 || k == 2) {
+                x.shape[0] = QI;
+                x.shape[1] = QH;
+            } else if (k == 4) {
+                x.shape[0] = QH;
+                x.shape[1] = QI;
+                if (bad == 7 && e == 1) {
+                    x.dtype = "BF16";
+                    x.data = dn16;
+                    x.nbytes = sizeof dn16;
+                }
+            } else if (k == 1 || k == 3) {
+                x.shape[0] = QI;
+                x.shape[1] = 1;
+            } else if (k == 5) {
+                x.shape[0] = bad == 6 && e == 1 ? 1 : QH; /* 6: expert 1's transposed, [1, rows] */
+                x.shape[1] = bad == 6 && e == 1 ? QH : 1;
+            } else if (k == 8) {
+                x.ndim = 1;
+                x.shape[0] = QH;
+            } else {
+                x.ndim = 0;
+            }
+            t[n++] = x;
+        }
+    }
+    char *d = make_ckpt(tag,
+                        "{\"model_type\":\"qwen3_moe\",\"num_experts\":2,\"num_experts_per_tok\":1,"
+                        "\"hidden_size\":32,\"moe_intermediate_size\":16,\"num_hidden_layers\":1,"
+                        "\"quantization_config\":{\"quant_method\":\"fp8\",\"activation_scheme\":\"static\"}}",
+                        t, n);
+    mx_ckpt_h ck = open_ok(d);
+    int zero = 0, one = 1;
+    mx_expert_set_h s = load_ok(ck, 0, &zero, 1); /* expert 0 is whole in every case */
+    mx_expert_set_destroy(s);
+    s = NULL;
+    mx_status_t st = mx_ckpt_load_experts(ck, 0, &one, 1, &s);
+    if (st == MX_OK) {
+        const mx_expert_weights_t *w = &mx_expert_set_weights(s)[0];
+        assert_int_equal(w->down.scale_kind, MX_WSCALE_CHANNEL);
+        assert_true(((const float *)w->down.scales)[3] == 0.08f && w->input_scale == 0.5f);
+        mx_expert_set_destroy(s);
+    } else {
+        assert_null(s);
+    }
+    mx_ckpt_close(ck);
+    free(d);
+    return st;
+}
+
+static void test_bad_scale_values_biases_and_scale_shapes_are_refused_naming_them(void **state)
+{
+    (void)state;
+    assert_int_equal(load_damaged_fp8(0, "fp8ok"), MX_OK);
+    static const struct {
+        const char *tensor, *says;
+    } want[] = {
+        {"experts.1.down_proj.weight_scale' value 5 is nan", "expected a finite scale >= 0"},
+        {"experts.1.down_proj.weight_scale' value 7 is -0.25", "expected a finite scale >= 0"},
+        {"experts.1.down_proj.weight_scale' value 0 is inf", "expected a finite scale >= 0"},
+        {"experts.1.gate_proj.input_scale' value 0 is -1", "expected a finite scale > 0"},
+        {"experts.1.down_proj.bias' value 3 is inf", "expected a finite bias"},
+        {"experts.1.down_proj.weight_scale' has shape [1, 32]", "expected [32] or [32, 1] (per channel)"},
+        {"expert 1: tensor 'model.layers.0.mlp.experts.1.down_proj.weight' holds BF16 weights",
+         "the config's scheme W8A8 (quant_method fp8_tensor) needs FP8"},
+    };
+    for (int bad = 1; bad <= 7; bad++) {
+        char tag[16];
+        snprintf(tag, sizeof tag, "fp8bad%d", bad);
+        mx_status_t st = load_damaged_fp8(bad, tag);
+        const char *msg = mx_error_detail();
+        if (st != MX_ERR_FORMAT || !strstr(msg, want[bad - 1].tensor) || !strstr(msg, want[bad - 1].says))
+            fail_msg("damage %d: got %s '%s', expected a format error with '%s' and '%s'", bad, mx_status_str(st), msg,
+                     want[bad - 1].tensor, want[bad - 1].says);
+    }
+}
+
+/* 2^20 expert ids with the last one repeated: refused at once (the duplicate check
+ * was quadratic: minutes for the 2^19 ids a rank of a 2^20-expert model lists). */
+static void test_a_million_expert_ids_are_checked_in_one_pass(void **state)
+{
+    (void)state;
+    enum { N = 1 << 20 };
+    static uint16_t w0[QI][QH]; /* one expert tensor, so that the per-expert layout is recognized */
+    ck_tensor_t one[1] = {{"model.layers.0.mlp.experts.0.gate_proj.weight", "BF16", 2, {QI, QH}, w0, sizeof w0}};
+    char *d = make_ckpt("many",
+                        "{\"model_type\":\"qwen3_moe\",\"num_experts\":1048576,\"num_experts_per_tok\":1,"
+                        "\"hidden_size\":32,\"moe_intermediate_size\":16,\"num_hidden_layers\":1}",
+                        one, 1);
+    mx_ckpt_h ck = open_ok(d);
+    int *ids = malloc((N + 1) * sizeof *ids);
+    assert_non_null(ids);
+    for (int i = 0; i < N; i++)
+        ids[i] = i;
+    ids[N] = N - 1;
+    mx_expert_set_h s = NULL;
+    assert_int_equal(mx_ckpt_load_experts(ck, 0, ids, N + 1, &s), MX_ERR_INVALID);
+    assert_non_null(strstr(mx_error_detail(), "expert id 1048575 listed twice"));
+    ids[N] = N;
+    assert_int_equal(mx_ckpt_load_experts(ck, 0, ids, N + 1, &s), MX_ERR_INVALID);
+    assert_non_null(strstr(mx_error_detail(), "expert id 1048576 out of range"));
+    assert_null(s);
+    free(ids);
+    mx_ckpt_close(ck);
+    free(d);
+}
+
+/* config.json that is a FIFO (or a folder) is refused at once, not read (a FIFO blocked forever). */
+static void test_config_that_is_not_a_regular_file_is_refused(void **state)
+{
+    (void)state;
+    ck_tensor_t none[1] = {{"unrelated", "F32", 1, {1}, (const float[]){1.0f}, 4}};
+    char *d = make_ckpt("fifo", "{}", none, 1);
+    char *p = ck_path(d, "config.json");
+    assert_int_equal(remove(p), 0);
+    assert_int_equal(mkfifo(p, 0600), 0);
+    mx_ckpt_h ck = NULL;
+    assert_int_equal(mx_ckpt_open(d, &ck), MX_ERR_IO);
+    assert_null(ck);
+    assert_non_null(strstr(mx_error_detail(), "config.json: not a regular file"));
+    assert_int_equal(remove(p), 0);
+    assert_int_equal(mkdir(p, 0700), 0);
+    assert_int_equal(mx_ckpt_open(d, &ck), MX_ERR_IO);
+    assert_non_null(strstr(mx_error_detail(), "config.json: not a regular file"));
+    assert_int_equal(rmdir(p), 0);
+    free(p);
+    free(d);
+}
+
 /* A written tiny checkpoint whose other experts' bytes are poisoned still loads expert 3 exactly. */
 static void test_load_experts_reads_only_the_listed_experts(void **state)
 {
@@ -745,10 +938,12 @@ static void test_load_experts_reads_only_the_listed_experts(void **state)
     assert_memory_equal(a->down.scales, b->down.scales, 64 * 3);
     assert_memory_equal(a->gate_up_bias, b->gate_up_bias, 2 * 96 * 4);
     assert_memory_equal(a->down_bias, b->down_bias, 64 * 4);
-    /* and the poison is really there for the others */
-    other = load_ok(ck, 0, &two, 1);
-    assert_int_equal(((const uint8_t *)mx_expert_set_weights(other)->gate_up.scales)[0], 0xFF);
-    mx_expert_set_destroy(other);
+    /* and the poison is really there for the others: expert 2's NaN biases (0xFFFF) are refused, named */
+    other = NULL;
+    assert_int_equal(mx_ckpt_load_experts(ck, 0, &two, 1, &other), MX_ERR_FORMAT);
+    assert_null(other);
+    assert_non_null(strstr(mx_error_detail(), "'model.layers.0.mlp.experts.gate_up_proj_bias' value 384 is"));
+    assert_non_null(strstr(mx_error_detail(), "expected a finite bias"));
     mx_expert_set_destroy(got);
     mx_expert_set_destroy(want);
     mx_ckpt_close(ck);
@@ -843,6 +1038,9 @@ int main(void)
         cmocka_unit_test(test_load_experts_reads_only_the_listed_experts),
         cmocka_unit_test(test_per_expert_layout_reports_the_missing_expert_tensor),
         cmocka_unit_test(test_fused_3d_transposed_or_f16_is_refused_clearly),
+        cmocka_unit_test(test_bad_scale_values_biases_and_scale_shapes_are_refused_naming_them),
+        cmocka_unit_test(test_a_million_expert_ids_are_checked_in_one_pass),
+        cmocka_unit_test(test_config_that_is_not_a_regular_file_is_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

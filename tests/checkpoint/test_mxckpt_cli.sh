@@ -20,6 +20,8 @@ check make-unknown-option 2 "$mx" make --preset tiny --layers 1 --seed 1 --out "
 has make-unknown-option "unknown option '--bogus'"
 check make-experts-range 2 "$mx" make --preset tiny --layers 1 --seed 1 --out "$tmp/a" --experts 2000000
 has make-experts-range "expected 1 .. 1048576"
+check make-empty-out 2 "$mx" make --preset tiny --layers 1 --seed 1 --out ''
+has make-empty-out "--out '': expected a directory path"
 check make-leading-zero-is-decimal 0 "$mx" make --preset tiny --layers 010 --seed 1 --out "$tmp/z10"
 [ -f "$tmp/z10/config.json" ] && grep -qE '"num_hidden_layers":[[:space:]]*10,' "$tmp/z10/config.json" ||
   { echo "FAIL make-leading-zero-is-decimal: not 10 layers"; fails=$((fails + 1)); }
@@ -47,6 +49,28 @@ check make-deepseek-small 0 "$mx" make --preset deepseek-fp8 --layers 1 --seed 2
 check inspect-deepseek 0 "$mx" inspect "$tmp/ds" --json
 has inspect-deepseek '"kind":	"sigmoid_grouped"'
 has inspect-deepseek '"weight_scales":	"block_128x128"'
+# --all loads every expert: a NaN scale of a middle expert (not the first or last, which inspect loads anyway)
+check make-qwen3-small 0 "$mx" make --preset qwen3-moe-fp8 --layers 1 --seed 3 --experts 3 --out "$tmp/q"
+check inspect-all-good 0 "$mx" inspect "$tmp/q" --all
+has inspect-all-good "every expert tried"
+has inspect-all-good "warnings       none"
+python3 - "$tmp/q/model.safetensors" <<'PY'
+import json, struct, sys
+with open(sys.argv[1], "r+b") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    t = json.loads(f.read(n))["model.layers.0.mlp.experts.1.down_proj.weight_scale"]
+    assert t["dtype"] == "F32", t
+    f.seek(8 + n + t["data_offsets"][0] + 4 * 2)
+    f.write(struct.pack("<f", float("nan")))
+PY
+check inspect-middle-expert-unseen 0 "$mx" inspect "$tmp/q"
+has inspect-middle-expert-unseen "--all for every one"
+check inspect-all-bad 1 "$mx" inspect "$tmp/q" --all
+has inspect-all-bad "1 experts cannot be loaded; first: layer 0 expert 1:"
+has inspect-all-bad "'model.layers.0.mlp.experts.1.down_proj.weight_scale' value 2 is nan, expected a finite scale >= 0"
+check inspect-all-bad-json 1 "$mx" inspect "$tmp/q" --all --json
+has inspect-all-bad-json '"experts_not_loadable":	1'
+has inspect-all-bad-json '"ok":	false'
 # a broken checkpoint: truncated shard
 head -c 100 "$tmp/tiny/model-00001-of-00004.safetensors" >"$tmp/cut" 2>/dev/null || head -c 100 "$(ls "$tmp"/tiny/*.safetensors | head -1)" >"$tmp/cut"
 cp "$tmp/cut" "$(ls "$tmp"/tiny/*.safetensors | head -1)"
