@@ -609,10 +609,23 @@ static int parse_list(const char *arg, const char *flag, int (*one)(const char *
         return -1;
     }
     strcpy(buf, arg);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
-        if (one(tok, o))
+    if (strspn(buf, ",") == strlen(buf))
+        return 0; /* no item at all: "an empty list" below */
+    /* items between commas, none empty ("1,,2" and "1," were read as "1,2" and "1") */
+    for (char *p = buf;;) {
+        char *c = strchr(p, ',');
+        if (c)
+            *c = 0;
+        if (!*p) {
+            fprintf(stderr, "mxbench: %s '%s': an empty item in the list\n", flag, arg);
             return -1;
-    return 0;
+        }
+        if (*p && one(p, o))
+            return -1;
+        if (!c)
+            return 0;
+        p = c + 1;
+    }
 }
 
 static int one_model(const char *s, opts_t *o)
@@ -651,13 +664,13 @@ static int one_scheme(const char *s, opts_t *o)
     return 0;
 }
 
-static int parse_pos(const char *s, const char *flag, long max, long *v)
+static int parse_int(const char *s, const char *flag, long min, long max, long *v)
 {
     char *end;
     errno = 0;
     long x = strtol(s, &end, 10);
-    if (errno || end == s || *end || x < 0 || x > max) {
-        fprintf(stderr, "mxbench: %s '%s': expected an integer 0..%ld\n", flag, s, max);
+    if (errno || end == s || *end || x < min || x > max) {
+        fprintf(stderr, "mxbench: %s '%s': expected an integer %ld..%ld\n", flag, s, min, max);
         return -1;
     }
     *v = x;
@@ -667,12 +680,8 @@ static int parse_pos(const char *s, const char *flag, long max, long *v)
 static int one_tokens(const char *s, opts_t *o)
 {
     long v;
-    if (parse_pos(s, "--tokens", 1L << 20, &v))
+    if (parse_int(s, "--tokens", 1, 1L << 20, &v))
         return -1;
-    if (v == 0) {
-        fprintf(stderr, "mxbench: --tokens: 0 is not a token count\n");
-        return -1;
-    }
     if (o->n_tokens >= 32) {
         fprintf(stderr, "mxbench: --tokens: at most 32 counts\n");
         return -1;
@@ -729,39 +738,27 @@ static int parse_opts(int argc, char **argv, opts_t *o)
             o->backend = v;
         } else if (!strcmp(a, "--threads")) {
             NEED_VALUE
-            if (parse_pos(v, a, 4096, &x))
+            if (parse_int(v, a, 1, 4096, &x))
                 return -1;
-            if (x == 0) {
-                fprintf(stderr, "mxbench: --threads must be >= 1\n");
-                return -1;
-            }
             o->threads = (int)x;
         } else if (!strcmp(a, "--iters")) {
             NEED_VALUE
-            if (parse_pos(v, a, 256, &x))
+            if (parse_int(v, a, 1, 256, &x))
                 return -1;
-            if (x == 0) {
-                fprintf(stderr, "mxbench: --iters must be >= 1\n");
-                return -1;
-            }
             o->iters = (int)x;
         } else if (!strcmp(a, "--ref-peer-max")) {
             NEED_VALUE
-            if (parse_pos(v, a, 1L << 20, &x))
+            if (parse_int(v, a, 0, 1L << 20, &x))
                 return -1;
             o->ref_peer_max = (int)x;
         } else if (!strcmp(a, "--rotate")) {
             NEED_VALUE
-            if (parse_pos(v, a, 64, &x))
+            if (parse_int(v, a, 1, 64, &x))
                 return -1;
-            if (x == 0) {
-                fprintf(stderr, "mxbench: --rotate must be 1..64\n");
-                return -1;
-            }
             o->rotate = (int)x;
         } else if (!strcmp(a, "--seed")) {
             NEED_VALUE
-            if (parse_pos(v, a, 1L << 30, &x))
+            if (parse_int(v, a, 0, 1L << 30, &x))
                 return -1;
             o->seed = (uint64_t)x;
         } else if (!strcmp(a, "--json")) {
@@ -880,14 +877,14 @@ static int cmd_kernels(int argc, char **argv)
         return 2;
     if (o.json) { /* a path that cannot be written fails now, not after the run */
         char tmp[4096];
-        FILE *f = json_tmp(o.json, tmp, sizeof tmp) ? fopen(tmp, "w") : NULL;
-        if (!f) {
-            fprintf(stderr, "mxbench: --json %s: cannot create %s.tmp: %s\n", o.json, o.json,
-                    json_tmp(o.json, tmp, sizeof tmp) ? strerror(errno) : "path too long");
+        if (mx_output_path_check("--json", o.json) != MX_OK) {
+            fprintf(stderr, "mxbench: %s\n", mx_error_detail());
             return 2;
         }
-        fclose(f);
-        remove(tmp);
+        if (!json_tmp(o.json, tmp, sizeof tmp)) {
+            fprintf(stderr, "mxbench: --json: path too long\n");
+            return 2;
+        }
     }
     const mx_backend_ops_t *ops = mx_backend_find(o.backend);
     if (!ops) {

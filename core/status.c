@@ -1,11 +1,15 @@
 #include "mxep/status.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static _Thread_local char detail[MX_ERROR_DETAIL_MAX];
 static _Thread_local mx_status_t last_status = MX_OK;
+static _Thread_local int relayed; /* the detail tells of another process's failure */
 
 const char *mx_status_str(mx_status_t status)
 {
@@ -31,7 +35,24 @@ mx_status_t mx_error_set(mx_status_t status, const char *fmt, ...)
     vsnprintf(detail, sizeof detail, fmt, ap);
     va_end(ap);
     last_status = status;
+    relayed = 0;
     return status;
+}
+
+mx_status_t mx_error_relay(mx_status_t status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    last_status = status;
+    relayed = 1;
+    return status;
+}
+
+int mx_error_relayed(void)
+{
+    return relayed;
 }
 
 mx_status_t mx_error_prefix(mx_status_t status, const char *fmt, ...)
@@ -54,12 +75,46 @@ mx_status_t mx_error_prefix(mx_status_t status, const char *fmt, ...)
     return status;
 }
 
-const char *mx_error_detail(void) { return detail; }
+const char *mx_error_detail(void)
+{
+    return detail;
+}
 
-mx_status_t mx_error_last(void) { return last_status; }
+mx_status_t mx_error_last(void)
+{
+    return last_status;
+}
 
 void mx_error_clear(void)
 {
     detail[0] = '\0';
     last_status = MX_OK;
+    relayed = 0;
+}
+
+mx_status_t mx_output_path_check(const char *what, const char *path)
+{
+    if (!path || !*path)
+        return mx_error_set(MX_ERR_INVALID, "%s '': expected a file path", what);
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
+        return mx_error_set(MX_ERR_INVALID, "%s %s: %s, expected a file path", what, path,
+                            S_ISDIR(sb.st_mode) ? "is a directory" : "is not a regular file");
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == path)
+        snprintf(dir, sizeof dir, "/");
+    else if ((size_t)(slash - path) < sizeof dir)
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    else
+        return mx_error_set(MX_ERR_INVALID, "%s: path too long", what);
+    if (stat(dir, &sb) != 0)
+        return mx_error_set(MX_ERR_INVALID, "%s %s: folder %s: %s", what, path, dir, strerror(errno));
+    if (!S_ISDIR(sb.st_mode))
+        return mx_error_set(MX_ERR_INVALID, "%s %s: %s is not a folder", what, path, dir);
+    if (access(dir, W_OK | X_OK) != 0)
+        return mx_error_set(MX_ERR_INVALID, "%s %s: folder %s is not writable: %s", what, path, dir, strerror(errno));
+    return MX_OK;
 }

@@ -41,8 +41,11 @@ Needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN), iproute2 (`ip netns`), unshare and Op
 mpirun. Exits 77 (skipped) when not root or when network namespaces are not permitted
 here, 0 when the results match, 1 when they do not or a run fails, 2 on bad usage.
 
-Example:
-  launch/netns-cluster.sh --hosts 3 -- build/worker/mxworker bench --preset tiny
+Example (mxworker prints no checksum: compare its --check line; --tokens-total keeps the
+batch the same on N*K ranks and on one):
+  launch/netns-cluster.sh --hosts 3 \
+      --compare 'check layer [0-9]+: ok: [0-9]+ tokens, 0 of [0-9]+ values differ' \
+      -- build/worker/mxworker bench --preset tiny --tokens-total 90 --check
 EOF
 }
 

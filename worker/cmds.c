@@ -238,6 +238,10 @@ int wk_cmd_bench(wk_job_t *job)
                          : mx_error_set(MX_ERR_NOMEM, "bench: out of memory");
     if ((st = wk_agree(job->comm, st, "allocating the bench tokens")) != MX_OK)
         goto fail;
+    /* rank 0 writes --json: a path it cannot write fails now, not after the whole bench */
+    if ((st = wk_agree(job->comm, job->rank == 0 && o->json ? mx_output_path_check("--json", o->json) : MX_OK,
+                       "checking --json")) != MX_OK)
+        goto fail;
     wk_fill_tokens(o->seed, first, n, H, x0);
     bench_row_t row;
     memset(&row, 0, sizeof row);
@@ -568,7 +572,10 @@ int wk_cmd_bench(wk_job_t *job)
             cJSON_AddStringToObject(root, "baseline", base ? "layer" : "alone");
             cJSON_AddNumberToObject(root, "warmup", o->warmup);
             cJSON_AddNumberToObject(root, "iters", iters);
-            cJSON_AddNumberToObject(root, "seed", (double)o->seed);
+            /* the seed exactly: as a double, 2^53 + 1 came out as 9.00719925474099e+15 */
+            char seed_txt[32];
+            snprintf(seed_txt, sizeof seed_txt, "%llu", (unsigned long long)o->seed);
+            cJSON_AddRawToObject(root, "seed", seed_txt);
             cJSON *ra = cJSON_AddArrayToObject(root, "per_rank");
             for (int r = 0; r < job->size; r++) {
                 bench_row_t *w = &rows[r];
@@ -686,7 +693,9 @@ int wk_cmd_run(wk_job_t *job)
     memset(&in, 0, sizeof in);
     mx_status_t st = MX_OK;
     if (job->rank == 0) {
-        st = wk_st_read_hidden(o->input, &in);
+        st = mx_output_path_check("--output", o->output); /* before any work, as the input's check */
+        if (st == MX_OK)
+            st = wk_st_read_hidden(o->input, &in);
         if (st == MX_OK && in.cols != H)
             st = mx_error_set(MX_ERR_FORMAT,
                               "--input %s: hidden_states has %zu columns but the model's hidden size "
@@ -827,9 +836,23 @@ int wk_cmd_info(MPI_Comm comm, const wk_opts_t *o)
         for (int r = 0; r < job.size; r++) {
             int c = 0;
             const int *e = mx_coord_placement_rank_experts(&job.place, r, &c);
-            printf(" r%d:%d experts%s", r, c, c ? "" : "");
+            printf(" r%d:%d experts", r, c);
+            /* the expert ids as runs ({0..2,5,9..11}): a rank of a placement file may hold any set */
+            for (int i = 0, runs = 0; i < c; runs++) {
+                int j = i;
+                while (j + 1 < c && e[j + 1] == e[j] + 1)
+                    j++;
+                if (runs == 8) {
+                    printf(",...");
+                    break;
+                }
+                printf(i ? ",%d" : " {%d", e[i]);
+                if (j > i)
+                    printf("..%d", e[j]);
+                i = j + 1;
+            }
             if (c)
-                printf(" [%d..%d]", e[0], e[c - 1]);
+                printf("}");
         }
         printf("\ntransport %s: exchange %s", mx_transport_name(job.tr), mx_transport_path(job.tr));
         if (job.tr2)
@@ -910,8 +933,8 @@ int wk_cmd_serve(wk_job_t *job)
     st = mx_serve_mpi_run(job->comm, job->rank == 0 ? &cfg : NULL, serve_layer, job, &stats);
     if (job->rank == 0) {
         if (st == MX_OK)
-            printf("mxworker serve: stopped after %llu requests (%llu ok, %llu error replies, %llu replies not "
-                   "delivered)\n",
+            printf("mxworker serve: stopped after %llu requests (%llu ok, %llu error replies, %llu replies the "
+                   "socket refused)\n",
                    (unsigned long long)stats.requests, (unsigned long long)stats.ok, (unsigned long long)stats.errors,
                    (unsigned long long)stats.dropped);
         else

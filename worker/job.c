@@ -78,7 +78,7 @@ mx_status_t wk_agree(MPI_Comm comm, mx_status_t st, const char *phase)
         fflush(stderr);
     }
     if (st == MX_OK)
-        return mx_error_set((mx_status_t)m.status, "rank %d failed while %s: %s", first[0], phase, m.detail);
+        return mx_error_relay((mx_status_t)m.status, "rank %d failed while %s: %s", first[0], phase, m.detail);
     return st;
 }
 
@@ -170,6 +170,11 @@ static mx_status_t model_config(const wk_opts_t *o, mx_ckpt_h *ckpt_p, mx_model_
         return MX_OK;
     }
     int n_layers = o->layer + o->layers;
+    if (n_layers > 4096) /* the built-in models' limit (checkpoint/synth.c), in the user's words */
+        return mx_error_set(MX_ERR_INVALID,
+                            "--layer %d with --layers %d reaches layer %d: the built-in models have layers 0 .. 4095 "
+                            "(a checkpoint, --model, may have more)",
+                            o->layer, o->layers, n_layers - 1);
     if (strcmp(o->preset, "deepep-ll") == 0) {
         /* checkpoint/ may list it; otherwise the DeepSeek-V3 FP8 shape with DeepEP's sizes */
         int n = 0, have = 0;
@@ -904,11 +909,12 @@ mx_status_t wk_check_layer(wk_job_t *job, int li, const uint16_t *x, size_t n, s
             job->choice.backend->release(packed);
         free(all_ids);
         if (st == MX_OK) {
-            size_t diff = 0, id_diff = 0;
+            size_t diff = 0, id_diff = 0, nonfinite = 0;
             double num = 0, den = 0;
             for (size_t i = 0; i < t_global * H; i++) {
                 float a = wk_bf16_f32(oa[i]), b = wk_bf16_f32(ref[i]);
                 diff += oa[i] != ref[i];
+                nonfinite += !isfinite(a); /* NaN equals NaN bitwise: the run is still no good */
                 num += ((double)a - b) * ((double)a - b);
                 den += (double)b * b;
             }
@@ -916,15 +922,15 @@ mx_status_t wk_check_layer(wk_job_t *job, int li, const uint16_t *x, size_t n, s
                 id_diff += ids[i] != rr.topk_ids[i];
             double rel = den > 0 ? sqrt(num / den) : sqrt(num);
             double tol = job->o->dtype == MX_DISPATCH_FP8 ? 0.08 : 0.01;
-            int ok = id_diff == 0 && (bitwise ? diff == 0 : rel <= tol);
+            int ok = id_diff == 0 && nonfinite == 0 && (bitwise ? diff == 0 : rel <= tol);
             snprintf(summary, summary_len,
                      "check layer %d: %s: %zu tokens, %zu of %zu values differ, rel L2 %.3g (%s), topk ids differ: "
-                     "%zu",
-                     L->layer, ok ? "ok" : "MISMATCH", t_global, diff, t_global * H, rel,
+                     "%zu, non-finite outputs: %zu",
+                     L->layer, ok ? "ok" : nonfinite ? "NON-FINITE" : "MISMATCH", t_global, diff, t_global * H, rel,
                      bitwise                            ? "bitwise required"
                      : job->o->dtype == MX_DISPATCH_FP8 ? "fp8 tolerance 0.08"
                                                         : "tolerance 0.01",
-                     id_diff);
+                     id_diff, nonfinite);
             if (!ok)
                 st = mx_error_set(MX_ERR_INTERNAL, "%s", summary);
         }

@@ -121,8 +121,11 @@ static const char usage_serve[] =
     "split over all ranks as `run` splits them, so a reply equals `mxworker run` of the same\n"
     "tokens (bitwise with --combine exact). Clients: mxclient, or include/mxep/serve.h.\n"
     "Requests from several clients are taken one at a time; bad requests get an error reply\n"
-    "and the server goes on. SIGTERM or SIGINT (to any rank, or through mpirun) answers the\n"
-    "requests already received, then every rank exits 0.\n"
+    "and the server goes on. SIGTERM or SIGINT to any rank (the 'listening' line gives rank\n"
+    "0's pid) answers the requests already received (at most one per client connection),\n"
+    "then every rank exits 0. Through mpirun it does too, but Open MPI kills the ranks 1 s\n"
+    "after it forwards the signal (MCA odls_base_sigkill_timeout): requests not answered by\n"
+    "then get no reply.\n"
     "\n"
     "  --listen URL         address rank 0 binds (required)\n"
     "  --layers N           layers served, from --layer (default 1); others are refused\n"
@@ -173,8 +176,9 @@ static int scope_fail(char *msg, size_t len, const char *name, int want, int cmd
     static const char *const names[] = {[WK_CMD_BENCH] = "bench", [WK_CMD_RUN] = "run", [WK_CMD_SERVE] = "serve"};
     if (want < 0 || want == cmd)
         return 0;
-    return fail(msg, len, "%s%s is an option of mxworker %s, not of mxworker %s", name,
-                strcmp(name, "--router") == 0 ? " uniform" : "", names[want], cmdname);
+    const int layers = strcmp(name, "--layers") == 0; /* bench and serve take it */
+    return fail(msg, len, "%s%s is an option of mxworker %s%s, not of mxworker %s", name,
+                strcmp(name, "--router") == 0 ? " uniform" : "", names[want], layers ? " and serve" : "", cmdname);
 }
 
 /* --listen: the transports nanomsg binds (tcp, ws: HOST:PORT with a port of
@@ -318,9 +322,10 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
         int only = -1; /* the subcommand this option belongs to, -1: any */
         if (strcmp(name, "--model") == 0)
             o->model_dir = val;
-        else if (strcmp(name, "--preset") == 0)
+        else if (strcmp(name, "--preset") == 0) {
             o->preset = val;
-        else if (strcmp(name, "--experts") == 0) {
+            o->preset_set = 1;
+        } else if (strcmp(name, "--experts") == 0) {
             r = parse_long(name, val, 1, 1 << 20, &x, msg, msg_len);
             o->experts = (int)x;
         } else if (strcmp(name, "--seed") == 0) {
@@ -328,7 +333,7 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
             errno = 0;
             /* decimal, or hex after 0x (010 is ten, not octal eight) */
             unsigned long long s = strtoull(val, &end, (val[0] == '0' && (val[1] == 'x' || val[1] == 'X')) ? 16 : 10);
-            if (errno || !end || *end || end == val || val[0] == '-')
+            if (errno || !end || *end || end == val || val[0] < '0' || val[0] > '9') /* " -5" wrapped */
                 return fail(msg, msg_len, "--seed '%s': expected a non-negative integer", val);
             o->seed = s;
         } else if (strcmp(name, "--layer") == 0) {
@@ -450,6 +455,9 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
     }
     if (o->tokens >= 0 && o->tokens_total >= 0)
         return fail(msg, msg_len, "--tokens (per rank) and --tokens-total exclude each other: give one");
+    if (o->model_dir && o->preset_set)
+        return fail(msg, msg_len, "--preset %s names a built-in model; it does not combine with --model %s", o->preset,
+                    o->model_dir);
     if (o->model_dir && o->experts)
         return fail(msg, msg_len, "--experts applies to the built-in model only, not to --model %s", o->model_dir);
     if (o->cmd == WK_CMD_SERVE && !o->listen)
@@ -459,8 +467,6 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
     if (o->cmd == WK_CMD_RUN && (!o->input || !o->output))
         return fail(msg, msg_len, "mxworker run needs --input FILE and --output FILE (mxworker run --help)");
     if (strcmp(o->preset, "deepep-ll") == 0) {
-        if (o->model_dir)
-            return fail(msg, msg_len, "--preset deepep-ll is a built-in model; it does not combine with --model");
         if (o->cmd == WK_CMD_RUN || o->cmd == WK_CMD_SERVE)
             return fail(msg, msg_len, "--preset deepep-ll is a bench shape (uniform routing); use it with bench");
         if (!dtype_set)

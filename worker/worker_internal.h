@@ -51,6 +51,7 @@ typedef struct {
     wk_cmd_t cmd;
     const char *model_dir; /* NULL = built-in synthetic model */
     const char *preset;    /* synthetic preset (default gpt-oss-20b) */
+    int preset_set;        /* --preset given (it does not combine with --model) */
     int layers;            /* layers to run (bench), from layer `layer` */
     int layer;             /* first layer */
     long tokens;           /* per rank (-1 = unset) */

@@ -116,7 +116,8 @@ typedef struct {
     uint64_t requests; /* messages received */
     uint64_t ok;       /* replies with MX_OK */
     uint64_t errors;   /* error replies (malformed, refused, compute failed) */
-    uint64_t dropped;  /* replies that could not be sent (client gone) */
+    uint64_t dropped;  /* replies the socket refused (a reply to a client that has gone is dropped by
+                          nanomsg without an error: it counts as sent) */
 } mx_serve_stats_t;
 
 /* Opens an NN_REP socket and binds it to config->url. NN_REP serves any number

@@ -49,11 +49,25 @@ mx_status_t mx_error_prefix(mx_status_t status, const char *fmt, ...)
 
 /* This thread's last detail message ("" when none); valid until the next set. */
 const char *mx_error_detail(void);
+/* mx_error_set for a failure that happened in another process (rank) and is only
+ * passed on here; mx_error_relayed() tells whether the current detail is such
+ * (mx_error_set and mx_error_clear reset it, mx_error_prefix keeps it), so that
+ * a layer that adds its own context (e.g. which rows were this rank's) adds it
+ * only to its own failures. */
+mx_status_t mx_error_relay(mx_status_t status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int mx_error_relayed(void);
 
 /* The status recorded with the last detail (MX_OK when none). */
 mx_status_t mx_error_last(void);
 
 void mx_error_clear(void);
+
+/* The check a command makes on an output file path (`what`: its option, e.g.
+ * "--json") before long work, so that a path that cannot be written fails at
+ * once, not after the run: not empty, not an existing directory or other
+ * non-regular file, its folder an existing folder this process can write.
+ * MX_ERR_INVALID naming the option, the path and why. */
+mx_status_t mx_output_path_check(const char *what, const char *path);
 
 #ifdef __cplusplus
 }

@@ -24,21 +24,29 @@ check no-subcommand 2 "$mx"
 check unknown-subcommand 2 "$mx" frobnicate
 has unknown-subcommand "unknown subcommand 'frobnicate'"
 
-refused rotate-zero "--rotate must be 1..64" --rotate 0
-refused rotate-big "--rotate '65'" --rotate 65
+refused rotate-zero "--rotate '0': expected an integer 1..64" --rotate 0
+refused rotate-big "--rotate '65': expected an integer 1..64" --rotate 65
 refused rotate-word "--rotate 'x'" --rotate x
 refused rotate-missing "--rotate needs a value" --rotate
 refused threads-word "--threads 'abc'" --threads abc
-lacks threads-word "must be >= 1"
-refused threads-zero "--threads must be >= 1" --threads 0
-refused iters-zero "--iters must be >= 1" --iters 0
+refused threads-zero "--threads '0': expected an integer 1..4096" --threads 0
+refused threads-negative "--threads '-1': expected an integer 1..4096" --threads -1
+refused iters-zero "--iters '0': expected an integer 1..256" --iters 0
 refused tokens-empty "--tokens: an empty list" --tokens ,
-refused tokens-zero "0 is not a token count" --tokens 1,0
+refused tokens-empty-item "--tokens '1,,2': an empty item in the list" --tokens 1,,2
+refused tokens-trailing-comma "--tokens '1,': an empty item in the list" --tokens 1,
+refused tokens-zero "--tokens '0': expected an integer 1..1048576" --tokens 1,0
+refused tokens-negative "--tokens '-1': expected an integer 1..1048576" --tokens -1
 refused model-empty "--model: an empty list" --model ,
 refused model-bogus "--model 'bogus'" --model bogus
 refused scheme-bogus "--scheme 'W3A3'" --scheme W3A3
 refused unknown-option "unknown option '--bogus'" --bogus
-refused json-unwritable "--json $tmp/no/such/dir/r.json: cannot create" --json "$tmp/no/such/dir/r.json"
+refused json-unwritable "--json $tmp/no/such/dir/r.json: folder $tmp/no/such/dir: No such file or directory" --json "$tmp/no/such/dir/r.json"
+# a folder, or an empty path: refused before anything is measured (PATH.tmp could be created for both, the
+# run went on and failed only at its final rename)
+mkdir -p "$tmp/adir"
+refused json-directory "--json $tmp/adir: is a directory, expected a file path" --json "$tmp/adir"
+refused json-empty "--json '': expected a file path" --json ""
 [ -e "$tmp/no" ] && { echo "FAIL json-unwritable: created $tmp/no"; fails=$((fails + 1)); }
 refused backend-bogus "no such backend" --backend nosuch
 

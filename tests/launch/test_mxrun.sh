@@ -93,6 +93,10 @@ expect_line hostfile_short_of_slots_oversubscribes \
 expect_line dry_run_json_lists_argv \
     '{"argv": ["mpirun", "-n", "9", "--oversubscribe", "--bind-to", "none", "prog", "say \"hi\""], "np": 9, "slots": 8, "oversubscribed": true, "bind": "none"}' \
     "${U[@]}" "$mxrun" -n 9 --dry-run --json -- prog 'say "hi"'
+# control characters other than \n \t \r (which JSON forbids raw) as \u00XX: the line stayed invalid JSON
+expect_line dry_run_json_escapes_control_characters \
+    '{"argv": ["mpirun", "-n", "9", "--oversubscribe", "--bind-to", "none", "prog", "a\u0001b", "x\u007fy\ty"], "np": 9, "slots": 8, "oversubscribed": true, "bind": "none"}' \
+    "${U[@]}" "$mxrun" -n 9 --dry-run --json -- prog $'a\001b' $'x\177y\ty'
 
 printf 'nodeA slots=two\n' >"$tmp/badhosts"
 expect_error bad_hostfile_slots_names_line 2 "badhosts:1: 'slots=two'" "${U[@]}" "$mxrun" --hostfile "$tmp/badhosts" -n 2 --dry-run -- prog

@@ -633,6 +633,79 @@ static void test_serve_stop_drains_the_request_in_flight(void **state)
     mx_serve_destroy(f.server);
 }
 
+/* Clients that send again as soon as they get a reply: after mx_serve_stop the loop
+ * answers at most one request per connection and returns, while they keep sending
+ * (it kept serving them as long as they sent: a SIGTERM under load never stopped the
+ * server). */
+typedef struct {
+    const char *url;
+    atomic_int *quit;
+    atomic_int answered;
+} pest_t;
+
+static void *pest_client(void *p)
+{
+    pest_t *j = p;
+    uint64_t rng = SEED + 7;
+    uint16_t *ref = NULL;
+    void *x = make_batch(&rng, 0, MX_SERVE_WIRE_BF16, 1, &ref);
+    mx_client_h c = NULL;
+    if (mx_client_create(j->url, 1000, &c) == MX_OK)
+        while (!atomic_load(j->quit)) {
+            mx_client_reply_t rep = {0};
+            if (mx_client_request(c, 0, MX_SERVE_WIRE_BF16, 1, HID, x, &rep) == MX_OK && rep.status == MX_OK)
+                atomic_fetch_add(&j->answered, 1);
+            mx_client_reply_fini(&rep);
+        }
+    mx_client_destroy(c);
+    free(x);
+    free(ref);
+    return NULL;
+}
+
+static void test_serve_stop_under_steady_load_returns(void **state)
+{
+    (void)state;
+    enum { CLIENTS = 4 };
+    server_fixture_t f;
+    server_tcp_start(&f, 0);
+    atomic_int quit;
+    atomic_init(&quit, 0);
+    pest_t jobs[CLIENTS];
+    pthread_t th[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++) {
+        jobs[i].url = f.url;
+        jobs[i].quit = &quit;
+        atomic_init(&jobs[i].answered, 0);
+        assert_int_equal(pthread_create(&th[i], NULL, pest_client, &jobs[i]), 0);
+    }
+    for (int busy = 0, k = 0; k < 1000 && busy < CLIENTS; k++) { /* every client answered a few times */
+        usleep(5000);
+        busy = 0;
+        for (int i = 0; i < CLIENTS; i++)
+            busy += atomic_load(&jobs[i].answered) >= 3;
+    }
+    unsigned long long seen = 0; /* answers the clients had before the stop */
+    for (int i = 0; i < CLIENTS; i++)
+        seen += (unsigned long long)atomic_load(&jobs[i].answered);
+    mx_serve_stats_t after;
+    mx_serve_stop(f.server);
+    pthread_join(f.thread, NULL); /* the clients still send: this returned only once they stopped */
+    mx_serve_stats(f.server, &after);
+    atomic_store(&quit, 1);
+    for (int i = 0; i < CLIENTS; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(f.result, MX_OK);
+    for (int i = 0; i < CLIENTS; i++)
+        assert_true(atomic_load(&jobs[i].answered) >= 3);
+    /* beyond those: each client's request out at the stop, then at most one per connection */
+    if (after.requests > seen + 2 * CLIENTS)
+        fail_msg("%llu requests taken, %llu answered before the stop, %d clients connected",
+                 (unsigned long long)after.requests, seen, CLIENTS);
+    assert_int_equal(after.requests, after.ok + after.errors + after.dropped);
+    mx_serve_destroy(f.server);
+}
+
 /* The stop poll (mx_serve_config_t.stop_poll, how mx_serve_mpi_run hears of a signal
  * on another rank): asked before each request and every poll_ms while idle; its first
  * non-zero answer stops the loop, and it is not asked again after that. */
@@ -803,6 +876,29 @@ static void test_mxclient_cli_sends_safetensors_and_writes_the_reply(void **stat
     snprintf(cmd, sizeof cmd, "%s --url tcp://127.0.0.1:%d --input %s --timeout-ms 300 --json", MXCLIENT_PATH,
              free_tcp_port(), in);
     check_json_failure(cmd, 1, "MX_ERR_TIMEOUT");
+    /* bad usage and unreadable input are {"ok": false} objects too (stdout was empty), exit 2; a
+     * malformed --url is bad usage (it exited 1, as a server that did not answer) */
+    snprintf(cmd, sizeof cmd, "%s --url %s --input %s --repeat 0 --json", MXCLIENT_PATH, f.url, in);
+    check_json_failure(cmd, 2, "MX_ERR_INVALID");
+    snprintf(cmd, sizeof cmd, "%s --json --url %s --input /nonexistent/x.safetensors", MXCLIENT_PATH, f.url);
+    check_json_failure(cmd, 2, "MX_ERR_INVALID");
+    snprintf(cmd, sizeof cmd, "%s --url notaurl --input %s --json", MXCLIENT_PATH, in);
+    check_json_failure(cmd, 2, "MX_ERR_INVALID");
+    /* a shape that is not whole numbers ([2.5, H] was read as [2, H]) */
+    char frac[128];
+    snprintf(frac, sizeof frac, "/tmp/mxep-test-mxclient-%ld-frac.safetensors", (long)getpid());
+    n = snprintf(hdr, sizeof hdr, "{\"x\":{\"dtype\":\"F32\",\"shape\":[2.5,%d],\"data_offsets\":[0,%d]}}", HID,
+                 2 * HID * 4 + HID * 2);
+    fp = fopen(frac, "wb");
+    assert_non_null(fp);
+    hl = (uint64_t)n;
+    fwrite(&hl, 8, 1, fp);
+    fwrite(hdr, 1, (size_t)n, fp);
+    fwrite(x, 1, 2 * HID * 4 + HID * 2, fp);
+    fclose(fp);
+    snprintf(cmd, sizeof cmd, "%s --url %s --input %s --json", MXCLIENT_PATH, f.url, frac);
+    check_json_failure(cmd, 2, "MX_ERR_INVALID");
+    unlink(frac);
     /* flags of the other input format are refused, not ignored (exit 2, before connecting) */
     snprintf(cmd, sizeof cmd, "%s --url %s --input %s --hidden 64 2>/dev/null", MXCLIENT_PATH, f.url, in);
     int frc = system(cmd);
@@ -869,6 +965,7 @@ int main(void)
         cmocka_unit_test(test_serve_message_over_the_transport_limit_is_cut_and_serving_continues),
         cmocka_unit_test(test_serve_stop_drains_the_request_in_flight),
         cmocka_unit_test(test_serve_stop_poll_stops_the_loop),
+        cmocka_unit_test(test_serve_stop_under_steady_load_returns),
         cmocka_unit_test(test_serve_create_refuses_bad_config_and_busy_address),
         cmocka_unit_test(test_client_without_server_times_out),
         cmocka_unit_test(test_mxclient_cli_sends_safetensors_and_writes_the_reply),

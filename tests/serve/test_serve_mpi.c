@@ -53,8 +53,13 @@ static mx_status_t layer_fn(int layer, const uint16_t *x, size_t n, size_t first
                             n, t_global);
     if (hidden != HID)
         return mx_error_set(MX_ERR_INTERNAL, "hidden %zu, expected %d", hidden, HID);
+    /* the last rank fails; the others pass its failure on, as the worker's ranks do (wk_agree),
+     * and the reply must still name that rank and its rows, not rank 0's */
     if (layer == FAIL_LAYER && g_rank == g_size - 1)
         return mx_error_set(MX_ERR_NO_DEVICE, "the device of this rank is gone (test)");
+    if (layer == FAIL_LAYER)
+        return mx_error_relay(MX_ERR_NO_DEVICE,
+                              "rank %d failed while computing: the device of this rank is gone (test)", g_size - 1);
     ref_rows(layer, x, n, out);
     return MX_OK;
 }

@@ -12,7 +12,7 @@ Every mpiexec runs under a time limit, so a hang is a failure, never a stuck CI.
 Outputs of `run` are compared byte for byte with the -n 1 result (exact combine)
 and every run also passes --check (single-process ref pipeline, same backend).
 Fixed seeds; printed on failure."""
-import argparse, json, os, random, shlex, signal, socket, struct, subprocess, sys, tempfile, time
+import argparse, json, os, random, shlex, shutil, signal, socket, struct, subprocess, sys, tempfile, time
 
 SEED = 20261123
 LIMIT = 60  # seconds per mpiexec; a hang fails the test
@@ -192,6 +192,21 @@ def case_ckpt(args, n):
               syn], 1)
     if read_st(out) != read_st(syn):
         raise Fail("checkpoint on disk and the built-in model of the same seed give different outputs")
+    # E8M0 0xFF is NaN (a defined code, so the loader takes it): every output is NaN, on any rank count alike
+    # (bitwise "equal"), and --check must still fail the run, naming them
+    nd = os.path.join(args.workdir, f"ckpt_nan_n{n}")
+    shutil.rmtree(nd, ignore_errors=True)
+    shutil.copytree(d, nd)
+    st = os.path.join(nd, "model.safetensors")
+    with open(st, "r+b") as f:
+        b = f.read()
+        hl = struct.unpack("<Q", b[:8])[0]
+        t = json.loads(b[8:8 + hl])["model.layers.1.mlp.experts.down_proj_scales"]
+        f.seek(8 + hl + t["data_offsets"][0])
+        f.write(b"\xff" * (t["data_offsets"][1] - t["data_offsets"][0]))
+    refused(args, [args.mxworker, "run", "--model", nd, "--layer", "1", "--input", inp, "--output",
+                   os.path.join(args.workdir, f"ck_nan_n{n}.safetensors"), "--check"], n,
+            must=("NON-FINITE", f"non-finite outputs: {31 * H}"))
 
 
 def case_bench(args, n):

@@ -127,6 +127,19 @@ static void test_opts_errors_name_the_flag_and_what_was_expected(void **state)
     expect_error(3, a21, "--quiet is an option of mxworker bench, not of mxworker info");
     const char *a20[] = {"mxworker", "run", "--model", "--input", "x", "--output", "y"};
     expect_error(7, a20, "--model needs a value, got the option '--input'");
+    /* --preset with --model: refused (the preset was silently ignored, unlike --experts with --model) */
+    const char *a22[] = {"mxworker", "bench", "--model", "/m", "--preset", "gpt-oss-120b"};
+    expect_error(6, a22, "--preset gpt-oss-120b names a built-in model; it does not combine with --model /m");
+    const char *a23[] = {"mxworker", "bench", "--preset", "deepep-ll", "--model", "/m"};
+    expect_error(6, a23, "--preset deepep-ll names a built-in model; it does not combine with --model /m");
+    /* a leading blank before the minus reached strtoull, which wrapped " -5" to 2^64 - 5 */
+    const char *a24[] = {"mxworker", "--seed", " -5"};
+    expect_error(3, a24, "--seed ' -5': expected a non-negative integer");
+    const char *a25[] = {"mxworker", "--seed", "+5"};
+    expect_error(3, a25, "--seed '+5'");
+    /* serve takes --layers too: the message says so */
+    const char *a26[] = {"mxworker", "info", "--layers", "2"};
+    expect_error(4, a26, "--layers is an option of mxworker bench and serve, not of mxworker info");
 }
 
 static void test_opts_serve_needs_listen_and_takes_layers_and_max_tokens(void **state)

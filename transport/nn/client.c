@@ -58,10 +58,12 @@ mx_status_t mx_client_create(const char *url, int timeout_ms, mx_client_h *clien
         goto fail;
     }
     if (nn_connect(c->sock, url) < 0) {
-        st = mx_error_set(MX_ERR_TRANSPORT,
+        const int e = nn_errno(); /* a malformed address (nn_connect's own checks) is a caller's error */
+        st = mx_error_set(e == EINVAL || e == EPROTONOSUPPORT || e == ENODEV || e == ENAMETOOLONG ? MX_ERR_INVALID
+                                                                                                  : MX_ERR_TRANSPORT,
                           "client: cannot connect to '%s': %s (expected a nanomsg address such as "
                           "tcp://127.0.0.1:5555 or ipc:///tmp/mxep.sock)",
-                          url, nn_strerror(nn_errno()));
+                          url, nn_strerror(e));
         goto fail;
     }
     *client_p = c;

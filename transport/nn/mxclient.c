@@ -2,6 +2,7 @@
  * serve) and writes the layer output. See --help and docs/PROTOCOL.md. */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,11 +37,33 @@ static const char *usage_text =
     "Exit status: 0 when every request succeeded, 1 when the server answered with an error\n"
     "or did not answer (the message says which), 2 for bad usage or an unreadable input.\n";
 
-static int usage_error(const char *fmt, const char *arg)
+/* --json (set before the options are read): errors go to stdout as JSON too. */
+static int g_json, g_json_done;
+static char g_err[1024];
+
+/* An error: "mxclient: error: MESSAGE" on stderr, MESSAGE kept for --json. */
+static void vsay(const char *fmt, va_list ap)
 {
-    fprintf(stderr, "mxclient: error: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\nmxclient: run \"mxclient --help\" for usage\n");
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    fprintf(stderr, "mxclient: error: %s\n", g_err);
+}
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsay(fmt, ap);
+    va_end(ap);
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsay(fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "mxclient: run \"mxclient --help\" for usage\n");
     return 2;
 }
 
@@ -50,9 +73,7 @@ static int input_error(unsigned char *data, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "mxclient: error: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
+    vsay(fmt, ap);
     va_end(ap);
     free(data);
     return 2;
@@ -62,7 +83,7 @@ static int read_file(const char *path, unsigned char **data_p, size_t *len_p)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        fprintf(stderr, "mxclient: error: cannot open '%s': %s\n", path, strerror(errno));
+        say("cannot open '%s': %s", path, strerror(errno));
         return -1;
     }
     size_t cap = 1 << 16, len = 0;
@@ -84,7 +105,7 @@ static int read_file(const char *path, unsigned char **data_p, size_t *len_p)
     int err = ferror(f);
     fclose(f);
     if (!buf || err) {
-        fprintf(stderr, "mxclient: error: cannot read '%s'%s\n", path, buf ? "" : ": out of memory");
+        say("cannot read '%s'%s", path, buf ? "" : ": out of memory");
         free(buf);
         return -1;
     }
@@ -106,8 +127,7 @@ static int safetensors_pick(const char *path, const unsigned char *data, size_t 
                             mx_serve_wire_dtype_t *dtype_p, size_t *t_p, size_t *h_p, const unsigned char **payload_p)
 {
     if (len < 8 || le64(data) > len - 8) {
-        fprintf(stderr, "mxclient: error: '%s': not a safetensors file (header length missing or past the end)\n",
-                path);
+        say("'%s': not a safetensors file (header length missing or past the end)", path);
         return -1;
     }
     size_t hlen = (size_t)le64(data);
@@ -119,7 +139,7 @@ static int safetensors_pick(const char *path, const unsigned char *data, size_t 
     cJSON *root = cJSON_Parse(js);
     free(js);
     if (!cJSON_IsObject(root)) {
-        fprintf(stderr, "mxclient: error: '%s': the safetensors header is not a JSON object\n", path);
+        say("'%s': the safetensors header is not a JSON object", path);
         cJSON_Delete(root);
         return -1;
     }
@@ -134,11 +154,11 @@ static int safetensors_pick(const char *path, const unsigned char *data, size_t 
     }
     int rc = -1;
     if (!want && count != 1) {
-        fprintf(stderr, "mxclient: error: '%s' holds %d tensors: choose one with --tensor NAME\n", path, count);
+        say("'%s' holds %d tensors: choose one with --tensor NAME", path, count);
         goto out;
     }
     if (!pick) {
-        fprintf(stderr, "mxclient: error: '%s': no tensor named '%s'\n", path, want ? want : "");
+        say("'%s': no tensor named '%s'", path, want ? want : "");
         goto out;
     }
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(pick, "dtype");
@@ -146,8 +166,7 @@ static int safetensors_pick(const char *path, const unsigned char *data, size_t 
     const cJSON *offs = cJSON_GetObjectItemCaseSensitive(pick, "data_offsets");
     if (!cJSON_IsString(dt) || !cJSON_IsArray(shape) || cJSON_GetArraySize(shape) != 2 || !cJSON_IsArray(offs) ||
         cJSON_GetArraySize(offs) != 2) {
-        fprintf(stderr, "mxclient: error: '%s': tensor '%s' must have a dtype, a 2-D shape [T, H] and data_offsets\n",
-                path, pick->string);
+        say("'%s': tensor '%s' must have a dtype, a 2-D shape [T, H] and data_offsets", path, pick->string);
         goto out;
     }
     mx_serve_wire_dtype_t dtype;
@@ -156,19 +175,23 @@ static int safetensors_pick(const char *path, const unsigned char *data, size_t 
     else if (strcmp(dt->valuestring, "F32") == 0)
         dtype = MX_SERVE_WIRE_F32;
     else {
-        fprintf(stderr, "mxclient: error: '%s': tensor '%s' is %s: expected BF16 or F32\n", path, pick->string,
-                dt->valuestring);
+        say("'%s': tensor '%s' is %s: expected BF16 or F32", path, pick->string, dt->valuestring);
         goto out;
     }
     double t = cJSON_GetArrayItem(shape, 0)->valuedouble, h = cJSON_GetArrayItem(shape, 1)->valuedouble;
     double b = cJSON_GetArrayItem(offs, 0)->valuedouble, e = cJSON_GetArrayItem(offs, 1)->valuedouble;
     size_t data_len = len - 8 - hlen;
+    if (t != floor(t) || h != floor(h) || b != floor(b) || e != floor(e)) { /* [2.5, 64] was read as [2, 64] */
+        say("'%s': tensor '%s' has a shape or data_offsets that are not whole numbers (shape [%g, %g], offsets "
+            "[%g, %g])",
+            path, pick->string, t, h, b, e);
+        goto out;
+    }
     if (t < 1 || h < 1 || t > MX_SERVE_WIRE_MAX_TOKENS || h > MX_SERVE_WIRE_MAX_HIDDEN || b < 0 || e < b ||
         e > (double)data_len || (e - b) != t * h * (double)mx_serve_wire_dtype_size(dtype)) {
-        fprintf(stderr,
-                "mxclient: error: '%s': tensor '%s' has a bad shape or data_offsets (shape [%.0f, %.0f], "
-                "offsets [%.0f, %.0f], %zu data bytes)\n",
-                path, pick->string, t, h, b, e, data_len);
+        say("'%s': tensor '%s' has a bad shape or data_offsets (shape [%.0f, %.0f], "
+            "offsets [%.0f, %.0f], %zu data bytes)",
+            path, pick->string, t, h, b, e, data_len);
         goto out;
     }
     *dtype_p = dtype;
@@ -192,7 +215,7 @@ static int write_output(const char *path, const uint16_t *out, size_t t, size_t 
     snprintf(tmp, plen + 32, "%s.tmp.%ld", path, (long)getpid());
     FILE *f = fopen(tmp, "wb");
     if (!f) {
-        fprintf(stderr, "mxclient: error: cannot write '%s': %s\n", tmp, strerror(errno));
+        say("cannot write '%s': %s", tmp, strerror(errno));
         free(tmp);
         return -1;
     }
@@ -212,7 +235,7 @@ static int write_output(const char *path, const uint16_t *out, size_t t, size_t 
     ok = ok && fwrite(out, 1, bytes, f) == bytes;
     ok = (fclose(f) == 0) && ok;
     if (!ok || rename(tmp, path) != 0) {
-        fprintf(stderr, "mxclient: error: cannot write '%s': %s\n", path, strerror(errno));
+        say("cannot write '%s': %s", path, strerror(errno));
         unlink(tmp);
         free(tmp);
         return -1;
@@ -230,6 +253,7 @@ static void json_fail(const char *status, const char *message)
         cJSON_AddStringToObject(o, "message", message))
         text = cJSON_PrintUnformatted(o);
     printf("%s\n", text ? text : "{\"ok\": false}");
+    g_json_done = 1;
     cJSON_free(text);
     cJSON_Delete(o);
 }
@@ -240,7 +264,19 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+static int client_main(int argc, char **argv);
+
 int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) /* --json takes no value: errors found before it is read are JSON too */
+        g_json |= strcmp(argv[i], "--json") == 0;
+    const int rc = client_main(argc, argv);
+    if (rc == 2 && g_json && !g_json_done) /* bad usage or input: {"ok": false, ...} as for every failure */
+        json_fail("MX_ERR_INVALID", g_err[0] ? g_err : "bad usage");
+    return rc;
+}
+
+static int client_main(int argc, char **argv)
 {
     const char *url = NULL, *input = NULL, *format = NULL, *dtype_s = NULL, *tensor = NULL, *output = NULL;
     long hidden = -1, layer = 0, repeat = 1, timeout_ms = 30000; /* hidden -1: not given */
@@ -248,7 +284,7 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **sval = NULL;
-        long *lval = NULL;
+        long *lval = NULL, lmin = 0;
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             fputs(usage_text, stdout);
             return 0;
@@ -271,11 +307,13 @@ int main(int argc, char **argv)
             lval = &hidden;
         else if (strcmp(a, "--layer") == 0)
             lval = &layer;
-        else if (strcmp(a, "--repeat") == 0)
+        else if (strcmp(a, "--repeat") == 0) {
             lval = &repeat;
-        else if (strcmp(a, "--timeout-ms") == 0)
+            lmin = 1;
+        } else if (strcmp(a, "--timeout-ms") == 0) {
             lval = &timeout_ms;
-        else
+            lmin = 1;
+        } else
             return usage_error("unknown option '%s'", a);
         if (i + 1 >= argc)
             return usage_error("%s needs a value", a);
@@ -286,8 +324,8 @@ int main(int argc, char **argv)
             char *end = NULL;
             errno = 0;
             long x = strtol(v, &end, 10);
-            if (errno || !end || *end || end == v || x < 0 || x > 1000000000L) {
-                fprintf(stderr, "mxclient: error: %s '%s': expected a whole number from 0 to 1000000000\n", a, v);
+            if (errno || !end || *end || end == v || x < lmin || x > 1000000000L) {
+                say("%s '%s': expected a whole number from %ld to 1000000000", a, v, lmin);
                 return 2;
             }
             *lval = x;
@@ -297,10 +335,6 @@ int main(int argc, char **argv)
         return usage_error("%s", "no server address: give --url URL (e.g. tcp://127.0.0.1:5555)");
     if (!input)
         return usage_error("%s", "no batch to send: give --input FILE");
-    if (repeat < 1)
-        return usage_error("%s", "--repeat: expected at least 1");
-    if (timeout_ms < 1)
-        return usage_error("%s", "--timeout-ms: expected at least 1");
     size_t ilen = strlen(input);
     int is_st =
         format ? strcmp(format, "safetensors") == 0 : (ilen > 12 && strcmp(input + ilen - 12, ".safetensors") == 0);
@@ -358,11 +392,11 @@ int main(int argc, char **argv)
     mx_client_h client = NULL;
     mx_status_t st = mx_client_create(url, (int)timeout_ms, &client);
     if (st != MX_OK) {
-        fprintf(stderr, "mxclient: error: %s\n", mx_error_detail());
+        say("%s", mx_error_detail());
         if (json)
             json_fail(mx_status_str(st), mx_error_detail());
         free(data);
-        return 1;
+        return st == MX_ERR_INVALID ? 2 : 1; /* a malformed --url is bad usage */
     }
     double *lat = calloc((size_t)repeat, sizeof(double));
     mx_client_reply_t reply = {0};
@@ -371,7 +405,7 @@ int main(int argc, char **argv)
         mx_client_reply_fini(&reply);
         st = mx_client_request(client, (int)layer, dtype, t, h, payload, &reply);
         if (st != MX_OK) {
-            fprintf(stderr, "mxclient: error: %s: %s\n", mx_status_str(st), mx_error_detail());
+            say("%s: %s", mx_status_str(st), mx_error_detail());
             if (json)
                 json_fail(mx_status_str(st), mx_error_detail());
             rc = 1;
@@ -388,7 +422,7 @@ int main(int argc, char **argv)
         lat[r] = reply.latency_ms;
     }
     if (rc == 0 && !lat) {
-        fprintf(stderr, "mxclient: error: out of memory for %ld latencies\n", repeat);
+        say("out of memory for %ld latencies", repeat);
         if (json)
             json_fail(mx_status_str(MX_ERR_NOMEM), "out of memory for the latencies of --repeat");
         rc = 1;

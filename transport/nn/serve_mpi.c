@@ -61,7 +61,9 @@ static mx_status_t run_one(job_t *j, int layer, size_t t, const uint16_t *x, uin
         mx_error_clear();
         size_t first = (size_t)j->rank * q + ((size_t)j->rank < r ? (size_t)j->rank : r);
         st = j->layer(layer, j->x_local, mine, first, t, j->hidden, j->out_local, j->arg);
-        if (st != MX_OK && mine > 0) /* the detail counts this rank's rows from 0: say where they are */
+        /* the detail counts this rank's rows from 0: say where they are (not when it only passes
+         * on another rank's failure: that rank says where its rows are) */
+        if (st != MX_OK && mine > 0 && !mx_error_relayed())
             st = mx_error_prefix(st, "request rows %zu..%zu (token i here is row %zu + i): ", first, first + mine - 1,
                                  first);
         MPI_Gatherv(j->out_local, j->counts[j->rank], MPI_UINT16_T, out, j->counts, j->displs, MPI_UINT16_T, 0,
@@ -69,14 +71,18 @@ static mx_status_t run_one(job_t *j, int layer, size_t t, const uint16_t *x, uin
     } else if (st == MX_OK) {
         st = mx_error_set(MX_ERR_NOMEM, "serve: another rank is out of memory");
     }
-    /* The most negative status wins; its (lowest) rank tells the detail. */
+    /* The most negative status wins; its lowest rank that failed itself (not one that
+     * only passes the failure on) tells the detail. */
+    const int relayed = st != MX_OK && mx_error_relayed();
     struct {
         int status;
         int rank;
-    } me = {(int)st, j->rank}, worst;
+    } me = {(int)st, relayed ? j->rank + j->size : j->rank}, worst;
     MPI_Allreduce(&me, &worst, 1, MPI_2INT, MPI_MINLOC, j->comm);
     if (worst.status == MX_OK)
         return MX_OK;
+    if (worst.rank >= j->size)
+        worst.rank -= j->size;
     char detail[MX_ERROR_DETAIL_MAX];
     snprintf(detail, sizeof detail, "%s", mx_error_detail());
     MPI_Bcast(detail, sizeof detail, MPI_CHAR, worst.rank, j->comm);

@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "mxep/log.h"
 #include "mxep/serve.h"
@@ -96,7 +97,9 @@ mx_status_t mx_serve_create(const mx_serve_config_t *config, mx_serve_h *server_
     /* Messages larger than the largest valid request (plus slack, so that a
      * request a little too large still gets its error reply) are cut off by
      * the transport: nanomsg closes that connection. */
-    size_t maxmsg = MX_SERVE_WIRE_REQUEST_HEADER_BYTES + elems * 4 + 65536;
+    /* (the transport's limit counts the REQ socket's 4-byte request id in front of the
+     * payload, and 4 more bytes per nanomsg device on the way: room for 16) */
+    size_t maxmsg = MX_SERVE_WIRE_REQUEST_HEADER_BYTES + elems * 4 + 65536 + 64;
     int rcvmax = maxmsg > (size_t)INT_MAX ? -1 : (int)maxmsg;
     int linger = 1000;
     if (nn_setsockopt(s->sock, NN_SOL_SOCKET, NN_RCVMAXSIZE, &rcvmax, sizeof rcvmax) < 0 ||
@@ -112,8 +115,9 @@ mx_status_t mx_serve_create(const mx_serve_config_t *config, mx_serve_h *server_
         goto fail;
     }
     atomic_init(&s->stop, 0);
-    MX_LOG_I("serve", "listening on %s (hidden %zu, layers %d..%d, at most %zu tokens per request)", s->url,
-             s->cfg.hidden, s->cfg.first_layer, s->cfg.first_layer + s->cfg.n_layers - 1, s->cfg.max_tokens);
+    MX_LOG_I("serve", "listening on %s (hidden %zu, layers %d..%d, at most %zu tokens per request; pid %ld)", s->url,
+             s->cfg.hidden, s->cfg.first_layer, s->cfg.first_layer + s->cfg.n_layers - 1, s->cfg.max_tokens,
+             (long)getpid());
     *server_p = s;
     return MX_OK;
 fail:
@@ -245,18 +249,38 @@ static int stop_requested(struct mx_serve *s)
     return atomic_load(&s->stop) || g_signal_received || (s->cfg.stop_poll && s->cfg.stop_poll(s->cfg.stop_poll_arg));
 }
 
+static mx_status_t stopped(const struct mx_serve *s)
+{
+    MX_LOG_I("serve", "stopped after %llu requests (%llu ok, %llu errors)", (unsigned long long)s->stats.requests,
+             (unsigned long long)s->stats.ok, (unsigned long long)s->stats.errors);
+    return MX_OK;
+}
+
 mx_status_t mx_serve_run(mx_serve_h s)
 {
     if (!s)
         return mx_error_set(MX_ERR_INVALID, "mx_serve_run: NULL server");
     int draining = 0;
+    uint64_t drain_left = 0;
     for (;;) {
         if (s->cfg.max_requests && s->stats.ok + s->stats.errors + s->stats.dropped >= s->cfg.max_requests)
             return MX_OK;
         if (!draining && stop_requested(s)) {
             draining = 1;
-            MX_LOG_I("serve", "stop requested: answering the requests already received, then returning");
+            /* A REQ client has at most one request out, so no more than one per connection
+             * can have arrived before the stop; taking only that many keeps clients that
+             * send again at once from holding the server (they kept it serving as long as
+             * they sent). Fair queueing takes each connection's waiting request first. */
+            drain_left = nn_get_statistic(s->sock, NN_STAT_CURRENT_CONNECTIONS);
+            if (drain_left == (uint64_t)-1)
+                drain_left = 0;
+            MX_LOG_I("serve",
+                     "stop requested: answering the requests already received (at most one per connection; "
+                     "%llu connected), then returning",
+                     (unsigned long long)drain_left);
         }
+        if (draining && drain_left == 0)
+            return stopped(s);
         if (!draining) {
             struct nn_pollfd pfd = {.fd = s->sock, .events = NN_POLLIN, .revents = 0};
             int rc = nn_poll(&pfd, 1, s->cfg.poll_ms);
@@ -273,18 +297,16 @@ mx_status_t mx_serve_run(mx_serve_h s)
         if (len < 0) {
             int e = nn_errno();
             if (e == EAGAIN) {
-                if (draining) {
-                    MX_LOG_I("serve", "stopped after %llu requests (%llu ok, %llu errors)",
-                             (unsigned long long)s->stats.requests, (unsigned long long)s->stats.ok,
-                             (unsigned long long)s->stats.errors);
-                    return MX_OK;
-                }
+                if (draining)
+                    return stopped(s);
                 continue;
             }
             if (e == EINTR)
                 continue;
             return mx_error_set(MX_ERR_TRANSPORT, "serve on %s: nn_recv: %s", s->url, nn_strerror(e));
         }
+        if (draining)
+            drain_left--;
         handle(s, msg, (size_t)len);
         nn_freemsg(msg);
     }
