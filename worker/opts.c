@@ -256,7 +256,7 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
         return fail(msg, msg_len,
                     "mxworker serve: this mxworker was built without nanomsg (the front door); rebuild with "
                     "nanomsg installed (-DMXEP_WITH_NANOMSG=ON)");
-    int dtype_set = 0, iters_set = 0, layers_set = 0;
+    int dtype_set = 0, iters_set = 0, layers_set = 0, exchange_set = 0;
     for (; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -368,9 +368,11 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
         } else if (strcmp(name, "--timeout") == 0) {
             r = parse_long(name, val, 0, 7 * 86400, &x, msg, msg_len);
             o->timeout = (int)x;
-        } else if (strcmp(name, "--backend") == 0)
+        } else if (strcmp(name, "--backend") == 0) {
+            if (!*val)
+                return fail(msg, msg_len, "--backend '': expected a backend name or list (e.g. cpu, cuda,cpu, ^cuda)");
             o->backend = val;
-        else if (strcmp(name, "--placement") == 0)
+        } else if (strcmp(name, "--placement") == 0)
             o->placement = val;
         else if (strcmp(name, "--transport") == 0) {
             if (strcasecmp(val, "mpi") == 0)
@@ -433,6 +435,7 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
         } else if (strcmp(name, "--exchange") == 0) {
             if (mx_exchange_mode_parse(val, &o->exchange) != MX_OK)
                 return fail(msg, msg_len, "--exchange '%s': expected auto, alltoallv or shm", val);
+            exchange_set = 1;
         } else if (strcmp(name, "--json") == 0) {
             if (o->cmd == WK_CMD_RUN)
                 return fail(msg, msg_len, "--json is not an option of mxworker run (the output is --output)");
@@ -455,6 +458,10 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
     }
     if (o->tokens >= 0 && o->tokens_total >= 0)
         return fail(msg, msg_len, "--tokens (per rank) and --tokens-total exclude each other: give one");
+    if (exchange_set && o->transport == WK_TRANSPORT_UCX)
+        return fail(msg, msg_len,
+                    "--exchange picks the MPI transport's path; --transport ucx does not use it (--transport both "
+                    "runs the layers over MPI and times UCX too)");
     if (o->model_dir && o->preset_set)
         return fail(msg, msg_len, "--preset %s names a built-in model; it does not combine with --model %s", o->preset,
                     o->model_dir);

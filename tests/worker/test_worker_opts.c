@@ -140,6 +140,11 @@ static void test_opts_errors_name_the_flag_and_what_was_expected(void **state)
     /* serve takes --layers too: the message says so */
     const char *a26[] = {"mxworker", "info", "--layers", "2"};
     expect_error(4, a26, "--layers is an option of mxworker bench and serve, not of mxworker info");
+    /* ignored before: the exchange path under UCX, an empty backend (the default oracle) */
+    const char *a27[] = {"mxworker", "--transport", "ucx", "--exchange", "alltoallv"};
+    expect_error(5, a27, "--exchange picks the MPI transport's path; --transport ucx does not use it");
+    const char *a28[] = {"mxworker", "--backend", ""};
+    expect_error(3, a28, "--backend '': expected a backend name or list");
 }
 
 static void test_opts_serve_needs_listen_and_takes_layers_and_max_tokens(void **state)
