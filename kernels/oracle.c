@@ -243,6 +243,14 @@ mx_status_t mx_oracle_select_from(const mx_backend_ops_t *const *table, int coun
         } else {
             mx_error_clear();
             mx_status_t ps = b->probe(&c->info);
+            if (ps != MX_OK && ps != MX_ERR_NO_DEVICE) {
+                /* not "no device" but a setting this machine cannot honour (MXEP_CPU_ISA=avx2x, or a
+                 * level the CPU lacks; MXEP_CUDA_DEVICE past the GPUs): an error, not a quiet fall back
+                 * to another backend (ref runs some 45x slower) */
+                st = mx_error_prefix(ps, "backend %s: ", b->name);
+                free(cand);
+                return st;
+            }
             if (ps != MX_OK) {
                 c->state = CAND_NO_DEVICE;
                 const char *d = mx_error_detail();

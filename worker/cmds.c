@@ -74,6 +74,7 @@ typedef struct {
     char host[MX_TOPO_HOST_MAX];
     char device[128];
     char backend[MX_TOPO_BACKEND_MAX];
+    char isa[32]; /* the level or arch the backend runs (cpu: avx2 ...; MXEP_CPU_ISA caps it) */
     int experts;
     int pad;
     double tokens_in, assign_in;                /* per layer, mean */
@@ -253,6 +254,7 @@ int wk_cmd_bench(wk_job_t *job)
     else
         snprintf(row.device, sizeof row.device, "%s", job->choice.device.name);
     snprintf(row.backend, sizeof row.backend, "%s", job->choice.backend->name);
+    snprintf(row.isa, sizeof row.isa, "%.31s", job->choice.device.isa);
     row.experts = job->n_my;
     double start = wk_now_ms(), last_progress = start;
     int progress_shown = 0;
@@ -491,11 +493,13 @@ int wk_cmd_bench(wk_job_t *job)
         if (job->tr2)
             printf("  also timed alone on the same bytes: transport %s, exchange %s\n", mx_transport_name(job->tr2),
                    mx_transport_path(job->tr2));
-        printf("\n%4s  %-16s %-28s %-8s %7s %9s %9s %10s %10s\n", "rank", "host", "device", "backend", "experts",
+        printf("\n%4s  %-16s %-28s %-13s %7s %9s %9s %10s %10s\n", "rank", "host", "device", "backend/isa", "experts",
                "tokens_in", "assign_in", "compute_ms", "waiting_ms");
         for (int r = 0; r < job->size; r++) {
             bench_row_t *w = &rows[r];
-            printf("%4d  %-16.16s %-28.28s %-8.8s %7d %9.1f %9.1f %10.3f %10.3f\n", r, w->host, w->device, w->backend,
+            char bi[64];
+            snprintf(bi, sizeof bi, "%s%s%s", w->backend, w->isa[0] ? "/" : "", w->isa);
+            printf("%4d  %-16.16s %-28.28s %-13.13s %7d %9.1f %9.1f %10.3f %10.3f\n", r, w->host, w->device, bi,
                    w->experts, w->tokens_in, w->assign_in, w->compute_ms, w->wait_ms);
         }
         double ours = max_disp_ms + max_comb_ms, plain = max_a2a_d + max_a2a_c, plain_in = max_bd + max_bc;
@@ -584,6 +588,7 @@ int wk_cmd_bench(wk_job_t *job)
                 cJSON_AddStringToObject(e, "host", w->host);
                 cJSON_AddStringToObject(e, "device", w->device);
                 cJSON_AddStringToObject(e, "backend", w->backend);
+                cJSON_AddStringToObject(e, "isa", w->isa);
                 cJSON_AddNumberToObject(e, "experts", w->experts);
                 cJSON_AddNumberToObject(e, "tokens_in", w->tokens_in);
                 cJSON_AddNumberToObject(e, "assign_in", w->assign_in);
@@ -617,8 +622,7 @@ int wk_cmd_bench(wk_job_t *job)
             cJSON_AddNumberToObject(tot, "layer_ms_p50", p50);
             cJSON_AddNumberToObject(tot, "layer_ms_p99", p99);
             cJSON_AddNumberToObject(tot, "compute_ms_max", max_compute);
-            cJSON_AddNumberToObject(tot, "layer_p50_over_compute_plus_exchange",
-                                    parts > 0 ? p50 / parts : 0);
+            cJSON_AddNumberToObject(tot, "layer_p50_over_compute_plus_exchange", parts > 0 ? p50 / parts : 0);
             cJSON_AddNumberToObject(tot, "dispatch_bytes", disp_b);
             cJSON_AddNumberToObject(tot, "combine_bytes", comb_b);
             cJSON_AddNumberToObject(tot, "dispatch_ms", max_disp_ms);

@@ -1,5 +1,6 @@
 /* mxworker: the job (model, placement, oracle, experts, transport), error
  * agreement, one distributed MoE layer, and the check against the reference. */
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -415,8 +416,8 @@ static mx_status_t host_share_threads(wk_job_t *job, int shared)
     if (sum[2] != n || sum[0] == 0 || sum[1] == 0)
         return MX_OK;
     const int t = wk_host_threads(job->me.host_cpus, sum[0], sum[1], on_device);
-    MX_LOG_D("worker", "%d threads (was %d): %d device and %d CPU ranks share the host's %d CPUs", t,
-             job->n_threads, sum[0], sum[1], job->me.host_cpus);
+    MX_LOG_D("worker", "%d threads (was %d): %d device and %d CPU ranks share the host's %d CPUs", t, job->n_threads,
+             sum[0], sum[1], job->me.host_cpus);
     job->n_threads = t;
     omp_set_num_threads(t);
     if (!on_device)
@@ -498,10 +499,13 @@ mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_
      * 2026-12-05); MXEP_SHM_COPY_THREADS=N (at most the rank's threads) opts in */
     int copy_threads = 1;
     const char *ct = getenv("MXEP_SHM_COPY_THREADS");
-    if (ct && *ct) {
+    if (ct && *ct) { /* garbage ("2x", "0", " 2", an overflow) was taken as 1 without a word */
         char *end = NULL;
+        errno = 0;
         long v = strtol(ct, &end, 10);
-        if (*end == '\0' && v >= 1)
+        if (errno || *end || ct[0] < '0' || ct[0] > '9' || v < 1 || v > 4096)
+            st = mx_error_set(MX_ERR_INVALID, "MXEP_SHM_COPY_THREADS='%s': expected a thread count 1 .. 4096", ct);
+        else
             copy_threads = v < job->n_threads ? (int)v : job->n_threads;
     }
     mx_transport_opts_t to = {.mode = o->exchange, .copy_threads = copy_threads};
@@ -546,7 +550,8 @@ mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_
     job->last_disp = calloc(n, sizeof(size_t));
     job->last_comb = calloc(n, sizeof(size_t));
     job->layers = calloc((size_t)o->layers, sizeof *job->layers);
-    st = (job->b1 && job->b2 && job->b3 && job->b4 && job->dst && job->src && job->last_disp && job->last_comb && job->layers)
+    st = (job->b1 && job->b2 && job->b3 && job->b4 && job->dst && job->src && job->last_disp && job->last_comb &&
+          job->layers)
              ? MX_OK
              : mx_error_set(MX_ERR_NOMEM, "out of memory");
     if ((st = wk_agree(comm, st, "allocating")) != MX_OK)
@@ -926,7 +931,11 @@ mx_status_t wk_check_layer(wk_job_t *job, int li, const uint16_t *x, size_t n, s
             snprintf(summary, summary_len,
                      "check layer %d: %s: %zu tokens, %zu of %zu values differ, rel L2 %.3g (%s), topk ids differ: "
                      "%zu, non-finite outputs: %zu",
-                     L->layer, ok ? "ok" : nonfinite ? "NON-FINITE" : "MISMATCH", t_global, diff, t_global * H, rel,
+                     L->layer,
+                     ok          ? "ok"
+                     : nonfinite ? "NON-FINITE"
+                                 : "MISMATCH",
+                     t_global, diff, t_global * H, rel,
                      bitwise                            ? "bitwise required"
                      : job->o->dtype == MX_DISPATCH_FP8 ? "fp8 tolerance 0.08"
                                                         : "tolerance 0.01",

@@ -369,8 +369,9 @@ int wk_opts_parse(int argc, char **argv, wk_opts_t *o, char *msg, size_t msg_len
             r = parse_long(name, val, 0, 7 * 86400, &x, msg, msg_len);
             o->timeout = (int)x;
         } else if (strcmp(name, "--backend") == 0) {
-            if (!*val)
-                return fail(msg, msg_len, "--backend '': expected a backend name or list (e.g. cpu, cuda,cpu, ^cuda)");
+            if (strspn(val, " \t") == strlen(val)) /* blank: it meant the default oracle (MXEP_BACKEND ignored) */
+                return fail(msg, msg_len, "--backend '%s': expected a backend name or list (e.g. cpu, cuda,cpu, ^cuda)",
+                            val);
             o->backend = val;
         } else if (strcmp(name, "--placement") == 0)
             o->placement = val;

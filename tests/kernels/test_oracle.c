@@ -287,6 +287,45 @@ static void test_oracle_reads_MXEP_BACKEND_and_the_argument_wins(void **state)
     unsetenv("MXEP_BACKEND");
 }
 
+/* A probe that fails for another reason than "no device" (a setting this machine cannot honour,
+ * e.g. MXEP_CPU_ISA=avx2x or a level the CPU lacks) stops the oracle with that error: it fell back
+ * to ref (45x slower) with only a warning. A backend the selection excludes is not probed at all. */
+static mx_status_t probe_bad_setting(mx_device_info_t *i)
+{
+    (void)i;
+    probes[5]++;
+    return mx_error_set(MX_ERR_INVALID, "MXEP_CPU_ISA='avx2x': expected scalar, avx2, avx512 or amx");
+}
+static mx_status_t probe_absent_level(mx_device_info_t *i)
+{
+    (void)i;
+    probes[6]++;
+    return mx_error_set(MX_ERR_UNSUPPORTED, "MXEP_CPU_ISA=amx: this CPU only runs up to avx512");
+}
+
+static void test_oracle_probe_refusing_a_setting_is_an_error_not_a_fall_back(void **state)
+{
+    (void)state;
+    mx_moe_desc_t d = desc_of(MX_SCHEME_W4A16, 128);
+    const mx_backend_ops_t bad = {.name = "cpu", .priority = 10, .probe = probe_bad_setting, .supports = supports_all};
+    const mx_backend_ops_t absent = {
+        .name = "cpu", .priority = 10, .probe = probe_absent_level, .supports = supports_all};
+    const mx_backend_ops_t *const t1[] = {&fake_ref, &bad, &fake_cuda};
+    const mx_backend_ops_t *const t2[] = {&fake_ref, &absent};
+    mx_oracle_choice_t c = poisoned_choice(), before = c;
+    char report[1024];
+    assert_int_equal(mx_oracle_select_from(t1, 3, &d, NULL, report, sizeof(report), &c), MX_ERR_INVALID);
+    assert_non_null(strstr(mx_error_detail(), "backend cpu: MXEP_CPU_ISA='avx2x': expected scalar"));
+    assert_memory_equal(&c, &before, sizeof(c)); /* untouched */
+    assert_int_equal(mx_oracle_select_from(t2, 2, &d, NULL, NULL, 0, &c), MX_ERR_UNSUPPORTED);
+    assert_non_null(strstr(mx_error_detail(), "backend cpu: MXEP_CPU_ISA=amx: this CPU only runs up to avx512"));
+    /* "no device" still falls through (cuda above), and an excluded backend is not probed */
+    memset(probes, 0, sizeof(probes));
+    assert_int_equal(mx_oracle_select_from(t1, 3, &d, "ref", NULL, 0, &c), MX_OK);
+    assert_ptr_equal(c.backend, &fake_ref);
+    assert_int_equal(probes[5], 0);
+}
+
 static void test_oracle_caret_list_excludes_backends_without_probing_them(void **state)
 {
     (void)state;
@@ -436,6 +475,7 @@ int main(void)
         cmocka_unit_test_setup(test_oracle_decline_without_reason_still_says_so, setup),
         cmocka_unit_test_setup(test_oracle_reads_MXEP_BACKEND_and_the_argument_wins, setup),
         cmocka_unit_test_setup(test_oracle_caret_list_excludes_backends_without_probing_them, setup),
+        cmocka_unit_test_setup(test_oracle_probe_refusing_a_setting_is_an_error_not_a_fall_back, setup),
         cmocka_unit_test_setup(test_oracle_excluding_every_usable_backend_is_an_error, setup),
         cmocka_unit_test_setup(test_oracle_include_list_takes_the_best_named, setup),
         cmocka_unit_test_setup(test_oracle_rejects_malformed_or_unknown_selections, setup),

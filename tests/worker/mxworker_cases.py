@@ -314,6 +314,11 @@ def case_errors(args, n):
             must=("--timeout 2",))
     if time.time() - t0 > 30:
         raise Fail("--timeout 2 took more than 30 s to end the job")
+    # settings this machine cannot honour are errors naming them, not quiet fall backs (MXEP_CPU_ISA=avx2x ran the
+    # scalar ref backend, 45x slower; the others were taken as unset)
+    for var, val in (("MXEP_CPU_ISA", "avx2x"), ("MXEP_SHM_COPY_THREADS", "2x"), ("MXEP_TRANSPORT_HOSTS", "2abc")):
+        refused(args, ["-x", f"{var}={val}", w, "bench", "--preset", "tiny", "--iters", "1"], n,
+                must=(f"{var}='{val}'",))
     p = ok(args, [w, "bench", "--help"], n)
     if "--tokens-total" not in p.stdout:
         raise Fail("bench --help does not list --tokens-total")

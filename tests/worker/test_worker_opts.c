@@ -145,6 +145,8 @@ static void test_opts_errors_name_the_flag_and_what_was_expected(void **state)
     expect_error(5, a27, "--exchange picks the MPI transport's path; --transport ucx does not use it");
     const char *a28[] = {"mxworker", "--backend", ""};
     expect_error(3, a28, "--backend '': expected a backend name or list");
+    const char *a29[] = {"mxworker", "--backend", " "};
+    expect_error(3, a29, "--backend ' ': expected a backend name or list");
 }
 
 static void test_opts_serve_needs_listen_and_takes_layers_and_max_tokens(void **state)
