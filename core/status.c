@@ -28,14 +28,20 @@ const char *mx_status_str(mx_status_t status)
     return "MX_ERR_UNKNOWN";
 }
 
+static mx_status_t error_vset(mx_status_t status, int relay, const char *fmt, va_list ap)
+{
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    last_status = status;
+    relayed = relay;
+    return status;
+}
+
 mx_status_t mx_error_set(mx_status_t status, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(detail, sizeof detail, fmt, ap);
+    error_vset(status, 0, fmt, ap);
     va_end(ap);
-    last_status = status;
-    relayed = 0;
     return status;
 }
 
@@ -43,10 +49,8 @@ mx_status_t mx_error_relay(mx_status_t status, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(detail, sizeof detail, fmt, ap);
+    error_vset(status, 1, fmt, ap);
     va_end(ap);
-    last_status = status;
-    relayed = 1;
     return status;
 }
 
