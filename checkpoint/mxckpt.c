@@ -452,6 +452,9 @@ static int cmd_inspect(int argc, char **argv)
         warn(&r, "W4A8 checkpoint without static input scales");
     if (bad_experts)
         warn(&r, "%ld experts cannot be loaded; first: %s", bad_experts, first_expert_err);
+    if (c->moe.act_group && c->moe.act_group != 128) /* it said "per 128 group" for any size */
+        warn(&r, "activation scales per %d group: the backends take per-token or per-128-group scales only",
+             c->moe.act_group);
 
     if (json) {
         cJSON *o = cJSON_CreateObject();
@@ -511,8 +514,12 @@ static int cmd_inspect(int argc, char **argv)
         printf("checkpoint     %s\n", dir);
         printf("model type     %s\n", c->model_type[0] ? c->model_type : "(none)");
         printf("quantization   %s -> scheme %s", c->quant_method, mx_scheme_name(c->moe.scheme));
-        if (c->moe.scheme == MX_SCHEME_W8A8)
-            printf(" (activation scales %s)", c->moe.act_group ? "per 128 group" : "per token");
+        if (c->moe.scheme == MX_SCHEME_W8A8) {
+            if (c->moe.act_group)
+                printf(" (activation scales per %d group)", c->moe.act_group);
+            else
+                printf(" (activation scales per token)");
+        }
         printf("\n");
         printf("activation     %s, gate/up %s", mx_act_name(c->moe.act), order_name(c->moe.order));
         if (c->moe.act == MX_ACT_SWIGLU_OAI)

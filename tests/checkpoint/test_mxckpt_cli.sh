@@ -71,6 +71,20 @@ has inspect-all-bad "'model.layers.0.mlp.experts.1.down_proj.weight_scale' value
 check inspect-all-bad-json 1 "$mx" inspect "$tmp/q" --all --json
 has inspect-all-bad-json '"experts_not_loadable":	1'
 has inspect-all-bad-json '"ok":	false'
+# activation scales per 16 group (compressed-tensors): said "per 128 group" with no warning; no backend takes them
+mkdir -p "$tmp/g16"
+ln -s "$tmp/q/model.safetensors" "$tmp/g16/model.safetensors"
+python3 - "$tmp/q/config.json" "$tmp/g16/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["quantization_config"] = {"quant_method": "compressed-tensors", "config_groups": {"g": {
+    "weights": {"num_bits": 8, "type": "float", "strategy": "channel"},
+    "input_activations": {"num_bits": 8, "type": "float", "strategy": "group", "group_size": 16, "dynamic": True}}}}
+json.dump(c, open(sys.argv[2], "w"))
+PY
+check inspect-act-group-16 0 "$mx" inspect "$tmp/g16"
+has inspect-act-group-16 "activation scales per 16 group"
+has inspect-act-group-16 "warning        activation scales per 16 group: the backends take per-token or per-128-group scales only"
 # a broken checkpoint: truncated shard
 head -c 100 "$tmp/tiny/model-00001-of-00004.safetensors" >"$tmp/cut" 2>/dev/null || head -c 100 "$(ls "$tmp"/tiny/*.safetensors | head -1)" >"$tmp/cut"
 cp "$tmp/cut" "$(ls "$tmp"/tiny/*.safetensors | head -1)"
