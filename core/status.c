@@ -79,15 +79,9 @@ mx_status_t mx_error_prefix(mx_status_t status, const char *fmt, ...)
     return status;
 }
 
-const char *mx_error_detail(void)
-{
-    return detail;
-}
+const char *mx_error_detail(void) { return detail; }
 
-mx_status_t mx_error_last(void)
-{
-    return last_status;
-}
+mx_status_t mx_error_last(void) { return last_status; }
 
 void mx_error_clear(void)
 {

@@ -83,7 +83,7 @@ typedef struct {
     mx_status_t push_err;          /* a push_begin's local failure, reported by its push_end */
     unsigned pulls;                /* pull rounds begun (the same on every rank: collective) */
     size_t stage_cap;
-    uint8_t **base; /* [local_size] region start of each local rank */
+    uint8_t **base;   /* [local_size] region start of each local rank */
     char path[32];
     mx_transport_stats_t ph; /* phases since the last reset (arrive/copy/remote/depart, bytes) */
     int threads;             /* threads that copy within the host */
@@ -541,8 +541,8 @@ static mx_status_t shm_publish(mpi_ctx_t *c, uint64_t recv_need, uint64_t reply_
         /* every local rank saw the same headers and grows together */
         size_t cap = need > c->cap ? round_up((size_t)need + (size_t)need / 4, ALIGN) : c->cap;
         size_t ocap = oneed > c->ocap ? round_up((size_t)oneed + (size_t)oneed / 4, ALIGN) : c->ocap;
-        MX_LOG_D("transport", "growing the shared window from %zu + %zu to %zu + %zu bytes per rank", c->cap, c->ocap,
-                 cap, ocap);
+        MX_LOG_D("transport", "growing the shared window from %zu + %zu to %zu + %zu bytes per rank", c->cap,
+                 c->ocap, cap, ocap);
         win_close(c);
         mx_status_t st = win_open(c, cap, ocap);
         if (st != MX_OK)
@@ -666,8 +666,8 @@ static int mpi_zero_copy(const void *ctx)
 
 /* The cross-host pairs of a zero-copy round (every rank of the job calls it,
  * hosts partition the ranks, so it always matches). */
-static mx_status_t cross_host(mpi_ctx_t *c, const uint8_t *sbuf, const size_t *sc, const size_t *sd, const size_t *rc,
-                              const size_t *rd, uint8_t *dst, mx_status_t st_in)
+static mx_status_t cross_host(mpi_ctx_t *c, const uint8_t *sbuf, const size_t *sc, const size_t *sd,
+                              const size_t *rc, const size_t *rd, uint8_t *dst, mx_status_t st_in)
 {
     return c->any_remote ? alltoallv_into(c, sbuf, sc, sd, rc, rd, dst, st_in, 1) : st_in;
 }
@@ -796,8 +796,8 @@ static mx_status_t mpi_pull_end(void *ctx, const uint8_t **src_p)
         if (n != c->zrc[r] || off > c->ocap || n > c->ocap - off) {
             if (st == MX_OK)
                 st = mx_error_set(MX_ERR_INTERNAL,
-                                  "transport mpi: rank %d offers %llu bytes at %llu for rank %d, which expects %zu", r,
-                                  (unsigned long long)n, (unsigned long long)off, c->rank, c->zrc[r]);
+                                  "transport mpi: rank %d offers %llu bytes at %llu for rank %d, which expects %zu",
+                                  r, (unsigned long long)n, (unsigned long long)off, c->rank, c->zrc[r]);
             continue;
         }
         src_p[r] = c->base[j] + c->hdr_bytes + c->cap + off;

@@ -622,7 +622,8 @@ int wk_cmd_bench(wk_job_t *job)
             cJSON_AddNumberToObject(tot, "layer_ms_p50", p50);
             cJSON_AddNumberToObject(tot, "layer_ms_p99", p99);
             cJSON_AddNumberToObject(tot, "compute_ms_max", max_compute);
-            cJSON_AddNumberToObject(tot, "layer_p50_over_compute_plus_exchange", parts > 0 ? p50 / parts : 0);
+            cJSON_AddNumberToObject(tot, "layer_p50_over_compute_plus_exchange",
+                                    parts > 0 ? p50 / parts : 0);
             cJSON_AddNumberToObject(tot, "dispatch_bytes", disp_b);
             cJSON_AddNumberToObject(tot, "combine_bytes", comb_b);
             cJSON_AddNumberToObject(tot, "dispatch_ms", max_disp_ms);

@@ -416,8 +416,8 @@ static mx_status_t host_share_threads(wk_job_t *job, int shared)
     if (sum[2] != n || sum[0] == 0 || sum[1] == 0)
         return MX_OK;
     const int t = wk_host_threads(job->me.host_cpus, sum[0], sum[1], on_device);
-    MX_LOG_D("worker", "%d threads (was %d): %d device and %d CPU ranks share the host's %d CPUs", t, job->n_threads,
-             sum[0], sum[1], job->me.host_cpus);
+    MX_LOG_D("worker", "%d threads (was %d): %d device and %d CPU ranks share the host's %d CPUs", t,
+             job->n_threads, sum[0], sum[1], job->me.host_cpus);
     job->n_threads = t;
     omp_set_num_threads(t);
     if (!on_device)
@@ -550,8 +550,7 @@ mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_
     job->last_disp = calloc(n, sizeof(size_t));
     job->last_comb = calloc(n, sizeof(size_t));
     job->layers = calloc((size_t)o->layers, sizeof *job->layers);
-    st = (job->b1 && job->b2 && job->b3 && job->b4 && job->dst && job->src && job->last_disp && job->last_comb &&
-          job->layers)
+    st = (job->b1 && job->b2 && job->b3 && job->b4 && job->dst && job->src && job->last_disp && job->last_comb && job->layers)
              ? MX_OK
              : mx_error_set(MX_ERR_NOMEM, "out of memory");
     if ((st = wk_agree(comm, st, "allocating")) != MX_OK)
