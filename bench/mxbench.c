@@ -620,7 +620,7 @@ static int parse_list(const char *arg, const char *flag, int (*one)(const char *
             fprintf(stderr, "mxbench: %s '%s': an empty item in the list\n", flag, arg);
             return -1;
         }
-        if (*p && one(p, o))
+        if (one(p, o))
             return -1;
         if (!c)
             return 0;

@@ -305,11 +305,8 @@ mx_status_t mx_ckpt_open(const char *dir, mx_ckpt_h *ckpt_p)
     /* blocks + scales are MXFP4 whatever the config says: the original OpenAI
      * checkpoint's config has no quantization_config at all */
     if (strcmp(ck->cfg.quant_method, "none") == 0 &&
-        (ck->layout == MXI_LAYOUT_OPENAI_ORIGINAL || ck->layout == MXI_LAYOUT_GPT_OSS_FUSED)) {
-        snprintf(ck->cfg.quant_method, sizeof ck->cfg.quant_method, "%s",
-                 strcmp(ck->cfg.model_type, "gpt_oss") == 0 ? "gpt_oss_mxfp4" : "mxfp4");
-        ck->cfg.moe.scheme = MX_SCHEME_W4A16;
-    }
+        (ck->layout == MXI_LAYOUT_OPENAI_ORIGINAL || ck->layout == MXI_LAYOUT_GPT_OSS_FUSED))
+        mxi_config_set_mxfp4(&ck->cfg);
     free(text);
     free(path);
     *ckpt_p = ck;
@@ -756,20 +753,18 @@ static mx_status_t stack_into(mx_matrix_t *m, const msrc_t *src, int n, float *b
             memcpy((uint8_t *)m->scales + soff, src[i].scale_data, sb);
             soff += sb;
         } else if (m->fmt == MX_WFMT_FP8) {
-            float *fs = (float *)m->scales;
-            const size_t ns = m->scale_kind == MX_WSCALE_CHANNEL ? (src[i].sk == MX_WSCALE_CHANNEL ? src[i].rows : 1)
-                                                                 : sb / sizeof(float);
-            for (size_t k = 0; k < ns; k++)
-                if ((st = check_scale(src[i].scale_t, src_index(&src[i], 0, k), scale_at(&src[i], k), 0)))
+            /* canonical scale j from source scale k, each checked as it is read */
+            const int chan = m->scale_kind == MX_WSCALE_CHANNEL;
+            const size_t n_out = chan ? src[i].rows : sb / sizeof(float), base = chan ? row0 : soff;
+            for (size_t j = 0; j < n_out; j++) {
+                const size_t k = chan && src[i].sk != MX_WSCALE_CHANNEL ? 0 : j;
+                const float v = scale_at(&src[i], k);
+                if ((st = check_scale(src[i].scale_t, src_index(&src[i], 0, k), v, 0)))
                     return st;
-            if (m->scale_kind == MX_WSCALE_CHANNEL) {
-                for (size_t r = 0; r < src[i].rows; r++)
-                    fs[row0 + r] = scale_at(&src[i], src[i].sk == MX_WSCALE_CHANNEL ? r : 0);
-            } else {
-                for (size_t k = 0; k < ns; k++)
-                    fs[soff + k] = scale_at(&src[i], k);
-                soff += ns;
+                ((float *)m->scales)[base + j] = v;
             }
+            if (!chan)
+                soff += n_out;
         }
         if (bias_out && src[i].bias_t)
             for (size_t r = 0; r < src[i].rows; r++) {
@@ -797,15 +792,16 @@ static mx_status_t fill_expert(mx_ckpt_h ck, mx_expert_set_h set, int i, const m
     /* with a quantization_config, every expert in the format of its scheme: a mix would
      * only be refused by the backend's prepack, by a rank-local index */
     const mx_wfmt_t want = mx_scheme_wfmt(ck->cfg.moe.scheme);
-    for (int k = 0; k <= n_gu && strcmp(ck->cfg.quant_method, "none") != 0; k++) {
-        const msrc_t *x = k < n_gu ? &gu[k] : dn;
-        if (x->fmt != want)
-            return mx_error_set(MX_ERR_FORMAT,
-                                "%s: expert %d: tensor '%s' holds %s weights; the config's scheme %s "
-                                "(quant_method %s) needs %s",
-                                ck->dir, set->ids[i], x->name ? x->name : "?", mx_wfmt_name(x->fmt),
-                                mx_scheme_name(ck->cfg.moe.scheme), ck->cfg.quant_method, mx_wfmt_name(want));
-    }
+    if (strcmp(ck->cfg.quant_method, "none") != 0)
+        for (int k = 0; k <= n_gu; k++) {
+            const msrc_t *x = k < n_gu ? &gu[k] : dn;
+            if (x->fmt != want)
+                return mx_error_set(MX_ERR_FORMAT,
+                                    "%s: expert %d: tensor '%s' holds %s weights; the config's scheme %s "
+                                    "(quant_method %s) needs %s",
+                                    ck->dir, set->ids[i], x->name ? x->name : "?", mx_wfmt_name(x->fmt),
+                                    mx_scheme_name(ck->cfg.moe.scheme), ck->cfg.quant_method, mx_wfmt_name(want));
+        }
     w->gate_up = (mx_matrix_t){gu[0].fmt, sk, rows, gu[0].cols, NULL, NULL};
     w->down = (mx_matrix_t){dn->fmt, dn->sk, dn->rows, dn->cols, NULL, NULL};
     int gub = gu[0].bias_t != NULL, dnb = dn->bias_t != NULL;
@@ -1238,21 +1234,20 @@ mx_status_t mx_ckpt_load_experts(mx_ckpt_h ck, int layer, const int *expert_ids,
     mx_status_t st = check_layer(ck, layer);
     if (st)
         return st;
-    uint8_t *seen = calloc((size_t)ck->cfg.n_experts + 1, 1); /* one pass: n_ids may be 2^20 */
+    uint8_t *seen = calloc((size_t)ck->cfg.n_experts, 1); /* one pass: n_ids may be 2^20 */
     if (!seen)
         return mx_error_set(MX_ERR_NOMEM, "mx_ckpt_load_experts: %d experts", ck->cfg.n_experts);
-    for (int i = 0; i < n_ids; i++) {
+    for (int i = 0; i < n_ids && st == MX_OK; i++) {
         const int id = expert_ids[i];
-        if (id < 0 || id >= ck->cfg.n_experts || seen[id]) {
-            free(seen);
-            if (id < 0 || id >= ck->cfg.n_experts)
-                return mx_error_set(MX_ERR_INVALID, "expert id %d out of range (the model has %d experts)", id,
-                                    ck->cfg.n_experts);
-            return mx_error_set(MX_ERR_INVALID, "expert id %d listed twice", id);
-        }
-        seen[id] = 1;
+        if (id < 0 || id >= ck->cfg.n_experts)
+            st = mx_error_set(MX_ERR_INVALID, "expert id %d out of range (the model has %d experts)", id,
+                              ck->cfg.n_experts);
+        else if (seen[id]++)
+            st = mx_error_set(MX_ERR_INVALID, "expert id %d listed twice", id);
     }
     free(seen);
+    if (st)
+        return st;
     mx_expert_set_h set;
     if ((st = mxi_expert_set_create(expert_ids, n_ids, &set)))
         return st;

@@ -13,6 +13,10 @@
  * models' seed of a family name (so the generated values depend on it). */
 uint64_t mxi_fnv1a(const char *s);
 
+/* quant_method mxfp4 (gpt_oss_mxfp4 for model_type gpt_oss), scheme W4A16: config.c's rule,
+ * also for a blocks + scales checkpoint whose config has no quantization_config. */
+void mxi_config_set_mxfp4(mx_model_config_t *m);
+
 /* ---------------------------------------------------------------- name table (open addressing) */
 typedef struct {
     size_t cap;        /* power of two */

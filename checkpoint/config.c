@@ -122,6 +122,12 @@ static void set_quant(mx_model_config_t *m, const char *method, mx_scheme_t sche
     m->moe.act_group = act_group;
 }
 
+void mxi_config_set_mxfp4(mx_model_config_t *m)
+{
+    /* gpt-oss's own MXFP4 only when the model says it is gpt-oss; a config with no model type is never claimed */
+    set_quant(m, strcmp(m->model_type, "gpt_oss") == 0 ? "gpt_oss_mxfp4" : "mxfp4", MX_SCHEME_W4A16, 0);
+}
+
 /* compressed-tensors: the first config group names the weight and input formats. */
 static mx_status_t norm_compressed_tensors(const cJSON *q, const char *src, mx_model_config_t *m)
 {
@@ -241,11 +247,7 @@ static mx_status_t norm_quant(const cfgsrc_t *c, const char *src, mx_model_confi
     if (!qm)
         return mx_error_set(MX_ERR_FORMAT, "%s: quantization_config has no string \"quant_method\"", src);
     if (strcasecmp(qm, "mxfp4") == 0) {
-        /* gpt-oss's own MXFP4 only when the model says it is gpt-oss; a config with no model type is never claimed */
-        if (strcmp(m->model_type, "gpt_oss") == 0)
-            set_quant(m, "gpt_oss_mxfp4", MX_SCHEME_W4A16, 0);
-        else
-            set_quant(m, "mxfp4", MX_SCHEME_W4A16, 0);
+        mxi_config_set_mxfp4(m);
         return MX_OK;
     }
     if (strcasecmp(qm, "fp8") == 0) {

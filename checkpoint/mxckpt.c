@@ -53,23 +53,29 @@ static void on_signal(int sig)
     g_signal = sig;
 }
 
-static int progress(double fraction, void *arg)
+/* "WHAT  42%" on stderr: rewritten in place on a terminal, a line per 10% in a log file. */
+static void progress_line(const char *what, double fraction)
 {
-    (void)arg;
-    if (g_signal)
-        return 1;
     static int tty = -1, last = -1;
     if (tty < 0)
         tty = isatty(2);
     int pct = (int)(100.0 * fraction);
     if (tty) {
-        fprintf(stderr, "\rmxckpt: writing %3d%%%s", pct, fraction >= 1.0 ? "\n" : "");
-    } else if (pct / 10 != last / 10 || fraction >= 1.0) { /* a log file: one line per 10% */
+        fprintf(stderr, "\r%s %3d%%%s", what, pct, fraction >= 1.0 ? "\n" : "");
+    } else if (pct / 10 != last / 10 || fraction >= 1.0) {
         if (pct != last)
-            fprintf(stderr, "mxckpt: writing %3d%%\n", pct);
+            fprintf(stderr, "%s %3d%%\n", what, pct);
     }
     last = pct;
     fflush(stderr);
+}
+
+static int progress(double fraction, void *arg)
+{
+    (void)arg;
+    if (g_signal)
+        return 1;
+    progress_line("mxckpt: writing", fraction);
     return 0;
 }
 
@@ -216,8 +222,8 @@ static const char *wscale_name(mx_wscale_t s)
     return (unsigned)s < 5 ? n[s] : "?";
 }
 
-/* Warnings for the MXFP4 scales of a loaded set that are 0xFF (NaN: a defined code,
- * which the loader takes) and, for FP8, any scale the loader would have refused. */
+/* Warnings for what the loader takes but is suspicious: MXFP4 scales of 0xFF (NaN, a
+ * defined code) and FP8 scales of 0 (NaN, infinite and negative ones it refuses). */
 static void scale_warnings(report_t *r, int L, mx_expert_set_h set)
 {
     const mx_expert_weights_t *w = mx_expert_set_weights(set);
@@ -230,14 +236,12 @@ static void scale_warnings(report_t *r, int L, mx_expert_set_h set)
                 for (size_t b = 0; b < sb; b++)
                     bad += ((const uint8_t *)ms[k]->scales)[b] == 0xFF;
             } else if (ms[k]->fmt == MX_WFMT_FP8) {
-                for (size_t b = 0; b < sb / sizeof(float); b++) {
-                    float v = ((const float *)ms[k]->scales)[b];
-                    bad += !(v > 0.0f) || isinf(v);
-                }
+                for (size_t b = 0; b < sb / sizeof(float); b++)
+                    bad += ((const float *)ms[k]->scales)[b] == 0.0f;
             }
             if (bad)
-                warn(r, "layer %d expert %d %s: %zu scales are NaN, zero, negative or infinite", L,
-                     mx_expert_set_ids(set)[i], k ? "down" : "gate_up", bad);
+                warn(r, "layer %d expert %d %s: %zu scales are %s", L, mx_expert_set_ids(set)[i],
+                     k ? "down" : "gate_up", bad, ms[k]->fmt == MX_WFMT_MXFP4 ? "0xFF (NaN)" : "zero");
         }
     }
 }
@@ -262,18 +266,39 @@ static void summarize(const mx_expert_weights_t *w, summary_t *s)
     s->bias = w->gate_up_bias != NULL;
 }
 
-/* --all: layers done, on stderr (a line per 10% when stderr is not a terminal). */
+/* --all: layers done, on stderr. */
 static void inspect_progress(int done, int total)
 {
-    static int tty = -1, last = -1;
-    if (tty < 0)
-        tty = isatty(2);
-    const int pct = (int)(100.0 * done / (total > 0 ? total : 1));
-    if (tty)
-        fprintf(stderr, "\rmxckpt inspect: layer %d of %d (%d%%)%s", done, total, pct, done == total ? "\n" : "");
-    else if (pct / 10 != last / 10 || done == total)
-        fprintf(stderr, "mxckpt inspect: layer %d of %d (%d%%)\n", done, total, pct);
-    last = pct;
+    char what[64];
+    snprintf(what, sizeof what, "mxckpt inspect: layer %d of %d,", done, total);
+    progress_line(what, (double)done / (total > 0 ? total : 1));
+}
+
+/* --all: experts [j0, j1) of layer L loaded one at a time (scale warnings; the summary
+ * from the first if it has none). Returns how many loaded, or -1 when a signal stopped
+ * it; *bad_p counts the others, err gets the first one's error. */
+static int load_each(mx_ckpt_h ck, int L, int j0, int j1, report_t *r, summary_t *sum, long *bad_p, char *err,
+                     size_t cap)
+{
+    int loaded = 0;
+    for (int j = j0; j < j1; j++) {
+        if (g_signal) {
+            fprintf(stderr, "mxckpt inspect: stopped by signal %d\n", (int)g_signal);
+            return -1;
+        }
+        mx_expert_set_h one;
+        if (mx_ckpt_load_experts(ck, L, &j, 1, &one) != MX_OK) {
+            if (!(*bad_p)++)
+                snprintf(err, cap, "layer %d expert %d: %s", L, j, mx_error_detail());
+            continue;
+        }
+        loaded++;
+        if (!sum->bytes)
+            summarize(mx_expert_set_weights(one), sum);
+        scale_warnings(r, L, one);
+        mx_expert_set_destroy(one);
+    }
+    return loaded;
 }
 
 static int cmd_inspect(int argc, char **argv)
@@ -342,6 +367,7 @@ static int cmd_inspect(int argc, char **argv)
         signal(SIGTERM, on_signal);
     }
     summary_t sum = {0, "", "", 0.0f, 0};
+    int stopped = 0; /* --all: a signal stopped the loads (exit 1, no report) */
     for (int L = 0; L < c->n_layers && strcmp(layout, "none") != 0; L++) {
         int ids[2] = {0, c->n_experts - 1};
         mx_expert_set_h set;
@@ -351,20 +377,12 @@ static int cmd_inspect(int argc, char **argv)
             snprintf(err, sizeof err, "%s", mx_error_detail());
             /* --all: a layer where some expert loads has experts, and the others are broken;
              * one where none does has none (a dense layer) or is broken whole: a warning */
-            int loaded = 0;
             long bad_here = 0;
             char err_here[700] = "";
-            for (int j = 0; all && j < c->n_experts; j++) {
-                mx_expert_set_h one;
-                if (mx_ckpt_load_experts(ck, L, &j, 1, &one) == MX_OK) {
-                    loaded++;
-                    if (!sum.bytes)
-                        summarize(mx_expert_set_weights(one), &sum);
-                    scale_warnings(&r, L, one);
-                    mx_expert_set_destroy(one);
-                } else if (!bad_here++)
-                    snprintf(err_here, sizeof err_here, "layer %d expert %d: %s", L, j, mx_error_detail());
-            }
+            const int loaded =
+                all ? load_each(ck, L, 0, c->n_experts, &r, &sum, &bad_here, err_here, sizeof err_here) : 0;
+            if ((stopped = loaded < 0))
+                break;
             if (loaded) {
                 moe_layers++;
                 if (!bad_experts)
@@ -388,29 +406,11 @@ static int cmd_inspect(int argc, char **argv)
             summarize(w, &sum);
         if (c->moe.scheme == MX_SCHEME_W4A8 && (w->input_scale <= 0.0f || w->down_input_scale <= 0.0f))
             warn(&r, "layer %d: W4A8 scheme but expert 0 has no static input scale", L);
-        if ((c->moe.scheme == MX_SCHEME_W4A16 || c->moe.scheme == MX_SCHEME_W4A8) && w->gate_up.fmt != MX_WFMT_MXFP4)
-            warn(&r, "layer %d: config says %s but the experts are %s", L, c->quant_method, wfmt_name(w->gate_up.fmt));
-        if ((c->moe.scheme == MX_SCHEME_W8A8 || c->moe.scheme == MX_SCHEME_W8A16) && w->gate_up.fmt != MX_WFMT_FP8)
-            warn(&r, "layer %d: config says %s but the experts are %s", L, c->quant_method, wfmt_name(w->gate_up.fmt));
         scale_warnings(&r, L, set);
         mx_expert_set_destroy(set);
-        for (int j = 1; all && j < c->n_experts - 1; j++) { /* --all: the others, one at a time */
-            if (g_signal) {
-                fprintf(stderr, "mxckpt inspect: stopped by signal %d\n", (int)g_signal);
-                mx_ckpt_close(ck);
-                cJSON_Delete(r.warnings);
-                return 1;
-            }
-            mx_expert_set_h one;
-            if (mx_ckpt_load_experts(ck, L, &j, 1, &one) != MX_OK) {
-                if (!bad_experts++)
-                    snprintf(first_expert_err, sizeof first_expert_err, "layer %d expert %d: %s", L, j,
-                             mx_error_detail());
-                continue;
-            }
-            scale_warnings(&r, L, one);
-            mx_expert_set_destroy(one);
-        }
+        if (all && (stopped = load_each(ck, L, 1, c->n_experts - 1, &r, &sum, &bad_experts, first_expert_err,
+                                        sizeof first_expert_err) < 0)) /* the others, one at a time */
+            break;
         if (all)
             inspect_progress(L + 1, c->n_layers);
         mx_router_weights_t rw;
@@ -444,6 +444,11 @@ static int cmd_inspect(int argc, char **argv)
             mx_router_weights_fini(&rw);
         } else
             warn(&r, "layer %d: %s", L, mx_error_detail());
+    }
+    if (stopped) {
+        mx_ckpt_close(ck);
+        cJSON_Delete(r.warnings);
+        return 1;
     }
     if (first_bad >= 0)
         warn(&r, "%d of %d layers have no loadable experts; first: layer %d: %s", c->n_layers - moe_layers, c->n_layers,
