@@ -19,7 +19,7 @@
 
 static const char *const isa_names[MX_ISA_COUNT] = {"avx2",     "fma",      "f16c",        "avx512f",
                                                     "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni",
-                                                    "amx_tile", "amx_bf16", "amx_int8"};
+                                                    "amx_tile", "amx_bf16", "amx_int8",    "avx_vnni"};
 
 const char *mx_topo_isa_flag_name(unsigned bit)
 {
@@ -116,6 +116,8 @@ static unsigned probe_isa(void)
             isa |= MX_ISA_FMA;
         if (f16c)
             isa |= MX_ISA_F16C;
+        if ((a71 >> 4) & 1)
+            isa |= MX_ISA_AVX_VNNI;
     }
     if (os_avx512) {
         if ((b7 >> 16) & 1)

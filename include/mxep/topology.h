@@ -51,11 +51,12 @@ extern "C" {
 #define MX_ISA_AMX_TILE (1u << 8)
 #define MX_ISA_AMX_BF16 (1u << 9)
 #define MX_ISA_AMX_INT8 (1u << 10)
-#define MX_ISA_COUNT 11
+#define MX_ISA_AVX_VNNI (1u << 11) /* VEX-coded VNNI on 256-bit vectors (with AVX2) */
+#define MX_ISA_COUNT 12
 
 /* Name of one flag bit as /proc/cpuinfo spells it ("avx2", "fma", "f16c",
  * "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni", "amx_tile",
- * "amx_bf16", "amx_int8"); NULL for a bit that is not a flag. */
+ * "amx_bf16", "amx_int8", "avx_vnni"); NULL for a bit that is not a flag. */
 const char *mx_topo_isa_flag_name(unsigned bit);
 /* "avx2,fma,avx512f" (or "none"), truncated to buf_len. Returns buf. */
 char *mx_topo_isa_string(unsigned isa, char *buf, size_t buf_len);

@@ -320,9 +320,12 @@ unsigned mxi_cpu_detect(void)
     int amx_bf16 = (d >> 22) & 1, amx_tile = (d >> 24) & 1, amx_int8 = (d >> 25) & 1;
     unsigned a1, b1, c1, d1;
     __cpuid_count(7, 1, a1, b1, c1, d1);
-    int bf16 = (a1 >> 5) & 1;
-    if (ymm_ok && avx2 && fma && f16c)
+    int bf16 = (a1 >> 5) & 1, avxvnni = (a1 >> 4) & 1;
+    if (ymm_ok && avx2 && fma && f16c) {
         flags |= MXI_CPU_HAS_AVX2;
+        if (avxvnni)
+            flags |= MXI_CPU_HAS_AVXVNNI;
+    }
     if ((flags & MXI_CPU_HAS_AVX2) && zmm_ok && f && dq && bw && vl) {
         flags |= MXI_CPU_HAS_AVX512;
         if (bf16)
@@ -363,8 +366,16 @@ const char *mxi_cpu_level_name(int level)
     }
 }
 
-/* flags: what this CPU has (MXI_CPU_HAS_*): the AVX-512 level uses VNNI when
- * present, and VBMI with it (VBMI alone: the plain AVX-512 kernel). */
+/* The name of a level as MXEP_CPU_ISA and the probe's isa say it: the AVX2
+ * level with its AVX-VNNI kernels is "avxvnni". */
+static const char *isa_name(int level, int vnni)
+{
+    return level == MXI_CPU_LEVEL_AVX2 && vnni ? "avxvnni" : mxi_cpu_level_name(level);
+}
+
+/* flags: what this CPU has (MXI_CPU_HAS_*) and the chosen level may use: the
+ * AVX2 level uses AVX-VNNI when the flag is there, the AVX-512 level VNNI
+ * when present, and VBMI with it (VBMI alone: the plain AVX-512 kernel). */
 static mxi_cpu_q4_fn level_q4(int level, unsigned flags)
 {
 #if defined(__x86_64__) || defined(__i386__)
@@ -376,7 +387,7 @@ static mxi_cpu_q4_fn level_q4(int level, unsigned flags)
         return (flags & MXI_CPU_HAS_AVX512VBMI) ? mxi_cpu_q4_avx512vbmi : mxi_cpu_q4_avx512vnni;
     }
     if (level == MXI_CPU_LEVEL_AVX2)
-        return mxi_cpu_q4_avx2;
+        return (flags & MXI_CPU_HAS_AVXVNNI) ? mxi_cpu_q4_avxvnni : mxi_cpu_q4_avx2;
 #endif
     (void)level;
     (void)flags;
@@ -412,9 +423,13 @@ static mxi_cpu_gemm_fn level_gemm(int level)
 #endif
 
 /* Highest level the CPU has (AMX: only with AVX-512 VNNI, whose kernel takes
- * its small batches), capped by $MXEP_CPU_ISA (scalar|avx2|avx512|amx). */
-static mx_status_t choose_level(unsigned flags, int *level_p)
+ * its small batches), capped by $MXEP_CPU_ISA (scalar|avx2|avxvnni|avx512|amx).
+ * *vnni_p: 1 where the level is AVX2 and its AVX-VNNI kernels run (the CPU
+ * has AVX-VNNI and MXEP_CPU_ISA does not say avx2). */
+static mx_status_t choose_level(unsigned flags, int *level_p, int *vnni_p)
 {
+    const int has_vnni = (flags & (MXI_CPU_HAS_AVX2 | MXI_CPU_HAS_AVXVNNI)) == (MXI_CPU_HAS_AVX2 | MXI_CPU_HAS_AVXVNNI);
+    int vnni = has_vnni;
     const unsigned amx = MXI_CPU_HAS_AVX512 | MXI_CPU_HAS_AVX512VNNI | MXI_CPU_HAS_AMX;
     int top = (flags & amx) == amx           ? MXI_CPU_LEVEL_AMX
               : (flags & MXI_CPU_HAS_AVX512) ? MXI_CPU_LEVEL_AVX512
@@ -426,14 +441,22 @@ static mx_status_t choose_level(unsigned flags, int *level_p)
         int want;
         if (!strcmp(env, "scalar"))
             want = MXI_CPU_LEVEL_SCALAR;
-        else if (!strcmp(env, "avx2"))
+        else if (!strcmp(env, "avx2")) {
             want = MXI_CPU_LEVEL_AVX2;
-        else if (!strcmp(env, "avx512"))
+            vnni = 0;
+        } else if (!strcmp(env, "avxvnni")) {
+            want = MXI_CPU_LEVEL_AVX2;
+            if (top >= MXI_CPU_LEVEL_AVX2 && !has_vnni)
+                return mx_error_set(MX_ERR_UNSUPPORTED,
+                                    "MXEP_CPU_ISA=avxvnni: this CPU lacks AVX-VNNI (it runs up to %s)",
+                                    mxi_cpu_level_name(top));
+        } else if (!strcmp(env, "avx512"))
             want = MXI_CPU_LEVEL_AVX512;
         else if (!strcmp(env, "amx"))
             want = MXI_CPU_LEVEL_AMX;
         else
-            return mx_error_set(MX_ERR_INVALID, "MXEP_CPU_ISA='%s': expected scalar, avx2, avx512 or amx", env);
+            return mx_error_set(MX_ERR_INVALID, "MXEP_CPU_ISA='%s': expected scalar, avx2, avxvnni, avx512 or amx",
+                                env);
         if (want > top)
             return mx_error_set(MX_ERR_UNSUPPORTED, "MXEP_CPU_ISA=%s: this CPU only runs up to %s", env,
                                 mxi_cpu_level_name(top));
@@ -445,6 +468,7 @@ static mx_status_t choose_level(unsigned flags, int *level_p)
         have = MXI_CPU_LEVEL_AVX512;
     }
     *level_p = have;
+    *vnni_p = have == MXI_CPU_LEVEL_AVX2 && vnni;
     return MX_OK;
 }
 
@@ -477,8 +501,8 @@ static mx_status_t cpu_probe(mx_device_info_t *info_p)
     if (!info_p)
         return mx_error_set(MX_ERR_INVALID, "cpu probe: info_p is NULL");
     unsigned flags = mxi_cpu_detect();
-    int level;
-    mx_status_t st = choose_level(flags, &level);
+    int level, vnni;
+    mx_status_t st = choose_level(flags, &level, &vnni);
     if (st != MX_OK)
         return st;
     mx_device_info_t info;
@@ -486,16 +510,18 @@ static mx_status_t cpu_probe(mx_device_info_t *info_p)
     char brand[96];
     cpu_brand(brand, sizeof brand);
     char feats[96];
-    snprintf(feats, sizeof feats, "%s%s%s%s%s%s", (flags & MXI_CPU_HAS_AVX2) ? "avx2,fma" : "no-avx2",
-             (flags & MXI_CPU_HAS_AVX512) ? ",avx512" : "", (flags & MXI_CPU_HAS_AVX512BF16) ? ",avx512_bf16" : "",
+    snprintf(feats, sizeof feats, "%s%s%s%s%s%s%s", (flags & MXI_CPU_HAS_AVX2) ? "avx2,fma" : "no-avx2",
+             (flags & MXI_CPU_HAS_AVXVNNI) ? ",avx_vnni" : "", (flags & MXI_CPU_HAS_AVX512) ? ",avx512" : "",
+             (flags & MXI_CPU_HAS_AVX512BF16) ? ",avx512_bf16" : "",
              (flags & MXI_CPU_HAS_AVX512VNNI) ? ",avx512_vnni" : "",
              (flags & MXI_CPU_HAS_AVX512VBMI) ? ",avx512_vbmi" : "", (flags & MXI_CPU_HAS_AMX) ? ",amx" : "");
-    snprintf(info.name, sizeof info.name, "%.72s (%.52s)", brand, feats);
-    snprintf(info.isa, sizeof info.isa, "%s", mxi_cpu_level_name(level));
+    snprintf(info.name, sizeof info.name, "%.60s (%.64s)", brand, feats);
+    snprintf(info.isa, sizeof info.isa, "%s", isa_name(level, vnni));
     info.device_index = -1;
     info.cores = omp_get_max_threads();
     info.memory = 0;
-    info.flags = flags | ((unsigned)(level + 1) << MXI_CPU_LEVEL_SHIFT);
+    /* the AVX-VNNI bit stays only where the AVX2 level is to use it (prepack reads it) */
+    info.flags = (vnni ? flags : flags & ~MXI_CPU_HAS_AVXVNNI) | ((unsigned)(level + 1) << MXI_CPU_LEVEL_SHIFT);
     *info_p = info;
     return MX_OK;
 }
@@ -703,14 +729,15 @@ static mx_status_t cpu_prepack(const mx_device_info_t *dev, const mx_moe_desc_t 
     if (!cpu_supports(dev, desc, why, sizeof why))
         return mx_error_set(MX_ERR_UNSUPPORTED, "cpu prepack: %s", why);
     unsigned flags = dev ? dev->flags : mxi_cpu_detect();
-    int level;
+    int level, vnni;
     unsigned want = dev ? (dev->flags >> MXI_CPU_LEVEL_SHIFT) & 7u : 0u;
     if (want > 4u)
         return mx_error_set(MX_ERR_INVALID, "cpu prepack: device info names ISA level %u, expected 1..4", want);
-    if (want)
+    if (want) {
         level = (int)want - 1;
-    else {
-        mx_status_t st = choose_level(flags & 0xFFu, &level);
+        vnni = level == MXI_CPU_LEVEL_AVX2 && (flags & MXI_CPU_HAS_AVXVNNI);
+    } else {
+        mx_status_t st = choose_level(flags & 0xFFu, &level, &vnni);
         if (st != MX_OK)
             return st;
     }
@@ -718,9 +745,9 @@ static mx_status_t cpu_prepack(const mx_device_info_t *dev, const mx_moe_desc_t 
     const unsigned amx = MXI_CPU_HAS_AVX512 | MXI_CPU_HAS_AVX512VNNI | MXI_CPU_HAS_AMX;
     if ((level == MXI_CPU_LEVEL_AMX && ((have & amx) != amx || !mxi_cpu_amx_enable())) ||
         (level == MXI_CPU_LEVEL_AVX512 && !(have & MXI_CPU_HAS_AVX512)) ||
-        (level == MXI_CPU_LEVEL_AVX2 && !(have & MXI_CPU_HAS_AVX2)))
+        (level == MXI_CPU_LEVEL_AVX2 && !(have & MXI_CPU_HAS_AVX2)) || (vnni && !(have & MXI_CPU_HAS_AVXVNNI)))
         return mx_error_set(MX_ERR_UNSUPPORTED, "cpu prepack: device info asks for %s, this CPU lacks it",
-                            mxi_cpu_level_name(level));
+                            isa_name(level, vnni));
     size_t H = desc->hidden, I = desc->inter;
     for (int e = 0; e < n_experts; e++) {
         const mx_expert_weights_t *x = &experts[e];
@@ -744,7 +771,7 @@ static mx_status_t cpu_prepack(const mx_device_info_t *dev, const mx_moe_desc_t 
     pk->n_experts = n_experts;
     pk->level = level;
     pk->gemm = level_gemm(level);
-    pk->q4 = level_q4(level, have);
+    pk->q4 = level_q4(level, vnni ? have : have & ~MXI_CPU_HAS_AVXVNNI);
     pk->qact = level_qact(level);
     pk->is_q4 = desc->scheme == MX_SCHEME_W4A16 || desc->scheme == MX_SCHEME_W4A8;
     pk->max_threads = omp_get_max_threads();
@@ -815,6 +842,11 @@ static mx_status_t cpu_prepack(const mx_device_info_t *dev, const mx_moe_desc_t 
 int mxi_cpu_packed_level(const mx_backend_packed_t *packed)
 {
     return packed ? packed->level : -1;
+}
+
+mxi_cpu_q4_fn mxi_cpu_packed_q4(const mx_backend_packed_t *packed)
+{
+    return packed && packed->is_q4 ? packed->q4 : NULL;
 }
 
 size_t mxi_cpu_packed_expert_bytes(const mx_backend_packed_t *packed, int expert)

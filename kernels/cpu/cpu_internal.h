@@ -69,6 +69,7 @@ enum { MXI_CPU_LEVEL_SCALAR = 0, MXI_CPU_LEVEL_AVX2 = 1, MXI_CPU_LEVEL_AVX512 = 
  * must still ask for it (mxi_cpu_amx_enable) before the first tile instruction */
 #define MXI_CPU_HAS_AMX 0x10u
 #define MXI_CPU_HAS_AVX512VBMI 0x20u /* vpermb (with AVX-512 F/BW/VL/DQ) */
+#define MXI_CPU_HAS_AVXVNNI 0x40u    /* AVX-VNNI: VEX vpdpbusd / vpdpwssd (with AVX2) */
 #define MXI_CPU_LEVEL_SHIFT 8        /* flags bits 8..10: 1 + the level this probe chose (0: none) */
 
 /* Rows of a matrix that one work item handles (multiple of 2, 3 and 4). */
@@ -227,6 +228,10 @@ void mxi_cpu_q4_scalar(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8
 #if defined(__x86_64__) || defined(__i386__)
 void mxi_cpu_q4_avx2(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
                      size_t ldc, void *tile);
+/* The same with AVX-VNNI (x86/avxvnni.c): the AVX2 level's choice where the
+ * CPU has it. Same results, bit for bit. */
+void mxi_cpu_q4_avxvnni(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
+                        size_t ldc, void *tile);
 void mxi_cpu_q4_avx512(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
                        size_t ldc, void *tile);
 void mxi_cpu_q4_avx512vnni(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const uint8_t *const *qa, size_t nt, float *c,
@@ -258,6 +263,8 @@ void mxi_cpu_gemm_avx512(const mxi_cpu_mat_t *m, size_t r0, size_t r1, const flo
 /* The level a packed set of weights runs at, and a way for tests and the
  * benchmark to read which one that is. */
 int mxi_cpu_packed_level(const mx_backend_packed_t *packed);
+/* The MXFP4 kernel prepack chose (NULL for other weights or a NULL packed). */
+mxi_cpu_q4_fn mxi_cpu_packed_q4(const mx_backend_packed_t *packed);
 const char *mxi_cpu_level_name(int level);
 /* The CPU's capability bits (MXI_CPU_HAS_*), from cpuid and xgetbv. */
 unsigned mxi_cpu_detect(void);

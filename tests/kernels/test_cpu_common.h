@@ -59,6 +59,13 @@ static inline mx_device_info_t cpu_dev_at(int level)
     return d;
 }
 
+/* AVX-VNNI (cpuid leaf 7.1 EAX bit 4) with AVX2: the AVX2 level's kernels
+ * with vpdpbusd / vpdpwssd (kernels/cpu/x86/avxvnni.c). */
+static inline int cpu_has_avxvnni(void)
+{
+    return (mxi_cpu_detect() & (MXI_CPU_HAS_AVX2 | MXI_CPU_HAS_AVXVNNI)) == (MXI_CPU_HAS_AVX2 | MXI_CPU_HAS_AVXVNNI);
+}
+
 static inline int cpu_level_available(int level)
 {
     unsigned f = mxi_cpu_detect();

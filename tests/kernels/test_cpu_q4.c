@@ -232,14 +232,14 @@ static void test_qact_avx2_matches_the_scalar_quantizer_bit_for_bit(void **state
 }
 
 /* The kernels tested: scalar, AVX2, AVX-512, AVX-512 with VNNI, AMX, AVX-512
- * with VNNI and VBMI (each where the CPU has it; the packed layout is the same
- * for all). */
-#define NK 6
-static const char *const kname[NK] = {"scalar", "avx2", "avx512", "avx512vnni", "amx", "avx512vbmi"};
+ * with VNNI and VBMI, AVX2 with AVX-VNNI (each where the CPU has it; the
+ * packed layout is the same for all). */
+#define NK 7
+static const char *const kname[NK] = {"scalar", "avx2", "avx512", "avx512vnni", "amx", "avx512vbmi", "avxvnni"};
 
 static int kernel_level(int k)
 {
-    return k < 3 ? k : k == 4 ? MXI_CPU_LEVEL_AMX : MXI_CPU_LEVEL_AVX512;
+    return k < 3 ? k : k == 4 ? MXI_CPU_LEVEL_AMX : k == 6 ? MXI_CPU_LEVEL_AVX2 : MXI_CPU_LEVEL_AVX512;
 }
 
 static int kernel_available(int k)
@@ -248,6 +248,8 @@ static int kernel_available(int k)
         return cpu_level_available(k);
     if (k == 4)
         return cpu_level_available(MXI_CPU_LEVEL_AMX);
+    if (k == 6)
+        return cpu_level_available(MXI_CPU_LEVEL_AVX2) && (mxi_cpu_detect() & MXI_CPU_HAS_AVXVNNI);
     unsigned need = MXI_CPU_HAS_AVX512VNNI | (k == 5 ? MXI_CPU_HAS_AVX512VBMI : 0);
     return cpu_level_available(MXI_CPU_LEVEL_AVX512) && (mxi_cpu_detect() & need) == need;
 }
@@ -255,6 +257,8 @@ static int kernel_available(int k)
 static mxi_cpu_q4_fn kernel_fn(int k)
 {
 #if defined(__x86_64__) || defined(__i386__)
+    if (k == 6)
+        return mxi_cpu_q4_avxvnni;
     if (k == 5)
         return mxi_cpu_q4_avx512vbmi;
     if (k == 4)

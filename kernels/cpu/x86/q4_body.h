@@ -22,6 +22,11 @@
 
 #include "../cpu_internal.h"
 
+/* 1: the AVX-VNNI kernels (vpdpbusd / vpdpwssd on 256-bit vectors). */
+#ifndef MXI_Q4_VNNI
+#define MXI_Q4_VNNI 0
+#endif
+
 /* Rows per streaming call at one token. */
 #ifndef MXI_Q4_R1
 #define MXI_Q4_R1 2
@@ -116,9 +121,38 @@ static inline void q4_acc(unsigned q, __m256i hq, __m256i lq, __m256i *h, __m256
     }
 }
 
-/* The group's exact block sums S_b (lane j = block 8g + j). */
-static inline __m256i q4_sum(__m256i s, const int32_t *corr)
+/* One q-load of a token (planes p: hl, hh, ll, lh) into the group's sums
+ * (h, s). AVX-VNNI: vpdpbusd sums the same products straight into 32 bits,
+ * each q-load into fresh sums first (two vpdpbusd deep) that one add takes
+ * into h and s, so that no chain of vpdpbusd latencies runs through the
+ * group; S = 256 h + s - corr. Otherwise q4_qdot and q4_acc (S = s - corr). */
+static inline void q4_step(unsigned q, __m256i wl, __m256i wh, const int8_t *p, __m256i *h, __m256i *s)
 {
+#if MXI_Q4_VNNI
+    const __m256i z = _mm256_setzero_si256();
+    __m256i th = _mm256_dpbusd_avx_epi32(z, wl, _mm256_load_si256((const __m256i *)p));
+    __m256i tl = _mm256_dpbusd_avx_epi32(z, _mm256_load_si256((const __m256i *)(p + 64)), wl);
+    th = _mm256_dpbusd_avx_epi32(th, wh, _mm256_load_si256((const __m256i *)(p + 32)));
+    tl = _mm256_dpbusd_avx_epi32(tl, _mm256_load_si256((const __m256i *)(p + 96)), wh);
+    *h = q ? _mm256_add_epi32(*h, th) : th;
+    *s = q ? _mm256_add_epi32(*s, tl) : tl;
+    Q4_PIN(*h);
+    Q4_PIN(*s);
+#else
+    __m256i hq, lq;
+    q4_qdot(wl, wh, p, &hq, &lq);
+    q4_acc(q, hq, lq, h, s);
+#endif
+}
+
+/* The group's exact block sums S_b (lane j = block 8g + j). */
+static inline __m256i q4_sum(__m256i h, __m256i s, const int32_t *corr)
+{
+#if MXI_Q4_VNNI
+    s = _mm256_add_epi32(s, _mm256_slli_epi32(h, 8));
+#else
+    (void)h;
+#endif
     return _mm256_sub_epi32(s, _mm256_loadu_si256((const __m256i *)corr));
 }
 
@@ -165,16 +199,12 @@ static inline __m256i q4_sum(__m256i s, const int32_t *corr)
                     __m256i wl, wh;                                                                                    \
                     q4_dec(_mm256_loadu_si256((const __m256i *)(nib + q * qs)), tab, &wl, &wh);                        \
                     _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                               \
-                    {                                                                                                  \
-                        __m256i hq, lq;                                                                                \
-                        q4_qdot(wl, wh, pl[t] + 512 * g + 128 * q, &hq, &lq);                                          \
-                        q4_acc(q, hq, lq, &h[t], &s[t]);                                                               \
-                    }                                                                                                  \
+                        q4_step(q, wl, wh, pl[t] + 512 * g + 128 * q, &h[t], &s[t]);                                   \
                 }                                                                                                      \
                 __m256 ws = q4_ws8(m->scales + (r + (size_t)i) * sst + 8 * g, PLAIN);                                  \
                 _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                                   \
                 {                                                                                                      \
-                    __m256i sb = q4_sum(s[t], cr[t] + 8 * g);                                                          \
+                    __m256i sb = q4_sum(h[t], s[t], cr[t] + 8 * g);                                                    \
                     __m256 sc = _mm256_mul_ps(ws, _mm256_loadu_ps(as[t] + 8 * g));                                     \
                     acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sb), sc, acc[i][t]);                                \
                 }                                                                                                      \
@@ -245,7 +275,7 @@ static inline void q4_tdec(__m256i x, __m256i tabs, __m256i *o)
                 __m256i av = _mm256_load_si256((const __m256i *)(a[u] + 16 * st));                                     \
                 _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)                                                   \
                 {                                                                                                      \
-                    s[i][u] = _mm256_add_epi32(s[i][u], _mm256_madd_epi16(wv[i], av));                                 \
+                    s[i][u] = Q4_DPWSSD(s[i][u], wv[i], av);                                                           \
                     Q4_PIN(s[i][u]);                                                                                   \
                 }                                                                                                      \
             }                                                                                                          \
@@ -265,6 +295,11 @@ static inline void q4_tdec(__m256i x, __m256i tabs, __m256i *o)
  * when it is left alone (it ran at full width with the token repeated before:
  * 2 of 12 token slots wasted at 10 tokens, 2 of 18 at 16; with 2 tokens left
  * the full width stays, a 2-token kernel was 3-5% slower than it) */
+#if MXI_Q4_VNNI
+#define Q4_DPWSSD(s, w, a) _mm256_dpwssd_avx_epi32((s), (w), (a))
+#else
+#define Q4_DPWSSD(s, w, a) _mm256_add_epi32((s), _mm256_madd_epi16((w), (a)))
+#endif
 MXI_Q4_TMICRO(MXI_Q4_MR, MXI_Q4_NR)
 MXI_Q4_TMICRO(MXI_Q4_MR, 1)
 MXI_Q4_TMICRO(1, MXI_Q4_NR)
