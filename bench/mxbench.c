@@ -1067,7 +1067,7 @@ static int cmd_kernels(int argc, char **argv)
                         "\"tokens\": %zu, \"top_k\": %d, \"active_experts\": %d, \"threads\": %d, \"ms\": %.6g, "
                         "\"weight_bytes\": %.0f, \"gbps\": %.6g, \"gflops\": %.6g, \"read_bw_gbps\": %.6g, "
                         "\"fma_peak_gflops\": %.6g, \"read_bw_ratio\": %.4g, \"fma_peak_ratio\": %.4g, "
-                        "\"rel_l2_vs_ref\": %.4g",
+                        "\"rel_l2_vs_ref\": %.4g, \"peer\": false",
                         j.n++ ? ",\n" : "", md->name, ops->name, dev.isa, mx_scheme_name(sc), T, md->top_k, bt.active,
                         threads, jnum(ms), bytes, jnum(gbps), jnum(gflops), read_bw, fma_peak, jnum(gbps / read_bw),
                         jnum(gflops / fma_peak), err);

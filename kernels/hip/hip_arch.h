@@ -14,7 +14,7 @@ typedef struct {
     int mfma_bf16; /* BF16 matrix cores (CDNA2+) */
     int fp8;       /* FP8 matrix instructions */
     int fp8_fnuz;  /* 1: E4M3FNUZ / E5M2FNUZ (gfx94x), 0: OCP E4M3FN (gfx950) */
-    int built;     /* kernels/gpu is compiled for this target in this build (gfx90a, gfx940) */
+    int built;     /* kernels/gpu is compiled for this target in this build (MXEP_HIP_ARCHS) */
 } mxi_hip_arch_t;
 
 /* Parses a gcnArchName ("gfx942:sramecc+:xnack-"). MX_ERR_INVALID for text that is no gfx name. */

@@ -13,6 +13,24 @@
 #include "hip_arch.h"
 #include "mxep/status.h"
 
+/* The targets kernels/gpu is compiled for in this build: CMake's
+ * MXEP_HIP_ARCHS, comma-separated (kernels/hip/CMakeLists.txt). */
+#ifndef MXEP_HIP_BUILT_ARCHS
+#define MXEP_HIP_BUILT_ARCHS "gfx90a,gfx940"
+#endif
+
+static int arch_built(const char *arch)
+{
+    size_t n = strlen(arch);
+    for (const char *p = MXEP_HIP_BUILT_ARCHS; *p;) {
+        size_t m = strcspn(p, ",");
+        if (m == n && !strncmp(p, arch, n))
+            return 1;
+        p += m + (p[m] == ',');
+    }
+    return 0;
+}
+
 mx_status_t mxi_hip_arch_parse(const char *name, mxi_hip_arch_t *arch_p)
 {
     if (!name || strncmp(name, "gfx", 3) != 0)
@@ -31,13 +49,13 @@ mx_status_t mxi_hip_arch_parse(const char *name, mxi_hip_arch_t *arch_p)
     memcpy(a.arch, name, n);
     a.arch[n] = '\0';
     if (!strcmp(a.arch, "gfx90a")) {
-        a.known = a.mfma_bf16 = a.built = 1;
+        a.known = a.mfma_bf16 = 1;
     } else if (!strcmp(a.arch, "gfx940") || !strcmp(a.arch, "gfx941") || !strcmp(a.arch, "gfx942")) {
         a.known = a.mfma_bf16 = a.fp8 = a.fp8_fnuz = 1;
-        a.built = !strcmp(a.arch, "gfx940");
     } else if (!strcmp(a.arch, "gfx950")) {
         a.known = a.mfma_bf16 = a.fp8 = 1;
     }
+    a.built = a.known && arch_built(a.arch);
     *arch_p = a;
     return MX_OK;
 }

@@ -102,6 +102,60 @@ static void test_hip_fp8_schemes_are_declined_for_fnuz_and_for_gfx90a(void **sta
     assert_non_null(strstr(why, "swiglu_limit"));
 }
 
+/* gfx940 is FNUZ like gfx942 (and is the FNUZ target this build compiles for):
+ * every scheme with FP8 weights or activations is declined there; a known
+ * target outside MXEP_HIP_ARCHS is declined as not compiled; a probe that could
+ * not name the arch ("unknown") is declined through supports() with the
+ * setting that fixes it. */
+static void test_hip_gfx940_fnuz_unbuilt_targets_and_unknown_arch_are_declined(void **state)
+{
+    (void)state;
+    mxi_hip_arch_t a;
+    char why[MX_REASON_MAX];
+    const mx_scheme_t fp8[] = {MX_SCHEME_W8A8, MX_SCHEME_W8A16, MX_SCHEME_W4A8};
+    assert_int_equal(mxi_hip_arch_parse("gfx940", &a), MX_OK);
+    for (size_t i = 0; i < sizeof fp8 / sizeof fp8[0]; i++) {
+        mx_moe_desc_t d = desc_of(fp8[i]);
+        why[0] = '\0';
+        assert_false(mxi_hip_arch_supports(&a, &d, why, sizeof why));
+        if (!strstr(why, "FNUZ") || !strstr(why, mx_scheme_name(fp8[i])))
+            fail_msg("gfx940 %s: '%s' does not name FNUZ and the scheme", mx_scheme_name(fp8[i]), why);
+    }
+    /* the built list is CMake's MXEP_HIP_ARCHS (default gfx90a, gfx940) */
+    assert_string_equal(MXEP_HIP_BUILT_ARCHS, "gfx90a,gfx940");
+    mx_moe_desc_t d = desc_of(MX_SCHEME_W4A16);
+    const char *unbuilt[] = {"gfx941", "gfx942", "gfx950"};
+    for (size_t i = 0; i < sizeof unbuilt / sizeof unbuilt[0]; i++) {
+        assert_int_equal(mxi_hip_arch_parse(unbuilt[i], &a), MX_OK);
+        assert_true(a.known);
+        assert_false(a.built);
+        why[0] = '\0';
+        assert_false(mxi_hip_arch_supports(&a, &d, why, sizeof why));
+        if (!strstr(why, "not compiled for this target") || !strstr(why, unbuilt[i]))
+            fail_msg("%s W4A16: '%s'", unbuilt[i], why);
+    }
+    /* gfx950's FP8 is OCP E4M3FN: not declined for FNUZ, only for the build */
+    d = desc_of(MX_SCHEME_W8A8);
+    assert_int_equal(mxi_hip_arch_parse("gfx950", &a), MX_OK);
+    assert_false(mxi_hip_arch_supports(&a, &d, why, sizeof why));
+    assert_null(strstr(why, "FNUZ"));
+    assert_non_null(strstr(why, "not compiled"));
+    mx_device_info_t dev;
+    memset(&dev, 0, sizeof dev);
+    snprintf(dev.isa, sizeof dev.isa, "unknown");
+    why[0] = '\0';
+    assert_false(mx_backend_hip.supports(&dev, &d, why, sizeof why));
+    assert_non_null(strstr(why, "unknown AMD arch 'unknown'"));
+    assert_non_null(strstr(why, "MXEP_HIP_ARCH"));
+    why[0] = '\0';
+    assert_false(mx_backend_hip.supports(NULL, &d, why, sizeof why));
+    assert_non_null(strstr(why, "unknown AMD arch"));
+    /* a named arch goes through the same predicate */
+    snprintf(dev.isa, sizeof dev.isa, "gfx940:sramecc+:xnack-");
+    assert_false(mx_backend_hip.supports(&dev, &d, why, sizeof why));
+    assert_non_null(strstr(why, "FNUZ"));
+}
+
 static void test_hip_probe_without_amd_gpu_reports_no_device(void **state)
 {
     (void)state;
@@ -131,6 +185,7 @@ int main(void)
         cmocka_unit_test(test_hip_arch_parse_rejects_non_gfx_names_and_keeps_output),
         cmocka_unit_test(test_hip_kfd_target_version_names_the_arch),
         cmocka_unit_test(test_hip_fp8_schemes_are_declined_for_fnuz_and_for_gfx90a),
+        cmocka_unit_test(test_hip_gfx940_fnuz_unbuilt_targets_and_unknown_arch_are_declined),
         cmocka_unit_test(test_hip_probe_without_amd_gpu_reports_no_device),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

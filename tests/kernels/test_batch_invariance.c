@@ -54,13 +54,14 @@ static mx_status_t run_subset(const mx_backend_ops_t *b, const mx_backend_packed
     return st;
 }
 
+/* act_group 128 (W8A8): H 288 and I 160, so that a row has more than one group */
 static int check_backend_scheme(const mx_backend_ops_t *b, const mx_device_info_t *dev, mx_scheme_t scheme,
-                                mx_act_t act, mx_gateup_order_t order, uint64_t seed)
+                                mx_act_t act, mx_gateup_order_t order, int act_group, uint64_t seed)
 {
-    const size_t H = 96, I = 64, T = BIG_T;
+    const size_t H = act_group ? 288 : 96, I = act_group ? 160 : 64, T = BIG_T;
     const int E = 8;
     mx_moe_desc_t d = kt_desc(scheme, act, order, H, I);
-    d.act_group = scheme == MX_SCHEME_W8A8 && (seed & 1) ? 128 : 0;
+    d.act_group = act_group;
     char why[MX_REASON_MAX] = "";
     if (!b->supports(dev, &d, why, sizeof(why))) {
         printf("  %s declines %s: %s\n", b->name, mx_scheme_name(scheme), why);
@@ -131,7 +132,9 @@ static void test_every_backend_gives_a_token_the_same_bits_alone_and_in_a_batch_
         tested++;
         for (int s = 0; s < MX_SCHEME_COUNT; s++)
             bad += check_backend_scheme(t[i], &dev, (mx_scheme_t)s, (mx_act_t)(s % MX_ACT_COUNT),
-                                        (mx_gateup_order_t)(s & 1), SEED_BASE + (uint64_t)(i * 16 + s));
+                                        (mx_gateup_order_t)(s & 1), 0, SEED_BASE + (uint64_t)(i * 16 + s));
+        bad += check_backend_scheme(t[i], &dev, MX_SCHEME_W8A8, MX_ACT_SWIGLU_OAI, MX_GATEUP_INTERLEAVED, 128,
+                                    SEED_BASE + (uint64_t)(i * 16 + MX_SCHEME_COUNT));
     }
     assert_true(tested >= 1); /* ref always probes */
     assert_int_equal(bad, 0);

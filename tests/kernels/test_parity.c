@@ -236,47 +236,57 @@ static mx_wscale_t fp8_kind(unsigned i)
     return k[i % 3];
 }
 
-/* Every scheme x activation x order x mode, H = I = 96, every token count. */
+/* Every scheme x activation x order x mode, H = I = 96, every token count,
+ * three seeds. Across the seeds each combination runs with and without biases
+ * and with each FP8 scale kind; W8A8's per-128 activation groups run at H 288,
+ * I 160 (more than one group, the last one partial: at 96 there is one group,
+ * the same as per token). */
 static void test_parity_every_combination_at_small_sizes(void **state)
 {
     (void)state;
     if (!need_targets())
         skip();
     int before = failures;
-    unsigned combo = 0;
-    for (int s = 0; s < MX_SCHEME_COUNT; s++)
-        for (int a = 0; a < MX_ACT_COUNT; a++)
-            for (int o = 0; o < 2; o++, combo++) {
-                /* one set of experts per combination, fresh tokens and routing per token count */
-                pcase_t c = {.scheme = (mx_scheme_t)s,
-                             .act = (mx_act_t)a,
-                             .order = (mx_gateup_order_t)o,
-                             .H = 96,
-                             .I = 96,
-                             .E = 8,
-                             .idle = 2,
-                             .bias = (int)(combo & 1),
-                             .act_group = (s == MX_SCHEME_W8A8 && (combo & 2)) ? 128 : 0,
-                             .fp8 = fp8_kind(combo),
-                             .modes = 3,
-                             .seed = SEED_BASE + combo * 16u};
-                mx_moe_desc_t d = kt_desc(c.scheme, c.act, c.order, c.H, c.I);
-                d.act_group = c.act_group;
-                kt_expert_opts_t eo = {.with_bias = c.bias, .fp8_scale = c.fp8};
-                kt_experts_t *ex = NULL;
-                assert_int_equal(kt_experts_create(&d, c.E, &eo, c.seed, &ex), MX_OK);
-                for (int ti = 0; ti < 5; ti++) {
-                    c.T = token_counts[ti];
-                    c.top_k = c.T > 64 ? 1 : 2;
-                    c.seed = SEED_BASE + combo * 16u + (unsigned)ti;
-                    run_case(&c, ex);
+    for (unsigned rep = 0; rep < 3; rep++) {
+        unsigned combo = 0;
+        for (int s = 0; s < MX_SCHEME_COUNT; s++)
+            for (int a = 0; a < MX_ACT_COUNT; a++)
+                for (int o = 0; o < 2; o++, combo++) {
+                    /* one set of experts per combination and seed, fresh tokens and routing per token count */
+                    const int grouped = s == MX_SCHEME_W8A8 && ((combo + rep) & 2);
+                    const uint64_t seed = SEED_BASE + 0x4000u * (rep + 1) + combo * 16u;
+                    pcase_t c = {.scheme = (mx_scheme_t)s,
+                                 .act = (mx_act_t)a,
+                                 .order = (mx_gateup_order_t)o,
+                                 .H = grouped ? 288 : 96,
+                                 .I = grouped ? 160 : 96,
+                                 .E = 8,
+                                 .top_k = 2,
+                                 .idle = 2,
+                                 .bias = (int)((combo + rep) & 1),
+                                 .act_group = grouped ? 128 : 0,
+                                 .fp8 = fp8_kind(combo + rep),
+                                 .modes = 3,
+                                 .seed = seed};
+                    mx_moe_desc_t d = kt_desc(c.scheme, c.act, c.order, c.H, c.I);
+                    d.act_group = c.act_group;
+                    kt_expert_opts_t eo = {.with_bias = c.bias, .fp8_scale = c.fp8};
+                    kt_experts_t *ex = NULL;
+                    assert_int_equal(kt_experts_create(&d, c.E, &eo, c.seed, &ex), MX_OK);
+                    for (int ti = 0; ti < 5; ti++) {
+                        c.T = token_counts[ti];
+                        c.seed = seed + (unsigned)ti + 1;
+                        run_case(&c, ex);
+                    }
+                    kt_experts_destroy(ex);
                 }
-                kt_experts_destroy(ex);
-            }
+    }
     assert_int_equal(failures, before);
 }
 
-/* H or I of 704 (not a multiple of 64 or 128), every scheme, T up to 64. */
+/* H or I of 704 (not a multiple of 128 or 24), and H = I = 160 (rows that
+ * leave a partial row block of the cpu backend's 24: 160 and 2 x 160; FP8
+ * scale blocks of 128 cut short), every scheme, T up to 64. */
 static void test_parity_sizes_that_are_not_tile_multiples(void **state)
 {
     (void)state;
@@ -284,18 +294,19 @@ static void test_parity_sizes_that_are_not_tile_multiples(void **state)
         skip();
     int before = failures;
     unsigned k = 0;
-    for (int shape = 0; shape < 2; shape++)
+    static const size_t shapes[3][2] = {{704, 96}, {96, 704}, {160, 160}};
+    for (int shape = 0; shape < 3; shape++)
         for (int s = 0; s < MX_SCHEME_COUNT; s++, k++) {
             pcase_t c = {.scheme = (mx_scheme_t)s,
                          .act = (mx_act_t)(k % MX_ACT_COUNT),
                          .order = (mx_gateup_order_t)((k / 3) & 1),
-                         .H = shape ? 96 : 704,
-                         .I = shape ? 704 : 96,
+                         .H = shapes[shape][0],
+                         .I = shapes[shape][1],
                          .E = 4,
                          .top_k = 2,
                          .idle = 1,
                          .bias = (int)(k & 1),
-                         .act_group = (s == MX_SCHEME_W8A8 && shape) ? 128 : 0,
+                         .act_group = (s == MX_SCHEME_W8A8 && shape) ? 128 : 0, /* 704 and 160: 6 and 2 groups */
                          .fp8 = fp8_kind(k),
                          .modes = 3,
                          .seed = SEED_BASE + 0x1000 + 16 * k};
@@ -314,26 +325,58 @@ static void test_parity_sizes_that_are_not_tile_multiples(void **state)
     assert_int_equal(failures, before);
 }
 
-/* gpt-oss-20b sizes, few tokens: H = I = 2880, the gpt-oss scheme and activation. */
+/* gpt-oss-20b sizes, few tokens: H = I = 2880 with the gpt-oss scheme and
+ * activation, and with W8A8 (per-128 activation groups, block scales) and
+ * W4A8 in the SiLU gate/up-halves layout, an expert without tokens in each. */
 static void test_parity_gpt_oss_sizes_with_few_tokens(void **state)
 {
     (void)state;
     if (!need_targets())
         skip();
     int before = failures;
-    pcase_t c = {.scheme = MX_SCHEME_W4A16,
-                 .act = MX_ACT_SWIGLU_OAI,
-                 .order = MX_GATEUP_INTERLEAVED,
-                 .H = 2880,
-                 .I = 2880,
-                 .T = 3,
-                 .E = 2,
-                 .top_k = 1,
-                 .idle = 0,
-                 .bias = 1,
-                 .modes = 3,
-                 .seed = SEED_BASE + 0x2000};
-    run_case(&c, NULL);
+    const pcase_t cs[] = {
+        {.scheme = MX_SCHEME_W4A16,
+         .act = MX_ACT_SWIGLU_OAI,
+         .order = MX_GATEUP_INTERLEAVED,
+         .H = 2880,
+         .I = 2880,
+         .T = 3,
+         .E = 2,
+         .top_k = 1,
+         .idle = 0,
+         .bias = 1,
+         .modes = 3,
+         .seed = SEED_BASE + 0x2000},
+        {.scheme = MX_SCHEME_W8A8,
+         .act = MX_ACT_SILU,
+         .order = MX_GATEUP_HALVES,
+         .H = 2880,
+         .I = 2880,
+         .T = 2,
+         .E = 3,
+         .top_k = 2,
+         .idle = 1,
+         .act_group = 128,
+         .fp8 = MX_WSCALE_BLOCK,
+         .modes = 3,
+         .seed = SEED_BASE + 0x2100},
+        {.scheme = MX_SCHEME_W4A8,
+         .act = MX_ACT_SILU,
+         .order = MX_GATEUP_HALVES,
+         .H = 2880,
+         .I = 2880,
+         .T = 1,
+         .E = 3,
+         .top_k = 2,
+         .idle = 1,
+         .bias = 1,
+         .modes = 3,
+         .seed = SEED_BASE + 0x2200},
+    };
+    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
+        pcase_t c = cs[i];
+        run_case(&c, NULL);
+    }
     assert_int_equal(failures, before);
 }
 
