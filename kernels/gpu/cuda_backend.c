@@ -505,6 +505,18 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
         st = cuda_fail(p->device, err, "cudaSetDevice (creating the context; out of device memory?)");
     if (st == MX_OK && p->pdl && !mxi_gpu_has_griddep())
         p->pdl = 0; /* a newer GPU running the compute_80 PTX: no griddepcontrol.wait in the kernels */
+    /* wgmma and the FP8 MMAs only where the loaded code has them (a build without
+     * 90a code traps in wgmma; without sm_89+ code the FP8 MMA is compiled out) */
+    int feats = st == MX_OK ? mxi_gpu_arch_feats() : 0;
+    if (st == MX_OK && feats < 0)
+        st = mx_error_set(MX_ERR_UNSUPPORTED,
+                          "cuda prepack: device %d (compute capability %d.%d): no kernel of this build runs on it "
+                          "(built for CMAKE_CUDA_ARCHITECTURES; the default is 90a-real;80-virtual)",
+                          dev->device_index, p->cc / 10, p->cc % 10);
+    if (st == MX_OK && !(feats & MXG_FEAT_WGMMA))
+        p->mma = MXG_MMA_SYNC;
+    if (st == MX_OK && !(feats & MXG_FEAT_FP8MMA) && p->wfmt == MXG_W_FP8X)
+        p->wfmt = MXG_W_FP8; /* E4M3 decoded exactly to BF16, as on every other device */
     int l2 = 0;
     if (st == MX_OK && p->pdl && !env_is("MXEP_CUDA_L2PF", "0") &&
         cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev->device_index) == cudaSuccess && l2 > 0)

@@ -324,6 +324,11 @@ int mxi_gpu_trace(int on, unsigned long long *out, unsigned *sm_out);
  * compute_80 PTX JIT-compiled on a newer GPU that has no machine code in this
  * build), where that wait compiles to nothing, and in HIP builds. */
 int mxi_gpu_has_griddep(void);
+/* The current device's loaded kernels: MXG_FEAT_* bits (wgmma compiled in: sm_90a
+ * code; FP8 mma.sync: sm_89+ code), or -1 when none could run here (no code in
+ * this build for the device: CMAKE_CUDA_ARCHITECTURES). One tiny launch. */
+enum { MXG_FEAT_WGMMA = 1, MXG_FEAT_FP8MMA = 2 };
+int mxi_gpu_arch_feats(void);
 #ifdef __cplusplus
 }
 #endif

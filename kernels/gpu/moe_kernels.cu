@@ -2136,6 +2136,40 @@ extern "C" int mxi_gpu_quant_launch(const mxg_quant_params_t *p, void *stream)
     return 0;
 }
 
+#if !defined(MXG_HIP)
+/* What the code the driver loaded for this device was compiled with. */
+__global__ void arch_feats(int *out)
+{
+    int f = 0;
+#if defined(MXG_HAVE_WGMMA)
+    f |= MXG_FEAT_WGMMA;
+#endif
+#if defined(MXG_HAVE_FP8MMA)
+    f |= MXG_FEAT_FP8MMA;
+#endif
+    *out = f;
+}
+#endif
+
+extern "C" int mxi_gpu_arch_feats(void)
+{
+#if !defined(MXG_HIP)
+    int *d = NULL, f = -1;
+    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return -1;
+    }
+    arch_feats<<<1, 1>>>(d);
+    if (cudaGetLastError() != cudaSuccess || cudaMemcpy(&f, d, sizeof f, cudaMemcpyDeviceToHost) != cudaSuccess)
+        f = -1;
+    (void)cudaFree(d);
+    (void)cudaGetLastError();
+    return f;
+#else
+    return 0;
+#endif
+}
+
 extern "C" int mxi_gpu_has_griddep(void)
 {
 #if !defined(MXG_HIP)
