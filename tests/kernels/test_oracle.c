@@ -137,7 +137,79 @@ static mx_oracle_choice_t poisoned_choice(void)
     return c;
 }
 
+/* cmocka mocks: a backend whose probe result and answer to supports() each
+ * test queues with will_return, and whose arguments are checked with
+ * expect_*: cmocka fails the test if the oracle calls one more often than
+ * queued, or leaves a queued result unused (so each is called exactly once). */
+static mx_status_t probe_mocked(mx_device_info_t *info_p)
+{
+    mx_status_t st = (mx_status_t)mock();
+    if (st != MX_OK)
+        return mx_error_set(st, "%s", mock_ptr_type(const char *));
+    memset(info_p, 0, sizeof(*info_p));
+    snprintf(info_p->name, sizeof(info_p->name), "mocked device");
+    snprintf(info_p->isa, sizeof(info_p->isa), "%s", mock_ptr_type(const char *));
+    info_p->device_index = 3;
+    return MX_OK;
+}
+static int supports_mocked(const mx_device_info_t *d, const mx_moe_desc_t *desc, char *r, size_t n)
+{
+    check_expected(d->device_index);      /* the device its own probe reported */
+    check_expected(desc->hidden);         /* the layer asked about */
+    int ok = (int)mock();
+    if (!ok)
+        snprintf(r, n, "%s", mock_ptr_type(const char *));
+    return ok;
+}
+static const mx_backend_ops_t mock_gpu = {
+    .name = "cuda", .priority = 30, .probe = probe_mocked, .supports = supports_mocked};
+
 /* ---------------------------------------------------------------- tests */
+
+static void test_oracle_with_cmocka_mocks_asks_each_backend_once_and_reports_why(void **state)
+{
+    (void)state;
+    const mx_backend_ops_t *const t[] = {&fake_ref, &fake_cpu, &mock_gpu};
+    mx_moe_desc_t d = desc_of(MX_SCHEME_W4A16, 256);
+    char report[1024];
+    mx_oracle_choice_t c;
+    /* 1. no device: supports() is never asked (no expect_ queued: a call fails) */
+    will_return(probe_mocked, MX_ERR_NO_DEVICE);
+    will_return(probe_mocked, "driver too old");
+    assert_int_equal(mx_oracle_select_from(t, 3, &d, NULL, report, sizeof(report), &c), MX_OK);
+    assert_ptr_equal(c.backend, &fake_cpu);
+    assert_non_null(strstr(report, "cuda: no device (driver too old)"));
+    /* 2. a device that declines: the next backend by priority, the reason reported */
+    will_return(probe_mocked, MX_OK);
+    will_return(probe_mocked, "sm_90a");
+    expect_value(supports_mocked, d->device_index, 3);
+    expect_value(supports_mocked, desc->hidden, 256);
+    will_return(supports_mocked, 0);
+    will_return(supports_mocked, "H=256 unsupported by the mock");
+    assert_int_equal(mx_oracle_select_from(t, 3, &d, NULL, report, sizeof(report), &c), MX_OK);
+    assert_ptr_equal(c.backend, &fake_cpu);
+    assert_non_null(strstr(report, "cuda: declined (H=256 unsupported by the mock)"));
+    /* 3. a device that takes the layer wins on priority, with its probe's device */
+    will_return(probe_mocked, MX_OK);
+    will_return(probe_mocked, "sm_90a");
+    expect_value(supports_mocked, d->device_index, 3);
+    expect_value(supports_mocked, desc->hidden, 256);
+    will_return(supports_mocked, 1);
+    assert_int_equal(mx_oracle_select_from(t, 3, &d, NULL, report, sizeof(report), &c), MX_OK);
+    assert_ptr_equal(c.backend, &mock_gpu);
+    assert_string_equal(c.device.isa, "sm_90a");
+    assert_int_equal(c.device.device_index, 3);
+    assert_non_null(strstr(report, "cuda: chosen"));
+    /* 4. forced, and declining: an error naming why, nothing else chosen */
+    will_return(probe_mocked, MX_OK);
+    will_return(probe_mocked, "sm_90a");
+    expect_value(supports_mocked, d->device_index, 3);
+    expect_value(supports_mocked, desc->hidden, 256);
+    will_return(supports_mocked, 0);
+    will_return(supports_mocked, "mock says no");
+    assert_int_not_equal(mx_oracle_select_from(t, 3, &d, "cuda", report, sizeof(report), &c), MX_OK);
+    assert_non_null(strstr(mx_error_detail(), "mock says no"));
+}
 
 static void test_oracle_picks_highest_priority_usable_backend(void **state)
 {
@@ -464,6 +536,7 @@ static void test_oracle_with_the_real_registry_always_finds_ref(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_oracle_with_cmocka_mocks_asks_each_backend_once_and_reports_why, setup),
         cmocka_unit_test_setup(test_oracle_picks_highest_priority_usable_backend, setup),
         cmocka_unit_test_setup(test_oracle_ties_go_to_the_earlier_table_entry, setup),
         cmocka_unit_test_setup(test_oracle_falls_back_to_ref_and_warns_with_each_reason, setup),
