@@ -154,8 +154,8 @@ static mx_status_t probe_mocked(mx_device_info_t *info_p)
 }
 static int supports_mocked(const mx_device_info_t *d, const mx_moe_desc_t *desc, char *r, size_t n)
 {
-    check_expected(d->device_index);      /* the device its own probe reported */
-    check_expected(desc->hidden);         /* the layer asked about */
+    check_expected(d->device_index); /* the device its own probe reported */
+    check_expected(desc->hidden);    /* the layer asked about */
     int ok = (int)mock();
     if (!ok)
         snprintf(r, n, "%s", mock_ptr_type(const char *));
