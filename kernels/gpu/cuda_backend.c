@@ -86,6 +86,7 @@ struct mx_backend_packed {
     /* GEMM2's K segments in the tensor-core tiles (M, L): each CTA's first-segment sums
      * (mxg_gemm_params_t.stash) */
     dbuf_t stash;
+    int feats; /* mxi_gpu_arch_feats() of the device at prepack: what its loaded code has */
     /* host scratch */
     void *hmeta;
     size_t hmeta_cap;
@@ -507,7 +508,7 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
         p->pdl = 0; /* a newer GPU running the compute_80 PTX: no griddepcontrol.wait in the kernels */
     /* wgmma and the FP8 MMAs only where the loaded code has them (a build without
      * 90a code traps in wgmma; without sm_89+ code the FP8 MMA is compiled out) */
-    int feats = st == MX_OK ? mxi_gpu_arch_feats() : 0;
+    int feats = p->feats = st == MX_OK ? mxi_gpu_arch_feats() : 0;
     if (st == MX_OK && feats < 0)
         st = mx_error_set(MX_ERR_UNSUPPORTED,
                           "cuda prepack: device %d (compute capability %d.%d): no kernel of this build runs on it "
@@ -964,10 +965,21 @@ int mxi_cuda_fp8_mma(const mx_backend_packed_t *p)
 {
     return p && p->wfmt == MXG_W_FP8X;
 }
+size_t mxi_cuda_scratch_bytes(const mx_backend_packed_t *p)
+{
+    if (!p)
+        return 0;
+    const dbuf_t *b[] = {&p->x,   &p->meta, &p->xq,  &p->grp1, &p->grp2, &p->rs1,
+                         &p->rs2, &p->hid,  &p->hq,  &p->y,    &p->out,  &p->stash};
+    size_t n = p->hmeta_cap;
+    for (size_t i = 0; i < sizeof b / sizeof b[0]; i++)
+        n += b[i]->cap;
+    return n;
+}
 int mxi_cuda_force_mma(mx_backend_packed_t *p, int mma)
 {
     if (!p || (mma != MXG_MMA_SYNC && mma != MXG_MMA_WGMMA) ||
-        (mma == MXG_MMA_WGMMA && (p->cc != 90 || p->wfmt == MXG_W_FP8X)))
+        (mma == MXG_MMA_WGMMA && (p->cc != 90 || !(p->feats & MXG_FEAT_WGMMA) || p->wfmt == MXG_W_FP8X)))
         return 0;
     p->mma = mma;
     return 1;

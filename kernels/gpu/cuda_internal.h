@@ -47,6 +47,9 @@ int mxi_cuda_force_mma(mx_backend_packed_t *packed, int mma);
 /* 1 when the layer runs on the FP8 tensor cores (W8A8 on sm_90: E4M3 token rows;
  * MXEP_CUDA_FP8MMA=0 at prepack turns it off), else 0. */
 int mxi_cuda_fp8_mma(const mx_backend_packed_t *packed);
+/* Bytes of run scratch the packed object holds now (device buffers and the
+ * host metadata): after reserve() a batch within its sizes must not change it. */
+size_t mxi_cuda_scratch_bytes(const mx_backend_packed_t *packed);
 
 #ifdef __cplusplus
 }

@@ -287,6 +287,75 @@ static void test_cuda_scale_kinds_orders_and_large_batches_of_every_scheme_match
             }
 }
 
+/* After reserve(T, NA) every batch up to those sizes, in either output mode
+ * and any tile configuration, runs without growing the scratch (so run()
+ * allocates and waits for nothing extra), and gives the bits of an instance
+ * that grew its scratch on the way; a larger batch afterwards still runs. */
+static void test_cuda_reserve_covers_every_batch_within_its_sizes(void **state)
+{
+    (void)state;
+    const int E = 6, k = 2;
+    const size_t Tmax = 700;
+    for (int s = 0; s < MX_SCHEME_COUNT; s++) {
+        mx_moe_desc_t d = make_desc((mx_scheme_t)s, MX_ACT_SILU, 160, 96);
+        if (s == MX_SCHEME_W8A8)
+            d.act_group = 128;
+        gref_experts_t g;
+        assert_int_equal(gref_experts_make(&d, E, MX_WSCALE_BLOCK, 1, 6000 + (uint64_t)s, &g), 0);
+        mx_backend_packed_t *pr = NULL, *pg = NULL;
+        assert_int_equal(mx_backend_cuda.prepack(&g_dev, &d, g.ex, E, &pr), MX_OK);
+        assert_int_equal(mx_backend_cuda.prepack(&g_dev, &d, g.ex, E, &pg), MX_OK);
+        if (mx_backend_cuda.reserve(pr, Tmax, Tmax * k) != MX_OK)
+            fail_msg("%s reserve: %s", mx_scheme_name((mx_scheme_t)s), mx_error_detail());
+        const size_t reserved = mxi_cuda_scratch_bytes(pr);
+        assert_true(reserved > 0);
+        const size_t Ts[] = {1, 5, 16, 17, 64, 65, 300, Tmax};
+        for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++)
+            for (int m = 0; m < 2; m++)
+                for (int cfg = -1; cfg < 3; cfg++) {
+                    batch_t b;
+                    batch_make(&b, Ts[i], d.hidden, k, E - 1, 6100 + 16 * i + (uint64_t)m);
+                    const size_t H = d.hidden;
+                    const size_t n = m ? Ts[i] * H * 4 : b.NA * H * 2;
+                    void *o1 = malloc(n), *o2 = malloc(n);
+                    assert_non_null(o1);
+                    assert_non_null(o2);
+                    memset(o1, m ? 0 : 0xff, n);
+                    memset(o2, m ? 0 : 0xff, n);
+                    mx_out_mode_t mode = m ? MX_OUT_WEIGHTED_SUM : MX_OUT_PER_ASSIGNMENT;
+                    mx_run_args_t a1 = args_of(&b, mode, m ? NULL : o1, m ? o1 : NULL);
+                    mx_run_args_t a2 = args_of(&b, mode, m ? NULL : o2, m ? o2 : NULL);
+                    mxi_cuda_force_cfg(pr, cfg);
+                    mxi_cuda_force_cfg(pg, cfg);
+                    if (mx_backend_cuda.run(pr, &a1, NULL) != MX_OK || mx_backend_cuda.run(pg, &a2, NULL) != MX_OK)
+                        fail_msg("run: %s", mx_error_detail());
+                    if (mxi_cuda_scratch_bytes(pr) != reserved)
+                        fail_msg("%s T=%zu mode %d cfg %d: scratch %zu -> %zu bytes after reserve(%zu, %zu)",
+                                 mx_scheme_name((mx_scheme_t)s), Ts[i], m, cfg, reserved, mxi_cuda_scratch_bytes(pr),
+                                 Tmax, Tmax * k);
+                    if (memcmp(o1, o2, n) != 0)
+                        fail_msg("%s T=%zu mode %d cfg %d: a reserved instance's bits differ from a growing one's",
+                                 mx_scheme_name((mx_scheme_t)s), Ts[i], m, cfg);
+                    free(o1);
+                    free(o2);
+                    batch_free(&b);
+                }
+        mxi_cuda_force_cfg(pr, -1);
+        batch_t b;
+        batch_make(&b, 2 * Tmax, d.hidden, k, E - 1, 6200);
+        uint16_t *o = malloc(b.NA * d.hidden * 2);
+        mx_run_args_t a = args_of(&b, MX_OUT_PER_ASSIGNMENT, o, NULL);
+        if (mx_backend_cuda.run(pr, &a, NULL) != MX_OK)
+            fail_msg("a batch above the reserve: %s", mx_error_detail());
+        assert_true(mxi_cuda_scratch_bytes(pr) > reserved);
+        free(o);
+        batch_free(&b);
+        mx_backend_cuda.release(pr);
+        mx_backend_cuda.release(pg);
+        gref_experts_free(&g);
+    }
+}
+
 /* Runs the whole batch once per tile configuration (and the given MMA) and
  * checks each against `full` bitwise; returns 1 when all matched. */
 static int all_cfgs_equal(mx_backend_packed_t *pk, mx_run_args_t a, const uint16_t *full, uint16_t *part, size_t bytes)
@@ -1246,6 +1315,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_cuda_layer_captures_in_a_cuda_graph_and_replays_bitwise),
         cmocka_unit_test(test_cuda_token_counts_1_to_8192_match_ref),
         cmocka_unit_test(test_cuda_scale_kinds_orders_and_large_batches_of_every_scheme_match_ref),
+        cmocka_unit_test(test_cuda_reserve_covers_every_batch_within_its_sizes),
         cmocka_unit_test(test_cuda_repeated_runs_with_changing_batch_sizes_match_ref_and_a_fresh_instance),
         cmocka_unit_test(test_cuda_threads_sharing_or_owning_instances_match_serial_runs),
         cmocka_unit_test(test_cuda_eight_processes_on_one_gpu_match_ref),
