@@ -969,8 +969,8 @@ size_t mxi_cuda_scratch_bytes(const mx_backend_packed_t *p)
 {
     if (!p)
         return 0;
-    const dbuf_t *b[] = {&p->x,   &p->meta, &p->xq,  &p->grp1, &p->grp2, &p->rs1,
-                         &p->rs2, &p->hid,  &p->hq,  &p->y,    &p->out,  &p->stash};
+    const dbuf_t *b[] = {&p->x,   &p->meta, &p->xq, &p->grp1, &p->grp2, &p->rs1,
+                         &p->rs2, &p->hid,  &p->hq, &p->y,    &p->out,  &p->stash};
     size_t n = p->hmeta_cap;
     for (size_t i = 0; i < sizeof b / sizeof b[0]; i++)
         n += b[i]->cap;
