@@ -83,7 +83,7 @@ static size_t meta_bytes(size_t n_tokens, size_t n_entries)
  * are big enough are kept, the others replaced by fresh ones (contents not
  * kept), with some headroom since layers differ a little. All or nothing:
  * returns 0 (nothing changed) when out of memory. */
-static int grow_all(void **const ptrs[], const size_t need[], int n)
+static int grow_all(void **const ptrs[], const size_t need[], int n, const mx_host_hooks_t *h0)
 {
     void *fresh[16];
     int ok = 1;
@@ -98,8 +98,12 @@ static int grow_all(void **const ptrs[], const size_t need[], int n)
         if (!ok)
             free(fresh[i]);
         else if (fresh[i]) {
+            if (i == 0 && h0 && *ptrs[0])
+                h0->on_free(h0->ctx, *ptrs[0]);
             free(*ptrs[i]);
             *ptrs[i] = fresh[i];
+            if (i == 0 && h0)
+                h0->on_alloc(h0->ctx, fresh[0], malloc_usable_size(fresh[0]));
         }
     }
     return ok;
@@ -178,7 +182,7 @@ static mx_status_t plan_build(const mx_routing_t *routing, const mx_placement_t 
     const size_t nN = N ? N : 1, nT = T ? T : 1;
     size_t wb = nN * sizeof(plan_item_t) + nN * sizeof(tok_item_t) + nT * sizeof(int32_t);
     void **const wp[] = {&p->work};
-    if (!grow_all(wp, &wb, 1))
+    if (!grow_all(wp, &wb, 1, NULL))
         return mx_error_set(MX_ERR_NOMEM, "dispatch plan: cannot allocate %zu assignments", N);
     plan_item_t *items = p->work;
     tok_item_t *titems = (tok_item_t *)(items + nN);
@@ -225,7 +229,7 @@ static mx_status_t plan_build(const mx_routing_t *routing, const mx_placement_t 
                            nN * sizeof(int32_t),
                            (T + 1) * sizeof(size_t),
                            nN * sizeof(int32_t)};
-    if (!grow_all(arr, need, (int)(sizeof need / sizeof need[0])))
+    if (!grow_all(arr, need, (int)(sizeof need / sizeof need[0]), NULL))
         return mx_error_set(MX_ERR_NOMEM, "dispatch plan: cannot allocate %zu entries", N);
 
     p->n_ranks = R;
@@ -463,6 +467,8 @@ void mx_recv_batch_fini(mx_recv_batch_t *b)
 {
     if (!b)
         return;
+    if (b->x && b->x_hooks)
+        b->x_hooks->on_free(b->x_hooks->ctx, b->x);
     free(b->x);
     free(b->tok);
     free(b->expert);
@@ -613,7 +619,7 @@ static mx_status_t unpack(const void *recv, const size_t *bytes, const size_t *d
     const size_t need[] = {(nt ? nt : 1) * hidden * sizeof(uint16_t), (na ? na : 1) * sizeof(int32_t),
                            (na ? na : 1) * sizeof(int32_t),           (na ? na : 1) * sizeof(float),
                            ((size_t)n_ranks + 1) * sizeof(size_t),    ((size_t)n_ranks + 1) * sizeof(size_t)};
-    if (!grow_all(arr, need, 6))
+    if (!grow_all(arr, need, 6, b->x_hooks))
         return mx_error_set(MX_ERR_NOMEM, "dispatch unpack: cannot allocate %zu tokens x %zu", nt, hidden);
     b->n_ranks = n_ranks;
     b->hidden = hidden;

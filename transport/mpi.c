@@ -88,6 +88,8 @@ typedef struct {
     mx_transport_stats_t ph; /* phases since the last reset (arrive/copy/remote/depart, bytes) */
     int threads;             /* threads that copy within the host */
     int stream;              /* non-temporal stores for pieces >= STREAM_MIN (MXEP_SHM_COPY) */
+    mx_host_hooks_t hooks;   /* told about this rank's window region (on_alloc NULL: none) */
+    size_t win_bytes;        /* this rank's region while the window is open */
 } mpi_ctx_t;
 
 static double now_ms(void)
@@ -130,6 +132,8 @@ static int grow_buf(uint8_t **buf, size_t *cap, size_t need, size_t *tried)
 static void win_close(mpi_ctx_t *c)
 {
     if (c->win_open) {
+        if (c->hooks.on_free)
+            c->hooks.on_free(c->hooks.ctx, c->base[c->local_rank]);
         MPI_Win_unlock_all(c->win);
         MPI_Win_free(&c->win);
         c->win_open = 0;
@@ -168,7 +172,18 @@ static mx_status_t win_open(mpi_ctx_t *c, size_t cap, size_t ocap)
     c->ocap = ocap;
     /* the owner touches its whole region first, so its pages sit on its NUMA node */
     memset(mine, 0, bytes);
+    c->win_bytes = bytes;
+    if (c->hooks.on_alloc)
+        c->hooks.on_alloc(c->hooks.ctx, c->base[c->local_rank], bytes);
     return MX_OK;
+}
+
+static void mpi_set_host_hooks(void *ctx, const mx_host_hooks_t *hooks)
+{
+    mpi_ctx_t *c = ctx;
+    c->hooks = *hooks;
+    if (c->win_open)
+        hooks->on_alloc(hooks->ctx, c->base[c->local_rank], c->win_bytes);
 }
 
 static void mpi_destroy(void *ctx)
@@ -818,6 +833,7 @@ static const mx_transport_ops_t mpi_ops = {
     .push_end = mpi_push_end,
     .pull_begin = mpi_pull_begin,
     .pull_end = mpi_pull_end,
+    .set_host_hooks = mpi_set_host_hooks,
 };
 
 const mx_transport_ops_t *mx_transport_mpi_ops(void)

@@ -21,6 +21,7 @@ struct mx_transport {
     size_t *rd;            /* [size] pull: receive displacements */
     const uint8_t *precv;  /* pull: what exchange() received */
     mx_status_t begin_st;  /* what the round's begin returned */
+    mx_host_hooks_t hooks; /* mx_transport_set_host_hooks (on_alloc NULL: none) */
 };
 
 static double now_ms(void)
@@ -106,6 +107,8 @@ void mx_transport_destroy(mx_transport_h t)
         return;
     if (t->ctx)
         t->ops->destroy(t->ctx);
+    if (t->stage && t->hooks.on_free)
+        t->hooks.on_free(t->hooks.ctx, t->stage);
     free(t->stage);
     free(t->sc);
     free(t->sd);
@@ -145,12 +148,28 @@ static mx_status_t stage_grow(mx_transport_h t, size_t bytes)
     if (bytes <= t->stage_cap)
         return MX_OK;
     size_t cap = bytes + bytes / 4 + 64;
-    uint8_t *p = realloc(t->stage, cap);
+    uint8_t *p = malloc(cap); /* the old bytes are not needed: a round fills the buffer anew */
     if (!p)
         return mx_error_set(MX_ERR_NOMEM, "transport: out of memory for %zu staging bytes", cap);
+    if (t->stage && t->hooks.on_free)
+        t->hooks.on_free(t->hooks.ctx, t->stage);
+    free(t->stage);
     t->stage = p;
     t->stage_cap = cap;
+    if (t->hooks.on_alloc)
+        t->hooks.on_alloc(t->hooks.ctx, p, cap);
     return MX_OK;
+}
+
+void mx_transport_set_host_hooks(mx_transport_h t, const mx_host_hooks_t *hooks)
+{
+    if (!t || !hooks || !hooks->on_alloc || !hooks->on_free || t->hooks.on_alloc)
+        return;
+    t->hooks = *hooks;
+    if (t->stage)
+        hooks->on_alloc(hooks->ctx, t->stage, t->stage_cap);
+    if (t->ops->set_host_hooks)
+        t->ops->set_host_hooks(t->ctx, hooks);
 }
 
 int mx_transport_zero_copy(const mx_transport_h t)

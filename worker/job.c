@@ -425,6 +425,49 @@ static mx_status_t host_share_threads(wk_job_t *job, int shared)
     return MX_OK;
 }
 
+/* pin_hooks: the backend page-locks each buffer the batch or a transport
+ * allocates (a failure leaves it pageable: slower copies, the same results) */
+static void pin_on_alloc(void *ctx, void *ptr, size_t bytes)
+{
+    wk_job_t *job = ctx;
+    const mx_backend_ops_t *ops = job->choice.backend;
+    if (job->n_pinned >= (int)(sizeof job->pinned / sizeof job->pinned[0])) {
+        MX_LOG_D("worker", "rank %d: %zu bytes at %p stay pageable (%d buffers page-locked already)", job->rank, bytes,
+                 ptr, job->n_pinned);
+        return;
+    }
+    if (ops->host_register(&job->choice.device, ptr, bytes) != MX_OK) {
+        MX_LOG_D("worker", "rank %d: %zu bytes stay pageable: %s", job->rank, bytes, mx_error_detail());
+        return;
+    }
+    job->pinned[job->n_pinned++] = ptr;
+}
+
+static void pin_on_free(void *ctx, void *ptr)
+{
+    wk_job_t *job = ctx;
+    for (int i = 0; i < job->n_pinned; i++)
+        if (job->pinned[i] == ptr) {
+            job->choice.backend->host_unregister(ptr);
+            job->pinned[i] = job->pinned[--job->n_pinned];
+            return;
+        }
+}
+
+/* Where the backend page-locks host memory (a GPU backend), the batch's token
+ * rows and the transports' buffers its outputs go to are page-locked as they
+ * are allocated (issue 7: dispatch buffers in pinned host memory). */
+static void pin_buffers(wk_job_t *job)
+{
+    const mx_backend_ops_t *ops = job->choice.backend;
+    if (!ops || !ops->host_register || !ops->host_unregister)
+        return;
+    job->pin_hooks = (mx_host_hooks_t){.on_alloc = pin_on_alloc, .on_free = pin_on_free, .ctx = job};
+    job->batch.x_hooks = &job->pin_hooks;
+    mx_transport_set_host_hooks(job->tr, &job->pin_hooks);
+    mx_transport_set_host_hooks(job->tr2, &job->pin_hooks);
+}
+
 mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_job_t *job)
 {
     memset(job, 0, sizeof *job);
@@ -531,6 +574,7 @@ mx_status_t wk_job_open(MPI_Comm comm, const wk_opts_t *o, int load_experts, wk_
         if ((st = wk_agree(comm, st, "creating the UCX transport (--transport both)")) != MX_OK)
             goto fail;
     }
+    pin_buffers(job);
     if (o->cmd == WK_CMD_BENCH && load_experts) {
         /* the baseline: the MPI transport in alltoallv mode (no window, a private receive buffer) */
         mx_transport_opts_t ta = {.mode = MX_EXCHANGE_ALLTOALLV};

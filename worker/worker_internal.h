@@ -123,6 +123,11 @@ typedef struct {
     mx_transport_h tr;     /* the layers' transport */
     mx_transport_h tr2;    /* --transport both: UCX beside MPI (bench timings only), else NULL */
     mx_transport_h tr_a2a; /* bench: plain MPI_Alltoallv (MPI transport in alltoallv mode), the baseline */
+    /* host memory the backend page-locked (its host_register: the tokens of
+     * job->batch, the transports' regions its outputs go to), through pin_hooks */
+    mx_host_hooks_t pin_hooks;
+    void *pinned[16];
+    int n_pinned;
     int n_threads;
     int n_layers;
     wk_layer_t *layers;

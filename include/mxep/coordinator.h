@@ -36,6 +36,7 @@
 #include <stdint.h>
 
 #include "mxep/checkpoint.h"
+#include "mxep/hostmem.h"
 #include "mxep/kernels.h"
 #include "mxep/moe.h"
 #include "mxep/status.h"
@@ -300,6 +301,9 @@ typedef struct {
     float *weight;          /* [n_assign] */
     size_t *src_token_off;  /* [n_ranks + 1] rows of x from source s */
     size_t *src_assign_off; /* [n_ranks + 1] assignments from source s */
+    /* Optional, set by the caller before the first unpack and kept: told when x
+     * is allocated and before it is freed (mxep/hostmem.h) */
+    const mx_host_hooks_t *x_hooks;
 } mx_recv_batch_t;
 
 /* Parses and decodes the messages received from every rank (source s's at

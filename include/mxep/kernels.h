@@ -82,6 +82,14 @@ typedef struct mx_backend_ops {
      * backend), so that run() allocates nothing and running out of memory shows
      * at load time. A larger batch later still works (the scratch grows). */
     mx_status_t (*reserve)(mx_backend_packed_t *packed, size_t max_tokens, size_t max_assign);
+
+    /* Optional (NULL = nothing to do): page-lock `bytes` of the caller's host
+     * memory at `ptr` for the device `dev` names (cudaHostRegister), so that
+     * run() copies tokens from and outputs into it by DMA; host_unregister
+     * undoes it before that memory is freed. A failed register only leaves the
+     * memory pageable (slower copies); the worker goes on without it. */
+    mx_status_t (*host_register)(const mx_device_info_t *dev, void *ptr, size_t bytes);
+    void (*host_unregister)(void *ptr);
 } mx_backend_ops_t;
 
 /* The registry: every backend compiled into this build, ref first. */

@@ -58,6 +58,7 @@
 
 #include <mpi.h>
 
+#include "mxep/hostmem.h"
 #include "mxep/status.h"
 
 #ifdef __cplusplus
@@ -128,6 +129,10 @@ typedef struct mx_transport_ops {
     mx_status_t (*pull_begin)(void *ctx, size_t bytes, const size_t *send_counts, const size_t *send_displs,
                               const size_t *recv_counts, uint8_t **buf_p);
     mx_status_t (*pull_end)(void *ctx, const uint8_t **src_p);
+    /* Optional: from now on tell `hooks` (copied) about the memory this handle
+     * lets the caller write or read in place (pull_begin's buffer, push_end's
+     * receive area): at once for what is there, later as it comes and goes. */
+    void (*set_host_hooks)(void *ctx, const mx_host_hooks_t *hooks);
 } mx_transport_ops_t;
 
 /* The MPI implementation. */
@@ -141,6 +146,12 @@ mx_status_t mx_transport_create(const mx_transport_ops_t *ops, MPI_Comm comm, co
                                 mx_transport_h *t_p);
 /* Collective. NULL is ignored. */
 void mx_transport_destroy(mx_transport_h t);
+/* Installs host-memory hooks (mxep/hostmem.h; copied, once per handle; local):
+ * on_alloc at once for the buffers the handle has, then for each buffer it
+ * allocates that pull_begin / push_end hand out (its staging buffer, its
+ * shared-memory region), on_free before such a buffer goes (destroy included).
+ * A worker whose backend page-locks host memory installs them. */
+void mx_transport_set_host_hooks(mx_transport_h t, const mx_host_hooks_t *hooks);
 
 mx_status_t mx_transport_exchange_counts(mx_transport_h t, const size_t *send_counts, size_t *recv_counts_p);
 mx_status_t mx_transport_exchange(mx_transport_h t, const void *send, const size_t *send_counts,

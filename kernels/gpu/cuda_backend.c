@@ -1014,6 +1014,30 @@ static mx_status_t cuda_run(const mx_backend_packed_t *packed, const mx_run_args
     return st;
 }
 
+/* Page-locks the caller's buffer (portable: any context may DMA from it). */
+static mx_status_t cuda_host_register(const mx_device_info_t *dev, void *ptr, size_t bytes)
+{
+    if (!dev || !ptr || !bytes)
+        return mx_error_set(MX_ERR_INVALID, "cuda host_register: NULL device or buffer, or 0 bytes");
+    int prev = -1;
+    if (cudaGetDevice(&prev) != cudaSuccess)
+        prev = -1;
+    cudaError_t err = cudaSetDevice(dev->device_index);
+    if (err == cudaSuccess)
+        err = cudaHostRegister(ptr, bytes, cudaHostRegisterPortable);
+    mx_status_t st = err == cudaSuccess ? MX_OK : cuda_fail(dev->device_index, err, "cudaHostRegister");
+    if (prev >= 0)
+        (void)cudaSetDevice(prev);
+    (void)cudaGetLastError();
+    return st;
+}
+
+static void cuda_host_unregister(void *ptr)
+{
+    if (ptr && cudaHostUnregister(ptr) != cudaSuccess)
+        (void)cudaGetLastError();
+}
+
 static mx_status_t cuda_reserve(mx_backend_packed_t *p, size_t max_tokens, size_t max_assign)
 {
     if (!p)
@@ -1065,4 +1089,6 @@ const mx_backend_ops_t mx_backend_cuda = {
     .workspace_size = cuda_workspace_size,
     .run = cuda_run,
     .reserve = cuda_reserve,
+    .host_register = cuda_host_register,
+    .host_unregister = cuda_host_unregister,
 };

@@ -266,7 +266,29 @@ static void batch_equal(const mx_recv_batch_t *a, const mx_recv_batch_t *b)
     assert_memory_equal(a->src_assign_off, b->src_assign_off, ((size_t)a->n_ranks + 1) * sizeof(size_t));
 }
 
-static mx_recv_batch_t kept; /* reused by every scene (mx_coord_recv_unpack_into) */
+/* host-memory hooks on the kept batch's token rows (mxep/hostmem.h): the one
+ * live buffer they were told about, and how often they were called */
+static void *g_x_live;
+static size_t g_x_live_n;
+static int g_x_allocs, g_x_frees, g_x_errors;
+static void x_alloc(void *ctx, void *p, size_t n)
+{
+    (void)ctx;
+    g_x_errors += g_x_live != NULL || p == NULL; /* the old one must have been freed first */
+    g_x_live = p;
+    g_x_live_n = n;
+    g_x_allocs++;
+}
+static void x_free(void *ctx, void *p)
+{
+    (void)ctx;
+    g_x_errors += p != g_x_live;
+    g_x_live = NULL;
+    g_x_frees++;
+}
+static const mx_host_hooks_t x_hooks = {.on_alloc = x_alloc, .on_free = x_free, .ctx = NULL};
+
+static mx_recv_batch_t kept = {.x_hooks = &x_hooks}; /* reused by every scene (mx_coord_recv_unpack_into) */
 
 static void check_scene(scene_t *s, mx_dispatch_dtype_t dt, int corrupt_scales)
 {
@@ -319,6 +341,10 @@ static void check_scene(scene_t *s, mx_dispatch_dtype_t dt, int corrupt_scales)
         /* the reusing variant, into a batch kept across scenes of every size */
         assert_int_equal(mx_coord_recv_unpack_into(rb, bytes, displs, R, s->H, nloc, &kept), MX_OK);
         batch_equal(&kept, &bs);
+        /* its token rows lie in the buffer the hooks last heard of */
+        assert_ptr_equal(kept.x, g_x_live);
+        assert_true(g_x_live_n >= kept.n_tokens * kept.hidden * sizeof(uint16_t));
+        assert_int_equal(g_x_errors, 0);
         if (bs.n_tokens > 0) { /* a bad message leaves the kept batch as it was */
             mx_recv_batch_t before = kept;
             uint16_t x0 = kept.x[0];
@@ -393,6 +419,11 @@ static void test_fast_pack_unpack_combine_equal_scalar(void **state)
                 scene_free(&s);
             }
     mx_recv_batch_fini(&kept);
+    /* grown more than once over the scenes, each old buffer announced gone, the last one at fini */
+    assert_true(g_x_allocs >= 2);
+    assert_int_equal(g_x_frees, g_x_allocs);
+    assert_null(g_x_live);
+    assert_int_equal(g_x_errors, 0);
 }
 
 static void test_fast_layer_equals_scalar_layer_over_1_to_5_ranks(void **state)

@@ -356,6 +356,52 @@ static void test_cuda_reserve_covers_every_batch_within_its_sizes(void **state)
     }
 }
 
+/* host_register page-locks the caller's buffers (what the worker does with its
+ * token rows and transport regions): cudaHostGetFlags sees them pinned, a run
+ * from and into them gives the bits of a run from pageable memory, and
+ * host_unregister undoes it. */
+static void test_cuda_host_register_pins_buffers_and_runs_give_the_same_bits(void **state)
+{
+    (void)state;
+    mx_moe_desc_t d = make_desc(MX_SCHEME_W4A16, MX_ACT_SWIGLU_OAI, 256, 128);
+    const int E = 4;
+    gref_experts_t g;
+    assert_int_equal(gref_experts_make(&d, E, MX_WSCALE_NONE, 1, 7000, &g), 0);
+    mx_backend_packed_t *pk = NULL;
+    assert_int_equal(mx_backend_cuda.prepack(&g_dev, &d, g.ex, E, &pk), MX_OK);
+    batch_t b;
+    batch_make(&b, 300, d.hidden, 2, E, 7001);
+    const size_t xn = b.T * d.hidden * 2, on = b.NA * d.hidden * 2;
+    uint16_t *xp = malloc(xn), *op = malloc(on), *oq = malloc(on);
+    assert_non_null(xp);
+    assert_non_null(op);
+    assert_non_null(oq);
+    memcpy(xp, b.x, xn);
+    memset(op, 0xff, on);
+    memset(oq, 0xff, on);
+    assert_int_equal(mx_backend_cuda.host_register(&g_dev, xp, xn), MX_OK);
+    assert_int_equal(mx_backend_cuda.host_register(&g_dev, op, on), MX_OK);
+    unsigned flags = 0;
+    assert_int_equal(cudaHostGetFlags(&flags, xp), cudaSuccess);
+    assert_int_equal(cudaHostGetFlags(&flags, op), cudaSuccess);
+    mx_run_args_t a = args_of(&b, MX_OUT_PER_ASSIGNMENT, op, NULL), q = args_of(&b, MX_OUT_PER_ASSIGNMENT, oq, NULL);
+    a.x = xp;
+    assert_int_equal(mx_backend_cuda.run(pk, &a, NULL), MX_OK);
+    assert_int_equal(mx_backend_cuda.run(pk, &q, NULL), MX_OK);
+    assert_memory_equal(op, oq, on);
+    mx_backend_cuda.host_unregister(xp);
+    mx_backend_cuda.host_unregister(op);
+    assert_int_not_equal(cudaHostGetFlags(&flags, xp), cudaSuccess);
+    (void)cudaGetLastError();
+    assert_int_equal(mx_backend_cuda.host_register(&g_dev, NULL, 16), MX_ERR_INVALID);
+    free(xp);
+    free(op);
+    free(oq);
+    batch_free(&b);
+    mx_backend_cuda.release(pk);
+    gref_experts_free(&g);
+}
+
 /* Runs the whole batch once per tile configuration (and the given MMA) and
  * checks each against `full` bitwise; returns 1 when all matched. */
 static int all_cfgs_equal(mx_backend_packed_t *pk, mx_run_args_t a, const uint16_t *full, uint16_t *part, size_t bytes)
@@ -1316,6 +1362,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_cuda_token_counts_1_to_8192_match_ref),
         cmocka_unit_test(test_cuda_scale_kinds_orders_and_large_batches_of_every_scheme_match_ref),
         cmocka_unit_test(test_cuda_reserve_covers_every_batch_within_its_sizes),
+        cmocka_unit_test(test_cuda_host_register_pins_buffers_and_runs_give_the_same_bits),
         cmocka_unit_test(test_cuda_repeated_runs_with_changing_batch_sizes_match_ref_and_a_fresh_instance),
         cmocka_unit_test(test_cuda_threads_sharing_or_owning_instances_match_serial_runs),
         cmocka_unit_test(test_cuda_eight_processes_on_one_gpu_match_ref),

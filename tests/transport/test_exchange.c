@@ -240,6 +240,51 @@ static int push_round(mx_transport_h t, int round, size_t max)
 /* A pull round (combine-like): every piece written into the one buffer
  * pull_begin gives (pieces in reverse rank order, with gaps), then each rank
  * reads its pieces where pull_end says. */
+/* Host-memory hooks (mx_transport_set_host_hooks): the live buffers they were
+ * told about; every on_free names a live one, no buffer is announced twice. */
+#define MAX_LIVE 16
+static struct {
+    void *p;
+    size_t n;
+} g_live[MAX_LIVE];
+static int g_n_live, g_hook_errors, g_allocs, g_hooks_on;
+
+static void hook_alloc(void *ctx, void *p, size_t n)
+{
+    (void)ctx;
+    g_allocs++;
+    for (int i = 0; i < g_n_live; i++)
+        if (g_live[i].p == p)
+            g_hook_errors++;
+    if (!p || !n || g_n_live == MAX_LIVE) {
+        g_hook_errors++;
+        return;
+    }
+    g_live[g_n_live].p = p;
+    g_live[g_n_live++].n = n;
+}
+
+static void hook_free(void *ctx, void *p)
+{
+    (void)ctx;
+    for (int i = 0; i < g_n_live; i++)
+        if (g_live[i].p == p) {
+            g_live[i] = g_live[--g_n_live];
+            return;
+        }
+    g_hook_errors++;
+}
+
+/* 1 when [p, p + n) lies in a buffer the hooks were told about */
+static int in_live(const void *p, size_t n)
+{
+    for (int i = 0; i < g_n_live; i++)
+        if ((const uint8_t *)p >= (const uint8_t *)g_live[i].p &&
+            (const uint8_t *)p + n <= (const uint8_t *)g_live[i].p + g_live[i].n)
+            return 1;
+    return 0;
+}
+
 static int pull_round(mx_transport_h t, int round, size_t max)
 {
     int n = g_size, ok = 1;
@@ -258,6 +303,11 @@ static int pull_round(mx_transport_h t, int round, size_t max)
     mx_status_t st = mx_transport_pull_begin(t, bytes, sc, sd, rc, &buf);
     if (st != MX_OK) {
         fprintf(stderr, "rank %d: pull_begin failed: %s\n", g_rank, mx_error_detail());
+        ok = 0;
+    }
+    if (st == MX_OK && g_hooks_on && bytes && !in_live(buf, bytes)) {
+        fprintf(stderr, "rank %d pull round %d: the %zu-byte buffer was never announced to the host hooks\n", g_rank,
+                round, bytes);
         ok = 0;
     }
     for (int d = 0; d < n && st == MX_OK; d++)
@@ -324,6 +374,51 @@ static void test_push_and_pull_rounds_deliver_the_same_bytes_on_every_path(void 
 }
 
 /* rounds out of order are refused locally, before anything collective */
+/* The host hooks hear of every buffer a pull hands out, on every path and as
+ * the buffers grow (installed before the first round, or after some), and of
+ * each buffer's end: none is left when the handle is gone. */
+static void hook_rounds(mx_exchange_mode_t mode, size_t initial, size_t max, int late)
+{
+    mx_transport_opts_t o = {.mode = mode, .initial_bytes = initial};
+    mx_transport_h t = NULL;
+    mx_status_t st = mx_transport_create(mx_transport_mpi_ops(), MPI_COMM_WORLD, &o, &t);
+    if (mode == MX_EXCHANGE_SHM && fake_hosts()) {
+        assert_int_equal(all_ok(st == MX_ERR_UNSUPPORTED), 1);
+        return;
+    }
+    assert_int_equal(all_ok(st == MX_OK), 1);
+    const mx_host_hooks_t h = {.on_alloc = hook_alloc, .on_free = hook_free, .ctx = NULL};
+    g_n_live = g_hook_errors = g_allocs = 0;
+    int ok = 1;
+    if (late)
+        ok &= pull_round(t, 600, max / 4);
+    mx_transport_set_host_hooks(t, &h);
+    mx_transport_set_host_hooks(t, &h); /* once per handle: the second is ignored */
+    g_hooks_on = 1;
+    for (int r = 0; r < 3; r++) {
+        ok &= pull_round(t, 610 + r, max << r); /* grows */
+        ok &= push_round(t, 620 + r, max << r);
+    }
+    g_hooks_on = 0;
+    mx_transport_destroy(t);
+    if (g_n_live || g_hook_errors || !g_allocs) {
+        fprintf(stderr, "rank %d mode %d: %d buffers announced, %d still live after destroy, %d hook errors\n", g_rank,
+                (int)mode, g_allocs, g_n_live, g_hook_errors);
+        ok = 0;
+    }
+    assert_int_equal(all_ok(ok), 1);
+}
+
+static void test_host_hooks_hear_of_every_pull_buffer_and_its_end(void **state)
+{
+    (void)state;
+    for (int late = 0; late < 2; late++) {
+        hook_rounds(MX_EXCHANGE_AUTO, 0, 5000, late);
+        hook_rounds(MX_EXCHANGE_ALLTOALLV, 64, 5000, late);
+        hook_rounds(MX_EXCHANGE_SHM, 256, 20000, late);
+    }
+}
+
 static void test_push_and_pull_rounds_must_pair(void **state)
 {
     (void)state;
@@ -484,6 +579,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_exchange_all_zero_counts),
         cmocka_unit_test(test_push_and_pull_rounds_deliver_the_same_bytes_on_every_path),
         cmocka_unit_test(test_push_and_pull_rounds_must_pair),
+        cmocka_unit_test(test_host_hooks_hear_of_every_pull_buffer_and_its_end),
         cmocka_unit_test(test_exchange_path_matches_mode),
         cmocka_unit_test(test_exchange_stats_count_calls_and_bytes_per_path),
         cmocka_unit_test(test_exchange_mode_parse_names_bad_text),
