@@ -508,12 +508,14 @@ static mx_status_t cuda_prepack(const mx_device_info_t *dev, const mx_moe_desc_t
         p->pdl = 0; /* a newer GPU running the compute_80 PTX: no griddepcontrol.wait in the kernels */
     /* wgmma and the FP8 MMAs only where the loaded code has them (a build without
      * 90a code traps in wgmma; without sm_89+ code the FP8 MMA is compiled out) */
-    int feats = p->feats = st == MX_OK ? mxi_gpu_arch_feats() : 0;
-    if (st == MX_OK && feats < 0)
+    int ferr = 0, feats = p->feats = st == MX_OK ? mxi_gpu_arch_feats(&ferr) : 0;
+    if (st == MX_OK && feats < 0 && ferr == (int)cudaErrorNoKernelImageForDevice)
         st = mx_error_set(MX_ERR_UNSUPPORTED,
                           "cuda prepack: device %d (compute capability %d.%d): no kernel of this build runs on it "
                           "(built for CMAKE_CUDA_ARCHITECTURES; the default is 90a-real;80-virtual)",
                           dev->device_index, p->cc / 10, p->cc % 10);
+    else if (st == MX_OK && feats < 0)
+        st = cuda_fail(dev->device_index, (cudaError_t)ferr, "probing the loaded kernels (4 bytes, one launch)");
     if (st == MX_OK && !(feats & MXG_FEAT_WGMMA))
         p->mma = MXG_MMA_SYNC;
     if (st == MX_OK && !(feats & MXG_FEAT_FP8MMA) && p->wfmt == MXG_W_FP8X)

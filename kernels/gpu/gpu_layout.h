@@ -325,10 +325,12 @@ int mxi_gpu_trace(int on, unsigned long long *out, unsigned *sm_out);
  * build), where that wait compiles to nothing, and in HIP builds. */
 int mxi_gpu_has_griddep(void);
 /* The current device's loaded kernels: MXG_FEAT_* bits (wgmma compiled in: sm_90a
- * code; FP8 mma.sync: sm_89+ code), or -1 when none could run here (no code in
- * this build for the device: CMAKE_CUDA_ARCHITECTURES). One tiny launch. */
+ * code; FP8 mma.sync: sm_89+ code), or -1 with the cudaError_t in *err_p when the
+ * probe failed (cudaErrorNoKernelImageForDevice: no code in this build for the
+ * device, CMAKE_CUDA_ARCHITECTURES; else out of memory and the like). One tiny
+ * launch. */
 enum { MXG_FEAT_WGMMA = 1, MXG_FEAT_FP8MMA = 2 };
-int mxi_gpu_arch_feats(void);
+int mxi_gpu_arch_feats(int *err_p);
 #ifdef __cplusplus
 }
 #endif

@@ -2151,20 +2151,22 @@ __global__ void arch_feats(int *out)
 }
 #endif
 
-extern "C" int mxi_gpu_arch_feats(void)
+extern "C" int mxi_gpu_arch_feats(int *err_p)
 {
+    *err_p = 0;
 #if !defined(MXG_HIP)
     int *d = NULL, f = -1;
-    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return -1;
+    cudaError_t err = cudaMalloc(&d, sizeof(int));
+    if (err == cudaSuccess) {
+        arch_feats<<<1, 1>>>(d);
+        err = cudaGetLastError();
+        if (err == cudaSuccess)
+            err = cudaMemcpy(&f, d, sizeof f, cudaMemcpyDeviceToHost);
+        (void)cudaFree(d);
     }
-    arch_feats<<<1, 1>>>(d);
-    if (cudaGetLastError() != cudaSuccess || cudaMemcpy(&f, d, sizeof f, cudaMemcpyDeviceToHost) != cudaSuccess)
-        f = -1;
-    (void)cudaFree(d);
     (void)cudaGetLastError();
-    return f;
+    *err_p = (int)err;
+    return err == cudaSuccess ? f : -1;
 #else
     return 0;
 #endif

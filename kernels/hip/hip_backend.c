@@ -23,8 +23,8 @@ static int arch_built(const char *arch)
 {
     size_t n = strlen(arch);
     for (const char *p = MXEP_HIP_BUILT_ARCHS; *p;) {
-        size_t m = strcspn(p, ",");
-        if (m == n && !strncmp(p, arch, n))
+        size_t m = strcspn(p, ","), name = strcspn(p, ":,"); /* "gfx90a:xnack-" builds for gfx90a */
+        if (name == n && !strncmp(p, arch, n))
             return 1;
         p += m + (p[m] == ',');
     }

@@ -357,7 +357,7 @@ static void test_cuda_reserve_covers_every_batch_within_its_sizes(void **state)
 }
 
 /* host_register page-locks the caller's buffers (what the worker does with its
- * token rows and transport regions): cudaHostGetFlags sees them pinned, a run
+ * token rows and transport regions): the runtime sees them as page-locked host memory, a run
  * from and into them gives the bits of a run from pageable memory, and
  * host_unregister undoes it. */
 static void test_cuda_host_register_pins_buffers_and_runs_give_the_same_bits(void **state)
@@ -381,9 +381,11 @@ static void test_cuda_host_register_pins_buffers_and_runs_give_the_same_bits(voi
     memset(oq, 0xff, on);
     assert_int_equal(mx_backend_cuda.host_register(&g_dev, xp, xn), MX_OK);
     assert_int_equal(mx_backend_cuda.host_register(&g_dev, op, on), MX_OK);
-    unsigned flags = 0;
-    assert_int_equal(cudaHostGetFlags(&flags, xp), cudaSuccess);
-    assert_int_equal(cudaHostGetFlags(&flags, op), cudaSuccess);
+    struct cudaPointerAttributes pa;
+    assert_int_equal(cudaPointerGetAttributes(&pa, xp), cudaSuccess);
+    assert_int_equal(pa.type, cudaMemoryTypeHost); /* page-locked; pageable memory is cudaMemoryTypeUnregistered */
+    assert_int_equal(cudaPointerGetAttributes(&pa, op), cudaSuccess);
+    assert_int_equal(pa.type, cudaMemoryTypeHost);
     mx_run_args_t a = args_of(&b, MX_OUT_PER_ASSIGNMENT, op, NULL), q = args_of(&b, MX_OUT_PER_ASSIGNMENT, oq, NULL);
     a.x = xp;
     assert_int_equal(mx_backend_cuda.run(pk, &a, NULL), MX_OK);
@@ -391,8 +393,8 @@ static void test_cuda_host_register_pins_buffers_and_runs_give_the_same_bits(voi
     assert_memory_equal(op, oq, on);
     mx_backend_cuda.host_unregister(xp);
     mx_backend_cuda.host_unregister(op);
-    assert_int_not_equal(cudaHostGetFlags(&flags, xp), cudaSuccess);
-    (void)cudaGetLastError();
+    assert_int_equal(cudaPointerGetAttributes(&pa, xp), cudaSuccess);
+    assert_int_equal(pa.type, cudaMemoryTypeUnregistered);
     assert_int_equal(mx_backend_cuda.host_register(&g_dev, NULL, 16), MX_ERR_INVALID);
     free(xp);
     free(op);

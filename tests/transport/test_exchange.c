@@ -237,9 +237,6 @@ static int push_round(mx_transport_h t, int round, size_t max)
     return ok;
 }
 
-/* A pull round (combine-like): every piece written into the one buffer
- * pull_begin gives (pieces in reverse rank order, with gaps), then each rank
- * reads its pieces where pull_end says. */
 /* Host-memory hooks (mx_transport_set_host_hooks): the live buffers they were
  * told about; every on_free names a live one, no buffer is announced twice. */
 #define MAX_LIVE 16
@@ -285,6 +282,9 @@ static int in_live(const void *p, size_t n)
     return 0;
 }
 
+/* A pull round (combine-like): every piece written into the one buffer
+ * pull_begin gives (pieces in reverse rank order, with gaps), then each rank
+ * reads its pieces where pull_end says. */
 static int pull_round(mx_transport_h t, int round, size_t max)
 {
     int n = g_size, ok = 1;
@@ -384,7 +384,6 @@ static void test_push_and_pull_rounds_deliver_the_same_bytes_on_every_path(void 
     zero_copy_rounds(MX_EXCHANGE_ALLTOALLV, 64, 100000);
 }
 
-/* rounds out of order are refused locally, before anything collective */
 /* The host hooks hear of every buffer a pull hands out, on every path and as
  * the buffers grow (installed before the first round, or after some), and of
  * each buffer's end: none is left when the handle is gone. */
@@ -425,6 +424,7 @@ static void test_host_hooks_hear_of_every_pull_buffer_and_its_end(void **state)
     }
 }
 
+/* rounds out of order are refused locally, before anything collective */
 static void test_push_and_pull_rounds_must_pair(void **state)
 {
     (void)state;
