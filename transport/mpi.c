@@ -89,7 +89,6 @@ typedef struct {
     int threads;             /* threads that copy within the host */
     int stream;              /* non-temporal stores for pieces >= STREAM_MIN (MXEP_SHM_COPY) */
     mx_host_hooks_t hooks;   /* told about this rank's window region (on_alloc NULL: none) */
-    size_t win_bytes;        /* this rank's region while the window is open */
 } mpi_ctx_t;
 
 static double now_ms(void)
@@ -172,7 +171,6 @@ static mx_status_t win_open(mpi_ctx_t *c, size_t cap, size_t ocap)
     c->ocap = ocap;
     /* the owner touches its whole region first, so its pages sit on its NUMA node */
     memset(mine, 0, bytes);
-    c->win_bytes = bytes;
     if (c->hooks.on_alloc)
         c->hooks.on_alloc(c->hooks.ctx, c->base[c->local_rank], bytes);
     return MX_OK;
@@ -183,7 +181,7 @@ static void mpi_set_host_hooks(void *ctx, const mx_host_hooks_t *hooks)
     mpi_ctx_t *c = ctx;
     c->hooks = *hooks;
     if (c->win_open)
-        hooks->on_alloc(hooks->ctx, c->base[c->local_rank], c->win_bytes);
+        hooks->on_alloc(hooks->ctx, c->base[c->local_rank], c->hdr_bytes + c->cap + c->ocap); /* as win_open */
 }
 
 static void mpi_destroy(void *ctx)

@@ -987,6 +987,27 @@ int mxi_cuda_force_mma(mx_backend_packed_t *p, int mma)
     return 1;
 }
 
+/* The calling thread's current device (-1 when unknown), and giving it back
+ * after work on `dev`: run, reserve and host_register leave the caller's
+ * device as they found it. */
+static int device_save(void)
+{
+    int prev = -1;
+    if (cudaGetDevice(&prev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        prev = -1;
+    }
+    return prev;
+}
+
+static void device_restore(int prev, int dev)
+{
+    if (prev >= 0 && prev != dev) {
+        (void)cudaSetDevice(prev);
+        (void)cudaGetLastError();
+    }
+}
+
 static mx_status_t cuda_run(const mx_backend_packed_t *packed, const mx_run_args_t *args, void *workspace)
 {
     (void)workspace;
@@ -995,11 +1016,7 @@ static mx_status_t cuda_run(const mx_backend_packed_t *packed, const mx_run_args
     mx_backend_packed_t *p = (mx_backend_packed_t *)packed;
     pthread_mutex_lock(&p->lock);
     /* run on this packed object's GPU; give the caller's thread its device back */
-    int prev = -1;
-    if (args->n_assign > 0 && cudaGetDevice(&prev) != cudaSuccess) {
-        (void)cudaGetLastError();
-        prev = -1;
-    }
+    int prev = args->n_assign > 0 ? device_save() : -1;
     mx_status_t st = mxi_cuda_stage(packed, args);
     if (st == MX_OK)
         st = mxi_cuda_layer(packed);
@@ -1008,10 +1025,7 @@ static mx_status_t cuda_run(const mx_backend_packed_t *packed, const mx_run_args
     if (st != MX_OK && p->staged)
         st = settle(p, st); /* an error after the uploads: wait before returning (stage settles its own) */
     p->staged = 0;
-    if (prev >= 0 && prev != p->device) {
-        (void)cudaSetDevice(prev);
-        (void)cudaGetLastError();
-    }
+    device_restore(prev, p->device);
     pthread_mutex_unlock(&p->lock);
     return st;
 }
@@ -1021,16 +1035,12 @@ static mx_status_t cuda_host_register(const mx_device_info_t *dev, void *ptr, si
 {
     if (!dev || !ptr || !bytes)
         return mx_error_set(MX_ERR_INVALID, "cuda host_register: NULL device or buffer, or 0 bytes");
-    int prev = -1;
-    if (cudaGetDevice(&prev) != cudaSuccess)
-        prev = -1;
+    int prev = device_save();
     cudaError_t err = cudaSetDevice(dev->device_index);
     if (err == cudaSuccess)
         err = cudaHostRegister(ptr, bytes, cudaHostRegisterPortable);
     mx_status_t st = err == cudaSuccess ? MX_OK : cuda_fail(dev->device_index, err, "cudaHostRegister");
-    if (prev >= 0)
-        (void)cudaSetDevice(prev);
-    (void)cudaGetLastError();
+    device_restore(prev, dev->device_index);
     return st;
 }
 
@@ -1049,11 +1059,7 @@ static mx_status_t cuda_reserve(mx_backend_packed_t *p, size_t max_tokens, size_
     if (st != MX_OK)
         return st;
     pthread_mutex_lock(&p->lock);
-    int prev = -1;
-    if (cudaGetDevice(&prev) != cudaSuccess) {
-        (void)cudaGetLastError();
-        prev = -1;
-    }
+    int prev = device_save();
     cudaError_t err = cudaSetDevice(p->device);
     if (err != cudaSuccess)
         st = cuda_fail(p->device, err, "cudaSetDevice");
@@ -1073,10 +1079,7 @@ static mx_status_t cuda_reserve(mx_backend_packed_t *p, size_t max_tokens, size_
         if (err != cudaSuccess)
             st = cuda_fail(p->device, err, "cudaStreamSynchronize (after reserving scratch)");
     }
-    if (prev >= 0 && prev != p->device) {
-        (void)cudaSetDevice(prev);
-        (void)cudaGetLastError();
-    }
+    device_restore(prev, p->device);
     pthread_mutex_unlock(&p->lock);
     return st;
 }

@@ -26,6 +26,12 @@
 #ifndef MXI_Q4_VNNI
 #define MXI_Q4_VNNI 0
 #endif
+/* s + the pairwise int16 products of w and a, in 32 bits (the tiled kernels' step) */
+#if MXI_Q4_VNNI
+#define Q4_DPWSSD(s, w, a) _mm256_dpwssd_avx_epi32((s), (w), (a))
+#else
+#define Q4_DPWSSD(s, w, a) _mm256_add_epi32((s), _mm256_madd_epi16((w), (a)))
+#endif
 
 /* Rows per streaming call at one token. */
 #ifndef MXI_Q4_R1
@@ -295,11 +301,6 @@ static inline void q4_tdec(__m256i x, __m256i tabs, __m256i *o)
  * when it is left alone (it ran at full width with the token repeated before:
  * 2 of 12 token slots wasted at 10 tokens, 2 of 18 at 16; with 2 tokens left
  * the full width stays, a 2-token kernel was 3-5% slower than it) */
-#if MXI_Q4_VNNI
-#define Q4_DPWSSD(s, w, a) _mm256_dpwssd_avx_epi32((s), (w), (a))
-#else
-#define Q4_DPWSSD(s, w, a) _mm256_add_epi32((s), _mm256_madd_epi16((w), (a)))
-#endif
 MXI_Q4_TMICRO(MXI_Q4_MR, MXI_Q4_NR)
 MXI_Q4_TMICRO(MXI_Q4_MR, 1)
 MXI_Q4_TMICRO(1, MXI_Q4_NR)
