@@ -249,7 +249,7 @@ static int kernel_available(int k)
     if (k == 4)
         return cpu_level_available(MXI_CPU_LEVEL_AMX);
     if (k == 6)
-        return cpu_level_available(MXI_CPU_LEVEL_AVX2) && (mxi_cpu_detect() & MXI_CPU_HAS_AVXVNNI);
+        return cpu_has_avxvnni();
     unsigned need = MXI_CPU_HAS_AVX512VNNI | (k == 5 ? MXI_CPU_HAS_AVX512VBMI : 0);
     return cpu_level_available(MXI_CPU_LEVEL_AVX512) && (mxi_cpu_detect() & need) == need;
 }
